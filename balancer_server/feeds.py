@@ -1,0 +1,98 @@
+"""PoolFeeds: the per-pool payload that every stream of the pool sends.
+
+A feed holds the serialized response for the pool's current version and an
+event that is set (and replaced) when it changes. Streams wait on the event:
+nothing per stream runs on a timer, and one change wakes every stream of
+the pool once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from balancer_server import lists
+from lookaside.registry.model import PoolSnapshot
+
+DEFAULT_REPORT_INTERVAL_MS = 10_000
+
+
+class PoolFeed:
+    __slots__ = ("name", "payload", "changed", "streams", "report_interval_ms", "version", "exists")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.payload: bytes | None = None
+        self.changed = asyncio.Event()
+        self.streams = 0
+        self.report_interval_ms = DEFAULT_REPORT_INTERVAL_MS
+        self.version = -1
+        self.exists = False
+
+    def publish(self, payload: bytes | None) -> bool:
+        """Sets a new payload; returns True when streams were woken."""
+        if payload is None or payload == self.payload:
+            return False
+        self.payload = payload
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+        return True
+
+
+_PORT_RE = re.compile(r":\d{1,5}$")
+
+
+def name_candidates(name: str) -> list[str]:
+    """Pool names a client's service name may mean, most specific first:
+    as given, without ":port", then its first DNS label."""
+    out = [name]
+    host = name
+    if host.startswith("[") and "]" in host:  # [v6]:port
+        host = host[1 : host.index("]")]
+    else:
+        host = _PORT_RE.sub("", host)
+    if host not in out:
+        out.append(host)
+    label = host.split(".", 1)[0]
+    if label and label not in out:
+        out.append(label)
+    return out
+
+
+class FeedHub:
+    """All pool feeds of one balancer process."""
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self.feeds: dict[str, PoolFeed] = {}
+        self.lists_built = 0
+
+    def feed(self, pool: str) -> PoolFeed:
+        feed = self.feeds.get(pool)
+        if feed is None:
+            feed = self.feeds[pool] = PoolFeed(pool)
+        return feed
+
+    def resolve(self, name: str) -> PoolFeed:
+        """The feed a service name maps to. An unknown name is bound to its
+        first DNS label (without port): the stream waits there until that
+        pool appears."""
+        candidates = name_candidates(name)
+        for candidate in candidates:
+            feed = self.feeds.get(candidate)
+            if feed is not None and feed.exists:
+                return feed
+        return self.feed(candidates[-1])
+
+    def on_change(self, pool: str, snapshot: PoolSnapshot | None) -> None:
+        feed = self.feed(pool)
+        if snapshot is None:
+            # Pool deleted: streams keep the list they have.
+            feed.exists = False
+            return
+        feed.exists = True
+        feed.version = snapshot.version
+        feed.report_interval_ms = snapshot.config.report_interval_ms
+        payload = lists.pool_payload(snapshot, self.epoch)
+        if feed.publish(payload):
+            self.lists_built += 1

@@ -1,0 +1,161 @@
+"""Turns a pool snapshot into grpclb server lists.
+
+A list is serialized once per pool version, whatever the number of streams
+that send it. Weights become repetition, interleaved smoothly (no runs of
+one backend), and drop entries are spread evenly through the list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import TypeVar
+
+from google.protobuf.duration_pb2 import Duration
+
+from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside.registry.model import PoolSnapshot
+
+T = TypeVar("T", bound=Hashable)
+
+MAX_LIST_LEN = 1000
+# C-core ignores tokens of 50 bytes or more.
+MAX_TOKEN_LEN = 49
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One slot of a server list: a backend, or a drop with its reason."""
+
+    ip: str
+    port: int
+    token: str
+    drop: bool = False
+
+
+def interleave(counts: Sequence[tuple[T, int]]) -> list[T]:
+    """Smooth weighted round robin: each item appears `count` times, spread as
+    evenly as the counts allow (the nginx sequence)."""
+    total = sum(c for _, c in counts)
+    current = [0] * len(counts)
+    out: list[T] = []
+    for _ in range(total):
+        best = 0
+        for i, (_, c) in enumerate(counts):
+            current[i] += c
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        out.append(counts[best][0])
+    return out
+
+
+def _largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
+    wsum = sum(weights)
+    exact = [total * w / wsum for w in weights]
+    counts = [max(1, math.floor(x)) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    i = 0
+    while sum(counts) < total and order:
+        counts[order[i % len(order)]] += 1
+        i += 1
+    return counts
+
+
+def slot_counts(
+    weights: Sequence[int], drops: Sequence[int], max_len: int = MAX_LIST_LEN
+) -> tuple[list[int], list[int]]:
+    """How many slots each backend and each drop reason gets.
+
+    weights: backend weights (>= 1). drops: per-mille rates. The shortest
+    list with exact shares is used when it fits in max_len, otherwise a list
+    of max_len with the shares rounded.
+    """
+    drops_total = sum(drops)
+    if not weights:
+        return [], []
+    if drops_total >= 1000:
+        return [0] * len(weights), _largest_remainder(len(drops), drops) if drops else []
+    g = reduce(math.gcd, weights)
+    w = [x // g for x in weights]
+    wsum = sum(w)
+    if drops_total == 0:
+        if wsum <= max_len:
+            return w, [0] * len(drops)
+        return _largest_remainder(max_len, w), [0] * len(drops)
+    d = reduce(math.gcd, [1000, *[p for p in drops if p]])
+    denom = 1000 // d
+    per_round_drops = [p // d for p in drops]
+    keep = denom - sum(per_round_drops)
+    k = wsum // math.gcd(keep, wsum)
+    length = k * denom
+    if length <= max_len:
+        per_unit = k * keep // wsum
+        return [x * per_unit for x in w], [a * k for a in per_round_drops]
+    drop_slots = [round(max_len * p / 1000) for p in drops]
+    keep_slots = max(len(w), max_len - sum(drop_slots))
+    return _largest_remainder(keep_slots, w), drop_slots
+
+
+def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LEN) -> list[Entry]:
+    """The list entries for a pool's serving backends and drop rates.
+
+    Backend tokens are "<backend id>.<epoch>": the epoch differs per balancer
+    process, so a restarted balancer's lists never equal the old ones (a
+    C-core client in fallback ignores a list equal to its last one).
+    """
+    serving = snapshot.serving
+    if not serving:
+        return []
+    drops = [d for d in snapshot.config.drops if d.per_mille > 0]
+    weights = [b.weight for b in serving]
+    backend_slots, drop_slots = slot_counts(weights, [d.per_mille for d in drops], max_len)
+    items: list[tuple[Entry, int]] = []
+    for b, n in zip(serving, backend_slots, strict=True):
+        token = f"{b.id}.{epoch}"[:MAX_TOKEN_LEN]
+        items.append((Entry(b.ip, b.port, token), n))
+    for d, n in zip(drops, drop_slots, strict=True):
+        items.append((Entry("", 0, d.token[:MAX_TOKEN_LEN], drop=True), n))
+    return interleave([(e, n) for e, n in items if n > 0])
+
+
+def server_list_payload(entries: Sequence[Entry]) -> bytes:
+    servers = []
+    for e in entries:
+        if e.drop:
+            servers.append(lb.Server(load_balance_token=e.token, drop=True))
+        else:
+            servers.append(
+                lb.Server(
+                    ip_address=ipaddress.ip_address(e.ip).packed,
+                    port=e.port,
+                    load_balance_token=e.token,
+                )
+            )
+    return lb.LoadBalanceResponse(server_list=lb.ServerList(servers=servers)).SerializeToString()
+
+
+def initial_payload(report_interval_ms: int) -> bytes:
+    interval = Duration()
+    interval.FromMilliseconds(report_interval_ms)
+    return lb.LoadBalanceResponse(
+        initial_response=lb.InitialLoadBalanceResponse(client_stats_report_interval=interval)
+    ).SerializeToString()
+
+
+FALLBACK_PAYLOAD = lb.LoadBalanceResponse(fallback_response=lb.FallbackResponse()).SerializeToString()
+
+
+def pool_payload(snapshot: PoolSnapshot, epoch: str) -> bytes | None:
+    """The response to send for a pool version, or None when there is nothing
+    to send (no serving backend: clients keep the list they have, since an
+    empty list would fail every call)."""
+    if snapshot.config.fallback:
+        return FALLBACK_PAYLOAD
+    entries = build_entries(snapshot, epoch)
+    if not entries:
+        return None
+    return server_list_payload(entries)

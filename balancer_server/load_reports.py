@@ -1,0 +1,112 @@
+"""Ingests ClientStats into Redis.
+
+Reports are added up in memory per pool and written in one pipeline per
+flush (about once a second), so thousands of reports per second cost a
+handful of Redis round trips. A failed write keeps the counts and retries
+them with the next flush: nothing is lost while Redis is briefly away.
+
+Layout (see docs/redis-layout.md): per pool, a hash per 10-second bucket
+`lookaside:{pool}:load:<unix_s // 10>` (expires after 16 minutes) and a
+running total `lookaside:{pool}:load:total`. Fields: started, finished,
+failed_to_send, known_received, reports, and drop:<token> per drop reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+
+import redis.exceptions
+
+from balancer_server import metrics
+from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside.registry import keys
+
+log = logging.getLogger("lookaside.balancer")
+
+BUCKET_SECONDS = 10
+BUCKET_TTL_SECONDS = 16 * 60
+
+
+def stats_fields(stats: lb.ClientStats) -> Counter[str]:
+    c: Counter[str] = Counter()
+    c["reports"] = 1
+    c["started"] = stats.num_calls_started
+    c["finished"] = stats.num_calls_finished
+    c["failed_to_send"] = stats.num_calls_finished_with_client_failed_to_send
+    c["known_received"] = stats.num_calls_finished_known_received
+    for per_token in stats.calls_finished_with_drop:
+        c[f"drop:{per_token.load_balance_token}"] += per_token.num_calls
+    return c
+
+
+class LoadReportSink:
+    def __init__(self, redis, *, replica_id: str, flush_interval: float = 1.0) -> None:  # type: ignore[no-untyped-def]
+        self.redis = redis
+        self.replica_id = replica_id
+        self.flush_interval = flush_interval
+        self._pending: dict[str, Counter[str]] = defaultdict(Counter)
+        self._stream_counts: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, pool: str, stats: lb.ClientStats) -> None:
+        self._pending[pool].update(stats_fields(stats))
+        metrics.REPORTS_INGESTED.labels(pool).inc()
+
+    def set_stream_count(self, pool: str, count: int) -> None:
+        self._stream_counts[pool] = count
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="load-report-flush")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.flush()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pool in self._stream_counts:
+                    pipe.hdel(keys.streams(pool), self.replica_id)
+                await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("load reports: final flush failed (%s)", exc)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                metrics.REPORTS_FLUSH_ERRORS.inc()
+                log.warning("load reports: flush failed, keeping counts for the next one (%s)", exc)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, defaultdict(Counter)
+        now = time.time()
+        bucket = int(now // BUCKET_SECONDS)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for pool, counts in pending.items():
+                    bucket_key = keys.load_bucket(pool, bucket)
+                    for field, value in counts.items():
+                        if value:
+                            pipe.hincrby(bucket_key, field, value)
+                            pipe.hincrby(keys.load_total(pool), field, value)
+                    pipe.expire(bucket_key, BUCKET_TTL_SECONDS)
+                stamp = int(now * 1000)
+                for pool, count in self._stream_counts.items():
+                    pipe.hset(
+                        keys.streams(pool),
+                        self.replica_id,
+                        json.dumps({"streams": count, "ts_ms": stamp}),
+                    )
+                await pipe.execute()
+        except BaseException:
+            # Put the counts back so the next flush writes them.
+            for pool, counts in pending.items():
+                self._pending[pool].update(counts)
+            raise

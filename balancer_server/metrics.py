@@ -1,0 +1,49 @@
+"""Prometheus metrics of the balancer process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STREAMS_OPEN = Gauge(
+    "lookaside_balancer_streams_open", "Open BalanceLoad streams", ["pool"], registry=REGISTRY
+)
+STREAMS_REFUSED = Counter(
+    "lookaside_balancer_streams_refused_total",
+    "BalanceLoad streams refused before the initial response",
+    ["reason"],
+    registry=REGISTRY,
+)
+LISTS_SENT = Counter(
+    "lookaside_balancer_lists_sent_total",
+    "Server lists (or fallback responses) written to streams",
+    ["pool"],
+    registry=REGISTRY,
+)
+REPORTS_INGESTED = Counter(
+    "lookaside_balancer_load_reports_total",
+    "ClientStats messages received",
+    ["pool"],
+    registry=REGISTRY,
+)
+REPORTS_FLUSH_ERRORS = Counter(
+    "lookaside_balancer_load_report_flush_errors_total",
+    "Failed writes of load reports to Redis (the counts are kept and retried)",
+    registry=REGISTRY,
+)
+REGISTRATIONS = Counter(
+    "lookaside_balancer_registrations_total",
+    "Registration API calls",
+    ["method", "code"],
+    registry=REGISTRY,
+)
+EXPIRIES = Counter(
+    "lookaside_balancer_lease_expiries_total",
+    "Backends removed because their lease expired",
+    ["pool"],
+    registry=REGISTRY,
+)
+REDIS_UP = Gauge(
+    "lookaside_balancer_redis_up", "1 when the last Redis sync succeeded", registry=REGISTRY
+)

@@ -1,0 +1,147 @@
+"""The balancer process: BalanceLoad, registration, health and reflection on
+one grpc.aio server, plus Prometheus metrics on their own port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from balancer_server import metrics
+from balancer_server.balance_load import SERVICE as LB_SERVICE
+from balancer_server.balance_load import BalanceLoadService
+from balancer_server.feeds import FeedHub
+from balancer_server.load_reports import LoadReportSink
+from balancer_server.registration import RegistryService
+from lookaside.proto.lb.v1 import load_balancer_pb2
+from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside.registry.reaper import reap_forever
+from lookaside.registry.store import RegistryStore
+from lookaside.registry.watcher import RegistryWatcher
+from lookaside.settings import BalancerSettings
+
+log = logging.getLogger("lookaside.balancer")
+
+# Thousands of streams opening at once are refused (CANCELLED) under the
+# default limits; these raise them.
+SERVER_OPTIONS = [
+    ("grpc.max_concurrent_streams", 1 << 20),
+    ("grpc.server.max_pending_requests", 1 << 16),
+    ("grpc.server.max_pending_requests_hard_limit", 1 << 17),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _epoch() -> str:
+    """A short string unique to this process start: part of every token."""
+    n = int(time.time() * 1000) ^ (os.getpid() << 40)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out[-9:]
+
+
+class BalancerServer:
+    def __init__(self, settings: BalancerSettings) -> None:
+        self.settings = settings
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.epoch = _epoch()
+        self.store = RegistryStore.from_url(settings.redis_url)
+        self.hub = FeedHub(self.epoch)
+        self.watcher = RegistryWatcher(
+            self.store, resync_interval=settings.resync_interval, hooks=[self.hub.on_change]
+        )
+        self.sink = LoadReportSink(
+            self.store.redis, replica_id=self.replica_id, flush_interval=settings.report_flush_interval
+        )
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> int:
+        await self.watcher.start()
+        self.sink.start()
+
+        def expired(pool: str, ids: list[str]) -> None:
+            metrics.EXPIRIES.labels(pool).inc(len(ids))
+
+        self._tasks.append(
+            asyncio.create_task(
+                reap_forever(self.store, interval=self.settings.reap_interval, on_expired=expired)
+            )
+        )
+        self._tasks.append(asyncio.create_task(self._redis_gauge()))
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((BalanceLoadService(self.hub, self.sink).handler(),))
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            load_balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
+            registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self.server = server
+        for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "balancer listening on %s (port %d) replica=%s epoch=%s",
+            self.settings.listen, self.port, self.replica_id, self.epoch,
+        )
+        return self.port
+
+    async def _redis_gauge(self) -> None:
+        while True:
+            metrics.REDIS_UP.set(1 if self.watcher.redis_ok else 0)
+            await asyncio.sleep(1.0)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sink.stop()
+        await self.watcher.stop()
+        await self.store.close()
+
+
+def start_metrics(listen: str) -> None:
+    if not listen:
+        return
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.REGISTRY)
+    log.info("metrics on http://%s/metrics", listen)
+
+
+async def serve(settings: BalancerSettings) -> None:
+    start_metrics(settings.metrics_listen)
+    balancer = BalancerServer(settings)
+    await balancer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await balancer.stop()

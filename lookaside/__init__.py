@@ -1,0 +1,3 @@
+"""Lookaside: a grpclb lookaside load balancer."""
+
+__version__ = "0.1.0"

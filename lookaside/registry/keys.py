@@ -1,0 +1,46 @@
+"""Redis key names. Every per-pool key carries the pool in a hash tag, so a
+pool's keys share one Redis Cluster slot and multi-key scripts stay legal.
+See docs/redis-layout.md."""
+
+from __future__ import annotations
+
+PREFIX = "lookaside"
+POOLS = f"{PREFIX}:pools"  # SET of pool names (the only cross-pool key)
+CHANGES = f"{PREFIX}:changes"  # pub/sub channel; message = pool name
+EVENTS_MAX = 1000
+
+
+def pool_key(pool: str, part: str) -> str:
+    return f"{PREFIX}:{{{pool}}}:{part}"
+
+
+def config(pool: str) -> str:
+    return pool_key(pool, "config")
+
+
+def backends(pool: str) -> str:
+    return pool_key(pool, "backends")
+
+
+def leases(pool: str) -> str:
+    return pool_key(pool, "leases")
+
+
+def version(pool: str) -> str:
+    return pool_key(pool, "version")
+
+
+def events(pool: str) -> str:
+    return pool_key(pool, "events")
+
+
+def load_bucket(pool: str, bucket: int) -> str:
+    return pool_key(pool, f"load:{bucket}")
+
+
+def load_total(pool: str) -> str:
+    return pool_key(pool, "load:total")
+
+
+def streams(pool: str) -> str:
+    return pool_key(pool, "streams")

@@ -1,0 +1,116 @@
+"""Lua scripts: every write to a pool is one atomic script that also bumps
+the pool's version, appends to its event log and publishes the change.
+
+Time comes from the Redis server (TIME), so replicas with skewed clocks
+agree on lease deadlines. Scripts touch only keys of one pool (one hash
+slot) plus a pub/sub channel, which Redis Cluster allows.
+"""
+
+PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function changed(version_key, events_key, pool, now, kind, backend, actor, detail)
+  local v = redis.call('INCR', version_key)
+  redis.call('LPUSH', events_key, cjson.encode({ts_ms = now, kind = kind, backend = backend,
+    actor = actor, detail = detail, version = v}))
+  redis.call('LTRIM', events_key, 0, %(events_max)d - 1)
+  redis.call('PUBLISH', '%(changes)s', pool)
+  return v
+end
+"""
+
+# KEYS: config backends leases version events
+# ARGV: id, backend json, ttl_ms (0 = pool default), default config json, pool, actor
+REGISTER = """
+local now = now_ms()
+redis.call('SET', KEYS[1], ARGV[4], 'NX')
+local ttl = tonumber(ARGV[3])
+if ttl == 0 then ttl = tonumber(cjson.decode(redis.call('GET', KEYS[1]))['lease_ttl_ms']) end
+local b = cjson.decode(ARGV[2])
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then
+  local o = cjson.decode(old)
+  if o['state'] == 'disabled' then b['state'] = 'disabled' end
+end
+b['registered_at_ms'] = now
+b['last_heard_ms'] = now
+b['lease_ttl_ms'] = ttl
+b['lease_expires_ms'] = now + ttl
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(b))
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+local kind = 'registered'
+if old then kind = 'reregistered' end
+local v = changed(KEYS[4], KEYS[5], ARGV[5], now, kind, ARGV[1], ARGV[6],
+  b['ip'] .. ':' .. tostring(b['port']))
+return {v, now, ttl}
+"""
+
+# KEYS: backends leases ; ARGV: id, lease_id, load json or ''
+HEARTBEAT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return {0, 0} end
+local b = cjson.decode(raw)
+if b['lease_id'] ~= ARGV[2] then return {-1, 0} end
+local now = now_ms()
+local ttl = tonumber(b['lease_ttl_ms'])
+b['last_heard_ms'] = now
+b['lease_expires_ms'] = now + ttl
+if ARGV[3] ~= '' then b['load'] = cjson.decode(ARGV[3]) end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+return {1, ttl}
+"""
+
+# KEYS: backends leases version events ; ARGV: id, lease_id ('' = any), pool, actor
+DEREGISTER = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+if ARGV[2] ~= '' and cjson.decode(raw)['lease_id'] ~= ARGV[2] then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+changed(KEYS[3], KEYS[4], ARGV[3], now_ms(), 'deregistered', ARGV[1], ARGV[4], '')
+return 1
+"""
+
+# KEYS: backends leases version events ; ARGV: pool
+REAP = """
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(ids) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+if #ids > 0 then
+  changed(KEYS[3], KEYS[4], ARGV[1], now, 'expired', table.concat(ids, ','), 'lease', '')
+end
+return ids
+"""
+
+# KEYS: backends version events ; ARGV: id, patch json, pool, actor, event kind
+UPDATE_BACKEND = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local b = cjson.decode(raw)
+for k, v in pairs(cjson.decode(ARGV[2])) do b[k] = v end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
+return changed(KEYS[2], KEYS[3], ARGV[3], now_ms(), ARGV[5], ARGV[1], ARGV[4], ARGV[2])
+"""
+
+# KEYS: backends version events ; ARGV: id, backend json, pool, actor
+PUT_STATIC = """
+local now = now_ms()
+local b = cjson.decode(ARGV[2])
+b['registered_at_ms'] = now
+b['last_heard_ms'] = now
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
+return changed(KEYS[2], KEYS[3], ARGV[3], now, 'static_registered', ARGV[1], ARGV[4], '')
+"""
+
+# KEYS: config version events ; ARGV: config json, pool, actor, only_if_absent
+PUT_CONFIG = """
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+return changed(KEYS[2], KEYS[3], ARGV[2], now_ms(), 'pool_configured', '', ARGV[3], ARGV[1])
+"""

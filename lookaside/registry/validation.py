@@ -1,0 +1,121 @@
+"""Input checks shared by the registration API and the admin API.
+
+Every check raises RegistryError with a message that says what was wrong
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DROP_TOKEN_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+ZONE_RE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
+METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9._/-]{1,63}$")
+
+WEIGHT_MIN, WEIGHT_MAX = 1, 1000
+METADATA_MAX_ENTRIES = 16
+METADATA_MAX_VALUE = 256
+LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS = 1_000, 3_600_000
+REPORT_INTERVAL_MIN_MS, REPORT_INTERVAL_MAX_MS = 0, 3_600_000
+
+
+class RegistryError(ValueError):
+    """An input was refused; the message is meant for the caller."""
+
+
+class NotFoundError(LookupError):
+    """A pool, backend or lease does not exist (any more)."""
+
+
+def check_pool_name(name: str) -> str:
+    if not name:
+        raise RegistryError("pool name is empty")
+    if not POOL_NAME_RE.match(name):
+        raise RegistryError(
+            f"pool name {name[:64]!r} is invalid: use 1..128 characters of "
+            "[A-Za-z0-9._-], starting with a letter or digit"
+        )
+    return name
+
+
+def check_port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise RegistryError(f"port {port} is out of range 1..65535")
+    return port
+
+
+def check_weight(weight: int) -> int:
+    if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+        raise RegistryError(f"weight {weight} is out of range {WEIGHT_MIN}..{WEIGHT_MAX}")
+    return weight
+
+
+def check_zone(zone: str) -> str:
+    if not ZONE_RE.match(zone):
+        raise RegistryError(f"zone {zone[:64]!r} is invalid: up to 63 characters of [A-Za-z0-9._-]")
+    return zone
+
+
+def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    if len(metadata) > METADATA_MAX_ENTRIES:
+        raise RegistryError(
+            f"metadata has {len(metadata)} entries; at most {METADATA_MAX_ENTRIES} are allowed"
+        )
+    for key, value in metadata.items():
+        if not METADATA_KEY_RE.match(key):
+            raise RegistryError(
+                f"metadata key {key[:64]!r} is invalid: 1..63 characters of [A-Za-z0-9._/-]"
+            )
+        if len(value) > METADATA_MAX_VALUE:
+            raise RegistryError(
+                f"metadata value for {key!r} is {len(value)} characters; "
+                f"at most {METADATA_MAX_VALUE} are allowed"
+            )
+    return dict(metadata)
+
+
+def check_lease_ttl_ms(ttl_ms: int) -> int:
+    if not LEASE_TTL_MIN_MS <= ttl_ms <= LEASE_TTL_MAX_MS:
+        raise RegistryError(
+            f"lease TTL {ttl_ms} ms is out of range {LEASE_TTL_MIN_MS}..{LEASE_TTL_MAX_MS} ms"
+        )
+    return ttl_ms
+
+
+def check_report_interval_ms(ms: int) -> int:
+    if not REPORT_INTERVAL_MIN_MS <= ms <= REPORT_INTERVAL_MAX_MS:
+        raise RegistryError(
+            f"client stats report interval {ms} ms is out of range "
+            f"{REPORT_INTERVAL_MIN_MS}..{REPORT_INTERVAL_MAX_MS} ms"
+        )
+    return ms
+
+
+def check_drop_token(token: str) -> str:
+    if not DROP_TOKEN_RE.match(token):
+        raise RegistryError(
+            f"drop token {token[:64]!r} is invalid: 1..32 characters of [a-z0-9_], "
+            "starting with a letter"
+        )
+    return token
+
+
+def parse_ip(value: str) -> str | None:
+    """The canonical text of an IP address, or None when it is not one."""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        return None
+
+
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def check_hostname_syntax(host: str) -> str:
+    if not HOSTNAME_RE.match(host):
+        raise RegistryError(f"host {host[:64]!r} is neither an IP address nor a valid host name")
+    return host

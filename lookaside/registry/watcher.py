@@ -1,0 +1,158 @@
+"""RegistryWatcher: keeps the latest snapshot of every pool in memory.
+
+It learns of changes from Redis itself, so writes from the admin API or
+other replicas reach it: a pub/sub message is a nudge to reload one pool,
+and a version check on a short interval catches any nudge that was lost.
+Bursts of changes are coalesced: a pool is reloaded once however many
+nudges arrived while it was waiting.
+
+While Redis is unreachable the last snapshots stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import redis.exceptions
+
+from lookaside.registry import keys
+from lookaside.registry.model import PoolSnapshot
+from lookaside.registry.store import RegistryStore
+
+log = logging.getLogger("lookaside.registry")
+
+ChangeHook = Callable[[str, PoolSnapshot | None], None]
+
+
+class RegistryWatcher:
+    def __init__(
+        self,
+        store: RegistryStore,
+        *,
+        resync_interval: float = 1.0,
+        hooks: list[ChangeHook] | None = None,
+    ) -> None:
+        self.store = store
+        self.resync_interval = resync_interval
+        self.hooks: list[ChangeHook] = list(hooks or [])
+        self.snapshots: dict[str, PoolSnapshot] = {}
+        self.redis_ok = False
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._first_sync = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="registry-pubsub"),
+            asyncio.create_task(self._resync_loop(), name="registry-resync"),
+            asyncio.create_task(self._reload_loop(), name="registry-reload"),
+        ]
+        try:
+            await asyncio.wait_for(self._first_sync.wait(), timeout=5.0)
+        except TimeoutError:
+            log.warning("registry: Redis did not answer at start-up; serving no pools until it does")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def get(self, pool: str) -> PoolSnapshot | None:
+        return self.snapshots.get(pool)
+
+    def nudge(self, pool: str) -> None:
+        self._dirty.add(pool)
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.CHANGES)
+                backoff = 0.1
+                # Anything that happened while we were not subscribed is caught
+                # by a full resync right away.
+                self._resync_now()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        self.nudge(data.decode() if isinstance(data, bytes) else data)
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("registry: pub/sub lost (%s); retrying in %.1fs", exc, backoff)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001 - best effort on a broken connection
+                    pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _resync_now(self) -> None:
+        self._dirty.add("\0resync")
+        self._wake.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            self._resync_now()
+            await asyncio.sleep(self.resync_interval)
+
+    async def _resync(self) -> None:
+        pools = await self.store.list_pools()
+        versions = await self.store.versions(set(pools) | set(self.snapshots))
+        for pool, version in versions.items():
+            snap = self.snapshots.get(pool)
+            if pool not in pools:
+                if snap is not None:
+                    self._dirty.add(pool)
+            elif snap is None or snap.version != version:
+                self._dirty.add(pool)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            try:
+                if "\0resync" in dirty:
+                    dirty.discard("\0resync")
+                    await self._resync()
+                    dirty |= self._dirty
+                    self._dirty = set()
+                for pool in dirty:
+                    await self._reload(pool)
+                if not self.redis_ok:
+                    log.info("registry: Redis reachable")
+                self.redis_ok = True
+                self._first_sync.set()
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if self.redis_ok:
+                    log.warning("registry: Redis unreachable (%s); keeping the last snapshots", exc)
+                self.redis_ok = False
+                # Retry these pools on the next wake-up (the resync loop wakes us).
+                self._dirty |= dirty
+
+    async def _reload(self, pool: str) -> None:
+        snap = await self.store.snapshot(pool)
+        old = self.snapshots.get(pool)
+        if snap is None:
+            if old is None:
+                return
+            del self.snapshots[pool]
+        else:
+            if old is not None and old.version == snap.version:
+                return
+            self.snapshots[pool] = snap
+        for hook in self.hooks:
+            try:
+                hook(pool, snap)
+            except Exception:
+                log.exception("registry: change hook failed for pool %s", pool)

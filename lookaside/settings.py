@@ -1,0 +1,51 @@
+"""Settings objects, one per component, each with its own env prefix, and a
+helper that turns one into argparse flags (every flag reads its variable)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BalancerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKASIDE_BALANCER_", extra="ignore")
+
+    listen: str = Field("0.0.0.0:50051", description="host:port for BalanceLoad, registration, health")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    metrics_listen: str = Field(
+        "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
+    )
+    replica_id: str = Field("", description="name of this replica; default host-pid")
+    resync_interval: float = Field(1.0, gt=0, description="seconds between version checks")
+    reap_interval: float = Field(0.5, gt=0, description="seconds between lease expiry sweeps")
+    report_flush_interval: float = Field(1.0, gt=0, description="seconds between load report writes")
+    grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    prefix = model.model_config.get("env_prefix", "")
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"{prefix}{name.upper()}"
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=None,
+            type=str,
+            help=f"{field.description or ''} [env {env}, default {field.default!r}]",
+        )
+
+
+def settings_from_args(model: type[BaseSettings], args: argparse.Namespace) -> Any:
+    """Flags given on the command line win; the rest come from the
+    environment, then the defaults."""
+    given = {
+        name: getattr(args, name)
+        for name in model.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return model(**given)
