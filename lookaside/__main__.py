@@ -1,0 +1,3 @@
+from lookaside.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The `lookaside` command.
+
+    lookaside balancer      the grpclb balancer and registration API
+    lookaside dns           the DNS SRV responder for stock gRPC clients
+    lookaside admin         the admin API and dashboard
+    lookaside routeguide    the demo server and client
+    lookaside up            the whole local lab in one command
+
+Every flag also reads an environment variable (shown in --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+from lookaside.settings import add_settings_arguments, settings_from_args
+
+
+def setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# name -> (help, "module:SettingsClass", "module:serve" coroutine taking settings)
+SERVICES: dict[str, tuple[str, str, str]] = {
+    "balancer": (
+        "run the grpclb balancer and registration API",
+        "lookaside.settings:BalancerSettings",
+        "balancer_server.server:serve",
+    ),
+    "dns": (
+        "run the DNS SRV responder for stock gRPC clients",
+        "lookaside.dns_responder.settings:DnsSettings",
+        "lookaside.dns_responder.server:serve",
+    ),
+    "admin": (
+        "run the admin API and dashboard",
+        "admin_api.settings:AdminSettings",
+        "admin_api.server:serve",
+    ),
+}
+
+
+def _load(ref: str) -> object:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _service_command(settings_ref: str, serve_ref: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        settings_cls = _load(settings_ref)
+        settings = settings_from_args(settings_cls, args)  # type: ignore[arg-type]
+        setup_logging(getattr(settings, "log_level", "info"))
+        serve = _load(serve_ref)
+        try:
+            asyncio.run(serve(settings))  # type: ignore[operator]
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookaside", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, settings_ref, serve_ref) in SERVICES.items():
+        try:
+            settings_cls = _load(settings_ref)
+        except (ImportError, AttributeError):
+            continue  # component not installed in this build
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
+        p.set_defaults(func=_service_command(settings_ref, serve_ref))
+    for extra in ("lookaside.demo.cli", "lookaside.lab"):
+        try:
+            module = importlib.import_module(extra)
+        except ImportError:
+            continue
+        module.add_subcommand(sub)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real redis-server on a free port for the session, a
+real balancer per test, and unique pool names so tests never share state."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from lookaside.redis_process import RedisProcess
+from tests.support import BalancerHandle
+
+
+@pytest.fixture(scope="session")
+def redis_proc() -> Iterator[RedisProcess]:
+    proc = RedisProcess().start()
+    assert proc.port != 6379
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_proc: RedisProcess) -> str:
+    return redis_proc.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pool_name() -> str:
+    return f"pool-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def balancer(redis_url: str) -> Iterator[BalancerHandle]:
+    handle = BalancerHandle(redis_url)
+    yield handle
+    handle.stop()

@@ -1,0 +1,138 @@
+"""Real components for tests: a balancer on its own event loop thread, and
+small routeguide backends that name themselves and record lb-tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+from balancer_server.server import BalancerServer
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside.settings import BalancerSettings
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread."""
+
+    def __init__(self, name: str = "loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class BalancerHandle:
+    """A real BalancerServer on 127.0.0.1:<free port>, on its own loop."""
+
+    def __init__(self, redis_url: str, **overrides: Any) -> None:
+        settings = dict(
+            listen="127.0.0.1:0",
+            redis_url=redis_url,
+            metrics_listen="",
+            resync_interval=0.5,
+            reap_interval=0.2,
+            report_flush_interval=0.2,
+            grace=0.0,
+        )
+        settings.update(overrides)
+        self.settings = BalancerSettings(**settings)
+        self.loop = LoopThread("balancer")
+        self.server = BalancerServer(self.settings)
+        self.port = self.loop.run(self.server.start())
+        self.address = f"127.0.0.1:{self.port}"
+        self.stopped = False
+
+    @property
+    def store(self):  # type: ignore[no-untyped-def]
+        return self.server.store
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Runs a coroutine (for example a RegistryStore call) on the balancer's loop."""
+        return self.loop.run(coro, timeout)
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.loop.run(self.server.stop(0))
+        self.loop.close()
+
+
+class RouteGuideBackend(rg_grpc.RouteGuideServicer):
+    """A routeguide server that answers GetFeature with its own name and
+    counts the lb-token of every call."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.calls = 0
+        self.tokens: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.server: grpc.Server | None = None
+        self.port = 0
+
+    def _record(self, context: grpc.ServicerContext) -> None:
+        token = dict(context.invocation_metadata()).get("lb-token", "")
+        with self.lock:
+            self.calls += 1
+            self.tokens[token] += 1
+        context.set_trailing_metadata((("x-backend", self.name),))
+
+    def GetFeature(self, request: rg.Point, context: grpc.ServicerContext) -> rg.Feature:  # noqa: N802
+        self._record(context)
+        return rg.Feature(name=self.name, location=request)
+
+    def ListFeatures(self, request: rg.Rectangle, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._record(context)
+        for i in range(3):
+            yield rg.Feature(name=f"{self.name}-{i}", location=request.lo)
+
+    def RecordRoute(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._record(context)
+        n = sum(1 for _ in request_iterator)
+        return rg.RouteSummary(point_count=n)
+
+    def RouteChat(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        self._record(context)
+        for note in request_iterator:
+            yield rg.RouteNote(location=note.location, message=f"{self.name}:{note.message}")
+
+    def start(self) -> RouteGuideBackend:
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
+        rg_grpc.add_RouteGuideServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if not self.name:
+            self.name = f"127.0.0.1:{self.port}"
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(0).wait()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Polls a condition; raises AssertionError if it never holds. A bound on
+    waiting for a real component, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
