@@ -118,7 +118,9 @@ class BalanceLoadService:
         feed.streams += 1
         metrics.STREAMS_OPEN.labels(feed.name).inc()
         self.sink.set_stream_count(feed.name, feed.streams)
-        log.debug("stream open id=%d pool=%s name=%s peer=%s", stream_id, feed.name, name, context.peer())
+        log.debug(
+            "stream open id=%d pool=%s name=%s peer=%s", stream_id, feed.name, name, context.peer()
+        )
         reader = asyncio.create_task(self._read_reports(request_iterator, feed))
         try:
             await context.write(lists.initial_payload(feed.report_interval_ms))
@@ -142,9 +144,11 @@ class BalanceLoadService:
             if reader.done():
                 return
             waiter = asyncio.ensure_future(changed.wait())
-            await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():
-                waiter.cancel()
+            try:
+                await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
             if reader.done() and not changed.is_set():
                 return
 

@@ -37,20 +37,25 @@ class Entry:
 
 
 def interleave(counts: Sequence[tuple[T, int]]) -> list[T]:
-    """Smooth weighted round robin: each item appears `count` times, spread as
-    evenly as the counts allow (the nginx sequence)."""
-    total = sum(c for _, c in counts)
-    current = [0] * len(counts)
-    out: list[T] = []
-    for _ in range(total):
-        best = 0
-        for i, (_, c) in enumerate(counts):
-            current[i] += c
-            if current[i] > current[best]:
-                best = i
-        current[best] -= total
-        out.append(counts[best][0])
-    return out
+    """Spreads each item's `count` copies evenly around a ring.
+
+    Items are placed largest count first, each copy at its ideal position
+    (k * length / count) or the next free slot after it. The list is a ring
+    (clients wrap around), so spacing is judged cyclically: an item with at
+    most half of the slots never lands next to itself in practice, and equal
+    counts give a plain a, b, c, a, b, c order.
+    """
+    length = sum(c for _, c in counts)
+    slots: list[T | None] = [None] * length
+    order = sorted(range(len(counts)), key=lambda i: -counts[i][1])
+    for i in order:
+        item, n = counts[i]
+        for k in range(n):
+            j = (k * length) // n
+            while slots[j] is not None:
+                j = (j + 1) % length
+            slots[j] = item
+    return [s for s in slots if s is not None]
 
 
 def _largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
@@ -146,7 +151,9 @@ def initial_payload(report_interval_ms: int) -> bytes:
     ).SerializeToString()
 
 
-FALLBACK_PAYLOAD = lb.LoadBalanceResponse(fallback_response=lb.FallbackResponse()).SerializeToString()
+FALLBACK_PAYLOAD = lb.LoadBalanceResponse(
+    fallback_response=lb.FallbackResponse()
+).SerializeToString()
 
 
 def pool_payload(snapshot: PoolSnapshot, epoch: str) -> bytes | None:

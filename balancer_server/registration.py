@@ -86,20 +86,40 @@ class RegistryService(pb_grpc.RegistryServicer):
                 ttl_ms = v.check_lease_ttl_ms(_duration_ms(request.lease_ttl))
             ip = await resolve_host(request.host, context.peer())
         except v.RegistryError as exc:
-            await self._fail(context, "Register", grpc.StatusCode.INVALID_ARGUMENT, f"registration refused: {exc}")
+            await self._fail(
+                context,
+                "Register",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"registration refused: {exc}",
+            )
             raise AssertionError("unreachable") from None
         host = request.host or ip
         try:
             lease = await self.store.register(
-                pool=pool, host=host, ip=ip, port=port, weight=weight, zone=zone,
-                metadata=metadata, lease_ttl_ms=ttl_ms,
+                pool=pool,
+                host=host,
+                ip=ip,
+                port=port,
+                weight=weight,
+                zone=zone,
+                metadata=metadata,
+                lease_ttl_ms=ttl_ms,
             )
         except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(context, "Register", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}")
+            await self._fail(
+                context, "Register", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
+            )
             raise AssertionError("unreachable") from None
         metrics.REGISTRATIONS.labels("Register", "OK").inc()
-        log.info("registered pool=%s backend=%s addr=%s:%d weight=%d ttl_ms=%d",
-                 pool, lease.backend_id, ip, port, weight, lease.ttl_ms)
+        log.info(
+            "registered pool=%s backend=%s addr=%s:%d weight=%d ttl_ms=%d",
+            pool,
+            lease.backend_id,
+            ip,
+            port,
+            weight,
+            lease.ttl_ms,
+        )
         response = pb.RegisterResponse(
             backend_id=lease.backend_id, lease_id=lease.lease_id, address=f"{ip}:{port}"
         )
@@ -117,33 +137,50 @@ class RegistryService(pb_grpc.RegistryServicer):
             }
         try:
             v.check_pool_name(request.pool)
-            ttl = await self.store.heartbeat(request.pool, request.backend_id, request.lease_id, load)
+            ttl = await self.store.heartbeat(
+                request.pool, request.backend_id, request.lease_id, load
+            )
         except v.RegistryError as exc:
-            await self._fail(context, "Heartbeat", grpc.StatusCode.INVALID_ARGUMENT, f"heartbeat refused: {exc}")
+            await self._fail(
+                context, "Heartbeat", grpc.StatusCode.INVALID_ARGUMENT, f"heartbeat refused: {exc}"
+            )
             raise AssertionError("unreachable") from None
         except v.NotFoundError as exc:
-            await self._fail(context, "Heartbeat", grpc.StatusCode.NOT_FOUND, f"{exc}; register again")
+            await self._fail(
+                context, "Heartbeat", grpc.StatusCode.NOT_FOUND, f"{exc}; register again"
+            )
             raise AssertionError("unreachable") from None
         except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(context, "Heartbeat", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}")
+            await self._fail(
+                context, "Heartbeat", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
+            )
             raise AssertionError("unreachable") from None
         metrics.REGISTRATIONS.labels("Heartbeat", "OK").inc()
         response = pb.HeartbeatResponse()
         response.lease_ttl.FromMilliseconds(ttl)
         return response
 
-    async def Deregister(self, request: pb.DeregisterRequest, context: Any) -> pb.DeregisterResponse:  # noqa: N802
+    async def Deregister(
+        self, request: pb.DeregisterRequest, context: Any
+    ) -> pb.DeregisterResponse:  # noqa: N802
         try:
             v.check_pool_name(request.pool)
             await self.store.deregister(request.pool, request.backend_id, request.lease_id)
         except v.RegistryError as exc:
-            await self._fail(context, "Deregister", grpc.StatusCode.INVALID_ARGUMENT, f"deregistration refused: {exc}")
+            await self._fail(
+                context,
+                "Deregister",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"deregistration refused: {exc}",
+            )
             raise AssertionError("unreachable") from None
         except v.NotFoundError as exc:
             await self._fail(context, "Deregister", grpc.StatusCode.NOT_FOUND, str(exc))
             raise AssertionError("unreachable") from None
         except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(context, "Deregister", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}")
+            await self._fail(
+                context, "Deregister", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
+            )
             raise AssertionError("unreachable") from None
         metrics.REGISTRATIONS.labels("Deregister", "OK").inc()
         log.info("deregistered pool=%s backend=%s", request.pool, request.backend_id)

@@ -64,7 +64,9 @@ class BalancerServer:
             self.store, resync_interval=settings.resync_interval, hooks=[self.hub.on_change]
         )
         self.sink = LoadReportSink(
-            self.store.redis, replica_id=self.replica_id, flush_interval=settings.report_flush_interval
+            self.store.redis,
+            replica_id=self.replica_id,
+            flush_interval=settings.report_flush_interval,
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -104,7 +106,10 @@ class BalancerServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "balancer listening on %s (port %d) replica=%s epoch=%s",
-            self.settings.listen, self.port, self.replica_id, self.epoch,
+            self.settings.listen,
+            self.port,
+            self.replica_id,
+            self.epoch,
         )
         return self.port
 

@@ -127,7 +127,9 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
             self.server.stop(0).wait()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> None:
     """Polls a condition; raises AssertionError if it never holds. A bound on
     waiting for a real component, not a timing assertion."""
     deadline = time.monotonic() + timeout
@@ -136,3 +138,73 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+_STOP = object()
+
+
+class LbStream:
+    """A BalanceLoad stream opened by a stock grpcio stub; responses are read
+    into a queue by a thread, so tests wait on them with a bound."""
+
+    def __init__(self, address: str, name: str | None = None, first: Any = None) -> None:
+        import queue
+
+        from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+        from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+
+        self.lb = lb
+        self.channel = grpc.insecure_channel(address)
+        self.requests: queue.Queue[Any] = queue.Queue()
+        self.responses: queue.Queue[Any] = queue.Queue()
+        if first is None and name is not None:
+            first = lb.LoadBalanceRequest(initial_request=lb.InitialLoadBalanceRequest(name=name))
+        if first is not None:
+            self.requests.put(first)
+        self.call = lb_grpc.LoadBalancerStub(self.channel).BalanceLoad(
+            iter(self.requests.get, _STOP)
+        )
+        self.error: grpc.RpcError | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self.responses.put(response)
+        except grpc.RpcError as exc:
+            self.error = exc
+        self.responses.put(_STOP)
+
+    def send(self, message: Any) -> None:
+        self.requests.put(message)
+
+    def next(self, timeout: float = 10.0) -> Any:
+        """The next response; raises the stream's RpcError if it ended."""
+        item = self.responses.get(timeout=timeout)
+        if item is _STOP:
+            self.responses.put(_STOP)
+            if self.error is not None:
+                raise self.error
+            raise EOFError("stream ended")
+        return item
+
+    def next_list(self, timeout: float = 10.0) -> list[tuple[str, str, bool]]:
+        """The next server list as (ip:port, token, drop) entries, skipping
+        other responses."""
+        import ipaddress
+
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.next(max(deadline - time.monotonic(), 0.01))
+            if response.HasField("server_list"):
+                out = []
+                for s in response.server_list.servers:
+                    addr = f"{ipaddress.ip_address(s.ip_address)}:{s.port}" if s.ip_address else ""
+                    out.append((addr, s.load_balance_token, s.drop))
+                return out
+
+    def close(self) -> None:
+        self.requests.put(_STOP)
+        self.call.cancel()
+        self.channel.close()

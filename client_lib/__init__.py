@@ -1,0 +1,13 @@
+"""Lookaside's thin client: channels that balance over a grpclb balancer's
+list, and the helper with which a backend registers itself.
+
+    from client_lib import LookasideChannel            # grpc.Channel
+    from client_lib.aio import LookasideChannel        # grpc.aio.Channel
+    from client_lib import Registration, AsyncRegistration
+"""
+
+from client_lib.channel import LookasideChannel
+from client_lib.picker import FailedCall
+from client_lib.registration import AsyncRegistration, Registration
+
+__all__ = ["AsyncRegistration", "FailedCall", "LookasideChannel", "Registration"]

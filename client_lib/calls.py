@@ -1,0 +1,208 @@
+"""Multi-callables of the sync LookasideChannel.
+
+Each call picks a list slot, finds (or makes, once) the sub-channel's own
+multi-callable for the method, adds the lb-token, and counts the call for
+ClientStats. The hot path is a pick, a dict lookup and a tuple concat.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall
+
+if TYPE_CHECKING:
+    from client_lib.channel import LookasideChannel, SubChannel
+
+__all__ = ["DROP_DETAILS", "StreamStream", "StreamUnary", "UnaryStream", "UnaryUnary"]
+
+
+def _metadata(metadata: Any, extra: tuple[tuple[str, str], ...]) -> Any:
+    if not metadata:
+        return extra or None
+    return (*metadata, *extra) if extra else metadata
+
+
+def _finish_callback(counters: CallCounters) -> Any:
+    def done(call: Any) -> None:
+        try:
+            code = call.code()
+            has_md = bool(call.initial_metadata() or call.trailing_metadata())
+        except Exception:  # noqa: BLE001 - a cancelled future may not have them
+            code, has_md = grpc.StatusCode.CANCELLED, False
+        counters.finish_with(code, has_md)
+
+    return done
+
+
+def _record_error(counters: CallCounters, exc: grpc.RpcError) -> None:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    try:
+        has_md = bool(exc.initial_metadata() or exc.trailing_metadata())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001
+        has_md = False
+    counters.finish_with(code, has_md)
+
+
+class _Base:
+    __slots__ = ("_channel", "_method", "_ser", "_deser", "_registered", "_counters")
+    _kind = ""
+
+    def __init__(
+        self, channel: LookasideChannel, method: str, ser: Any, deser: Any, registered: bool
+    ) -> None:
+        self._channel = channel
+        self._method = method
+        self._ser = ser
+        self._deser = deser
+        self._registered = registered
+        self._counters = channel.counters
+
+    def _mc(self, sub: SubChannel) -> Any:
+        key = (self._kind, self._method, self._ser, self._deser)
+        mc = sub.methods.get(key)
+        if mc is None:
+            factory = getattr(sub.channel, self._kind)
+            mc = factory(self._method, self._ser, self._deser, _registered_method=self._registered)
+            sub.methods[key] = mc
+        return mc
+
+
+class _UnaryResponse(_Base):
+    """Unary-response calls: __call__, with_call, future."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        p = self._channel._pick(timeout)
+        mc = self._mc(p.target)
+        counters = self._counters
+        counters.call_started()
+        try:
+            response = mc(
+                request,
+                timeout,
+                _metadata(metadata, p.metadata),
+                credentials,
+                wait_for_ready,
+                compression,
+            )
+        except grpc.RpcError as exc:
+            _record_error(counters, exc)
+            raise
+        counters.call_finished(True, False)
+        return response
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        p = self._channel._pick(timeout)
+        mc = self._mc(p.target)
+        counters = self._counters
+        counters.call_started()
+        try:
+            result = mc.with_call(
+                request,
+                timeout,
+                _metadata(metadata, p.metadata),
+                credentials,
+                wait_for_ready,
+                compression,
+            )
+        except grpc.RpcError as exc:
+            _record_error(counters, exc)
+            raise
+        counters.call_finished(True, False)
+        return result
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        try:
+            p = self._channel._pick(timeout)
+        except FailedCall as failed:
+            return failed
+        mc = self._mc(p.target)
+        self._counters.call_started()
+        fut = mc.future(
+            request,
+            timeout,
+            _metadata(metadata, p.metadata),
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+        fut.add_done_callback(_finish_callback(self._counters))
+        return fut
+
+
+class _StreamResponse(_Base):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        try:
+            p = self._channel._pick(timeout)
+        except FailedCall as failed:
+            return failed
+        mc = self._mc(p.target)
+        self._counters.call_started()
+        call = mc(
+            request,
+            timeout,
+            _metadata(metadata, p.metadata),
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+        call.add_done_callback(_finish_callback(self._counters))
+        return call
+
+
+class UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):
+    __slots__ = ()
+    _kind = "unary_unary"
+
+
+class StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):
+    __slots__ = ()
+    _kind = "stream_unary"
+
+
+class UnaryStream(_StreamResponse, grpc.UnaryStreamMultiCallable):
+    __slots__ = ()
+    _kind = "unary_stream"
+
+
+class StreamStream(_StreamResponse, grpc.StreamStreamMultiCallable):
+    __slots__ = ()
+    _kind = "stream_stream"

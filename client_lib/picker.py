@@ -1,0 +1,198 @@
+"""The per-call pick and the counters that mirror ClientStats.
+
+Both are shared by the sync and asyncio channels. A pick is an index
+increment and a tuple lookup; the list is swapped whole when a new one
+arrives, so picks never lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+
+DROP_DETAILS = "drop directed by grpclb balancer"
+
+
+class FailedCall(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A call that failed before it was sent: a drop, or no list yet.
+
+    It is both the exception raised by blocking calls and the object
+    returned by .future() and streaming calls (iterating it raises it), so
+    it looks to the caller like any other failed gRPC call.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    # grpc.Call / grpc.RpcError
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+    # grpc.Future
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> FailedCall:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> None:
+        return None
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+    # streaming responses
+    def __iter__(self) -> FailedCall:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+    def __str__(self) -> str:
+        return f"<FailedCall {self._code.name}: {self._details}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """One list slot. `target` is the sub-channel key (None for a drop)."""
+
+    target: Any
+    metadata: tuple[tuple[str, str], ...]
+    drop_token: str = ""
+
+
+class Picker:
+    """Round robin over a server list, drop entries included, starting at a
+    random slot so that many clients do not all start on one backend."""
+
+    __slots__ = ("picks", "_next", "_n")
+
+    def __init__(self, picks: list[Pick]) -> None:
+        self.picks = tuple(picks)
+        self._n = len(self.picks)
+        self._next = itertools.count(random.randrange(self._n) if self._n else 0)
+
+    def pick(self) -> Pick:
+        return self.picks[next(self._next) % self._n]
+
+    def __len__(self) -> int:
+        return self._n
+
+
+# Codes that can come from the transport rather than from a server.
+_LOCAL_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class CallCounters:
+    """ClientStats counters with C-core's meaning.
+
+    started/finished count every call that picked a backend or a drop.
+    known_received: the server is known to have received the call (a
+    response, server metadata, or a status only a server sends).
+    failed_to_send: UNAVAILABLE with nothing from the server.
+    A drop counts as started and finished, and under its token.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = 0
+        self.finished = 0
+        self.failed_to_send = 0
+        self.known_received = 0
+        self.drops: Counter[str] = Counter()
+        self._last_was_zero = False
+
+    def call_started(self) -> None:
+        with self._lock:
+            self.started += 1
+
+    def call_finished(self, known_received: bool, failed_to_send: bool) -> None:
+        with self._lock:
+            self.finished += 1
+            if known_received:
+                self.known_received += 1
+            if failed_to_send:
+                self.failed_to_send += 1
+
+    def call_dropped(self, token: str) -> None:
+        with self._lock:
+            self.started += 1
+            self.finished += 1
+            self.drops[token] += 1
+
+    def finish_with(self, code: Any, has_metadata: bool) -> None:
+        """Records the end of a call from its status code and whether any
+        metadata came back from the server."""
+        if code is grpc.StatusCode.OK or code == 0:
+            self.call_finished(True, False)
+            return
+        known = has_metadata or (isinstance(code, grpc.StatusCode) and code not in _LOCAL_CODES)
+        unavailable = code is grpc.StatusCode.UNAVAILABLE or code == 14
+        self.call_finished(known, unavailable and not known)
+
+    def take_report(self, timestamp_ns: int) -> lb.ClientStats | None:
+        """The deltas since the last report, or None when this report and the
+        previous one are both all zero (C-core skips those)."""
+        with self._lock:
+            stats = lb.ClientStats(
+                num_calls_started=self.started,
+                num_calls_finished=self.finished,
+                num_calls_finished_with_client_failed_to_send=self.failed_to_send,
+                num_calls_finished_known_received=self.known_received,
+                calls_finished_with_drop=[
+                    lb.ClientStatsPerToken(load_balance_token=t, num_calls=n)
+                    for t, n in sorted(self.drops.items())
+                ],
+            )
+            zero = not (self.started or self.finished or self.drops)
+            self.started = self.finished = self.failed_to_send = self.known_received = 0
+            self.drops = Counter()
+            if zero and self._last_was_zero:
+                return None
+            self._last_was_zero = zero
+        stats.timestamp.FromNanoseconds(timestamp_ns)
+        return stats

@@ -1,0 +1,67 @@
+"""Reading grpclb responses into what a channel needs: the addresses of a
+server list and the picks that go with them."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from client_lib.picker import Pick
+from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+
+INITIAL_REQUEST_NAME_MAX = 255
+
+
+def initial_request(name: str) -> lb.LoadBalanceRequest:
+    if not name or len(name.encode()) > INITIAL_REQUEST_NAME_MAX:
+        raise ValueError(f"service name must be 1..{INITIAL_REQUEST_NAME_MAX} bytes, got {name!r}")
+    return lb.LoadBalanceRequest(initial_request=lb.InitialLoadBalanceRequest(name=name))
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    address: str  # "ip:port" or "[ipv6]:port"; empty for a drop
+    token: str
+    drop: bool
+
+
+def parse_server_list(server_list: lb.ServerList) -> list[ListEntry]:
+    """The list's entries; malformed ones (bad address length or port) are
+    skipped, as C-core does."""
+    out = []
+    for s in server_list.servers:
+        if s.drop:
+            out.append(ListEntry("", s.load_balance_token, True))
+            continue
+        if len(s.ip_address) not in (4, 16) or not 0 < s.port < 65536:
+            continue
+        ip = ipaddress.ip_address(s.ip_address)
+        host = str(ip) if ip.version == 4 else f"[{ip}]"
+        token = s.load_balance_token if len(s.load_balance_token) < 50 else ""
+        out.append(ListEntry(f"{host}:{s.port}", token, False))
+    return out
+
+
+def build_picks(entries: list[ListEntry], subchannel: Callable[[str], Any]) -> list[Pick]:
+    """Picks for a list: one per entry, with the entry's lb-token metadata
+    (no header for an empty token)."""
+    picks = []
+    for e in entries:
+        if e.drop:
+            picks.append(Pick(None, (), e.token))
+        else:
+            md = (("lb-token", e.token),) if e.token else ()
+            picks.append(Pick(subchannel(e.address), md))
+    return picks
+
+
+def report_interval_seconds(initial: lb.InitialLoadBalanceResponse) -> float:
+    """The client stats interval the balancer asked for: 0 disables reports;
+    anything else is clamped to at least 1 s, as C-core does."""
+    d = initial.client_stats_report_interval
+    seconds = d.seconds + d.nanos / 1e9
+    if seconds <= 0:
+        return 0.0
+    return max(seconds, 1.0)
