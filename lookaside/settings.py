@@ -13,7 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class BalancerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_BALANCER_", extra="ignore")
 
-    listen: str = Field("0.0.0.0:50051", description="host:port for BalanceLoad, registration, health")
+    listen: str = Field(
+        "0.0.0.0:50051", description="host:port for BalanceLoad, registration, health"
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
     metrics_listen: str = Field(
         "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
@@ -21,7 +23,9 @@ class BalancerSettings(BaseSettings):
     replica_id: str = Field("", description="name of this replica; default host-pid")
     resync_interval: float = Field(1.0, gt=0, description="seconds between version checks")
     reap_interval: float = Field(0.5, gt=0, description="seconds between lease expiry sweeps")
-    report_flush_interval: float = Field(1.0, gt=0, description="seconds between load report writes")
+    report_flush_interval: float = Field(
+        1.0, gt=0, description="seconds between load report writes"
+    )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
     log_level: str = Field("info", description="debug, info, warning or error")
 

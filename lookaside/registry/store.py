@@ -212,7 +212,13 @@ class RegistryStore:
         )
 
     async def update_backend(
-        self, pool: str, backend_id: str, *, actor: str = "api", kind: str = "updated", **fields: Any
+        self,
+        pool: str,
+        backend_id: str,
+        *,
+        actor: str = "api",
+        kind: str = "updated",
+        **fields: Any,
     ) -> int:
         """Changes fields of one backend (state, weight, ...) and returns the
         new pool version."""

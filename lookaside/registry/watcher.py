@@ -53,7 +53,9 @@ class RegistryWatcher:
         try:
             await asyncio.wait_for(self._first_sync.wait(), timeout=5.0)
         except TimeoutError:
-            log.warning("registry: Redis did not answer at start-up; serving no pools until it does")
+            log.warning(
+                "registry: Redis did not answer at start-up; serving no pools until it does"
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
