@@ -55,7 +55,7 @@ async def resolve_host(host: str, peer: str) -> str:
         )
     except (OSError, TimeoutError) as exc:
         raise v.RegistryError(f"host {host!r} does not resolve: {exc}") from None
-    addrs = [info[4][0] for info in infos]
+    addrs = [str(info[4][0]) for info in infos]
     v4 = [a for a in addrs if ":" not in a]
     if not addrs:
         raise v.RegistryError(f"host {host!r} does not resolve to any address")

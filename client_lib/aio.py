@@ -285,7 +285,8 @@ class LookasideAioChannel(grpc.aio.Channel):
                 "target=%s: balancer sent an empty list; keeping the current one", self.target
             )
             return
-        old, new = self._subchannels, {}
+        old: dict[str, _AioSubChannel] = self._subchannels
+        new: dict[str, _AioSubChannel] = {}
 
         def sub(address: str) -> _AioSubChannel:
             s = new.get(address) or old.get(address)

@@ -262,9 +262,8 @@ class LookasideChannel(grpc.Channel):
     def __enter__(self) -> LookasideChannel:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
 
     def __del__(self) -> None:
         try:

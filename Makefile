@@ -1,0 +1,46 @@
+# Lookaside: the two commands are `make up` (the local lab) and `make test`.
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: up test install protos lint bench browser clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,redis-server]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## the local lab: Redis, balancer, DNS responder, admin API, 3 routeguide backends
+up: install
+	$(PY) -m lookaside up
+
+## the whole test suite (starts its own redis-server on a free port)
+test: install browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## headless Chromium for the dashboard test (Debian's package; needs root)
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser test will be skipped"; \
+	fi
+
+## regenerate lookaside/proto from protos/
+protos: install
+	$(PY) -m lookaside.codegen
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy lookaside balancer_server client_lib
+
+bench: install
+	$(PY) bench/client_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

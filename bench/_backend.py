@@ -1,0 +1,35 @@
+"""A minimal routeguide backend for benchmarks: GetFeature answers at once.
+
+    python bench/_backend.py PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+
+
+class Fast(rg_grpc.RouteGuideServicer):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def GetFeature(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return rg.Feature(name=self.name, location=request)
+
+
+async def main(port: int) -> None:
+    server = grpc.aio.server()
+    rg_grpc.add_RouteGuideServicer_to_server(Fast(f"127.0.0.1:{port}"), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
