@@ -1,0 +1,69 @@
+"""The admin FastAPI application: routes, error handlers, metrics, the
+dashboard's static files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+
+import lookaside
+from admin_api import errors, metrics
+from admin_api.routes import api_router, dashboard, health
+from admin_api.settings import AdminSettings
+from lookaside.registry.store import RegistryStore
+from lookaside.registry.transitions import BackendTransitions
+
+log = logging.getLogger("lookaside.admin")
+
+DESCRIPTION = """\
+Pools, backends, load reports and events of the Lookaside registry.
+
+Every write goes to Redis as one atomic script that bumps the pool's
+version and publishes the change; the balancers pick it up from there.
+Send the admin token as `Authorization: Bearer <token>`.
+"""
+
+
+def operation_id(route: APIRoute) -> str:
+    """`<tag>-<function name>`, e.g. pools-create, backends-set-weight."""
+    tag = str(route.tags[0]) if route.tags else "admin"
+    return f"{tag}-{route.name.rstrip('_').replace('_', '-')}"
+
+
+def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> FastAPI:
+    """The app. Without `store`, one is made from settings.redis_url (no
+    connection is opened until the first request) and closed on shutdown."""
+    owned = store is None
+    store = store or RegistryStore.from_url(settings.redis_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            await store.close()
+
+    app = FastAPI(
+        title="Lookaside admin API",
+        version=lookaside.__version__,
+        description=DESCRIPTION,
+        generate_unique_id_function=operation_id,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.transitions = BackendTransitions(store)
+    errors.install(app)
+    app.middleware("http")(metrics.track_requests)
+    app.include_router(api_router)
+    app.include_router(health.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    return app

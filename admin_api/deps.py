@@ -1,0 +1,103 @@
+"""Dependencies of the routes, as `Annotated` aliases.
+
+    StoreDep        the process's RegistryStore
+    WriterDep       the actor of a mutating call; 401 without the right token
+    ReaderDep       the same for reads, unless public_reads is set
+    PoolPath        a pool name from the path, checked like the registry does
+    BackendPath     a backend id from the path
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from admin_api.settings import AdminSettings
+from lookaside.registry import validation as v
+from lookaside.registry.store import RegistryStore
+from lookaside.registry.transitions import BackendTransitions
+
+BACKEND_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="the admin token (LOOKASIDE_ADMIN_TOKEN)",
+)
+
+
+def get_settings(request: Request) -> AdminSettings:
+    settings: AdminSettings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> RegistryStore:
+    store: RegistryStore = request.app.state.store
+    return store
+
+
+def get_transitions(request: Request) -> BackendTransitions:
+    transitions: BackendTransitions = request.app.state.transitions
+    return transitions
+
+
+SettingsDep = Annotated[AdminSettings, Depends(get_settings)]
+StoreDep = Annotated[RegistryStore, Depends(get_store)]
+TransitionsDep = Annotated[BackendTransitions, Depends(get_transitions)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _actor(request: Request) -> str:
+    client = request.client.host if request.client else "unknown"
+    return f"admin:token@{client}"
+
+
+def check_token(settings: AdminSettings, credentials: HTTPAuthorizationCredentials | None) -> None:
+    if credentials is None:
+        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <admin token>'")
+    given = credentials.credentials.encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, settings.token.encode()):
+        raise _unauthorized("wrong bearer token")
+
+
+def require_writer(request: Request, settings: SettingsDep, credentials: Credentials) -> str:
+    """The actor name of an authorized mutating call."""
+    check_token(settings, credentials)
+    return _actor(request)
+
+
+def require_reader(request: Request, settings: SettingsDep, credentials: Credentials) -> str:
+    """The actor name of an authorized read (anyone when public_reads is set)."""
+    if not settings.public_reads:
+        check_token(settings, credentials)
+    return _actor(request)
+
+
+WriterDep = Annotated[str, Depends(require_writer)]
+ReaderDep = Annotated[str, Depends(require_reader)]
+
+PoolPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=v.POOL_NAME_RE.pattern,
+        description="pool name: 1..128 characters of [A-Za-z0-9._-], starting with a letter or digit",
+    ),
+]
+BackendPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=BACKEND_ID_PATTERN,
+        description="backend id, as listed by backends-list",
+    ),
+]

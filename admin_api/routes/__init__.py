@@ -1,0 +1,13 @@
+"""One router per resource, mounted under /api/v1 by admin_api.app."""
+
+from fastapi import APIRouter
+
+from admin_api.routes import backends, events, load, pools
+
+api_router = APIRouter(prefix="/api/v1")
+api_router.include_router(pools.router)
+api_router.include_router(backends.router)
+api_router.include_router(load.router)
+api_router.include_router(events.router)
+
+__all__ = ["api_router"]

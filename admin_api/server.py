@@ -1,0 +1,83 @@
+"""`lookaside admin`: the admin API and dashboard under uvicorn until
+SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from admin_api.app import create_app
+from admin_api.settings import AdminSettings
+
+log = logging.getLogger("lookaside.admin")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its own signal handling: serve() owns the signals, so
+    a SIGTERM ends the coroutine cleanly instead of being re-raised."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_server(settings: AdminSettings) -> uvicorn.Server:
+    host, port = settings.host_port
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+    )
+    return _Server(config)
+
+
+async def serve(settings: AdminSettings) -> None:
+    """Runs the admin process until SIGINT or SIGTERM."""
+    server = build_server(settings)
+    if settings.token_generated:
+        # Printed, not only logged: dev mode's token is needed to use the API.
+        print(f"lookaside admin: dev mode, generated token: {settings.token}", file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, functools.partial(_stop, server, sig))
+    log.info(
+        "admin listening on http://%s redis=%s public_reads=%s dev=%s",
+        settings.listen, _redacted(settings.redis_url), settings.public_reads, settings.dev,
+    )
+    try:
+        await server.serve()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if not server.started:
+        raise SystemExit(f"lookaside admin: could not start on {settings.listen}")
+    log.info("admin stopped")
+
+
+def _stop(server: uvicorn.Server, sig: signal.Signals) -> None:
+    log.info("admin shutting down signal=%s", sig.name)
+    if server.should_exit:
+        server.force_exit = True
+    server.should_exit = True
+
+
+def _redacted(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

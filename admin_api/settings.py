@@ -1,0 +1,106 @@
+"""AdminSettings: the admin process's configuration, env prefix
+LOOKASIDE_ADMIN_. Every field is also a `lookaside admin` flag.
+
+The bearer token guards every write (and every read unless public_reads is
+set), so the settings refuse an empty or default-looking token. In dev mode
+an empty token is replaced by a random one that `serve` prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("lookaside.admin")
+
+TOKEN_MIN_LENGTH = 16
+DEFAULT_LOOKING_TOKENS = frozenset(
+    {
+        "admin", "changeme", "change-me", "change_me", "changethis", "default", "dev",
+        "lookaside", "password", "secret", "test", "token", "example", "none", "null",
+    }
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def token_problem(token: str) -> str | None:
+    """Why a token is unfit to guard the admin API, or None when it is fit."""
+    if not token:
+        return "is empty"
+    lowered = token.lower()
+    if lowered in DEFAULT_LOOKING_TOKENS or any(lowered.startswith(w) for w in ("changeme", "changethis")):
+        return "looks like a default value"
+    if len(set(token)) < 6:
+        return "repeats too few distinct characters"
+    if len(token) < TOKEN_MIN_LENGTH:
+        return f"is {len(token)} characters long; use at least {TOKEN_MIN_LENGTH}"
+    return None
+
+
+class AdminSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKASIDE_ADMIN_", extra="ignore", hide_input_in_errors=True
+    )
+
+    listen: str = Field("127.0.0.1:8080", description="host:port for the admin API and dashboard")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    token: str = Field(
+        "",
+        description="bearer token for the API (required; e.g. `python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))'`)",
+        repr=False,
+    )
+    dev: bool = Field(
+        False, description="development mode: accept a weak token, or generate one when empty"
+    )
+    public_reads: bool = Field(False, description="serve GET requests without a token")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    _token_generated: bool = PrivateAttr(False)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen {value!r} is not host:port (for example 127.0.0.1:8080)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _check_token(self) -> AdminSettings:
+        problem = token_problem(self.token)
+        if problem is None:
+            return self
+        if not self.dev:
+            raise ValueError(
+                f"LOOKASIDE_ADMIN_TOKEN {problem}: set a random token of at least "
+                f"{TOKEN_MIN_LENGTH} characters (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'), or run with --dev 1 / "
+                "LOOKASIDE_ADMIN_DEV=1 to get a generated one"
+            )
+        if not self.token:
+            self.token = secrets.token_urlsafe(32)
+            self._token_generated = True
+        else:
+            log.warning("admin token %s; accepted only because dev mode is on", problem)
+        return self
+
+    @property
+    def token_generated(self) -> bool:
+        """True when dev mode made up the token (serve prints it)."""
+        return self._token_generated
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)

@@ -1,0 +1,396 @@
+// Lookaside admin dashboard: pools, backends and live rates, refreshed in
+// place every two seconds. Plain DOM, no build step; every value from the
+// registry goes in through textContent, never as HTML.
+"use strict";
+
+const REFRESH_MS = 2000;
+const HISTORY = 60; // sparkline samples per pool
+const TOKEN_KEY = "lookaside.admin.token";
+
+const $ = (id) => document.getElementById(id);
+const cards = new Map(); // pool name -> card refs
+const history = new Map(); // pool name -> [calls/s]
+let blockedOnToken = false;
+
+// -- tiny DOM helper ---------------------------------------------------------
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+// -- token and API -------------------------------------------------------------
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+function renderTokenButton() {
+  $("token-button").textContent = token() ? "Token set ✓" : "Set token";
+  $("token-button").title = token() ? "Click to change or forget the token" : "";
+}
+
+let tokenPrompt = null; // one dialog at a time, shared by concurrent callers
+
+function askToken(reason) {
+  if (tokenPrompt) return tokenPrompt;
+  const dialog = $("token-dialog");
+  $("token-reason").textContent = reason;
+  $("token-input").value = "";
+  $("token-forget").hidden = !token();
+  tokenPrompt = new Promise((resolve) => {
+    const onClose = () => {
+      dialog.removeEventListener("close", onClose);
+      if (dialog.returnValue === "forget") sessionStorage.removeItem(TOKEN_KEY);
+      resolve(dialog.returnValue === "save" ? $("token-input").value.trim() : "");
+    };
+    dialog.addEventListener("close", onClose);
+    dialog.returnValue = "";
+    dialog.showModal();
+    $("token-input").focus();
+  }).then((value) => {
+    tokenPrompt = null;
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    renderTokenButton();
+    return value;
+  });
+  return tokenPrompt;
+}
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body, retried = false) {
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401 && !retried) {
+    const what = method === "GET" ? "Reading the registry" : "Changing the registry";
+    const why = token()
+      ? "The stored token was refused; enter the right one."
+      : `${what} needs the admin token (LOOKASIDE_ADMIN_TOKEN). It is kept in this tab only.`;
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (await askToken(why)) return api(method, path, body, true);
+    throw new ApiError(401, "no token given");
+  }
+  if (response.status === 204) return null;
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = { detail: response.statusText };
+  }
+  if (!response.ok) throw new ApiError(response.status, data.detail || response.statusText);
+  return data;
+}
+
+// -- formatting ----------------------------------------------------------------
+function rate(value) {
+  if (!value) return "0";
+  if (value >= 1000) return `${(value / 1000).toFixed(1)}k`;
+  if (value >= 100) return value.toFixed(0);
+  return value.toFixed(1);
+}
+
+function ago(ms) {
+  if (!ms) return "—";
+  const s = Math.round((Date.now() - ms) / 1000);
+  if (s < 1) return "now";
+  if (s < 90) return `${s}s ago`;
+  if (s < 5400) return `${Math.round(s / 60)}m ago`;
+  return `${Math.round(s / 3600)}h ago`;
+}
+
+function lease(b) {
+  if (b.static) return "static";
+  const s = Math.round((b.lease_expires_ms - Date.now()) / 1000);
+  return s >= 0 ? `${s}s left` : "expired";
+}
+
+function loadNumber(load, key, digits = 1) {
+  return key in load ? Number(load[key]).toFixed(digits) : "—";
+}
+
+// -- toasts and status ---------------------------------------------------------
+function toast(message, kind = "ok") {
+  const node = el("div", { class: `toast ${kind}` }, message);
+  $("toasts").append(node);
+  setTimeout(() => node.remove(), kind === "error" ? 8000 : 3500);
+}
+
+function setStatus(text, kind) {
+  $("status").textContent = text;
+  $("status").className = `chip ${kind}`;
+}
+
+// -- actions -------------------------------------------------------------------
+async function act(pool, backend, label, method, suffix, body) {
+  const path = `/api/v1/pools/${encodeURIComponent(pool)}/backends/${encodeURIComponent(backend.id)}${suffix}`;
+  try {
+    await api(method, path, body);
+    toast(`${label} ${backend.address}`);
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) toast(`${label} ${backend.address} failed: ${err.message}`, "error");
+  }
+  refresh();
+}
+
+const STATE_ACTIONS = {
+  serving: [["drain", "Drain"], ["disable", "Disable"]],
+  draining: [["undrain", "Undrain"], ["disable", "Disable"]],
+  disabled: [["enable", "Enable"]],
+  unhealthy: [["disable", "Disable"]],
+};
+
+// -- rendering -----------------------------------------------------------------
+function newCard(name) {
+  const refs = {};
+  refs.title = el("h2", {}, name);
+  refs.chips = el("div", { class: "chips" });
+  refs.spark = svg("svg", { class: "spark", viewBox: `0 0 ${HISTORY - 1} 30`, preserveAspectRatio: "none" });
+  refs.area = svg("polygon", { class: "area", points: "" });
+  refs.line = svg("polyline", { points: "" });
+  refs.spark.append(svg("line", { class: "base", x1: "0", y1: "29", x2: `${HISTORY - 1}`, y2: "29" }), refs.area, refs.line);
+  refs.r10 = el("span", { class: "big" });
+  refs.r1m = el("span", {});
+  refs.r15m = el("span", {});
+  refs.dropped = el("span", {});
+  refs.streams = el("span", {});
+  const stat = (label, value, cls = "") => el("div", { class: `stat ${cls}` }, el("div", { class: "label" }, label), value);
+  refs.tbody = el("tbody");
+  refs.rows = new Map();
+  refs.section = el(
+    "section",
+    { class: "pool", "data-pool": name },
+    el(
+      "div",
+      { class: "pool-head" },
+      el("div", {}, refs.title, refs.chips),
+      el("figure", { class: "trend" }, refs.spark, el("figcaption", {}, "client calls/s · last 2 min")),
+    ),
+    el(
+      "div",
+      { class: "stats" },
+      stat("client calls/s · 10 s", refs.r10, "main"),
+      stat("1 min", refs.r1m),
+      stat("15 min", refs.r15m),
+      stat("dropped/s", refs.dropped),
+      stat("client streams", refs.streams),
+    ),
+    el(
+      "table",
+      { class: "backends" },
+      el(
+        "thead",
+        {},
+        el("tr", {}, ...["Backend", "Zone", "State", "Weight", "QPS", "In flight", "Util", "Lease", "Heard", ""].map((h) => el("th", {}, h))),
+      ),
+      refs.tbody,
+    ),
+  );
+  return refs;
+}
+
+function newRow(pool, id) {
+  const r = { backend: null };
+  r.addr = el("span", { class: "addr" });
+  r.bid = el("span", { class: "muted small" });
+  r.zone = el("td");
+  r.state = el("span", { class: "badge" });
+  r.weight = el("input", { type: "number", min: "1", max: "1000", class: "weight", "aria-label": "weight" });
+  r.setWeight = el("button", { class: "btn small", type: "button", "data-action": "weight" }, "Set");
+  const submitWeight = () => {
+    const weight = Number(r.weight.value);
+    r.weight.dataset.dirty = "";
+    act(pool, r.backend, `Weight ${weight} for`, "PUT", "/weight", { weight });
+  };
+  r.setWeight.addEventListener("click", submitWeight);
+  r.weight.addEventListener("input", () => (r.weight.dataset.dirty = "1"));
+  r.weight.addEventListener("keydown", (e) => e.key === "Enter" && submitWeight());
+  r.qps = el("td", { class: "num" });
+  r.inflight = el("td", { class: "num" });
+  r.util = el("td", { class: "num" });
+  r.lease = el("td", { class: "muted" });
+  r.heard = el("td", { class: "muted" });
+  r.actions = el("td", { class: "actions" });
+  r.tr = el(
+    "tr",
+    { "data-backend": id },
+    el("td", {}, r.addr, el("br"), r.bid),
+    r.zone,
+    el("td", {}, r.state),
+    el("td", { class: "weight-cell" }, r.weight, r.setWeight),
+    r.qps, r.inflight, r.util, r.lease, r.heard, r.actions,
+  );
+  return r;
+}
+
+function updateRow(pool, r, b) {
+  r.backend = b;
+  r.tr.dataset.address = b.address;
+  r.tr.dataset.state = b.state;
+  r.addr.textContent = b.host && b.host !== b.ip ? `${b.address} (${b.host})` : b.address;
+  r.bid.textContent = b.id;
+  r.zone.textContent = b.zone || "—";
+  r.state.textContent = b.state;
+  r.state.className = `badge ${b.state}`;
+  if (document.activeElement !== r.weight && !r.weight.dataset.dirty) r.weight.value = b.weight;
+  r.qps.textContent = loadNumber(b.load, "qps");
+  r.inflight.textContent = loadNumber(b.load, "in_flight", 0);
+  r.util.textContent = "utilization" in b.load ? `${Math.round(b.load.utilization * 100)}%` : "—";
+  r.lease.textContent = lease(b);
+  r.heard.textContent = b.static ? "—" : ago(b.last_heard_ms);
+  const wanted = (STATE_ACTIONS[b.state] || []).map(([a]) => a).join(",");
+  if (r.actions.dataset.set !== wanted) {
+    r.actions.dataset.set = wanted;
+    r.actions.replaceChildren(
+      ...(STATE_ACTIONS[b.state] || []).map(([action, label]) =>
+        el(
+          "button",
+          {
+            class: `btn small ${action === "drain" || action === "disable" ? "warn" : "go"}`,
+            type: "button",
+            "data-action": action,
+            onclick: () => act(pool, r.backend, label, "POST", `/${action}`),
+          },
+          label,
+        ),
+      ),
+    );
+  }
+}
+
+function updateCard(refs, pool, backends, load) {
+  refs.chips.replaceChildren(
+    el("span", { class: "chip" }, pool.policy.replace("_", " ")),
+    el("span", { class: "chip" }, `v${pool.version}`),
+    el("span", { class: "chip" }, `${pool.backends.serving}/${pool.backends.total} serving`),
+    ...(pool.fallback ? [el("span", { class: "chip warn" }, "fallback")] : []),
+    ...pool.drops.filter((d) => d.per_mille > 0).map((d) => el("span", { class: "chip" }, `drop ${d.token} ${d.per_mille}‰`)),
+  );
+  if (load) {
+    const w = Object.fromEntries(load.windows.map((x) => [x.window, x]));
+    refs.r10.textContent = rate(w["10s"].rates.started);
+    refs.r1m.textContent = rate(w["1m"].rates.started);
+    refs.r15m.textContent = rate(w["15m"].rates.started);
+    refs.dropped.textContent = rate(w["10s"].rates.dropped);
+    refs.streams.textContent = String(load.streams_total);
+    refs.streams.title = load.streams.map((s) => `${s.replica}: ${s.streams}`).join("\n");
+    const samples = history.get(pool.name) || [];
+    samples.push(w["10s"].rates.started);
+    while (samples.length > HISTORY) samples.shift();
+    history.set(pool.name, samples);
+    const top = Math.max(1, ...samples);
+    const offset = HISTORY - samples.length;
+    const points = samples.map((v, i) => `${offset + i},${(29 - (v / top) * 26).toFixed(1)}`);
+    if (samples.length === 1) points.unshift(`${offset - 1},${points[0].split(",")[1]}`);
+    refs.line.setAttribute("points", points.join(" "));
+    refs.area.setAttribute("points", `${points[0].split(",")[0]},29 ${points.join(" ")} ${HISTORY - 1},29`);
+  }
+  const seen = new Set();
+  for (const b of backends) {
+    seen.add(b.id);
+    let r = refs.rows.get(b.id);
+    if (!r) {
+      r = newRow(pool.name, b.id);
+      refs.rows.set(b.id, r);
+    }
+    updateRow(pool.name, r, b);
+  }
+  for (const [id, r] of refs.rows) if (!seen.has(id)) (r.tr.remove(), refs.rows.delete(id));
+  refs.tbody.replaceChildren(...backends.map((b) => refs.rows.get(b.id).tr));
+  if (!backends.length) refs.tbody.replaceChildren(el("tr", {}, el("td", { colspan: "10", class: "muted" }, "no backends registered")));
+}
+
+// -- refresh loop --------------------------------------------------------------
+let refreshing = false;
+let again = false;
+
+async function refresh() {
+  if (blockedOnToken) return;
+  if (refreshing) {
+    again = true; // an action landed mid-refresh: refresh once more after
+    return;
+  }
+  refreshing = true;
+  try {
+    await refreshOnce();
+  } finally {
+    refreshing = false;
+  }
+  if (again) {
+    again = false;
+    await refresh();
+  }
+}
+
+async function refreshOnce() {
+  try {
+    const { pools } = await api("GET", "/api/v1/pools");
+    const details = await Promise.all(
+      pools.map(async (p) => {
+        const base = `/api/v1/pools/${encodeURIComponent(p.name)}`;
+        const [backends, load] = await Promise.all([api("GET", `${base}/backends`), api("GET", `${base}/load`)]);
+        return [p, backends.backends, load];
+      }),
+    );
+    const names = new Set(pools.map((p) => p.name));
+    for (const [name, refs] of cards) if (!names.has(name)) (refs.section.remove(), cards.delete(name));
+    for (const [pool, backends, load] of details) {
+      let refs = cards.get(pool.name);
+      if (!refs) cards.set(pool.name, (refs = newCard(pool.name)));
+      updateCard(refs, pool, backends, load);
+    }
+    $("pools").replaceChildren(...pools.map((p) => cards.get(p.name).section));
+    $("empty").hidden = pools.length > 0;
+    $("notice").hidden = true;
+    setStatus(`live · ${new Date().toLocaleTimeString()}`, "ok");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      blockedOnToken = true;
+      $("notice").textContent = "Reading the registry needs the admin token. Use “Set token” above.";
+      $("notice").hidden = false;
+      setStatus("token needed", "warn");
+    } else if (err instanceof ApiError && err.status === 404) {
+      // a pool went away between two requests; the next refresh settles it
+    } else {
+      setStatus(err instanceof ApiError ? `error ${err.status}` : "unreachable", "error");
+      $("notice").textContent = err.message;
+      $("notice").hidden = false;
+    }
+  }
+}
+
+async function loop() {
+  await refresh();
+  setTimeout(loop, REFRESH_MS);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  renderTokenButton();
+  $("token-cancel").addEventListener("click", () => $("token-dialog").close("cancel"));
+  $("token-forget").addEventListener("click", () => $("token-dialog").close("forget"));
+  $("token-button").addEventListener("click", async () => {
+    await askToken("Enter the admin token (LOOKASIDE_ADMIN_TOKEN). It is kept in this tab only.");
+    blockedOnToken = false;
+    refresh();
+  });
+  loop();
+});

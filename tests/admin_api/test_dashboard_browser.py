@@ -1,0 +1,171 @@
+"""The dashboard in headless Chromium against a real `lookaside admin`
+process: it lists pools and backends with live numbers, and its Drain
+button (after the token prompt) drains the backend in Redis.
+
+Needs Debian's chromium at /usr/bin/chromium (Playwright's own browser
+download is not used)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from lookaside.registry import keys
+from lookaside.registry.store import RegistryStore
+from tests.admin_api.conftest import TOKEN
+from tests.admin_api.process import AdminProcess, clean_env
+from tests.support import wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DASHBOARD_DB = 3
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
+)
+
+
+@pytest.fixture
+def dash_redis_url(redis_url: str) -> str:
+    """A database of its own on the test Redis, so the page shows only this
+    test's pool, not those every other test made."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{DASHBOARD_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture
+def dash_redis(dash_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(dash_redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def admin(dash_redis_url: str) -> Iterator[AdminProcess]:
+    process = AdminProcess(
+        dash_redis_url, "--public-reads", "1", env=clean_env(LOOKASIDE_ADMIN_TOKEN=TOKEN)
+    ).wait_ready()
+    yield process
+    code, _out, err = process.stop()
+    assert code == 0, err
+
+
+async def _leased_backend(redis_url: str, pool: str, port: int, load: dict[str, float]) -> None:
+    store = RegistryStore.from_url(redis_url)
+    try:
+        lease = await store.register(
+            pool=pool, host="127.0.0.1", ip="127.0.0.1", port=port, weight=2, zone="eu-west-1b",
+            lease_ttl_ms=600_000,
+        )
+        await store.heartbeat(pool, lease.backend_id, lease.lease_id, load)
+    finally:
+        await store.close()
+
+
+def _seed(admin: AdminProcess, redis_url: str, pool: str, client: redis.Redis) -> dict[int, str]:
+    """A pool with two static backends and one leased one, plus client
+    reports and a stream count as a balancer would write them."""
+    api = httpx.Client(base_url=admin.url, headers=AUTH)
+    body = {"name": pool, "drops": [{"token": "overload", "per_mille": 20}]}
+    assert api.post("/api/v1/pools", json=body).status_code == 201
+    ids = {}
+    for port, weight in ((9401, 1), (9402, 3)):
+        r = api.post(
+            f"/api/v1/pools/{pool}/backends",
+            json={"host": "127.0.0.1", "port": port, "weight": weight, "zone": "eu-west-1a"},
+        )
+        assert r.status_code == 201, r.text
+        ids[port] = r.json()["id"]
+    api.close()
+    asyncio.run(_leased_backend(redis_url, pool, 9403, {"qps": 41.5, "in_flight": 3, "utilization": 0.42}))
+    now = time.time()
+    for back in (0, 10, 20, 60, 300):
+        bucket = keys.load_bucket(pool, int((now - back) // 10))
+        client.hset(bucket, mapping={"started": 1200, "finished": 1190, "known_received": 1190,
+                                     "reports": 12, "drop:overload": 24})
+        client.expire(bucket, 960)
+    client.hset(keys.streams(pool), "balancer-a", json.dumps({"streams": 7, "ts_ms": int(now * 1000)}))
+    return ids
+
+
+def _state(client: redis.Redis, pool: str, backend_id: str) -> str:
+    raw = client.hget(keys.backends(pool), backend_id)
+    return str(json.loads(raw)["state"]) if raw else ""
+
+
+def test_dashboard_drains_a_backend(
+    admin: AdminProcess, dash_redis_url: str, dash_redis: redis.Redis, pool_name: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    redis_client = dash_redis
+    ids = _seed(admin, dash_redis_url, pool_name, redis_client)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(admin.url + "/")
+
+            card = page.locator(f'section.pool[data-pool="{pool_name}"]')
+            card.wait_for(timeout=15_000)
+            rows = card.locator("tbody tr[data-backend]")
+            rows.first.wait_for(timeout=15_000)
+            assert rows.count() == 3
+            addresses = sorted(rows.nth(i).get_attribute("data-address") or "" for i in range(3))
+            assert addresses == ["127.0.0.1:9401", "127.0.0.1:9402", "127.0.0.1:9403"]
+            target = card.locator('tr[data-address="127.0.0.1:9401"]')
+            assert target.get_attribute("data-state") == "serving"
+            assert target.locator("input.weight").input_value() == "1"
+            # Live numbers: client calls/s from load reports, qps from the heartbeat.
+            assert card.locator(".stat.main .big").inner_text() not in ("", "0")
+            leased = card.locator('tr[data-address="127.0.0.1:9403"]')
+            assert "41.5" in leased.inner_text()
+
+            target.locator('button[data-action="drain"]').click()
+            dialog = page.locator("#token-dialog")
+            dialog.wait_for(state="visible", timeout=5_000)
+            page.fill("#token-input", TOKEN)
+            page.click("#token-save")
+
+            wait_until(lambda: _state(redis_client, pool_name, ids[9401]) == "draining", timeout=10)
+            page.wait_for_selector(
+                f'section.pool[data-pool="{pool_name}"] tr[data-address="127.0.0.1:9401"][data-state="draining"]',
+                timeout=10_000,
+            )
+            assert _state(redis_client, pool_name, ids[9402]) == "serving"
+            # The token is kept for the tab: the next action needs no prompt.
+            target.locator('button[data-action="undrain"]').click()
+            wait_until(lambda: _state(redis_client, pool_name, ids[9401]) == "serving", timeout=10)
+            target.locator('button[data-action="drain"]').click()
+            wait_until(lambda: _state(redis_client, pool_name, ids[9401]) == "draining", timeout=10)
+            page.wait_for_selector(
+                f'section.pool[data-pool="{pool_name}"] tr[data-address="127.0.0.1:9401"][data-state="draining"]',
+                timeout=10_000,
+            )
+            page.wait_for_timeout(300)  # let the toast settle for the picture
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
