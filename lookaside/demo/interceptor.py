@@ -1,0 +1,112 @@
+"""A grpc.aio server interceptor that names the server on every call and
+injects latency and faults.
+
+Every call, of every service, first sends the initial metadata
+`x-served-by: <name>`, so a client can tell which server answered even when
+the call fails. Calls of the guarded services (the routeguide service) then
+wait `delay_ms` and fail with UNAVAILABLE "injected fault" at the fault
+rate. Health and reflection are never delayed or failed.
+
+One random draw is made per guarded call, from a random.Random(seed), so a
+seeded server fails a known sequence of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
+
+import grpc
+import grpc.aio
+
+SERVED_BY = "x-served-by"
+FAULT_DETAILS = "injected fault"
+
+
+class FaultInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        fault_rate: float = 0.0,
+        delay_ms: int = 0,
+        seed: int | None = None,
+        guarded: Collection[str] = (),
+    ) -> None:
+        """guarded: full service names ("routeguide.RouteGuide") whose calls
+        get delays and faults. name may be set later, once the port is known."""
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault rate {fault_rate} is out of range 0..1")
+        if delay_ms < 0:
+            raise ValueError(f"delay {delay_ms} ms is negative")
+        self.name = name
+        self.fault_rate = fault_rate
+        self.delay = delay_ms / 1000
+        self._random = random.Random(seed)
+        self._guarded = tuple(f"/{s}/" for s in guarded)
+        self.calls = 0
+        self.faults = 0
+
+    async def _before(self, context: grpc.aio.ServicerContext, guarded: bool) -> None:
+        await context.send_initial_metadata(((SERVED_BY, self.name),))
+        if not guarded:
+            return
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fault_rate and self._random.random() < self.fault_rate:
+            self.faults += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, FAULT_DETAILS)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        guarded = method.startswith(self._guarded) if self._guarded else False
+        return self._wrap(handler, guarded)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, guarded: bool) -> grpc.RpcMethodHandler:
+        before = self._before
+        if handler.request_streaming and handler.response_streaming:
+            behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        elif handler.request_streaming:
+            behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        elif handler.response_streaming:
+            behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+        else:
+            behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+        if handler.response_streaming and inspect.isasyncgenfunction(behavior):
+
+            async def streaming(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                await before(context, guarded)
+                async for response in behavior(request, context):
+                    yield response
+
+            wrapped: Callable[..., Any] = streaming
+        else:
+            # Unary responses, and streams written with context.write().
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await before(context, guarded)
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+
+            wrapped = unary
+
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

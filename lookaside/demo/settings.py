@@ -1,0 +1,137 @@
+"""Settings of the routeguide demo: one object for the server (env prefix
+LOOKASIDE_ROUTEGUIDE_) and one for the client (LOOKASIDE_ROUTEGUIDE_CLIENT_).
+Every flag reads its variable; flags given on the command line win."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APIS = ("GetFeature", "ListFeatures", "RecordRoute", "RouteChat")
+LB_MODES = ("lookaside", "grpclb-dns", "none")
+
+Api = Literal["GetFeature", "ListFeatures", "RecordRoute", "RouteChat"]
+
+
+def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} {value!r} is not host:port (for example 127.0.0.1:50051)")
+    if int(port) == 0 and not port_zero:
+        raise ValueError(f"{what} {value!r}: port 0 is only allowed for --listen")
+    return value.strip()
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKASIDE_ROUTEGUIDE_", extra="ignore")
+
+    listen: str = Field("127.0.0.1:0", description="host:port to serve on; port 0 picks one")
+    name: str = Field("", description="the x-served-by name; default <hostname>:<port>")
+    balancer: str = Field(
+        "", description="balancer host:port (comma-separated replicas) to register with"
+    )
+    pool: str = Field("routeguide", description="the pool to register in")
+    advertise_host: str = Field("127.0.0.1", description="the host clients reach this server at")
+    weight: int = Field(1, ge=1, le=1000, description="the registration weight, 1..1000")
+    fault_percent: float = Field(
+        0.0, ge=0.0, le=1.0, description="fraction of calls failed with UNAVAILABLE (0.3 = 30%)"
+    )
+    fault_seed: int | None = Field(None, description="seed of the fault draws; default random")
+    delay_ms: int = Field(0, ge=0, description="latency added to every call, in milliseconds")
+    db: str = Field("", description="features JSON file; default the one shipped with lookaside")
+    grace: float = Field(2.0, ge=0, description="seconds in-flight calls get on shutdown")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _host_port(v, "listen", port_zero=True)
+
+    @field_validator("balancer")
+    @classmethod
+    def _balancer(cls, v: str) -> str:
+        return ",".join(_host_port(b, "balancer") for b in v.split(",") if b.strip())
+
+    @property
+    def balancers(self) -> list[str]:
+        return [b for b in self.balancer.split(",") if b]
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKASIDE_ROUTEGUIDE_CLIENT_", extra="ignore")
+
+    lb: Literal["lookaside", "grpclb-dns", "none"] = Field(
+        "lookaside", description="lookaside (thin client), grpclb-dns (stock grpclb) or none"
+    )
+    mode: Literal["repeatn", "firehose"] = Field(
+        "repeatn", description="repeatn: -n calls of --api; firehose: random APIs until stopped"
+    )
+    api: Api = Field("GetFeature", description="the API repeatn calls")
+    n: int = Field(15, ge=1, description="number of calls in repeatn mode")
+    duration: float = Field(0.0, ge=0, description="seconds the firehose runs; 0 runs until Ctrl-C")
+    concurrency: int = Field(1, ge=1, le=1000, description="calls in flight at once")
+    target: str = Field(
+        "routeguide.lookaside.test:50051", description="service name for lookaside/grpclb-dns"
+    )
+    balancer: str = Field(
+        "127.0.0.1:50051", description="balancer host:port (comma-separated) for --lb lookaside"
+    )
+    dns: str = Field("127.0.0.1:5353", description="DNS server host:port for --lb grpclb-dns")
+    server: str = Field("", description="server host:port for --lb none")
+    timeout: float = Field(5.0, gt=0, description="deadline of each call, in seconds")
+    seed: int | None = Field(None, description="seed of the request generator; default random")
+    quiet: bool = Field(False, description="print only the summary, not every call")
+    log_level: str = Field("warning", description="debug, info, warning or error")
+
+    @field_validator("balancer")
+    @classmethod
+    def _balancer(cls, v: str) -> str:
+        return ",".join(_host_port(b, "balancer") for b in v.split(",") if b.strip())
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        return _host_port(v, "dns")
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        return _host_port(v, "server") if v else v
+
+    @model_validator(mode="after")
+    def _needs(self) -> ClientSettings:
+        if self.lb == "none" and not self.server:
+            raise ValueError("--lb none needs --server host:port (the one server to call)")
+        if self.lb == "lookaside" and not self.balancers:
+            raise ValueError("--lb lookaside needs --balancer host:port")
+        return self
+
+    @property
+    def balancers(self) -> list[str]:
+        return [b for b in self.balancer.split(",") if b]
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    short: dict[str, str] | None = None,
+) -> None:
+    """lookaside.settings.add_settings_arguments, plus switches for bool
+    fields (`--quiet` rather than `--quiet true`) and short aliases."""
+    prefix = model.model_config.get("env_prefix", "")
+    short = short or {}
+    for name, field in model.model_fields.items():
+        flags = ["--" + name.replace("_", "-")]
+        if name in short:
+            flags.insert(0, short[name])
+        env = f"{prefix}{name.upper()}"
+        help_text = f"{field.description or ''} [env {env}, default {field.default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                *flags, dest=name, default=None, action="store_const", const="true", help=help_text
+            )
+        else:
+            parser.add_argument(*flags, dest=name, default=None, type=str, help=help_text)
