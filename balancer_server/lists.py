@@ -17,7 +17,7 @@ from typing import TypeVar
 from google.protobuf.duration_pb2 import Duration
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import PoolSnapshot
+from lookaside.registry.model import BackendState, PoolSnapshot
 
 T = TypeVar("T", bound=Hashable)
 
@@ -113,6 +113,11 @@ def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LE
     C-core client in fallback ignores a list equal to its last one).
     """
     serving = snapshot.serving
+    if not serving:
+        # Panic mode (Envoy's panic threshold): when no backend looks
+        # healthy, list the unhealthy ones rather than none. Drained and
+        # disabled backends stay out: an operator asked for that.
+        serving = tuple(b for b in snapshot.backends if b.state is BackendState.UNHEALTHY)
     if not serving:
         return []
     drops = [d for d in snapshot.config.drops if d.per_mille > 0]

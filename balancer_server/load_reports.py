@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 import redis.exceptions
 
 from balancer_server import metrics
+from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.registry import keys
 
@@ -64,8 +65,7 @@ class LoadReportSink:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
         try:
             await self.flush()
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -76,11 +76,13 @@ class LoadReportSink:
             log.warning("load reports: final flush failed (%s)", exc)
 
     async def _run(self) -> None:
-        while True:
+        while not cancelling():
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
             except (redis.exceptions.RedisError, OSError) as exc:
+                if cancelling():
+                    raise
                 metrics.REPORTS_FLUSH_ERRORS.inc()
                 log.warning("load reports: flush failed, keeping counts for the next one (%s)", exc)
 

@@ -47,3 +47,18 @@ EXPIRIES = Counter(
 REDIS_UP = Gauge(
     "lookaside_balancer_redis_up", "1 when the last Redis sync succeeded", registry=REGISTRY
 )
+PANICS = Counter(
+    "lookaside_balancer_panic_total",
+    "Times the panic guard kept backends listed that would have been removed",
+    ["pool", "source"],
+    registry=REGISTRY,
+)
+HEALTH_PROBES = Counter(
+    "lookaside_balancer_health_probes_total",
+    "Health probes by this replica",
+    ["pool", "result"],
+    registry=REGISTRY,
+)
+HEALTH_PROBERS = Gauge(
+    "lookaside_balancer_health_probers", "Backends this replica probes", registry=REGISTRY
+)

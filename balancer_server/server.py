@@ -19,8 +19,10 @@ from balancer_server import metrics
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
 from balancer_server.feeds import FeedHub
+from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.registration import RegistryService
+from lookaside.asyncutil import cancel_and_wait
 from lookaside.proto.lb.v1 import load_balancer_pb2
 from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from lookaside.registry.reaper import reap_forever
@@ -69,6 +71,9 @@ class BalancerServer:
             flush_interval=settings.report_flush_interval,
         )
         self.health = health.aio.HealthServicer()
+        self.checker = HealthChecker(
+            self.store, self.watcher, self.replica_id, max_share=settings.max_eject_share
+        )
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,13 +81,26 @@ class BalancerServer:
     async def start(self) -> int:
         await self.watcher.start()
         self.sink.start()
+        if self.settings.health_checks:
+            self.checker.start()
+            self.checker.reconcile_all()
 
         def expired(pool: str, ids: list[str]) -> None:
             metrics.EXPIRIES.labels(pool).inc(len(ids))
 
+        def panic(pool: str, ids: list[str]) -> None:
+            metrics.PANICS.labels(pool, "lease").inc()
+
         self._tasks.append(
             asyncio.create_task(
-                reap_forever(self.store, interval=self.settings.reap_interval, on_expired=expired)
+                reap_forever(
+                    self.store,
+                    interval=self.settings.reap_interval,
+                    max_share=self.settings.max_eject_share,
+                    outage_grace=self.settings.outage_grace,
+                    on_expired=expired,
+                    on_panic=panic,
+                )
             )
         )
         self._tasks.append(asyncio.create_task(self._redis_gauge()))
@@ -122,10 +140,14 @@ class BalancerServer:
         grace = self.settings.grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
-            await self.server.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            try:
+                # grpc.aio's stop can wait forever on a call it failed to
+                # cancel; the process must still get to exit.
+                await asyncio.wait_for(self.server.stop(grace), grace + 5.0)
+            except TimeoutError:
+                log.warning("gRPC server did not stop within %.0fs; going on", grace + 5.0)
+        await cancel_and_wait(self._tasks)
+        await self.checker.stop()
         await self.sink.stop()
         await self.watcher.stop()
         await self.store.close()

@@ -26,6 +26,18 @@ class BalancerSettings(BaseSettings):
     report_flush_interval: float = Field(
         1.0, gt=0, description="seconds between load report writes"
     )
+    health_checks: bool = Field(
+        True, description="probe backends over grpc.health.v1 (pools can opt out)"
+    )
+    max_eject_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="most of a pool that expiry or health checks may remove at once",
+    )
+    outage_grace: float = Field(
+        15.0, ge=0, description="seconds without evictions after Redis comes back"
+    )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
     log_level: str = Field("info", description="debug, info, warning or error")
 

@@ -44,3 +44,7 @@ def load_total(pool: str) -> str:
 
 def streams(pool: str) -> str:
     return pool_key(pool, "streams")
+
+
+def panic(pool: str) -> str:
+    return pool_key(pool, "panic")

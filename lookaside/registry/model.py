@@ -45,6 +45,13 @@ class PoolConfig:
     lease_ttl_ms: int = 10_000
     drops: tuple[DropRate, ...] = ()
     fallback: bool = False
+    # Active health checking (grpc.health.v1) of the pool's backends.
+    health_checks: bool = True
+    health_service: str = ""
+    health_interval_ms: int = 2_000
+    health_timeout_ms: int = 1_000
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 2
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -77,6 +84,7 @@ class Backend:
     lease_expires_ms: int = 0
     lease_ttl_ms: int = 0
     load: dict[str, float] = field(default_factory=dict)
+    health_detail: str = ""
 
     @property
     def serving(self) -> bool:

@@ -1,15 +1,24 @@
 """Lease expiry. Every balancer replica runs it; the Lua script is atomic
-and idempotent, so replicas racing on one pool do no harm. While Redis is
-unreachable nothing is evicted, because nothing can be."""
+and idempotent, so replicas racing on one pool do no harm.
+
+Self-preservation: while Redis is unreachable nothing is evicted (nothing
+can be), and after Redis comes back the reaper waits `outage_grace`
+seconds before it evicts again, so that backends whose heartbeats failed
+during the outage can renew their leases first. And when more than
+`max_share` of a pool's backends expire at once, the panic guard in the
+script keeps them all and logs a 'panic' event.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import redis.exceptions
 
+from lookaside.asyncutil import cancelling
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
@@ -19,18 +28,47 @@ async def reap_forever(
     store: RegistryStore,
     *,
     interval: float = 0.5,
+    max_share: float = 0.5,
+    outage_grace: float = 15.0,
     on_expired: Callable[[str, list[str]], None] | None = None,
+    on_panic: Callable[[str, list[str]], None] | None = None,
 ) -> None:
-    while True:
+    quiet_until = 0.0
+    warned: dict[str, float] = {}
+    was_down = False
+    while not cancelling():
         try:
-            for pool in await store.list_pools():
-                expired = await store.reap_expired(pool)
-                if expired:
-                    log.info("lease expired pool=%s backends=%s", pool, ",".join(expired))
-                    if on_expired:
-                        on_expired(pool, expired)
+            pools = await store.list_pools()
+            if was_down:
+                was_down = False
+                quiet_until = time.monotonic() + outage_grace
+                log.warning("reaper: Redis is back; no evictions for %.0fs", outage_grace)
+            if time.monotonic() >= quiet_until:
+                for pool in pools:
+                    result = await store.reap_expired(pool, max_share)
+                    if result.removed:
+                        log.info(
+                            "lease expired pool=%s backends=%s", pool, ",".join(result.removed)
+                        )
+                        if on_expired:
+                            on_expired(pool, result.removed)
+                    if result.held and time.monotonic() - warned.get(pool, -1e9) > 30:
+                        warned[pool] = time.monotonic()
+                        log.warning(
+                            "panic guard pool=%s: %d leases expired at once, kept listed: %s",
+                            pool,
+                            len(result.held),
+                            ",".join(result.held),
+                        )
+                    if result.held:
+                        if on_panic:
+                            on_panic(pool, result.held)
         except asyncio.CancelledError:
             raise
         except (redis.exceptions.RedisError, OSError) as exc:
-            log.debug("reaper: Redis unreachable (%s); evicting nothing", exc)
+            if cancelling():
+                raise
+            if not was_down:
+                log.warning("reaper: Redis unreachable (%s); evicting nothing", exc)
+            was_down = True
         await asyncio.sleep(interval)

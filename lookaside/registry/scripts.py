@@ -74,18 +74,30 @@ changed(KEYS[3], KEYS[4], ARGV[3], now_ms(), 'deregistered', ARGV[1], ARGV[4], '
 return 1
 """
 
-# KEYS: backends leases version events ; ARGV: pool
+# KEYS: backends leases version events panic ; ARGV: pool, max share (per-mille)
+# Returns {status, ids...}: 0 nothing expired, 1 removed, -1 held by the
+# panic guard (more than the max share of the pool expiring at once, as
+# after a Redis or network outage): they stay listed and a 'panic' event is
+# logged (at most every 30 s).
 REAP = """
 local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #ids == 0 then return {0} end
+local total = redis.call('HLEN', KEYS[1])
+if #ids > 1 and #ids * 1000 > tonumber(ARGV[2]) * total then
+  if redis.call('SET', KEYS[5], now, 'NX', 'PX', 30000) then
+    redis.call('LPUSH', KEYS[4], cjson.encode({ts_ms = now, kind = 'panic', backend = table.concat(ids, ','),
+      actor = 'lease', detail = #ids .. ' of ' .. total .. ' leases expired at once; kept listed'}))
+    redis.call('LTRIM', KEYS[4], 0, %(events_max)d - 1)
+  end
+  return {-1, unpack(ids)}
+end
 for _, id in ipairs(ids) do
   redis.call('HDEL', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
 end
-if #ids > 0 then
-  changed(KEYS[3], KEYS[4], ARGV[1], now, 'expired', table.concat(ids, ','), 'lease', '')
-end
-return ids
+changed(KEYS[3], KEYS[4], ARGV[1], now, 'expired', table.concat(ids, ','), 'lease', '')
+return {1, unpack(ids)}
 """
 
 # KEYS: backends version events ; ARGV: id, patch json, pool, actor, event kind

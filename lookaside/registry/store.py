@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterable
@@ -23,9 +24,15 @@ class Lease:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    removed: list[str]
+    held: list[str]
+
+
 def _script(body: str) -> str:
-    prelude = scripts.PRELUDE % {"events_max": keys.EVENTS_MAX, "changes": keys.CHANGES}
-    return prelude + body
+    params = {"events_max": keys.EVENTS_MAX, "changes": keys.CHANGES}
+    return scripts.PRELUDE % params + (body % params if "%(" in body else body)
 
 
 class RegistryStore:
@@ -49,7 +56,12 @@ class RegistryStore:
         return cls(aioredis.Redis.from_url(url, **kwargs))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        try:
+            # redis-py's aclose can wait forever on a connection that a
+            # cancelled command left behind.
+            await asyncio.wait_for(self.redis.aclose(), 2.0)
+        except TimeoutError:
+            pass
 
     # -- pools ---------------------------------------------------------------
 
@@ -231,13 +243,23 @@ class RegistryStore:
             raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
         return int(version)
 
-    async def reap_expired(self, pool: str) -> list[str]:
-        """Removes backends whose lease has passed; returns their ids."""
-        ids = await self._reap(
-            keys=[keys.backends(pool), keys.leases(pool), keys.version(pool), keys.events(pool)],
-            args=[pool],
+    async def reap_expired(self, pool: str, max_share: float = 0.5) -> ReapResult:
+        """Removes backends whose lease has passed, unless more than
+        max_share of the pool expired at once (the panic guard keeps them)."""
+        raw = await self._reap(
+            keys=[
+                keys.backends(pool),
+                keys.leases(pool),
+                keys.version(pool),
+                keys.events(pool),
+                keys.panic(pool),
+            ],
+            args=[pool, int(max_share * 1000)],
         )
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        status, ids = int(raw[0]), [i.decode() if isinstance(i, bytes) else i for i in raw[1:]]
+        if status == -1:
+            return ReapResult(removed=[], held=ids)
+        return ReapResult(removed=ids, held=[])
 
     async def events(self, pool: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(keys.events(pool), 0, limit - 1)

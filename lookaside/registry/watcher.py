@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import redis.exceptions
 
+from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry import keys
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.store import RegistryStore
@@ -58,9 +59,7 @@ class RegistryWatcher:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def get(self, pool: str) -> PoolSnapshot | None:
@@ -72,7 +71,7 @@ class RegistryWatcher:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        while not cancelling():
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.CHANGES)
@@ -87,6 +86,8 @@ class RegistryWatcher:
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
+                if cancelling():
+                    raise
                 log.warning("registry: pub/sub lost (%s); retrying in %.1fs", exc, backoff)
             finally:
                 try:
@@ -101,7 +102,7 @@ class RegistryWatcher:
         self._wake.set()
 
     async def _resync_loop(self) -> None:
-        while True:
+        while not cancelling():
             self._resync_now()
             await asyncio.sleep(self.resync_interval)
 
@@ -117,7 +118,7 @@ class RegistryWatcher:
                 self._dirty.add(pool)
 
     async def _reload_loop(self) -> None:
-        while True:
+        while not cancelling():
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
@@ -136,6 +137,8 @@ class RegistryWatcher:
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as exc:
+                if cancelling():
+                    raise
                 if self.redis_ok:
                     log.warning("registry: Redis unreachable (%s); keeping the last snapshots", exc)
                 self.redis_ok = False
