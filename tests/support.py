@@ -114,13 +114,28 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
             yield rg.RouteNote(location=note.location, message=f"{self.name}:{note.message}")
 
     def start(self) -> RouteGuideBackend:
+        from grpc_health.v1 import health, health_pb2_grpc
+
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
         rg_grpc.add_RouteGuideServicer_to_server(self, self.server)
+        # grpc.health.v1, SERVING until a test says otherwise (set_serving).
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         if not self.name:
             self.name = f"127.0.0.1:{self.port}"
         self.server.start()
         return self
+
+    def set_serving(self, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2
+
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set("", status)
 
     def stop(self) -> None:
         if self.server is not None:

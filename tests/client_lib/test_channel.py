@@ -228,3 +228,58 @@ def test_registration_refusal_raises(balancer: BalancerHandle, pool_name: str) -
         Registration(balancer.address, pool_name, 70000).start()
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "port 70000 is out of range" in info.value.details()
+
+
+def test_weights_1_2_3_over_6000_calls(balancer: BalancerHandle, backends, pool_name: str) -> None:  # type: ignore[no-untyped-def]
+    three = start_backends(backends, 3)
+    for b, weight in zip(three, (1, 2, 3), strict=True):
+        balancer.run(
+            balancer.store.register(
+                pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=b.port, weight=weight
+            )
+        )
+    with LookasideChannel(pool_name, balancer.address) as channel:
+        wait_until(lambda: len(channel.backends()) == 6)
+        stub = rg_grpc.RouteGuideStub(channel)
+        names = [stub.GetFeature(rg.Point()).name for _ in range(6000)]
+    for b, share in zip(three, (1 / 6, 2 / 6, 3 / 6), strict=True):
+        assert abs(names.count(b.name) / 6000 - share) <= 0.02
+
+
+def test_equal_weights_never_pick_one_backend_twice_in_a_row(
+    balancer: BalancerHandle, backends, pool_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    four = start_backends(backends, 4)
+    register_all(balancer, pool_name, four)
+    with LookasideChannel(pool_name, balancer.address) as channel:
+        wait_until(lambda: len(channel.backends()) == 4)
+        stub = rg_grpc.RouteGuideStub(channel)
+        names = [stub.GetFeature(rg.Point()).name for _ in range(400)]
+    assert all(a != b for a, b in zip(names, names[1:], strict=False))
+    assert {names.count(b.name) for b in four} == {100}
+
+
+def test_ten_percent_drops(
+    balancer: BalancerHandle, backends, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    three = start_backends(backends, 3)
+    register_all(balancer, pool_name, three)
+    balancer.run(
+        balancer.store.put_pool(
+            PoolConfig(name=pool_name, report_interval_ms=1000, drops=(DropRate("load_shed", 100),))
+        )
+    )
+    with LookasideChannel(pool_name, balancer.address) as channel:
+        wait_until(lambda: any(not a for a, _ in channel.backends()))
+        stub = rg_grpc.RouteGuideStub(channel)
+        failed = 0
+        for _ in range(3000):
+            try:
+                stub.GetFeature(rg.Point())
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.UNAVAILABLE
+                failed += 1
+        total = keys.load_total(pool_name)
+        wait_until(lambda: redis_client.hget(total, "started") == "3000", timeout=15)
+    assert abs(failed / 3000 - 0.10) <= 0.015
+    assert redis_client.hget(total, "drop:load_shed") == str(failed)
