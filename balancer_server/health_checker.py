@@ -147,6 +147,7 @@ class HealthChecker:
         self.membership_interval = membership_interval
         self.replicas: list[str] = [replica_id]
         self.probers: dict[tuple[str, str], Prober] = {}
+        self._warned: dict[tuple[str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -194,6 +195,10 @@ class HealthChecker:
             )
         elif result is HealthWrite.HELD_BY_PANIC_GUARD:
             metrics.PANICS.labels(pool, "health").inc()
+            now = time.monotonic()
+            if now - self._warned.get((pool, backend_id), -1e9) < 30:
+                return
+            self._warned[(pool, backend_id)] = now
             log.warning(
                 "panic guard pool=%s: backend %s failing (%s) but kept listed",
                 pool,
@@ -247,10 +252,10 @@ class HealthChecker:
         for (p, bid), prober in list(self.probers.items()):
             if p != pool:
                 continue
-            b = wanted.get(bid)
+            current = wanted.get(bid)
             if (
-                b is None
-                or (b.ip, b.port) != (prober.backend.ip, prober.backend.port)
+                current is None
+                or (current.ip, current.port) != (prober.backend.ip, prober.backend.port)
                 or (snapshot is not None and snapshot.config != prober.config)
             ):
                 prober.stop()

@@ -17,7 +17,7 @@ from typing import TypeVar
 from google.protobuf.duration_pb2 import Duration
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import BackendState, PoolSnapshot
+from lookaside.registry.model import Backend, BackendState, PoolSnapshot
 
 T = TypeVar("T", bound=Hashable)
 
@@ -105,6 +105,34 @@ def slot_counts(
     return _largest_remainder(keep_slots, w), drop_slots
 
 
+# A backend as fast as the fastest gets this many slots per unit of weight;
+# a slower one gets fewer, down to one: the floor that keeps it in the list
+# (and its latency measured) without giving it real traffic.
+LOAD_AWARE_SCALE = 100
+
+
+def load_aware_weights(backends: Sequence[Backend]) -> list[int]:
+    """Weights for a least_loaded pool: each backend's weight times the
+    square of (fastest latency / its latency), from the latency backends
+    report in heartbeats (smoothed, and republished only on a 20% move, so
+    lists are not re-sent on noise).
+
+    Squaring makes the policy decisive: a backend 10x slower gets 1% of the
+    fastest one's share, a backend 2x slower a quarter. A backend with no
+    report yet counts as the fastest.
+    """
+    known = [b.latency_published_ms for b in backends if b.latency_published_ms > 0]
+    if not known:
+        return [b.weight for b in backends]
+    fastest = min(known)
+    out = []
+    for b in backends:
+        latency = b.latency_published_ms if b.latency_published_ms > 0 else fastest
+        factor = (fastest / latency) ** 2
+        out.append(max(1, round(LOAD_AWARE_SCALE * factor)) * b.weight)
+    return out
+
+
 def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LEN) -> list[Entry]:
     """The list entries for a pool's serving backends and drop rates.
 
@@ -122,6 +150,8 @@ def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LE
         return []
     drops = [d for d in snapshot.config.drops if d.per_mille > 0]
     weights = [b.weight for b in serving]
+    if snapshot.config.policy == "least_loaded":
+        weights = load_aware_weights(serving)
     backend_slots, drop_slots = slot_counts(weights, [d.per_mille for d in drops], max_len)
     items: list[tuple[Entry, int]] = []
     for b, n in zip(serving, backend_slots, strict=True):

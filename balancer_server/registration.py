@@ -134,6 +134,7 @@ class RegistryService(pb_grpc.RegistryServicer):
                 "utilization": request.load.utilization,
                 "in_flight": request.load.in_flight,
                 "qps": request.load.qps,
+                "latency_ms": request.load.latency_ms,
             }
         try:
             v.check_pool_name(request.pool)
@@ -185,6 +186,28 @@ class RegistryService(pb_grpc.RegistryServicer):
         metrics.REGISTRATIONS.labels("Deregister", "OK").inc()
         log.info("deregistered pool=%s backend=%s", request.pool, request.backend_id)
         return pb.DeregisterResponse()
+
+    async def Drain(self, request: pb.DrainRequest, context: Any) -> pb.DrainResponse:  # noqa: N802
+        try:
+            v.check_pool_name(request.pool)
+            changed = await self.store.drain(request.pool, request.backend_id, request.lease_id)
+        except v.RegistryError as exc:
+            await self._fail(
+                context, "Drain", grpc.StatusCode.INVALID_ARGUMENT, f"drain refused: {exc}"
+            )
+            raise AssertionError("unreachable") from None
+        except v.NotFoundError as exc:
+            await self._fail(context, "Drain", grpc.StatusCode.NOT_FOUND, str(exc))
+            raise AssertionError("unreachable") from None
+        except (redis.exceptions.RedisError, OSError) as exc:
+            await self._fail(
+                context, "Drain", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
+            )
+            raise AssertionError("unreachable") from None
+        metrics.REGISTRATIONS.labels("Drain", "OK").inc()
+        if changed:
+            log.info("draining pool=%s backend=%s", request.pool, request.backend_id)
+        return pb.DrainResponse()
 
 
 __all__ = ["RegistryService", "backend_id_for", "resolve_host"]

@@ -3,11 +3,12 @@ list, and the helper with which a backend registers itself.
 
     from client_lib import LookasideChannel            # grpc.Channel
     from client_lib.aio import LookasideChannel        # grpc.aio.Channel
-    from client_lib import Registration, AsyncRegistration
+    from client_lib import Registration, AsyncRegistration, LoadMeter
 """
 
 from client_lib.channel import LookasideChannel
+from client_lib.load import LoadMeter
 from client_lib.picker import FailedCall
 from client_lib.registration import AsyncRegistration, Registration
 
-__all__ = ["AsyncRegistration", "FailedCall", "LookasideChannel", "Registration"]
+__all__ = ["AsyncRegistration", "FailedCall", "LoadMeter", "LookasideChannel", "Registration"]

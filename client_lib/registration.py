@@ -1,13 +1,18 @@
 """The helper with which a backend registers itself in a pool.
 
-    with Registration("balancer:50051", pool="routeguide", port=8081):
+    meter = LoadMeter()                      # optional: measures the server's calls
+    server = grpc.server(..., interceptors=[meter.interceptor()])
+    with Registration("balancer:50051", pool="routeguide", port=8081, meter=meter):
         server.wait_for_termination()
 
 It registers (refusals raise at once, with the balancer's message), keeps
-the lease alive in the background, registers again if the lease was lost
-(for example after a Redis outage), and deregisters on exit. Several
-balancer addresses may be given; each call goes to the next one when one
-fails. AsyncRegistration does the same on asyncio.
+the lease alive in the background (each heartbeat carries the meter's
+load figures), registers again if the lease was lost (for example after a
+Redis outage), and on exit shuts down gracefully: it drains (the backend
+leaves every list but keeps its lease), waits for in-flight calls to end,
+then deregisters. Stop the server only after that. Several balancer
+addresses may be given; a failed call moves to the next one.
+AsyncRegistration does the same on asyncio.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +28,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from client_lib.load import LoadMeter
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -29,6 +36,12 @@ log = logging.getLogger("lookaside.registration")
 
 LoadFn = Callable[[], dict[str, float]]
 RPC_TIMEOUT = 5.0
+# Refusals that retrying cannot fix.
+_FATAL = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
 
 
 @dataclass
@@ -42,6 +55,9 @@ class _Spec:
     metadata: dict[str, str] = field(default_factory=dict)
     lease_ttl: float | None = None
     load: LoadFn | None = None
+    meter: LoadMeter | None = None
+    drain_delay: float = 0.5
+    drain_timeout: float = 10.0
 
     def register_request(self) -> pb.RegisterRequest:
         req = pb.RegisterRequest(
@@ -58,21 +74,30 @@ class _Spec:
 
     def heartbeat_request(self, backend_id: str, lease_id: str) -> pb.HeartbeatRequest:
         req = pb.HeartbeatRequest(pool=self.pool, backend_id=backend_id, lease_id=lease_id)
-        if self.load is not None:
+        source = self.load or (self.meter.snapshot if self.meter else None)
+        if source is not None:
             try:
-                figures = self.load()
+                figures = source()
                 req.load.CopyFrom(
                     pb.BackendLoad(
                         utilization=float(figures.get("utilization", -1.0)),
                         in_flight=int(figures.get("in_flight", 0)),
                         qps=float(figures.get("qps", 0.0)),
+                        latency_ms=float(figures.get("latency_ms", 0.0)),
                     )
                 )
             except Exception:  # noqa: BLE001 - a broken load figure must not lose the lease
-                log.exception(
-                    "pool=%s: load function failed; heartbeat sent without load", self.pool
-                )
+                log.exception("pool=%s: load figures failed; heartbeat sent without", self.pool)
         return req
+
+    def drain_request(self, backend_id: str, lease_id: str) -> pb.DrainRequest:
+        return pb.DrainRequest(pool=self.pool, backend_id=backend_id, lease_id=lease_id)
+
+    def deregister_request(self, backend_id: str, lease_id: str) -> pb.DeregisterRequest:
+        return pb.DeregisterRequest(pool=self.pool, backend_id=backend_id, lease_id=lease_id)
+
+    def in_flight(self) -> int:
+        return self.meter.in_flight if self.meter else 0
 
 
 def _spec(balancers: str | Sequence[str], pool: str, port: int, **kw: Any) -> _Spec:
@@ -80,14 +105,6 @@ def _spec(balancers: str | Sequence[str], pool: str, port: int, **kw: Any) -> _S
     if not addrs:
         raise ValueError("at least one balancer address is needed")
     return _Spec(addrs, pool, port, **kw)
-
-
-# Refusals that retrying cannot fix.
-_FATAL = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-}
 
 
 class Registration:
@@ -103,19 +120,16 @@ class Registration:
         metadata: dict[str, str] | None = None,
         lease_ttl: float | None = None,
         load: LoadFn | None = None,
+        meter: LoadMeter | None = None,
+        drain_delay: float = 0.5,
+        drain_timeout: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.spec = _spec(
-            balancers,
-            pool,
-            port,
-            host=host,
-            weight=weight,
-            zone=zone,
-            metadata=dict(metadata or {}),
-            lease_ttl=lease_ttl,
-            load=load,
-        )
+            balancers, pool, port, host=host, weight=weight, zone=zone,
+            metadata=dict(metadata or {}), lease_ttl=lease_ttl, load=load, meter=meter,
+            drain_delay=drain_delay, drain_timeout=drain_timeout,
+        )  # fmt: skip
         self._credentials = credentials
         self._index = 0
         self._channel: grpc.Channel | None = None
@@ -141,16 +155,14 @@ class Registration:
                 else grpc.insecure_channel(addr)
             )
             self._stub = pb_grpc.RegistryStub(self._channel)
-        assert self._stub is not None
         return self._stub
 
     def _register(self) -> None:
         last: grpc.RpcError | None = None
         for attempt in range(len(self.spec.balancers)):
             try:
-                resp = self._connect(advance=attempt > 0).Register(
-                    self.spec.register_request(), timeout=RPC_TIMEOUT
-                )
+                stub = self._connect(advance=attempt > 0)
+                resp = stub.Register(self.spec.register_request(), timeout=RPC_TIMEOUT)
                 break
             except grpc.RpcError as exc:
                 if exc.code() in _FATAL:
@@ -182,9 +194,8 @@ class Registration:
         while not self._stop.wait(delay):
             delay = self.interval
             try:
-                self._connect().Heartbeat(
-                    self.spec.heartbeat_request(self.backend_id, self.lease_id), timeout=RPC_TIMEOUT
-                )
+                request = self.spec.heartbeat_request(self.backend_id, self.lease_id)
+                self._connect().Heartbeat(request, timeout=RPC_TIMEOUT)
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return
@@ -208,17 +219,38 @@ class Registration:
                     self._connect(advance=True)
                     delay = min(self.interval / 2, 1.0)
 
-    def stop(self) -> None:
-        """Stops heartbeats and deregisters (best effort)."""
+    def drain(self) -> None:
+        """Leaves every list but keeps the lease; waits until clients have
+        had time to get the new list and in-flight calls (as counted by the
+        meter) have ended, at most drain_timeout."""
+        if not self.backend_id:
+            return
+        try:
+            self._connect().Drain(
+                self.spec.drain_request(self.backend_id, self.lease_id), timeout=RPC_TIMEOUT
+            )
+        except grpc.RpcError as exc:
+            log.warning(
+                "pool=%s: drain failed (%s); deregistering at once", self.spec.pool, exc.details()
+            )
+            return
+        log.info("draining pool=%s backend=%s", self.spec.pool, self.backend_id)
+        time.sleep(self.spec.drain_delay)
+        deadline = time.monotonic() + self.spec.drain_timeout
+        while self.spec.in_flight() > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self, drain: bool = True) -> None:
+        """Drains (unless drain=False), stops heartbeats, and deregisters."""
+        if drain:
+            self.drain()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(RPC_TIMEOUT + 1)
         if self.backend_id:
             try:
                 self._connect().Deregister(
-                    pb.DeregisterRequest(
-                        pool=self.spec.pool, backend_id=self.backend_id, lease_id=self.lease_id
-                    ),
+                    self.spec.deregister_request(self.backend_id, self.lease_id),
                     timeout=RPC_TIMEOUT,
                 )
                 log.info("deregistered pool=%s backend=%s", self.spec.pool, self.backend_id)
@@ -249,19 +281,16 @@ class AsyncRegistration:
         metadata: dict[str, str] | None = None,
         lease_ttl: float | None = None,
         load: LoadFn | None = None,
+        meter: LoadMeter | None = None,
+        drain_delay: float = 0.5,
+        drain_timeout: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.spec = _spec(
-            balancers,
-            pool,
-            port,
-            host=host,
-            weight=weight,
-            zone=zone,
-            metadata=dict(metadata or {}),
-            lease_ttl=lease_ttl,
-            load=load,
-        )
+            balancers, pool, port, host=host, weight=weight, zone=zone,
+            metadata=dict(metadata or {}), lease_ttl=lease_ttl, load=load, meter=meter,
+            drain_delay=drain_delay, drain_timeout=drain_timeout,
+        )  # fmt: skip
         self._credentials = credentials
         self._index = 0
         self._channel: grpc.aio.Channel | None = None
@@ -286,7 +315,6 @@ class AsyncRegistration:
                 else grpc.aio.insecure_channel(addr)
             )
             self._stub = pb_grpc.RegistryStub(self._channel)
-        assert self._stub is not None
         return self._stub
 
     async def _register(self) -> None:
@@ -325,9 +353,8 @@ class AsyncRegistration:
             delay = self.interval
             try:
                 stub = await self._connect()
-                await stub.Heartbeat(
-                    self.spec.heartbeat_request(self.backend_id, self.lease_id), timeout=RPC_TIMEOUT
-                )
+                request = self.spec.heartbeat_request(self.backend_id, self.lease_id)
+                await stub.Heartbeat(request, timeout=RPC_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.NOT_FOUND:
                     log.warning(
@@ -349,7 +376,29 @@ class AsyncRegistration:
                     await self._connect(advance=True)
                     delay = min(self.interval / 2, 1.0)
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """As Registration.drain, on asyncio."""
+        if not self.backend_id:
+            return
+        try:
+            stub = await self._connect()
+            await stub.Drain(
+                self.spec.drain_request(self.backend_id, self.lease_id), timeout=RPC_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "pool=%s: drain failed (%s); deregistering at once", self.spec.pool, exc.details()
+            )
+            return
+        log.info("draining pool=%s backend=%s", self.spec.pool, self.backend_id)
+        await asyncio.sleep(self.spec.drain_delay)
+        deadline = time.monotonic() + self.spec.drain_timeout
+        while self.spec.in_flight() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    async def stop(self, drain: bool = True) -> None:
+        if drain:
+            await self.drain()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -357,11 +406,10 @@ class AsyncRegistration:
             try:
                 stub = await self._connect()
                 await stub.Deregister(
-                    pb.DeregisterRequest(
-                        pool=self.spec.pool, backend_id=self.backend_id, lease_id=self.lease_id
-                    ),
+                    self.spec.deregister_request(self.backend_id, self.lease_id),
                     timeout=RPC_TIMEOUT,
                 )
+                log.info("deregistered pool=%s backend=%s", self.spec.pool, self.backend_id)
             except grpc.aio.AioRpcError as exc:
                 log.warning("pool=%s: deregistration failed: %s", self.spec.pool, exc.details())
         if self._channel is not None:

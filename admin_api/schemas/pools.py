@@ -11,7 +11,7 @@ from admin_api.schemas.common import INTEGRAL, JsonInt
 from lookaside.registry import validation as v
 from lookaside.registry.model import DropRate, PoolConfig, PoolSnapshot
 
-Policy = Literal["round_robin"]
+Policy = Literal["round_robin", "least_loaded"]
 MAX_DROPS = 32
 
 PoolNameStr = Annotated[
@@ -86,7 +86,10 @@ class PoolSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    policy: Policy = Field("round_robin", description="how the balancer orders the list")
+    policy: Policy = Field(
+        "round_robin",
+        description="round_robin: weights as given; least_loaded: weights also shrink for backends whose reported latency is higher",
+    )
     report_interval_ms: ReportIntervalMs = 10_000
     lease_ttl_ms: LeaseTtlMs = 10_000
     drops: Drops = Field(default_factory=list)

@@ -22,7 +22,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client_lib import AsyncRegistration
+from client_lib import AsyncRegistration, LoadMeter
 from lookaside.demo.features import FeatureDb, LatLng, haversine_m, load_db
 from lookaside.demo.interceptor import FaultInterceptor
 from lookaside.demo.settings import ServerSettings
@@ -112,6 +112,9 @@ class RouteGuideServer:
             guarded=(SERVICE,),
         )
         self.health = health.aio.HealthServicer()
+        # Measures every call (outermost, so injected delays count) for the
+        # load figures that heartbeats carry.
+        self.meter = LoadMeter()
         self.server: grpc.aio.Server | None = None  # kept: a collected server stops
         self.port = 0
         self.name = settings.name
@@ -122,7 +125,7 @@ class RouteGuideServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        server = grpc.aio.server(interceptors=(self.interceptor,))
+        server = grpc.aio.server(interceptors=(self.meter.aio_interceptor(), self.interceptor))
         rg_grpc.add_RouteGuideServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (
@@ -176,6 +179,7 @@ async def serve(settings: ServerSettings) -> int:
             host=settings.advertise_host,
             weight=settings.weight,
             metadata={"served_by": server.name},
+            meter=server.meter,
         )
         try:
             await registration.start()
@@ -196,7 +200,9 @@ async def serve(settings: ServerSettings) -> int:
     await stop.wait()
     log.info("shutting down server=%s pool=%s", server.name, settings.pool)
     if registration is not None:
-        await registration.stop()  # leave the pool first, so no new calls come
+        # Drain (out of every list, lease kept), let in-flight calls end,
+        # deregister; only then stop serving.
+        await registration.stop()
         log.info("left pool=%s backend=%s", settings.pool, registration.backend_id)
     await server.stop()
     log.info("stopped server=%s", server.name)

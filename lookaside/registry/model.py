@@ -85,6 +85,10 @@ class Backend:
     lease_ttl_ms: int = 0
     load: dict[str, float] = field(default_factory=dict)
     health_detail: str = ""
+    # EWMA of the latency the backend reports, and the value lists were
+    # last built with (least_loaded pools).
+    latency_ewma_ms: float = 0.0
+    latency_published_ms: float = 0.0
 
     @property
     def serving(self) -> bool:

@@ -47,7 +47,11 @@ local v = changed(KEYS[4], KEYS[5], ARGV[5], now, kind, ARGV[1], ARGV[6],
 return {v, now, ttl}
 """
 
-# KEYS: backends leases ; ARGV: id, lease_id, load json or ''
+# KEYS: backends leases config version ; ARGV: id, lease_id, load json or '', pool
+# A heartbeat that carries a latency keeps an EWMA of it. In a
+# least_loaded pool, when the EWMA has moved more than 20% from the value
+# lists were last built with, that value is republished and the version
+# bumped, so lists follow real changes but not noise.
 HEARTBEAT = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {0, 0} end
@@ -57,10 +61,47 @@ local now = now_ms()
 local ttl = tonumber(b['lease_ttl_ms'])
 b['last_heard_ms'] = now
 b['lease_expires_ms'] = now + ttl
-if ARGV[3] ~= '' then b['load'] = cjson.decode(ARGV[3]) end
+local bump = false
+if ARGV[3] ~= '' then
+  local load = cjson.decode(ARGV[3])
+  b['load'] = load
+  local lat = tonumber(load['latency_ms'] or 0) or 0
+  if lat > 0 then
+    local e = tonumber(b['latency_ewma_ms'] or 0) or 0
+    if e <= 0 then e = lat else e = e + 0.5 * (lat - e) end
+    b['latency_ewma_ms'] = e
+    local pub = tonumber(b['latency_published_ms'] or 0) or 0
+    if pub <= 0 or math.abs(e - pub) > 0.2 * pub then
+      local cfg = redis.call('GET', KEYS[3])
+      if cfg and cjson.decode(cfg)['policy'] == 'least_loaded' then
+        b['latency_published_ms'] = e
+        bump = true
+      end
+    end
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+if bump then
+  redis.call('INCR', KEYS[4])
+  redis.call('PUBLISH', '%(changes)s', ARGV[4])
+end
 return {1, ttl}
+"""
+
+# KEYS: backends version events ; ARGV: id, lease_id, pool, actor
+# Serving or unhealthy -> draining, for the backend itself (lease checked).
+DRAIN = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local b = cjson.decode(raw)
+if b['lease_id'] ~= ARGV[2] then return -1 end
+if b['state'] == 'draining' or b['state'] == 'disabled' then return 2 end
+local was = b['state']
+b['state'] = 'draining'
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
+changed(KEYS[2], KEYS[3], ARGV[3], now_ms(), 'draining', ARGV[1], ARGV[4], was .. '->draining')
+return 1
 """
 
 # KEYS: backends leases version events ; ARGV: id, lease_id ('' = any), pool, actor

@@ -43,6 +43,7 @@ class RegistryStore:
         self._register = redis.register_script(_script(scripts.REGISTER))
         self._heartbeat = redis.register_script(_script(scripts.HEARTBEAT))
         self._deregister = redis.register_script(_script(scripts.DEREGISTER))
+        self._drain = redis.register_script(_script(scripts.DRAIN))
         self._reap = redis.register_script(_script(scripts.REAP))
         self._update = redis.register_script(_script(scripts.UPDATE_BACKEND))
         self._put_static = redis.register_script(_script(scripts.PUT_STATIC))
@@ -186,8 +187,8 @@ class RegistryStore:
         """Renews a lease and returns its TTL in ms. Raises NotFoundError when
         the lease expired or was replaced by a newer registration."""
         status, ttl = await self._heartbeat(
-            keys=[keys.backends(pool), keys.leases(pool)],
-            args=[backend_id, lease_id, json.dumps(load) if load else ""],
+            keys=[keys.backends(pool), keys.leases(pool), keys.config(pool), keys.version(pool)],
+            args=[backend_id, lease_id, json.dumps(load) if load else "", pool],
         )
         if status == 0:
             raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
@@ -210,6 +211,23 @@ class RegistryStore:
             raise NotFoundError(
                 f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
             )
+
+    async def drain(
+        self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
+    ) -> bool:
+        """Takes a backend out of the lists, keeping its lease (graceful
+        shutdown). Returns False when it was already draining or disabled."""
+        status = await self._drain(
+            keys=[keys.backends(pool), keys.version(pool), keys.events(pool)],
+            args=[backend_id, lease_id, pool, actor],
+        )
+        if status == 0:
+            raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
+        if status == -1:
+            raise NotFoundError(
+                f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
+            )
+        return status == 1
 
     async def put_static(self, backend: Backend, *, actor: str = "api") -> int:
         """Adds or replaces a backend that has no lease (it never expires)."""

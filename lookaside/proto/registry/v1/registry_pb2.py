@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lookaside/proto/registry/v1/registry.proto\x12\x15lookaside.registry.v1\x1a\x1egoogle/protobuf/duration.proto\"\x80\x02\n\x0fRegisterRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x46\n\x08metadata\x18\x06 \x03(\x0b\x32\x34.lookaside.registry.v1.RegisterRequest.MetadataEntry\x12,\n\tlease_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x01\n\x10RegisterResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\"B\n\x0b\x42\x61\x63kendLoad\x12\x13\n\x0butilization\x18\x01 \x01(\x01\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x0b\n\x03qps\x18\x03 \x01(\x01\"x\n\x10HeartbeatRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x30\n\x04load\x18\x04 \x01(\x0b\x32\".lookaside.registry.v1.BackendLoad\"A\n\x11HeartbeatResponse\x12,\n\tlease_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x11\x44\x65registerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\"\x14\n\x12\x44\x65registerResponse2\xaa\x02\n\x08Registry\x12[\n\x08Register\x12&.lookaside.registry.v1.RegisterRequest\x1a\'.lookaside.registry.v1.RegisterResponse\x12^\n\tHeartbeat\x12\'.lookaside.registry.v1.HeartbeatRequest\x1a(.lookaside.registry.v1.HeartbeatResponse\x12\x61\n\nDeregister\x12(.lookaside.registry.v1.DeregisterRequest\x1a).lookaside.registry.v1.DeregisterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lookaside/proto/registry/v1/registry.proto\x12\x15lookaside.registry.v1\x1a\x1egoogle/protobuf/duration.proto\"\x80\x02\n\x0fRegisterRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x0c\n\x04zone\x18\x05 \x01(\t\x12\x46\n\x08metadata\x18\x06 \x03(\x0b\x32\x34.lookaside.registry.v1.RegisterRequest.MetadataEntry\x12,\n\tlease_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x01\n\x10RegisterResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12heartbeat_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\"V\n\x0b\x42\x61\x63kendLoad\x12\x13\n\x0butilization\x18\x01 \x01(\x01\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x0b\n\x03qps\x18\x03 \x01(\x01\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"x\n\x10HeartbeatRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x30\n\x04load\x18\x04 \x01(\x0b\x32\".lookaside.registry.v1.BackendLoad\"A\n\x11HeartbeatResponse\x12,\n\tlease_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x11\x44\x65registerRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\"\x14\n\x12\x44\x65registerResponse\"B\n\x0c\x44rainRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\"\x0f\n\rDrainResponse2\xfe\x02\n\x08Registry\x12[\n\x08Register\x12&.lookaside.registry.v1.RegisterRequest\x1a\'.lookaside.registry.v1.RegisterResponse\x12^\n\tHeartbeat\x12\'.lookaside.registry.v1.HeartbeatRequest\x1a(.lookaside.registry.v1.HeartbeatResponse\x12\x61\n\nDeregister\x12(.lookaside.registry.v1.DeregisterRequest\x1a).lookaside.registry.v1.DeregisterResponse\x12R\n\x05\x44rain\x12#.lookaside.registry.v1.DrainRequest\x1a$.lookaside.registry.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,15 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=361
   _globals['_REGISTERRESPONSE']._serialized_end=535
   _globals['_BACKENDLOAD']._serialized_start=537
-  _globals['_BACKENDLOAD']._serialized_end=603
-  _globals['_HEARTBEATREQUEST']._serialized_start=605
-  _globals['_HEARTBEATREQUEST']._serialized_end=725
-  _globals['_HEARTBEATRESPONSE']._serialized_start=727
-  _globals['_HEARTBEATRESPONSE']._serialized_end=792
-  _globals['_DEREGISTERREQUEST']._serialized_start=794
-  _globals['_DEREGISTERREQUEST']._serialized_end=865
-  _globals['_DEREGISTERRESPONSE']._serialized_start=867
-  _globals['_DEREGISTERRESPONSE']._serialized_end=887
-  _globals['_REGISTRY']._serialized_start=890
-  _globals['_REGISTRY']._serialized_end=1188
+  _globals['_BACKENDLOAD']._serialized_end=623
+  _globals['_HEARTBEATREQUEST']._serialized_start=625
+  _globals['_HEARTBEATREQUEST']._serialized_end=745
+  _globals['_HEARTBEATRESPONSE']._serialized_start=747
+  _globals['_HEARTBEATRESPONSE']._serialized_end=812
+  _globals['_DEREGISTERREQUEST']._serialized_start=814
+  _globals['_DEREGISTERREQUEST']._serialized_end=885
+  _globals['_DEREGISTERRESPONSE']._serialized_start=887
+  _globals['_DEREGISTERRESPONSE']._serialized_end=907
+  _globals['_DRAINREQUEST']._serialized_start=909
+  _globals['_DRAINREQUEST']._serialized_end=975
+  _globals['_DRAINRESPONSE']._serialized_start=977
+  _globals['_DRAINRESPONSE']._serialized_end=992
+  _globals['_REGISTRY']._serialized_start=995
+  _globals['_REGISTRY']._serialized_end=1377
 # @@protoc_insertion_point(module_scope)

@@ -49,14 +49,16 @@ class RegisterResponse(_message.Message):
     def __init__(self, backend_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class BackendLoad(_message.Message):
-    __slots__ = ("utilization", "in_flight", "qps")
+    __slots__ = ("utilization", "in_flight", "qps", "latency_ms")
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     QPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     utilization: float
     in_flight: int
     qps: float
-    def __init__(self, utilization: _Optional[float] = ..., in_flight: _Optional[int] = ..., qps: _Optional[float] = ...) -> None: ...
+    latency_ms: float
+    def __init__(self, utilization: _Optional[float] = ..., in_flight: _Optional[int] = ..., qps: _Optional[float] = ..., latency_ms: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("pool", "backend_id", "lease_id", "load")
@@ -87,5 +89,19 @@ class DeregisterRequest(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., backend_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class DeregisterResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("pool", "backend_id", "lease_id")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    backend_id: str
+    lease_id: str
+    def __init__(self, pool: _Optional[str] = ..., backend_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

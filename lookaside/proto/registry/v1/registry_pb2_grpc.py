@@ -49,6 +49,11 @@ class RegistryStub:
                 request_serializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DeregisterRequest.SerializeToString,
                 response_deserializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DeregisterResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/lookaside.registry.v1.Registry/Drain',
+                request_serializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DrainRequest.SerializeToString,
+                response_deserializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -78,6 +83,15 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Takes a backend out of every list while it keeps its registration and
+        lease: the first step of a graceful shutdown. Deregister follows once
+        in-flight calls have finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +109,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Deregister,
                     request_deserializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DeregisterRequest.FromString,
                     response_serializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DeregisterResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DrainRequest.FromString,
+                    response_serializer=lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class Registry:
             '/lookaside.registry.v1.Registry/Deregister',
             lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DeregisterRequest.SerializeToString,
             lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DeregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookaside.registry.v1.Registry/Drain',
+            lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DrainRequest.SerializeToString,
+            lookaside_dot_proto_dot_registry_dot_v1_dot_registry__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

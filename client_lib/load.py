@@ -1,0 +1,155 @@
+"""LoadMeter: what a backend measures about its own calls, for heartbeats.
+
+    meter = LoadMeter()
+    server = grpc.aio.server(interceptors=[meter.aio_interceptor()])
+    AsyncRegistration(balancer, pool, port, meter=meter)
+
+Each heartbeat carries calls in flight, calls per second and mean latency
+since the previous heartbeat. Load-aware pools weigh backends by that
+latency; graceful drain waits for in-flight calls to reach zero.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+
+class LoadMeter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self._done = 0
+        self._latency_sum = 0.0
+        self._since = time.monotonic()
+        self.total = 0
+
+    def begin(self) -> float:
+        with self._lock:
+            self.in_flight += 1
+        return time.perf_counter()
+
+    def end(self, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self.in_flight -= 1
+            self._done += 1
+            self.total += 1
+            self._latency_sum += elapsed
+
+    def snapshot(self) -> dict[str, float]:
+        """Figures since the previous snapshot (the heartbeat's load)."""
+        now = time.monotonic()
+        with self._lock:
+            span = max(now - self._since, 1e-6)
+            done, total_latency = self._done, self._latency_sum
+            self._done, self._latency_sum, self._since = 0, 0.0, now
+            in_flight = self.in_flight
+        return {
+            "utilization": -1.0,
+            "in_flight": float(in_flight),
+            "qps": done / span,
+            "latency_ms": (total_latency / done * 1000.0) if done else 0.0,
+        }
+
+    def interceptor(self) -> grpc.ServerInterceptor:
+        """For a sync grpc.server."""
+        return _SyncMeterInterceptor(self)
+
+    def aio_interceptor(self) -> grpc.aio.ServerInterceptor:
+        """For a grpc.aio.server."""
+        return _AioMeterInterceptor(self)
+
+
+def _factory_and_behavior(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., Any], Any]:
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler, handler.stream_stream
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    return grpc.unary_unary_rpc_method_handler, handler.unary_unary
+
+
+class _SyncMeterInterceptor(grpc.ServerInterceptor):
+    def __init__(self, meter: LoadMeter) -> None:
+        self.meter = meter
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        factory, behavior = _factory_and_behavior(handler)
+        meter = self.meter
+        if handler.response_streaming:
+
+            def streaming(request: Any, context: Any) -> Iterator[Any]:
+                started = meter.begin()
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    meter.end(started)
+
+            wrapped: Callable[..., Any] = streaming
+        else:
+
+            def unary(request: Any, context: Any) -> Any:
+                started = meter.begin()
+                try:
+                    return behavior(request, context)
+                finally:
+                    meter.end(started)
+
+            wrapped = unary
+        return factory(wrapped, handler.request_deserializer, handler.response_serializer)
+
+
+class _AioMeterInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, meter: LoadMeter) -> None:
+        self.meter = meter
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        factory, behavior = _factory_and_behavior(handler)
+        meter = self.meter
+        if handler.response_streaming and inspect.isasyncgenfunction(behavior):
+
+            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                started = meter.begin()
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    meter.end(started)
+
+            wrapped: Callable[..., Any] = streaming
+        else:
+
+            async def unary(request: Any, context: Any) -> Any:
+                started = meter.begin()
+                try:
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    return result
+                finally:
+                    meter.end(started)
+
+            wrapped = unary
+        return factory(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
