@@ -42,18 +42,29 @@ class BalancerSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error")
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+def add_settings_arguments(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    short: dict[str, str] | None = None,
+) -> None:
+    """One flag per field (`--redis-url` for redis_url), each reading the
+    field's environment variable when absent. Bool fields are switches
+    (`--dev`, not `--dev true`); `short` adds aliases such as {"n": "-n"}."""
     prefix = model.model_config.get("env_prefix", "")
+    short = short or {}
     for name, field in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-")]
+        if name in short:
+            flags.insert(0, short[name])
         env = f"{prefix}{name.upper()}"
-        parser.add_argument(
-            flag,
-            dest=name,
-            default=None,
-            type=str,
-            help=f"{field.description or ''} [env {env}, default {field.default!r}]",
-        )
+        help_text = f"{field.description or ''} [env {env}, default {field.default!r}]"
+        help_text = help_text.replace("%", "%%")  # argparse formats help strings
+        if field.annotation is bool:
+            parser.add_argument(
+                *flags, dest=name, default=None, action="store_const", const="true", help=help_text
+            )
+        else:
+            parser.add_argument(*flags, dest=name, default=None, type=str, help=help_text)
 
 
 def settings_from_args(model: type[BaseSettings], args: argparse.Namespace) -> Any:

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from lookaside.cli import setup_logging
-from lookaside.demo.settings import ClientSettings, ServerSettings, add_arguments
+from lookaside.demo.settings import ClientSettings, ServerSettings
+from lookaside.settings import add_settings_arguments as add_arguments
 from lookaside.settings import settings_from_args
 
 

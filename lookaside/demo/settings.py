@@ -4,10 +4,9 @@ Every flag reads its variable; flags given on the command line win."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APIS = ("GetFeature", "ListFeatures", "RecordRoute", "RouteChat")
@@ -112,26 +111,3 @@ class ClientSettings(BaseSettings):
     @property
     def balancers(self) -> list[str]:
         return [b for b in self.balancer.split(",") if b]
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    model: type[BaseModel],
-    short: dict[str, str] | None = None,
-) -> None:
-    """lookaside.settings.add_settings_arguments, plus switches for bool
-    fields (`--quiet` rather than `--quiet true`) and short aliases."""
-    prefix = model.model_config.get("env_prefix", "")
-    short = short or {}
-    for name, field in model.model_fields.items():
-        flags = ["--" + name.replace("_", "-")]
-        if name in short:
-            flags.insert(0, short[name])
-        env = f"{prefix}{name.upper()}"
-        help_text = f"{field.description or ''} [env {env}, default {field.default!r}]"
-        if field.annotation is bool:
-            parser.add_argument(
-                *flags, dest=name, default=None, action="store_const", const="true", help=help_text
-            )
-        else:
-            parser.add_argument(*flags, dest=name, default=None, type=str, help=help_text)

@@ -62,7 +62,7 @@ def dash_redis(dash_redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def admin(dash_redis_url: str) -> Iterator[AdminProcess]:
     process = AdminProcess(
-        dash_redis_url, "--public-reads", "1", env=clean_env(LOOKASIDE_ADMIN_TOKEN=TOKEN)
+        dash_redis_url, "--public-reads", env=clean_env(LOOKASIDE_ADMIN_TOKEN=TOKEN)
     ).wait_ready()
     yield process
     code, _out, err = process.stop()

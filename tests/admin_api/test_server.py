@@ -39,7 +39,7 @@ def test_serves_and_stops_on_sigterm(redis_url: str, pool_name: str) -> None:
 
 
 def test_dev_mode_prints_a_generated_token(redis_url: str) -> None:
-    admin = AdminProcess(redis_url, "--dev", "1").wait_ready()
+    admin = AdminProcess(redis_url, "--dev").wait_ready()
     code, _out, err = admin.stop()
     assert code == 0, err
     match = re.search(r"generated token: (\S+)", err)
