@@ -109,17 +109,23 @@ def slot_counts(
 # a slower one gets fewer, down to one: the floor that keeps it in the list
 # (and its latency measured) without giving it real traffic.
 LOAD_AWARE_SCALE = 100
+# Latencies within this factor of the fastest count as equal, so that
+# backends that differ only by noise keep equal shares.
+LOAD_AWARE_DEADBAND = 1.5
 
 
 def load_aware_weights(backends: Sequence[Backend]) -> list[int]:
-    """Weights for a least_loaded pool: each backend's weight times the
-    square of (fastest latency / its latency), from the latency backends
-    report in heartbeats (smoothed, and republished only on a 20% move, so
-    lists are not re-sent on noise).
+    """Weights for a least_loaded pool, from the latency backends report in
+    heartbeats (smoothed, and republished only on a 20% move, so lists are
+    not re-sent on noise).
 
-    Squaring makes the policy decisive: a backend 10x slower gets 1% of the
-    fastest one's share, a backend 2x slower a quarter. A backend with no
-    report yet counts as the fastest.
+    A backend within 1.5x of the fastest keeps its full weight; beyond that
+    its weight falls with the cube of how much slower it is: 3x slower gets
+    1/8, 10x slower the floor of one slot in a hundred. A list only sees
+    periodic reports, not each call, so the policy is decisive on purpose: a
+    slow backend should see almost none of the traffic until it recovers
+    (its reports keep coming from the floor share and from its own probes).
+    A backend with no report yet counts as the fastest.
     """
     known = [b.latency_published_ms for b in backends if b.latency_published_ms > 0]
     if not known:
@@ -128,7 +134,8 @@ def load_aware_weights(backends: Sequence[Backend]) -> list[int]:
     out = []
     for b in backends:
         latency = b.latency_published_ms if b.latency_published_ms > 0 else fastest
-        factor = (fastest / latency) ** 2
+        slower = latency / fastest
+        factor = 1.0 if slower <= LOAD_AWARE_DEADBAND else (LOAD_AWARE_DEADBAND / slower) ** 3
         out.append(max(1, round(LOAD_AWARE_SCALE * factor)) * b.weight)
     return out
 

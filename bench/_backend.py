@@ -1,6 +1,6 @@
 """A minimal routeguide backend for benchmarks: GetFeature answers at once.
 
-    python bench/_backend.py PORT
+python bench/_backend.py PORT
 """
 
 from __future__ import annotations

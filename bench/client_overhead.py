@@ -37,7 +37,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
 
 
 def wait_ready(address: str) -> None:
@@ -81,8 +83,23 @@ def main() -> None:
     with RedisProcess() as redis:
         try:
             lb_port = free_port()
-            procs.append(spawn(["-m", "lookaside", "balancer", "--listen", f"127.0.0.1:{lb_port}",
-                                "--redis-url", redis.url, "--metrics-listen", "", "--log-level", "warning"]))
+            procs.append(
+                spawn(
+                    [
+                        "-m",
+                        "lookaside",
+                        "balancer",
+                        "--listen",
+                        f"127.0.0.1:{lb_port}",
+                        "--redis-url",
+                        redis.url,
+                        "--metrics-listen",
+                        "",
+                        "--log-level",
+                        "warning",
+                    ]
+                )
+            )
             ports = [free_port() for _ in range(3)]
             for p in ports:
                 procs.append(spawn([str(HERE / "_backend.py"), str(p)]))
@@ -106,7 +123,8 @@ def main() -> None:
             for stub in stubs.values():  # warm up connections
                 sequential(stub, 0.5)
             loads: dict[str, Callable[[rg_grpc.RouteGuideStub, float], float]] = {
-                "sequential": sequential, "16 in flight": concurrent,
+                "sequential": sequential,
+                "16 in flight": concurrent,
             }
             results: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):

@@ -85,3 +85,24 @@ def test_interleave_keeps_counts(counts: list[int]) -> None:
     items = [(chr(65 + i), c) for i, c in enumerate(counts)]
     out = interleave(items)
     assert Counter(out) == {k: c for k, c in items}
+
+
+def test_load_aware_weights_deadband_and_floor() -> None:
+    from balancer_server.lists import load_aware_weights
+
+    def backends(*latencies: float) -> list[Backend]:
+        return [
+            Backend(
+                id=f"b{i}", pool="p", host="h", ip="10.0.0.1", port=80 + i, latency_published_ms=lat
+            )
+            for i, lat in enumerate(latencies)
+        ]
+
+    assert load_aware_weights(backends(2.0, 2.9, 20.0)) == [
+        100,
+        100,
+        1,
+    ]  # 1.45x is noise; 10x is the floor
+    assert load_aware_weights(backends(2.0, 6.0)) == [100, 12]  # 3x slower: (1.5/3)^3
+    assert load_aware_weights(backends(0.0, 0.0)) == [1, 1]  # no reports: plain weights
+    assert load_aware_weights(backends(4.0, 0.0)) == [100, 100]  # no report yet counts as fastest
