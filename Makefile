@@ -37,10 +37,11 @@ protos: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy lookaside balancer_server client_lib
+	$(VENV)/bin/mypy lookaside balancer_server client_lib admin_api
 
 bench: install
 	$(PY) bench/client_overhead.py
+	$(PY) bench/slow_backend.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
