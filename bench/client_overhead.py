@@ -4,17 +4,20 @@
 
 Starts a private Redis, a balancer and backends as separate processes, then
 alternates timed rounds of unary GetFeature calls:
-  plain     grpc.insecure_channel to one backend
-  thin-1    LookasideChannel over a pool of that one backend
-  thin-3    LookasideChannel over a pool of 3 backends
-each sequential and with 16 calls in flight (futures). Prints the median
-calls/s per mode and the ratios to plain. No assertion: the numbers go to
-docs/benchmarks.md.
+  plain      grpc.insecure_channel to one backend
+  thin-1     LookasideChannel over a pool of that one backend
+  plain-rr3  round robin by hand over 3 plain channels, one per backend
+  thin-3     LookasideChannel over a pool of 3 backends
+sequential and with 16 calls in flight (sync futures), and with 16 in
+flight on grpc.aio (client_lib.aio). Prints the median calls/s per mode
+and the ratios to plain. No assertion: the numbers go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import statistics
 import subprocess
 import sys
@@ -27,6 +30,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client_lib import LookasideChannel  # noqa: E402
+from client_lib.aio import LookasideAioChannel  # noqa: E402
 from lookaside.proto.registry.v1 import registry_pb2 as pb  # noqa: E402
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc  # noqa: E402
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg  # noqa: E402
@@ -48,29 +52,55 @@ def wait_ready(address: str) -> None:
     ch.close()
 
 
-def sequential(stub: rg_grpc.RouteGuideStub, seconds: float) -> float:
+def sequential(stubs: list[rg_grpc.RouteGuideStub], seconds: float) -> float:
     n = 0
     point = rg.Point(latitude=1)
+    turn = itertools.cycle(stubs)
     end = time.perf_counter() + seconds
     start = time.perf_counter()
     while time.perf_counter() < end:
         for _ in range(100):
-            stub.GetFeature(point)
+            next(turn).GetFeature(point)
         n += 100
     return n / (time.perf_counter() - start)
 
 
-def concurrent(stub: rg_grpc.RouteGuideStub, seconds: float, inflight: int = 16) -> float:
+def concurrent(stubs: list[rg_grpc.RouteGuideStub], seconds: float, inflight: int = 16) -> float:
     point = rg.Point(latitude=1)
+    turn = itertools.cycle(stubs)
     n = 0
     end = time.perf_counter() + seconds
     start = time.perf_counter()
     while time.perf_counter() < end:
-        futures = [stub.GetFeature.future(point) for _ in range(inflight)]
+        futures = [next(turn).GetFeature.future(point) for _ in range(inflight)]
         for f in futures:
             f.result()
         n += inflight
     return n / (time.perf_counter() - start)
+
+
+def aio_concurrent(
+    make_channel: Callable[[], grpc.aio.Channel], seconds: float, inflight: int = 16
+) -> float:
+    async def run() -> float:
+        channel = make_channel()
+        if hasattr(channel, "channel_ready"):
+            await channel.channel_ready()
+        stub = rg_grpc.RouteGuideStub(channel)
+        point = rg.Point(latitude=1)
+        for _ in range(50):
+            await stub.GetFeature(point)
+        n = 0
+        end = time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < end:
+            await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
+            n += inflight
+        rate = n / (time.perf_counter() - start)
+        await channel.close()
+        return rate
+
+    return asyncio.run(run())
 
 
 def main() -> None:
@@ -113,32 +143,52 @@ def main() -> None:
                 registry.Register(pb.RegisterRequest(pool="three", host="127.0.0.1", port=p))
 
             plain = grpc.insecure_channel(f"127.0.0.1:{ports[0]}")
+            plain3 = [grpc.insecure_channel(f"127.0.0.1:{p}") for p in ports]
             thin1 = LookasideChannel("one", lb)
             thin3 = LookasideChannel("three", lb)
             assert thin1.wait_for_list(10) and thin3.wait_for_list(10)
             while len(thin3.backends()) < 3:
                 time.sleep(0.05)
-            modes: dict[str, grpc.Channel] = {"plain": plain, "thin-1": thin1, "thin-3": thin3}
-            stubs = {k: rg_grpc.RouteGuideStub(v) for k, v in modes.items()}
-            for stub in stubs.values():  # warm up connections
-                sequential(stub, 0.5)
-            loads: dict[str, Callable[[rg_grpc.RouteGuideStub, float], float]] = {
+            # plain-rr3 is a hand-rolled round robin over three plain channels:
+            # what one channel per backend costs in grpcio itself.
+            modes: dict[str, list[rg_grpc.RouteGuideStub]] = {
+                "plain": [rg_grpc.RouteGuideStub(plain)],
+                "thin-1": [rg_grpc.RouteGuideStub(thin1)],
+                "plain-rr3": [rg_grpc.RouteGuideStub(c) for c in plain3],
+                "thin-3": [rg_grpc.RouteGuideStub(thin3)],
+            }
+            for stubs in modes.values():  # warm up connections
+                sequential(stubs, 0.5)
+            loads: dict[str, Callable[[list[rg_grpc.RouteGuideStub], float], float]] = {
                 "sequential": sequential,
                 "16 in flight": concurrent,
+            }
+            aio_modes: dict[str, Callable[[], grpc.aio.Channel]] = {
+                "plain": lambda: grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}"),
+                "thin-1": lambda: LookasideAioChannel("one", lb),
+                "thin-3": lambda: LookasideAioChannel("three", lb),
             }
             results: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
                 for load_name, load in loads.items():
-                    for mode, stub in stubs.items():
-                        results.setdefault((load_name, mode), []).append(load(stub, args.seconds))
+                    for mode, stubs in modes.items():
+                        results.setdefault((load_name, mode), []).append(load(stubs, args.seconds))
+                for mode, make in aio_modes.items():
+                    results.setdefault(("aio, 16 in flight", mode), []).append(
+                        aio_concurrent(make, args.seconds)
+                    )
             print(f"{args.rounds} rounds x {args.seconds:g}s, median calls/s (ratio to plain)")
-            for load_name in loads:
+            for load_name in [*loads, "aio, 16 in flight"]:
                 base = statistics.median(results[(load_name, "plain")])
                 cells = []
                 for mode in modes:
+                    if (load_name, mode) not in results:
+                        continue
                     med = statistics.median(results[(load_name, mode)])
                     cells.append(f"{mode} {med:,.0f} ({med / base:.3f}x)")
-                print(f"  {load_name:13s} " + "   ".join(cells))
+                print(f"  {load_name:18s} " + "   ".join(cells))
+            for c in plain3:
+                c.close()
             thin1.close()
             thin3.close()
             plain.close()

@@ -27,9 +27,17 @@ def _metadata(metadata: Any, extra: tuple[tuple[str, str], ...]) -> Any:
 
 def _finish_callback(counters: CallCounters) -> Any:
     def done(call: Any) -> None:
+        # The rendezvous keeps its final status in _state; reading it directly
+        # avoids three lock round trips per call. The public methods are the
+        # fallback should that layout change.
+        state = getattr(call, "_state", None)
         try:
-            code = call.code()
-            has_md = bool(call.initial_metadata() or call.trailing_metadata())
+            if state is not None and hasattr(state, "code"):
+                code = state.code
+                has_md = bool(state.initial_metadata or state.trailing_metadata)
+            else:
+                code = call.code()
+                has_md = bool(call.initial_metadata() or call.trailing_metadata())
         except Exception:  # noqa: BLE001 - a cancelled future may not have them
             code, has_md = grpc.StatusCode.CANCELLED, False
         counters.finish_with(code, has_md)
