@@ -79,6 +79,10 @@ def concurrent(stubs: list[rg_grpc.RouteGuideStub], seconds: float, inflight: in
     return n / (time.perf_counter() - start)
 
 
+# grpc.aio binds to one event loop per process: every aio round runs on this one.
+AIO_LOOP = asyncio.new_event_loop()
+
+
 def aio_concurrent(
     make_channel: Callable[[], grpc.aio.Channel], seconds: float, inflight: int = 16
 ) -> float:
@@ -100,7 +104,7 @@ def aio_concurrent(
         await channel.close()
         return rate
 
-    return asyncio.run(run())
+    return AIO_LOOP.run_until_complete(run())
 
 
 def main() -> None:
