@@ -1,0 +1,54 @@
+"""Prometheus metrics of the DNS responder process."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+log = logging.getLogger("lookaside.dns")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+QUERIES = Counter(
+    "lookaside_dns_queries_total",
+    "DNS queries answered, by transport, record type and response code",
+    ["transport", "qtype", "rcode"],
+    registry=REGISTRY,
+)
+MALFORMED = Counter(
+    "lookaside_dns_malformed_total",
+    "Packets that were not a DNS message (answered FORMERR when they had a header)",
+    ["transport"],
+    registry=REGISTRY,
+)
+TRUNCATED = Counter(
+    "lookaside_dns_truncated_total",
+    "UDP replies too large for the asker, sent with TC set",
+    registry=REGISTRY,
+)
+POOLS = Gauge(
+    "lookaside_dns_pools",
+    "Pools known to the responder (each has an SRV record)",
+    registry=REGISTRY,
+)
+REDIS_UP = Gauge(
+    "lookaside_dns_redis_up",
+    "1 while the registry's Redis answers; the last snapshots are served when 0",
+    registry=REGISTRY,
+)
+
+
+def start_metrics(listen: str) -> None:
+    """Serves /metrics on host:port; an empty string disables it."""
+    if not listen:
+        return
+    host, _, port = listen.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"cannot serve /metrics on {listen!r} ({exc}); "
+            "give --metrics-listen another host:port, or an empty string to disable it"
+        ) from None
+    log.info("metrics on http://%s/metrics", listen)
