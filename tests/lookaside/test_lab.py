@@ -30,11 +30,12 @@ def client(*args: str) -> tuple[dict[str, int], dict[str, int]]:
 
 @pytest.mark.timeout(240)
 def test_lab_spreads_calls_and_leaves_nothing_behind() -> None:
-    ports = {name: free_port() for name in ("balancer", "metrics", "dns", "admin")}
+    ports = {name: free_port() for name in ("balancer", "metrics", "dns", "dns_metrics", "admin")}
     lab = subprocess.Popen(
         [sys.executable, "-m", "lookaside", "up",
          "--balancer-port", str(ports["balancer"]), "--metrics-port", str(ports["metrics"]),
-         "--dns-port", str(ports["dns"]), "--admin-port", str(ports["admin"])],
+         "--dns-port", str(ports["dns"]), "--dns-metrics-port", str(ports["dns_metrics"]),
+         "--admin-port", str(ports["admin"])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
