@@ -7,12 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 import lookaside
 from admin_api import errors, metrics
+from admin_api.deps import reject_unknown_query
 from admin_api.routes import api_router, dashboard, health
 from admin_api.settings import AdminSettings
 from lookaside.registry.store import RegistryStore
@@ -62,7 +63,7 @@ def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> F
     app.state.transitions = BackendTransitions(store)
     errors.install(app)
     app.middleware("http")(metrics.track_requests)
-    app.include_router(api_router)
+    app.include_router(api_router, dependencies=[Depends(reject_unknown_query)])
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")

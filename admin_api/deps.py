@@ -1,10 +1,10 @@
 """Dependencies of the routes, as `Annotated` aliases.
 
-    StoreDep        the process's RegistryStore
-    WriterDep       the actor of a mutating call; 401 without the right token
-    ReaderDep       the same for reads, unless public_reads is set
-    PoolPath        a pool name from the path, checked like the registry does
-    BackendPath     a backend id from the path
+StoreDep        the process's RegistryStore
+WriterDep       the actor of a mutating call; 401 without the right token
+ReaderDep       the same for reads, unless public_reads is set
+PoolPath        a pool name from the path, checked like the registry does
+BackendPath     a backend id from the path
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from admin_api.settings import AdminSettings
@@ -101,3 +102,44 @@ BackendPath = Annotated[
         description="backend id, as listed by backends-list",
     ),
 ]
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Refuses query parameters a route does not take, and any given more
+    than once (422), so a typo such as `?forced=true` or a stray second
+    `limit` is an error rather than silently ignored."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    known: set[str] = set()
+    stack = [dependant]
+    while stack:
+        d = stack.pop()
+        known.update(p.alias for p in getattr(d, "query_params", ()))
+        stack.extend(getattr(d, "dependencies", ()))
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"given {len(request.query_params.getlist(name))} times; give it once",
+                    "type": "repeated",
+                }
+                for name in repeated[:5]
+            ]
+        )
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if unknown:
+        expected = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter (this operation takes: {expected})",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown[:5]
+            ]
+        )

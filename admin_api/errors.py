@@ -47,7 +47,11 @@ def _message(msg: str) -> str:
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"loc": _loc(e.get("loc", ())), "msg": _message(str(e.get("msg", ""))), "type": str(e.get("type", ""))}
+        {
+            "loc": _loc(e.get("loc", ())),
+            "msg": _message(str(e.get("msg", ""))),
+            "type": str(e.get("type", "")),
+        }
         for e in exc.errors()[:MAX_LISTED_ERRORS]
     ]
     parts = []
@@ -62,9 +66,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode: for us, invalid input.
-        return problem(
-            422, f"invalid request: {exc.detail}; send a UTF-8 JSON body", errors=[]
-        )
+        return problem(422, f"invalid request: {exc.detail}; send a UTF-8 JSON body", errors=[])
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 

@@ -77,7 +77,8 @@ def _templates(app: Any) -> list[_Template]:
         for template, methods in table.items():
             parts = re.split(r"(\{[^}]+\})", template)
             regex = "".join(
-                (".+" if p == "{path}" else "[^/]+") if p.startswith("{") else re.escape(p) for p in parts
+                (".+" if p == "{path}" else "[^/]+") if p.startswith("{") else re.escape(p)
+                for p in parts
             )
             cached.append(_Template(re.compile(f"^{regex}$"), template, methods))
         app.state.route_templates = cached
@@ -121,7 +122,11 @@ async def track_requests(
         LATENCY.labels(method, route).observe(elapsed)
         log.debug(
             "request method=%s route=%s path=%s status=%d ms=%.1f",
-            method, route, request.url.path[:200], status, elapsed * 1000,
+            method,
+            route,
+            request.url.path[:200],
+            status,
+            elapsed * 1000,
         )
 
 

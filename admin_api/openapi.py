@@ -37,9 +37,18 @@ def render(document: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m admin_api.openapi", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_PATH, help="where to write (default docs/openapi.json)")
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
+    parser = argparse.ArgumentParser(
+        prog="python -m admin_api.openapi", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_PATH,
+        help="where to write (default docs/openapi.json)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 when the file differs"
+    )
     args = parser.parse_args(argv)
     text = render(openapi_document())
     if args.check:

@@ -48,13 +48,20 @@ async def serve(settings: AdminSettings) -> None:
     server = build_server(settings)
     if settings.token_generated:
         # Printed, not only logged: dev mode's token is needed to use the API.
-        print(f"lookaside admin: dev mode, generated token: {settings.token}", file=sys.stderr, flush=True)
+        print(
+            f"lookaside admin: dev mode, generated token: {settings.token}",
+            file=sys.stderr,
+            flush=True,
+        )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, functools.partial(_stop, server, sig))
     log.info(
         "admin listening on http://%s redis=%s public_reads=%s dev=%s",
-        settings.listen, _redacted(settings.redis_url), settings.public_reads, settings.dev,
+        settings.listen,
+        _redacted(settings.redis_url),
+        settings.public_reads,
+        settings.dev,
     )
     try:
         await server.serve()

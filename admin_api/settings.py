@@ -19,8 +19,21 @@ log = logging.getLogger("lookaside.admin")
 TOKEN_MIN_LENGTH = 16
 DEFAULT_LOOKING_TOKENS = frozenset(
     {
-        "admin", "changeme", "change-me", "change_me", "changethis", "default", "dev",
-        "lookaside", "password", "secret", "test", "token", "example", "none", "null",
+        "admin",
+        "changeme",
+        "change-me",
+        "change_me",
+        "changethis",
+        "default",
+        "dev",
+        "lookaside",
+        "password",
+        "secret",
+        "test",
+        "token",
+        "example",
+        "none",
+        "null",
     }
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -31,7 +44,9 @@ def token_problem(token: str) -> str | None:
     if not token:
         return "is empty"
     lowered = token.lower()
-    if lowered in DEFAULT_LOOKING_TOKENS or any(lowered.startswith(w) for w in ("changeme", "changethis")):
+    if lowered in DEFAULT_LOOKING_TOKENS or any(
+        lowered.startswith(w) for w in ("changeme", "changethis")
+    ):
         return "looks like a default value"
     if len(set(token)) < 6:
         return "repeats too few distinct characters"

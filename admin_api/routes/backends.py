@@ -50,7 +50,9 @@ async def _out(store: RegistryStore, pool: str, backend_id: str) -> BackendOut:
 async def list_(pool: PoolPath, store: StoreDep, _reader: ReaderDep) -> BackendList:
     snap = await load_pool(store, pool)
     return BackendList(
-        pool=pool, version=snap.version, backends=[BackendOut.from_backend(b) for b in snap.backends]
+        pool=pool,
+        version=snap.version,
+        backends=[BackendOut.from_backend(b) for b in snap.backends],
     )
 
 
@@ -88,14 +90,21 @@ async def register(
     metrics.ACTIONS.labels("static_registered").inc()
     log.info(
         "static backend registered pool=%s backend=%s addr=%s:%d weight=%d actor=%s",
-        pool, backend_id, ip, body.port, body.weight, actor,
+        pool,
+        backend_id,
+        ip,
+        body.port,
+        body.weight,
+        actor,
     )
     response.headers["Location"] = f"/api/v1/pools/{pool}/backends/{backend_id}"
     return await _out(store, pool, backend_id)
 
 
 @router.get("/{backend_id}", response_model=BackendOut, summary="Read one backend")
-async def get(pool: PoolPath, backend_id: BackendPath, store: StoreDep, _reader: ReaderDep) -> BackendOut:
+async def get(
+    pool: PoolPath, backend_id: BackendPath, store: StoreDep, _reader: ReaderDep
+) -> BackendOut:
     return await _out(store, pool, backend_id)
 
 
@@ -104,9 +113,13 @@ async def set_weight(
     pool: PoolPath, backend_id: BackendPath, body: WeightChange, store: StoreDep, actor: WriterDep
 ) -> BackendOut:
     await _backend(store, pool, backend_id)
-    await store.update_backend(pool, backend_id, actor=actor, kind="weight_changed", weight=body.weight)
+    await store.update_backend(
+        pool, backend_id, actor=actor, kind="weight_changed", weight=body.weight
+    )
     metrics.ACTIONS.labels("weight_changed").inc()
-    log.info("weight changed pool=%s backend=%s weight=%d actor=%s", pool, backend_id, body.weight, actor)
+    log.info(
+        "weight changed pool=%s backend=%s weight=%d actor=%s", pool, backend_id, body.weight, actor
+    )
     return await _out(store, pool, backend_id)
 
 
@@ -124,26 +137,42 @@ async def _transition(
         metrics.ACTIONS.labels(transition.kind).inc()
         log.info(
             "backend %s pool=%s backend=%s from=%s actor=%s",
-            transition.kind, pool, backend_id, result.previous, actor,
+            transition.kind,
+            pool,
+            backend_id,
+            result.previous,
+            actor,
         )
     return await _out(store, pool, backend_id)
 
 
-@router.post("/{backend_id}/drain", summary="Drain: keep it registered, send it no new calls", responses=CONFLICT)
+@router.post(
+    "/{backend_id}/drain",
+    summary="Drain: keep it registered, send it no new calls",
+    responses=CONFLICT,
+)
 async def drain(
     pool: PoolPath, backend_id: BackendPath, store: StoreDep, tr: TransitionsDep, actor: WriterDep
 ) -> BackendOut:
     return await _transition(tr, store, pool, backend_id, t.DRAIN, actor)
 
 
-@router.post("/{backend_id}/undrain", summary="Undrain: put a draining backend back in lists", responses=CONFLICT)
+@router.post(
+    "/{backend_id}/undrain",
+    summary="Undrain: put a draining backend back in lists",
+    responses=CONFLICT,
+)
 async def undrain(
     pool: PoolPath, backend_id: BackendPath, store: StoreDep, tr: TransitionsDep, actor: WriterDep
 ) -> BackendOut:
     return await _transition(tr, store, pool, backend_id, t.UNDRAIN, actor)
 
 
-@router.post("/{backend_id}/disable", summary="Disable: hold it out, even across re-registration", responses=CONFLICT)
+@router.post(
+    "/{backend_id}/disable",
+    summary="Disable: hold it out, even across re-registration",
+    responses=CONFLICT,
+)
 async def disable(
     pool: PoolPath, backend_id: BackendPath, store: StoreDep, tr: TransitionsDep, actor: WriterDep
 ) -> BackendOut:
@@ -163,7 +192,9 @@ async def enable(
     response_class=Response,
     summary="Remove a backend from the registry",
 )
-async def remove(pool: PoolPath, backend_id: BackendPath, store: StoreDep, actor: WriterDep) -> Response:
+async def remove(
+    pool: PoolPath, backend_id: BackendPath, store: StoreDep, actor: WriterDep
+) -> Response:
     await load_pool(store, pool)
     await store.deregister(pool, backend_id, "", actor=actor)
     metrics.ACTIONS.labels("removed").inc()

@@ -12,7 +12,9 @@ from admin_api.schemas.common import COMMON, NOT_FOUND
 from admin_api.schemas.events import EventList, EventOut
 from lookaside.registry import keys
 
-router = APIRouter(prefix="/pools/{pool}/events", tags=["events"], responses={**COMMON, **NOT_FOUND})
+router = APIRouter(
+    prefix="/pools/{pool}/events", tags=["events"], responses={**COMMON, **NOT_FOUND}
+)
 
 
 @router.get("", response_model=EventList, summary="A pool's recent events")

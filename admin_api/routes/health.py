@@ -44,7 +44,9 @@ async def ready(store: StoreDep) -> Status | JSONResponse:
         await asyncio.wait_for(store.redis.ping(), timeout=READY_TIMEOUT)
     except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
         log.warning("not ready: redis error=%s", exc or type(exc).__name__)
-        body = Status(status="unavailable", detail=f"Redis does not answer: {exc or type(exc).__name__}")
+        body = Status(
+            status="unavailable", detail=f"Redis does not answer: {exc or type(exc).__name__}"
+        )
         return JSONResponse(body.model_dump(), status_code=503)
     return Status(status="ok")
 

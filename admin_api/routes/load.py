@@ -37,14 +37,18 @@ async def read(pool: PoolPath, store: StoreDep, _reader: ReaderDep) -> PoolLoad:
     for b in snap.backends:
         out = BackendOut.from_backend(b)
         backends.append(
-            BackendLoadOut(id=out.id, address=out.address, state=out.state, weight=out.weight, load=out.load)
+            BackendLoadOut(
+                id=out.id, address=out.address, state=out.state, weight=out.weight, load=out.load
+            )
         )
     return PoolLoad(
         pool=pool,
         ts_ms=int(now * 1000),
         windows=[LoadWindowOut.from_window(w) for w in windows],
         total=total,
-        streams=[ReplicaStreamsOut(replica=s.replica, streams=s.streams, ts_ms=s.ts_ms) for s in streams],
+        streams=[
+            ReplicaStreamsOut(replica=s.replica, streams=s.streams, ts_ms=s.ts_ms) for s in streams
+        ],
         streams_total=sum(s.streams for s in streams),
         backends=backends,
     )

@@ -54,7 +54,9 @@ async def list_(store: StoreDep, _reader: ReaderDep) -> PoolList:
     responses=CONFLICT,
     summary="Create a pool",
 )
-async def create(body: PoolCreate, store: StoreDep, actor: WriterDep, response: Response) -> PoolOut:
+async def create(
+    body: PoolCreate, store: StoreDep, actor: WriterDep, response: Response
+) -> PoolOut:
     created = await store.put_pool(body.to_config(body.name), actor=actor, only_if_absent=True)
     if not created:
         raise Conflict(
@@ -83,7 +85,10 @@ async def replace(pool: PoolPath, body: PoolSettings, store: StoreDep, actor: Wr
 
 
 @router.patch(
-    "/{pool}", response_model=PoolOut, responses=NOT_FOUND, summary="Change some of a pool's settings"
+    "/{pool}",
+    response_model=PoolOut,
+    responses=NOT_FOUND,
+    summary="Change some of a pool's settings",
 )
 async def update(pool: PoolPath, body: PoolPatch, store: StoreDep, actor: WriterDep) -> PoolOut:
     snap = await load_pool(store, pool)
@@ -92,7 +97,9 @@ async def update(pool: PoolPath, body: PoolPatch, store: StoreDep, actor: Writer
         return PoolOut.from_snapshot(snap)  # nothing to change, nothing written
     await store.put_pool(config, actor=actor)
     metrics.ACTIONS.labels("pool_updated").inc()
-    log.info("pool updated pool=%s actor=%s fields=%s", pool, actor, ",".join(sorted(body.changes())))
+    log.info(
+        "pool updated pool=%s actor=%s fields=%s", pool, actor, ",".join(sorted(body.changes()))
+    )
     return await _saved(store, pool)
 
 
@@ -122,5 +129,7 @@ async def delete(
         )
     await store.delete_pool(pool)
     metrics.ACTIONS.labels("pool_deleted").inc()
-    log.info("pool deleted pool=%s actor=%s live_backends=%d forced=%s", pool, actor, len(live), force)
+    log.info(
+        "pool deleted pool=%s actor=%s live_backends=%d forced=%s", pool, actor, len(live), force
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

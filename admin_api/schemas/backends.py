@@ -45,7 +45,9 @@ class BackendCreate(BaseModel):
     )
     port: JsonInt = Field(ge=1, le=65535)
     weight: Weight = 1
-    zone: Annotated[str, Field(max_length=63, pattern=v.ZONE_RE.pattern), AfterValidator(v.check_zone)] = ""
+    zone: Annotated[
+        str, Field(max_length=63, pattern=v.ZONE_RE.pattern), AfterValidator(v.check_zone)
+    ] = ""
     metadata: Annotated[
         dict[MetadataKey, MetadataValue],
         Field(max_length=v.METADATA_MAX_ENTRIES),

@@ -14,7 +14,9 @@ class Problem(BaseModel):
 
 
 class FieldError(BaseModel):
-    loc: list[str | int] = Field(description="where in the request: path, query or body, then the field")
+    loc: list[str | int] = Field(
+        description="where in the request: path, query or body, then the field"
+    )
     msg: str
     type: str
 

@@ -9,9 +9,13 @@ from pydantic import BaseModel, Field
 
 class EventOut(BaseModel):
     ts_ms: int = Field(description="Unix ms, from the Redis clock")
-    kind: str = Field(description="registered, expired, drained, weight_changed, pool_configured, ...")
+    kind: str = Field(
+        description="registered, expired, drained, weight_changed, pool_configured, ..."
+    )
     backend: str = Field(description="backend id(s), empty for pool-wide events")
-    actor: str = Field(description="who did it: registration, lease, admin:token@<client address>, ...")
+    actor: str = Field(
+        description="who did it: registration, lease, admin:token@<client address>, ..."
+    )
     detail: str
     version: int = Field(description="the pool version the event produced")
 
@@ -23,7 +27,9 @@ class EventOut(BaseModel):
 
         def number(key: str) -> int:
             value = raw.get(key, 0)
-            return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+            return (
+                int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+            )
 
         return cls(
             ts_ms=number("ts_ms"),

@@ -28,7 +28,9 @@ class LoadRates(BaseModel):
 
 class LoadWindowOut(BaseModel):
     window: str = Field(description="10s, 1m or 15m")
-    seconds: float = Field(description="the span summed: the window rounded up to whole 10 s buckets")
+    seconds: float = Field(
+        description="the span summed: the window rounded up to whole 10 s buckets"
+    )
     counts: LoadCounts
     rates: LoadRates
 
@@ -67,7 +69,9 @@ class BackendLoadOut(BaseModel):
     address: str
     state: str
     weight: int
-    load: dict[str, float] = Field(description="utilization, in_flight, qps from the last heartbeat")
+    load: dict[str, float] = Field(
+        description="utilization, in_flight, qps from the last heartbeat"
+    )
 
 
 class PoolLoad(BaseModel):

@@ -132,7 +132,9 @@ class PoolPatch(BaseModel):
             policy=config.policy,
             report_interval_ms=config.report_interval_ms,
             lease_ttl_ms=config.lease_ttl_ms,
-            drops=[Drop.model_construct(token=d.token, per_mille=d.per_mille) for d in config.drops],
+            drops=[
+                Drop.model_construct(token=d.token, per_mille=d.per_mille) for d in config.drops
+            ],
             fallback=config.fallback,
         )
         return current.model_copy(update=self.changes())

@@ -27,8 +27,17 @@ class AdminProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lookaside", "admin", "--listen", f"127.0.0.1:{self.port}",
-             "--redis-url", redis_url, *args],
+            [
+                sys.executable,
+                "-m",
+                "lookaside",
+                "admin",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--redis-url",
+                redis_url,
+                *args,
+            ],
             cwd=REPO,
             env=env or clean_env(),
             stdout=subprocess.PIPE,

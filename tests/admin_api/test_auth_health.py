@@ -23,8 +23,12 @@ async def test_every_api_call_needs_the_token(client: httpx.AsyncClient, pool: s
         ("GET", f"/api/v1/pools/{pool}/load", None),
         ("GET", f"/api/v1/pools/{pool}/events", None),
     ]
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ):
         for method, path, body in calls:
             r = await client.request(method, path, json=body, headers=headers)
             assert r.status_code == 401, (method, path, headers, r.text)
@@ -76,8 +80,14 @@ async def test_metrics_count_requests_by_route(client: httpx.AsyncClient, pool: 
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'lookaside_admin_requests_total{method="GET",route="/api/v1/pools/{pool}",status="200"}' in text
-    assert 'lookaside_admin_requests_total{method="GET",route="/api/v1/pools/{pool}",status="404"}' in text
+    assert (
+        'lookaside_admin_requests_total{method="GET",route="/api/v1/pools/{pool}",status="200"}'
+        in text
+    )
+    assert (
+        'lookaside_admin_requests_total{method="GET",route="/api/v1/pools/{pool}",status="404"}'
+        in text
+    )
     assert 'route="unmatched",status="404"' in text
     assert "lookaside_admin_request_seconds_bucket" in text
     assert 'lookaside_admin_actions_total{kind="pool_created"}' in text

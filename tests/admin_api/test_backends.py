@@ -15,12 +15,23 @@ pytestmark = pytest.mark.asyncio
 async def test_register_static_list_and_get(
     client: httpx.AsyncClient, pool: str, store: RegistryStore
 ) -> None:
-    body = {"host": "127.0.0.1", "port": 9001, "weight": 5, "zone": "eu-1", "metadata": {"ver": "1.2"}}
+    body = {
+        "host": "127.0.0.1",
+        "port": 9001,
+        "weight": 5,
+        "zone": "eu-1",
+        "metadata": {"ver": "1.2"},
+    }
     r = await client.post(f"/api/v1/pools/{pool}/backends", json=body, headers=AUTH)
     assert r.status_code == 201, r.text
     b = r.json()
     assert b["address"] == "127.0.0.1:9001"
-    assert (b["weight"], b["zone"], b["metadata"], b["state"]) == (5, "eu-1", {"ver": "1.2"}, "serving")
+    assert (b["weight"], b["zone"], b["metadata"], b["state"]) == (
+        5,
+        "eu-1",
+        {"ver": "1.2"},
+        "serving",
+    )
     assert b["static"] is True
     assert b["lease_expires_ms"] == 0
     assert b["last_heard_ms"] > 0
@@ -36,7 +47,9 @@ async def test_register_static_list_and_get(
 
     snap = await store.snapshot(pool)
     assert snap is not None
-    assert [(x.ip, x.port, x.weight, x.static) for x in snap.backends] == [("127.0.0.1", 9001, 5, True)]
+    assert [(x.ip, x.port, x.weight, x.static) for x in snap.backends] == [
+        ("127.0.0.1", 9001, 5, True)
+    ]
 
 
 async def test_register_resolves_host_names(client: httpx.AsyncClient, pool: str) -> None:
@@ -109,7 +122,9 @@ async def test_unknown_pool_and_backend_are_404(
         assert "abcdef123456" in r.json()["detail"]
 
 
-async def test_set_weight(client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore) -> None:  # type: ignore[no-untyped-def]
+async def test_set_weight(
+    client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore
+) -> None:  # type: ignore[no-untyped-def]
     b = await static_backend(pool, 9004)
     url = f"/api/v1/pools/{pool}/backends/{b['id']}/weight"
     r = await client.put(url, json={"weight": 7}, headers=AUTH)
@@ -123,7 +138,9 @@ async def test_set_weight(client: httpx.AsyncClient, pool: str, static_backend, 
         assert "weight" in r.json()["detail"]
 
 
-async def test_state_transitions(client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore) -> None:  # type: ignore[no-untyped-def]
+async def test_state_transitions(
+    client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore
+) -> None:  # type: ignore[no-untyped-def]
     b = await static_backend(pool, 9005)
     base = f"/api/v1/pools/{pool}/backends/{b['id']}"
 
@@ -152,7 +169,9 @@ async def test_state_transitions(client: httpx.AsyncClient, pool: str, static_ba
     await act("disable", 200, "disabled")
 
 
-async def test_transition_bumps_version_once(client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore) -> None:  # type: ignore[no-untyped-def]
+async def test_transition_bumps_version_once(
+    client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore
+) -> None:  # type: ignore[no-untyped-def]
     b = await static_backend(pool, 9006)
     v0 = (await store.versions([pool]))[pool]
     await client.post(f"/api/v1/pools/{pool}/backends/{b['id']}/drain", headers=AUTH)
@@ -163,7 +182,9 @@ async def test_transition_bumps_version_once(client: httpx.AsyncClient, pool: st
     assert v2 == v1  # asking for the state it is in changes nothing
 
 
-async def test_remove(client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore) -> None:  # type: ignore[no-untyped-def]
+async def test_remove(
+    client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore
+) -> None:  # type: ignore[no-untyped-def]
     b = await static_backend(pool, 9007)
     r = await client.delete(f"/api/v1/pools/{pool}/backends/{b['id']}", headers=AUTH)
     assert r.status_code == 204

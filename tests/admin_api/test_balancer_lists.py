@@ -59,7 +59,10 @@ class ListStream:
 
 
 async def test_drain_and_weight_reach_the_stream(
-    client: httpx.AsyncClient, pool: str, static_backend, balancer: BalancerHandle  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient,
+    pool: str,
+    static_backend,
+    balancer: BalancerHandle,  # type: ignore[no-untyped-def]
 ) -> None:
     a = await static_backend(pool, 9201)
     b = await static_backend(pool, 9202)

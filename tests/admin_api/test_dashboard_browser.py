@@ -73,7 +73,12 @@ async def _leased_backend(redis_url: str, pool: str, port: int, load: dict[str, 
     store = RegistryStore.from_url(redis_url)
     try:
         lease = await store.register(
-            pool=pool, host="127.0.0.1", ip="127.0.0.1", port=port, weight=2, zone="eu-west-1b",
+            pool=pool,
+            host="127.0.0.1",
+            ip="127.0.0.1",
+            port=port,
+            weight=2,
+            zone="eu-west-1b",
             lease_ttl_ms=600_000,
         )
         await store.heartbeat(pool, lease.backend_id, lease.lease_id, load)
@@ -96,14 +101,26 @@ def _seed(admin: AdminProcess, redis_url: str, pool: str, client: redis.Redis) -
         assert r.status_code == 201, r.text
         ids[port] = r.json()["id"]
     api.close()
-    asyncio.run(_leased_backend(redis_url, pool, 9403, {"qps": 41.5, "in_flight": 3, "utilization": 0.42}))
+    asyncio.run(
+        _leased_backend(redis_url, pool, 9403, {"qps": 41.5, "in_flight": 3, "utilization": 0.42})
+    )
     now = time.time()
     for back in (0, 10, 20, 60, 300):
         bucket = keys.load_bucket(pool, int((now - back) // 10))
-        client.hset(bucket, mapping={"started": 1200, "finished": 1190, "known_received": 1190,
-                                     "reports": 12, "drop:overload": 24})
+        client.hset(
+            bucket,
+            mapping={
+                "started": 1200,
+                "finished": 1190,
+                "known_received": 1190,
+                "reports": 12,
+                "drop:overload": 24,
+            },
+        )
         client.expire(bucket, 960)
-    client.hset(keys.streams(pool), "balancer-a", json.dumps({"streams": 7, "ts_ms": int(now * 1000)}))
+    client.hset(
+        keys.streams(pool), "balancer-a", json.dumps({"streams": 7, "ts_ms": int(now * 1000)})
+    )
     return ids
 
 
@@ -113,7 +130,11 @@ def _state(client: redis.Redis, pool: str, backend_id: str) -> str:
 
 
 def test_dashboard_drains_a_backend(
-    admin: AdminProcess, dash_redis_url: str, dash_redis: redis.Redis, pool_name: str, tmp_path: Path
+    admin: AdminProcess,
+    dash_redis_url: str,
+    dash_redis: redis.Redis,
+    pool_name: str,
+    tmp_path: Path,
 ) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -18,10 +18,14 @@ from tests.admin_api.conftest import AUTH
 pytestmark = pytest.mark.asyncio
 
 
-async def test_events_name_the_admin_actor(client: httpx.AsyncClient, pool: str, static_backend) -> None:  # type: ignore[no-untyped-def]
+async def test_events_name_the_admin_actor(
+    client: httpx.AsyncClient, pool: str, static_backend
+) -> None:  # type: ignore[no-untyped-def]
     b = await static_backend(pool, 9101)
     await client.post(f"/api/v1/pools/{pool}/backends/{b['id']}/drain", headers=AUTH)
-    await client.put(f"/api/v1/pools/{pool}/backends/{b['id']}/weight", json={"weight": 4}, headers=AUTH)
+    await client.put(
+        f"/api/v1/pools/{pool}/backends/{b['id']}/weight", json={"weight": 4}, headers=AUTH
+    )
 
     r = await client.get(f"/api/v1/pools/{pool}/events", headers=AUTH)
     assert r.status_code == 200
@@ -88,8 +92,12 @@ async def test_load_sums_client_reports(
     assert list(windows) == ["10s", "1m", "15m"]
     ten = windows["10s"]
     assert ten["counts"] == {
-        "started": 150, "finished": 140, "failed_to_send": 0, "known_received": 140,
-        "reports": 2, "drops": {"overload": 5},
+        "started": 150,
+        "finished": 140,
+        "failed_to_send": 0,
+        "known_received": 140,
+        "reports": 2,
+        "drops": {"overload": 5},
     }
     assert 10 <= ten["seconds"] <= 20
     assert ten["rates"]["started"] == pytest.approx(150 / ten["seconds"], rel=0.01)
@@ -98,7 +106,9 @@ async def test_load_sums_client_reports(
     assert windows["15m"]["counts"]["started"] == 1150
     assert windows["15m"]["counts"]["reports"] == 12
     assert data["total"]["started"] == 150
-    assert data["streams"] == [{"replica": "replica-a", "streams": 3, "ts_ms": data["streams"][0]["ts_ms"]}]
+    assert data["streams"] == [
+        {"replica": "replica-a", "streams": 3, "ts_ms": data["streams"][0]["ts_ms"]}
+    ]
     assert data["streams_total"] == 3
     assert [(b["id"], b["load"]) for b in data["backends"]] == [
         (lease.backend_id, {"qps": 40.0, "utilization": 0.5})

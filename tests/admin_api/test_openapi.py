@@ -25,16 +25,27 @@ def test_check_mode_catches_drift(tmp_path) -> None:  # type: ignore[no-untyped-
 
 
 def test_operation_ids_are_clean() -> None:
-    ids = {
-        op["operationId"]
-        for ops in openapi_document()["paths"].values()
-        for op in ops.values()
-    }
+    ids = {op["operationId"] for ops in openapi_document()["paths"].values() for op in ops.values()}
     assert {
-        "pools-list", "pools-create", "pools-read", "pools-replace", "pools-update", "pools-delete",
-        "backends-list", "backends-register", "backends-get", "backends-set-weight",
-        "backends-drain", "backends-undrain", "backends-disable", "backends-enable",
-        "backends-remove", "load-read", "events-list", "health-live", "health-ready",
+        "pools-list",
+        "pools-create",
+        "pools-read",
+        "pools-replace",
+        "pools-update",
+        "pools-delete",
+        "backends-list",
+        "backends-register",
+        "backends-get",
+        "backends-set-weight",
+        "backends-drain",
+        "backends-undrain",
+        "backends-disable",
+        "backends-enable",
+        "backends-remove",
+        "load-read",
+        "events-list",
+        "health-live",
+        "health-ready",
     } == ids
     assert all(re.fullmatch(r"[a-z]+(-[a-z]+)+", i) for i in ids)
 

@@ -100,8 +100,14 @@ async def test_unknown_pool_is_404(client: httpx.AsyncClient, pool_name: str) ->
         ({"lease_ttl_ms": "1000"}, "lease_ttl_ms"),
         ({"fallback": "yes"}, "fallback"),
         ({"drops": [{"token": "Bad Token", "per_mille": 1}]}, "drop token 'Bad Token' is invalid"),
-        ({"drops": [{"token": "a", "per_mille": 600}, {"token": "b", "per_mille": 500}]}, "1100 per mille"),
-        ({"drops": [{"token": "a", "per_mille": 1}, {"token": "a", "per_mille": 1}]}, "more than once"),
+        (
+            {"drops": [{"token": "a", "per_mille": 600}, {"token": "b", "per_mille": 500}]},
+            "1100 per mille",
+        ),
+        (
+            {"drops": [{"token": "a", "per_mille": 1}, {"token": "a", "per_mille": 1}]},
+            "more than once",
+        ),
         ({"drops": [{"token": "a", "per_mille": 1001}]}, "per_mille"),
         ({"drops": "none"}, "drops"),
         ({"unknown": 1}, "unknown"),
@@ -151,7 +157,10 @@ async def test_absurd_path_is_422_not_500(client: httpx.AsyncClient) -> None:
 
 
 async def test_delete_refuses_live_backends_unless_forced(
-    client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient,
+    pool: str,
+    static_backend,
+    store: RegistryStore,  # type: ignore[no-untyped-def]
 ) -> None:
     await static_backend(pool, 7001)
     r = await client.delete(f"/api/v1/pools/{pool}", headers=AUTH)
@@ -166,7 +175,9 @@ async def test_delete_refuses_live_backends_unless_forced(
     assert (await client.get(f"/api/v1/pools/{pool}", headers=AUTH)).status_code == 404
 
 
-async def test_delete_empty_pool(client: httpx.AsyncClient, pool: str, store: RegistryStore) -> None:
+async def test_delete_empty_pool(
+    client: httpx.AsyncClient, pool: str, store: RegistryStore
+) -> None:
     r = await client.delete(f"/api/v1/pools/{pool}", headers=AUTH)
     assert r.status_code == 204
     assert await store.get_pool(pool) is None
@@ -206,7 +217,27 @@ async def test_put_and_patch_keep_settings_they_do_not_manage(
     await store.put_pool(config)
     r = await client.patch(f"/api/v1/pools/{pool_name}", json={"fallback": True}, headers=AUTH)
     assert r.status_code == 200
-    r = await client.put(f"/api/v1/pools/{pool_name}", json={"report_interval_ms": 1000}, headers=AUTH)
+    r = await client.put(
+        f"/api/v1/pools/{pool_name}", json={"report_interval_ms": 1000}, headers=AUTH
+    )
     assert r.status_code == 200
     saved = await store.get_pool(pool_name)
     assert saved == dataclasses.replace(config, fallback=False, report_interval_ms=1000)
+
+
+async def test_unknown_query_parameter_is_refused(client, pool: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.admin_api.conftest import AUTH
+
+    r = await client.delete(f"/api/v1/pools/{pool}?forced=true", headers=AUTH)
+    assert r.status_code == 422
+    assert "forced" in r.text and "force" in r.json()["detail"]
+    r = await client.get(f"/api/v1/pools/{pool}", headers=AUTH)
+    assert r.status_code == 200  # nothing was deleted
+
+
+async def test_repeated_query_parameter_is_refused(client, pool: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.admin_api.conftest import AUTH
+
+    r = await client.get(f"/api/v1/pools/{pool}/events?limit=5&limit=7", headers=AUTH)
+    assert r.status_code == 422
+    assert "given 2 times" in r.json()["detail"]

@@ -17,7 +17,11 @@ def test_refuses_a_default_token(redis_url: str) -> None:
     for args, env in ((["--token", "changethis"], clean_env()), ([], clean_env())):
         result = subprocess.run(
             [sys.executable, "-m", "lookaside", "admin", "--redis-url", redis_url, *args],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert result.returncode != 0
         assert "LOOKASIDE_ADMIN_TOKEN" in result.stderr

@@ -9,13 +9,22 @@ from admin_api.settings import AdminSettings, token_problem
 
 
 def test_every_field_is_described() -> None:
-    assert set(AdminSettings.model_fields) == {"listen", "redis_url", "token", "dev", "public_reads", "log_level"}
+    assert set(AdminSettings.model_fields) == {
+        "listen",
+        "redis_url",
+        "token",
+        "dev",
+        "public_reads",
+        "log_level",
+    }
     for name, field in AdminSettings.model_fields.items():
         assert field.description, name
     assert AdminSettings.model_fields["listen"].default == "127.0.0.1:8080"
 
 
-@pytest.mark.parametrize("token", ["", "changethis", "changeme", "secret", "short-token", "aaaaaaaaaaaaaaaaaaaa"])
+@pytest.mark.parametrize(
+    "token", ["", "changethis", "changeme", "secret", "short-token", "aaaaaaaaaaaaaaaaaaaa"]
+)
 def test_weak_tokens_are_refused(token: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOOKASIDE_ADMIN_DEV", raising=False)
     monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", token)
@@ -45,7 +54,9 @@ def test_dev_mode_generates_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
     assert weak.token == "changeme" and not weak.token_generated
 
 
-@pytest.mark.parametrize(("field", "value"), [("listen", "nohostport"), ("listen", "h:99999"), ("log_level", "loud")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("listen", "nohostport"), ("listen", "h:99999"), ("log_level", "loud")]
+)
 def test_bad_values_are_refused(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=field):
         AdminSettings(token="a-real-token-3f9c2b7e1d", **{field: value})
