@@ -15,9 +15,9 @@ import grpc.aio
 from client_lib.backoff import Backoff
 from client_lib.picker import DROP_DETAILS, CallCounters, Pick, Picker
 from client_lib.server_list import (
-    build_picks,
     initial_request,
     parse_server_list,
+    rebuild,
     report_interval_seconds,
 )
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
@@ -285,33 +285,25 @@ class LookasideAioChannel(grpc.aio.Channel):
                 "target=%s: balancer sent an empty list; keeping the current one", self.target
             )
             return
-        old: dict[str, _AioSubChannel] = self._subchannels
-        new: dict[str, _AioSubChannel] = {}
-
-        def sub(address: str) -> _AioSubChannel:
-            s = new.get(address) or old.get(address)
-            if s is None:
-                ch = (
-                    grpc.aio.secure_channel(address, self._credentials, options=self._options)
-                    if self._credentials is not None
-                    else grpc.aio.insecure_channel(address, options=self._options)
-                )
-                s = _AioSubChannel(address, ch)
-            new[address] = s
-            return s
-
-        picks = build_picks(entries, sub)
+        new, picks, retired = rebuild(entries, self._subchannels, self._new_subchannel)
         self._subchannels = new
         self._picker = Picker(picks)
         self._list_bytes = raw
         self.lists_received += 1
         self.in_fallback = False
-        retired = [s for a, s in old.items() if a not in new]
         if retired:
             asyncio.get_running_loop().call_later(
                 self._retire_grace, lambda: asyncio.ensure_future(self._close_subs(retired))
             )
         self._have_list.set()
+
+    def _new_subchannel(self, address: str) -> _AioSubChannel:
+        ch = (
+            grpc.aio.secure_channel(address, self._credentials, options=self._options)
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(address, options=self._options)
+        )
+        return _AioSubChannel(address, ch)
 
     @staticmethod
     async def _close_subs(subs: list[_AioSubChannel]) -> None:
@@ -329,13 +321,9 @@ class LookasideAioChannel(grpc.aio.Channel):
         return p
 
     def backends(self) -> list[tuple[str, str]]:
+        """The current list as (address, token); drops as ("", token)."""
         picker = self._picker
-        if picker is None:
-            return []
-        return [
-            (p.target.address if p.target else "", p.metadata[0][1] if p.metadata else p.drop_token)
-            for p in picker.picks
-        ]
+        return picker.describe() if picker is not None else []
 
     # -- grpc.aio.Channel ------------------------------------------------------
 

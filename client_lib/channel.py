@@ -23,7 +23,7 @@ import grpc
 from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
 from client_lib.picker import CallCounters, FailedCall, Pick, Picker
-from client_lib.server_list import build_picks, parse_server_list
+from client_lib.server_list import parse_server_list, rebuild
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 
 log = logging.getLogger("lookaside.client")
@@ -110,23 +110,12 @@ class LookasideChannel(grpc.Channel):
         with self._lock:
             if self._closed:
                 return
-            old = self._subchannels
-            new: dict[str, SubChannel] = {}
-
-            def sub(address: str) -> SubChannel:
-                s = new.get(address) or old.get(address)
-                if s is None:
-                    s = self._new_subchannel(address)
-                new[address] = s
-                return s
-
-            picks = build_picks(entries, sub)
+            new, picks, retired = rebuild(entries, self._subchannels, self._new_subchannel)
             self._subchannels = new
             self._picker = Picker(picks)
             self._list_bytes = raw
             self.lists_received += 1
             self.in_fallback = False
-            retired = [s for a, s in old.items() if a not in new]
         if retired:
             timer = threading.Timer(self._retire_grace, self._close_subchannels, (retired,))
             timer.daemon = True
@@ -179,12 +168,7 @@ class LookasideChannel(grpc.Channel):
     def backends(self) -> list[tuple[str, str]]:
         """The current list as (address, token); drops as ("", token)."""
         picker = self._picker
-        if picker is None:
-            return []
-        return [
-            (p.target.address if p.target else "", p.metadata[0][1] if p.metadata else p.drop_token)
-            for p in picker.picks
-        ]
+        return picker.describe() if picker is not None else []
 
     # -- grpc.Channel ----------------------------------------------------------
 

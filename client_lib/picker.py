@@ -118,6 +118,13 @@ class Picker:
     def __len__(self) -> int:
         return self._n
 
+    def describe(self) -> list[tuple[str, str]]:
+        """The list as (address, token); drops as ("", reason)."""
+        return [
+            (p.target.address if p.target else "", p.metadata[0][1] if p.metadata else p.drop_token)
+            for p in self.picks
+        ]
+
 
 # Codes that can come from the transport rather than from a server.
 _LOCAL_CODES = {

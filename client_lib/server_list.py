@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from client_lib.picker import Pick
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
@@ -55,6 +55,29 @@ def build_picks(entries: list[ListEntry], subchannel: Callable[[str], Any]) -> l
             md = (("lb-token", e.token),) if e.token else ()
             picks.append(Pick(subchannel(e.address), md))
     return picks
+
+
+S = TypeVar("S")
+
+
+def rebuild(
+    entries: list[ListEntry], old: dict[str, S], make: Callable[[str], S]
+) -> tuple[dict[str, S], list[Pick], list[S]]:
+    """Sub-channels and picks for a new list: sub-channels of addresses still
+    listed are kept, new ones made, and the ones no longer listed returned
+    for the caller to close (after a grace, so in-flight calls finish)."""
+    new: dict[str, S] = {}
+
+    def sub(address: str) -> S:
+        s = new.get(address) or old.get(address)
+        if s is None:
+            s = make(address)
+        new[address] = s
+        return s
+
+    picks = build_picks(entries, sub)
+    retired = [s for a, s in old.items() if a not in new]
+    return new, picks, retired
 
 
 def report_interval_seconds(initial: lb.InitialLoadBalanceResponse) -> float:
