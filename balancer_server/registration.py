@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import redis.exceptions
@@ -20,6 +21,7 @@ from lookaside.registry.store import RegistryStore
 log = logging.getLogger("lookaside.registry")
 
 RESOLVE_TIMEOUT = 2.0
+T = TypeVar("T")
 
 
 def _peer_ip(peer: str) -> str | None:
@@ -74,8 +76,36 @@ class RegistryService(pb_grpc.RegistryServicer):
         metrics.REGISTRATIONS.labels(method, code.name).inc()
         await context.abort(code, details)
 
-    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:  # noqa: N802
+    async def _run(
+        self,
+        context: Any,
+        method: str,
+        verb: str,
+        work: Callable[[], Awaitable[T]],
+        not_found_hint: str = "",
+    ) -> T:
+        """Runs one registry operation and turns its failures into statuses:
+        bad input INVALID_ARGUMENT, a missing backend or lease NOT_FOUND,
+        Redis away UNAVAILABLE."""
         try:
+            result = await work()
+        except v.RegistryError as exc:
+            await self._fail(
+                context, method, grpc.StatusCode.INVALID_ARGUMENT, f"{verb} refused: {exc}"
+            )
+        except v.NotFoundError as exc:
+            await self._fail(context, method, grpc.StatusCode.NOT_FOUND, f"{exc}{not_found_hint}")
+        except (redis.exceptions.RedisError, OSError) as exc:
+            await self._fail(
+                context, method, grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
+            )
+        else:
+            metrics.REGISTRATIONS.labels(method, "OK").inc()
+            return result
+        raise AssertionError("unreachable: abort raises")
+
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:  # noqa: N802
+        async def validate() -> tuple[str, int, int, str, dict[str, str], int, str]:
             pool = v.check_pool_name(request.pool)
             port = v.check_port(request.port)
             weight = v.check_weight(request.weight or 1)
@@ -85,6 +115,10 @@ class RegistryService(pb_grpc.RegistryServicer):
             if request.HasField("lease_ttl"):
                 ttl_ms = v.check_lease_ttl_ms(_duration_ms(request.lease_ttl))
             ip = await resolve_host(request.host, context.peer())
+            return pool, port, weight, zone, metadata, ttl_ms, ip
+
+        try:
+            pool, port, weight, zone, metadata, ttl_ms, ip = await validate()
         except v.RegistryError as exc:
             await self._fail(
                 context,
@@ -92,34 +126,20 @@ class RegistryService(pb_grpc.RegistryServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"registration refused: {exc}",
             )
-            raise AssertionError("unreachable") from None
-        host = request.host or ip
-        try:
-            lease = await self.store.register(
-                pool=pool,
-                host=host,
-                ip=ip,
-                port=port,
-                weight=weight,
-                zone=zone,
-                metadata=metadata,
-                lease_ttl_ms=ttl_ms,
-            )
-        except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(
-                context, "Register", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
-            )
-            raise AssertionError("unreachable") from None
-        metrics.REGISTRATIONS.labels("Register", "OK").inc()
+            raise AssertionError("unreachable: abort raises") from None
+        lease = await self._run(
+            context,
+            "Register",
+            "registration",
+            lambda: self.store.register(
+                pool=pool, host=request.host or ip, ip=ip, port=port, weight=weight,
+                zone=zone, metadata=metadata, lease_ttl_ms=ttl_ms,
+            ),
+        )  # fmt: skip
         log.info(
             "registered pool=%s backend=%s addr=%s:%d weight=%d ttl_ms=%d",
-            pool,
-            lease.backend_id,
-            ip,
-            port,
-            weight,
-            lease.ttl_ms,
-        )
+            pool, lease.backend_id, ip, port, weight, lease.ttl_ms,
+        )  # fmt: skip
         response = pb.RegisterResponse(
             backend_id=lease.backend_id, lease_id=lease.lease_id, address=f"{ip}:{port}"
         )
@@ -136,27 +156,14 @@ class RegistryService(pb_grpc.RegistryServicer):
                 "qps": request.load.qps,
                 "latency_ms": request.load.latency_ms,
             }
-        try:
+
+        async def beat() -> int:
             v.check_pool_name(request.pool)
-            ttl = await self.store.heartbeat(
+            return await self.store.heartbeat(
                 request.pool, request.backend_id, request.lease_id, load
             )
-        except v.RegistryError as exc:
-            await self._fail(
-                context, "Heartbeat", grpc.StatusCode.INVALID_ARGUMENT, f"heartbeat refused: {exc}"
-            )
-            raise AssertionError("unreachable") from None
-        except v.NotFoundError as exc:
-            await self._fail(
-                context, "Heartbeat", grpc.StatusCode.NOT_FOUND, f"{exc}; register again"
-            )
-            raise AssertionError("unreachable") from None
-        except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(
-                context, "Heartbeat", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
-            )
-            raise AssertionError("unreachable") from None
-        metrics.REGISTRATIONS.labels("Heartbeat", "OK").inc()
+
+        ttl = await self._run(context, "Heartbeat", "heartbeat", beat, "; register again")
         response = pb.HeartbeatResponse()
         response.lease_ttl.FromMilliseconds(ttl)
         return response
@@ -164,48 +171,20 @@ class RegistryService(pb_grpc.RegistryServicer):
     async def Deregister(
         self, request: pb.DeregisterRequest, context: Any
     ) -> pb.DeregisterResponse:  # noqa: N802
-        try:
+        async def leave() -> None:
             v.check_pool_name(request.pool)
             await self.store.deregister(request.pool, request.backend_id, request.lease_id)
-        except v.RegistryError as exc:
-            await self._fail(
-                context,
-                "Deregister",
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"deregistration refused: {exc}",
-            )
-            raise AssertionError("unreachable") from None
-        except v.NotFoundError as exc:
-            await self._fail(context, "Deregister", grpc.StatusCode.NOT_FOUND, str(exc))
-            raise AssertionError("unreachable") from None
-        except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(
-                context, "Deregister", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
-            )
-            raise AssertionError("unreachable") from None
-        metrics.REGISTRATIONS.labels("Deregister", "OK").inc()
+
+        await self._run(context, "Deregister", "deregistration", leave)
         log.info("deregistered pool=%s backend=%s", request.pool, request.backend_id)
         return pb.DeregisterResponse()
 
     async def Drain(self, request: pb.DrainRequest, context: Any) -> pb.DrainResponse:  # noqa: N802
-        try:
+        async def drain() -> bool:
             v.check_pool_name(request.pool)
-            changed = await self.store.drain(request.pool, request.backend_id, request.lease_id)
-        except v.RegistryError as exc:
-            await self._fail(
-                context, "Drain", grpc.StatusCode.INVALID_ARGUMENT, f"drain refused: {exc}"
-            )
-            raise AssertionError("unreachable") from None
-        except v.NotFoundError as exc:
-            await self._fail(context, "Drain", grpc.StatusCode.NOT_FOUND, str(exc))
-            raise AssertionError("unreachable") from None
-        except (redis.exceptions.RedisError, OSError) as exc:
-            await self._fail(
-                context, "Drain", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
-            )
-            raise AssertionError("unreachable") from None
-        metrics.REGISTRATIONS.labels("Drain", "OK").inc()
-        if changed:
+            return await self.store.drain(request.pool, request.backend_id, request.lease_id)
+
+        if await self._run(context, "Drain", "drain", drain):
             log.info("draining pool=%s backend=%s", request.pool, request.backend_id)
         return pb.DrainResponse()
 
