@@ -5,6 +5,7 @@
 Starts a private Redis, a balancer and backends as separate processes, then
 alternates timed rounds of unary GetFeature calls:
   plain      grpc.insecure_channel to one backend
+  plain+token  the same, sending an lb-token header as any grpclb client does
   thin-1     LookasideChannel over a pool of that one backend
   plain-rr3  round robin by hand over 3 plain channels, one per backend
   thin-3     LookasideChannel over a pool of 3 backends
@@ -77,6 +78,27 @@ def concurrent(stubs: list[rg_grpc.RouteGuideStub], seconds: float, inflight: in
             f.result()
         n += inflight
     return n / (time.perf_counter() - start)
+
+
+TOKEN = (("lb-token", "0123456789ab.1cxrnexvm"),)
+
+
+class _WithToken:
+    """A multi-callable that sends an lb-token, as every grpclb client does."""
+
+    def __init__(self, mc: grpc.UnaryUnaryMultiCallable) -> None:
+        self.mc = mc
+
+    def __call__(self, request: rg.Point) -> rg.Feature:
+        return self.mc(request, metadata=TOKEN)
+
+    def future(self, request: rg.Point) -> grpc.Future:
+        return self.mc.future(request, metadata=TOKEN)
+
+
+class TokenStub:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.GetFeature = _WithToken(rg_grpc.RouteGuideStub(channel).GetFeature)  # noqa: N815
 
 
 # grpc.aio binds to one event loop per process: every aio round runs on this one.
@@ -157,6 +179,7 @@ def main() -> None:
             # what one channel per backend costs in grpcio itself.
             modes: dict[str, list[rg_grpc.RouteGuideStub]] = {
                 "plain": [rg_grpc.RouteGuideStub(plain)],
+                "plain+token": [TokenStub(plain)],  # type: ignore[list-item]
                 "thin-1": [rg_grpc.RouteGuideStub(thin1)],
                 "plain-rr3": [rg_grpc.RouteGuideStub(c) for c in plain3],
                 "thin-3": [rg_grpc.RouteGuideStub(thin3)],
