@@ -100,7 +100,7 @@ class AdminSettings(BaseSettings):
             raise ValueError(
                 f"LOOKASIDE_ADMIN_TOKEN {problem}: set a random token of at least "
                 f"{TOKEN_MIN_LENGTH} characters (python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))'), or run with --dev 1 / "
+                "print(secrets.token_urlsafe(32))'), or run with --dev / "
                 "LOOKASIDE_ADMIN_DEV=1 to get a generated one"
             )
         if not self.token:

@@ -56,8 +56,16 @@ def _load(ref: str) -> object:
 
 def _service_command(settings_ref: str, serve_ref: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        from pydantic import ValidationError
+
         settings_cls = _load(settings_ref)
-        settings = settings_from_args(settings_cls, args)  # type: ignore[arg-type]
+        try:
+            settings = settings_from_args(settings_cls, args)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
+                print(f"lookaside: {where}: {error.get('msg', '')}", file=sys.stderr)
+            return 2
         setup_logging(getattr(settings, "log_level", "info"))
         serve = _load(serve_ref)
         try:
@@ -73,19 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookaside", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, settings_ref, serve_ref) in SERVICES.items():
-        try:
-            settings_cls = _load(settings_ref)
-        except (ImportError, AttributeError):
-            continue  # component not installed in this build
+        settings_cls = _load(settings_ref)
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
         p.set_defaults(func=_service_command(settings_ref, serve_ref))
     for extra in ("lookaside.demo.cli", "lookaside.lab"):
-        try:
-            module = importlib.import_module(extra)
-        except ImportError:
-            continue
-        module.add_subcommand(sub)  # type: ignore[attr-defined]
+        importlib.import_module(extra).add_subcommand(sub)
     return parser
 
 
