@@ -122,35 +122,45 @@ class BalanceLoadService:
             "stream open id=%d pool=%s name=%s peer=%s", stream_id, feed.name, name, context.peer()
         )
         reader = asyncio.create_task(self._read_reports(request_iterator, feed))
+        # When the client half-closes, the reader ends and stops the writer
+        # below: one callback, rather than a wait on two things per update.
+        me = asyncio.current_task()
+        ended_by_reader = False
+
+        def on_reader_done(_: asyncio.Task[None]) -> None:
+            nonlocal ended_by_reader
+            if me is not None and not me.done():
+                ended_by_reader = True
+                me.cancel()
+
+        reader.add_done_callback(on_reader_done)
         try:
             await context.write(lists.initial_payload(feed.report_interval_ms))
-            await self._send_lists(context, feed, reader)
+            await self._send_lists(context, feed)
+        except asyncio.CancelledError:
+            if not ended_by_reader or me is None:
+                raise
+            me.uncancel()
         finally:
+            reader.remove_done_callback(on_reader_done)
             reader.cancel()
             feed.streams -= 1
             metrics.STREAMS_OPEN.labels(feed.name).dec()
             self.sink.set_stream_count(feed.name, feed.streams)
             log.debug("stream closed id=%d pool=%s", stream_id, feed.name)
 
-    async def _send_lists(self, context: Any, feed: PoolFeed, reader: asyncio.Task[None]) -> None:
+    async def _send_lists(self, context: Any, feed: PoolFeed) -> None:
+        """Writes the pool's payload whenever it changes, until cancelled.
+        Payloads are replaced only when they differ, so identity is enough."""
         sent: bytes | None = None
         sent_counter = metrics.LISTS_SENT.labels(feed.name)
         while True:
             payload, changed = feed.payload, feed.changed
-            if payload is not None and payload != sent:
+            if payload is not None and payload is not sent:
                 await context.write(payload)
                 sent = payload
                 sent_counter.inc()
-            if reader.done():
-                return
-            waiter = asyncio.ensure_future(changed.wait())
-            try:
-                await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
-            if reader.done() and not changed.is_set():
-                return
+            await changed.wait()
 
     async def _read_reports(self, request_iterator: Any, feed: PoolFeed) -> None:
         async for raw in request_iterator:

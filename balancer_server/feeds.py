@@ -18,7 +18,7 @@ DEFAULT_REPORT_INTERVAL_MS = 10_000
 
 
 class PoolFeed:
-    __slots__ = ("name", "payload", "changed", "streams", "report_interval_ms", "version", "exists")
+    __slots__ = ("name", "payload", "changed", "streams", "report_interval_ms", "exists")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -26,17 +26,17 @@ class PoolFeed:
         self.changed = asyncio.Event()
         self.streams = 0
         self.report_interval_ms = DEFAULT_REPORT_INTERVAL_MS
-        self.version = -1
         self.exists = False
 
-    def publish(self, payload: bytes | None) -> bool:
-        """Sets a new payload; returns True when streams were woken."""
+    def publish(self, payload: bytes | None) -> None:
+        """Sets a new payload and wakes the streams. A payload equal to the
+        current one is dropped here, once, so streams can compare by
+        identity."""
         if payload is None or payload == self.payload:
-            return False
+            return
         self.payload = payload
         event, self.changed = self.changed, asyncio.Event()
         event.set()
-        return True
 
 
 _PORT_RE = re.compile(r":\d{1,5}$")
@@ -65,7 +65,6 @@ class FeedHub:
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self.feeds: dict[str, PoolFeed] = {}
-        self.lists_built = 0
 
     def feed(self, pool: str) -> PoolFeed:
         feed = self.feeds.get(pool)
@@ -91,8 +90,5 @@ class FeedHub:
             feed.exists = False
             return
         feed.exists = True
-        feed.version = snapshot.version
         feed.report_interval_ms = snapshot.config.report_interval_ms
-        payload = lists.pool_payload(snapshot, self.epoch)
-        if feed.publish(payload):
-            self.lists_built += 1
+        feed.publish(lists.pool_payload(snapshot, self.epoch))

@@ -155,7 +155,7 @@ def wait_until(
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-_STOP = object()
+STOP = object()
 
 
 class LbStream:
@@ -177,7 +177,7 @@ class LbStream:
         if first is not None:
             self.requests.put(first)
         self.call = lb_grpc.LoadBalancerStub(self.channel).BalanceLoad(
-            iter(self.requests.get, _STOP)
+            iter(self.requests.get, STOP)
         )
         self.error: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -189,7 +189,7 @@ class LbStream:
                 self.responses.put(response)
         except grpc.RpcError as exc:
             self.error = exc
-        self.responses.put(_STOP)
+        self.responses.put(STOP)
 
     def send(self, message: Any) -> None:
         self.requests.put(message)
@@ -197,8 +197,8 @@ class LbStream:
     def next(self, timeout: float = 10.0) -> Any:
         """The next response; raises the stream's RpcError if it ended."""
         item = self.responses.get(timeout=timeout)
-        if item is _STOP:
-            self.responses.put(_STOP)
+        if item is STOP:
+            self.responses.put(STOP)
             if self.error is not None:
                 raise self.error
             raise EOFError("stream ended")
@@ -220,6 +220,6 @@ class LbStream:
                 return out
 
     def close(self) -> None:
-        self.requests.put(_STOP)
+        self.requests.put(STOP)
         self.call.cancel()
         self.channel.close()

@@ -9,7 +9,7 @@ import pytest
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.registry.model import DropRate, PoolConfig
-from tests.support import BalancerHandle, LbStream
+from tests.support import STOP, BalancerHandle, LbStream
 
 
 def register(balancer: BalancerHandle, pool: str, port: int, **kw) -> str:  # type: ignore[no-untyped-def]
@@ -207,3 +207,18 @@ def test_health_and_reflection_are_served(balancer: BalancerHandle) -> None:
         assert {"grpc.lb.v1.LoadBalancer", "lookaside.registry.v1.Registry"} <= names
     finally:
         channel.close()
+
+
+def test_half_close_ends_the_stream_with_ok(balancer: BalancerHandle, pool_name: str) -> None:
+    register(balancer, pool_name, 9901)
+    stream = LbStream(balancer.address, pool_name)
+    try:
+        stream.next()
+        assert [a for a, _, _ in stream.next_list()] == ["127.0.0.1:9901"]
+        stream.requests.put(STOP)  # half-close: the request side ends, no cancel
+        with pytest.raises(EOFError):
+            stream.next()
+        assert stream.error is None
+        assert stream.call.code() is grpc.StatusCode.OK
+    finally:
+        stream.close()
