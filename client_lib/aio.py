@@ -15,6 +15,7 @@ import grpc.aio
 from client_lib.backoff import Backoff
 from client_lib.picker import DROP_DETAILS, CallCounters, Pick, Picker
 from client_lib.server_list import (
+    SubChannel,
     initial_request,
     parse_server_list,
     rebuild,
@@ -105,7 +106,7 @@ def _status_of(call: Any) -> tuple[Any, bool]:
 
 
 class _MultiCallable:
-    __slots__ = ("_channel", "_kind", "_method", "_ser", "_deser", "_registered")
+    __slots__ = ("_channel", "_key", "_registered")
 
     def __init__(
         self,
@@ -117,21 +118,8 @@ class _MultiCallable:
         registered: bool,
     ) -> None:
         self._channel = channel
-        self._kind = kind
-        self._method = method
-        self._ser = ser
-        self._deser = deser
+        self._key = (kind, method, ser, deser)
         self._registered = registered
-
-    def _mc(self, sub: _AioSubChannel) -> Any:
-        key = (self._kind, self._method, self._ser, self._deser)
-        mc = sub.methods.get(key)
-        if mc is None:
-            mc = getattr(sub.channel, self._kind)(
-                self._method, self._ser, self._deser, _registered_method=self._registered
-            )
-            sub.methods[key] = mc
-        return mc
 
     def __call__(
         self,
@@ -148,7 +136,7 @@ class _MultiCallable:
             p = ch._pick()
         except _NoPick as exc:
             return AioFailedCall(exc.details)
-        mc = self._mc(p.target)
+        mc = p.target.multicallable(self._key, self._registered)
         md = p.metadata if not metadata else (*tuple(metadata), *p.metadata)
         ch.counters.call_started()
         call = mc(
@@ -162,15 +150,6 @@ class _MultiCallable:
         counters = ch.counters
         call.add_done_callback(lambda c: counters.finish_with(*_status_of(c)))
         return call
-
-
-class _AioSubChannel:
-    __slots__ = ("address", "channel", "methods")
-
-    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
-        self.address = address
-        self.channel = channel
-        self.methods: dict[Any, Any] = {}
 
 
 class LookasideAioChannel(grpc.aio.Channel):
@@ -196,7 +175,7 @@ class LookasideAioChannel(grpc.aio.Channel):
         self._credentials = credentials
         self._balancer_credentials = balancer_credentials
         self._retire_grace = retire_grace
-        self._subchannels: dict[str, _AioSubChannel] = {}
+        self._subchannels: dict[str, SubChannel] = {}
         self._picker: Picker | None = None
         self._list_bytes = b""
         self._have_list = asyncio.Event()
@@ -297,16 +276,16 @@ class LookasideAioChannel(grpc.aio.Channel):
             )
         self._have_list.set()
 
-    def _new_subchannel(self, address: str) -> _AioSubChannel:
+    def _new_subchannel(self, address: str) -> SubChannel:
         ch = (
             grpc.aio.secure_channel(address, self._credentials, options=self._options)
             if self._credentials is not None
             else grpc.aio.insecure_channel(address, options=self._options)
         )
-        return _AioSubChannel(address, ch)
+        return SubChannel(address, ch)
 
     @staticmethod
-    async def _close_subs(subs: list[_AioSubChannel]) -> None:
+    async def _close_subs(subs: list[SubChannel]) -> None:
         for s in subs:
             await s.channel.close()
 

@@ -14,7 +14,7 @@ import grpc
 from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall
 
 if TYPE_CHECKING:
-    from client_lib.channel import LookasideChannel, SubChannel
+    from client_lib.channel import LookasideChannel
 
 __all__ = ["DROP_DETAILS", "StreamStream", "StreamUnary", "UnaryStream", "UnaryUnary"]
 
@@ -55,27 +55,16 @@ def _record_error(counters: CallCounters, exc: grpc.RpcError) -> None:
 
 
 class _Base:
-    __slots__ = ("_channel", "_method", "_ser", "_deser", "_registered", "_counters")
+    __slots__ = ("_channel", "_key", "_registered", "_counters")
     _kind = ""
 
     def __init__(
         self, channel: LookasideChannel, method: str, ser: Any, deser: Any, registered: bool
     ) -> None:
         self._channel = channel
-        self._method = method
-        self._ser = ser
-        self._deser = deser
+        self._key = (self._kind, method, ser, deser)
         self._registered = registered
         self._counters = channel.counters
-
-    def _mc(self, sub: SubChannel) -> Any:
-        key = (self._kind, self._method, self._ser, self._deser)
-        mc = sub.methods.get(key)
-        if mc is None:
-            factory = getattr(sub.channel, self._kind)
-            mc = factory(self._method, self._ser, self._deser, _registered_method=self._registered)
-            sub.methods[key] = mc
-        return mc
 
 
 class _UnaryResponse(_Base):
@@ -83,49 +72,23 @@ class _UnaryResponse(_Base):
 
     __slots__ = ()
 
-    def __call__(
+    def _blocking(
         self,
+        with_call: bool,
         request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
     ) -> Any:
         p = self._channel._pick(timeout)
-        mc = self._mc(p.target)
+        mc = p.target.multicallable(self._key, self._registered)
+        invoke = mc.with_call if with_call else mc
         counters = self._counters
         counters.call_started()
         try:
-            response = mc(
-                request,
-                timeout,
-                _metadata(metadata, p.metadata),
-                credentials,
-                wait_for_ready,
-                compression,
-            )
-        except grpc.RpcError as exc:
-            _record_error(counters, exc)
-            raise
-        counters.call_finished(True, False)
-        return response
-
-    def with_call(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        p = self._channel._pick(timeout)
-        mc = self._mc(p.target)
-        counters = self._counters
-        counters.call_started()
-        try:
-            result = mc.with_call(
+            result = invoke(
                 request,
                 timeout,
                 _metadata(metadata, p.metadata),
@@ -138,6 +101,32 @@ class _UnaryResponse(_Base):
             raise
         counters.call_finished(True, False)
         return result
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            False, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            True, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
     def future(
         self,
@@ -152,7 +141,7 @@ class _UnaryResponse(_Base):
             p = self._channel._pick(timeout)
         except FailedCall as failed:
             return failed
-        mc = self._mc(p.target)
+        mc = p.target.multicallable(self._key, self._registered)
         self._counters.call_started()
         fut = mc.future(
             request,
@@ -182,7 +171,7 @@ class _StreamResponse(_Base):
             p = self._channel._pick(timeout)
         except FailedCall as failed:
             return failed
-        mc = self._mc(p.target)
+        mc = p.target.multicallable(self._key, self._registered)
         self._counters.call_started()
         call = mc(
             request,

@@ -23,21 +23,12 @@ import grpc
 from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
 from client_lib.picker import CallCounters, FailedCall, Pick, Picker
-from client_lib.server_list import parse_server_list, rebuild
+from client_lib.server_list import SubChannel, parse_server_list, rebuild
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 
 log = logging.getLogger("lookaside.client")
 
 ChannelOptions = Sequence[tuple[str, Any]]
-
-
-class SubChannel:
-    __slots__ = ("address", "channel", "methods")
-
-    def __init__(self, address: str, channel: grpc.Channel) -> None:
-        self.address = address
-        self.channel = channel
-        self.methods: dict[Any, Any] = {}
 
 
 class LookasideChannel(grpc.Channel):

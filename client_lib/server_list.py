@@ -57,6 +57,27 @@ def build_picks(entries: list[ListEntry], subchannel: Callable[[str], Any]) -> l
     return picks
 
 
+class SubChannel:
+    """One backend's channel (sync or grpc.aio) and the multi-callables made
+    on it, one per method signature, made on first use."""
+
+    __slots__ = ("address", "channel", "methods")
+
+    def __init__(self, address: str, channel: Any) -> None:
+        self.address = address
+        self.channel = channel
+        self.methods: dict[tuple[Any, ...], Any] = {}
+
+    def multicallable(self, key: tuple[str, str, Any, Any], registered: bool) -> Any:
+        """key: (kind, method, request serializer, response deserializer)."""
+        mc = self.methods.get(key)
+        if mc is None:
+            kind, method, ser, deser = key
+            mc = getattr(self.channel, kind)(method, ser, deser, _registered_method=registered)
+            self.methods[key] = mc
+        return mc
+
+
 S = TypeVar("S")
 
 
