@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import enum
 
-from lookaside.registry import keys
-from lookaside.registry.store import RegistryStore, _script
+from lookaside.registry import keys, scripts
+from lookaside.registry.store import RegistryStore
 
 # KEYS: backends version events panic ; ARGV: id, healthy ('1'|'0'), max per-mille, pool, actor, detail
 SET_HEALTH = """
@@ -61,7 +61,7 @@ class HealthWrite(enum.IntEnum):
 class HealthStore:
     def __init__(self, store: RegistryStore) -> None:
         self.store = store
-        self._set = store.redis.register_script(_script(SET_HEALTH))
+        self._set = store.redis.register_script(scripts.compose(SET_HEALTH))
 
     async def set_health(
         self,

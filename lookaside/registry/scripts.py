@@ -6,6 +6,16 @@ agree on lease deadlines. Scripts touch only keys of one pool (one hash
 slot) plus a pub/sub channel, which Redis Cluster allows.
 """
 
+from lookaside.registry import keys
+
+
+def compose(body: str) -> str:
+    """A runnable script: the shared prelude, then the body, with the event
+    log cap and change channel filled in."""
+    params = {"events_max": keys.EVENTS_MAX, "changes": keys.CHANGES}
+    return PRELUDE % params + (body % params if "%(" in body else body)
+
+
 PRELUDE = """
 local function now_ms()
   local t = redis.call('TIME')

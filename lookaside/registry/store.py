@@ -30,9 +30,15 @@ class ReapResult:
     held: list[str]
 
 
-def _script(body: str) -> str:
-    params = {"events_max": keys.EVENTS_MAX, "changes": keys.CHANGES}
-    return scripts.PRELUDE % params + (body % params if "%(" in body else body)
+def _check_lease(status: int, pool: str, backend_id: str) -> None:
+    """Raises for the lease scripts' refusals: 0 no such backend, -1 its
+    lease was replaced by a newer registration."""
+    if status == 0:
+        raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
+    if status == -1:
+        raise NotFoundError(
+            f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
+        )
 
 
 class RegistryStore:
@@ -40,14 +46,14 @@ class RegistryStore:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._register = redis.register_script(_script(scripts.REGISTER))
-        self._heartbeat = redis.register_script(_script(scripts.HEARTBEAT))
-        self._deregister = redis.register_script(_script(scripts.DEREGISTER))
-        self._drain = redis.register_script(_script(scripts.DRAIN))
-        self._reap = redis.register_script(_script(scripts.REAP))
-        self._update = redis.register_script(_script(scripts.UPDATE_BACKEND))
-        self._put_static = redis.register_script(_script(scripts.PUT_STATIC))
-        self._put_config = redis.register_script(_script(scripts.PUT_CONFIG))
+        self._register = redis.register_script(scripts.compose(scripts.REGISTER))
+        self._heartbeat = redis.register_script(scripts.compose(scripts.HEARTBEAT))
+        self._deregister = redis.register_script(scripts.compose(scripts.DEREGISTER))
+        self._drain = redis.register_script(scripts.compose(scripts.DRAIN))
+        self._reap = redis.register_script(scripts.compose(scripts.REAP))
+        self._update = redis.register_script(scripts.compose(scripts.UPDATE_BACKEND))
+        self._put_static = redis.register_script(scripts.compose(scripts.PUT_STATIC))
+        self._put_config = redis.register_script(scripts.compose(scripts.PUT_CONFIG))
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RegistryStore:
@@ -190,12 +196,7 @@ class RegistryStore:
             keys=[keys.backends(pool), keys.leases(pool), keys.config(pool), keys.version(pool)],
             args=[backend_id, lease_id, json.dumps(load) if load else "", pool],
         )
-        if status == 0:
-            raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
-        if status == -1:
-            raise NotFoundError(
-                f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
-            )
+        _check_lease(status, pool, backend_id)
         return int(ttl)
 
     async def deregister(
@@ -205,12 +206,7 @@ class RegistryStore:
             keys=[keys.backends(pool), keys.leases(pool), keys.version(pool), keys.events(pool)],
             args=[backend_id, lease_id, pool, actor],
         )
-        if status == 0:
-            raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
-        if status == -1:
-            raise NotFoundError(
-                f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
-            )
+        _check_lease(status, pool, backend_id)
 
     async def drain(
         self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
@@ -221,12 +217,7 @@ class RegistryStore:
             keys=[keys.backends(pool), keys.version(pool), keys.events(pool)],
             args=[backend_id, lease_id, pool, actor],
         )
-        if status == 0:
-            raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
-        if status == -1:
-            raise NotFoundError(
-                f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
-            )
+        _check_lease(status, pool, backend_id)
         return status == 1
 
     async def put_static(self, backend: Backend, *, actor: str = "api") -> int:

@@ -80,8 +80,7 @@ class BackendTransitions:
     """Runs Transitions against one RegistryStore's Redis."""
 
     def __init__(self, store: RegistryStore) -> None:
-        prelude = scripts.PRELUDE % {"events_max": keys.EVENTS_MAX, "changes": keys.CHANGES}
-        self._script = store.redis.register_script(prelude + TRANSITION)
+        self._script = store.redis.register_script(scripts.compose(TRANSITION))
 
     async def apply(
         self, pool: str, backend_id: str, transition: Transition, *, actor: str
