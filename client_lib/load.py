@@ -110,9 +110,55 @@ class _SyncMeterInterceptor(grpc.ServerInterceptor):
         return factory(wrapped, handler.request_deserializer, handler.response_serializer)
 
 
+def wrap_aio_handler(
+    handler: grpc.RpcMethodHandler,
+    enter: Callable[[Any], Awaitable[Any]],
+    leave: Callable[[Any], None] | None = None,
+) -> grpc.RpcMethodHandler:
+    """A grpc.aio handler that awaits enter(context) before the call (it may
+    abort it) and, when the call ends however it ends, calls leave() with
+    what enter returned. Streams written with context.write() count as
+    unary here: the wrapper awaits them whole."""
+    factory, behavior = _factory_and_behavior(handler)
+    if handler.response_streaming and inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            token = await enter(context)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                if leave is not None:
+                    leave(token)
+
+        wrapped: Callable[..., Any] = streaming
+    else:
+
+        async def unary(request: Any, context: Any) -> Any:
+            token = await enter(context)
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            finally:
+                if leave is not None:
+                    leave(token)
+
+        wrapped = unary
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 class _AioMeterInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, meter: LoadMeter) -> None:
         self.meter = meter
+
+    async def _begin(self, context: Any) -> float:
+        return self.meter.begin()
 
     async def intercept_service(
         self,
@@ -122,34 +168,4 @@ class _AioMeterInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        factory, behavior = _factory_and_behavior(handler)
-        meter = self.meter
-        if handler.response_streaming and inspect.isasyncgenfunction(behavior):
-
-            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                started = meter.begin()
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                finally:
-                    meter.end(started)
-
-            wrapped: Callable[..., Any] = streaming
-        else:
-
-            async def unary(request: Any, context: Any) -> Any:
-                started = meter.begin()
-                try:
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    return result
-                finally:
-                    meter.end(started)
-
-            wrapped = unary
-        return factory(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrap_aio_handler(handler, self._begin, self.meter.end)

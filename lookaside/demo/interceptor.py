@@ -14,13 +14,13 @@ seeded server fails a known sequence of calls.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
 
 import grpc
 import grpc.aio
+
+from client_lib.load import wrap_aio_handler
 
 SERVED_BY = "x-served-by"
 FAULT_DETAILS = "injected fault"
@@ -74,39 +74,7 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
         return self._wrap(handler, guarded)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, guarded: bool) -> grpc.RpcMethodHandler:
-        before = self._before
-        if handler.request_streaming and handler.response_streaming:
-            behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-        elif handler.request_streaming:
-            behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-        elif handler.response_streaming:
-            behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        else:
-            behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        async def before(context: grpc.aio.ServicerContext) -> None:
+            await self._before(context, guarded)
 
-        if handler.response_streaming and inspect.isasyncgenfunction(behavior):
-
-            async def streaming(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                await before(context, guarded)
-                async for response in behavior(request, context):
-                    yield response
-
-            wrapped: Callable[..., Any] = streaming
-        else:
-            # Unary responses, and streams written with context.write().
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await before(context, guarded)
-                result = behavior(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-
-            wrapped = unary
-
-        return factory(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrap_aio_handler(handler, before)
