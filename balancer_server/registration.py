@@ -15,7 +15,6 @@ from balancer_server import metrics
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import validation as v
-from lookaside.registry.model import backend_id_for
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
@@ -189,4 +188,4 @@ class RegistryService(pb_grpc.RegistryServicer):
         return pb.DrainResponse()
 
 
-__all__ = ["RegistryService", "backend_id_for", "resolve_host"]
+__all__ = ["RegistryService", "resolve_host"]

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from balancer_server import metrics
 from balancer_server.balance_load import SERVICE as LB_SERVICE
@@ -22,7 +20,8 @@ from balancer_server.feeds import FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.registration import RegistryService
-from lookaside.asyncutil import cancel_and_wait
+from lookaside.asyncutil import cancel_and_wait, until_signalled
+from lookaside.metrics_http import serve_metrics
 from lookaside.proto.lb.v1 import load_balancer_pb2
 from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from lookaside.registry.reaper import reap_forever
@@ -153,22 +152,10 @@ class BalancerServer:
         await self.store.close()
 
 
-def start_metrics(listen: str) -> None:
-    if not listen:
-        return
-    host, _, port = listen.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0", registry=metrics.REGISTRY)
-    log.info("metrics on http://%s/metrics", listen)
-
-
 async def serve(settings: BalancerSettings) -> None:
-    start_metrics(settings.metrics_listen)
+    serve_metrics(settings.metrics_listen, metrics.REGISTRY)
     balancer = BalancerServer(settings)
     await balancer.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("shutting down")
     await balancer.stop()

@@ -32,3 +32,14 @@ async def cancel_and_wait(tasks: list[asyncio.Task[None]], limit: float = 3.0) -
         logging.getLogger("lookaside").warning(
             "tasks did not stop within %.0fs: %s", limit, ", ".join(t.get_name() for t in pending)
         )
+
+
+async def until_signalled() -> None:
+    """Returns on the first SIGINT or SIGTERM (the process's stop request)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

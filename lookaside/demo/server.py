@@ -8,9 +8,7 @@ deregisters first and stops serving after.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import socket
 import sys
 import time
@@ -23,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client_lib import AsyncRegistration, LoadMeter
+from lookaside.asyncutil import until_signalled
 from lookaside.demo.features import FeatureDb, LatLng, haversine_m, load_db
 from lookaside.demo.interceptor import FaultInterceptor
 from lookaside.demo.settings import ServerSettings
@@ -193,11 +192,7 @@ async def serve(settings: ServerSettings) -> int:
             await server.stop(0)
             return 1
     print(banner(server), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("shutting down server=%s pool=%s", server.name, settings.pool)
     if registration is not None:
         # Drain (out of every list, lease kept), let in-flight calls end,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from lookaside.metrics_http import serve_metrics
 
 log = logging.getLogger("lookaside.dns")
 
@@ -41,14 +43,4 @@ REDIS_UP = Gauge(
 
 def start_metrics(listen: str) -> None:
     """Serves /metrics on host:port; an empty string disables it."""
-    if not listen:
-        return
-    host, _, port = listen.rpartition(":")
-    try:
-        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=REGISTRY)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(
-            f"cannot serve /metrics on {listen!r} ({exc}); "
-            "give --metrics-listen another host:port, or an empty string to disable it"
-        ) from None
-    log.info("metrics on http://%s/metrics", listen)
+    serve_metrics(listen, REGISTRY)

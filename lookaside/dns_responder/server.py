@@ -13,7 +13,6 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import signal
 import socket
 import struct
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from lookaside.asyncutil import cancel_and_wait
+from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.dns_responder import metrics
 from lookaside.dns_responder.records import (
     TCP_MAX,
@@ -283,10 +282,6 @@ async def serve(settings: DnsSettings) -> None:
     metrics.start_metrics(settings.metrics_listen)
     responder = DnsResponder(settings)
     await responder.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     log.info("shutting down")
     await responder.stop()
