@@ -41,6 +41,7 @@ class RegistryWatcher:
         self.snapshots: dict[str, PoolSnapshot] = {}
         self.redis_ok = False
         self._dirty: set[str] = set()
+        self._resync_due = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._first_sync = asyncio.Event()
@@ -98,7 +99,7 @@ class RegistryWatcher:
             backoff = min(backoff * 2, 5.0)
 
     def _resync_now(self) -> None:
-        self._dirty.add("\0resync")
+        self._resync_due = True
         self._wake.set()
 
     async def _resync_loop(self) -> None:
@@ -106,28 +107,30 @@ class RegistryWatcher:
             self._resync_now()
             await asyncio.sleep(self.resync_interval)
 
-    async def _resync(self) -> None:
-        pools = await self.store.list_pools()
-        versions = await self.store.versions(set(pools) | set(self.snapshots))
+    async def _stale_pools(self) -> set[str]:
+        """Pools whose version moved (or that appeared or went) since their
+        snapshot: what a lost nudge would have announced."""
+        pools = set(await self.store.list_pools())
+        versions = await self.store.versions(pools | set(self.snapshots))
+        stale = set()
         for pool, version in versions.items():
             snap = self.snapshots.get(pool)
             if pool not in pools:
                 if snap is not None:
-                    self._dirty.add(pool)
+                    stale.add(pool)
             elif snap is None or snap.version != version:
-                self._dirty.add(pool)
+                stale.add(pool)
+        return stale
 
     async def _reload_loop(self) -> None:
         while not cancelling():
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
+            resync, self._resync_due = self._resync_due, False
             try:
-                if "\0resync" in dirty:
-                    dirty.discard("\0resync")
-                    await self._resync()
-                    dirty |= self._dirty
-                    self._dirty = set()
+                if resync:
+                    dirty |= await self._stale_pools()
                 for pool in dirty:
                     await self._reload(pool)
                 if not self.redis_ok:
@@ -142,8 +145,9 @@ class RegistryWatcher:
                 if self.redis_ok:
                     log.warning("registry: Redis unreachable (%s); keeping the last snapshots", exc)
                 self.redis_ok = False
-                # Retry these pools on the next wake-up (the resync loop wakes us).
+                # Retry on the next wake-up (the resync loop wakes us).
                 self._dirty |= dirty
+                self._resync_due |= resync
 
     async def _reload(self, pool: str) -> None:
         snap = await self.store.snapshot(pool)
