@@ -1,12 +1,10 @@
 """Active health checking of registered backends over grpc.health.v1.
 
-Each backend is probed by one balancer replica at a time. Replicas announce
-themselves in the Redis hash `lookaside:replicas` (replica id -> last seen,
-ms) and every replica computes the same owner for a backend by rendezvous
-hashing over the live replicas, so two replicas probe disjoint shares of a
-pool and a survivor takes over a dead replica's share within a few
-seconds. Health state is written to Redis (lookaside.registry.health), so
-every replica's lists agree.
+Each backend is probed by one balancer replica at a time: its owner by
+rendezvous hashing over the live replicas (balancer_server.replicas), so
+two replicas probe disjoint shares of a pool and a survivor takes over a
+dead replica's share within a few seconds. Health state is written to
+Redis (lookaside.registry.health), so every replica's lists agree.
 
 A probe is a Check on the pool's interval with its timeout (which catches
 a frozen backend), plus a Watch stream where the backend supports it, so a
@@ -16,7 +14,6 @@ backend that turns NOT_SERVING leaves the lists at once.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 
@@ -26,6 +23,7 @@ import redis.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from balancer_server import metrics
+from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.health import HealthStore, HealthWrite
 from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
@@ -34,16 +32,7 @@ from lookaside.registry.watcher import RegistryWatcher
 
 log = logging.getLogger("lookaside.health")
 
-REPLICAS_KEY = "lookaside:replicas"
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def owner(backend_id: str, replicas: list[str]) -> str:
-    """Rendezvous hashing: the replica with the highest score probes it."""
-    return max(
-        replicas,
-        key=lambda r: hashlib.blake2b(f"{r}|{backend_id}".encode(), digest_size=8).digest(),
-    )
 
 
 class Prober:
@@ -134,34 +123,26 @@ class HealthChecker:
         self,
         store: RegistryStore,
         watcher: RegistryWatcher,
-        replica_id: str,
+        replicas: ReplicaSet,
         *,
         max_share: float = 0.5,
-        membership_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.health = HealthStore(store)
         self.watcher = watcher
-        self.replica_id = replica_id
+        self.replicas = replicas
+        self.replica_id = replicas.replica_id
         self.max_share = max_share
-        self.membership_interval = membership_interval
-        self.replicas: list[str] = [replica_id]
         self.probers: dict[tuple[str, str], Prober] = {}
         self._warned: dict[tuple[str, str], float] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.watcher.hooks.append(self._on_change)
-        self._task = asyncio.create_task(self._membership(), name="health-membership")
+        self.replicas.hooks.append(self.reconcile_all)
 
     async def stop(self) -> None:
-        tasks = [p.task for p in self.probers.values()] + ([self._task] if self._task else [])
-        await cancel_and_wait(tasks)
+        await cancel_and_wait([p.task for p in self.probers.values()])
         self.probers.clear()
-        try:
-            await self.store.redis.hdel(REPLICAS_KEY, self.replica_id)
-        except (redis.exceptions.RedisError, OSError):
-            pass
 
     def state_of(self, pool: str, backend_id: str) -> BackendState | None:
         snap = self.watcher.get(pool)
@@ -206,32 +187,6 @@ class HealthChecker:
                 detail,
             )
 
-    async def _membership(self) -> None:
-        while not cancelling():
-            try:
-                now = int(time.time() * 1000)
-                await self.store.redis.hset(REPLICAS_KEY, self.replica_id, now)
-                seen = await self.store.redis.hgetall(REPLICAS_KEY)
-                stale = 3 * self.membership_interval * 1000
-                live = sorted(
-                    (k.decode() if isinstance(k, bytes) else k)
-                    for k, v in seen.items()
-                    if now - int(v) <= stale
-                )
-                if self.replica_id not in live:
-                    live.append(self.replica_id)
-                if live != self.replicas:
-                    log.info("health: live replicas %s", ",".join(live))
-                    self.replicas = sorted(live)
-                    self.reconcile_all()
-            except asyncio.CancelledError:
-                raise
-            except (redis.exceptions.RedisError, OSError) as exc:
-                if cancelling():
-                    raise
-                log.debug("health: membership update failed (%s)", exc)
-            await asyncio.sleep(self.membership_interval)
-
     def _on_change(self, pool: str, snapshot: PoolSnapshot | None) -> None:
         self.reconcile(pool, snapshot)
 
@@ -244,10 +199,11 @@ class HealthChecker:
         wanted: dict[str, Backend] = {}
         if snapshot is not None and snapshot.config.health_checks:
             for b in snapshot.backends:
-                if (
-                    b.state in (BackendState.SERVING, BackendState.UNHEALTHY)
-                    and owner(b.id, self.replicas) == self.replica_id
-                ):
+                if b.state in (
+                    BackendState.SERVING,
+                    BackendState.UNHEALTHY,
+                    BackendState.EJECTED,
+                ) and self.replicas.owns(b.id):
                     wanted[b.id] = b
         for (p, bid), prober in list(self.probers.items()):
             if p != pool:

@@ -17,7 +17,7 @@ from typing import TypeVar
 from google.protobuf.duration_pb2 import Duration
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import Backend, BackendState, PoolSnapshot
+from lookaside.registry.model import Backend, PoolSnapshot
 
 T = TypeVar("T", bound=Hashable)
 
@@ -150,9 +150,9 @@ def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LE
     serving = snapshot.serving
     if not serving:
         # Panic mode (Envoy's panic threshold): when no backend looks
-        # healthy, list the unhealthy ones rather than none. Drained and
-        # disabled backends stay out: an operator asked for that.
-        serving = tuple(b for b in snapshot.backends if b.state is BackendState.UNHEALTHY)
+        # healthy, list the unhealthy and ejected ones rather than none.
+        # Drained and disabled backends stay out: an operator asked for that.
+        serving = tuple(b for b in snapshot.backends if b.state.faulty)
     if not serving:
         return []
     drops = [d for d in snapshot.config.drops if d.per_mille > 0]

@@ -9,6 +9,11 @@ Layout (see docs/redis-layout.md): per pool, a hash per 10-second bucket
 `lookaside:{pool}:load:<unix_s // 10>` (expires after 16 minutes) and a
 running total `lookaside:{pool}:load:total`. Fields: started, finished,
 failed_to_send, known_received, reports, and drop:<token> per drop reason.
+
+Reports from the Lookaside thin client also carry call outcomes per backend
+(lookaside.lb.v1.ClientStatsExtension, inside the ClientStats). Those are
+added to the pool's `lookaside:{pool}:outcomes` hash, which outlier
+detection reads and resets once per interval.
 """
 
 from __future__ import annotations
@@ -16,20 +21,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 
 import redis.exceptions
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from balancer_server import metrics
 from lookaside.asyncutil import cancel_and_wait, cancelling
+from lookaside.proto.lb.v1 import backend_stats_pb2
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.registry import keys
+from lookaside.registry.outlier import outcome_fields
 
 log = logging.getLogger("lookaside.balancer")
 
 BUCKET_SECONDS = 10
 BUCKET_TTL_SECONDS = 16 * 60
+OUTCOMES_TTL_SECONDS = 10 * 60
+# Tokens are "<backend id>.<epoch>" (balancer_server.lists).
+_BACKEND_ID = re.compile(r"[0-9a-f]{12}")
+MAX_BACKENDS_PER_REPORT = 1000
 
 
 def stats_fields(stats: lb.ClientStats) -> Counter[str]:
@@ -44,17 +57,40 @@ def stats_fields(stats: lb.ClientStats) -> Counter[str]:
     return c
 
 
+def backend_outcomes(stats: lb.ClientStats) -> Counter[str]:
+    """The per-backend outcome increments a report carries (none for a stock
+    client's report). Entries whose token names no backend are skipped."""
+    out: Counter[str] = Counter()
+    if not len(UnknownFieldSet(stats)):
+        return out
+    ext = backend_stats_pb2.ClientStatsExtension.FromString(stats.SerializeToString())
+    for entry in ext.calls_per_backend[:MAX_BACKENDS_PER_REPORT]:
+        backend_id = entry.load_balance_token.partition(".")[0]
+        if not _BACKEND_ID.fullmatch(backend_id) or entry.num_calls_finished <= 0:
+            continue
+        received = min(max(entry.num_calls_finished_known_received, 0), entry.num_calls_finished)
+        failed = min(
+            max(entry.num_calls_finished_with_client_failed_to_send, 0), entry.num_calls_finished
+        )
+        out.update(outcome_fields(backend_id, entry.num_calls_finished, received, failed))
+    return out
+
+
 class LoadReportSink:
     def __init__(self, redis, *, replica_id: str, flush_interval: float = 1.0) -> None:  # type: ignore[no-untyped-def]
         self.redis = redis
         self.replica_id = replica_id
         self.flush_interval = flush_interval
         self._pending: dict[str, Counter[str]] = defaultdict(Counter)
+        self._outcomes: dict[str, Counter[str]] = defaultdict(Counter)
         self._stream_counts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add(self, pool: str, stats: lb.ClientStats) -> None:
         self._pending[pool].update(stats_fields(stats))
+        outcomes = backend_outcomes(stats)
+        if outcomes:
+            self._outcomes[pool].update(outcomes)
         metrics.REPORTS_INGESTED.labels(pool).inc()
 
     def set_stream_count(self, pool: str, count: int) -> None:
@@ -88,6 +124,7 @@ class LoadReportSink:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(Counter)
+        outcomes, self._outcomes = self._outcomes, defaultdict(Counter)
         now = time.time()
         bucket = int(now // BUCKET_SECONDS)
         try:
@@ -99,6 +136,11 @@ class LoadReportSink:
                             pipe.hincrby(bucket_key, field, value)
                             pipe.hincrby(keys.load_total(pool), field, value)
                     pipe.expire(bucket_key, BUCKET_TTL_SECONDS)
+                for pool, counts in outcomes.items():
+                    for field, value in counts.items():
+                        if value:
+                            pipe.hincrby(keys.outcomes(pool), field, value)
+                    pipe.expire(keys.outcomes(pool), OUTCOMES_TTL_SECONDS)
                 stamp = int(now * 1000)
                 for pool, count in self._stream_counts.items():
                     pipe.hset(
@@ -111,4 +153,6 @@ class LoadReportSink:
             # Put the counts back so the next flush writes them.
             for pool, counts in pending.items():
                 self._pending[pool].update(counts)
+            for pool, counts in outcomes.items():
+                self._outcomes[pool].update(counts)
             raise

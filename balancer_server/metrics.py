@@ -62,3 +62,9 @@ HEALTH_PROBES = Counter(
 HEALTH_PROBERS = Gauge(
     "lookaside_balancer_health_probers", "Backends this replica probes", registry=REGISTRY
 )
+OUTLIER_EJECTIONS = Counter(
+    "lookaside_balancer_outlier_ejections_total",
+    "Backends ejected by outlier detection (by this replica)",
+    ["pool"],
+    registry=REGISTRY,
+)

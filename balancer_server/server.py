@@ -19,7 +19,9 @@ from balancer_server.balance_load import BalanceLoadService
 from balancer_server.feeds import FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
+from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
+from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.metrics_http import serve_metrics
 from lookaside.proto.lb.v1 import load_balancer_pb2
@@ -70,8 +72,12 @@ class BalancerServer:
             flush_interval=settings.report_flush_interval,
         )
         self.health = health.aio.HealthServicer()
+        self.replicas = ReplicaSet(self.store.redis, self.replica_id)
         self.checker = HealthChecker(
-            self.store, self.watcher, self.replica_id, max_share=settings.max_eject_share
+            self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
+        )
+        self.outliers = OutlierDetector(
+            self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -80,6 +86,8 @@ class BalancerServer:
     async def start(self) -> int:
         await self.watcher.start()
         self.sink.start()
+        self.replicas.start()
+        self.outliers.start()
         if self.settings.health_checks:
             self.checker.start()
             self.checker.reconcile_all()
@@ -147,6 +155,8 @@ class BalancerServer:
                 log.warning("gRPC server did not stop within %.0fs; going on", grace + 5.0)
         await cancel_and_wait(self._tasks)
         await self.checker.stop()
+        await self.outliers.stop()
+        await self.replicas.stop()
         await self.sink.stop()
         await self.watcher.stop()
         await self.store.close()

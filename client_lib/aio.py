@@ -148,7 +148,8 @@ class _MultiCallable:
             compression=compression,
         )
         counters = ch.counters
-        call.add_done_callback(lambda c: counters.finish_with(*_status_of(c)))
+        token = p.token
+        call.add_done_callback(lambda c: counters.finish_with(*_status_of(c), token))
         return call
 
 
@@ -295,7 +296,7 @@ class LookasideAioChannel(grpc.aio.Channel):
             raise _NoPick(f"no server list from the balancer for {self.target!r} yet")
         p = picker.pick()
         if p.target is None:
-            self.counters.call_dropped(p.drop_token)
+            self.counters.call_dropped(p.token)
             raise _NoPick(DROP_DETAILS)
         return p
 

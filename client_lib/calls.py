@@ -25,7 +25,7 @@ def _metadata(metadata: Any, extra: tuple[tuple[str, str], ...]) -> Any:
     return (*metadata, *extra) if extra else metadata
 
 
-def _finish_callback(counters: CallCounters) -> Any:
+def _finish_callback(counters: CallCounters, token: str) -> Any:
     def done(call: Any) -> None:
         # The rendezvous keeps its final status in _state; reading it directly
         # avoids three lock round trips per call. The public methods are the
@@ -40,18 +40,18 @@ def _finish_callback(counters: CallCounters) -> Any:
                 has_md = bool(call.initial_metadata() or call.trailing_metadata())
         except Exception:  # noqa: BLE001 - a cancelled future may not have them
             code, has_md = grpc.StatusCode.CANCELLED, False
-        counters.finish_with(code, has_md)
+        counters.finish_with(code, has_md, token)
 
     return done
 
 
-def _record_error(counters: CallCounters, exc: grpc.RpcError) -> None:
+def _record_error(counters: CallCounters, exc: grpc.RpcError, token: str) -> None:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     try:
         has_md = bool(exc.initial_metadata() or exc.trailing_metadata())  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001
         has_md = False
-    counters.finish_with(code, has_md)
+    counters.finish_with(code, has_md, token)
 
 
 class _Base:
@@ -97,9 +97,9 @@ class _UnaryResponse(_Base):
                 compression,
             )
         except grpc.RpcError as exc:
-            _record_error(counters, exc)
+            _record_error(counters, exc, p.token)
             raise
-        counters.call_finished(True, False)
+        counters.call_finished(True, False, p.token)
         return result
 
     def __call__(
@@ -151,7 +151,7 @@ class _UnaryResponse(_Base):
             wait_for_ready,
             compression,
         )
-        fut.add_done_callback(_finish_callback(self._counters))
+        fut.add_done_callback(_finish_callback(self._counters, p.token))
         return fut
 
 
@@ -181,7 +181,7 @@ class _StreamResponse(_Base):
             wait_for_ready,
             compression,
         )
-        call.add_done_callback(_finish_callback(self._counters))
+        call.add_done_callback(_finish_callback(self._counters, p.token))
         return call
 
 

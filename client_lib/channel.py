@@ -148,7 +148,7 @@ class LookasideChannel(grpc.Channel):
             picker = self._picker
         p = picker.pick()
         if p.target is None:
-            self.counters.call_dropped(p.drop_token)
+            self.counters.call_dropped(p.token)
             raise FailedCall(grpc.StatusCode.UNAVAILABLE, calls.DROP_DETAILS)
         return p
 

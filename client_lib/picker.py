@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from lookaside.proto.lb.v1 import backend_stats_pb2
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 
 DROP_DETAILS = "drop directed by grpclb balancer"
@@ -94,11 +95,12 @@ class FailedCall(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class Pick:
-    """One list slot. `target` is the sub-channel key (None for a drop)."""
+    """One list slot. `target` is the sub-channel key (None for a drop);
+    `token` the backend's lb-token, or the drop's reason."""
 
     target: Any
     metadata: tuple[tuple[str, str], ...]
-    drop_token: str = ""
+    token: str = ""
 
 
 class Picker:
@@ -120,17 +122,18 @@ class Picker:
 
     def describe(self) -> list[tuple[str, str]]:
         """The list as (address, token); drops as ("", reason)."""
-        return [
-            (p.target.address if p.target else "", p.metadata[0][1] if p.metadata else p.drop_token)
-            for p in self.picks
-        ]
+        return [(p.target.address if p.target else "", p.token) for p in self.picks]
 
 
-# Codes that can come from the transport rather than from a server.
+# Codes that can come from the transport rather than from a server (grpc
+# StatusCode members for grpc, their numbers for grpc.aio's raw status).
 _LOCAL_CODES = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
+    1,
+    4,
+    14,
 }
 
 
@@ -142,6 +145,10 @@ class CallCounters:
     response, server metadata, or a status only a server sends).
     failed_to_send: UNAVAILABLE with nothing from the server.
     A drop counts as started and finished, and under its token.
+
+    Finished calls are also counted per backend token (finished,
+    failed_to_send, known_received) and reported in the ClientStats
+    extension that outlier detection reads.
     """
 
     def __init__(self) -> None:
@@ -151,19 +158,26 @@ class CallCounters:
         self.failed_to_send = 0
         self.known_received = 0
         self.drops: Counter[str] = Counter()
+        self.per_backend: dict[str, list[int]] = {}
         self._last_was_zero = False
 
     def call_started(self) -> None:
         with self._lock:
             self.started += 1
 
-    def call_finished(self, known_received: bool, failed_to_send: bool) -> None:
+    def call_finished(self, known_received: bool, failed_to_send: bool, token: str) -> None:
         with self._lock:
             self.finished += 1
+            row = self.per_backend.get(token)
+            if row is None:
+                row = self.per_backend[token] = [0, 0, 0]
+            row[0] += 1
             if known_received:
                 self.known_received += 1
+                row[2] += 1
             if failed_to_send:
                 self.failed_to_send += 1
+                row[1] += 1
 
     def call_dropped(self, token: str) -> None:
         with self._lock:
@@ -171,19 +185,20 @@ class CallCounters:
             self.finished += 1
             self.drops[token] += 1
 
-    def finish_with(self, code: Any, has_metadata: bool) -> None:
-        """Records the end of a call from its status code and whether any
-        metadata came back from the server."""
+    def finish_with(self, code: Any, has_metadata: bool, token: str) -> None:
+        """Records the end of a call to the backend with `token` from its
+        status code and whether any metadata came back from the server."""
         if code is grpc.StatusCode.OK or code == 0:
-            self.call_finished(True, False)
+            self.call_finished(True, False, token)
             return
-        known = has_metadata or (isinstance(code, grpc.StatusCode) and code not in _LOCAL_CODES)
+        known = has_metadata or code not in _LOCAL_CODES
         unavailable = code is grpc.StatusCode.UNAVAILABLE or code == 14
-        self.call_finished(known, unavailable and not known)
+        self.call_finished(known, unavailable and not known, token)
 
     def take_report(self, timestamp_ns: int) -> lb.ClientStats | None:
         """The deltas since the last report, or None when this report and the
-        previous one are both all zero (C-core skips those)."""
+        previous one are both all zero (C-core skips those). Per-backend
+        counts ride along as the ClientStatsExtension (field 1001)."""
         with self._lock:
             stats = lb.ClientStats(
                 num_calls_started=self.started,
@@ -195,6 +210,7 @@ class CallCounters:
                     for t, n in sorted(self.drops.items())
                 ],
             )
+            per_backend, self.per_backend = self.per_backend, {}
             zero = not (self.started or self.finished or self.drops)
             self.started = self.finished = self.failed_to_send = self.known_received = 0
             self.drops = Counter()
@@ -202,4 +218,19 @@ class CallCounters:
                 return None
             self._last_was_zero = zero
         stats.timestamp.FromNanoseconds(timestamp_ns)
+        entries = [
+            backend_stats_pb2.BackendCallStats(
+                load_balance_token=token,
+                num_calls_finished=row[0],
+                num_calls_finished_with_client_failed_to_send=row[1],
+                num_calls_finished_known_received=row[2],
+            )
+            for token, row in sorted(per_backend.items())
+            if token
+        ]
+        if entries:
+            # Concatenated messages merge: the extension lands in the
+            # ClientStats as a field that stock balancers skip.
+            ext = backend_stats_pb2.ClientStatsExtension(calls_per_backend=entries)
+            stats.MergeFromString(ext.SerializeToString())
         return stats

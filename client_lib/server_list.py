@@ -53,7 +53,7 @@ def build_picks(entries: list[ListEntry], subchannel: Callable[[str], Any]) -> l
             picks.append(Pick(None, (), e.token))
         else:
             md = (("lb-token", e.token),) if e.token else ()
-            picks.append(Pick(subchannel(e.address), md))
+            picks.append(Pick(subchannel(e.address), md, e.token))
     return picks
 
 

@@ -33,7 +33,7 @@ class BalancerSettings(BaseSettings):
         0.5,
         ge=0,
         le=1,
-        description="most of a pool that expiry or health checks may remove at once",
+        description="most of a pool that lease expiry, health checks and outlier detection may remove at once",
     )
     outage_grace: float = Field(
         15.0, ge=0, description="seconds without evictions after Redis comes back"

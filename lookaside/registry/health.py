@@ -1,10 +1,11 @@
 """Health state of backends, written by the replica that probes them.
 
 Only SERVING <-> UNHEALTHY moves here: a drained or disabled backend is an
-operator's decision that health checking never overrides. Marking a
-backend unhealthy is refused when it would leave more than `max_share` of
-the pool unhealthy (the panic guard); the refusal is logged as a 'panic'
-event at most every 30 s.
+operator's decision that health checking never overrides, and an ejected
+one waits for its ejection to end. Marking a backend unhealthy is refused
+when it would leave more than `max_share` of the pool unhealthy or ejected
+(the panic guard); the refusal is logged as a 'panic' event at most every
+30 s.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ if b['state'] ~= 'serving' then return 2 end
 local total, unhealthy = 0, 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   total = total + 1
-  if cjson.decode(v)['state'] == 'unhealthy' then unhealthy = unhealthy + 1 end
+  local st = cjson.decode(v)['state']
+  if st == 'unhealthy' or st == 'ejected' then unhealthy = unhealthy + 1 end
 end
 if (unhealthy + 1) * 1000 > tonumber(ARGV[3]) * total then
   if redis.call('SET', KEYS[4], now, 'NX', 'PX', 30000) then
     redis.call('LPUSH', KEYS[3], cjson.encode({ts_ms = now, kind = 'panic', backend = ARGV[1],
       actor = ARGV[5], detail = 'health check failed (' .. ARGV[6] .. ') but ' .. unhealthy .. ' of ' ..
-      total .. ' backends are already unhealthy; kept listed'}))
+      total .. ' backends are already unhealthy or ejected; kept listed'}))
     redis.call('LTRIM', KEYS[3], 0, %(events_max)d - 1)
   end
   return -1

@@ -48,3 +48,7 @@ def streams(pool: str) -> str:
 
 def panic(pool: str) -> str:
     return pool_key(pool, "panic")
+
+
+def outcomes(pool: str) -> str:
+    return pool_key(pool, "outcomes")

@@ -14,13 +14,21 @@ class BackendState(enum.StrEnum):
 
     SERVING is the only state that appears in lists. DRAINING keeps the
     registration and lease but takes no new calls; DISABLED is an operator's
-    hold; UNHEALTHY is set by health checking.
+    hold; UNHEALTHY is set by health checking; EJECTED is set by outlier
+    detection from clients' call outcomes, until `ejected_until_ms`.
     """
 
     SERVING = "serving"
     DRAINING = "draining"
     DISABLED = "disabled"
     UNHEALTHY = "unhealthy"
+    EJECTED = "ejected"
+
+    @property
+    def faulty(self) -> bool:
+        """Out of the lists because of a detected fault (not an operator's
+        or the backend's own decision): what the panic guard limits."""
+        return self in (BackendState.UNHEALTHY, BackendState.EJECTED)
 
 
 def backend_id_for(host: str, port: int) -> str:
@@ -52,6 +60,22 @@ class PoolConfig:
     health_timeout_ms: int = 1_000
     unhealthy_threshold: int = 2
     healthy_threshold: int = 2
+    # Outlier detection from the call outcomes clients report per backend
+    # (gRFC A50's algorithms; see lookaside.registry.outlier).
+    outlier_detection: bool = True
+    outlier_interval_ms: int = 10_000
+    outlier_base_ejection_ms: int = 30_000
+    outlier_max_ejection_ms: int = 300_000
+    outlier_max_ejection_percent: int = 10
+    # A backend with more than this percent of its calls lost (finished but
+    # not known to have reached it) is ejected; 0 turns the check off.
+    outlier_failure_percent: int = 50
+    # Success-rate ejection: below mean - factor/1000 * stdev; 0 turns it off.
+    outlier_stdev_factor: int = 1900
+    # Backends with at least `request_volume` calls in the interval take
+    # part; with fewer than `min_hosts` of them, no one is ejected.
+    outlier_min_hosts: int = 3
+    outlier_request_volume: int = 20
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -89,6 +113,10 @@ class Backend:
     # last built with (least_loaded pools).
     latency_ewma_ms: float = 0.0
     latency_published_ms: float = 0.0
+    # Outlier detection: when an ejection ends, and how many ejections in a
+    # row have lengthened it (A50's multiplier).
+    ejected_until_ms: int = 0
+    ejections: int = 0
 
     @property
     def serving(self) -> bool:

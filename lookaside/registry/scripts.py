@@ -41,8 +41,15 @@ if ttl == 0 then ttl = tonumber(cjson.decode(redis.call('GET', KEYS[1]))['lease_
 local b = cjson.decode(ARGV[2])
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
+  -- An operator's hold and a running ejection survive re-registration, and
+  -- so does the ejection count that lengthens the next one.
   local o = cjson.decode(old)
+  b['ejections'] = o['ejections'] or 0
   if o['state'] == 'disabled' then b['state'] = 'disabled' end
+  if o['state'] == 'ejected' and (tonumber(o['ejected_until_ms']) or 0) > now then
+    b['state'] = 'ejected'
+    b['ejected_until_ms'] = o['ejected_until_ms']
+  end
 end
 b['registered_at_ms'] = now
 b['last_heard_ms'] = now

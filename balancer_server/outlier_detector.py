@@ -1,0 +1,106 @@
+"""Runs outlier detection (lookaside.registry.outlier) for the pools this
+replica owns.
+
+Each pool is judged by one replica at a time, its owner by rendezvous
+hashing over the live replicas. One loop per process wakes twice a second:
+it ends ejections that are due, and at the end of each pool's interval
+takes the pool's outcome counts from Redis and ejects its outliers. Nothing
+runs per stream. While Redis is unreachable nothing is judged, ejected or
+let back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.exceptions
+
+from balancer_server import metrics
+from balancer_server.replicas import ReplicaSet
+from lookaside.asyncutil import cancel_and_wait, cancelling
+from lookaside.registry.model import BackendState, PoolSnapshot
+from lookaside.registry.outlier import OutlierStore, judge
+from lookaside.registry.store import RegistryStore
+from lookaside.registry.watcher import RegistryWatcher
+
+log = logging.getLogger("lookaside.outlier")
+
+
+def _ejection_due(snapshot: PoolSnapshot, now_ms: float) -> bool:
+    return any(
+        b.state is BackendState.EJECTED and b.ejected_until_ms <= now_ms for b in snapshot.backends
+    )
+
+
+class OutlierDetector:
+    def __init__(
+        self,
+        store: RegistryStore,
+        watcher: RegistryWatcher,
+        replicas: ReplicaSet,
+        *,
+        max_share: float = 0.5,
+        tick: float = 0.5,
+    ) -> None:
+        self.outliers = OutlierStore(store)
+        self.watcher = watcher
+        self.replicas = replicas
+        self.max_share = max_share
+        self.tick = tick
+        self._due: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outlier-detection")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+
+    async def _run(self) -> None:
+        while not cancelling():
+            try:
+                for pool, snapshot in list(self.watcher.snapshots.items()):
+                    await self.check(pool, snapshot)
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                if cancelling():
+                    raise
+                log.debug("outlier detection: Redis unreachable (%s); judging nothing", exc)
+            await asyncio.sleep(self.tick)
+
+    async def check(self, pool: str, snapshot: PoolSnapshot) -> None:
+        if not self.replicas.owns(f"outlier|{pool}"):
+            self._due.pop(pool, None)
+            return
+        config = snapshot.config
+        now = time.monotonic()
+        interval = config.outlier_interval_ms / 1000
+        due = self._due.setdefault(pool, now + interval)
+        judging = config.outlier_detection and now >= due
+        if not judging and not _ejection_due(snapshot, time.time() * 1000):
+            return
+        verdicts = None
+        if judging:
+            self._due[pool] = now + interval
+            verdicts = judge(await self.outliers.take_outcomes(pool), config)
+        result = await self.outliers.sweep(
+            config, verdicts, max_share=self.max_share, actor=f"outlier:{self.replicas.replica_id}"
+        )
+        for bid in result.ejected:
+            detail = next(v.detail for v in verdicts or () if v.backend_id == bid)
+            log.warning("outlier pool=%s backend=%s ejected: %s", pool, bid, detail)
+        if result.ejected:
+            metrics.OUTLIER_EJECTIONS.labels(pool).inc(len(result.ejected))
+        for bid in result.ended:
+            log.info("outlier pool=%s backend=%s: ejection ended", pool, bid)
+        if result.held:
+            metrics.PANICS.labels(pool, "outlier").inc()
+            log.warning(
+                "outlier pool=%s: %s judged outliers but kept listed (ejection limits)",
+                pool,
+                ",".join(result.held),
+            )

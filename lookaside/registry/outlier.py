@@ -1,0 +1,245 @@
+"""Outlier detection: ejecting backends that lose their callers' calls.
+
+The evidence is what clients report per backend over an interval: calls
+finished, and of those the ones known to have reached the backend. A call
+that finished without reaching it (failed to send, reset, or timed out with
+nothing from the server) counts against the backend. Front ends add these
+counts to the pool's `outcomes` hash; the replica that owns the pool takes
+them (read and reset, atomically) once per `outlier_interval_ms` and judges
+them here, with the two algorithms of gRFC A50:
+
+- failure percentage: a backend with more than `outlier_failure_percent`
+  of its calls lost;
+- success rate: a backend whose share of delivered calls is below the
+  pool's mean by more than `outlier_stdev_factor`/1000 standard deviations.
+
+Both consider only backends with at least `outlier_request_volume` calls in
+the interval, and judge no one when fewer than `outlier_min_hosts` backends
+qualify. An ejection lasts base x (number of ejections in a row), capped at
+max(base, max), and the count drops by one for each interval a backend
+passes without being judged an outlier. Ejections never take more than
+`outlier_max_ejection_percent` of the pool (at least one backend may always
+go), nor, together with unhealthy backends, more than the balancer's
+max eject share (the panic guard).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from lookaside.registry import keys, scripts
+from lookaside.registry.model import PoolConfig
+from lookaside.registry.store import RegistryStore
+
+# Fields of the outcomes hash: "<backend id>:<suffix>".
+FINISHED = "f"
+RECEIVED = "r"
+FAILED_TO_SEND = "s"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """Calls that clients finished on one backend in one interval."""
+
+    finished: int = 0
+    received: int = 0
+    failed_to_send: int = 0
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.finished - self.received)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    backend_id: str
+    detail: str
+
+
+def outcome_fields(backend_id: str, finished: int, received: int, failed: int) -> dict[str, int]:
+    """The increments one report adds to a pool's outcomes hash."""
+    return {
+        f"{backend_id}:{FINISHED}": finished,
+        f"{backend_id}:{RECEIVED}": received,
+        f"{backend_id}:{FAILED_TO_SEND}": failed,
+    }
+
+
+def parse_outcomes(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Outcomes]:
+    parts: dict[str, dict[str, int]] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else k
+        backend_id, _, suffix = key.rpartition(":")
+        if backend_id:
+            parts.setdefault(backend_id, {})[suffix] = int(v)
+    return {
+        bid: Outcomes(p.get(FINISHED, 0), p.get(RECEIVED, 0), p.get(FAILED_TO_SEND, 0))
+        for bid, p in parts.items()
+    }
+
+
+def judge(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> list[Verdict]:
+    """The backends that this interval's outcomes mark as outliers."""
+    volume = max(1, config.outlier_request_volume)
+    qualified = {bid: o for bid, o in outcomes.items() if o.finished >= volume}
+    if len(qualified) < max(1, config.outlier_min_hosts):
+        return []
+    out: dict[str, str] = {}
+    if config.outlier_stdev_factor > 0:
+        rates = {bid: o.received / o.finished for bid, o in qualified.items()}
+        mean = sum(rates.values()) / len(rates)
+        stdev = math.sqrt(sum((r - mean) ** 2 for r in rates.values()) / len(rates))
+        floor = mean - stdev * config.outlier_stdev_factor / 1000
+        for bid, rate in rates.items():
+            if rate < floor:
+                out[bid] = (
+                    f"success rate {rate:.1%} below {floor:.1%} "
+                    f"(pool mean {mean:.1%}, stdev {stdev:.1%})"
+                )
+    if config.outlier_failure_percent > 0:
+        for bid, o in qualified.items():
+            if bid not in out and o.lost * 100 > config.outlier_failure_percent * o.finished:
+                out[bid] = (
+                    f"{o.lost} of {o.finished} calls lost "
+                    f"({o.failed_to_send} failed to send), over {config.outlier_failure_percent}%"
+                )
+    return [Verdict(bid, detail) for bid, detail in sorted(out.items())]
+
+
+# KEYS: backends version events panic
+# ARGV: pool, actor, judged ('1' at the end of an interval, '0' otherwise),
+#       verdicts json [[id, detail]...], max eject share (per-mille),
+#       max ejection percent, base ms, max ms
+# Ends ejections whose time is up; at the end of an interval, ejects the
+# judged backends within the limits and lowers the ejection count of the
+# backends that passed. Returns {ejected ids, ended ids, held ids}.
+SWEEP = """
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local backends, order = {}, {}
+local total, faulty, ejected = 0, 0, 0
+for i = 1, #all, 2 do
+  local b = cjson.decode(all[i + 1])
+  backends[all[i]] = b
+  table.insert(order, all[i])
+  total = total + 1
+  if b['state'] == 'ejected' then ejected = ejected + 1 end
+  if b['state'] == 'ejected' or b['state'] == 'unhealthy' then faulty = faulty + 1 end
+end
+table.sort(order)
+local ended, done, held = {}, {}, {}
+for _, id in ipairs(order) do
+  local b = backends[id]
+  if b['state'] == 'ejected' and (tonumber(b['ejected_until_ms']) or 0) <= now then
+    b['state'] = 'serving'
+    b['health_detail'] = ''
+    redis.call('HSET', KEYS[1], id, cjson.encode(b))
+    ejected, faulty = ejected - 1, faulty - 1
+    changed(KEYS[2], KEYS[3], ARGV[1], now, 'ejection_ended', id, ARGV[2], '')
+    table.insert(ended, id)
+  end
+end
+if ARGV[3] == '1' then
+  local judged = {}
+  for _, v in ipairs(cjson.decode(ARGV[4])) do
+    local id, detail = v[1], v[2]
+    judged[id] = true
+    local b = backends[id]
+    if b and b['state'] == 'serving' then
+      local why = nil
+      if ejected * 100 >= tonumber(ARGV[6]) * total then
+        why = ejected .. ' of ' .. total .. ' backends are already ejected (max ' .. ARGV[6] .. '%%)'
+      elseif (faulty + 1) * 1000 > tonumber(ARGV[5]) * total then
+        why = faulty .. ' of ' .. total .. ' backends are already unhealthy or ejected'
+      end
+      if why then
+        table.insert(held, id)
+        if redis.call('SET', KEYS[4], now, 'NX', 'PX', 30000) then
+          redis.call('LPUSH', KEYS[3], cjson.encode({ts_ms = now, kind = 'panic', backend = id,
+            actor = ARGV[2], detail = 'outlier (' .. detail .. ') but ' .. why .. '; kept listed'}))
+          redis.call('LTRIM', KEYS[3], 0, %(events_max)d - 1)
+        end
+      else
+        local n = (tonumber(b['ejections']) or 0) + 1
+        local base, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
+        if cap < base then cap = base end
+        local span = base * n
+        if span > cap then span = cap end
+        b['state'] = 'ejected'
+        b['ejections'] = n
+        b['ejected_until_ms'] = now + span
+        b['health_detail'] = detail
+        redis.call('HSET', KEYS[1], id, cjson.encode(b))
+        ejected, faulty = ejected + 1, faulty + 1
+        changed(KEYS[2], KEYS[3], ARGV[1], now, 'ejected', id, ARGV[2],
+          detail .. '; for ' .. span .. ' ms (ejection ' .. n .. ')')
+        table.insert(done, id)
+      end
+    end
+  end
+  for _, id in ipairs(order) do
+    local b = backends[id]
+    local n = tonumber(b['ejections']) or 0
+    if b['state'] ~= 'ejected' and not judged[id] and n > 0 then
+      b['ejections'] = n - 1
+      redis.call('HSET', KEYS[1], id, cjson.encode(b))
+    end
+  end
+end
+return {done, ended, held}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    ejected: list[str]
+    ended: list[str]
+    held: list[str]
+
+
+def _strs(items: Iterable[bytes | str]) -> list[str]:
+    return [i.decode() if isinstance(i, bytes) else i for i in items]
+
+
+class OutlierStore:
+    def __init__(self, store: RegistryStore) -> None:
+        self.redis = store.redis
+        self._sweep = store.redis.register_script(scripts.compose(SWEEP))
+
+    async def take_outcomes(self, pool: str) -> dict[str, Outcomes]:
+        """The counts added since the last call, which are reset: one
+        atomic read-and-delete, so no increment is lost or counted twice."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.outcomes(pool))
+            pipe.delete(keys.outcomes(pool))
+            raw, _ = await pipe.execute()
+        return parse_outcomes(raw)
+
+    async def sweep(
+        self,
+        config: PoolConfig,
+        verdicts: list[Verdict] | None,
+        *,
+        max_share: float,
+        actor: str = "outlier",
+    ) -> SweepResult:
+        """Ends ejections that are due; with `verdicts` (the end of an
+        interval), ejects those backends within the limits."""
+        pool = config.name
+        ejected, ended, held = await self._sweep(
+            keys=[keys.backends(pool), keys.version(pool), keys.events(pool), keys.panic(pool)],
+            args=[
+                pool,
+                actor,
+                "0" if verdicts is None else "1",
+                json.dumps([[v.backend_id, v.detail[:200]] for v in verdicts or []]),
+                int(max_share * 1000),
+                config.outlier_max_ejection_percent,
+                config.outlier_base_ejection_ms,
+                config.outlier_max_ejection_ms,
+            ],
+        )
+        return SweepResult(_strs(ejected), _strs(ended), _strs(held))
