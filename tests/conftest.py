@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from lookaside.redis_process import RedisProcess
-from tests.support import BalancerHandle
+from tests.support import BalancerHandle, RouteGuideBackend
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,12 @@ def balancer(redis_url: str) -> Iterator[BalancerHandle]:
     handle = BalancerHandle(redis_url)
     yield handle
     handle.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[list[RouteGuideBackend]]:
+    started: list[RouteGuideBackend] = []
+
+    yield started  # start_backends(backends, n) adds to it
+    for b in started:
+        b.stop()

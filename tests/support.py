@@ -86,6 +86,9 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         self.lock = threading.Lock()
         self.server: grpc.Server | None = None
         self.port = 0
+        # While set, GetFeature sends nothing back until the caller gives up:
+        # a backend that accepts calls and loses them (health stays SERVING).
+        self.hang = threading.Event()
 
     def _record(self, context: grpc.ServicerContext) -> None:
         token = dict(context.invocation_metadata()).get("lb-token", "")
@@ -95,6 +98,8 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         context.set_trailing_metadata((("x-backend", self.name),))
 
     def GetFeature(self, request: rg.Point, context: grpc.ServicerContext) -> rg.Feature:  # noqa: N802
+        while self.hang.is_set() and context.is_active():
+            time.sleep(0.01)
         self._record(context)
         return rg.Feature(name=self.name, location=request)
 
@@ -223,3 +228,24 @@ class LbStream:
         self.requests.put(STOP)
         self.call.cancel()
         self.channel.close()
+
+
+def start_backends(backends: list[RouteGuideBackend], n: int) -> list[RouteGuideBackend]:
+    new = [RouteGuideBackend().start() for _ in range(n)]
+    backends.extend(new)
+    return new
+
+
+def register_all(
+    balancer: BalancerHandle, pool: str, backends: list[RouteGuideBackend]
+) -> dict[int, str]:
+    """Registers backends (60 s leases) and returns port -> backend id."""
+    ids = {}
+    for b in backends:
+        lease = balancer.run(
+            balancer.store.register(
+                pool=pool, host="127.0.0.1", ip="127.0.0.1", port=b.port, lease_ttl_ms=60_000
+            )
+        )
+        ids[b.port] = lease.backend_id
+    return ids

@@ -13,8 +13,7 @@ from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.registry import keys
 from lookaside.registry.model import DropRate, PoolConfig
-from tests.client_lib.conftest import register_all, start_backends
-from tests.support import BalancerHandle
+from tests.support import BalancerHandle, register_all, start_backends
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

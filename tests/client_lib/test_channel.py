@@ -12,8 +12,7 @@ from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.registry import keys
 from lookaside.registry.model import DropRate, PoolConfig
-from tests.client_lib.conftest import register_all, start_backends
-from tests.support import BalancerHandle, wait_until
+from tests.support import BalancerHandle, register_all, start_backends, wait_until
 
 
 def addresses(channel: LookasideChannel) -> set[str]:

@@ -1,0 +1,207 @@
+"""Outlier detection: the A50 judgements (pure), and the ejection script
+against a real Redis (limits, lengthening ejections, their end)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from lookaside.registry import BackendState, PoolConfig, RegistryStore, keys
+from lookaside.registry.health import HealthStore, HealthWrite
+from lookaside.registry.outlier import (
+    Outcomes,
+    OutlierStore,
+    Verdict,
+    judge,
+    outcome_fields,
+    parse_outcomes,
+)
+
+CFG = PoolConfig(name="p", outlier_min_hosts=3, outlier_request_volume=10)
+
+
+def test_failure_percentage_ejects_the_backend_that_loses_calls() -> None:
+    outcomes = {
+        "a": Outcomes(100, 100),
+        "b": Outcomes(100, 99),
+        "c": Outcomes(100, 30, failed_to_send=20),
+    }
+    verdicts = judge(outcomes, dataclasses.replace(CFG, outlier_stdev_factor=0))
+    assert [v.backend_id for v in verdicts] == ["c"]
+    assert "70 of 100 calls lost (20 failed to send)" in verdicts[0].detail
+
+
+def test_failure_percentage_threshold_is_strict() -> None:
+    outcomes = {"a": Outcomes(100, 100), "b": Outcomes(100, 100), "c": Outcomes(100, 50)}
+    cfg = dataclasses.replace(CFG, outlier_stdev_factor=0, outlier_failure_percent=50)
+    assert judge(outcomes, cfg) == []
+    outcomes["c"] = Outcomes(100, 49)
+    assert [v.backend_id for v in judge(outcomes, cfg)] == ["c"]
+
+
+def test_success_rate_needs_a_spread_pool() -> None:
+    # Ten backends: one delivering 80% sits far below the others' 99-100%.
+    outcomes = {f"b{i}": Outcomes(200, 200 - (i % 2)) for i in range(9)}
+    outcomes["slow"] = Outcomes(200, 160)
+    cfg = dataclasses.replace(CFG, outlier_failure_percent=0)
+    verdicts = judge(outcomes, cfg)
+    assert [v.backend_id for v in verdicts] == ["slow"]
+    assert verdicts[0].detail.startswith("success rate 80.0% below")
+    # With the factor off, the 20% loss is under the failure threshold.
+    assert judge(outcomes, dataclasses.replace(cfg, outlier_stdev_factor=0)) == []
+
+
+def test_volume_and_min_hosts_gate_every_judgement() -> None:
+    outcomes = {"a": Outcomes(100, 100), "b": Outcomes(100, 100), "c": Outcomes(9, 0)}
+    # c has too few calls to be judged; then only two backends qualify.
+    assert judge(outcomes, CFG) == []
+    outcomes["c"] = Outcomes(10, 0)
+    assert [v.backend_id for v in judge(outcomes, CFG)] == ["c"]
+    assert judge(outcomes, dataclasses.replace(CFG, outlier_min_hosts=4)) == []
+
+
+def test_outcome_fields_round_trip() -> None:
+    raw = {k.encode(): str(v).encode() for k, v in outcome_fields("abc123", 7, 5, 1).items()}
+    assert parse_outcomes(raw) == {"abc123": Outcomes(7, 5, 1)}
+
+
+asyncio_test = pytest.mark.asyncio(loop_scope="session")
+
+
+async def _pool(
+    store: RegistryStore, pool: str, n: int, **cfg: int
+) -> tuple[PoolConfig, list[str]]:
+    config = PoolConfig(name=pool, **cfg)  # type: ignore[arg-type]
+    await store.put_pool(config)
+    ids = []
+    for i in range(n):
+        lease = await store.register(pool=pool, host="h", ip=f"10.9.0.{i + 1}", port=80)
+        ids.append(lease.backend_id)
+    return config, ids
+
+
+async def _states(store: RegistryStore, pool: str) -> dict[str, BackendState]:
+    snap = await store.snapshot(pool)
+    assert snap is not None
+    return {b.id: b.state for b in snap.backends}
+
+
+@asyncio_test
+async def test_take_outcomes_reads_and_resets(redis_url: str, pool_name: str) -> None:
+    store = RegistryStore.from_url(redis_url)
+    try:
+        for field, value in outcome_fields("abc", 10, 4, 2).items():
+            await store.redis.hincrby(keys.outcomes(pool_name), field, value)
+        outliers = OutlierStore(store)
+        assert await outliers.take_outcomes(pool_name) == {"abc": Outcomes(10, 4, 2)}
+        assert await outliers.take_outcomes(pool_name) == {}
+    finally:
+        await store.close()
+
+
+@asyncio_test
+async def test_max_ejection_percent_lets_one_go_and_holds_the_rest(
+    redis_url: str, pool_name: str
+) -> None:
+    store = RegistryStore.from_url(redis_url)
+    try:
+        config, ids = await _pool(store, pool_name, 4, outlier_max_ejection_percent=10)
+        outliers = OutlierStore(store)
+        verdicts = [Verdict(ids[0], "lost"), Verdict(ids[1], "lost")]
+        result = await outliers.sweep(config, verdicts, max_share=0.5)
+        assert result.ejected == [ids[0]] and result.held == [ids[1]]
+        states = await _states(store, pool_name)
+        assert states[ids[0]] is BackendState.EJECTED
+        assert states[ids[1]] is BackendState.SERVING
+        events = await store.events(pool_name)
+        assert any(
+            e["kind"] == "panic" and "already ejected (max 10%)" in e["detail"] for e in events
+        )
+        assert any(e["kind"] == "ejected" and e["backend"] == ids[0] for e in events)
+    finally:
+        await store.close()
+
+
+@asyncio_test
+async def test_panic_guard_counts_unhealthy_and_ejected_together(
+    redis_url: str, pool_name: str
+) -> None:
+    store = RegistryStore.from_url(redis_url)
+    try:
+        config, ids = await _pool(store, pool_name, 4, outlier_max_ejection_percent=100)
+        health = HealthStore(store)
+        assert await health.set_health(pool_name, ids[0], False) is HealthWrite.CHANGED
+        outliers = OutlierStore(store)
+        result = await outliers.sweep(
+            config, [Verdict(ids[1], "lost"), Verdict(ids[2], "lost")], max_share=0.5
+        )
+        # 1 unhealthy + 1 ejected is half of four: the third is held.
+        assert result.ejected == [ids[1]] and result.held == [ids[2]]
+        # And health checking may not take another one either.
+        assert await health.set_health(pool_name, ids[3], False) is HealthWrite.HELD_BY_PANIC_GUARD
+        states = await _states(store, pool_name)
+        assert sum(s is BackendState.SERVING for s in states.values()) == 2
+    finally:
+        await store.close()
+
+
+@asyncio_test
+async def test_ejections_lengthen_with_repeats_and_end_on_time(
+    redis_url: str, pool_name: str
+) -> None:
+    store = RegistryStore.from_url(redis_url)
+    try:
+        config, ids = await _pool(
+            store,
+            pool_name,
+            3,
+            outlier_max_ejection_percent=50,
+            outlier_base_ejection_ms=300,
+            outlier_max_ejection_ms=500,
+        )
+        outliers = OutlierStore(store)
+        sick = ids[0]
+
+        async def backend() -> dict:  # type: ignore[type-arg]
+            snap = await store.snapshot(pool_name)
+            assert snap is not None
+            return {b.id: b for b in snap.backends}[sick]  # type: ignore[return-value]
+
+        # base x 1, then base x 2 capped at max, then the cap again.
+        for n, span in ((1, 300), (2, 500), (3, 500)):
+            result = await outliers.sweep(config, [Verdict(sick, "lost")], max_share=0.5)
+            assert result.ejected == [sick]
+            assert (await backend()).ejections == n
+            last = (await store.events(pool_name))[0]
+            assert last["kind"] == "ejected"
+            assert last["detail"] == f"lost; for {span} ms (ejection {n})"
+            # Not over yet: a sweep between intervals leaves it ejected.
+            assert (await outliers.sweep(config, None, max_share=0.5)).ended == []
+            await asyncio.sleep(span / 1000 + 0.05)
+            assert (await outliers.sweep(config, None, max_share=0.5)).ended == [sick]
+            assert (await backend()).state is BackendState.SERVING
+        # Each interval it passes lowers the count, one step at a time.
+        await outliers.sweep(config, [], max_share=0.5)
+        assert (await backend()).ejections == 2
+        events = [e["kind"] for e in await store.events(pool_name)]
+        assert events.count("ejected") == 3 and events.count("ejection_ended") == 3
+    finally:
+        await store.close()
+
+
+@asyncio_test
+async def test_running_ejection_survives_reregistration(redis_url: str, pool_name: str) -> None:
+    store = RegistryStore.from_url(redis_url)
+    try:
+        config, ids = await _pool(store, pool_name, 3, outlier_max_ejection_percent=50)
+        outliers = OutlierStore(store)
+        await outliers.sweep(config, [Verdict(ids[0], "lost")], max_share=0.5)
+        await store.register(pool=pool_name, host="h", ip="10.9.0.1", port=80)
+        snap = await store.snapshot(pool_name)
+        assert snap is not None
+        b = {b.id: b for b in snap.backends}[ids[0]]
+        assert b.state is BackendState.EJECTED and b.ejections == 1
+    finally:
+        await store.close()
