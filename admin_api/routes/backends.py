@@ -186,6 +186,17 @@ async def enable(
     return await _transition(tr, store, pool, backend_id, t.ENABLE, actor)
 
 
+@router.post(
+    "/{backend_id}/reinstate",
+    summary="Reinstate: end an outlier ejection now",
+    responses=CONFLICT,
+)
+async def reinstate(
+    pool: PoolPath, backend_id: BackendPath, store: StoreDep, tr: TransitionsDep, actor: WriterDep
+) -> BackendOut:
+    return await _transition(tr, store, pool, backend_id, t.REINSTATE, actor)
+
+
 @router.delete(
     "/{backend_id}",
     status_code=status.HTTP_204_NO_CONTENT,

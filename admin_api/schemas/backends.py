@@ -74,7 +74,15 @@ class BackendOut(BaseModel):
     weight: int
     zone: str
     metadata: dict[str, str]
-    state: str = Field(description="serving, draining, disabled or unhealthy")
+    state: str = Field(description="serving, draining, disabled, unhealthy or ejected")
+    detail: str = Field(
+        description="why health checking or outlier detection took it out (last verdict)"
+    )
+    ejected_until_ms: int = Field(description="when an ejection ends (0: never ejected)")
+    ejections: int = Field(
+        description="outlier ejections in a row; each one lasts longer, and the count falls "
+        "by one per interval the backend passes"
+    )
     static: bool = Field(description="registered by an operator, with no lease")
     registered_at_ms: int
     last_heard_ms: int = Field(description="last registration or heartbeat")
@@ -98,6 +106,9 @@ class BackendOut(BaseModel):
             zone=b.zone,
             metadata={str(k): str(val) for k, val in b.metadata.items()},
             state=b.state.value,
+            detail=b.health_detail,
+            ejected_until_ms=int(b.ejected_until_ms),
+            ejections=int(b.ejections),
             static=b.static,
             registered_at_ms=int(b.registered_at_ms),
             last_heard_ms=int(b.last_heard_ms),

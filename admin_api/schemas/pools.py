@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from admin_api.schemas.common import INTEGRAL, JsonInt
 from lookaside.registry import validation as v
-from lookaside.registry.model import DropRate, PoolConfig, PoolSnapshot
+from lookaside.registry.model import BackendState, DropRate, PoolConfig, PoolSnapshot
 
 Policy = Literal["round_robin", "least_loaded"]
 MAX_DROPS = 32
@@ -81,6 +81,95 @@ Drops = Annotated[
 ]
 
 
+def _int(lo: int, hi: int, description: str) -> Any:
+    return Annotated[int, Field(ge=lo, le=hi, description=description), INTEGRAL]
+
+
+class HealthCheckSettings(BaseModel):
+    """Active health checking of the pool's backends over grpc.health.v1."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(True, description="probe the pool's backends")
+    service: str = Field(
+        "",
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._/-]*$",
+        description="the grpc.health.v1 service to check; empty: the server as a whole",
+    )
+    interval_ms: _int(100, 3_600_000, "time between Checks, in ms") = 2_000  # type: ignore[valid-type]
+    timeout_ms: _int(50, 60_000, "a Check with no answer by then fails, in ms") = 1_000  # type: ignore[valid-type]
+    unhealthy_threshold: _int(1, 100, "failed Checks in a row that take a backend out") = 2  # type: ignore[valid-type]
+    healthy_threshold: _int(1, 100, "passed Checks in a row that let it back") = 2  # type: ignore[valid-type]
+
+
+class OutlierDetectionSettings(BaseModel):
+    """Ejection of backends that lose calls, judged from the per-backend
+    outcomes the thin client reports (gRFC A50's algorithms)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(True, description="judge the pool's backends")
+    interval_ms: _int(100, 3_600_000, "how often outcomes are judged, in ms") = 10_000  # type: ignore[valid-type]
+    base_ejection_ms: _int(100, 86_400_000, "length of a first ejection, in ms") = 30_000  # type: ignore[valid-type]
+    max_ejection_ms: _int(  # type: ignore[valid-type]
+        100, 86_400_000, "longest ejection (never below base_ejection_ms), in ms"
+    ) = 300_000
+    max_ejection_percent: _int(  # type: ignore[valid-type]
+        0, 100, "most of the pool that may be ejected at once (one backend always may)"
+    ) = 10
+    failure_percent: _int(  # type: ignore[valid-type]
+        0, 100, "eject a backend that lost more than this percent of its calls; 0: off"
+    ) = 50
+    stdev_factor: _int(  # type: ignore[valid-type]
+        0,
+        100_000,
+        "eject a backend whose delivery rate is more than stdev_factor/1000 standard "
+        "deviations below the pool's mean; 0: off",
+    ) = 1_900
+    min_hosts: _int(1, 1_000, "judge no one unless this many backends qualify") = 3  # type: ignore[valid-type]
+    request_volume: _int(  # type: ignore[valid-type]
+        1, 1_000_000, "calls a backend needs in an interval to qualify"
+    ) = 20
+
+
+# API field -> PoolConfig field
+HEALTH_FIELDS = {
+    "enabled": "health_checks",
+    "service": "health_service",
+    "interval_ms": "health_interval_ms",
+    "timeout_ms": "health_timeout_ms",
+    "unhealthy_threshold": "unhealthy_threshold",
+    "healthy_threshold": "healthy_threshold",
+}
+OUTLIER_FIELDS = {
+    name: "outlier_detection" if name == "enabled" else f"outlier_{name}"
+    for name in OutlierDetectionSettings.model_fields
+}
+_NESTED: dict[str, tuple[type[BaseModel], dict[str, str]]] = {
+    "health_checks": (HealthCheckSettings, HEALTH_FIELDS),
+    "outlier_detection": (OutlierDetectionSettings, OUTLIER_FIELDS),
+}
+
+
+def _partial(model: type[BaseModel]) -> Any:
+    """`model` with every field optional (null or omitted: unchanged)."""
+    fields: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        kind = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # type: ignore[misc]
+        fields[name] = (kind | None, Field(None, description=f.description))
+    return create_model(
+        model.__name__.replace("Settings", "Patch"),
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __doc__=f"Changes to some of: {model.__doc__}",
+        **fields,
+    )
+
+
+HealthCheckPatch = _partial(HealthCheckSettings)
+OutlierDetectionPatch = _partial(OutlierDetectionSettings)
+
+
 class PoolSettings(BaseModel):
     """A pool's full settings (PUT). Omitted fields take their defaults."""
 
@@ -94,10 +183,16 @@ class PoolSettings(BaseModel):
     lease_ttl_ms: LeaseTtlMs = 10_000
     drops: Drops = Field(default_factory=list)
     fallback: bool = Field(False, description="tell clients to use their fallback backends")
+    health_checks: HealthCheckSettings = Field(default_factory=HealthCheckSettings)
+    outlier_detection: OutlierDetectionSettings = Field(default_factory=OutlierDetectionSettings)
 
     def to_config(self, name: str, base: PoolConfig | None = None) -> PoolConfig:
         """These settings over `base` (the pool's current config): fields
         this API does not manage keep their values."""
+        nested: dict[str, Any] = {}
+        for attr, (_, mapping) in _NESTED.items():
+            values = getattr(self, attr)
+            nested.update({cfg: getattr(values, api) for api, cfg in mapping.items()})
         return dataclasses.replace(
             base or PoolConfig(name=name),
             name=name,
@@ -106,6 +201,26 @@ class PoolSettings(BaseModel):
             lease_ttl_ms=self.lease_ttl_ms,
             drops=tuple(DropRate(d.token, d.per_mille) for d in self.drops),
             fallback=self.fallback,
+            **nested,
+        )
+
+    @classmethod
+    def from_config(cls, config: PoolConfig) -> PoolSettings:
+        nested = {
+            attr: model.model_construct(
+                **{api: getattr(config, cfg) for api, cfg in mapping.items()}
+            )
+            for attr, (model, mapping) in _NESTED.items()
+        }
+        return cls.model_construct(
+            policy=config.policy,
+            report_interval_ms=config.report_interval_ms,
+            lease_ttl_ms=config.lease_ttl_ms,
+            drops=[
+                Drop.model_construct(token=d.token, per_mille=d.per_mille) for d in config.drops
+            ],
+            fallback=config.fallback,
+            **nested,
         )
 
 
@@ -126,18 +241,18 @@ class PoolPatch(BaseModel):
     lease_ttl_ms: LeaseTtlMs | None = None
     drops: Drops | None = None
     fallback: bool | None = None
+    health_checks: HealthCheckPatch | None = None  # type: ignore[valid-type]
+    outlier_detection: OutlierDetectionPatch | None = None  # type: ignore[valid-type]
 
     def apply(self, config: PoolConfig) -> PoolSettings:
-        current = PoolSettings.model_construct(
-            policy=config.policy,
-            report_interval_ms=config.report_interval_ms,
-            lease_ttl_ms=config.lease_ttl_ms,
-            drops=[
-                Drop.model_construct(token=d.token, per_mille=d.per_mille) for d in config.drops
-            ],
-            fallback=config.fallback,
-        )
-        return current.model_copy(update=self.changes())
+        current = PoolSettings.from_config(config)
+        update: dict[str, object] = {}
+        for k, val in self.changes().items():
+            if k in _NESTED:
+                inner = {ik: iv for ik, iv in val if iv is not None}  # type: ignore[attr-defined]
+                val = getattr(current, k).model_copy(update=inner)
+            update[k] = val
+        return current.model_copy(update=update)
 
     def changes(self) -> dict[str, object]:
         return {k: val for k, val in self if val is not None}
@@ -154,6 +269,7 @@ class BackendCounts(BaseModel):
     draining: int
     disabled: int
     unhealthy: int
+    ejected: int
 
 
 class PoolOut(BaseModel):
@@ -166,14 +282,17 @@ class PoolOut(BaseModel):
     lease_ttl_ms: int
     drops: list[DropOut]
     fallback: bool
+    health_checks: HealthCheckSettings
+    outlier_detection: OutlierDetectionSettings
     backends: BackendCounts
 
     @classmethod
     def from_snapshot(cls, snap: PoolSnapshot) -> PoolOut:
-        counts = {"serving": 0, "draining": 0, "disabled": 0, "unhealthy": 0}
+        counts = {s.value: 0 for s in BackendState}
         for b in snap.backends:
-            counts[b.state.value] = counts.get(b.state.value, 0) + 1
+            counts[b.state.value] += 1
         c = snap.config
+        settings = PoolSettings.from_config(c)
         return cls(
             name=snap.name,
             version=snap.version,
@@ -182,6 +301,8 @@ class PoolOut(BaseModel):
             lease_ttl_ms=c.lease_ttl_ms,
             drops=[DropOut(token=d.token, per_mille=d.per_mille) for d in c.drops],
             fallback=c.fallback,
+            health_checks=settings.health_checks,
+            outlier_detection=settings.outlier_detection,
             backends=BackendCounts(total=len(snap.backends), **counts),
         )
 

@@ -157,6 +157,7 @@ const STATE_ACTIONS = {
   draining: [["undrain", "Undrain"], ["disable", "Disable"]],
   disabled: [["enable", "Enable"]],
   unhealthy: [["disable", "Disable"]],
+  ejected: [["reinstate", "Reinstate"], ["disable", "Disable"]],
 };
 
 // -- rendering -----------------------------------------------------------------
@@ -251,6 +252,8 @@ function updateRow(pool, r, b) {
   r.zone.textContent = b.zone || "—";
   r.state.textContent = b.state;
   r.state.className = `badge ${b.state}`;
+  const why = b.state === "ejected" ? `${b.detail} · until ${new Date(b.ejected_until_ms).toLocaleTimeString()}` : b.detail;
+  r.state.title = b.state === "unhealthy" || b.state === "ejected" ? why : "";
   if (document.activeElement !== r.weight && !r.weight.dataset.dirty) r.weight.value = b.weight;
   r.qps.textContent = loadNumber(b.load, "qps");
   r.inflight.textContent = loadNumber(b.load, "in_flight", 0);
@@ -282,6 +285,7 @@ function updateCard(refs, pool, backends, load) {
     el("span", { class: "chip" }, pool.policy.replace("_", " ")),
     el("span", { class: "chip" }, `v${pool.version}`),
     el("span", { class: "chip" }, `${pool.backends.serving}/${pool.backends.total} serving`),
+    ...(pool.backends.ejected ? [el("span", { class: "chip error" }, `${pool.backends.ejected} ejected`)] : []),
     ...(pool.fallback ? [el("span", { class: "chip warn" }, "fallback")] : []),
     ...pool.drops.filter((d) => d.per_mille > 0).map((d) => el("span", { class: "chip" }, `drop ${d.token} ${d.per_mille}‰`)),
   );

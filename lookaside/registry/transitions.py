@@ -65,7 +65,10 @@ DRAIN = Transition("drained", S.DRAINING, (S.SERVING,), "only a serving backend 
 UNDRAIN = Transition(
     "undrained", S.SERVING, (S.DRAINING,), "only a draining backend can be undrained"
 )
-DISABLE = Transition("disabled", S.DISABLED, (S.SERVING, S.DRAINING, S.UNHEALTHY), "")
+DISABLE = Transition("disabled", S.DISABLED, (S.SERVING, S.DRAINING, S.UNHEALTHY, S.EJECTED), "")
+REINSTATE = Transition(
+    "reinstated", S.SERVING, (S.EJECTED,), "only an ejected backend can be reinstated"
+)
 ENABLE = Transition("enabled", S.SERVING, (S.DISABLED,), "only a disabled backend can be enabled")
 
 

@@ -168,6 +168,18 @@ async def test_state_transitions(
     await act("drain", 409)
     await act("disable", 200, "disabled")
 
+    # ejected is set by outlier detection: an operator may reinstate or disable it
+    await act("reinstate", 409)  # only an ejected backend can be reinstated
+    await store.update_backend(
+        pool, b["id"], kind="ejected", state=BackendState.EJECTED, health_detail="9 of 10 lost"
+    )
+    r = await client.get(base, headers=AUTH)
+    assert (r.json()["state"], r.json()["detail"]) == ("ejected", "9 of 10 lost")
+    await act("undrain", 409)
+    await act("reinstate", 200, "serving")
+    await store.update_backend(pool, b["id"], kind="ejected", state=BackendState.EJECTED)
+    await act("disable", 200, "disabled")
+
 
 async def test_transition_bumps_version_once(
     client: httpx.AsyncClient, pool: str, static_backend, store: RegistryStore

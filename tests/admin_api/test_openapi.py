@@ -41,6 +41,7 @@ def test_operation_ids_are_clean() -> None:
         "backends-undrain",
         "backends-disable",
         "backends-enable",
+        "backends-reinstate",
         "backends-remove",
         "load-read",
         "events-list",

@@ -111,6 +111,13 @@ async def test_unknown_pool_is_404(client: httpx.AsyncClient, pool_name: str) ->
         ({"drops": [{"token": "a", "per_mille": 1001}]}, "per_mille"),
         ({"drops": "none"}, "drops"),
         ({"unknown": 1}, "unknown"),
+        ({"outlier_detection": {"failure_percent": 101}}, "outlier_detection.failure_percent"),
+        ({"outlier_detection": {"min_hosts": 0}}, "outlier_detection.min_hosts"),
+        ({"outlier_detection": {"interval_ms": 1.5}}, "outlier_detection.interval_ms"),
+        ({"outlier_detection": {"unknown": 1}}, "outlier_detection.unknown"),
+        ({"health_checks": {"service": "no spaces"}}, "health_checks.service"),
+        ({"health_checks": {"timeout_ms": 10}}, "health_checks.timeout_ms"),
+        ({"health_checks": "off"}, "health_checks"),
     ],
 )
 async def test_invalid_settings_are_422(
@@ -192,14 +199,13 @@ async def test_pool_made_by_registry_is_listed(
     assert r.json()["fallback"] is True
 
 
-def _with_unmanaged_fields_changed(config: PoolConfig) -> PoolConfig:
-    """Non-default values for PoolConfig fields this API does not manage
-    (added by other features), so a test can see that they survive."""
-    managed = {"name", "policy", "report_interval_ms", "lease_ttl_ms", "drops", "fallback"}
+def _with_every_field_changed(config: PoolConfig) -> PoolConfig:
+    """Non-default values for every plain PoolConfig field, so a test can
+    see each one make its way through the API."""
     changes: dict[str, object] = {}
     for f in dataclasses.fields(PoolConfig):
         value = getattr(config, f.name)
-        if f.name in managed:
+        if f.name in ("name", "policy", "drops"):
             continue
         if isinstance(value, bool):
             changes[f.name] = not value
@@ -207,22 +213,23 @@ def _with_unmanaged_fields_changed(config: PoolConfig) -> PoolConfig:
             changes[f.name] = value + 1
         elif isinstance(value, str):
             changes[f.name] = value + "x"
-    return dataclasses.replace(config, **changes)
+    return dataclasses.replace(config, policy="least_loaded", **changes)
 
 
-async def test_put_and_patch_keep_settings_they_do_not_manage(
+async def test_every_pool_setting_round_trips_and_patch_keeps_the_rest(
     client: httpx.AsyncClient, store: RegistryStore, pool_name: str
 ) -> None:
-    config = _with_unmanaged_fields_changed(PoolConfig(name=pool_name))
+    config = _with_every_field_changed(PoolConfig(name=pool_name))
     await store.put_pool(config)
-    r = await client.patch(f"/api/v1/pools/{pool_name}", json={"fallback": True}, headers=AUTH)
+    r = await client.get(f"/api/v1/pools/{pool_name}", headers=AUTH)
+    body = {k: v for k, v in r.json().items() if k not in ("name", "version", "backends")}
+    # What GET shows, PUT back, is the same config: the API covers every field.
+    r = await client.put(f"/api/v1/pools/{pool_name}", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert await store.get_pool(pool_name) == config
+    r = await client.patch(f"/api/v1/pools/{pool_name}", json={"fallback": False}, headers=AUTH)
     assert r.status_code == 200
-    r = await client.put(
-        f"/api/v1/pools/{pool_name}", json={"report_interval_ms": 1000}, headers=AUTH
-    )
-    assert r.status_code == 200
-    saved = await store.get_pool(pool_name)
-    assert saved == dataclasses.replace(config, fallback=False, report_interval_ms=1000)
+    assert await store.get_pool(pool_name) == dataclasses.replace(config, fallback=False)
 
 
 async def test_unknown_query_parameter_is_refused(client, pool: str) -> None:  # type: ignore[no-untyped-def]
@@ -241,3 +248,41 @@ async def test_repeated_query_parameter_is_refused(client, pool: str) -> None:  
     r = await client.get(f"/api/v1/pools/{pool}/events?limit=5&limit=7", headers=AUTH)
     assert r.status_code == 422
     assert "given 2 times" in r.json()["detail"]
+
+
+async def test_health_and_outlier_settings_reach_the_pool_config(
+    client: httpx.AsyncClient, pool: str, store: RegistryStore
+) -> None:
+    r = await client.put(
+        f"/api/v1/pools/{pool}",
+        json={
+            "health_checks": {"service": "routeguide.RouteGuide", "interval_ms": 500},
+            "outlier_detection": {"failure_percent": 30, "base_ejection_ms": 5000},
+        },
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["health_checks"]["service"] == "routeguide.RouteGuide"
+    assert out["health_checks"]["timeout_ms"] == 1000  # omitted: the default
+    assert out["outlier_detection"]["failure_percent"] == 30
+    config = await store.get_pool(pool)
+    assert config is not None
+    assert (config.health_service, config.health_interval_ms) == ("routeguide.RouteGuide", 500)
+    assert (config.outlier_failure_percent, config.outlier_base_ejection_ms) == (30, 5000)
+    # PATCH merges into the nested settings: the rest stay as they were.
+    r = await client.patch(
+        f"/api/v1/pools/{pool}",
+        json={"outlier_detection": {"enabled": False, "failure_percent": None}},
+        headers=AUTH,
+    )
+    assert r.status_code == 200, r.text
+    config = await store.get_pool(pool)
+    assert config is not None
+    assert config.outlier_detection is False
+    assert (config.outlier_failure_percent, config.outlier_base_ejection_ms) == (30, 5000)
+    assert config.health_service == "routeguide.RouteGuide"
+    # An empty nested patch changes nothing.
+    before = (await store.versions([pool]))[pool]
+    r = await client.patch(f"/api/v1/pools/{pool}", json={"health_checks": {}}, headers=AUTH)
+    assert r.json()["version"] == before
