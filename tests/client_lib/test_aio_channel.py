@@ -90,3 +90,31 @@ async def test_async_registration(
         redis_client.hdel(field, registration.backend_id)
         await eventually(lambda: registration.registrations == 2, timeout=5)
     assert redis_client.hget(field, registration.backend_id) is None
+
+
+async def test_aio_reports_outcomes_per_backend(
+    balancer: BalancerHandle, backends, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    fine, sick = start_backends(backends, 2)
+    ids = register_all(balancer, pool_name, [fine, sick])
+    # Judging off, so the counts stay in Redis for the test to read.
+    config = PoolConfig(name=pool_name, report_interval_ms=1000, outlier_detection=False)
+    balancer.run(balancer.store.put_pool(config))
+    sick.hang.set()
+    async with LookasideChannel(pool_name, balancer.address) as channel:
+        await eventually(lambda: len({a for a, _ in channel.backends()}) == 2)
+        stub = rg_grpc.RouteGuideStub(channel)
+        codes = []
+        for _ in range(10):
+            try:
+                await stub.GetFeature(rg.Point(), timeout=0.2)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as exc:
+                codes.append(exc.code())
+        assert sorted(c.name for c in set(codes)) == ["DEADLINE_EXCEEDED", "OK"]
+        outcomes = keys.outcomes(pool_name)
+        await eventually(lambda: redis_client.hget(outcomes, f"{ids[sick.port]}:f") == "5")
+        await eventually(lambda: redis_client.hget(outcomes, f"{ids[fine.port]}:f") == "5")
+    counts = redis_client.hgetall(outcomes)
+    assert counts[f"{ids[fine.port]}:r"] == "5"
+    assert counts.get(f"{ids[sick.port]}:r", "0") == "0"
