@@ -90,9 +90,9 @@ class HealthCheckSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    enabled: bool = Field(True, description="probe the pool's backends")
+    enabled: bool = Field(default=True, description="probe the pool's backends")
     service: str = Field(
-        "",
+        default="",
         max_length=200,
         pattern=r"^[A-Za-z0-9._/-]*$",
         description="the grpc.health.v1 service to check; empty: the server as a whole",
@@ -109,7 +109,7 @@ class OutlierDetectionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    enabled: bool = Field(True, description="judge the pool's backends")
+    enabled: bool = Field(default=True, description="judge the pool's backends")
     interval_ms: _int(100, 3_600_000, "how often outcomes are judged, in ms") = 10_000  # type: ignore[valid-type]
     base_ejection_ms: _int(100, 86_400_000, "length of a first ejection, in ms") = 30_000  # type: ignore[valid-type]
     max_ejection_ms: _int(  # type: ignore[valid-type]
@@ -156,7 +156,7 @@ def _partial(model: type[BaseModel]) -> Any:
     """`model` with every field optional (null or omitted: unchanged)."""
     fields: dict[str, Any] = {}
     for name, f in model.model_fields.items():
-        kind = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation  # type: ignore[misc]
+        kind: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
         fields[name] = (kind | None, Field(None, description=f.description))
     return create_model(
         model.__name__.replace("Settings", "Patch"),
@@ -206,7 +206,7 @@ class PoolSettings(BaseModel):
 
     @classmethod
     def from_config(cls, config: PoolConfig) -> PoolSettings:
-        nested = {
+        nested: dict[str, Any] = {
             attr: model.model_construct(
                 **{api: getattr(config, cfg) for api, cfg in mapping.items()}
             )
