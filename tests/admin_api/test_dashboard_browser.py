@@ -184,6 +184,28 @@ def test_dashboard_drains_a_backend(
                 f'section.pool[data-pool="{pool_name}"] tr[data-address="127.0.0.1:9401"][data-state="draining"]',
                 timeout=10_000,
             )
+            # An ejection by outlier detection shows with its verdict, and
+            # Reinstate ends it.
+            raw = json.loads(redis_client.hget(keys.backends(pool_name), ids[9402]))
+            raw.update(
+                state="ejected",
+                health_detail="14 of 14 calls lost (0 failed to send), over 50%",
+                ejected_until_ms=int(time.time() * 1000) + 60_000,
+                ejections=1,
+            )
+            redis_client.hset(keys.backends(pool_name), ids[9402], json.dumps(raw))
+            ejected = card.locator('tr[data-address="127.0.0.1:9402"][data-state="ejected"]')
+            ejected.wait_for(timeout=10_000)
+            assert "14 of 14 calls lost" in (ejected.locator(".badge").get_attribute("title") or "")
+            assert "1 ejected" in card.locator(".chips").inner_text()
+            ejected.locator('button[data-action="reinstate"]').click()
+            wait_until(lambda: _state(redis_client, pool_name, ids[9402]) == "serving", timeout=10)
+            card.locator('tr[data-address="127.0.0.1:9402"][data-state="serving"]').wait_for(
+                timeout=10_000
+            )
+            raw["state"] = "ejected"
+            redis_client.hset(keys.backends(pool_name), ids[9402], json.dumps(raw))
+            ejected.wait_for(timeout=10_000)
             page.wait_for_timeout(300)  # let the toast settle for the picture
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert errors == []
