@@ -7,8 +7,14 @@ the call fails. Calls of the guarded services (the routeguide service) then
 wait `delay_ms` and fail with UNAVAILABLE "injected fault" at the fault
 rate. Health and reflection are never delayed or failed.
 
+A black-holed call is different: it gets nothing back, not even the
+metadata, and is held until the caller gives up. To the caller it looks
+like a call lost on the way, which is what outlier detection ejects a
+backend for, while the health service keeps answering SERVING.
+
 One random draw is made per guarded call, from a random.Random(seed), so a
-seeded server fails a known sequence of calls.
+seeded server fails a known sequence of calls (a second one when black
+holes are on).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
         *,
         fault_rate: float = 0.0,
         delay_ms: int = 0,
+        blackhole_rate: float = 0.0,
         seed: int | None = None,
         guarded: Collection[str] = (),
     ) -> None:
@@ -42,15 +49,23 @@ class FaultInterceptor(grpc.aio.ServerInterceptor):
             raise ValueError(f"fault rate {fault_rate} is out of range 0..1")
         if delay_ms < 0:
             raise ValueError(f"delay {delay_ms} ms is negative")
+        if not 0.0 <= blackhole_rate <= 1.0:
+            raise ValueError(f"black hole rate {blackhole_rate} is out of range 0..1")
         self.name = name
         self.fault_rate = fault_rate
         self.delay = delay_ms / 1000
+        self.blackhole_rate = blackhole_rate
         self._random = random.Random(seed)
         self._guarded = tuple(f"/{s}/" for s in guarded)
         self.calls = 0
         self.faults = 0
+        self.blackholed = 0
 
     async def _before(self, context: grpc.aio.ServicerContext, guarded: bool) -> None:
+        if guarded and self.blackhole_rate and self._random.random() < self.blackhole_rate:
+            self.calls += 1
+            self.blackholed += 1
+            await asyncio.Event().wait()  # until the caller's deadline or cancel
         await context.send_initial_metadata(((SERVED_BY, self.name),))
         if not guarded:
             return

@@ -107,6 +107,7 @@ class RouteGuideServer:
             settings.name,
             fault_rate=settings.fault_percent,
             delay_ms=settings.delay_ms,
+            blackhole_rate=settings.blackhole_percent,
             seed=settings.fault_seed,
             guarded=(SERVICE,),
         )

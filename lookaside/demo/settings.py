@@ -39,6 +39,13 @@ class ServerSettings(BaseSettings):
         0.0, ge=0.0, le=1.0, description="fraction of calls failed with UNAVAILABLE (0.3 = 30%)"
     )
     fault_seed: int | None = Field(None, description="seed of the fault draws; default random")
+    blackhole_percent: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of calls answered with nothing until the caller gives up "
+        "(health still SERVING)",
+    )
     delay_ms: int = Field(0, ge=0, description="latency added to every call, in milliseconds")
     db: str = Field("", description="features JSON file; default the one shipped with lookaside")
     grace: float = Field(2.0, ge=0, description="seconds in-flight calls get on shutdown")

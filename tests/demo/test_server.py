@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from lookaside.demo.client import served_by
+from lookaside.demo.client import NO_SERVER, served_by
 from lookaside.demo.features import load_db
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from tests.demo.conftest import InProcessServer
@@ -195,4 +195,17 @@ def test_delay_holds_routeguide_calls_but_not_health(start_server: Start) -> Non
     assert exc.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     health = health_pb2_grpc.HealthStub(s.channel)
     status = health.Check(health_pb2.HealthCheckRequest(), timeout=30).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_blackhole_sends_nothing_and_health_stays_serving(start_server: Start) -> None:
+    s = start_server(blackhole_percent=1.0)
+    with pytest.raises(grpc.RpcError) as exc:
+        s.stub.GetFeature(point(0, 0), timeout=0.5)
+    # Nothing came back: no x-served-by, the deadline ended it.
+    assert exc.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert served_by(exc.value) == NO_SERVER
+    assert s.server.interceptor.blackholed == 1
+    health = health_pb2_grpc.HealthStub(s.channel)
+    status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == health_pb2.HealthCheckResponse.SERVING
