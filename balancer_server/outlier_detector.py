@@ -21,7 +21,7 @@ from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.model import BackendState, PoolSnapshot
-from lookaside.registry.outlier import OutlierStore, judge
+from lookaside.registry.outlier import OutlierStore, judge, qualified
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
 
@@ -84,11 +84,18 @@ class OutlierDetector:
         if not judging and not _ejection_due(snapshot, time.time() * 1000):
             return
         verdicts = None
+        passed: set[str] = set()
         if judging:
             self._due[pool] = now + interval
-            verdicts = judge(await self.outliers.take_outcomes(pool), config)
+            outcomes = await self.outliers.take_outcomes(pool)
+            verdicts = judge(outcomes, config)
+            passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
         result = await self.outliers.sweep(
-            config, verdicts, max_share=self.max_share, actor=f"outlier:{self.replicas.replica_id}"
+            config,
+            verdicts,
+            passed=passed,
+            max_share=self.max_share,
+            actor=f"outlier:{self.replicas.replica_id}",
         )
         for bid in result.ejected:
             detail = next(v.detail for v in verdicts or () if v.backend_id == bid)

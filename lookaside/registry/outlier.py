@@ -16,8 +16,11 @@ them here, with the two algorithms of gRFC A50:
 Both consider only backends with at least `outlier_request_volume` calls in
 the interval, and judge no one when fewer than `outlier_min_hosts` backends
 qualify. An ejection lasts base x (number of ejections in a row), capped at
-max(base, max), and the count drops by one for each interval a backend
-passes without being judged an outlier. Ejections never take more than
+max(base, max), and the count drops by one for each interval in which a
+backend qualified (enough calls) and was not judged an outlier. An interval
+with too few calls to judge leaves the count alone: reports arrive
+periodically, so the first interval after an ejection often holds too
+little evidence either way. Ejections never take more than
 `outlier_max_ejection_percent` of the pool (at least one backend may always
 go), nor, together with unhealthy backends, more than the balancer's
 max eject share (the panic guard).
@@ -81,15 +84,20 @@ def parse_outcomes(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Outcomes
     }
 
 
+def qualified(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> dict[str, Outcomes]:
+    """The backends with enough calls in the interval to be judged."""
+    volume = max(1, config.outlier_request_volume)
+    return {bid: o for bid, o in outcomes.items() if o.finished >= volume}
+
+
 def judge(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> list[Verdict]:
     """The backends that this interval's outcomes mark as outliers."""
-    volume = max(1, config.outlier_request_volume)
-    qualified = {bid: o for bid, o in outcomes.items() if o.finished >= volume}
-    if len(qualified) < max(1, config.outlier_min_hosts):
+    qualified_ = qualified(outcomes, config)
+    if len(qualified_) < max(1, config.outlier_min_hosts):
         return []
     out: dict[str, str] = {}
     if config.outlier_stdev_factor > 0:
-        rates = {bid: o.received / o.finished for bid, o in qualified.items()}
+        rates = {bid: o.received / o.finished for bid, o in qualified_.items()}
         mean = sum(rates.values()) / len(rates)
         stdev = math.sqrt(sum((r - mean) ** 2 for r in rates.values()) / len(rates))
         floor = mean - stdev * config.outlier_stdev_factor / 1000
@@ -100,7 +108,7 @@ def judge(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> list[Verdict]
                     f"(pool mean {mean:.1%}, stdev {stdev:.1%})"
                 )
     if config.outlier_failure_percent > 0:
-        for bid, o in qualified.items():
+        for bid, o in qualified_.items():
             if bid not in out and o.lost * 100 > config.outlier_failure_percent * o.finished:
                 out[bid] = (
                     f"{o.lost} of {o.finished} calls lost "
@@ -111,8 +119,8 @@ def judge(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> list[Verdict]
 
 # KEYS: backends version events panic
 # ARGV: pool, actor, judged ('1' at the end of an interval, '0' otherwise),
-#       verdicts json [[id, detail]...], max eject share (per-mille),
-#       max ejection percent, base ms, max ms
+#       verdicts json [[id, detail]...], passed json [id...],
+#       max eject share (per-mille), max ejection percent, base ms, max ms
 # Ends ejections whose time is up; at the end of an interval, ejects the
 # judged backends within the limits and lowers the ejection count of the
 # backends that passed. Returns {ejected ids, ended ids, held ids}.
@@ -150,9 +158,9 @@ if ARGV[3] == '1' then
     local b = backends[id]
     if b and b['state'] == 'serving' then
       local why = nil
-      if ejected * 100 >= tonumber(ARGV[6]) * total then
-        why = ejected .. ' of ' .. total .. ' backends are already ejected (max ' .. ARGV[6] .. '%%)'
-      elseif (faulty + 1) * 1000 > tonumber(ARGV[5]) * total then
+      if ejected * 100 >= tonumber(ARGV[7]) * total then
+        why = ejected .. ' of ' .. total .. ' backends are already ejected (max ' .. ARGV[7] .. '%%)'
+      elseif (faulty + 1) * 1000 > tonumber(ARGV[6]) * total then
         why = faulty .. ' of ' .. total .. ' backends are already unhealthy or ejected'
       end
       if why then
@@ -164,7 +172,7 @@ if ARGV[3] == '1' then
         end
       else
         local n = (tonumber(b['ejections']) or 0) + 1
-        local base, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
+        local base, cap = tonumber(ARGV[8]), tonumber(ARGV[9])
         if cap < base then cap = base end
         local span = base * n
         if span > cap then span = cap end
@@ -180,10 +188,10 @@ if ARGV[3] == '1' then
       end
     end
   end
-  for _, id in ipairs(order) do
+  for _, id in ipairs(cjson.decode(ARGV[5])) do
     local b = backends[id]
-    local n = tonumber(b['ejections']) or 0
-    if b['state'] ~= 'ejected' and not judged[id] and n > 0 then
+    local n = b and (tonumber(b['ejections']) or 0) or 0
+    if n > 0 and b['state'] ~= 'ejected' and not judged[id] then
       b['ejections'] = n - 1
       redis.call('HSET', KEYS[1], id, cjson.encode(b))
     end
@@ -223,11 +231,13 @@ class OutlierStore:
         config: PoolConfig,
         verdicts: list[Verdict] | None,
         *,
+        passed: Iterable[str] = (),
         max_share: float,
         actor: str = "outlier",
     ) -> SweepResult:
         """Ends ejections that are due; with `verdicts` (the end of an
-        interval), ejects those backends within the limits."""
+        interval), ejects those backends within the limits and lowers the
+        ejection count of the `passed` ones."""
         pool = config.name
         ejected, ended, held = await self._sweep(
             keys=[keys.backends(pool), keys.version(pool), keys.events(pool), keys.panic(pool)],
@@ -236,6 +246,7 @@ class OutlierStore:
                 actor,
                 "0" if verdicts is None else "1",
                 json.dumps([[v.backend_id, v.detail[:200]] for v in verdicts or []]),
+                json.dumps(sorted(passed)),
                 int(max_share * 1000),
                 config.outlier_max_ejection_percent,
                 config.outlier_base_ejection_ms,

@@ -182,8 +182,11 @@ async def test_ejections_lengthen_with_repeats_and_end_on_time(
             await asyncio.sleep(span / 1000 + 0.05)
             assert (await outliers.sweep(config, None, max_share=0.5)).ended == [sick]
             assert (await backend()).state is BackendState.SERVING
-        # Each interval it passes lowers the count, one step at a time.
+        # An interval with too few calls to judge leaves the count alone;
+        # each one it passes lowers it by one.
         await outliers.sweep(config, [], max_share=0.5)
+        assert (await backend()).ejections == 3
+        await outliers.sweep(config, [], passed=[sick], max_share=0.5)
         assert (await backend()).ejections == 2
         events = [e["kind"] for e in await store.events(pool_name)]
         assert events.count("ejected") == 3 and events.count("ejection_ended") == 3
