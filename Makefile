@@ -42,6 +42,7 @@ lint: install
 bench: install
 	$(PY) bench/client_overhead.py
 	$(PY) bench/slow_backend.py
+	$(PY) bench/blackhole.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

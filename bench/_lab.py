@@ -1,0 +1,149 @@
+"""Processes for the benchmarks that need a whole balancer: a private
+Redis, one balancer process, pools configured up front, and demo routeguide
+servers that register themselves.
+
+    with BenchLab({"rr": PoolConfig(name="rr")}) as lab:
+        lab.server("rr", "--delay-ms", "5")
+        lab.wait_registered({"rr": 1})
+        channel = LookasideChannel("rr", lab.balancer)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg  # noqa: E402
+from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc  # noqa: E402
+from lookaside.redis_process import RedisProcess, free_port  # noqa: E402
+from lookaside.registry import keys  # noqa: E402
+from lookaside.registry.model import PoolConfig  # noqa: E402
+from lookaside.registry.store import RegistryStore  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def drive(
+    channel: grpc.Channel,
+    seconds: float,
+    concurrency: int,
+    timeout: float = 10.0,
+    on_error: Callable[[grpc.RpcError], None] | None = None,
+) -> tuple[list[float], float]:
+    """Keeps `concurrency` GetFeature calls in flight for `seconds`; returns
+    the latencies of the calls that succeeded and the calls per second
+    (failed ones included). Errors go to on_error, or are raised."""
+    stub = rg_grpc.RouteGuideStub(channel)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    counts = [0] * concurrency
+    stop_at = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        point = rg.Point(latitude=409146138, longitude=-746188906)
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            counts[i] += 1
+            try:
+                stub.GetFeature(point, timeout=timeout)
+            except grpc.RpcError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            latencies[i].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return [x for chunk in latencies for x in chunk], sum(counts) / elapsed
+
+
+def _wait(p: subprocess.Popen[bytes]) -> None:
+    try:
+        p.wait(15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+class BenchLab:
+    def __init__(self, pools: dict[str, PoolConfig]) -> None:
+        self.pools = pools
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.redis_process = RedisProcess()
+        self.balancer = ""
+
+    def __enter__(self) -> BenchLab:
+        self.redis_process.__enter__()
+        url = self.redis_process.url
+        self.redis = redis.Redis.from_url(url)
+        try:
+            self.balancer = f"127.0.0.1:{free_port()}"
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "lookaside", "balancer", "--listen", self.balancer,
+                 "--redis-url", url, "--metrics-listen", "", "--log-level", "warning"],
+            ))  # fmt: skip
+
+            async def configure() -> None:
+                store = RegistryStore.from_url(url)
+                for config in self.pools.values():
+                    await store.put_pool(config)
+                await store.close()
+
+            asyncio.run(configure())
+            ready = grpc.insecure_channel(self.balancer)
+            grpc.channel_ready_future(ready).result(timeout=20)
+            ready.close()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def server(self, pool: str, *flags: str) -> None:
+        """Starts a demo routeguide server that registers in `pool`."""
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lookaside", "routeguide", "server",
+             "--listen", f"127.0.0.1:{free_port()}", "--balancer", self.balancer, "--pool", pool,
+             "--log-level", "warning", *flags],
+            stdout=subprocess.DEVNULL,
+        ))  # fmt: skip
+
+    def wait_registered(self, counts: dict[str, int], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while any(self.redis.hlen(keys.backends(p)) < n for p, n in counts.items()):
+            if time.monotonic() > deadline:
+                raise SystemExit("backends did not register")
+            time.sleep(0.1)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Servers first, so they can drain and deregister; the balancer last.
+        servers, balancer = self.procs[1:], self.procs[:1]
+        for group in (servers, balancer):
+            for p in group:
+                p.terminate()
+            for p in group:
+                _wait(p)
+        self.redis.close()
+        self.redis_process.__exit__(exc_type, exc, tb)
