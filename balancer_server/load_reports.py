@@ -26,6 +26,7 @@ import time
 from collections import Counter, defaultdict
 
 import redis.exceptions
+from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from balancer_server import metrics
@@ -63,7 +64,12 @@ def backend_outcomes(stats: lb.ClientStats) -> Counter[str]:
     out: Counter[str] = Counter()
     if not len(UnknownFieldSet(stats)):
         return out
-    ext = backend_stats_pb2.ClientStatsExtension.FromString(stats.SerializeToString())
+    try:
+        ext = backend_stats_pb2.ClientStatsExtension.FromString(stats.SerializeToString())
+    except DecodeError:
+        # Field 1001 that is not our extension: the rest of the report counts.
+        metrics.REPORTS_MALFORMED.inc()
+        return out
     for entry in ext.calls_per_backend[:MAX_BACKENDS_PER_REPORT]:
         backend_id = entry.load_balance_token.partition(".")[0]
         if not _BACKEND_ID.fullmatch(backend_id) or entry.num_calls_finished <= 0:

@@ -27,6 +27,11 @@ REPORTS_INGESTED = Counter(
     ["pool"],
     registry=REGISTRY,
 )
+REPORTS_MALFORMED = Counter(
+    "lookaside_balancer_load_report_extensions_malformed_total",
+    "ClientStats whose field 1001 was not a readable per-backend extension (skipped)",
+    registry=REGISTRY,
+)
 REPORTS_FLUSH_ERRORS = Counter(
     "lookaside_balancer_load_report_flush_errors_total",
     "Failed writes of load reports to Redis (the counts are kept and retried)",

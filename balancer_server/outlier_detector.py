@@ -80,16 +80,18 @@ class OutlierDetector:
         now = time.monotonic()
         interval = config.outlier_interval_ms / 1000
         due = self._due.setdefault(pool, now + interval)
-        judging = config.outlier_detection and now >= due
-        if not judging and not _ejection_due(snapshot, time.time() * 1000):
-            return
         verdicts = None
         passed: set[str] = set()
-        if judging:
+        if now >= due:
             self._due[pool] = now + interval
+            # Taken even when the pool is not judged, so counts of
+            # backends long gone do not pile up.
             outcomes = await self.outliers.take_outcomes(pool)
-            verdicts = judge(outcomes, config)
-            passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
+            if config.outlier_detection:
+                verdicts = judge(outcomes, config)
+                passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
+        if verdicts is None and not _ejection_due(snapshot, time.time() * 1000):
+            return
         result = await self.outliers.sweep(
             config,
             verdicts,

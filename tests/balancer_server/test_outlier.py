@@ -123,4 +123,14 @@ def test_reports_with_and_without_the_extension(
         f"{ids[one[0].port]}:s": 3,
     }
     assert int(redis_client.hget(keys.load_total(pool_name), "finished")) == 60
+    # Field 1001 holding bytes that are no extension: the report still
+    # counts, the outcomes are left alone, and the stream stays open.
+    tag = (1001 << 3) | 2
+    junk = bytes([0x80 | (tag & 0x7F), tag >> 7, 3, 0xFF, 0xFF, 0xFF])
+    stats = lb.ClientStats.FromString(_stats().client_stats.SerializeToString() + junk)
+    stream.send(lb.LoadBalanceRequest(client_stats=stats))
+    wait_until(lambda: int(redis_client.hget(keys.load_total(pool_name), "finished") or 0) == 90)
+    assert int(redis_client.hget(keys.outcomes(pool_name), f"{ids[one[0].port]}:f")) == 31
+    stream.send(_stats())
+    wait_until(lambda: int(redis_client.hget(keys.load_total(pool_name), "finished") or 0) == 120)
     stream.close()

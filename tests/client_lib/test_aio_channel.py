@@ -97,8 +97,14 @@ async def test_aio_reports_outcomes_per_backend(
 ) -> None:  # type: ignore[no-untyped-def]
     fine, sick = start_backends(backends, 2)
     ids = register_all(balancer, pool_name, [fine, sick])
-    # Judging off, so the counts stay in Redis for the test to read.
-    config = PoolConfig(name=pool_name, report_interval_ms=1000, outlier_detection=False)
+    # Judging off and an hour between takes, so the counts stay in Redis
+    # for the test to read.
+    config = PoolConfig(
+        name=pool_name,
+        report_interval_ms=1000,
+        outlier_detection=False,
+        outlier_interval_ms=3_600_000,
+    )
     balancer.run(balancer.store.put_pool(config))
     sick.hang.set()
     async with LookasideChannel(pool_name, balancer.address) as channel:
