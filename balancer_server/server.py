@@ -122,9 +122,15 @@ class BalancerServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(self.settings.listen)
+        try:
+            self.port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+            await self.stop(0)
+            raise OSError(
+                f"cannot listen on {self.settings.listen}: the address is in use or not local"
+            )
         await server.start()
         self.server = server
         for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):

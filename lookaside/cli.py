@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from lookaside.settings import add_settings_arguments, settings_from_args
+from lookaside.settings import add_settings_arguments, settings_or_exit
 
 
 def setup_logging(level: str = "info") -> None:
@@ -54,24 +54,20 @@ def _load(ref: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
-def _service_command(settings_ref: str, serve_ref: str) -> Callable[[argparse.Namespace], int]:
+def _service_command(
+    parser: argparse.ArgumentParser, settings_ref: str, serve_ref: str
+) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from pydantic import ValidationError
-
-        settings_cls = _load(settings_ref)
-        try:
-            settings = settings_from_args(settings_cls, args)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            for error in exc.errors():
-                where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
-                print(f"lookaside: {where}: {error.get('msg', '')}", file=sys.stderr)
-            return 2
+        settings = settings_or_exit(parser, _load(settings_ref), args)  # type: ignore[arg-type]
         setup_logging(getattr(settings, "log_level", "info"))
         serve = _load(serve_ref)
         try:
             asyncio.run(serve(settings))  # type: ignore[operator]
         except KeyboardInterrupt:
             pass
+        except OSError as exc:
+            print(f"{parser.prog}: {exc}", file=sys.stderr)
+            return 1
         return 0
 
     return run
@@ -84,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         settings_cls = _load(settings_ref)
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
-        p.set_defaults(func=_service_command(settings_ref, serve_ref))
+        p.set_defaults(func=_service_command(p, settings_ref, serve_ref))
     for extra in ("lookaside.demo.cli", "lookaside.lab"):
         importlib.import_module(extra).add_subcommand(sub)
     return parser

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookaside.redis_process import RedisProcess, free_port
-from lookaside.settings import add_settings_arguments, settings_from_args
+from lookaside.settings import add_settings_arguments, settings_or_exit
 
 
 class LabSettings(BaseSettings):
@@ -42,6 +42,17 @@ class LabSettings(BaseSettings):
     zone: str = Field("lookaside.test", description="DNS zone")
     admin_token: str = Field("", description="admin API token; generated when empty")
     ready_timeout: float = Field(30.0, description="seconds to wait for each process")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, v: str) -> str:
+        # Checked here, before anything starts, with the admin API's own rule.
+        from admin_api.settings import token_problem
+
+        problem = token_problem(v) if v else None
+        if problem:
+            raise ValueError(f"the admin token {problem}")
+        return v
 
 
 class Lab:
@@ -242,4 +253,4 @@ def run(settings: LabSettings) -> int:
 def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("up", help="start the local lab", description=__doc__.splitlines()[0])
     add_settings_arguments(p, LabSettings)
-    p.set_defaults(func=lambda args: run(settings_from_args(LabSettings, args)))
+    p.set_defaults(func=lambda args: run(settings_or_exit(p, LabSettings, args)))

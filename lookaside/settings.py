@@ -6,8 +6,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
+    """`value` if it is host:port, else a ValueError that says so."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} {value!r} is not host:port (for example 127.0.0.1:50051)")
+    if int(port) == 0 and not port_zero:
+        raise ValueError(f"{what} {value!r}: port 0 is only allowed for --listen")
+    return value.strip()
 
 
 class BalancerSettings(BaseSettings):
@@ -40,6 +50,16 @@ class BalancerSettings(BaseSettings):
     )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
     log_level: str = Field("info", description="debug, info, warning or error")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return host_port(v, "listen", port_zero=True)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, v: str) -> str:
+        return host_port(v, "metrics listen", port_zero=True) if v.strip() else ""
 
 
 def add_settings_arguments(
@@ -76,3 +96,22 @@ def settings_from_args(model: type[BaseSettings], args: argparse.Namespace) -> A
         if getattr(args, name, None) is not None
     }
     return model(**given)
+
+
+def settings_or_exit(
+    parser: argparse.ArgumentParser, model: type[BaseSettings], args: argparse.Namespace
+) -> Any:
+    """The settings, or exit 2 with what was wrong, naming the flag and its
+    environment variable."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_from_args(model, args)
+    except ValidationError as exc:
+        prefix = model.model_config.get("env_prefix", "")
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            where = f"--{field.replace('_', '-')} (env {prefix}{field.upper()}): " if field else ""
+            problems.append(where + err["msg"].removeprefix("Value error, "))
+        parser.error("; ".join(problems))

@@ -14,34 +14,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
-
 from lookaside.cli import setup_logging
 from lookaside.demo.settings import ClientSettings, ServerSettings
 from lookaside.settings import add_settings_arguments as add_arguments
-from lookaside.settings import settings_from_args
-
-
-def _settings(
-    parser: argparse.ArgumentParser, model: type[BaseSettings], args: argparse.Namespace
-) -> Any:
-    """The settings, or exit 2 with what was wrong (flag or env variable)."""
-    try:
-        return settings_from_args(model, args)
-    except ValidationError as exc:
-        prefix = model.model_config.get("env_prefix", "")
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            where = f"--{field.replace('_', '-')} (env {prefix}{field.upper()}): " if field else ""
-            problems.append(where + err["msg"].removeprefix("Value error, "))
-        parser.error("; ".join(problems))
+from lookaside.settings import settings_or_exit
 
 
 def _server_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        settings: ServerSettings = _settings(parser, ServerSettings, args)
+        settings: ServerSettings = settings_or_exit(parser, ServerSettings, args)
         setup_logging(settings.log_level)
         from lookaside.demo.server import serve
 
@@ -57,7 +38,7 @@ def _server_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Names
 
 def _client_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        settings: ClientSettings = _settings(parser, ClientSettings, args)
+        settings: ClientSettings = settings_or_exit(parser, ClientSettings, args)
         setup_logging(settings.log_level)
         from lookaside.demo.client import run as run_client
 

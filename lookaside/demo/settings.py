@@ -9,19 +9,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookaside.settings import host_port
+
 APIS = ("GetFeature", "ListFeatures", "RecordRoute", "RouteChat")
 LB_MODES = ("lookaside", "grpclb-dns", "none")
 
 Api = Literal["GetFeature", "ListFeatures", "RecordRoute", "RouteChat"]
-
-
-def _host_port(value: str, what: str, *, port_zero: bool = False) -> str:
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{what} {value!r} is not host:port (for example 127.0.0.1:50051)")
-    if int(port) == 0 and not port_zero:
-        raise ValueError(f"{what} {value!r}: port 0 is only allowed for --listen")
-    return value.strip()
 
 
 class ServerSettings(BaseSettings):
@@ -54,12 +47,12 @@ class ServerSettings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        return _host_port(v, "listen", port_zero=True)
+        return host_port(v, "listen", port_zero=True)
 
     @field_validator("balancer")
     @classmethod
     def _balancer(cls, v: str) -> str:
-        return ",".join(_host_port(b, "balancer") for b in v.split(",") if b.strip())
+        return ",".join(host_port(b, "balancer") for b in v.split(",") if b.strip())
 
     @property
     def balancers(self) -> list[str]:
@@ -95,17 +88,17 @@ class ClientSettings(BaseSettings):
     @field_validator("balancer")
     @classmethod
     def _balancer(cls, v: str) -> str:
-        return ",".join(_host_port(b, "balancer") for b in v.split(",") if b.strip())
+        return ",".join(host_port(b, "balancer") for b in v.split(",") if b.strip())
 
     @field_validator("dns")
     @classmethod
     def _dns(cls, v: str) -> str:
-        return _host_port(v, "dns")
+        return host_port(v, "dns")
 
     @field_validator("server")
     @classmethod
     def _server(cls, v: str) -> str:
-        return _host_port(v, "server") if v else v
+        return host_port(v, "server") if v else v
 
     @model_validator(mode="after")
     def _needs(self) -> ClientSettings:
