@@ -116,6 +116,7 @@ class BalanceLoadService:
         self._stream_ids += 1
         stream_id = self._stream_ids
         feed.streams += 1
+        joined = feed.generation
         metrics.STREAMS_OPEN.labels(feed.name).inc()
         self.sink.set_stream_count(feed.name, feed.streams)
         log.debug(
@@ -136,7 +137,7 @@ class BalanceLoadService:
         reader.add_done_callback(on_reader_done)
         try:
             await context.write(lists.initial_payload(feed.report_interval_ms))
-            await self._send_lists(context, feed)
+            await self._send_lists(context, feed, joined)
         except asyncio.CancelledError:
             if not ended_by_reader or me is None:
                 raise
@@ -149,15 +150,21 @@ class BalanceLoadService:
             self.sink.set_stream_count(feed.name, feed.streams)
             log.debug("stream closed id=%d pool=%s", stream_id, feed.name)
 
-    async def _send_lists(self, context: Any, feed: PoolFeed) -> None:
+    async def _send_lists(self, context: Any, feed: PoolFeed, joined: int) -> None:
         """Writes the pool's payload whenever it changes, until cancelled.
         Payloads are replaced only when they differ, so identity is enough."""
         sent: bytes | None = None
         sent_counter = metrics.LISTS_SENT.labels(feed.name)
+        fanout = metrics.FANOUT_SECONDS.labels(feed.name)
         while True:
-            payload, changed = feed.payload, feed.changed
+            payload, changed, generation = feed.payload, feed.changed, feed.generation
             if payload is not None and payload is not sent:
                 await context.write(payload)
+                if generation > joined and payload is feed.payload:
+                    joined = generation
+                    took = feed.delivered()
+                    if took is not None:
+                        fanout.observe(took)
                 sent = payload
                 sent_counter.inc()
             await changed.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 from balancer_server import lists
 from lookaside.registry.model import PoolSnapshot
@@ -18,7 +19,17 @@ DEFAULT_REPORT_INTERVAL_MS = 10_000
 
 
 class PoolFeed:
-    __slots__ = ("name", "payload", "changed", "streams", "report_interval_ms", "exists")
+    __slots__ = (
+        "name",
+        "payload",
+        "changed",
+        "streams",
+        "report_interval_ms",
+        "exists",
+        "published_at",
+        "pending",
+        "generation",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -27,6 +38,11 @@ class PoolFeed:
         self.streams = 0
         self.report_interval_ms = DEFAULT_REPORT_INTERVAL_MS
         self.exists = False
+        # For the fan-out metric: when the current payload was published,
+        # and how many of the streams open then have not written it yet.
+        self.published_at = 0.0
+        self.pending = 0
+        self.generation = 0
 
     def publish(self, payload: bytes | None) -> None:
         """Sets a new payload and wakes the streams. A payload equal to the
@@ -35,8 +51,20 @@ class PoolFeed:
         if payload is None or payload == self.payload:
             return
         self.payload = payload
+        self.published_at = time.perf_counter()
+        self.pending = self.streams
+        self.generation += 1
         event, self.changed = self.changed, asyncio.Event()
         event.set()
+
+    def delivered(self) -> float | None:
+        """Called by a stream that was open when the current payload was
+        published, once it has written it; the seconds the whole fan-out
+        took when it was the last."""
+        self.pending -= 1
+        if self.pending == 0:
+            return time.perf_counter() - self.published_at
+        return None
 
 
 _PORT_RE = re.compile(r":\d{1,5}$")

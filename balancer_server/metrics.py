@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -71,5 +71,12 @@ OUTLIER_EJECTIONS = Counter(
     "lookaside_balancer_outlier_ejections_total",
     "Backends ejected by outlier detection (by this replica)",
     ["pool"],
+    registry=REGISTRY,
+)
+FANOUT_SECONDS = Histogram(
+    "lookaside_balancer_fanout_seconds",
+    "From a new list to its last write on the streams that were open then",
+    ["pool"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )

@@ -84,11 +84,13 @@ def _wait(p: subprocess.Popen[bytes]) -> None:
 
 
 class BenchLab:
-    def __init__(self, pools: dict[str, PoolConfig]) -> None:
+    def __init__(self, pools: dict[str, PoolConfig], *, metrics: bool = False) -> None:
         self.pools = pools
         self.procs: list[subprocess.Popen[bytes]] = []
         self.redis_process = RedisProcess()
         self.balancer = ""
+        # The balancer's /metrics address, when asked for.
+        self.metrics = f"127.0.0.1:{free_port()}" if metrics else ""
 
     def __enter__(self) -> BenchLab:
         self.redis_process.__enter__()
@@ -98,7 +100,7 @@ class BenchLab:
             self.balancer = f"127.0.0.1:{free_port()}"
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "lookaside", "balancer", "--listen", self.balancer,
-                 "--redis-url", url, "--metrics-listen", "", "--log-level", "warning"],
+                 "--redis-url", url, "--metrics-listen", self.metrics, "--log-level", "warning"],
             ))  # fmt: skip
 
             async def configure() -> None:
@@ -115,6 +117,20 @@ class BenchLab:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the balancer's /metrics (0 when absent)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     def server(self, pool: str, *flags: str) -> None:
         """Starts a demo routeguide server that registers in `pool`."""

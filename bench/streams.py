@@ -1,0 +1,174 @@
+"""Many BalanceLoad streams on one balancer: opening them all at once, the
+memory each costs, and how long one registration takes to reach all of them.
+
+    .venv/bin/python bench/streams.py [--streams 10000] [--clients 2]
+        [--streams-per-connection 100]
+
+Starts a private Redis and one balancer process, and a pool with one
+backend. Client processes (grpc.aio, raw bytes, one HTTP/2 connection per
+`--streams-per-connection` streams) open their share of the streams all at
+once and wait for the first list on each. The script then reads the
+balancer's RSS, registers one more backend through the Registry API's
+Register RPC, and each client notes when every stream receives the new
+list. It prints: streams opened and refused, time to open, balancer RSS
+per stream, the registration-to-list delay (p50, p99, max) over all
+streams, and the balancer's own fan-out time from its /metrics (from the
+new list to its last write). Clients and balancer share this machine's cores, so the delays
+include the clients' own time to read 10,000 messages. No assertion: the
+numbers go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import psutil
+from _lab import BenchLab, percentile
+
+from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside.registry.model import PoolConfig
+
+METHOD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"
+POOL = "fanout"
+
+
+async def _client(balancer: str, streams: int, per_connection: int, wait: float) -> None:
+    """One client process: prints `ready <opened> <refused> <seconds>` once
+    every stream has its first list, then waits for one more list on each
+    and prints `arrivals <json list of unix times>`."""
+    first = lb.LoadBalanceRequest(
+        initial_request=lb.InitialLoadBalanceRequest(name=POOL)
+    ).SerializeToString()
+    channels = [
+        grpc.aio.insecure_channel(balancer, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, -(-streams // per_connection)))
+    ]
+    calls = []
+    arrivals: list[float] = []
+    ready = asyncio.Event()
+    opened = refused = 0
+
+    async def one(i: int) -> None:
+        nonlocal opened, refused
+        call = channels[i % len(channels)].stream_stream(METHOD)()
+        calls.append(call)
+        try:
+            await call.write(first)
+            await call.read()  # the initial response
+            await call.read()  # the first list
+        except grpc.aio.AioRpcError:
+            refused += 1
+            return
+        opened += 1
+        if opened + refused == streams:
+            ready.set()
+        await call.read()  # the list with the new backend
+        arrivals.append(time.time())
+
+    start = time.perf_counter()
+    tasks = [asyncio.create_task(one(i)) for i in range(streams)]
+    await asyncio.wait_for(ready.wait(), wait)
+    print(f"ready {opened} {refused} {time.perf_counter() - start:.3f}", flush=True)
+    await asyncio.wait(tasks, timeout=wait)
+    print("arrivals " + json.dumps(arrivals), flush=True)
+    for call in calls:
+        call.cancel()
+    for ch in channels:
+        await ch.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--streams-per-connection", type=int, default=100)
+    parser.add_argument("--wait", type=float, default=120.0)
+    parser.add_argument("--client", metavar="BALANCER", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        asyncio.run(_client(args.client, args.streams, args.streams_per_connection, args.wait))
+        return
+
+    pools = {POOL: PoolConfig(name=POOL, report_interval_ms=0, health_checks=False)}
+    with BenchLab(pools, metrics=True) as lab:
+        registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
+        registry.Register(registry_pb2.RegisterRequest(pool=POOL, host="10.0.0.1", port=1))
+        balancer = psutil.Process(lab.procs[0].pid)
+        time.sleep(1.0)
+        rss_before = balancer.memory_info().rss
+
+        share = [
+            args.streams // args.clients + (i < args.streams % args.clients)
+            for i in range(args.clients)
+        ]
+        clients = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--client",
+                    lab.balancer,
+                    "--streams",
+                    str(n),
+                    "--streams-per-connection",
+                    str(args.streams_per_connection),
+                    "--wait",
+                    str(args.wait),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for n in share
+        ]
+        opened = refused = 0
+        open_seconds = 0.0
+        for c in clients:
+            assert c.stdout is not None
+            _, o, r, secs = c.stdout.readline().split()
+            opened, refused = opened + int(o), refused + int(r)
+            open_seconds = max(open_seconds, float(secs))
+        time.sleep(1.0)
+        rss_after = balancer.memory_info().rss
+
+        t0 = time.time()
+        registry.Register(registry_pb2.RegisterRequest(pool=POOL, host="10.0.0.2", port=2))
+        delays: list[float] = []
+        for c in clients:
+            assert c.stdout is not None
+            line = c.stdout.readline()
+            delays += [t - t0 for t in json.loads(line.removeprefix("arrivals "))]
+            c.wait(30)
+        fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=POOL)
+        fanout = lab.metric("lookaside_balancer_fanout_seconds_sum", pool=POOL)
+
+    print(
+        f"{args.streams} streams from {args.clients} client processes, "
+        f"{args.streams_per_connection} per connection, all opened at once"
+    )
+    print(f"  opened {opened}, refused {refused}, all first lists in {open_seconds:.2f} s")
+    print(
+        f"  balancer RSS {rss_before / 2**20:.1f} MiB -> {rss_after / 2**20:.1f} MiB: "
+        f"{(rss_after - rss_before) / max(opened, 1) / 1024:.1f} KiB per stream"
+    )
+    print(
+        f"  registration -> new list on {len(delays)} of {opened} streams: "
+        f"p50 {percentile(delays, 0.50) * 1000:.0f} ms, p99 {percentile(delays, 0.99) * 1000:.0f} ms, "
+        f"max {max(delays, default=float('nan')) * 1000:.0f} ms"
+    )
+    print(
+        f"  balancer's own fan-out (new list -> last write, lookaside_balancer_fanout_seconds): "
+        f"{fanout * 1000:.0f} ms over {fanouts:.0f} update(s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
