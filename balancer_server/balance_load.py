@@ -39,7 +39,7 @@ def _identity(b: bytes) -> bytes:
 
 class BalanceLoadService:
     def __init__(
-        self, hub: FeedHub, sink: LoadReportSink, *, initial_request_timeout: float = 10.0
+        self, hub: FeedHub, sink: LoadReportSink, *, initial_request_timeout: float = 30.0
     ) -> None:
         self.hub = hub
         self.sink = sink

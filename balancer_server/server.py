@@ -34,11 +34,15 @@ from lookaside.settings import BalancerSettings
 log = logging.getLogger("lookaside.balancer")
 
 # Thousands of streams opening at once are refused (CANCELLED) under the
-# default limits; these raise them.
+# default limits; these raise them. A call not taken up by the server within
+# grpc.server_max_unrequested_time_in_server (30 s by default) is cancelled,
+# which a burst of tens of thousands of streams reaches on two cores: better
+# a slow start than a refusal that the client answers by reconnecting.
 SERVER_OPTIONS = [
     ("grpc.max_concurrent_streams", 1 << 20),
     ("grpc.server.max_pending_requests", 1 << 16),
     ("grpc.server.max_pending_requests_hard_limit", 1 << 17),
+    ("grpc.server_max_unrequested_time_in_server", 300),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),

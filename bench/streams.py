@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -42,9 +43,10 @@ POOL = "fanout"
 
 
 async def _client(balancer: str, streams: int, per_connection: int, wait: float) -> None:
-    """One client process: prints `ready <opened> <refused> <seconds>` once
-    every stream has its first list, then waits for one more list on each
-    and prints `arrivals <json list of unix times>`."""
+    """One client process: prints `ready <opened> <refused> <seconds>
+    <json refusals by status>` once every stream has its first list (or was
+    refused), then waits for one more list on each and prints
+    `arrivals <json list of unix times>`."""
     first = lb.LoadBalanceRequest(
         initial_request=lb.InitialLoadBalanceRequest(name=POOL)
     ).SerializeToString()
@@ -56,6 +58,7 @@ async def _client(balancer: str, streams: int, per_connection: int, wait: float)
     arrivals: list[float] = []
     ready = asyncio.Event()
     opened = refused = 0
+    codes: Counter[str] = Counter()
 
     async def one(i: int) -> None:
         nonlocal opened, refused
@@ -65,8 +68,11 @@ async def _client(balancer: str, streams: int, per_connection: int, wait: float)
             await call.write(first)
             await call.read()  # the initial response
             await call.read()  # the first list
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             refused += 1
+            codes[f"{exc.code().name}: {exc.details()}"] += 1
+            if opened + refused == streams:
+                ready.set()
             return
         opened += 1
         if opened + refused == streams:
@@ -77,7 +83,8 @@ async def _client(balancer: str, streams: int, per_connection: int, wait: float)
     start = time.perf_counter()
     tasks = [asyncio.create_task(one(i)) for i in range(streams)]
     await asyncio.wait_for(ready.wait(), wait)
-    print(f"ready {opened} {refused} {time.perf_counter() - start:.3f}", flush=True)
+    elapsed = time.perf_counter() - start
+    print(f"ready {opened} {refused} {elapsed:.3f} {json.dumps(codes)}", flush=True)
     await asyncio.wait(tasks, timeout=wait)
     print("arrivals " + json.dumps(arrivals), flush=True)
     for call in calls:
@@ -131,11 +138,13 @@ def main() -> None:
         ]
         opened = refused = 0
         open_seconds = 0.0
+        why: Counter[str] = Counter()
         for c in clients:
             assert c.stdout is not None
-            _, o, r, secs = c.stdout.readline().split()
+            _, o, r, secs, codes = c.stdout.readline().split(" ", 4)
             opened, refused = opened + int(o), refused + int(r)
             open_seconds = max(open_seconds, float(secs))
+            why.update(json.loads(codes))
         time.sleep(1.0)
         rss_after = balancer.memory_info().rss
 
@@ -155,6 +164,8 @@ def main() -> None:
         f"{args.streams_per_connection} per connection, all opened at once"
     )
     print(f"  opened {opened}, refused {refused}, all first lists in {open_seconds:.2f} s")
+    for reason, n in why.most_common():
+        print(f"    refused {n}: {reason}")
     print(
         f"  balancer RSS {rss_before / 2**20:.1f} MiB -> {rss_after / 2**20:.1f} MiB: "
         f"{(rss_after - rss_before) / max(opened, 1) / 1024:.1f} KiB per stream"
