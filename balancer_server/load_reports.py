@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import redis.exceptions
 from google.protobuf.message import DecodeError
@@ -46,24 +46,61 @@ _BACKEND_ID = re.compile(r"[0-9a-f]{12}")
 MAX_BACKENDS_PER_REPORT = 1000
 
 
-def stats_fields(stats: lb.ClientStats) -> Counter[str]:
-    c: Counter[str] = Counter()
-    c["reports"] = 1
-    c["started"] = stats.num_calls_started
-    c["finished"] = stats.num_calls_finished
-    c["failed_to_send"] = stats.num_calls_finished_with_client_failed_to_send
-    c["known_received"] = stats.num_calls_finished_known_received
-    for per_token in stats.calls_finished_with_drop:
-        c[f"drop:{per_token.load_balance_token}"] += per_token.num_calls
-    return c
+class PoolSums:
+    """One pool's report counts since the last flush. Plain attributes: the
+    add is on the path of every report."""
+
+    __slots__ = (
+        "reports",
+        "started",
+        "finished",
+        "failed_to_send",
+        "known_received",
+        "drops",
+        "outcomes",
+    )
+
+    def __init__(self) -> None:
+        self.reports = self.started = self.finished = 0
+        self.failed_to_send = self.known_received = 0
+        self.drops: Counter[str] = Counter()
+        # per-backend outcome fields (lookaside.registry.outlier)
+        self.outcomes: Counter[str] = Counter()
+
+    def add(self, stats: lb.ClientStats) -> None:
+        self.reports += 1
+        self.started += stats.num_calls_started
+        self.finished += stats.num_calls_finished
+        self.failed_to_send += stats.num_calls_finished_with_client_failed_to_send
+        self.known_received += stats.num_calls_finished_known_received
+        for per_token in stats.calls_finished_with_drop:
+            self.drops[per_token.load_balance_token] += per_token.num_calls
+        if len(UnknownFieldSet(stats)):
+            self.outcomes.update(backend_outcomes(stats))
+
+    def merge(self, other: PoolSums) -> None:
+        for name in ("reports", "started", "finished", "failed_to_send", "known_received"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.drops.update(other.drops)
+        self.outcomes.update(other.outcomes)
+
+    def load_fields(self) -> dict[str, int]:
+        """The load bucket fields: the counters and drop:<token>."""
+        out = {
+            "reports": self.reports,
+            "started": self.started,
+            "finished": self.finished,
+            "failed_to_send": self.failed_to_send,
+            "known_received": self.known_received,
+        }
+        out.update({f"drop:{token}": n for token, n in self.drops.items()})
+        return out
 
 
 def backend_outcomes(stats: lb.ClientStats) -> Counter[str]:
-    """The per-backend outcome increments a report carries (none for a stock
-    client's report). Entries whose token names no backend are skipped."""
+    """The per-backend outcome increments a report carries in its
+    extension. Entries whose token names no backend are skipped."""
     out: Counter[str] = Counter()
-    if not len(UnknownFieldSet(stats)):
-        return out
     try:
         ext = backend_stats_pb2.ClientStatsExtension.FromString(stats.SerializeToString())
     except DecodeError:
@@ -87,17 +124,15 @@ class LoadReportSink:
         self.redis = redis
         self.replica_id = replica_id
         self.flush_interval = flush_interval
-        self._pending: dict[str, Counter[str]] = defaultdict(Counter)
-        self._outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+        self._pending: dict[str, PoolSums] = {}
         self._stream_counts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add(self, pool: str, stats: lb.ClientStats) -> None:
-        self._pending[pool].update(stats_fields(stats))
-        outcomes = backend_outcomes(stats)
-        if outcomes:
-            self._outcomes[pool].update(outcomes)
-        metrics.REPORTS_INGESTED.labels(pool).inc()
+        sums = self._pending.get(pool)
+        if sums is None:
+            sums = self._pending[pool] = PoolSums()
+        sums.add(stats)
 
     def set_stream_count(self, pool: str, count: int) -> None:
         self._stream_counts[pool] = count
@@ -129,24 +164,23 @@ class LoadReportSink:
                 log.warning("load reports: flush failed, keeping counts for the next one (%s)", exc)
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, defaultdict(Counter)
-        outcomes, self._outcomes = self._outcomes, defaultdict(Counter)
+        pending, self._pending = self._pending, {}
         now = time.time()
         bucket = int(now // BUCKET_SECONDS)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for pool, counts in pending.items():
+                for pool, sums in pending.items():
                     bucket_key = keys.load_bucket(pool, bucket)
-                    for field, value in counts.items():
+                    for field, value in sums.load_fields().items():
                         if value:
                             pipe.hincrby(bucket_key, field, value)
                             pipe.hincrby(keys.load_total(pool), field, value)
                     pipe.expire(bucket_key, BUCKET_TTL_SECONDS)
-                for pool, counts in outcomes.items():
-                    for field, value in counts.items():
-                        if value:
-                            pipe.hincrby(keys.outcomes(pool), field, value)
-                    pipe.expire(keys.outcomes(pool), OUTCOMES_TTL_SECONDS)
+                    if sums.outcomes:
+                        for field, value in sums.outcomes.items():
+                            if value:
+                                pipe.hincrby(keys.outcomes(pool), field, value)
+                        pipe.expire(keys.outcomes(pool), OUTCOMES_TTL_SECONDS)
                 stamp = int(now * 1000)
                 for pool, count in self._stream_counts.items():
                     pipe.hset(
@@ -157,8 +191,15 @@ class LoadReportSink:
                 await pipe.execute()
         except BaseException:
             # Put the counts back so the next flush writes them.
-            for pool, counts in pending.items():
-                self._pending[pool].update(counts)
-            for pool, counts in outcomes.items():
-                self._outcomes[pool].update(counts)
+            for pool, sums in pending.items():
+                self._put_back(pool, sums)
             raise
+        for pool, sums in pending.items():
+            metrics.REPORTS_INGESTED.labels(pool).inc(sums.reports)
+
+    def _put_back(self, pool: str, sums: PoolSums) -> None:
+        current = self._pending.get(pool)
+        if current is None:
+            self._pending[pool] = sums
+        else:
+            current.merge(sums)

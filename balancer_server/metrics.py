@@ -23,7 +23,7 @@ LISTS_SENT = Counter(
 )
 REPORTS_INGESTED = Counter(
     "lookaside_balancer_load_reports_total",
-    "ClientStats messages received",
+    "ClientStats messages received and written to Redis",
     ["pool"],
     registry=REGISTRY,
 )

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import grpc
+import grpc.aio
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,6 +83,52 @@ def _wait(p: subprocess.Popen[bytes]) -> None:
         p.wait(15)
     except subprocess.TimeoutExpired:
         p.kill()
+
+
+class RawStreams:
+    """BalanceLoad streams of one grpc.aio client process, as raw bytes, one
+    HTTP/2 connection per `per_connection` streams."""
+
+    METHOD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"
+
+    def __init__(self, balancer: str, pool: str, streams: int, per_connection: int) -> None:
+        from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+
+        self.first = lb.LoadBalanceRequest(
+            initial_request=lb.InitialLoadBalanceRequest(name=pool)
+        ).SerializeToString()
+        self.streams = streams
+        self.channels = [
+            grpc.aio.insecure_channel(balancer, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(max(1, -(-streams // per_connection)))
+        ]
+        self.calls: list[grpc.aio.StreamStreamCall] = []
+        self.refusals: Counter[str] = Counter()
+
+    async def _open(self, i: int) -> grpc.aio.StreamStreamCall | None:
+        call = self.channels[i % len(self.channels)].stream_stream(self.METHOD)()
+        try:
+            await call.write(self.first)
+            await call.read()  # the initial response
+            await call.read()  # the first list
+        except grpc.aio.AioRpcError as exc:
+            self.refusals[f"{exc.code().name}: {exc.details()}"] += 1
+            return None
+        return call
+
+    async def open(self) -> float:
+        """Opens every stream at once and waits for each one's first list
+        (or refusal); returns the seconds that took."""
+        start = time.perf_counter()
+        opened = await asyncio.gather(*(self._open(i) for i in range(self.streams)))
+        self.calls = [c for c in opened if c is not None]
+        return time.perf_counter() - start
+
+    async def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        for ch in self.channels:
+            await ch.close()
 
 
 class BenchLab:

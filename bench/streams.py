@@ -32,13 +32,11 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import psutil
-from _lab import BenchLab, percentile
+from _lab import BenchLab, RawStreams, percentile
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from lookaside.registry.model import PoolConfig
 
-METHOD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"
 POOL = "fanout"
 
 
@@ -47,50 +45,19 @@ async def _client(balancer: str, streams: int, per_connection: int, wait: float)
     <json refusals by status>` once every stream has its first list (or was
     refused), then waits for one more list on each and prints
     `arrivals <json list of unix times>`."""
-    first = lb.LoadBalanceRequest(
-        initial_request=lb.InitialLoadBalanceRequest(name=POOL)
-    ).SerializeToString()
-    channels = [
-        grpc.aio.insecure_channel(balancer, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(max(1, -(-streams // per_connection)))
-    ]
-    calls = []
+    raw = RawStreams(balancer, POOL, streams, per_connection)
+    elapsed = await asyncio.wait_for(raw.open(), wait)
+    refused = sum(raw.refusals.values())
+    print(f"ready {len(raw.calls)} {refused} {elapsed:.3f} {json.dumps(raw.refusals)}", flush=True)
     arrivals: list[float] = []
-    ready = asyncio.Event()
-    opened = refused = 0
-    codes: Counter[str] = Counter()
 
-    async def one(i: int) -> None:
-        nonlocal opened, refused
-        call = channels[i % len(channels)].stream_stream(METHOD)()
-        calls.append(call)
-        try:
-            await call.write(first)
-            await call.read()  # the initial response
-            await call.read()  # the first list
-        except grpc.aio.AioRpcError as exc:
-            refused += 1
-            codes[f"{exc.code().name}: {exc.details()}"] += 1
-            if opened + refused == streams:
-                ready.set()
-            return
-        opened += 1
-        if opened + refused == streams:
-            ready.set()
+    async def next_list(call: grpc.aio.StreamStreamCall) -> None:
         await call.read()  # the list with the new backend
         arrivals.append(time.time())
 
-    start = time.perf_counter()
-    tasks = [asyncio.create_task(one(i)) for i in range(streams)]
-    await asyncio.wait_for(ready.wait(), wait)
-    elapsed = time.perf_counter() - start
-    print(f"ready {opened} {refused} {elapsed:.3f} {json.dumps(codes)}", flush=True)
-    await asyncio.wait(tasks, timeout=wait)
+    await asyncio.wait([asyncio.create_task(next_list(c)) for c in raw.calls], timeout=wait)
     print("arrivals " + json.dumps(arrivals), flush=True)
-    for call in calls:
-        call.cancel()
-    for ch in channels:
-        await ch.close()
+    await raw.close()
 
 
 def main() -> None:
