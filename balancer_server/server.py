@@ -4,6 +4,7 @@ one grpc.aio server, plus Prometheus metrics on their own port."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -172,8 +173,18 @@ class BalancerServer:
         await self.store.close()
 
 
+# Garbage collector thresholds for the balancer process. With thousands of
+# streams, every object of every stream sits in the oldest generation, and a
+# full collection walks them all; the default thresholds ran one during
+# nearly every fan-out to 10,000 streams and made it 3x slower
+# (bench/streams.py: p50 780 ms against 250 ms). Young generations are
+# still collected often; full collections become rare.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 async def serve(settings: BalancerSettings) -> None:
     serve_metrics(settings.metrics_listen, metrics.REGISTRY)
+    gc.set_threshold(*GC_THRESHOLDS)
     balancer = BalancerServer(settings)
     await balancer.start()
     await until_signalled()

@@ -9,7 +9,7 @@ import pytest
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.registry.model import DropRate, PoolConfig
-from tests.support import STOP, BalancerHandle, LbStream
+from tests.support import STOP, BalancerHandle, LbStream, wait_until
 
 
 def register(balancer: BalancerHandle, pool: str, port: int, **kw) -> str:  # type: ignore[no-untyped-def]
@@ -222,3 +222,38 @@ def test_half_close_ends_the_stream_with_ok(balancer: BalancerHandle, pool_name:
         assert stream.call.code() is grpc.StatusCode.OK
     finally:
         stream.close()
+
+
+def test_fanout_metric_counts_one_update_once_all_open_streams_have_it(
+    balancer: BalancerHandle, pool_name: str
+) -> None:
+    from balancer_server import metrics
+
+    def fanouts() -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "lookaside_balancer_fanout_seconds_count", {"pool": pool_name}
+        )
+        return value or 0.0
+
+    register(balancer, pool_name, 9301, lease_ttl_ms=60_000)
+    streams = [LbStream(balancer.address, pool_name) for _ in range(3)]
+    try:
+        for s in streams:
+            assert len(s.next_list()) == 1
+        # The first list went to streams as they opened: no fan-out yet.
+        assert fanouts() == 0
+        register(balancer, pool_name, 9302, lease_ttl_ms=60_000)
+        for s in streams:
+            assert len(s.next_list()) == 2
+        wait_until(lambda: fanouts() == 1)
+        # A stream that opens now gets the current list, and is no fan-out.
+        late = LbStream(balancer.address, pool_name)
+        assert len(late.next_list()) == 2
+        register(balancer, pool_name, 9303, lease_ttl_ms=60_000)
+        for s in [*streams, late]:
+            assert len(s.next_list()) == 3
+        wait_until(lambda: fanouts() == 2)
+        late.close()
+    finally:
+        for s in streams:
+            s.close()
