@@ -95,24 +95,16 @@ def main() -> None:
             args.streams // args.clients + (i < args.streams % args.clients)
             for i in range(args.clients)
         ]
+
+        def client_args(n: int) -> list[str]:
+            return [
+                sys.executable, str(Path(__file__).resolve()), "--client", lab.balancer,
+                "--streams", str(n), "--streams-per-connection", str(args.streams_per_connection),
+                "--updates", str(args.updates), "--wait", str(args.wait),
+            ]  # fmt: skip
+
         clients = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--client",
-                    lab.balancer,
-                    "--streams",
-                    str(n),
-                    "--streams-per-connection",
-                    str(args.streams_per_connection),
-                    "--wait",
-                    str(args.wait),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-            for n in share
+            subprocess.Popen(client_args(n), stdout=subprocess.PIPE, text=True) for n in share
         ]
         opened = refused = 0
         open_seconds = 0.0
