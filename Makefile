@@ -43,6 +43,9 @@ bench: install
 	$(PY) bench/client_overhead.py
 	$(PY) bench/slow_backend.py
 	$(PY) bench/blackhole.py
+	$(PY) bench/streams.py --streams 1000 --clients 1
+	$(PY) bench/streams.py
+	$(PY) bench/reports.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
