@@ -6,6 +6,11 @@ reconnect with no backoff), send the initial response, then the pool's
 current list and every later one, until the client goes away. ClientStats
 that arrive meanwhile go to the load report sink.
 
+A stream is one coroutine, reading the client's reports. Lists are written
+by the pool's feed, which offers each new one to every stream
+(`_Stream.offer`): one short write task per stream and list, and nothing
+held per stream between lists.
+
 Responses are pre-serialized bytes shared by every stream of a pool, so
 the method is registered with an identity serializer; requests arrive as
 bytes too, so a malformed message gets a precise INVALID_ARGUMENT.
@@ -35,6 +40,56 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
 
 def _identity(b: bytes) -> bytes:
     return b
+
+
+class _Stream:
+    """One client stream as its pool's feed sees it: writes the feed's
+    current payload, one write at a time, newest first."""
+
+    __slots__ = ("context", "feed", "sent", "writing", "joined", "closed")
+
+    def __init__(self, context: Any, feed: PoolFeed) -> None:
+        self.context = context
+        self.feed = feed
+        self.sent: bytes | None = None
+        self.writing: asyncio.Task[None] | None = None
+        # The feed generation this stream was open at: a later one counts
+        # in the fan-out metric.
+        self.joined = feed.generation
+        self.closed = False
+
+    def offer(self) -> None:
+        if self.writing is not None or self.closed:
+            return
+        payload = self.feed.payload
+        if payload is None or payload is self.sent:
+            return
+        generation = self.feed.generation
+        self.writing = asyncio.get_running_loop().create_task(self.context.write(payload))
+        self.writing.add_done_callback(lambda t: self._written(t, payload, generation))
+
+    def _written(self, task: asyncio.Task[None], payload: bytes, generation: int) -> None:
+        self.writing = None
+        if task.cancelled() or task.exception() is not None:
+            # The RPC is over; its handler is ending too.
+            self.close()
+            return
+        self.sent = payload
+        feed = self.feed
+        metrics.LISTS_SENT.labels(feed.name).inc()
+        if generation > self.joined and payload is feed.payload:
+            self.joined = generation
+            took = feed.delivered()
+            if took is not None:
+                metrics.FANOUT_SECONDS.labels(feed.name).observe(took)
+        self.offer()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.feed.unsubscribe(self)
+            if self.writing is not None:
+                self.writing.cancel()
 
 
 class BalanceLoadService:
@@ -115,59 +170,23 @@ class BalanceLoadService:
         feed = self.hub.resolve(name)
         self._stream_ids += 1
         stream_id = self._stream_ids
-        feed.streams += 1
-        joined = feed.generation
+        await context.write(lists.initial_payload(feed.report_interval_ms))
+        stream = _Stream(context, feed)
+        feed.subscribe(stream)
         metrics.STREAMS_OPEN.labels(feed.name).inc()
         self.sink.set_stream_count(feed.name, feed.streams)
         log.debug(
             "stream open id=%d pool=%s name=%s peer=%s", stream_id, feed.name, name, context.peer()
         )
-        reader = asyncio.create_task(self._read_reports(request_iterator, feed))
-        # When the client half-closes, the reader ends and stops the writer
-        # below: one callback, rather than a wait on two things per update.
-        me = asyncio.current_task()
-        ended_by_reader = False
-
-        def on_reader_done(_: asyncio.Task[None]) -> None:
-            nonlocal ended_by_reader
-            if me is not None and not me.done():
-                ended_by_reader = True
-                me.cancel()
-
-        reader.add_done_callback(on_reader_done)
         try:
-            await context.write(lists.initial_payload(feed.report_interval_ms))
-            await self._send_lists(context, feed, joined)
-        except asyncio.CancelledError:
-            if not ended_by_reader or me is None:
-                raise
-            me.uncancel()
+            # Until the client half-closes (the stream then ends with OK) or
+            # goes away (this is cancelled).
+            await self._read_reports(request_iterator, feed)
         finally:
-            reader.remove_done_callback(on_reader_done)
-            reader.cancel()
-            feed.streams -= 1
+            stream.close()
             metrics.STREAMS_OPEN.labels(feed.name).dec()
             self.sink.set_stream_count(feed.name, feed.streams)
             log.debug("stream closed id=%d pool=%s", stream_id, feed.name)
-
-    async def _send_lists(self, context: Any, feed: PoolFeed, joined: int) -> None:
-        """Writes the pool's payload whenever it changes, until cancelled.
-        Payloads are replaced only when they differ, so identity is enough."""
-        sent: bytes | None = None
-        sent_counter = metrics.LISTS_SENT.labels(feed.name)
-        fanout = metrics.FANOUT_SECONDS.labels(feed.name)
-        while True:
-            payload, changed, generation = feed.payload, feed.changed, feed.generation
-            if payload is not None and payload is not sent:
-                await context.write(payload)
-                if generation > joined and payload is feed.payload:
-                    joined = generation
-                    took = feed.delivered()
-                    if took is not None:
-                        fanout.observe(took)
-                sent = payload
-                sent_counter.inc()
-            await changed.wait()
 
     async def _read_reports(self, request_iterator: Any, feed: PoolFeed) -> None:
         async for raw in request_iterator:

@@ -1,16 +1,18 @@
 """PoolFeeds: the per-pool payload that every stream of the pool sends.
 
-A feed holds the serialized response for the pool's current version and an
-event that is set (and replaced) when it changes. Streams wait on the event:
-nothing per stream runs on a timer, and one change wakes every stream of
-the pool once.
+A feed holds the serialized response for the pool's current version and
+the streams that send it. Publishing a new payload offers it to every
+stream at once; a stream that is still writing an older one takes the
+newest when that write is done, so one slow client delays no one else.
+Nothing per stream runs on a timer, and nothing per stream waits between
+changes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
+from typing import Protocol
 
 from balancer_server import lists
 from lookaside.registry.model import PoolSnapshot
@@ -18,12 +20,17 @@ from lookaside.registry.model import PoolSnapshot
 DEFAULT_REPORT_INTERVAL_MS = 10_000
 
 
+class Subscriber(Protocol):
+    def offer(self) -> None:
+        """Start writing the feed's current payload, unless it was already
+        written or a write is under way."""
+
+
 class PoolFeed:
     __slots__ = (
         "name",
         "payload",
-        "changed",
-        "streams",
+        "subscribers",
         "report_interval_ms",
         "exists",
         "published_at",
@@ -34,8 +41,7 @@ class PoolFeed:
     def __init__(self, name: str) -> None:
         self.name = name
         self.payload: bytes | None = None
-        self.changed = asyncio.Event()
-        self.streams = 0
+        self.subscribers: set[Subscriber] = set()
         self.report_interval_ms = DEFAULT_REPORT_INTERVAL_MS
         self.exists = False
         # For the fan-out metric: when the current payload was published,
@@ -44,18 +50,29 @@ class PoolFeed:
         self.pending = 0
         self.generation = 0
 
+    @property
+    def streams(self) -> int:
+        return len(self.subscribers)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        subscriber.offer()
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
     def publish(self, payload: bytes | None) -> None:
-        """Sets a new payload and wakes the streams. A payload equal to the
-        current one is dropped here, once, so streams can compare by
+        """Sets a new payload and offers it to every stream. A payload equal
+        to the current one is dropped here, once, so streams can compare by
         identity."""
         if payload is None or payload == self.payload:
             return
         self.payload = payload
         self.published_at = time.perf_counter()
-        self.pending = self.streams
+        self.pending = len(self.subscribers)
         self.generation += 1
-        event, self.changed = self.changed, asyncio.Event()
-        event.set()
+        for subscriber in list(self.subscribers):
+            subscriber.offer()
 
     def delivered(self) -> float | None:
         """Called by a stream that was open when the current payload was
