@@ -46,11 +46,13 @@ class _Stream:
     """One client stream as its pool's feed sees it: writes the feed's
     current payload, one write at a time, newest first."""
 
-    __slots__ = ("context", "feed", "sent", "writing", "joined", "closed")
+    __slots__ = ("context", "feed", "sent", "writing", "joined", "closed", "sent_counter")
 
     def __init__(self, context: Any, feed: PoolFeed) -> None:
         self.context = context
         self.feed = feed
+        # Looked up once: labels() takes a lock, and this counts every write.
+        self.sent_counter = metrics.LISTS_SENT.labels(feed.name)
         self.sent: bytes | None = None
         self.writing: asyncio.Task[None] | None = None
         # The feed generation this stream was open at: a later one counts
@@ -76,7 +78,7 @@ class _Stream:
             return
         self.sent = payload
         feed = self.feed
-        metrics.LISTS_SENT.labels(feed.name).inc()
+        self.sent_counter.inc()
         if generation > self.joined and payload is feed.payload:
             self.joined = generation
             took = feed.delivered()
