@@ -10,12 +10,34 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def split_host_port(value: str, what: str) -> tuple[str, int]:
+    """ "host:port" or "[v6]:port" -> (host, port); ValueError says what is wrong."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{what} {value!r} is not [ipv6]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ValueError(
+                f"{what} {value!r} is not host:port: it has no port (for example 127.0.0.1:50051)"
+            )
+        if ":" in host:
+            raise ValueError(f"{what} {value!r}: put an IPv6 address in brackets, [::1]:port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{what} {value!r}: port {port_text!r} is not a number in 0..65535")
+    if not host:
+        raise ValueError(f"{what} {value!r} has an empty host")
+    return host, int(port_text)
+
+
 def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
-    """`value` if it is host:port, else a ValueError that says so."""
-    host, sep, port = value.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{what} {value!r} is not host:port (for example 127.0.0.1:50051)")
-    if int(port) == 0 and not port_zero:
+    """`value` (stripped) if it is host:port or [v6]:port, else a ValueError
+    that says what is wrong. Port 0 only where `port_zero` allows it."""
+    _, port = split_host_port(value, what)
+    if port == 0 and not port_zero:
         raise ValueError(f"{what} {value!r}: port 0 is only allowed for --listen")
     return value.strip()
 

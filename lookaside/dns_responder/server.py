@@ -32,10 +32,11 @@ from lookaside.dns_responder.records import (
     error_reply,
     udp_limit,
 )
-from lookaside.dns_responder.settings import DnsSettings, split_host_port
+from lookaside.dns_responder.settings import DnsSettings
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
+from lookaside.settings import split_host_port
 
 log = logging.getLogger("lookaside.dns")
 

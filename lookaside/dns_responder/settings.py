@@ -9,28 +9,9 @@ import re
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookaside.settings import split_host_port
+
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
-def split_host_port(value: str, what: str) -> tuple[str, int]:
-    """ "host:port" or "[v6]:port" -> (host, port); ValueError says what is wrong."""
-    value = value.strip()
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"{what} {value!r} is not [ipv6]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            raise ValueError(f"{what} {value!r} has no port; write host:port")
-        if ":" in host:
-            raise ValueError(f"{what} {value!r}: put an IPv6 address in brackets, [::1]:port")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{what} {value!r}: port {port_text!r} is not a number in 0..65535")
-    if not host:
-        raise ValueError(f"{what} {value!r} has an empty host")
-    return host, int(port_text)
 
 
 def check_dns_name(name: str, what: str) -> str:
