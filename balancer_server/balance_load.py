@@ -14,6 +14,11 @@ held per stream between lists.
 Responses are pre-serialized bytes shared by every stream of a pool, so
 the method is registered with an identity serializer; requests arrive as
 bytes too, so a malformed message gets a precise INVALID_ARGUMENT.
+
+Limits: open streams per client IP (RESOURCE_EXHAUSTED before the initial
+response), and reports checked by balancer_server.report_ingest before
+the sink counts them. A stream whose name matches no pool waits for that
+pool, but is counted under pool="" and writes nothing to Redis.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from google.protobuf.message import DecodeError
 
 from balancer_server import lists, metrics
 from balancer_server.feeds import FeedHub, PoolFeed
+from balancer_server.limits import RateLimitedLog, StreamsPerAddress, peer_address
 from balancer_server.load_reports import LoadReportSink
+from balancer_server.report_ingest import StreamReports
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 
 log = logging.getLogger("lookaside.balancer")
 
 SERVICE = "grpc.lb.v1.LoadBalancer"
 MAX_NAME_BYTES = 255
-NAME_RE = re.compile(r"^[A-Za-z0-9._\-:\[\]]+$")
+NAME_RE = re.compile(r"[A-Za-z0-9._\-:\[\]]+")
+DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
 
 
 def _identity(b: bytes) -> bytes:
@@ -46,13 +54,16 @@ class _Stream:
     """One client stream as its pool's feed sees it: writes the feed's
     current payload, one write at a time, newest first."""
 
-    __slots__ = ("context", "feed", "sent", "writing", "joined", "closed", "sent_counter")
+    __slots__ = (
+        "context", "feed", "sent", "writing", "joined", "closed", "sent_counter", "reports",
+    )  # fmt: skip
 
-    def __init__(self, context: Any, feed: PoolFeed) -> None:
+    def __init__(self, context: Any, feed: PoolFeed, label: str) -> None:
         self.context = context
         self.feed = feed
         # Looked up once: labels() takes a lock, and this counts every write.
-        self.sent_counter = metrics.LISTS_SENT.labels(feed.name)
+        self.sent_counter = metrics.LISTS_SENT.labels(label)
+        self.reports = StreamReports()
         self.sent: bytes | None = None
         self.writing: asyncio.Task[None] | None = None
         # The feed generation this stream was open at: a later one counts
@@ -77,6 +88,7 @@ class _Stream:
             self.close()
             return
         self.sent = payload
+        self.reports.sent(payload)
         feed = self.feed
         self.sent_counter.inc()
         if generation > self.joined and payload is feed.payload:
@@ -96,12 +108,19 @@ class _Stream:
 
 class BalanceLoadService:
     def __init__(
-        self, hub: FeedHub, sink: LoadReportSink, *, initial_request_timeout: float = 30.0
+        self,
+        hub: FeedHub,
+        sink: LoadReportSink,
+        *,
+        initial_request_timeout: float = 30.0,
+        max_streams_per_address: int = DEFAULT_MAX_STREAMS_PER_ADDRESS,
     ) -> None:
         self.hub = hub
         self.sink = sink
         self.initial_request_timeout = initial_request_timeout
+        self.per_address = StreamsPerAddress(max_streams_per_address)
         self._stream_ids = 0
+        self._log = RateLimitedLog(log)
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.stream_stream_rpc_method_handler(
@@ -109,10 +128,19 @@ class BalanceLoadService:
         )
         return grpc.method_handlers_generic_handler(SERVICE, {"BalanceLoad": method})
 
-    async def _refuse(self, context: Any, reason: str, details: str) -> None:
+    async def _refuse(
+        self,
+        context: Any,
+        reason: str,
+        details: str,
+        code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+    ) -> None:
         metrics.STREAMS_REFUSED.labels(reason).inc()
-        log.info("stream refused reason=%s peer=%s: %s", reason, context.peer(), details)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
+        self._log.warning(
+            f"refused:{reason}", "stream refused reason=%s peer=%s: %s",
+            reason, context.peer(), details,
+        )  # fmt: skip
+        await context.abort(code, details)
 
     async def _read_initial(self, request_iterator: Any, context: Any) -> str | None:
         try:
@@ -155,7 +183,7 @@ class BalanceLoadService:
                 f"initial_request.name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} are allowed",
             )
             return None
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             await self._refuse(
                 context,
                 "malformed_name",
@@ -166,36 +194,72 @@ class BalanceLoadService:
         return name
 
     async def balance_load(self, request_iterator: Any, context: Any) -> None:
+        address = peer_address(context.peer())
+        if not self.per_address.acquire(address):
+            metrics.LIMIT_REFUSALS.labels("streams_per_address").inc()
+            await self._refuse(
+                context,
+                "streams_per_address",
+                f"too many BalanceLoad streams from {address[:64]}: at most "
+                f"{self.per_address.limit} are allowed per client address",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+            return
+        try:
+            await self._serve(request_iterator, context)
+        finally:
+            self.per_address.release(address)
+
+    async def _serve(self, request_iterator: Any, context: Any) -> None:
         name = await self._read_initial(request_iterator, context)
         if name is None:
             return
         feed = self.hub.resolve(name)
+        # A name of no pool gets no series (and no Redis keys) of its own.
+        known = feed.exists
+        label = feed.name if known else ""
         self._stream_ids += 1
         stream_id = self._stream_ids
         await context.write(lists.initial_payload(feed.report_interval_ms))
-        stream = _Stream(context, feed)
+        stream = _Stream(context, feed, label)
         feed.subscribe(stream)
-        metrics.STREAMS_OPEN.labels(feed.name).inc()
-        self.sink.set_stream_count(feed.name, feed.streams)
+        metrics.STREAMS_OPEN.labels(label).inc()
+        if known:
+            self.sink.set_stream_count(feed.name, feed.streams)
         log.debug(
-            "stream open id=%d pool=%s name=%s peer=%s", stream_id, feed.name, name, context.peer()
+            "stream open id=%d pool=%s name=%s peer=%s", stream_id, label, name, context.peer()
         )
         try:
             # Until the client half-closes (the stream then ends with OK) or
             # goes away (this is cancelled).
-            await self._read_reports(request_iterator, feed)
+            await self._read_reports(request_iterator, stream)
         finally:
             stream.close()
-            metrics.STREAMS_OPEN.labels(feed.name).dec()
-            self.sink.set_stream_count(feed.name, feed.streams)
-            log.debug("stream closed id=%d pool=%s", stream_id, feed.name)
+            metrics.STREAMS_OPEN.labels(label).dec()
+            if known:
+                self.sink.set_stream_count(feed.name, feed.streams)
+            elif not feed.exists and not feed.subscribers:
+                # Nothing is kept for a name that matched no pool.
+                self.hub.feeds.pop(feed.name, None)
+            log.debug("stream closed id=%d pool=%s", stream_id, label)
 
-    async def _read_reports(self, request_iterator: Any, feed: PoolFeed) -> None:
+    async def _read_reports(self, request_iterator: Any, stream: _Stream) -> None:
+        feed = stream.feed
         async for raw in request_iterator:
             try:
                 request = lb.LoadBalanceRequest.FromString(raw)
             except DecodeError:
-                log.warning("pool=%s: ignoring a malformed LoadBalanceRequest", feed.name)
+                metrics.REPORTS_REFUSED.labels("malformed").inc()
+                self._log.warning(
+                    "malformed", "ignoring a malformed LoadBalanceRequest pool=%s peer=%s",
+                    feed.name, stream.context.peer(),
+                )  # fmt: skip
                 continue
-            if request.HasField("client_stats"):
-                self.sink.add(feed.name, request.client_stats)
+            if not request.HasField("client_stats"):
+                continue
+            if not feed.exists:
+                metrics.REPORTS_REFUSED.labels("no_pool").inc()
+                continue
+            stats = stream.reports.check(request.client_stats, feed.report_interval_ms)
+            if stats is not None:
+                self.sink.add(feed.name, stats)

@@ -80,3 +80,27 @@ FANOUT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+AUTH_REFUSALS = Counter(
+    "lookaside_balancer_registration_auth_refusals_total",
+    "Registration calls refused for their credential (UNAUTHENTICATED or PERMISSION_DENIED)",
+    ["method", "code", "reason"],
+    registry=REGISTRY,
+)
+LIMIT_REFUSALS = Counter(
+    "lookaside_balancer_limit_refusals_total",
+    "Calls refused by a limit against abuse (RESOURCE_EXHAUSTED)",
+    ["limit"],
+    registry=REGISTRY,
+)
+INSECURE_REGISTRATION = Gauge(
+    "lookaside_balancer_insecure_registration",
+    "1 while registrations without a credential are admitted (development switch)",
+    registry=REGISTRY,
+)
+REPORTS_REFUSED = Counter(
+    "lookaside_balancer_load_reports_refused_total",
+    "ClientStats not counted, by reason (too_fast, negative, too_large, unknown_drop_token, "
+    "unknown_backend_token, malformed, no_pool)",
+    ["reason"],
+    registry=REGISTRY,
+)

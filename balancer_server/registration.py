@@ -1,4 +1,10 @@
-"""lookaside.registry.v1.Registry: backends register, heartbeat, leave."""
+"""lookaside.registry.v1.Registry: backends register, heartbeat, leave.
+
+Every call is authorized first (balancer_server.auth): no credential is
+UNAUTHENTICATED, a credential for another pool PERMISSION_DENIED, and each
+refusal is counted and logged with the caller's address (never a secret).
+Heartbeat, Drain and Deregister need the lease id Register returned.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,13 @@ import grpc
 import redis.exceptions
 
 from balancer_server import metrics
+from balancer_server.auth import AuthError, Grant, RegistrationAuth
+from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside.registry import keys
 from lookaside.registry import validation as v
+from lookaside.registry.model import backend_id_for
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
@@ -33,21 +43,22 @@ def _peer_ip(peer: str) -> str | None:
     return None
 
 
-async def resolve_host(host: str, peer: str) -> str:
-    """The IP address to list for a registration's host, or RegistryError."""
+async def resolve_host(host: str, peer: str, *, allow_special: bool = False) -> str:
+    """The IP address to list for a registration's host, or RegistryError.
+    Unspecified, multicast, broadcast and link-local addresses are refused
+    unless `allow_special` (a pool's policy) allows them."""
     if not host:
         ip = _peer_ip(peer)
         if ip is None:
             raise v.RegistryError(
-                f"host is empty and the caller's address ({peer}) is not an IP address; "
+                f"host is empty and the caller's address ({peer[:64]}) is not an IP address; "
                 "give the host explicitly"
             )
-        return v.parse_ip(ip) or ip
+        ip = v.parse_ip(ip) or ip
+        return v.check_listable_ip(ip, allow_special=allow_special)
     ip = v.parse_ip(host)
     if ip is not None:
-        if ip in ("0.0.0.0", "::"):
-            raise v.RegistryError(f"host {host!r} is a wildcard address; give a reachable address")
-        return ip
+        return v.check_listable_ip(ip, allow_special=allow_special)
     v.check_hostname_syntax(host)
     loop = asyncio.get_running_loop()
     try:
@@ -60,7 +71,8 @@ async def resolve_host(host: str, peer: str) -> str:
     v4 = [a for a in addrs if ":" not in a]
     if not addrs:
         raise v.RegistryError(f"host {host!r} does not resolve to any address")
-    return (v4 or addrs)[0]
+    ip = v.parse_ip((v4 or addrs)[0]) or (v4 or addrs)[0]
+    return v.check_listable_ip(ip, allow_special=allow_special)
 
 
 def _duration_ms(d: Any) -> int:
@@ -68,12 +80,72 @@ def _duration_ms(d: Any) -> int:
 
 
 class RegistryService(pb_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: RegistryStore, auth: RegistrationAuth | None = None) -> None:
         self.store = store
+        self.auth = auth or RegistrationAuth()
+        self._refusal_log = RateLimitedLog(log)
 
     async def _fail(self, context: Any, method: str, code: grpc.StatusCode, details: str) -> None:
         metrics.REGISTRATIONS.labels(method, code.name).inc()
         await context.abort(code, details)
+
+    async def _authorize(self, context: Any, method: str, pool: str) -> Grant:
+        """The caller's grant for `pool`, or the call ends UNAUTHENTICATED or
+        PERMISSION_DENIED (counted, and logged without the credential)."""
+        try:
+            return self.auth.authorize(pool, context.invocation_metadata(), context.auth_context())
+        except AuthError as exc:
+            metrics.AUTH_REFUSALS.labels(method, exc.code.name, exc.reason).inc()
+            self._refusal_log.warning(
+                f"auth:{exc.reason}",
+                "registration refused method=%s code=%s reason=%s peer=%s pool=%r",
+                method, exc.code.name, exc.reason, context.peer(), pool[:128],
+            )  # fmt: skip
+            await self._fail(context, method, exc.code, exc.details)
+        raise AssertionError("unreachable: abort raises")
+
+    async def _refuse_limit(self, context: Any, limit: str, details: str) -> None:
+        metrics.LIMIT_REFUSALS.labels(limit).inc()
+        self._refusal_log.warning(
+            f"limit:{limit}", "registration refused limit=%s peer=%s: %s",
+            limit, context.peer(), details,
+        )  # fmt: skip
+        await self._fail(context, "Register", grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+
+    async def _check_room(self, context: Any, grant: Grant, pool: str, backend_id: str) -> bool:
+        """Whether the pool exists; refuses a registration that would pass
+        the pool's backend limit or the limit on pools."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.config(pool))
+            pipe.hlen(keys.backends(pool))
+            pipe.hexists(keys.backends(pool), backend_id)
+            pipe.scard(keys.POOLS)
+            exists, count, known, pools = await pipe.execute()
+        if not exists and grant.create and pools >= self.auth.policy.max_pools:
+            await self._refuse_limit(
+                context,
+                "pools",
+                f"registration refused: there are {pools} pools, the most the registration "
+                "policy allows; remove unused pools or raise max_pools",
+            )
+        if not known and count >= grant.max_backends:
+            await self._refuse_limit(
+                context,
+                "backends_per_pool",
+                f"registration refused: pool {pool!r} has {count} backends, the most its "
+                "registration policy allows (max_backends)",
+            )
+        return bool(exists)
+
+    @staticmethod
+    async def _require_lease(context: Any, method: str, lease_id: str) -> None:
+        if not lease_id:
+            metrics.REGISTRATIONS.labels(method, "INVALID_ARGUMENT").inc()
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method.lower()} refused: lease_id is empty; send the lease_id that Register "
+                "returned",
+            )
 
     async def _run(
         self,
@@ -104,6 +176,8 @@ class RegistryService(pb_grpc.RegistryServicer):
         raise AssertionError("unreachable: abort raises")
 
     async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:  # noqa: N802
+        grant = await self._authorize(context, "Register", request.pool)
+
         async def validate() -> tuple[str, int, int, str, dict[str, str], int, str]:
             pool = v.check_pool_name(request.pool)
             port = v.check_port(request.port)
@@ -113,7 +187,9 @@ class RegistryService(pb_grpc.RegistryServicer):
             ttl_ms = 0
             if request.HasField("lease_ttl"):
                 ttl_ms = v.check_lease_ttl_ms(_duration_ms(request.lease_ttl))
-            ip = await resolve_host(request.host, context.peer())
+            ip = await resolve_host(
+                request.host, context.peer(), allow_special=grant.allow_special_addresses
+            )
             return pool, port, weight, zone, metadata, ttl_ms, ip
 
         try:
@@ -126,18 +202,26 @@ class RegistryService(pb_grpc.RegistryServicer):
                 f"registration refused: {exc}",
             )
             raise AssertionError("unreachable: abort raises") from None
+
+        async def register():  # type: ignore[no-untyped-def]
+            exists = await self._check_room(context, grant, pool, backend_id_for(ip, port))
+            return await self.store.register(
+                pool=pool, host=request.host or ip, ip=ip, port=port, weight=weight,
+                zone=zone, metadata=metadata, lease_ttl_ms=ttl_ms,
+                create_pool=exists or grant.create, actor=f"registration:{grant.principal}",
+            )  # fmt: skip
+
         lease = await self._run(
             context,
             "Register",
             "registration",
-            lambda: self.store.register(
-                pool=pool, host=request.host or ip, ip=ip, port=port, weight=weight,
-                zone=zone, metadata=metadata, lease_ttl_ms=ttl_ms,
-            ),
-        )  # fmt: skip
+            register,
+            "; pools are created by an operator (admin API), or by a registration policy "
+            "that allows creation",
+        )
         log.info(
-            "registered pool=%s backend=%s addr=%s:%d weight=%d ttl_ms=%d",
-            pool, lease.backend_id, ip, port, weight, lease.ttl_ms,
+            "registered pool=%s backend=%s addr=%s:%d weight=%d ttl_ms=%d by=%s",
+            pool, lease.backend_id, ip, port, weight, lease.ttl_ms, grant.principal,
         )  # fmt: skip
         response = pb.RegisterResponse(
             backend_id=lease.backend_id, lease_id=lease.lease_id, address=f"{ip}:{port}"
@@ -147,6 +231,8 @@ class RegistryService(pb_grpc.RegistryServicer):
         return response
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
+        await self._authorize(context, "Heartbeat", request.pool)
+        await self._require_lease(context, "Heartbeat", request.lease_id)
         load = None
         if request.HasField("load"):
             load = {
@@ -170,18 +256,34 @@ class RegistryService(pb_grpc.RegistryServicer):
     async def Deregister(
         self, request: pb.DeregisterRequest, context: Any
     ) -> pb.DeregisterResponse:  # noqa: N802
+        grant = await self._authorize(context, "Deregister", request.pool)
+        await self._require_lease(context, "Deregister", request.lease_id)
+
         async def leave() -> None:
             v.check_pool_name(request.pool)
-            await self.store.deregister(request.pool, request.backend_id, request.lease_id)
+            await self.store.deregister(
+                request.pool,
+                request.backend_id,
+                request.lease_id,
+                actor=f"registration:{grant.principal}",
+            )
 
         await self._run(context, "Deregister", "deregistration", leave)
         log.info("deregistered pool=%s backend=%s", request.pool, request.backend_id)
         return pb.DeregisterResponse()
 
     async def Drain(self, request: pb.DrainRequest, context: Any) -> pb.DrainResponse:  # noqa: N802
+        grant = await self._authorize(context, "Drain", request.pool)
+        await self._require_lease(context, "Drain", request.lease_id)
+
         async def drain() -> bool:
             v.check_pool_name(request.pool)
-            return await self.store.drain(request.pool, request.backend_id, request.lease_id)
+            return await self.store.drain(
+                request.pool,
+                request.backend_id,
+                request.lease_id,
+                actor=f"registration:{grant.principal}",
+            )
 
         if await self._run(context, "Drain", "drain", drain):
             log.info("draining pool=%s backend=%s", request.pool, request.backend_id)

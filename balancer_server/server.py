@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from balancer_server import metrics
+from balancer_server.auth import PolicyError, RegistrationAuth, RegistrationPolicy, read_secret
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
 from balancer_server.feeds import FeedHub
@@ -23,6 +24,7 @@ from balancer_server.load_reports import LoadReportSink
 from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
+from balancer_server.tls import TlsConfigError, server_credentials
 from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.metrics_http import serve_metrics
 from lookaside.proto.lb.v1 import load_balancer_pb2
@@ -44,10 +46,64 @@ SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 1 << 16),
     ("grpc.server.max_pending_requests_hard_limit", 1 << 17),
     ("grpc.server_max_unrequested_time_in_server", 300),
+    # Keepalive enforcement: a client pinging more often than every 10 s
+    # gets GOAWAY after max_ping_strikes bad pings; the server pings idle
+    # connections every minute and drops those that do not answer in 20 s.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # Metadata (headers) per call: registration metadata is small.
+    ("grpc.max_metadata_size", 16 * 1024),
+    ("grpc.max_receive_message_length", 1 << 20),
     ("grpc.so_reuseport", 0),
 ]
+# A connection older than --max-stream-age is sent GOAWAY; its streams get
+# this long to finish before they are cancelled (the client reconnects).
+STREAM_AGE_GRACE_MS = 30_000
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def server_options(settings: BalancerSettings) -> list[tuple[str, int]]:
+    options = list(SERVER_OPTIONS)
+    if settings.max_stream_age > 0:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_stream_age * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", STREAM_AGE_GRACE_MS))
+    return options
+
+
+def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
+    """The registration credentials the settings name (files read now)."""
+    tokens = [settings.registration_token]
+    if settings.registration_token_file:
+        tokens.append(read_secret(settings.registration_token_file, "registration token"))
+    if any(0 < len(t) < MIN_TOKEN_LENGTH for t in tokens):
+        raise PolicyError(
+            f"the registration token needs at least {MIN_TOKEN_LENGTH} characters "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    policy = (
+        RegistrationPolicy.from_file(settings.registration_policy)
+        if settings.registration_policy
+        else None
+    )
+    auth = RegistrationAuth(policy, tokens, insecure=settings.insecure_registration)
+    metrics.INSECURE_REGISTRATION.set(1 if auth.insecure else 0)
+    if auth.insecure:
+        log.warning(
+            "INSECURE REGISTRATION: registrations without a credential are admitted and may "
+            "create pools; anyone who reaches %s can take a pool's traffic. Development only.",
+            settings.listen,
+        )
+    elif not auth.has_credentials:
+        log.warning(
+            "no registration token or policy is configured: every Register, Heartbeat, Drain "
+            "and Deregister will be refused (set --registration-token or --registration-policy)"
+        )
+    return auth
 
 
 def _epoch() -> str:
@@ -84,6 +140,11 @@ class BalancerServer:
         self.outliers = OutlierDetector(
             self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
         )
+        self.auth = registration_auth(settings)
+        self.credentials = server_credentials(
+            settings.tls_cert, settings.tls_key, settings.tls_client_ca,
+            settings.require_client_cert,
+        )  # fmt: skip
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,9 +177,14 @@ class BalancerServer:
             )
         )
         self._tasks.append(asyncio.create_task(self._redis_gauge()))
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        server.add_generic_rpc_handlers((BalanceLoadService(self.hub, self.sink).handler(),))
-        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryService(self.store), server)
+        server = grpc.aio.server(options=server_options(self.settings))
+        balance_load = BalanceLoadService(
+            self.hub, self.sink, max_streams_per_address=self.settings.max_streams_per_address
+        )
+        server.add_generic_rpc_handlers((balance_load.handler(),))
+        registry_pb2_grpc.add_RegistryServicer_to_server(
+            RegistryService(self.store, self.auth), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (
             load_balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
@@ -128,7 +194,10 @@ class BalancerServer:
         )
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            if self.credentials is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, self.credentials)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -141,9 +210,10 @@ class BalancerServer:
         for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "balancer listening on %s (port %d) replica=%s epoch=%s",
+            "balancer listening on %s (port %d, %s) replica=%s epoch=%s",
             self.settings.listen,
             self.port,
+            "plaintext" if self.credentials is None else "TLS",
             self.replica_id,
             self.epoch,
         )
@@ -185,7 +255,10 @@ GC_THRESHOLDS = (50_000, 20, 100)
 async def serve(settings: BalancerSettings) -> None:
     serve_metrics(settings.metrics_listen, metrics.REGISTRY)
     gc.set_threshold(*GC_THRESHOLDS)
-    balancer = BalancerServer(settings)
+    try:
+        balancer = BalancerServer(settings)
+    except (PolicyError, TlsConfigError) as exc:
+        raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()
     await until_signalled()
     log.info("shutting down")

@@ -72,6 +72,29 @@ class BalancerSettings(BaseSettings):
     )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
     log_level: str = Field("info", description="debug, info, warning or error")
+    # Registration credentials (balancer_server.auth, docs/security.md).
+    registration_token: str = Field(
+        "", description="global registration token (admits every pool)", repr=False
+    )
+    registration_token_file: str = Field("", description="file holding the global token")
+    registration_policy: str = Field(
+        "", description="JSON/YAML file: per-pool tokens, mTLS identities, creation"
+    )
+    insecure_registration: bool = Field(
+        False, description="DEVELOPMENT ONLY: admit registrations that carry no credential"
+    )
+    # TLS (balancer_server.tls).
+    tls_cert: str = Field("", description="PEM certificate chain: serve TLS on --listen")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    tls_client_ca: str = Field("", description="PEM CA bundle: verify client certificates")
+    require_client_cert: bool = Field(False, description="refuse clients without a certificate")
+    # Limits against abuse (balancer_server.limits).
+    max_streams_per_address: int = Field(
+        1000, ge=1, description="open BalanceLoad streams per client IP"
+    )
+    max_stream_age: float = Field(
+        0.0, ge=0, description="seconds after which a connection is told to go away (0: never)"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -50,6 +50,10 @@ class BalancerHandle:
             reap_interval=0.2,
             report_flush_interval=0.2,
             grace=0.0,
+            # The suite's registrations come from the thin client and the
+            # demo server; tests of credentials turn this off and pass
+            # registration_token or a policy instead.
+            insecure_registration=True,
         )
         settings.update(overrides)
         self.settings = BalancerSettings(**settings)

@@ -153,9 +153,13 @@ class RegistryStore:
         metadata: dict[str, str] | None = None,
         lease_ttl_ms: int = 0,
         actor: str = "registration",
+        create_pool: bool = True,
     ) -> Lease:
-        """Registers a backend with a lease (created with the pool if need be).
+        """Registers a backend with a lease (created with the pool if need be,
+        unless create_pool is False: then a missing pool is NotFoundError).
         Inputs must already be validated."""
+        if not create_pool and not await self.redis.exists(keys.config(pool)):
+            raise NotFoundError(f"pool {pool!r} does not exist")
         backend = Backend(
             id=backend_id_for(ip, port),
             pool=pool,

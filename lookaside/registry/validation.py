@@ -1,7 +1,10 @@
 """Input checks shared by the registration API and the admin API.
 
 Every check raises RegistryError with a message that says what was wrong
-and what is allowed.
+and what is allowed. Patterns are written with ^...$ so that JSON Schema
+(the admin API's OpenAPI document) reads them as anchored, and are always
+applied here with re.fullmatch: `$` alone also matches before a trailing
+newline, which let "pool\n" through.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9._/-]{1,63}$")
 WEIGHT_MIN, WEIGHT_MAX = 1, 1000
 METADATA_MAX_ENTRIES = 16
 METADATA_MAX_VALUE = 256
+# All keys and values of one registration together, in UTF-8 bytes.
+METADATA_MAX_BYTES = 4096
 LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS = 1_000, 3_600_000
 REPORT_INTERVAL_MIN_MS, REPORT_INTERVAL_MAX_MS = 0, 3_600_000
 
@@ -32,7 +37,7 @@ class NotFoundError(LookupError):
 def check_pool_name(name: str) -> str:
     if not name:
         raise RegistryError("pool name is empty")
-    if not POOL_NAME_RE.match(name):
+    if not POOL_NAME_RE.fullmatch(name):
         raise RegistryError(
             f"pool name {name[:64]!r} is invalid: use 1..128 characters of "
             "[A-Za-z0-9._-], starting with a letter or digit"
@@ -53,7 +58,7 @@ def check_weight(weight: int) -> int:
 
 
 def check_zone(zone: str) -> str:
-    if not ZONE_RE.match(zone):
+    if not ZONE_RE.fullmatch(zone):
         raise RegistryError(f"zone {zone[:64]!r} is invalid: up to 63 characters of [A-Za-z0-9._-]")
     return zone
 
@@ -64,15 +69,24 @@ def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
             f"metadata has {len(metadata)} entries; at most {METADATA_MAX_ENTRIES} are allowed"
         )
     for key, value in metadata.items():
-        if not METADATA_KEY_RE.match(key):
+        if not METADATA_KEY_RE.fullmatch(key):
             raise RegistryError(
                 f"metadata key {key[:64]!r} is invalid: 1..63 characters of [A-Za-z0-9._/-]"
+            )
+        if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+            raise RegistryError(
+                f"metadata value for {key!r} holds a line break or NUL; use plain text"
             )
         if len(value) > METADATA_MAX_VALUE:
             raise RegistryError(
                 f"metadata value for {key!r} is {len(value)} characters; "
                 f"at most {METADATA_MAX_VALUE} are allowed"
             )
+    size = sum(len(k.encode()) + len(val.encode()) for k, val in metadata.items())
+    if size > METADATA_MAX_BYTES:
+        raise RegistryError(
+            f"metadata is {size} bytes in all; at most {METADATA_MAX_BYTES} are allowed"
+        )
     return dict(metadata)
 
 
@@ -94,7 +108,7 @@ def check_report_interval_ms(ms: int) -> int:
 
 
 def check_drop_token(token: str) -> str:
-    if not DROP_TOKEN_RE.match(token):
+    if not DROP_TOKEN_RE.fullmatch(token):
         raise RegistryError(
             f"drop token {token[:64]!r} is invalid: 1..32 characters of [a-z0-9_], "
             "starting with a letter"
@@ -103,11 +117,49 @@ def check_drop_token(token: str) -> str:
 
 
 def parse_ip(value: str) -> str | None:
-    """The canonical text of an IP address, or None when it is not one."""
+    """The canonical text of an IP address, or None when it is not one.
+    An IPv6 scope id ("fe80::1%eth0") is refused: it names an interface of
+    the sender's own host, and its free text ended up in logs and DNS."""
+    text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if "%" in text:
+        raise RegistryError(
+            f"host {value[:64]!r} carries an IPv6 scope id (%...); give a global address"
+        )
     try:
-        return str(ipaddress.ip_address(value.strip("[]")))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def address_problem(ip: str) -> str | None:
+    """Why an address is unfit to be listed to clients by default, or None.
+    Loopback and private addresses are fine (labs, clusters); addresses that
+    name no single reachable host, or that reach the metadata service of a
+    cloud host (169.254.169.254), are not."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_unspecified:
+        return "a wildcard address (unspecified)"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if addr.is_link_local:
+        return "a link-local address"
+    return None
+
+
+def check_listable_ip(ip: str, *, allow_special: bool = False) -> str:
+    """`ip` (canonical text) unless it is unspecified, multicast, broadcast
+    or link-local and the pool does not allow such addresses."""
+    problem = address_problem(ip)
+    if problem and not allow_special:
+        raise RegistryError(
+            f"address {ip} is {problem}; give the backend's own unicast address "
+            "(a pool's registration policy can allow special addresses explicitly)"
+        )
+    return ip
 
 
 HOSTNAME_RE = re.compile(
@@ -116,6 +168,6 @@ HOSTNAME_RE = re.compile(
 
 
 def check_hostname_syntax(host: str) -> str:
-    if not HOSTNAME_RE.match(host):
+    if not HOSTNAME_RE.fullmatch(host):
         raise RegistryError(f"host {host[:64]!r} is neither an IP address nor a valid host name")
     return host

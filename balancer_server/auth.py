@@ -1,0 +1,285 @@
+"""Who may register into which pool.
+
+A caller of Register, Heartbeat, Drain or Deregister proves itself with
+
+- a registration token, sent as gRPC metadata `authorization: Bearer <token>`
+  (call credentials over TLS, plain metadata over plaintext): the global
+  token (`--registration-token`) admits every pool, a pool's own tokens
+  (from the policy file) admit that pool only; or
+- an mTLS client certificate whose SAN or CN matches one of the pool's
+  identity patterns (the policy file; needs `--tls-client-ca`).
+
+Tokens are compared with hmac.compare_digest. No credential (or a token
+that is no token of ours) is UNAUTHENTICATED; a credential that is valid
+but not for this pool is PERMISSION_DENIED. The development switch
+`--insecure-registration` admits callers that bring no credential (and lets
+them create pools); a credential that is given is still checked.
+
+The policy file (JSON, or YAML when PyYAML is installed):
+
+    {"create_pools": false,
+     "pools": {
+       "routeguide": {"tokens": ["..."], "token_files": ["/run/secrets/rg"],
+                      "identities": ["routeguide-*.lookaside.test"],
+                      "create": true, "allow_special_addresses": false,
+                      "max_backends": 100}}}
+
+Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+DEFAULT_MAX_BACKENDS = 1000
+DEFAULT_MAX_POOLS = 1000
+
+
+class AuthError(Exception):
+    """A refused call: the status to end it with and a message without secrets."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.reason = reason
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or malformed; the message says where."""
+
+
+def read_secret(path: str, what: str) -> str:
+    """A secret from a file (one line; surrounding whitespace dropped)."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise PolicyError(f"{what} file {path!r} cannot be read: {exc.strerror}") from None
+    if not text:
+        raise PolicyError(f"{what} file {path!r} is empty")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRule:
+    pattern: str
+    tokens: tuple[bytes, ...] = ()
+    identities: tuple[str, ...] = ()
+    create: bool = False
+    allow_special_addresses: bool = False
+    max_backends: int = DEFAULT_MAX_BACKENDS
+
+    def matches(self, pool: str) -> bool:
+        return fnmatch.fnmatchcase(pool, self.pattern)
+
+
+def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where}: expected an object, got {type(raw).__name__}")
+    known = {"tokens", "token_files", "identities", "create", "allow_special_addresses",
+             "max_backends"}  # fmt: skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PolicyError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    tokens = [str(t) for t in raw.get("tokens", [])]
+    tokens += [read_secret(p, f"{where} token") for p in raw.get("token_files", [])]
+    if any(len(t) < 16 for t in tokens):
+        raise PolicyError(f"{where}: every token needs at least 16 characters")
+    max_backends = raw.get("max_backends", DEFAULT_MAX_BACKENDS)
+    if not isinstance(max_backends, int) or max_backends < 1:
+        raise PolicyError(f"{where}: max_backends must be a positive integer")
+    return PoolRule(
+        pattern=pattern,
+        tokens=tuple(t.encode() for t in tokens),
+        identities=tuple(str(i) for i in raw.get("identities", [])),
+        create=bool(raw.get("create", False)),
+        allow_special_addresses=bool(raw.get("allow_special_addresses", False)),
+        max_backends=max_backends,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationPolicy:
+    rules: tuple[PoolRule, ...] = ()
+    create_pools: bool = False
+    max_pools: int = DEFAULT_MAX_POOLS
+    max_backends: int = DEFAULT_MAX_BACKENDS
+
+    @classmethod
+    def from_data(cls, data: Any, where: str = "registration policy") -> RegistrationPolicy:
+        if not isinstance(data, dict):
+            raise PolicyError(f"{where}: expected an object at the top")
+        unknown = sorted(set(data) - {"create_pools", "pools", "max_pools", "max_backends"})
+        if unknown:
+            raise PolicyError(f"{where}: unknown keys {unknown}")
+        pools = data.get("pools", {})
+        if not isinstance(pools, dict):
+            raise PolicyError(f"{where}: 'pools' must map pool names to rules")
+        rules = [_rule(str(k), v, f"{where}: pool {k!r}") for k, v in pools.items()]
+        # Exact names first, so they win over globs.
+        rules.sort(key=lambda r: any(c in r.pattern for c in "*?["))
+        return cls(
+            rules=tuple(rules),
+            create_pools=bool(data.get("create_pools", False)),
+            max_pools=int(data.get("max_pools", DEFAULT_MAX_POOLS)),
+            max_backends=int(data.get("max_backends", DEFAULT_MAX_BACKENDS)),
+        )
+
+    @classmethod
+    def from_file(cls, path: str) -> RegistrationPolicy:
+        text = read_secret(path, "registration policy")
+        try:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parse error is the file's fault
+            raise PolicyError(f"registration policy {path!r} does not parse: {exc}") from None
+        return cls.from_data(data, f"registration policy {path!r}")
+
+    def rule_for(self, pool: str) -> PoolRule | None:
+        return next((r for r in self.rules if r.matches(pool)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An admitted call: who it is (for logs and events, never a secret) and
+    what it may do in the pool."""
+
+    principal: str
+    create: bool
+    allow_special_addresses: bool
+    max_backends: int = DEFAULT_MAX_BACKENDS
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
+    """The token of `authorization: Bearer <token>`, or None when absent.
+    Raises AuthError for an authorization entry of another shape."""
+    for key, value in metadata or ():
+        if key.lower() != "authorization":
+            continue
+        raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+        scheme, _, token = raw.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "authorization metadata must be 'Bearer <registration token>'",
+                "malformed_authorization",
+            )
+        return token.strip()
+    return None
+
+
+def peer_identities(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[str]:
+    """The verified client certificate's SANs and CN (empty without mTLS)."""
+    if not auth_context:
+        return []
+    out: list[str] = []
+    for key in ("x509_subject_alternative_name", "x509_common_name"):
+        out += [v.decode("utf-8", "replace") for v in auth_context.get(key, ())]
+    return out
+
+
+def _any_equal(token: bytes, candidates: Sequence[bytes]) -> bool:
+    # Every candidate is compared, in constant time each.
+    found = False
+    for candidate in candidates:
+        found |= hmac.compare_digest(token, candidate)
+    return found
+
+
+class RegistrationAuth:
+    def __init__(
+        self,
+        policy: RegistrationPolicy | None = None,
+        global_tokens: Sequence[str] = (),
+        *,
+        insecure: bool = False,
+    ) -> None:
+        self.policy = policy or RegistrationPolicy()
+        self.global_tokens = tuple(t.encode() for t in global_tokens if t)
+        self.insecure = insecure
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.global_tokens) or any(r.tokens or r.identities for r in self.policy.rules)
+
+    def _grant(self, principal: str, rule: PoolRule | None, create: bool | None = None) -> Grant:
+        policy = self.policy
+        return Grant(
+            principal=principal,
+            create=(rule.create if rule else policy.create_pools) if create is None else create,
+            allow_special_addresses=rule.allow_special_addresses if rule else False,
+            max_backends=rule.max_backends if rule else policy.max_backends,
+        )
+
+    def authorize(
+        self,
+        pool: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        auth_context: Mapping[str, Iterable[bytes]] | None = None,
+    ) -> Grant:
+        """The grant for a call into `pool`, or AuthError."""
+        rule = self.policy.rule_for(pool)
+        token = bearer_token(metadata)
+        if token is not None:
+            if rule is not None and _any_equal(token, rule.tokens):
+                return self._grant(f"pool-token:{rule.pattern}", rule)
+            if _any_equal(token, self.global_tokens):
+                return self._grant("global-token", rule)
+            others = [t for r in self.policy.rules if r is not rule for t in r.tokens]
+            if _any_equal(token, others):
+                raise AuthError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the registration token is not allowed for pool {pool!r}",
+                    "token_not_for_pool",
+                )
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the registration token is not valid; check --registration-token on both sides",
+                "bad_token",
+            )
+        identities = peer_identities(auth_context)
+        if identities:
+            patterns = rule.identities if rule else ()
+            for identity in identities:
+                if any(fnmatch.fnmatchcase(identity, p) for p in patterns):
+                    return self._grant(f"mtls:{identity}", rule)
+            if not self.insecure:
+                raise AuthError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"client certificate {identities[0][:128]!r} is not allowed for pool "
+                    f"{pool!r}; add it to the pool's identities in the registration policy",
+                    "identity_not_for_pool",
+                )
+        if self.insecure:
+            return self._grant("insecure", rule, create=True)
+        raise AuthError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "registration needs a credential: send metadata 'authorization: Bearer <registration "
+            "token>' or connect with an allowed client certificate",
+            "no_credential",
+        )
+
+
+__all__ = [
+    "AuthError",
+    "Grant",
+    "PolicyError",
+    "PoolRule",
+    "RegistrationAuth",
+    "RegistrationPolicy",
+    "bearer_token",
+    "peer_identities",
+    "read_secret",
+]

@@ -1,0 +1,113 @@
+"""Limits against abuse that the balancer keeps in memory.
+
+- RateLimitedLog: a log line per kind at most once per interval; the lines
+  held back are counted into the next one. A client that sends garbage as
+  fast as it can gets one line a few seconds, not one per message.
+- StreamsPerAddress: open BalanceLoad streams per client IP.
+- ReportPacer: a stream's reports may come no faster than the interval the
+  balancer asked for (with slack); faster ones are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+LOG_INTERVAL_S = 10.0
+# A report may come this much earlier than the interval asked for (client
+# timers and network jitter); C-core clamps the interval to at least 1 s.
+REPORT_SLACK = 0.5
+MIN_REPORT_INTERVAL_MS = 1000
+REPORT_BURST = 5
+
+
+class RateLimitedLog:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        max_kinds: int = 256,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self.max_kinds = max_kinds
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, msg: str, *args: Any) -> bool:
+        """Logs unless a line of this kind went out less than `interval`
+        ago; returns whether it logged."""
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        if last is None and len(self._last) >= self.max_kinds:
+            self._last.clear()  # bounded memory whatever the kinds
+            self._held.clear()
+        held = self._held.pop(kind, 0)
+        self._last[kind] = now
+        if held:
+            msg += " (%d more like it not logged)"
+            args = (*args, held)
+        self.logger.warning(msg, *args)
+        return True
+
+
+def peer_address(peer: str) -> str:
+    """The IP of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"),
+    else the string itself (unix sockets and the like share one bucket)."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return kind
+
+
+class StreamsPerAddress:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        n = self.open.get(address, 0)
+        if n >= self.limit:
+            return False
+        self.open[address] = n + 1
+        return True
+
+    def release(self, address: str) -> None:
+        n = self.open.get(address, 0) - 1
+        if n <= 0:
+            self.open.pop(address, None)
+        else:
+            self.open[address] = n
+
+
+class ReportPacer:
+    """Admits a stream's reports at the interval the balancer asked for:
+    a token bucket that refills one report per interval (with slack) and
+    holds at most REPORT_BURST, so a client may catch up after a pause but
+    cannot report faster than asked for long."""
+
+    __slots__ = ("clock", "last", "credit", "refilled")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last: float | None = None
+        self.credit = float(REPORT_BURST)
+        self.refilled = clock()
+
+    def admit(self, interval_ms: int) -> bool:
+        now = self.clock()
+        interval = max(interval_ms, MIN_REPORT_INTERVAL_MS) / 1000 * REPORT_SLACK
+        self.credit = min(REPORT_BURST, self.credit + (now - self.refilled) / interval)
+        self.refilled = now
+        if self.credit < 1.0:
+            return False
+        self.credit -= 1.0
+        self.last = now
+        return True

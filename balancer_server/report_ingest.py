@@ -1,0 +1,167 @@
+"""Load reports are checked before they count.
+
+A stream's ClientStats reach the load report sink only if
+
+- the stream's name matched an existing pool (`no_pool` otherwise: names of
+  no pool create no Redis keys and no metric series);
+- it came no sooner than the interval the balancer asked for allows
+  (`too_fast`; limits.ReportPacer);
+- every count is non-negative (`negative`) and at most what the stream
+  could have made since its last report: MAX_CALLS_PER_SECOND times the
+  seconds elapsed (`too_large`). With that bound, sums stay far inside
+  int64 whatever the number of reports;
+- drop counts name drop tokens this stream was sent (the pool's configured
+  drops), and per-backend outcomes (ClientStatsExtension, field 1001) name
+  backend tokens this stream was sent. Entries naming other tokens are
+  removed (`unknown_drop_token`, `unknown_backend_token`), the rest counts.
+
+Each refusal is counted in lookaside_balancer_load_reports_refused_total.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from balancer_server import metrics
+from balancer_server.limits import ReportPacer
+from lookaside.proto.lb.v1 import backend_stats_pb2
+from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+
+# A single client channel makes far fewer calls than this; a report that
+# claims more was not made by a client.
+MAX_CALLS_PER_SECOND = 1_000_000
+# Elapsed time is counted from at least this (the first report has no
+# previous one; C-core reports at least once a second).
+MIN_ELAPSED_S = 1.0
+MAX_ELAPSED_S = 3600.0
+MAX_DROP_ENTRIES = 64
+MAX_BACKEND_ENTRIES = 1000
+
+
+class ListTokens:
+    """The backend and drop tokens of a serialized server list, parsed once
+    per payload (payloads are shared by every stream of a pool)."""
+
+    __slots__ = ("backends", "drops")
+
+    def __init__(self, payload: bytes) -> None:
+        response = lb.LoadBalanceResponse.FromString(payload)
+        servers = response.server_list.servers
+        self.backends = frozenset(s.load_balance_token for s in servers if not s.drop)
+        self.drops = frozenset(s.load_balance_token for s in servers if s.drop)
+
+
+EMPTY = ListTokens(b"")
+_CACHE: OrderedDict[bytes, ListTokens] = OrderedDict()
+_CACHE_SIZE = 256
+
+
+def tokens_of(payload: bytes | None) -> ListTokens:
+    if not payload:
+        return EMPTY
+    found = _CACHE.get(payload)
+    if found is None:
+        found = _CACHE[payload] = ListTokens(payload)
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return found
+
+
+def _refuse(reason: str) -> None:
+    metrics.REPORTS_REFUSED.labels(reason).inc()
+
+
+COUNTERS = (
+    "num_calls_started",
+    "num_calls_finished",
+    "num_calls_finished_with_client_failed_to_send",
+    "num_calls_finished_known_received",
+)
+
+
+class StreamReports:
+    """One stream's report checks. `current` and `previous` are the token
+    sets of the last two lists written to it (a report may describe calls
+    made on the list before the newest)."""
+
+    __slots__ = ("pacer", "current", "previous", "opened")
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.pacer = ReportPacer(clock) if clock else ReportPacer()
+        self.opened = self.pacer.clock()
+        self.current = EMPTY
+        self.previous = EMPTY
+
+    def sent(self, payload: bytes) -> None:
+        tokens = tokens_of(payload)
+        if tokens is not self.current:
+            self.previous, self.current = self.current, tokens
+
+    def _known(self, token: str, drop: bool) -> bool:
+        if drop:
+            return token in self.current.drops or token in self.previous.drops
+        return token in self.current.backends or token in self.previous.backends
+
+    def check(self, stats: lb.ClientStats, interval_ms: int) -> lb.ClientStats | None:
+        """The report to count (possibly with entries removed), or None."""
+        since = self.pacer.last if self.pacer.last is not None else self.opened
+        if not self.pacer.admit(interval_ms):
+            _refuse("too_fast")
+            return None
+        elapsed = min(max(self.pacer.clock() - since, MIN_ELAPSED_S), MAX_ELAPSED_S)
+        bound = int(MAX_CALLS_PER_SECOND * elapsed)
+        values = [getattr(stats, name) for name in COUNTERS]
+        drops = stats.calls_finished_with_drop
+        if any(v < 0 for v in values) or any(d.num_calls < 0 for d in drops):
+            _refuse("negative")
+            return None
+        if any(v > bound for v in values) or sum(d.num_calls for d in drops) > bound:
+            _refuse("too_large")
+            return None
+        if len(drops) > MAX_DROP_ENTRIES:
+            _refuse("too_large")
+            return None
+        clean = stats
+        if any(not self._known(d.load_balance_token, True) for d in drops):
+            _refuse("unknown_drop_token")
+            clean = lb.ClientStats()
+            clean.CopyFrom(stats)
+            del clean.calls_finished_with_drop[:]
+            clean.calls_finished_with_drop.extend(
+                d for d in drops if self._known(d.load_balance_token, True)
+            )
+        if len(UnknownFieldSet(stats)):
+            clean = self._clean_extension(clean, bound)
+        return clean
+
+    def _clean_extension(self, stats: lb.ClientStats, bound: int) -> lb.ClientStats:
+        raw = stats.SerializeToString()
+        try:
+            ext = backend_stats_pb2.ClientStatsExtension.FromString(raw)
+        except DecodeError:
+            _refuse("malformed")
+            ext = backend_stats_pb2.ClientStatsExtension()
+        kept = []
+        for entry in ext.calls_per_backend[:MAX_BACKEND_ENTRIES]:
+            counts = (
+                entry.num_calls_finished,
+                entry.num_calls_finished_with_client_failed_to_send,
+                entry.num_calls_finished_known_received,
+            )
+            if not self._known(entry.load_balance_token, False):
+                _refuse("unknown_backend_token")
+            elif min(counts) < 0 or max(counts) > bound:
+                _refuse("too_large" if max(counts) > bound else "negative")
+            else:
+                kept.append(entry)
+        base = lb.ClientStats()
+        base.CopyFrom(stats)
+        base.DiscardUnknownFields()
+        if not kept:
+            return base
+        tail = backend_stats_pb2.ClientStatsExtension(calls_per_backend=kept)
+        return lb.ClientStats.FromString(base.SerializeToString() + tail.SerializeToString())
