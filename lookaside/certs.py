@@ -1,0 +1,164 @@
+"""`lookaside certs --out DIR`: a local CA and certificates for the lab.
+
+Writes ca.pem (+ ca-key.pem), server.pem + server-key.pem and client.pem +
+client-key.pem. The server certificate names localhost, 127.0.0.1, ::1, the
+zone and `*.<zone>`: the balancer's SRV targets (lb-<i>.<zone>) and the
+pools' service names (<pool>.<zone>) are all under the zone, so a stock
+grpcio client uses one channel credential (the CA) for the balancer and for
+the backends. The client certificate's identity (CN and DNS SAN) is what a
+registration policy matches for mTLS.
+
+For a lab only: keys are unencrypted (mode 0600) and valid for --days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ZONE = "lookaside.test"
+DEFAULT_CLIENT = f"backend.{DEFAULT_ZONE}"
+
+
+@dataclass(frozen=True)
+class Issued:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def issue(
+    out: str | Path,
+    *,
+    zone: str = DEFAULT_ZONE,
+    names: tuple[str, ...] = (),
+    client_name: str = DEFAULT_CLIENT,
+    days: int = 30,
+) -> Issued:
+    """Makes the CA and both certificates under `out` (overwriting)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out = Path(out)
+    now = datetime.datetime.now(datetime.UTC)
+    until = now + datetime.timedelta(days=days)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
+        return k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = key()
+    ca_name = name("Lookaside lab CA")
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        cn: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier
+    ) -> tuple[bytes, bytes]:
+        k = key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_name)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), pem_key(k)
+
+    dns_names = ["localhost", zone, f"*.{zone}", *names]
+    server_sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(dns_names)]
+    server_sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    server_pem, server_key = leaf(f"lb.{zone}", server_sans, ExtendedKeyUsageOID.SERVER_AUTH)
+    client_pem, client_key = leaf(
+        client_name, [x509.DNSName(client_name)], ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    _write(out / "ca-key.pem", pem_key(ca_key), private=True)
+    return Issued(
+        ca=_write(out / "ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
+        server_cert=_write(out / "server.pem", server_pem),
+        server_key=_write(out / "server-key.pem", server_key, private=True),
+        client_cert=_write(out / "client.pem", client_pem),
+        client_key=_write(out / "client-key.pem", client_key, private=True),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    issued = issue(
+        args.out,
+        zone=args.zone,
+        names=tuple(args.name or ()),
+        client_name=args.client_name,
+        days=args.days,
+    )
+    for path in (issued.ca, issued.server_cert, issued.server_key, issued.client_cert,
+                 issued.client_key):  # fmt: skip
+        print(path)
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "certs", help="make a local CA and TLS certificates", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--out", required=True, help="directory to write the PEM files to")
+    p.add_argument("--zone", default=DEFAULT_ZONE, help="DNS zone the server certificate covers")
+    p.add_argument("--name", action="append", help="another DNS name for the server certificate")
+    p.add_argument(
+        "--client-name", default=DEFAULT_CLIENT, help="identity (CN, DNS SAN) of the client cert"
+    )
+    p.add_argument("--days", type=int, default=30, help="validity in days")
+    p.set_defaults(func=_run)
