@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 import lookaside
 from admin_api import errors, metrics
 from admin_api.deps import reject_unknown_query
+from admin_api.limits import BodyLimit
 from admin_api.routes import api_router, dashboard, health
 from admin_api.settings import AdminSettings
 from lookaside.registry.store import RegistryStore
@@ -67,4 +68,6 @@ def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> F
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
+    # Outermost: the body's size is checked before routing, auth or parsing.
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -39,6 +39,8 @@ def build_server(settings: AdminSettings) -> uvicorn.Server:
         access_log=False,
         lifespan="on",
         server_header=False,
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
     )
     return _Server(config)
 
@@ -57,7 +59,8 @@ async def serve(settings: AdminSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, functools.partial(_stop, server, sig))
     log.info(
-        "admin listening on http://%s redis=%s public_reads=%s dev=%s",
+        "admin listening on %s://%s redis=%s public_reads=%s dev=%s",
+        "https" if settings.tls_cert else "http",
         settings.listen,
         _redacted(settings.redis_url),
         settings.public_reads,

@@ -14,6 +14,8 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookaside.settings import read_secret
+
 log = logging.getLogger("lookaside.admin")
 
 TOKEN_MIN_LENGTH = 16
@@ -73,6 +75,15 @@ class AdminSettings(BaseSettings):
     )
     public_reads: bool = Field(False, description="serve GET requests without a token")
     log_level: str = Field("info", description="debug, info, warning or error")
+    token_file: str = Field("", description="file holding the token (instead of --token)")
+    redis_url_file: str = Field(
+        "", description="file holding the Redis URL (keeps a password out of ps and env)"
+    )
+    tls_cert: str = Field("", description="PEM certificate chain: serve HTTPS")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body, refused with 413 before parsing"
+    )
 
     _token_generated: bool = PrivateAttr(False)
 
@@ -93,6 +104,12 @@ class AdminSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_token(self) -> AdminSettings:
+        if self.token_file:
+            self.token = read_secret(self.token_file, "token file")
+        if self.redis_url_file:
+            self.redis_url = read_secret(self.redis_url_file, "Redis URL file")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("give both --tls-cert and --tls-key (or neither, for plain HTTP)")
         problem = token_problem(self.token)
         if problem is None:
             return self

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,19 @@ def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
     return value.strip()
 
 
+def read_secret(path: str, what: str) -> str:
+    """A secret from a file (surrounding whitespace dropped), so that it
+    shows neither in `ps` nor in the environment."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{what} {path!r} cannot be read: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"{what} {path!r} is empty")
+    return text
+
+
 class BalancerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_BALANCER_", extra="ignore")
 
@@ -49,6 +62,9 @@ class BalancerSettings(BaseSettings):
         "0.0.0.0:50051", description="host:port for BalanceLoad, registration, health"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url_file: str = Field(
+        "", description="file holding the Redis URL (keeps a password out of ps and env)"
+    )
     metrics_listen: str = Field(
         "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
     )
@@ -100,6 +116,12 @@ class BalancerSettings(BaseSettings):
     @classmethod
     def _listen(cls, v: str) -> str:
         return host_port(v, "listen", port_zero=True)
+
+    @model_validator(mode="after")
+    def _secret_files(self) -> BalancerSettings:
+        if self.redis_url_file:
+            self.redis_url = read_secret(self.redis_url_file, "Redis URL file")
+        return self
 
     @field_validator("metrics_listen")
     @classmethod

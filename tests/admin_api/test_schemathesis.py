@@ -128,6 +128,12 @@ BEYOND_SCHEMA = (
     "does not resolve",
     "neither an IP address nor a valid host name",
     "wildcard address",
+    "scope id",
+    "multicast address",
+    "broadcast address",
+    "link-local address",
+    "bytes in all",
+    "line break or NUL",
 )
 
 

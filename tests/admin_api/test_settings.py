@@ -16,6 +16,11 @@ def test_every_field_is_described() -> None:
         "dev",
         "public_reads",
         "log_level",
+        "token_file",
+        "redis_url_file",
+        "tls_cert",
+        "tls_key",
+        "max_body_bytes",
     }
     for name, field in AdminSettings.model_fields.items():
         assert field.description, name
