@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,9 @@ class LabSettings(BaseSettings):
     zone: str = Field("lookaside.test", description="DNS zone")
     admin_token: str = Field("", description="admin API token; generated when empty")
     ready_timeout: float = Field(30.0, description="seconds to wait for each process")
+    tls: bool = Field(
+        False, description="TLS on the balancer, admin API and backends (a lab CA, lookaside certs)"
+    )
 
     @field_validator("admin_token")
     @classmethod
@@ -65,6 +69,7 @@ class Lab:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.backend_ports: list[int] = []
         self.token = settings.admin_token or secrets.token_urlsafe(18)
+        self.certs: Any = None
 
     def _spawn(
         self, name: str, args: list[str], env: dict[str, str] | None = None
@@ -115,6 +120,25 @@ class Lab:
         finally:
             client.close()
 
+    def _tls_args(self) -> list[str]:
+        """--tls-cert/--tls-key of the lab's certificates (made on first use);
+        children also trust the lab CA as their default roots."""
+        if not self.s.tls:
+            return []
+        from lookaside.certs import issue
+
+        if self.certs is None:
+            self.certs = issue(self.dir / "certs", zone=self.s.zone)
+            os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(self.certs.ca)
+        return ["--tls-cert", str(self.certs.server_cert), "--tls-key", str(self.certs.server_key)]
+
+    def _backend_tls_args(self) -> list[str]:
+        from lookaside.demo.settings import ServerSettings
+
+        if self.s.tls and "tls_cert" not in ServerSettings.model_fields:
+            raise RuntimeError("this build's routeguide server has no --tls-cert; use --backends 0")
+        return self._tls_args()
+
     def start(self) -> None:
         s = self.s
         redis_url = s.redis_url
@@ -138,6 +162,7 @@ class Lab:
                 # The lab's backends register without a credential (loudly:
                 # the balancer warns, and its metric says so).
                 "--insecure-registration",
+                *self._tls_args(),
             ],
         )
         self._wait_port("balancer", s.balancer_port, balancer)
@@ -158,7 +183,14 @@ class Lab:
         self._wait_port("dns", s.dns_port, dns)
         admin = self._spawn(
             "admin",
-            ["admin", "--listen", f"{s.host}:{s.admin_port}", "--redis-url", redis_url],
+            [
+                "admin",
+                "--listen",
+                f"{s.host}:{s.admin_port}",
+                "--redis-url",
+                redis_url,
+                *self._tls_args(),
+            ],  # fmt: skip
             env={"LOOKASIDE_ADMIN_TOKEN": self.token},
         )
         self._wait_port("admin", s.admin_port, admin)
@@ -178,6 +210,7 @@ class Lab:
                     s.pool,
                     "--advertise-host",
                     s.host,
+                    *self._backend_tls_args(),
                 ],
             )
         self._wait_registered(redis_url, s.backends)
@@ -194,9 +227,14 @@ class Lab:
             f"  redis      {self.redis_url}",
             f"  balancer   {lb_addr}   metrics http://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
-            f"  admin      http://{s.host}:{s.admin_port}/   token {self.token}",
+            f"  admin      {'https' if s.tls else 'http'}://{s.host}:{s.admin_port}/   token {self.token}",
             f"  backends   {', '.join(f'{s.host}:{p}' for p in self.backend_ports)}   pool {s.pool}",
             f"  logs       {self.dir}/logs",
+            *(
+                [f"  tls        CA {self.certs.ca} (one credential for balancer and backends)"]
+                if self.certs
+                else []
+            ),
             "",
             "Try, from another terminal:",
             f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15",

@@ -84,3 +84,43 @@ def test_lab_spreads_calls_and_leaves_nothing_behind() -> None:
     assert lab.returncode == 0
     still = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not still, f"left running: {still}"
+
+
+@pytest.mark.timeout(120)
+def test_lab_with_tls_serves_the_balancer_and_admin_over_tls() -> None:
+    import grpc
+    import requests
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ports = {name: free_port() for name in ("balancer", "metrics", "dns", "dns_metrics", "admin")}
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "lookaside", "up", "--tls", "--backends", "0",
+         "--balancer-port", str(ports["balancer"]), "--metrics-port", str(ports["metrics"]),
+         "--dns-port", str(ports["dns"]), "--dns-metrics-port", str(ports["dns_metrics"]),
+         "--admin-port", str(ports["admin"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1",
+             "LOOKASIDE_DNS_METRICS_LISTEN": f"127.0.0.1:{ports['dns_metrics']}"},
+    )  # fmt: skip
+    banner: list[str] = []
+    try:
+        assert lab.stdout is not None
+        for line in lab.stdout:
+            banner.append(line.rstrip())
+            if line.startswith(("Ctrl-C stops everything", "lab failed")):
+                break
+        text = "\n".join(banner)
+        assert "Lookaside lab is up" in text, text
+        ca = next(line.split()[2] for line in banner if line.strip().startswith("tls"))
+        assert f"https://127.0.0.1:{ports['admin']}/" in text
+        health = requests.get(f"https://127.0.0.1:{ports['admin']}/healthz", verify=ca, timeout=5)
+        assert health.status_code == 200
+        creds = grpc.ssl_channel_credentials(open(ca, "rb").read())  # noqa: SIM115
+        with grpc.secure_channel(f"127.0.0.1:{ports['balancer']}", creds) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        lab.send_signal(signal.SIGTERM)
+        lab.wait(60)
