@@ -34,10 +34,11 @@ import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
+
+from lookaside import settings
 
 DEFAULT_MAX_BACKENDS = 1000
 DEFAULT_MAX_POOLS = 1000
@@ -58,14 +59,11 @@ class PolicyError(ValueError):
 
 
 def read_secret(path: str, what: str) -> str:
-    """A secret from a file (one line; surrounding whitespace dropped)."""
+    """A secret from a file (surrounding whitespace dropped)."""
     try:
-        text = Path(path).read_text().strip()
-    except OSError as exc:
-        raise PolicyError(f"{what} file {path!r} cannot be read: {exc.strerror}") from None
-    if not text:
-        raise PolicyError(f"{what} file {path!r} is empty")
-    return text
+        return settings.read_secret(path, f"{what} file")
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

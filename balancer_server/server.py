@@ -59,11 +59,6 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 1 << 20),
     ("grpc.so_reuseport", 0),
 ]
-# A connection older than --max-stream-age is sent GOAWAY; its streams get
-# this long to finish before they are cancelled (the client reconnects).
-STREAM_AGE_GRACE_MS = 30_000
-
-
 MIN_TOKEN_LENGTH = 16
 
 
@@ -71,7 +66,10 @@ def server_options(settings: BalancerSettings) -> list[tuple[str, int]]:
     options = list(SERVER_OPTIONS)
     if settings.max_stream_age > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_stream_age * 1000)))
-        options.append(("grpc.max_connection_age_grace_ms", STREAM_AGE_GRACE_MS))
+        # Its streams get the grace to finish, then are cancelled; the
+        # client reconnects (with backoff) and keeps its list meanwhile.
+        grace_ms = int(settings.max_stream_age_grace * 1000)
+        options.append(("grpc.max_connection_age_grace_ms", grace_ms))
     return options
 
 
@@ -178,10 +176,10 @@ class BalancerServer:
         )
         self._tasks.append(asyncio.create_task(self._redis_gauge()))
         server = grpc.aio.server(options=server_options(self.settings))
-        balance_load = BalanceLoadService(
+        self.balance_load = BalanceLoadService(
             self.hub, self.sink, max_streams_per_address=self.settings.max_streams_per_address
         )
-        server.add_generic_rpc_handlers((balance_load.handler(),))
+        server.add_generic_rpc_handlers((self.balance_load.handler(),))
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryService(self.store, self.auth), server
         )

@@ -111,6 +111,9 @@ class BalancerSettings(BaseSettings):
     max_stream_age: float = Field(
         0.0, ge=0, description="seconds after which a connection is told to go away (0: never)"
     )
+    max_stream_age_grace: float = Field(
+        30.0, ge=0, description="seconds a connection's streams get after that, then cancelled"
+    )
 
     @field_validator("listen")
     @classmethod

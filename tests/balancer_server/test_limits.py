@@ -1,0 +1,85 @@
+"""Limits on the balancer's port: streams per client address, a maximum
+stream age, keepalive enforcement. Each refusal has its status and metric."""
+
+from __future__ import annotations
+
+import queue
+
+import grpc
+import pytest
+
+from balancer_server import metrics
+from tests.support import STOP, BalancerHandle, LbStream, wait_until
+
+
+def limit_refusals(limit: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "lookaside_balancer_limit_refusals_total", {"limit": limit}
+    )
+    return value or 0.0
+
+
+def test_streams_per_client_address_are_limited(redis_url: str, pool_name: str) -> None:
+    balancer = BalancerHandle(redis_url, max_streams_per_address=3)
+    streams: list[LbStream] = []
+    try:
+        for _ in range(3):
+            streams.append(LbStream(balancer.address, pool_name))
+            assert streams[-1].next().HasField("initial_response")
+        before = limit_refusals("streams_per_address")
+        extra = LbStream(balancer.address, pool_name)
+        with pytest.raises(grpc.RpcError) as info:
+            extra.next()
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 3" in info.value.details()
+        assert limit_refusals("streams_per_address") == before + 1
+        extra.close()
+        streams.pop().close()
+        # The slot is free again once the server has seen the stream end.
+        wait_until(lambda: sum(balancer.server.balance_load.per_address.open.values()) < 3)
+        again = LbStream(balancer.address, pool_name)
+        assert again.next().HasField("initial_response")
+        again.close()
+    finally:
+        for s in streams:
+            s.close()
+        balancer.stop()
+
+
+def test_streams_end_after_the_maximum_age(redis_url: str, pool_name: str) -> None:
+    balancer = BalancerHandle(redis_url, max_stream_age=1.0, max_stream_age_grace=1.0)
+    try:
+        stream = LbStream(balancer.address, pool_name)
+        assert stream.next().HasField("initial_response")
+        with pytest.raises(grpc.RpcError) as info:
+            while True:
+                stream.next(timeout=20)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        stream.close()
+    finally:
+        balancer.stop()
+
+
+def test_a_client_that_pings_too_often_is_sent_away(
+    balancer: BalancerHandle, pool_name: str
+) -> None:
+    from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+    from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+
+    options = [
+        ("grpc.keepalive_time_ms", 200),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    requests: queue.Queue[object] = queue.Queue()
+    requests.put(
+        lb.LoadBalanceRequest(initial_request=lb.InitialLoadBalanceRequest(name=pool_name))
+    )
+    with grpc.insecure_channel(balancer.address, options=options) as channel:
+        call = lb_grpc.LoadBalancerStub(channel).BalanceLoad(iter(requests.get, STOP), timeout=30)
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in call:
+                pass
+        requests.put(STOP)
+        # GOAWAY (too_many_pings) well before the deadline.
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
