@@ -187,3 +187,86 @@ def test_mtls_identity_admits_its_pools_only(
     assert redis_client.hlen(keys.backends(f"{pool_name}-other")) == 0
     events = [json.loads(e) for e in redis_client.lrange(keys.events(pool_name), 0, -1)]
     assert any(e.get("actor") == "registration:mtls:backend.lookaside.test" for e in events)
+
+
+def registration_credentials(certs: Issued) -> grpc.ChannelCredentials:
+    """TLS plus the registration token as call credentials
+    (authorization: Bearer <token>)."""
+    return grpc.composite_channel_credentials(
+        channel_credentials(certs), grpc.access_token_call_credentials(TOKEN)
+    )
+
+
+def test_thin_client_over_tls_registers_with_a_token_and_balances(
+    tls_balancer: BalancerHandle, certs: Issued, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    from client_lib import LookasideChannel, Registration
+    from tests.support import wait_until
+
+    tls_balancer.run(tls_balancer.store.put_pool(PoolConfig(name=pool_name)))
+    three = [TlsBackend(f"sync{i}", certs).start() for i in range(3)]
+    registrations = [
+        Registration(
+            tls_balancer.address, pool=pool_name, port=b.port, host="127.0.0.1",
+            credentials=registration_credentials(certs),
+        ).start()
+        for b in three
+    ]  # fmt: skip
+    try:
+        assert redis_client.hlen(keys.backends(pool_name)) == 3
+        creds = channel_credentials(certs)
+        with LookasideChannel(
+            pool_name, tls_balancer.address, credentials=creds, balancer_credentials=creds
+        ) as channel:
+            stub = rg_grpc.RouteGuideStub(channel)
+            calls_until(stub, lambda: all(b.calls for b in three), timeout=20)
+    finally:
+        for r in registrations:
+            r.stop(drain=False)
+        for b in three:
+            b.stop()
+    wait_until(lambda: redis_client.hlen(keys.backends(pool_name)) == 0)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_aio_thin_client_over_tls_registers_with_a_token_and_balances(
+    tls_balancer: BalancerHandle, certs: Issued, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from client_lib import AsyncRegistration
+    from client_lib.aio import LookasideChannel
+    from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+
+    tls_balancer.run(tls_balancer.store.put_pool(PoolConfig(name=pool_name)))
+    two = [TlsBackend(f"aio{i}", certs).start() for i in range(2)]
+    try:
+        async with (
+            AsyncRegistration(
+                tls_balancer.address, pool=pool_name, port=two[0].port, host="127.0.0.1",
+                credentials=registration_credentials(certs),
+            ),
+            AsyncRegistration(
+                tls_balancer.address, pool=pool_name, port=two[1].port, host="127.0.0.1",
+                credentials=registration_credentials(certs),
+            ),
+        ):  # fmt: skip
+            assert redis_client.hlen(keys.backends(pool_name)) == 2
+            creds = channel_credentials(certs)
+            async with LookasideChannel(
+                pool_name, tls_balancer.address, credentials=creds, balancer_credentials=creds
+            ) as channel:
+                await asyncio.wait_for(channel.channel_ready(), 10)
+                stub = rg_grpc.RouteGuideStub(channel)
+
+                async def until_both() -> None:
+                    while not all(b.calls for b in two):
+                        try:
+                            await stub.GetFeature(rg.Point(), timeout=5)
+                        except grpc.aio.AioRpcError:
+                            await asyncio.sleep(0.05)
+
+                await asyncio.wait_for(until_both(), 20)
+    finally:
+        for b in two:
+            b.stop()
