@@ -1,0 +1,92 @@
+"""The registration policy and the development switch: precise errors for
+a bad policy or token, and what --insecure-registration does and does not
+relax."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+
+from balancer_server import metrics
+from balancer_server.auth import AuthError, PolicyError, RegistrationAuth, RegistrationPolicy
+from lookaside.proto.registry.v1 import registry_pb2 as pb
+from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside.registry import keys
+from tests.support import BalancerHandle
+
+TOKEN = "a-registration-token-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "expected an object at the top"),
+        ({"pool": {}}, "unknown keys ['pool']"),
+        ({"pools": {"p": {"token": ["x"]}}}, "unknown keys ['token']"),
+        ({"pools": {"p": {"tokens": ["short"]}}}, "at least 16 characters"),
+        ({"pools": {"p": {"max_backends": 0}}}, "max_backends must be a positive integer"),
+        ({"pools": {"p": {"token_files": ["/nonexistent/x"]}}}, "cannot be read"),
+        ({"pools": ["p"]}, "'pools' must map pool names to rules"),
+    ],
+)
+def test_bad_policies_say_what_is_wrong(data: object, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        RegistrationPolicy.from_data(data)
+    assert message in str(info.value)
+
+
+def test_policy_files_json_and_yaml(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text(TOKEN + "\n")
+    body = {"pools": {"team-*": {"token_files": [str(tmp_path / "t")]}, "team-x": {"create": True}}}
+    (tmp_path / "p.json").write_text(json.dumps(body))
+    (tmp_path / "p.yaml").write_text(f"pools:\n  team-*:\n    token_files: [{tmp_path / 't'}]\n"
+                                     "  team-x:\n    create: true\n")  # fmt: skip
+    for name in ("p.json", "p.yaml"):
+        policy = RegistrationPolicy.from_file(str(tmp_path / name))
+        # An exact name wins over a glob, whatever the order in the file.
+        rule = policy.rule_for("team-x")
+        assert rule is not None and rule.create and not rule.tokens
+        glob = policy.rule_for("team-y")
+        assert glob is not None and glob.tokens == (TOKEN.encode(),)
+        assert policy.rule_for("other") is None
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(PolicyError, match="does not parse"):
+        RegistrationPolicy.from_file(str(tmp_path / "bad.json"))
+
+
+def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> None:
+    auth = RegistrationAuth(RegistrationPolicy(), [TOKEN], insecure=True)
+    grant = auth.authorize("new-pool", [])
+    assert grant.principal == "insecure" and grant.create
+    assert auth.authorize("new-pool", [("authorization", f"Bearer {TOKEN}")]).principal == (
+        "global-token"
+    )
+    with pytest.raises(AuthError) as info:
+        auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")])
+    assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_insecure_balancer_says_so(
+    redis_url: str, pool_name: str, redis_client, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="lookaside.balancer")
+    handle = BalancerHandle(redis_url, insecure_registration=True)
+    try:
+        assert any("INSECURE REGISTRATION" in r.getMessage() for r in caplog.records)
+        assert metrics.REGISTRY.get_sample_value("lookaside_balancer_insecure_registration") == 1
+        with grpc.insecure_channel(handle.address) as channel:
+            pb_grpc.RegistryStub(channel).Register(
+                pb.RegisterRequest(pool=pool_name, host="127.0.0.1", port=9700), timeout=5
+            )
+        assert redis_client.hlen(keys.backends(pool_name)) == 1
+    finally:
+        handle.stop()
+
+
+def test_balancer_refuses_to_start_with_a_weak_token(redis_url: str) -> None:
+    with pytest.raises(PolicyError, match="at least 16 characters"):
+        BalancerHandle(redis_url, insecure_registration=False, registration_token="short")
