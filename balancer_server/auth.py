@@ -252,7 +252,7 @@ class RegistrationAuth:
             patterns = rule.identities if rule else ()
             for identity in identities:
                 if any(fnmatch.fnmatchcase(identity, p) for p in patterns):
-                    return self._grant(f"mtls:{identity}", rule)
+                    return self._grant(f"mtls:{identity[:128]}", rule)
             if not self.insecure:
                 raise AuthError(
                     grpc.StatusCode.PERMISSION_DENIED,

@@ -22,7 +22,6 @@ from balancer_server.auth import AuthError, Grant, RegistrationAuth
 from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
 from lookaside.registry import validation as v
 from lookaside.registry.model import backend_id_for
 from lookaside.registry.store import RegistryStore
@@ -115,12 +114,12 @@ class RegistryService(pb_grpc.RegistryServicer):
     async def _check_room(self, context: Any, grant: Grant, pool: str, backend_id: str) -> bool:
         """Whether the pool exists; refuses a registration that would pass
         the pool's backend limit or the limit on pools."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.config(pool))
-            pipe.hlen(keys.backends(pool))
-            pipe.hexists(keys.backends(pool), backend_id)
-            pipe.scard(keys.POOLS)
-            exists, count, known, pools = await pipe.execute()
+        # Through the store's public reads (registration is not a hot path).
+        snapshot = await self.store.snapshot(pool)
+        exists = snapshot is not None
+        backends = snapshot.backends if snapshot is not None else ()
+        count, known = len(backends), any(b.id == backend_id for b in backends)
+        pools = 0 if exists or not grant.create else len(await self.store.list_pools())
         if not exists and grant.create and pools >= self.auth.policy.max_pools:
             await self._refuse_limit(
                 context,
