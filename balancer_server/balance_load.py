@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from balancer_server import lists, metrics
 from balancer_server.feeds import FeedHub, PoolFeed
-from balancer_server.limits import RateLimitedLog, StreamsPerAddress, peer_address
+from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddress, peer_address
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import StreamReports
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
@@ -58,12 +58,12 @@ class _Stream:
         "context", "feed", "sent", "writing", "joined", "closed", "sent_counter", "reports",
     )  # fmt: skip
 
-    def __init__(self, context: Any, feed: PoolFeed, label: str) -> None:
+    def __init__(self, context: Any, feed: PoolFeed, label: str, report_burst: int) -> None:
         self.context = context
         self.feed = feed
         # Looked up once: labels() takes a lock, and this counts every write.
         self.sent_counter = metrics.LISTS_SENT.labels(label)
-        self.reports = StreamReports()
+        self.reports = StreamReports(burst=report_burst)
         self.sent: bytes | None = None
         self.writing: asyncio.Task[None] | None = None
         # The feed generation this stream was open at: a later one counts
@@ -114,7 +114,9 @@ class BalanceLoadService:
         *,
         initial_request_timeout: float = 30.0,
         max_streams_per_address: int = DEFAULT_MAX_STREAMS_PER_ADDRESS,
+        report_burst: int = REPORT_BURST,
     ) -> None:
+        self.report_burst = report_burst
         self.hub = hub
         self.sink = sink
         self.initial_request_timeout = initial_request_timeout
@@ -221,7 +223,7 @@ class BalanceLoadService:
         self._stream_ids += 1
         stream_id = self._stream_ids
         await context.write(lists.initial_payload(feed.report_interval_ms))
-        stream = _Stream(context, feed, label)
+        stream = _Stream(context, feed, label, self.report_burst)
         feed.subscribe(stream)
         metrics.STREAMS_OPEN.labels(label).inc()
         if known:

@@ -93,18 +93,21 @@ class ReportPacer:
     holds at most REPORT_BURST, so a client may catch up after a pause but
     cannot report faster than asked for long."""
 
-    __slots__ = ("clock", "last", "credit", "refilled")
+    __slots__ = ("clock", "last", "credit", "refilled", "burst")
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, burst: int = REPORT_BURST
+    ) -> None:
         self.clock = clock
+        self.burst = float(burst)
         self.last: float | None = None
-        self.credit = float(REPORT_BURST)
+        self.credit = self.burst
         self.refilled = clock()
 
     def admit(self, interval_ms: int) -> bool:
         now = self.clock()
         interval = max(interval_ms, MIN_REPORT_INTERVAL_MS) / 1000 * REPORT_SLACK
-        self.credit = min(REPORT_BURST, self.credit + (now - self.refilled) / interval)
+        self.credit = min(self.burst, self.credit + (now - self.refilled) / interval)
         self.refilled = now
         if self.credit < 1.0:
             return False

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from balancer_server import metrics
-from balancer_server.limits import ReportPacer
+from balancer_server.limits import REPORT_BURST, ReportPacer
 from lookaside.proto.lb.v1 import backend_stats_pb2
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 
@@ -90,8 +90,8 @@ class StreamReports:
 
     __slots__ = ("pacer", "current", "previous", "opened")
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        self.pacer = ReportPacer(clock) if clock else ReportPacer()
+    def __init__(self, clock: Callable[[], float] | None = None, burst: int = REPORT_BURST) -> None:
+        self.pacer = ReportPacer(clock, burst) if clock else ReportPacer(burst=burst)
         self.opened = self.pacer.clock()
         self.current = EMPTY
         self.previous = EMPTY

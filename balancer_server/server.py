@@ -177,7 +177,10 @@ class BalancerServer:
         self._tasks.append(asyncio.create_task(self._redis_gauge()))
         server = grpc.aio.server(options=server_options(self.settings))
         self.balance_load = BalanceLoadService(
-            self.hub, self.sink, max_streams_per_address=self.settings.max_streams_per_address
+            self.hub,
+            self.sink,
+            max_streams_per_address=self.settings.max_streams_per_address,
+            report_burst=self.settings.report_burst,
         )
         server.add_generic_rpc_handlers((self.balance_load.handler(),))
         registry_pb2_grpc.add_RegistryServicer_to_server(

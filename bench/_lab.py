@@ -148,7 +148,8 @@ class BenchLab:
             self.balancer = f"127.0.0.1:{free_port()}"
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "lookaside", "balancer", "--listen", self.balancer,
-                 "--redis-url", url, "--metrics-listen", self.metrics, "--log-level", "warning"],
+                 "--redis-url", url, "--metrics-listen", self.metrics, "--log-level", "warning",
+                 "--insecure-registration"],
             ))  # fmt: skip
 
             async def configure() -> None:

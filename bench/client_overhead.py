@@ -153,6 +153,7 @@ def main() -> None:
                         "",
                         "--log-level",
                         "warning",
+                        "--insecure-registration",
                     ]
                 )
             )

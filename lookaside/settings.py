@@ -111,6 +111,9 @@ class BalancerSettings(BaseSettings):
     max_stream_age: float = Field(
         0.0, ge=0, description="seconds after which a connection is told to go away (0: never)"
     )
+    report_burst: int = Field(
+        5, ge=1, description="load reports a stream may send ahead of its interval"
+    )
     max_stream_age_grace: float = Field(
         30.0, ge=0, description="seconds a connection's streams get after that, then cancelled"
     )
