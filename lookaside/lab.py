@@ -222,6 +222,7 @@ class Lab:
         cmd = str(exe) if exe.exists() else f"{sys.executable} -m lookaside"
         first = f"{s.host}:{self.backend_ports[0]}" if self.backend_ports else "HOST:PORT"
         target = f"{s.pool}.{s.zone}:{s.balancer_port}"
+        tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}",
@@ -237,9 +238,9 @@ class Lab:
             ),
             "",
             "Try, from another terminal:",
-            f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15",
-            f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15",
-            f"  {cmd} routeguide client --lb grpclb-dns --dns {s.host}:{s.dns_port} --target {target} --mode repeatn --api GetFeature -n 15",
+            f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15{tls}",
+            f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
+            f"  {cmd} routeguide client --lb grpclb-dns --dns {s.host}:{s.dns_port} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
             "",
             "Ctrl-C stops everything.",
         ]
