@@ -158,6 +158,13 @@ def test_nobody_removes_anybody(stub, secure: BalancerHandle, redis_client, pool
             error = refused(call, request, auth(POOL_TOKEN))
             assert error.code() is Status.INVALID_ARGUMENT
             assert "lease_id is empty" in error.details()
+            request.lease_id = "0123456789abcdef"  # a guess
+            guessed = refused(call, request, auth(POOL_TOKEN)).code()
+            assert guessed in (
+                Status.NOT_FOUND,
+                Status.PERMISSION_DENIED,
+                Status.FAILED_PRECONDITION,
+            )
     stored = redis_client.hgetall(keys.backends(pool_name))
     assert set(stored) == {lease.backend_id, static.id}
     assert all('"state":"serving"' in v for v in stored.values())
