@@ -8,8 +8,10 @@ A stream's ClientStats reach the load report sink only if
   (`too_fast`; limits.ReportPacer);
 - every count is non-negative (`negative`) and at most what the stream
   could have made since its last report: MAX_CALLS_PER_SECOND times the
-  seconds elapsed (`too_large`). With that bound, sums stay far inside
-  int64 whatever the number of reports;
+  seconds elapsed, counted from at least one second (`too_large`). With the
+  report pacing, all of a stream's reports together claim at most about
+  three million calls per second of its life: a thousand streams would
+  take about a century to pass int64 in a pool's running total;
 - drop counts name drop tokens this stream was sent (the pool's configured
   drops), and per-backend outcomes (ClientStatsExtension, field 1001) name
   backend tokens this stream was sent. Entries naming other tokens are
