@@ -270,3 +270,28 @@ async def test_aio_thin_client_over_tls_registers_with_a_token_and_balances(
     finally:
         for b in two:
             b.stop()
+
+
+def test_thin_client_with_a_client_certificate_balances_through_an_mtls_balancer(
+    mtls_balancer: BalancerHandle, certs: Issued, pool_name: str
+) -> None:
+    from client_lib import LookasideChannel
+
+    two = [TlsBackend(f"mtls{i}", certs).start() for i in range(2)]
+    try:
+        for b in two:
+            mtls_balancer.run(
+                mtls_balancer.store.register(
+                    pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=b.port
+                )
+            )
+        with LookasideChannel(
+            pool_name,
+            mtls_balancer.address,
+            credentials=channel_credentials(certs),
+            balancer_credentials=channel_credentials(certs, client=True),
+        ) as channel:
+            calls_until(rg_grpc.RouteGuideStub(channel), lambda: all(b.calls for b in two), 20)
+    finally:
+        for b in two:
+            b.stop()
