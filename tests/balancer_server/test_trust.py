@@ -282,3 +282,44 @@ def test_without_any_credential_configured_everything_is_refused(
         assert metrics.REGISTRY.get_sample_value("lookaside_balancer_insecure_registration") == 0
     finally:
         handle.stop()
+
+
+def test_random_registrations_end_precisely_and_store_only_valid_backends(
+    stub, redis_client, pool_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from lookaside.registry import validation as v
+
+    codes = {Status.OK, Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.RESOURCE_EXHAUSTED}
+    requests = st.builds(
+        pb.RegisterRequest,
+        pool=st.one_of(st.just(pool_name), st.text(max_size=40)),
+        host=st.one_of(st.ip_addresses().map(str), st.text(max_size=40)),
+        port=st.integers(0, 70000),
+        weight=st.integers(0, 1200),
+        zone=st.text(max_size=70),
+        metadata=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=3),
+    )
+
+    @settings(
+        max_examples=60, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )  # fmt: skip
+    @given(requests)
+    def one(request: pb.RegisterRequest) -> None:
+        try:
+            stub.Register(request, metadata=auth(GLOBAL), timeout=10)
+            code = Status.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        assert code in codes, code
+
+    one()
+    for raw in redis_client.hgetall(keys.backends(pool_name)).values():
+        stored = Backend.from_json(raw)
+        assert v.address_problem(stored.ip) is None
+        assert 1 <= stored.port <= 65535 and 1 <= stored.weight <= 1000
+        v.check_zone(stored.zone)
+        v.check_metadata(stored.metadata)
