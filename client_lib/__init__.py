@@ -7,9 +7,9 @@ list, and the helper with which a backend registers itself.
 """
 
 from client_lib.channel import LookasideChannel
+from client_lib.lease import RegistrationRefused
 from client_lib.load import LoadMeter
 from client_lib.picker import FailedCall
-from client_lib.lease import RegistrationRefused
 from client_lib.registration import AsyncRegistration, Registration
 
 __all__ = [

@@ -83,8 +83,6 @@ lb: Any = _Namespace(
         "Server",
     ),
 )
-backend_stats_pb2: Any = _Namespace(
-    "lookaside.lb.v1", ("ClientStatsExtension", "BackendCallStats")
-)
+backend_stats_pb2: Any = _Namespace("lookaside.lb.v1", ("ClientStatsExtension", "BackendCallStats"))
 
 BALANCE_LOAD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"

@@ -262,7 +262,12 @@ class LookasideAioChannel(grpc.aio.Channel):
         _registered_method: bool = False,
     ) -> Any:
         return MultiCallable(
-            self, "unary_unary", method, request_serializer, response_deserializer, _registered_method
+            self,
+            "unary_unary",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def unary_stream(
@@ -273,7 +278,12 @@ class LookasideAioChannel(grpc.aio.Channel):
         _registered_method: bool = False,
     ) -> Any:
         return MultiCallable(
-            self, "unary_stream", method, request_serializer, response_deserializer, _registered_method
+            self,
+            "unary_stream",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_unary(
@@ -284,7 +294,12 @@ class LookasideAioChannel(grpc.aio.Channel):
         _registered_method: bool = False,
     ) -> Any:
         return MultiCallable(
-            self, "stream_unary", method, request_serializer, response_deserializer, _registered_method
+            self,
+            "stream_unary",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_stream(
@@ -295,7 +310,12 @@ class LookasideAioChannel(grpc.aio.Channel):
         _registered_method: bool = False,
     ) -> Any:
         return MultiCallable(
-            self, "stream_stream", method, request_serializer, response_deserializer, _registered_method
+            self,
+            "stream_stream",
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
 

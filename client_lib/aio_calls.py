@@ -41,7 +41,17 @@ def _has_metadata(exc: grpc.aio.AioRpcError) -> bool:
 class _Pending:
     """What a call needs to start once it has a pick."""
 
-    __slots__ = ("channel", "key", "registered", "request", "kwargs", "deadline", "call", "token", "address")
+    __slots__ = (
+        "channel",
+        "key",
+        "registered",
+        "request",
+        "kwargs",
+        "deadline",
+        "call",
+        "token",
+        "address",
+    )
 
     def __init__(
         self, channel: LookasideAioChannel, key: Any, registered: bool, request: Any, kw: Any

@@ -163,9 +163,7 @@ class ChannelCore:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _apply(
-        self, entries: Sequence[ListEntry]
-    ) -> tuple[list[SubChannel], list[SubChannel]]:
+    def _apply(self, entries: Sequence[ListEntry]) -> tuple[list[SubChannel], list[SubChannel]]:
         if self.closed:
             return [], []
         before = set(self.subchannels)

@@ -16,8 +16,7 @@ from typing import Any
 
 import grpc
 
-from client_lib._lb_proto import backend_stats_pb2
-from client_lib._lb_proto import lb
+from client_lib._lb_proto import backend_stats_pb2, lb
 
 DROP_DETAILS = "drop directed by grpclb balancer"
 

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from client_lib.picker import Pick
 from client_lib._lb_proto import lb
+from client_lib.picker import Pick
 
 INITIAL_REQUEST_NAME_MAX = 255
 

@@ -70,7 +70,11 @@ class ScriptedBalancer:
             response_serializer=lb.LoadBalanceResponse.SerializeToString,
         )
         self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("grpc.lb.v1.LoadBalancer", {"BalanceLoad": handler}),)
+            (
+                grpc.method_handlers_generic_handler(
+                    "grpc.lb.v1.LoadBalancer", {"BalanceLoad": handler}
+                ),
+            )
         )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
@@ -125,11 +129,15 @@ class Client:
             self.channel = self.loop.run(make())
             self.stub = rg_grpc.RouteGuideStub(self.channel)
 
-    def call(self, timeout: float = 5.0, wait_for_ready: bool | None = None) -> str | grpc.StatusCode:
+    def call(
+        self, timeout: float = 5.0, wait_for_ready: bool | None = None
+    ) -> str | grpc.StatusCode:
         if self.loop is None:
             try:
                 return str(
-                    self.stub.GetFeature(rg.Point(), timeout=timeout, wait_for_ready=wait_for_ready).name
+                    self.stub.GetFeature(
+                        rg.Point(), timeout=timeout, wait_for_ready=wait_for_ready
+                    ).name
                 )
             except grpc.RpcError as exc:
                 self.last_details = exc.details()

@@ -57,9 +57,13 @@ class Load:
 
 
 @pytest.fixture
-def three_backends(balancer: BalancerHandle, pool_name: str, tmp_path: Path) -> Iterator[list[DemoServerProcess]]:
+def three_backends(
+    balancer: BalancerHandle, pool_name: str, tmp_path: Path
+) -> Iterator[list[DemoServerProcess]]:
     args = ["--listen", "127.0.0.1:0", "--balancer", balancer.address, "--pool", pool_name]
-    procs = [DemoServerProcess([*args, "--name", f"k{i}"], tmp_path / f"k{i}.err") for i in range(3)]
+    procs = [
+        DemoServerProcess([*args, "--name", f"k{i}"], tmp_path / f"k{i}.err") for i in range(3)
+    ]
     try:
         yield [p.ready() for p in procs]
     finally:
@@ -110,7 +114,11 @@ def _report(kind: str, in_flight: int, load: Load) -> None:
 def test_sync_thin_client_loses_no_call(three_backends, pool_name, balancer, in_flight) -> None:  # type: ignore[no-untyped-def]
     with LookasideChannel(pool_name, balancer.address) as channel:
         wait_until(lambda: len(channel.backends()) == 3 and channel.wait_for_list(0))
-        wait_until(lambda: all(s is grpc.ChannelConnectivity.READY for s in channel.backend_states().values()))
+        wait_until(
+            lambda: all(
+                s is grpc.ChannelConnectivity.READY for s in channel.backend_states().values()
+            )
+        )
         load = Load(_sigkill(three_backends[0]))
         _sync_load(rg_grpc.RouteGuideStub(channel), in_flight, load)
     _report("thin sync", in_flight, load)
@@ -156,7 +164,12 @@ def test_aio_thin_client_loses_no_call(three_backends, pool_name, balancer, in_f
 
 @pytest.mark.parametrize("in_flight", [1, 8])
 def test_stock_grpcio_through_dns_for_comparison(
-    three_backends, pool_name, balancer, dns_factory, stock_channel, in_flight  # noqa: F811
+    three_backends,
+    pool_name,
+    balancer,
+    dns_factory,  # noqa: F811 - the fixture imported above
+    stock_channel,  # noqa: F811
+    in_flight,
 ) -> None:  # type: ignore[no-untyped-def]
     dns = dns_factory(balancer)
     channel: Any = stock_channel(dns, pool_name, 1)

@@ -197,7 +197,9 @@ def test_all_backends_down_fail_fast_but_wait_for_ready_waits(kind, lb_peer, cli
     port = free_port()
     c = client(clients, kind, lb_peer.address)
     lb_peer.next_stream().initial().servers(server(port))
-    wait_until(lambda: c.states().get(address_of(port)) is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+    wait_until(
+        lambda: c.states().get(address_of(port)) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    )
     assert c.call() is UNAVAILABLE
     assert "TRANSIENT_FAILURE" in c.last_details
     # A wait-for-ready call waits through TRANSIENT_FAILURE until its deadline.
