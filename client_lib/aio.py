@@ -16,17 +16,17 @@ from client_lib._lb_proto import BALANCE_LOAD, lb
 from client_lib._sync_link import report_request
 from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
 from client_lib.channel import server_name_options
-from client_lib.core import IDLE, SHUTDOWN, ChannelCore
+from client_lib.core import IDLE, SHUTDOWN, ChannelCore, ChannelViews
 from client_lib.picker import CallCounters, FailedCall, Pick
 from client_lib.server_list import SubChannel
-from client_lib.session import Action, BalancerSession, EnterFallback, NewList, StartReports
+from client_lib.session import Action, BalancerSession, StartReports
 
 log = logging.getLogger("lookaside.client")
 
 __all__ = ["AioFailedCall", "LookasideAioChannel", "LookasideChannel"]
 
 
-class LookasideAioChannel(grpc.aio.Channel):
+class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
     """Create it inside a running event loop. A call made before the first
     list waits for it; `await channel.channel_ready()` waits for a READY
     backend."""
@@ -124,20 +124,14 @@ class LookasideAioChannel(grpc.aio.Channel):
         self._on_actions(self._session.fallback_timer(self._loop.time()))
 
     def _on_actions(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, NewList):
-                added, retired = self._core.apply(action.entries)
-            elif isinstance(action, EnterFallback):
-                added, retired = self._core.enter_fallback(action.reason)
-            else:
-                continue
-            for sub in added:
-                task = self._loop.create_task(self._watch(sub))
-                self._watchers.add(task)
-                task.add_done_callback(self._watchers.discard)
-                sub.watcher = task
-            if retired:
-                self._loop.call_later(self._retire_grace, self._retire, retired)
+        added, retired = self._core.run(actions)
+        for sub in added:
+            task = self._loop.create_task(self._watch(sub))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+            sub.watcher = task
+        if retired:
+            self._loop.call_later(self._retire_grace, self._retire, retired)
 
     async def _watch(self, sub: SubChannel) -> None:
         """Follows one sub-channel's connectivity; asks an IDLE one to
@@ -204,25 +198,6 @@ class LookasideAioChannel(grpc.aio.Channel):
                 await asyncio.wait_for(event.wait(), remaining)
             except TimeoutError:
                 pass
-
-    def backends(self) -> list[tuple[str, str]]:
-        """The current list as (address, token); drops as ("", token)."""
-        return self._core.backends()
-
-    def backend_states(self) -> dict[str, grpc.ChannelConnectivity]:
-        return self._core.states()
-
-    @property
-    def in_fallback(self) -> bool:
-        return self._core.in_fallback
-
-    @property
-    def lists_received(self) -> int:
-        return self._session.lists_received
-
-    @property
-    def session(self) -> BalancerSession:
-        return self._session
 
     # -- grpc.aio.Channel ------------------------------------------------------
 

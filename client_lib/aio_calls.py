@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from client_lib.calls import _metadata
 from client_lib.picker import DROP_DETAILS, FailedCall, Pick, never_sent
 
 if TYPE_CHECKING:
@@ -26,12 +27,6 @@ def rpc_error(failed: FailedCall) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         failed.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=failed.details()
     )
-
-
-def _metadata(metadata: Any, extra: tuple[tuple[str, str], ...]) -> Any:
-    if not metadata:
-        return extra or None
-    return (*tuple(metadata), *extra) if extra else metadata
 
 
 def _has_metadata(exc: grpc.aio.AioRpcError) -> bool:

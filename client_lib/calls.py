@@ -61,6 +61,35 @@ class _Base:
         self._registered = registered
         self._counters = channel.counters
 
+    def _start(
+        self,
+        future: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        """A call that is not waited for here (a future, a response stream):
+        counted for ClientStats when it ends."""
+        try:
+            p = self._channel._pick(timeout, wait_for_ready)
+        except FailedCall as failed:
+            return failed
+        mc = p.target.multicallable(self._key, self._registered)
+        self._counters.call_started()
+        call = (mc.future if future else mc)(
+            request,
+            timeout,
+            _metadata(metadata, p.metadata),
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+        call.add_done_callback(_finish_callback(self._counters, p.token))
+        return call
+
 
 class _UnaryResponse(_Base):
     """Unary-response calls: __call__, with_call, future."""
@@ -144,22 +173,9 @@ class _UnaryResponse(_Base):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        try:
-            p = self._channel._pick(timeout, wait_for_ready)
-        except FailedCall as failed:
-            return failed
-        mc = p.target.multicallable(self._key, self._registered)
-        self._counters.call_started()
-        fut = mc.future(
-            request,
-            timeout,
-            _metadata(metadata, p.metadata),
-            credentials,
-            wait_for_ready,
-            compression,
+        return self._start(
+            True, request, timeout, metadata, credentials, wait_for_ready, compression
         )
-        fut.add_done_callback(_finish_callback(self._counters, p.token))
-        return fut
 
 
 class _StreamResponse(_Base):
@@ -174,22 +190,9 @@ class _StreamResponse(_Base):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        try:
-            p = self._channel._pick(timeout, wait_for_ready)
-        except FailedCall as failed:
-            return failed
-        mc = p.target.multicallable(self._key, self._registered)
-        self._counters.call_started()
-        call = mc(
-            request,
-            timeout,
-            _metadata(metadata, p.metadata),
-            credentials,
-            wait_for_ready,
-            compression,
+        return self._start(
+            False, request, timeout, metadata, credentials, wait_for_ready, compression
         )
-        call.add_done_callback(_finish_callback(self._counters, p.token))
-        return call
 
 
 class UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):

@@ -26,10 +26,10 @@ import grpc
 
 from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
-from client_lib.core import IDLE, ChannelCore
+from client_lib.core import IDLE, ChannelCore, ChannelViews
 from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick
 from client_lib.server_list import SubChannel
-from client_lib.session import Action, BalancerSession, EnterFallback, NewList
+from client_lib.session import Action, BalancerSession
 
 log = logging.getLogger("lookaside.client")
 
@@ -43,7 +43,7 @@ def server_name_options(options: ChannelOptions, server_name_override: str | Non
     return out
 
 
-class LookasideChannel(grpc.Channel):
+class LookasideChannel(ChannelViews, grpc.Channel):
     def __init__(
         self,
         target: str,
@@ -95,19 +95,13 @@ class LookasideChannel(grpc.Channel):
         return SubChannel(address, ch)
 
     def _on_actions(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, NewList):
-                added, retired = self._core.apply(action.entries)
-            elif isinstance(action, EnterFallback):
-                added, retired = self._core.enter_fallback(action.reason)
-            else:
-                continue
-            for sub in added:
-                self._watch(sub)
-            if retired:
-                timer = threading.Timer(self._retire_grace, self._close_subchannels, (retired,))
-                timer.daemon = True
-                timer.start()
+        added, retired = self._core.run(actions)
+        for sub in added:
+            self._watch(sub)
+        if retired:
+            timer = threading.Timer(self._retire_grace, self._close_subchannels, (retired,))
+            timer.daemon = True
+            timer.start()
 
     def _watch(self, sub: SubChannel) -> None:
         channel, core = sub.channel, self._core
@@ -201,26 +195,6 @@ class LookasideChannel(grpc.Channel):
     def _usable(self) -> bool:
         picker = self._core.picker
         return picker is not None and (bool(picker.ready) or not self._core.subchannels)
-
-    def backends(self) -> list[tuple[str, str]]:
-        """The current list as (address, token); drops as ("", token)."""
-        return self._core.backends()
-
-    def backend_states(self) -> dict[str, grpc.ChannelConnectivity]:
-        """Each listed backend's connectivity state."""
-        return self._core.states()
-
-    @property
-    def in_fallback(self) -> bool:
-        return self._core.in_fallback
-
-    @property
-    def lists_received(self) -> int:
-        return self._session.lists_received
-
-    @property
-    def session(self) -> BalancerSession:
-        return self._session
 
     # -- grpc.Channel ----------------------------------------------------------
 

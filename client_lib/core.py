@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
 from client_lib.picker import FailedCall, Pick, Picker
 from client_lib.server_list import ListEntry, SubChannel, rebuild
+from client_lib.session import Action, EnterFallback, NewList
 
 log = logging.getLogger("lookaside.client")
 
@@ -51,6 +53,22 @@ class ChannelCore:
         self.closed = False
 
     # -- inputs ------------------------------------------------------------------
+
+    def run(self, actions: Sequence[Action]) -> tuple[list[SubChannel], list[SubChannel]]:
+        """Applies the session's list and fallback actions: returns (new
+        sub-channels to watch, retired ones to close after a grace)."""
+        added: list[SubChannel] = []
+        retired: list[SubChannel] = []
+        for action in actions:
+            if isinstance(action, NewList):
+                new, old = self.apply(action.entries)
+            elif isinstance(action, EnterFallback):
+                new, old = self.enter_fallback(action.reason)
+            else:
+                continue
+            added = [s for s in added if s not in old] + new
+            retired += old
+        return added, retired
 
     def apply(self, entries: Sequence[ListEntry]) -> tuple[list[SubChannel], list[SubChannel]]:
         """A new list from the balancer: returns (new sub-channels to watch,
@@ -179,3 +197,31 @@ class ChannelCore:
         ready = tuple(p for p in self.picks if p.target is not None and p.target.state is READY)
         self.picker = Picker(self.picks, ready)
         self.on_change()
+
+
+class ChannelViews:
+    """Read-only views both channels offer, over their core and session."""
+
+    _core: ChannelCore
+    _session: Any
+
+    def backends(self) -> list[tuple[str, str]]:
+        """The current list as (address, token); drops as ("", token)."""
+        return self._core.backends()
+
+    def backend_states(self) -> dict[str, grpc.ChannelConnectivity]:
+        """Each listed backend's connectivity state."""
+        return self._core.states()
+
+    @property
+    def in_fallback(self) -> bool:
+        return self._core.in_fallback
+
+    @property
+    def lists_received(self) -> int:
+        return int(self._session.lists_received)
+
+    @property
+    def session(self) -> Any:
+        """The BalancerSession (which balancer, streams opened, backoff)."""
+        return self._session

@@ -24,6 +24,7 @@ import grpc
 
 from client_lib.backoff import Backoff
 from client_lib.load import LoadMeter
+from client_lib.picker import FailedCall
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("lookaside.registration")
@@ -179,17 +180,9 @@ class LeaseKeeper:
         )  # fmt: skip
 
 
-class RegistrationRefused(grpc.RpcError):
+class RegistrationRefused(FailedCall):
     """The balancer refused the registration for a reason retrying cannot
-    fix; code() and details() say which."""
+    fix; code() and details() say which (a grpc.RpcError)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"registration refused: {code.name}: {details}")
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+    def __str__(self) -> str:
+        return f"registration refused: {self.code().name}: {self.details()}"

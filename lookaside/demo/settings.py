@@ -20,6 +20,11 @@ def read_text(path: str, what: str) -> str:
         raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
 
 
+def _pair(cert: str, key: str) -> None:
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+
+
 def read_bytes(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -79,8 +84,7 @@ class ServerSettings(BaseSettings):
     def _secrets_and_tls(self) -> ServerSettings:
         if self.registration_token and self.registration_token_file:
             raise ValueError("give --registration-token or --registration-token-file, not both")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        _pair(self.tls_cert, self.tls_key)
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS)")
         return self
@@ -158,8 +162,7 @@ class ClientSettings(BaseSettings):
             raise ValueError("--lb none needs --server host:port (the one server to call)")
         if self.lb == "lookaside" and not self.balancers:
             raise ValueError("--lb lookaside needs --balancer host:port")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        _pair(self.tls_cert, self.tls_key)
         if self.tls_cert and not self.tls_ca:
             raise ValueError("--tls-cert needs --tls-ca (a client certificate is sent over TLS)")
         return self
