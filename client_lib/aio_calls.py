@@ -101,7 +101,7 @@ class UnaryCall:
         p = self._p
         counters = p.channel.counters
         while True:
-            call = await p.started()
+            call = p.call if p.call is not None else await p.started()
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
