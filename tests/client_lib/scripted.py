@@ -155,6 +155,16 @@ class Client:
 
         return self.loop.run(go(), timeout + 5)
 
+    def call_stream(self, timeout: float = 5.0) -> list[str]:
+        """A ListFeatures call: the names it streamed back."""
+        if self.loop is None:
+            return [f.name for f in self.stub.ListFeatures(rg.Rectangle(), timeout=timeout)]
+
+        async def go() -> list[str]:
+            return [f.name async for f in self.stub.ListFeatures(rg.Rectangle(), timeout=timeout)]
+
+        return self.loop.run(go(), timeout + 5)
+
     def states(self) -> dict[str, grpc.ChannelConnectivity]:
         return dict(self.channel.backend_states())
 

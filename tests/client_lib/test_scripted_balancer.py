@@ -4,12 +4,15 @@ with each status, a balancer that never answers, switching balancers."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from tests.client_lib.scripted import Client, ScriptedBalancer, address_of, server
 from tests.support import RouteGuideBackend, start_backends, wait_until
 
@@ -205,3 +208,32 @@ def test_all_backends_down_fail_fast_but_wait_for_ready_waits(kind, lb_peer, cli
     # A wait-for-ready call waits through TRANSIENT_FAILURE until its deadline.
     assert c.call(timeout=0.3, wait_for_ready=True) is grpc.StatusCode.DEADLINE_EXCEEDED
     del backend
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_callers_before_the_first_list_wait_for_it(kind, lb_peer, backends, clients) -> None:  # type: ignore[no-untyped-def]
+    (one,) = start_backends(backends, 1)
+    c = client(clients, kind, lb_peer.address)
+    stream = lb_peer.next_stream()
+    results: list[object] = []
+    if c.loop is None:
+        threads = [threading.Thread(target=lambda: results.append(c.call())) for _ in range(8)]
+        for t in threads:
+            t.start()
+    else:
+
+        async def eight() -> None:
+            calls = [c.stub.GetFeature(rg.Point(), timeout=10) for _ in range(8)]
+            early_stream = c.stub.ListFeatures(rg.Rectangle(), timeout=10)
+            stream.initial().servers(server(one.port))  # the list arrives while they wait
+            results.extend(f.name for f in await asyncio.gather(*calls))
+            assert [f.name async for f in early_stream] == [f"{one.name}-{i}" for i in range(3)]
+
+        c.loop.run(eight(), 20)
+    if c.loop is None:
+        stream.initial().servers(server(one.port))
+        for t in threads:
+            t.join(20)
+    assert results == [one.name] * 8
+    # Streaming calls wait too, on either kind.
+    assert c.call_stream() == [f"{one.name}-{i}" for i in range(3)]
