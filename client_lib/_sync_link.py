@@ -40,8 +40,10 @@ class SyncBalancerLink(threading.Thread):
         counters: CallCounters,
         on_actions: Callable[[list[Action]], None],
         make_channel: Callable[[str], grpc.Channel],
+        all_failed: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(name=f"lookaside-balancer-{session.target}", daemon=True)
+        self.all_failed = all_failed  # every listed backend in TRANSIENT_FAILURE
         self.session = session
         self.counters = counters
         self.on_actions = on_actions
@@ -61,6 +63,10 @@ class SyncBalancerLink(threading.Thread):
         call = self._call
         if call is not None:
             call.cancel()
+
+    def backends_unreachable(self) -> list[Action]:
+        with self._lock:
+            return self.session.backends_unreachable()
 
     def _fallback_timer(self) -> None:
         with self._lock:
@@ -83,6 +89,8 @@ class SyncBalancerLink(threading.Thread):
                 return
             with self._lock:
                 step, actions = self.session.stream_ended(time.monotonic(), error)
+                if self.all_failed():
+                    actions += self.session.backends_unreachable()
             self.on_actions(actions)
             log.info(
                 "target=%s: balancer stream to %s ended (%s); next %s in %.2fs",

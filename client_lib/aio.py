@@ -16,7 +16,7 @@ from client_lib._lb_proto import BALANCE_LOAD, lb
 from client_lib._sync_link import report_request
 from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
 from client_lib.channel import server_name_options
-from client_lib.core import IDLE, SHUTDOWN, ChannelCore, ChannelViews
+from client_lib.core import IDLE, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, ChannelViews
 from client_lib.picker import CallCounters, FailedCall, Pick
 from client_lib.server_list import SubChannel
 from client_lib.session import Action, BalancerSession, StartReports
@@ -54,7 +54,9 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         self._loop = asyncio.get_running_loop()
         self.loop_time = self._loop.time
         self._event = asyncio.Event()
-        self._core = ChannelCore(target, self._new_subchannel, fallback_targets, self._changed)
+        self._core = ChannelCore(
+            target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
+        )
         self._watchers: set[asyncio.Task[None]] = set()
         self._task = self._loop.create_task(self._run(), name=f"lookaside-balancer-{target}")
         self._fallback = self._loop.call_later(fallback_timeout, self._fallback_timer)
@@ -76,6 +78,8 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             error = await self._stream(step.address)
             address = step.address
             step, actions = self._session.stream_ended(self._loop.time(), error)
+            if self._core.connectivity() is TRANSIENT_FAILURE:
+                actions += self._session.backends_unreachable()
             self._on_actions(actions)
             log.info(
                 "target=%s: balancer stream to %s ended (%s); next %s in %.2fs",
@@ -119,6 +123,9 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             report = report_request(self.counters)
             if report is not None:
                 await call.write(report)
+
+    def _unreachable(self) -> None:
+        self._on_actions(self._session.backends_unreachable())
 
     def _fallback_timer(self) -> None:
         self._on_actions(self._session.fallback_timer(self._loop.time()))

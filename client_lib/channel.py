@@ -26,7 +26,7 @@ import grpc
 
 from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
-from client_lib.core import IDLE, ChannelCore, ChannelViews
+from client_lib.core import IDLE, TRANSIENT_FAILURE, ChannelCore, ChannelViews
 from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick
 from client_lib.server_list import SubChannel
 from client_lib.session import Action, BalancerSession
@@ -73,10 +73,16 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         self._callbacks: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._reported = grpc.ChannelConnectivity.IDLE
         self.counters = CallCounters()
-        self._core = ChannelCore(target, self._new_subchannel, fallback_targets, self._changed)
+        self._core = ChannelCore(
+            target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
+        )
         self._cond = threading.Condition(self._core.lock)
         self._link = SyncBalancerLink(
-            self._session, self.counters, self._on_actions, self._make_balancer_channel
+            self._session,
+            self.counters,
+            self._on_actions,
+            self._make_balancer_channel,
+            lambda: self._core.connectivity() is TRANSIENT_FAILURE,
         )
         self._link.start()
 
@@ -93,6 +99,9 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         else:
             ch = grpc.insecure_channel(address, options=self._options)
         return SubChannel(address, ch)
+
+    def _unreachable(self) -> None:
+        self._on_actions(self._link.backends_unreachable())
 
     def _on_actions(self, actions: list[Action]) -> None:
         added, retired = self._core.run(actions)

@@ -39,11 +39,13 @@ class ChannelCore:
         make_subchannel: Callable[[str], SubChannel],
         fallback_targets: Sequence[str] = (),
         on_change: Callable[[], None] = lambda: None,
+        on_unreachable: Callable[[], None] = lambda: None,
     ) -> None:
         self.target = target
         self.make_subchannel = make_subchannel
         self.fallback_entries = tuple(ListEntry(a, "", False) for a in fallback_targets)
         self.on_change = on_change
+        self.on_unreachable = on_unreachable  # every backend in TRANSIENT_FAILURE
         self.lock = threading.RLock()
         self.subchannels: dict[str, SubChannel] = {}
         self.picks: tuple[Pick, ...] = ()
@@ -111,6 +113,8 @@ class ChannelCore:
                 self._swap_picker()
             else:
                 self.on_change()
+            if state is TRANSIENT_FAILURE and self.connectivity() is TRANSIENT_FAILURE:
+                self.on_unreachable()
 
     def close(self) -> list[SubChannel]:
         with self.lock:

@@ -15,9 +15,9 @@ Rules, as C-core's grpclb has them:
   ago, which counts as a failure (no hot reconnect loop);
 - a list identical to the current one is ignored; an empty list is
   applied (no backends);
-- `fallback_response`, no list within the fallback timeout, or every
-  balancer failing before the first list, enter fallback; a new list
-  leaves it.
+- `fallback_response`, no list within the fallback timeout, every
+  balancer failing before the first list, or losing the balancer and every
+  backend at once, enter fallback; a new list leaves it.
 """
 
 from __future__ import annotations
@@ -179,6 +179,13 @@ class BalancerSession:
         if self.have_list:
             return []
         return self._fallback(f"no server list within {self.fallback_timeout:g}s")
+
+    def backends_unreachable(self) -> list[Action]:
+        """Every listed backend is in TRANSIENT_FAILURE: with no balancer
+        stream up either, enter fallback (C-core does the same)."""
+        if self.connected_to or not self.have_list:
+            return []
+        return self._fallback("lost the balancer and every backend")
 
     # -- helpers -----------------------------------------------------------------
 

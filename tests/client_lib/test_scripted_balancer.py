@@ -237,3 +237,21 @@ def test_callers_before_the_first_list_wait_for_it(kind, lb_peer, backends, clie
     assert results == [one.name] * 8
     # Streaming calls wait too, on either kind.
     assert c.call_stream() == [f"{one.name}-{i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_losing_the_balancer_and_every_backend_enters_fallback(kind, backends, clients) -> None:  # type: ignore[no-untyped-def]
+    listed, spare = start_backends(backends, 2)
+    peer = ScriptedBalancer()
+    try:
+        fallback = [f"127.0.0.1:{spare.port}"]
+        c = client(clients, kind, peer.address, fallback_targets=fallback, fallback_timeout=60)
+        peer.next_stream().initial().servers(server(listed.port))
+        assert c.call() == listed.name
+        peer.stop()  # the balancer goes: the list stays while its backend works
+        assert names(c, 3) == [listed.name] * 3 and not c.channel.in_fallback
+        listed.stop()  # and now the backend too
+        wait_until(lambda: c.channel.in_fallback, timeout=20)
+        assert c.call(wait_for_ready=True) == spare.name
+    finally:
+        peer.stop()
