@@ -71,8 +71,12 @@ class SyncBalancerLink(threading.Thread):
     def _fallback_timer(self) -> None:
         with self._lock:
             actions = self.session.fallback_timer(time.monotonic())
+            silent = self.session.abandon_silent_stream
         if not self._stop_event.is_set():
             self.on_actions(actions)
+            call = self._call
+            if silent and call is not None:
+                call.cancel()  # a balancer that never answers: try the next one
 
     def run(self) -> None:
         with self._lock:

@@ -58,6 +58,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
         )
         self._watchers: set[asyncio.Task[None]] = set()
+        self._call: Any = None  # the BalanceLoad stream open now
         self._task = self._loop.create_task(self._run(), name=f"lookaside-balancer-{target}")
         self._fallback = self._loop.call_later(fallback_timeout, self._fallback_timer)
 
@@ -94,7 +95,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         channel = self._balancer_channel(address)
         reporter: asyncio.Task[None] | None = None
         try:
-            call = channel.stream_stream(
+            call = self._call = channel.stream_stream(
                 BALANCE_LOAD, response_deserializer=lb.LoadBalanceResponse.FromString
             )()
             self._session.stream_opened(address)
@@ -112,7 +113,12 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             error = f"{exc.code().name}: {exc.details()}"
             log.info("target=%s: balancer %s: %s", self.target, address, error)
             return error
+        except asyncio.CancelledError:
+            if self._core.closed:
+                raise
+            return "CANCELLED: no answer within the fallback timeout"
         finally:
+            self._call = None
             if reporter is not None:
                 reporter.cancel()
             await channel.close()
@@ -129,6 +135,8 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
 
     def _fallback_timer(self) -> None:
         self._on_actions(self._session.fallback_timer(self._loop.time()))
+        if self._session.abandon_silent_stream and self._call is not None:
+            self._call.cancel()  # a balancer that never answers: try the next one
 
     def _on_actions(self, actions: list[Action]) -> None:
         added, retired = self._core.run(actions)

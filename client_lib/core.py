@@ -11,6 +11,7 @@ set_state(); every change swaps the picker whole and calls `on_change`
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -170,11 +171,10 @@ class ChannelCore:
         picker = self.picker
         if picker is None:
             return None
-        for _ in range(len(picker.ready)):
-            p = picker.pick()
-            if p is not None and p.target is not None and p.target.address != address:
-                return p
-        return None
+        # Not through pick(): the retry must not shift the rotation, or the
+        # next call would land on the failed backend again.
+        others = [p for p in picker.ready if p.target.address != address]
+        return random.choice(others) if others else None
 
     def backends(self) -> list[tuple[str, str]]:
         picker = self.picker

@@ -172,13 +172,20 @@ class BalancerSession:
         return self._next(self.backoff.next()), actions
 
     def fallback_timer(self, now: float) -> list[Action]:
-        """Call when now reaches fallback_deadline."""
+        """Call when now reaches fallback_deadline. When the stream open
+        now has not answered at all, the driver should also end it
+        (`abandon_silent_stream`), so the next balancer gets its turn."""
         if self.fallback_deadline is None or now < self.fallback_deadline:
             return []
         self.fallback_deadline = None
         if self.have_list:
             return []
         return self._fallback(f"no server list within {self.fallback_timeout:g}s")
+
+    @property
+    def abandon_silent_stream(self) -> bool:
+        """The open stream never answered and no list is in: give it up."""
+        return not self._stream_answered and not self.have_list
 
     def backends_unreachable(self) -> list[Action]:
         """Every listed backend is in TRANSIENT_FAILURE: with no balancer

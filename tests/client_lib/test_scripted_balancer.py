@@ -255,3 +255,45 @@ def test_losing_the_balancer_and_every_backend_enters_fallback(kind, backends, c
         assert c.call(wait_for_ready=True) == spare.name
     finally:
         peer.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_silent_balancer_is_given_up_for_the_next(kind, backends, clients) -> None:  # type: ignore[no-untyped-def]
+    (one,) = start_backends(backends, 1)
+    silent, good = ScriptedBalancer(), ScriptedBalancer()
+    try:
+        c = client(clients, kind, [silent.address, good.address], fallback_timeout=0.3)
+        silent.next_stream()  # accepted, never answered
+        good.next_stream().initial().servers(server(one.port))
+        assert c.call(wait_for_ready=True) == one.name
+        assert not c.channel.in_fallback  # the list from the next balancer left fallback
+    finally:
+        silent.stop()
+        good.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_call_that_never_left_is_retried_once_elsewhere(kind, lb_peer, backends, clients) -> None:  # type: ignore[no-untyped-def]
+    (live,) = start_backends(backends, 1)
+    dead = free_port()
+    c = client(clients, kind, lb_peer.address)
+    lb_peer.next_stream().initial().servers(server(live.port, "live"), server(dead, "dead"))
+    wait_until(
+        lambda: (
+            c.states()
+            == {
+                address_of(live.port): grpc.ChannelConnectivity.READY,
+                address_of(dead): grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            }
+        )
+    )
+    # The race a backend's death opens: the picker still holds it as READY
+    # while its connection is gone. Here the stale view is made to last.
+    core = c.channel._core
+    core.set_state(core.subchannels[address_of(dead)], grpc.ChannelConnectivity.READY)
+    assert names(c, 10) == [live.name] * 10  # none failed: the dead picks went again
+    report = c.channel.counters.take_report(0)
+    assert report.num_calls_started == 15  # 10 calls, 5 of them twice
+    assert report.num_calls_finished_with_client_failed_to_send == 5
+    assert report.num_calls_finished_known_received == 10
+    assert live.calls == 10
