@@ -148,6 +148,9 @@ class SyncBalancerLink(threading.Thread):
             error = f"{exc.code().name}: {exc.details()}"
             if not self._stop_event.is_set():
                 log.info("target=%s: balancer %s: %s", self.session.target, address, error)
+        except Exception as exc:  # noqa: BLE001 - the session must outlive any one stream
+            log.exception("target=%s: balancer %s: stream failed", self.session.target, address)
+            error = f"{type(exc).__name__}: {exc}"
         finally:
             q.put(_STOP)
             self._call = None

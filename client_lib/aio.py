@@ -117,6 +117,9 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             if self._core.closed:
                 raise
             return "CANCELLED: no answer within the fallback timeout"
+        except Exception as exc:  # noqa: BLE001 - the session must outlive any one stream
+            log.exception("target=%s: balancer %s: stream failed", self.target, address)
+            return f"{type(exc).__name__}: {exc}"
         finally:
             self._call = None
             if reporter is not None:

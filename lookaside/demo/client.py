@@ -234,10 +234,17 @@ def run(settings: ClientSettings, out: TextIO | None = None, db: FeatureDb | Non
 def _wait_for_list(
     channel: LookasideChannel, settings: ClientSettings, stop: threading.Event
 ) -> None:
-    """Waits (at most --timeout, less on Ctrl-C) for the balancer's first list."""
+    """Waits (at most --timeout, less on Ctrl-C) for the balancer's first
+    list and for every listed backend to be connected (or found down), so
+    the demo's first calls spread over all of them."""
     deadline = time.monotonic() + settings.timeout
+    settled = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
     while not stop.is_set() and time.monotonic() < deadline:
         if channel.wait_for_list(0.1):
+            while not stop.is_set() and time.monotonic() < deadline:
+                if all(s in settled for s in channel.backend_states().values()):
+                    return
+                time.sleep(0.01)
             return
     if not stop.is_set():
         print(
