@@ -61,7 +61,7 @@ def server(port: int, token: str = "", drop: bool = False, ip: bytes = b"\x7f\x0
 
 
 class ScriptedBalancer:
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
         self.streams: queue.Queue[Stream] = queue.Queue()
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=16))
         handler = grpc.stream_stream_rpc_method_handler(
@@ -76,7 +76,10 @@ class ScriptedBalancer:
                 ),
             )
         )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.address = f"127.0.0.1:{self.port}"
         self.server.start()
 

@@ -151,3 +151,19 @@ def test_demo_server_started_before_its_balancer_registers_when_it_comes_up(
         server.kill()
         if balancer is not None:
             balancer.stop()
+
+
+def test_demo_server_sends_its_token_file(registry: RecordingRegistry, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    server = DemoServerProcess(
+        ["--listen", "127.0.0.1:0", "--balancer", registry.address, "--pool", "p",
+         "--registration-token-file", str(token_file)],
+        tmp_path / "server.err",
+    )  # fmt: skip
+    try:
+        server.ready()
+        wait_until(lambda: "Register" in registry.methods())
+    finally:
+        server.kill()
+    assert ("Register", "Bearer from-a-file") in registry.seen

@@ -192,6 +192,11 @@ def test_bad_arguments_are_refused_in_the_constructor() -> None:
         LookasideChannel("x" * 256, "127.0.0.1:1")
     with pytest.raises(ValueError, match="no balancer address"):
         LookasideChannel("svc", [])
+    from client_lib.aio import LookasideAioChannel
+
+    # Refused before it needs a running loop, let alone a connection.
+    with pytest.raises(ValueError, match="at most 255 bytes"):
+        LookasideAioChannel("x" * 256, "127.0.0.1:1")
 
 
 @pytest.mark.parametrize("kind", KINDS)
