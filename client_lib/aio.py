@@ -190,28 +190,19 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
     async def _wait_for_pick(self, deadline: float | None, wait_for_ready: bool) -> Pick:
         core = self._core
         while True:
-            picker = core.picker
-            p = picker.pick() if picker is not None else None
+            try:
+                p = core.queued_pick(wait_for_ready, self.counters)
+            except FailedCall as failed:
+                raise rpc_error(failed) from None
             if p is not None:
                 return p
-            failed = core.verdict(wait_for_ready)
-            if failed is not None:
-                if not core.closed:
-                    self.counters.call_not_sent()
-                raise rpc_error(failed)
             event = self._event
             if deadline is None:
                 await event.wait()
                 continue
             remaining = deadline - self._loop.time()
             if remaining <= 0:
-                raise rpc_error(
-                    FailedCall(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"deadline passed while the call waited for a READY backend of "
-                        f"{self.target!r} ({core.connectivity().name})",
-                    )
-                )
+                raise rpc_error(core.deadline_passed())
             try:
                 await asyncio.wait_for(event.wait(), remaining)
             except TimeoutError:

@@ -168,22 +168,12 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         core = self._core
         with self._cond:
             while True:
-                picker = core.picker
-                p = picker.pick() if picker is not None else None
+                p = core.queued_pick(wait_for_ready, self.counters)
                 if p is not None:
                     return p
-                failed = core.verdict(wait_for_ready)
-                if failed is not None:
-                    if not core.closed:
-                        self.counters.call_not_sent()
-                    raise failed
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise FailedCall(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"deadline passed while the call waited for a READY backend of "
-                        f"{self.target!r} ({core.connectivity().name})",
-                    )
+                    raise core.deadline_passed()
                 self._cond.wait(remaining)
 
     def _retry_pick(self, failed: Pick) -> Pick | None:

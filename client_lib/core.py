@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from client_lib.picker import FailedCall, Pick, Picker
+from client_lib.picker import CallCounters, FailedCall, Pick, Picker
 from client_lib.server_list import ListEntry, SubChannel, rebuild
 from client_lib.session import Action, EnterFallback, NewList
 
@@ -165,6 +165,27 @@ class ChannelCore:
                 f"every backend of {self.target!r} is unreachable (all in TRANSIENT_FAILURE)",
             )
         return None
+
+    def queued_pick(self, wait_for_ready: bool, counters: CallCounters) -> Pick | None:
+        """One turn of the pick queue: a pick, None to keep waiting, or
+        FailedCall raised (and counted as not sent) per verdict()."""
+        picker = self.picker
+        p = picker.pick() if picker is not None else None
+        if p is not None:
+            return p
+        failed = self.verdict(wait_for_ready)
+        if failed is not None:
+            if not self.closed:
+                counters.call_not_sent()
+            raise failed
+        return None
+
+    def deadline_passed(self) -> FailedCall:
+        return FailedCall(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"deadline passed while the call waited for a READY backend of "
+            f"{self.target!r} ({self.connectivity().name})",
+        )
 
     def ready_except(self, address: str) -> Pick | None:
         """A READY pick on another backend than `address` (transparent retry)."""

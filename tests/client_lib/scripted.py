@@ -5,9 +5,13 @@ face over both thin clients, so each scenario runs for sync and asyncio."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ipaddress
 import queue
+import signal
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -184,3 +188,24 @@ class Client:
 
 def address_of(port: int) -> str:
     return f"{ipaddress.ip_address('127.0.0.1')}:{port}"
+
+
+@contextlib.contextmanager
+def demo_backends(
+    balancer_address: str, pool: str, tmp_path: Path, n: int = 3
+) -> Iterator[list[Any]]:
+    """n demo server processes that register themselves in `pool` (started
+    together, each ready once registered); killed at the end, even stopped."""
+    from tests.demo.conftest import DemoServerProcess
+
+    args = ["--listen", "127.0.0.1:0", "--balancer", balancer_address, "--pool", pool]
+    procs = [
+        DemoServerProcess([*args, "--name", f"d{i}"], tmp_path / f"d{i}.err") for i in range(n)
+    ]
+    try:
+        yield [p.ready() for p in procs]
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGCONT)
+            p.kill()

@@ -60,7 +60,7 @@ async def test_aio_drops_and_stats(
         )
     )
     async with LookasideChannel(pool_name, balancer.address) as channel:
-        await eventually(lambda: any(not a for a, _ in channel.backends()))
+        await eventually(lambda: any(not a for a, _ in channel.backends()) and ready(channel) == 1)
         stub = rg_grpc.RouteGuideStub(channel)
         errors = 0
         for _ in range(40):

@@ -115,8 +115,13 @@ def test_client_stats_reach_redis_with_drops(
     )
     with LookasideChannel(pool_name, balancer.address) as channel:
         stub = rg_grpc.RouteGuideStub(channel)
+        # Calls queued while no backend is READY take a drop turn on every
+        # try (as C-core's do): wait for READY backends to count exactly.
         wait_until(
-            lambda: sum(1 for a, t in channel.backends() if not a and t == "rate_limit") == 1
+            lambda: (
+                sum(1 for a, t in channel.backends() if not a and t == "rate_limit") == 1
+                and len(ready(channel)) == 2
+            )
         )
         dropped = ok = 0
         for _ in range(100):

@@ -25,6 +25,7 @@ from client_lib import LookasideChannel
 from client_lib.aio import LookasideAioChannel
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from tests.client_lib.scripted import demo_backends
 from tests.demo.conftest import DemoServerProcess
 from tests.interop.conftest import dns_factory, stock_channel  # noqa: F401 - fixtures
 from tests.support import BalancerHandle, LoopThread, wait_until
@@ -78,15 +79,8 @@ class Load:
 def three_backends(
     balancer: BalancerHandle, pool_name: str, tmp_path: Path
 ) -> Iterator[list[DemoServerProcess]]:
-    args = ["--listen", "127.0.0.1:0", "--balancer", balancer.address, "--pool", pool_name]
-    procs = [
-        DemoServerProcess([*args, "--name", f"k{i}"], tmp_path / f"k{i}.err") for i in range(3)
-    ]
-    try:
-        yield [p.ready() for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    with demo_backends(balancer.address, pool_name, tmp_path) as procs:
+        yield procs
 
 
 def _sigkill(proc: DemoServerProcess) -> Callable[[], None]:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from lookaside.registry.model import PoolConfig
-from tests.client_lib.scripted import Client
+from tests.client_lib.scripted import Client, demo_backends
 from tests.demo.conftest import DemoServerProcess
 from tests.support import BalancerHandle, wait_until
 
@@ -32,17 +32,8 @@ def three_backends(
             PoolConfig(name=pool_name, health_interval_ms=300, health_timeout_ms=200)
         )
     )
-    args = ["--listen", "127.0.0.1:0", "--balancer", balancer.address, "--pool", pool_name]
-    procs = [
-        DemoServerProcess([*args, "--name", f"s{i}"], tmp_path / f"s{i}.err") for i in range(3)
-    ]
-    try:
-        yield [p.ready() for p in procs]
-    finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGCONT)
-            p.kill()
+    with demo_backends(balancer.address, pool_name, tmp_path) as procs:
+        yield procs
 
 
 @pytest.mark.parametrize("kind", ["sync", "aio"])
