@@ -9,8 +9,10 @@ makes it and reports the outcome. Rules:
   except on a refusal that retrying cannot fix (a bad argument, a missing or
   wrong credential), which is raised;
 - leased: a heartbeat every interval the balancer gave; a failed one moves to
-  the next balancer and tries again sooner; NOT_FOUND (the lease was lost,
-  for example in a Redis outage) goes back to registering.
+  the next balancer and tries again sooner; a refused lease (NOT_FOUND after
+  a Redis outage, FAILED_PRECONDITION or PERMISSION_DENIED for a lease id
+  the balancer no longer honours) goes back to registering, which then
+  retries even refusals, since no caller is left to raise them to.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ FATAL = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNAUTHENTICATED,
+}
+# A heartbeat refused with one of these has lost its lease: register again.
+LEASE_LOST = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -154,8 +162,10 @@ class LeaseKeeper:
         cannot help."""
         where = self.balancer
         if not self.leased:
-            if code in FATAL:
+            if code in FATAL and not self.registrations:
                 raise RegistrationRefused(code, details)
+            # Registering again in the background: nobody to raise to, so
+            # even a refusal is retried (with backoff), and logged.
             self._failures_in_row += 1
             self._index += 1
             if self._failures_in_row % len(self.spec.balancers):
@@ -167,8 +177,13 @@ class LeaseKeeper:
                 self.spec.pool, where, code.name, details, self.balancer, self._delay,
             )  # fmt: skip
             return
-        if code is grpc.StatusCode.NOT_FOUND:
-            log.warning("pool=%s: lease lost (%s); registering again", self.spec.pool, details)
+        if code in LEASE_LOST:
+            log.warning(
+                "pool=%s: lease lost (%s: %s); registering again",
+                self.spec.pool,
+                code.name,
+                details,
+            )
             self.lease_id = ""
             self._delay = 0.0
             return

@@ -145,3 +145,14 @@ def test_lease_keeper_raises_refusals_retrying_cannot_fix() -> None:
         k.failed(grpc.StatusCode.UNAUTHENTICATED, "bad token")
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "bad token" in str(info.value)
+
+
+def test_lease_keeper_registers_again_after_a_refused_lease_and_never_raises_later() -> None:
+    k = LeaseKeeper(lease_spec("a:1", "pool", 80), backoff=no_jitter())
+    k.succeeded(registered())
+    k.failed(grpc.StatusCode.FAILED_PRECONDITION, "lease id does not match")
+    assert k.next_step().method == "Register"
+    # In the background a refusal is retried with backoff, not raised.
+    k.failed(grpc.StatusCode.PERMISSION_DENIED, "token not allowed")
+    step = k.next_step()
+    assert (step.method, step.delay) == ("Register", 1.0)
