@@ -85,7 +85,9 @@ class _Pending:
 
 
 class UnaryCall:
-    """A unary-response call (grpc.aio.UnaryUnaryCall's methods)."""
+    """A unary-response call (grpc.aio.UnaryUnaryCall's methods). Its
+    outcome is counted for ClientStats when it is awaited or cancelled; a
+    call that is neither stays counted as started only."""
 
     __slots__ = ("_p", "_counted", "_retries")
 
