@@ -185,6 +185,8 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._usable():
+                if self._core.closed:
+                    return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

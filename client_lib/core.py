@@ -121,6 +121,7 @@ class ChannelCore:
         with self.lock:
             self.closed = True
             subs, self.subchannels = list(self.subchannels.values()), {}
+            self.picker, self.picks = None, ()  # later calls fail with CANCELLED
             self.on_change()
             return subs
 

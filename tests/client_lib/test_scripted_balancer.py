@@ -302,3 +302,18 @@ def test_a_call_that_never_left_is_retried_once_elsewhere(kind, lb_peer, backend
     assert report.num_calls_finished_with_client_failed_to_send == 5
     assert report.num_calls_finished_known_received == 10
     assert live.calls == 10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_call_after_close_is_cancelled(kind, lb_peer, backends, clients) -> None:  # type: ignore[no-untyped-def]
+    (one,) = start_backends(backends, 1)
+    c = Client(kind, "svc", lb_peer.address)
+    lb_peer.next_stream().initial().servers(server(one.port))
+    assert c.call() == one.name
+    if c.loop is None:
+        c.channel.close()
+    else:
+        c.loop.run(c.channel.close())
+    assert c.call() is grpc.StatusCode.CANCELLED
+    assert c.last_details == "the channel was closed"
+    c.close()
