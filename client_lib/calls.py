@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, never_sent
+from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick, never_sent
+from client_lib.queued import QueuedCall
 
 if TYPE_CHECKING:
     from client_lib.channel import LookasideChannel
@@ -72,11 +73,37 @@ class _Base:
         compression: Any,
     ) -> Any:
         """A call that is not waited for here (a future, a response stream):
-        counted for ClientStats when it ends."""
-        try:
-            p = self._channel._pick(timeout, wait_for_ready)
-        except FailedCall as failed:
-            return failed
+        returned at once, counted for ClientStats when it ends. With no
+        READY backend it is a QueuedCall that starts once there is one."""
+        channel = self._channel
+        picker = channel._core.picker
+        p = picker.pick() if picker is not None else None
+        args = (future, request, metadata, credentials, wait_for_ready, compression)
+        if p is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+
+            def start() -> Any:
+                q = channel._pick(timeout, wait_for_ready)
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                return self._begin(q, left, *args)
+
+            return QueuedCall(start, streaming=not future)
+        if p.target is None:
+            self._counters.call_dropped(p.token)
+            return FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS)
+        return self._begin(p, timeout, *args)
+
+    def _begin(
+        self,
+        p: Pick,
+        timeout: float | None,
+        future: bool,
+        request: Any,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
         mc = p.target.multicallable(self._key, self._registered)
         self._counters.call_started()
         call = (mc.future if future else mc)(

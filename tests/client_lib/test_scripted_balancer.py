@@ -317,3 +317,27 @@ def test_a_call_after_close_is_cancelled(kind, lb_peer, backends, clients) -> No
     assert c.call() is grpc.StatusCode.CANCELLED
     assert c.last_details == "the channel was closed"
     c.close()
+
+
+def test_sync_futures_and_streams_queue_without_blocking_the_caller(
+    lb_peer, backends, clients
+) -> None:  # type: ignore[no-untyped-def]
+    (one,) = start_backends(backends, 1)
+    c = client(clients, "sync", lb_peer.address)
+    stream = lb_peer.next_stream()
+    future = c.stub.GetFeature.future(rg.Point(), timeout=10)
+    rows = c.stub.ListFeatures(rg.Rectangle(), timeout=10)
+    doomed = c.stub.GetFeature.future(rg.Point(), timeout=10)
+    assert not future.done() and future.running()
+    seen: list[object] = []
+    future.add_done_callback(seen.append)
+    assert doomed.cancel() and doomed.cancelled()
+    stream.initial().servers(server(one.port))
+    assert future.result(10).name == one.name
+    assert [f.name for f in rows] == [f"{one.name}-{i}" for i in range(3)]
+    assert future.code() is grpc.StatusCode.OK
+    wait_until(lambda: seen == [future])
+    with pytest.raises(grpc.RpcError) as info:
+        doomed.result(1)
+    assert info.value.code() is grpc.StatusCode.CANCELLED
+    assert one.calls == 2  # the cancelled one never went out
