@@ -8,5 +8,5 @@ COPY balancer_server ./balancer_server
 COPY client_lib ./client_lib
 COPY admin_api ./admin_api
 COPY protos ./protos
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[server]'
 ENTRYPOINT ["lookaside"]

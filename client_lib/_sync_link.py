@@ -1,4 +1,5 @@
-"""The sync channel's BalanceLoad stream, run on a daemon thread.
+"""The sync channel's driver of the BalancerSession: BalanceLoad streams on a
+daemon thread, and a timer thread for the fallback timeout.
 
 The request iterator that grpc consumes doubles as the load report timer:
 it waits on a queue with the report interval as its timeout, so nothing
@@ -11,123 +12,147 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
-from client_lib.backoff import Backoff
+from client_lib._lb_proto import BALANCE_LOAD, lb
 from client_lib.picker import CallCounters
-from client_lib.server_list import initial_request, report_interval_seconds
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+from client_lib.session import Action, BalancerSession, StartReports
 
 log = logging.getLogger("lookaside.client")
 
 _STOP = object()
-_WAKE = object()
+
+
+def report_request(counters: CallCounters) -> bytes | None:
+    report = counters.take_report(time.time_ns())
+    if report is None:
+        return None
+    return bytes(lb.LoadBalanceRequest(client_stats=report).SerializeToString())
 
 
 class SyncBalancerLink(threading.Thread):
     def __init__(
         self,
-        *,
-        name: str,
-        balancers: Sequence[str],
+        session: BalancerSession,
         counters: CallCounters,
-        on_list: Callable[[lb.ServerList, bytes], None],
-        on_fallback: Callable[[], None],
+        on_actions: Callable[[list[Action]], None],
         make_channel: Callable[[str], grpc.Channel],
-        backoff: Backoff | None = None,
+        all_failed: Callable[[], bool] = lambda: False,
     ) -> None:
-        super().__init__(name=f"lookaside-balancer-{name}", daemon=True)
-        self.service_name = name
-        self.balancers = list(balancers)
+        super().__init__(name=f"lookaside-balancer-{session.target}", daemon=True)
+        self.all_failed = all_failed  # every listed backend in TRANSIENT_FAILURE
+        self.session = session
         self.counters = counters
-        self.on_list = on_list
-        self.on_fallback = on_fallback
+        self.on_actions = on_actions
         self.make_channel = make_channel
-        self.backoff = backoff or Backoff()
+        self._lock = threading.Lock()  # guards the session: this thread and the timer
         self._stop_event = threading.Event()
         self._call: Any = None
         self._queue: queue.SimpleQueue[object] | None = None
-        self.connected_to = ""
-        self.streams_opened = 0
+        self._timer: threading.Timer | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._queue is not None:
             self._queue.put(_STOP)
         call = self._call
         if call is not None:
             call.cancel()
 
+    def backends_unreachable(self) -> list[Action]:
+        with self._lock:
+            return self.session.backends_unreachable()
+
+    def _fallback_timer(self) -> None:
+        with self._lock:
+            actions = self.session.fallback_timer(time.monotonic())
+            silent = self.session.abandon_silent_stream
+        if not self._stop_event.is_set():
+            self.on_actions(actions)
+            call = self._call
+            if silent and call is not None:
+                call.cancel()  # a balancer that never answers: try the next one
+
     def run(self) -> None:
-        i = 0
+        with self._lock:
+            step = self.session.start(time.monotonic())
+        self._timer = threading.Timer(self.session.fallback_timeout, self._fallback_timer)
+        self._timer.daemon = True
+        self._timer.start()
         while not self._stop_event.is_set():
-            address = self.balancers[i % len(self.balancers)]
-            i += 1
-            got_list = self._run_stream(address)
+            if step.delay and self._stop_event.wait(step.delay):
+                return
+            address = step.address
+            error = self._run_stream(address)
             if self._stop_event.is_set():
                 return
-            if got_list:
-                # A stream that delivered a list ended: reconnect at once
-                # (to the next replica), as C-core does, but back off if that
-                # keeps happening.
-                self.backoff.reset()
-                delay = 0.0 if i % len(self.balancers) else 0.1
-            else:
-                delay = self.backoff.next()
-            log.info("balancer stream to %s ended; reconnecting in %.2fs", address, delay)
-            self._stop_event.wait(delay)
+            with self._lock:
+                step, actions = self.session.stream_ended(time.monotonic(), error)
+                if self.all_failed():
+                    actions += self.session.backends_unreachable()
+            self.on_actions(actions)
+            log.info(
+                "target=%s: balancer stream to %s ended (%s); next %s in %.2fs",
+                self.session.target,
+                address,
+                error or "closed",
+                step.address,
+                step.delay,
+            )
 
-    def _requests(self, q: queue.SimpleQueue[object], state: dict[str, Any]) -> Any:
-        yield initial_request(self.service_name)
+    def _requests(self, q: queue.SimpleQueue[object], interval: list[float]) -> Iterator[bytes]:
+        yield self.session.initial_request()
         while True:
-            interval = state["interval"]
             try:
-                item = q.get(timeout=interval if interval and state["got_list"] else None)
+                item = q.get(timeout=interval[0] or None)
             except queue.Empty:
                 item = None
             if item is _STOP:
                 return
-            if item is _WAKE:
-                continue
-            interval = state["interval"]
-            if interval and state["got_list"]:
-                report = self.counters.take_report(time.time_ns())
+            if item is None and interval[0]:
+                report = report_request(self.counters)
                 if report is not None:
-                    yield lb.LoadBalanceRequest(client_stats=report)
+                    yield report
 
-    def _run_stream(self, address: str) -> bool:
+    def _run_stream(self, address: str) -> str:
+        """Runs one stream to its end; returns the error ("" for a clean end)."""
         q: queue.SimpleQueue[object] = queue.SimpleQueue()
-        state: dict[str, Any] = {"interval": 0.0, "got_list": False}
+        interval = [0.0]
         channel = self.make_channel(address)
         self._queue = q
+        error = ""
         try:
-            stub = lb_grpc.LoadBalancerStub(channel)
-            call = stub.BalanceLoad(self._requests(q, state))
+            balance_load = channel.stream_stream(
+                BALANCE_LOAD, response_deserializer=lb.LoadBalanceResponse.FromString
+            )
+            with self._lock:
+                self.session.stream_opened(address)
+            call = balance_load(self._requests(q, interval))
             self._call = call
             if self._stop_event.is_set():
                 call.cancel()
-            self.streams_opened += 1
             for response in call:
-                kind = response.WhichOneof("load_balance_response_type")
-                if kind == "initial_response":
-                    state["interval"] = report_interval_seconds(response.initial_response)
-                    self.connected_to = address
-                elif kind == "server_list":
-                    self.on_list(response.server_list, response.server_list.SerializeToString())
-                    if not state["got_list"]:
-                        state["got_list"] = True
-                        q.put(_WAKE)
-                elif kind == "fallback_response":
-                    self.on_fallback()
+                with self._lock:
+                    actions = self.session.response(response, address)
+                for action in actions:
+                    if isinstance(action, StartReports):
+                        interval[0] = action.interval
+                        q.put(False)  # wakes the iterator to take the interval
+                self.on_actions(actions)
         except grpc.RpcError as exc:
+            error = f"{exc.code().name}: {exc.details()}"
             if not self._stop_event.is_set():
-                log.info("balancer %s: %s %s", address, exc.code().name, exc.details())
+                log.info("target=%s: balancer %s: %s", self.session.target, address, error)
+        except Exception as exc:  # noqa: BLE001 - the session must outlive any one stream
+            log.exception("target=%s: balancer %s: stream failed", self.session.target, address)
+            error = f"{type(exc).__name__}: {exc}"
         finally:
             q.put(_STOP)
             self._call = None
             channel.close()
-        return bool(state["got_list"])
+        return error

@@ -1,162 +1,35 @@
 """The asyncio LookasideChannel: a grpc.aio.Channel, so grpc.aio stubs work
-unchanged. Same behaviour as the sync channel (client_lib.channel)."""
+unchanged. The same BalancerSession and ChannelCore as the sync channel
+(client_lib.channel), driven by tasks on the running loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from client_lib.backoff import Backoff
-from client_lib.picker import DROP_DETAILS, CallCounters, Pick, Picker
-from client_lib.server_list import (
-    SubChannel,
-    initial_request,
-    parse_server_list,
-    rebuild,
-    report_interval_seconds,
-)
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+from client_lib._lb_proto import BALANCE_LOAD, lb
+from client_lib._sync_link import report_request
+from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
+from client_lib.channel import server_name_options
+from client_lib.core import IDLE, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, ChannelViews
+from client_lib.picker import CallCounters, FailedCall, Pick
+from client_lib.server_list import SubChannel
+from client_lib.session import Action, BalancerSession, StartReports
 
 log = logging.getLogger("lookaside.client")
 
-
-class _NoPick(Exception):
-    def __init__(self, details: str) -> None:
-        self.details = details
+__all__ = ["AioFailedCall", "LookasideAioChannel", "LookasideChannel"]
 
 
-def _rpc_error(details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
-    )
-
-
-class AioFailedCall:
-    """What a dropped call returns: awaiting, iterating, reading or writing
-    it raises AioRpcError(UNAVAILABLE)."""
-
-    def __init__(self, details: str) -> None:
-        self._error = _rpc_error(details)
-
-    def __await__(self) -> Any:
-        raise self._error
-        yield  # pragma: no cover - makes this a generator
-
-    def __aiter__(self) -> AioFailedCall:
-        return self
-
-    async def __anext__(self) -> Any:
-        raise self._error
-
-    async def read(self) -> Any:
-        raise self._error
-
-    async def write(self, request: Any) -> None:
-        raise self._error
-
-    async def done_writing(self) -> None:
-        return None
-
-    async def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    async def details(self) -> str:
-        return self._error.details() or ""
-
-    async def initial_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata()
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata()
-
-    async def wait_for_connection(self) -> None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def time_remaining(self) -> None:
-        return None
-
-    def add_done_callback(self, callback: Any) -> None:
-        callback(self)
-
-
-def _status_of(call: Any) -> tuple[Any, bool]:
-    try:
-        cy = call._cython_call
-        status = cy._status
-        md = bool(cy._initial_metadata or status.trailing_metadata())
-        return status.code(), md
-    except Exception:  # noqa: BLE001 - internal layout differs: count as received
-        return grpc.StatusCode.OK, True
-
-
-class _MultiCallable:
-    __slots__ = ("_channel", "_key", "_registered")
-
-    def __init__(
-        self,
-        channel: LookasideAioChannel,
-        kind: str,
-        method: str,
-        ser: Any,
-        deser: Any,
-        registered: bool,
-    ) -> None:
-        self._channel = channel
-        self._key = (kind, method, ser, deser)
-        self._registered = registered
-
-    def __call__(
-        self,
-        request: Any = None,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        ch = self._channel
-        try:
-            p = ch._pick()
-        except _NoPick as exc:
-            return AioFailedCall(exc.details)
-        mc = p.target.multicallable(self._key, self._registered)
-        md = p.metadata if not metadata else (*tuple(metadata), *p.metadata)
-        ch.counters.call_started()
-        call = mc(
-            request,
-            timeout=timeout,
-            metadata=md or None,
-            credentials=credentials,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        counters = ch.counters
-        token = p.token
-        call.add_done_callback(lambda c: counters.finish_with(*_status_of(c), token))
-        return call
-
-
-class LookasideAioChannel(grpc.aio.Channel):
-    """Create it inside a running event loop; `await channel.channel_ready()`
-    waits for the first server list. A call made before any list arrived
-    fails with UNAVAILABLE."""
+class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
+    """Create it inside a running event loop. A call made before the first
+    list waits for it; `await channel.channel_ready()` waits for a READY
+    backend."""
 
     def __init__(
         self,
@@ -166,116 +39,139 @@ class LookasideAioChannel(grpc.aio.Channel):
         options: Sequence[tuple[str, Any]] = (),
         credentials: grpc.ChannelCredentials | None = None,
         balancer_credentials: grpc.ChannelCredentials | None = None,
+        server_name_override: str | None = None,
+        fallback_targets: Sequence[str] = (),
+        fallback_timeout: float = 10.0,
         retire_grace: float = 30.0,
     ) -> None:
+        self._session = BalancerSession(target, balancers, fallback_timeout=fallback_timeout)
         self.target = target
-        self._balancers = [balancers] if isinstance(balancers, str) else list(balancers)
-        if not self._balancers:
-            raise ValueError("at least one balancer address is needed")
-        self._options = list(options)
+        self._options = server_name_options(options, server_name_override)
         self._credentials = credentials
         self._balancer_credentials = balancer_credentials
         self._retire_grace = retire_grace
-        self._subchannels: dict[str, SubChannel] = {}
-        self._picker: Picker | None = None
-        self._list_bytes = b""
-        self._have_list = asyncio.Event()
-        self._closed = False
         self.counters = CallCounters()
-        self.lists_received = 0
-        self.in_fallback = False
-        self._backoff = Backoff()
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"lookaside-balancer-{target}"
+        self._loop = asyncio.get_running_loop()
+        self.loop_time = self._loop.time
+        self._event = asyncio.Event()
+        self._core = ChannelCore(
+            target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
         )
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._call: Any = None  # the BalanceLoad stream open now
+        self._task = self._loop.create_task(self._run(), name=f"lookaside-balancer-{target}")
+        self._fallback = self._loop.call_later(fallback_timeout, self._fallback_timer)
 
-    # -- balancer stream -----------------------------------------------------
+    # -- the session driver --------------------------------------------------------
 
     def _balancer_channel(self, address: str) -> grpc.aio.Channel:
         if self._balancer_credentials is not None:
-            return grpc.aio.secure_channel(address, self._balancer_credentials)
+            return grpc.aio.secure_channel(
+                address, self._balancer_credentials, options=self._options
+            )
         return grpc.aio.insecure_channel(address)
 
     async def _run(self) -> None:
-        i = 0
-        while not self._closed:
-            address = self._balancers[i % len(self._balancers)]
-            i += 1
-            got_list = await self._stream(address)
-            if self._closed:
-                return
-            if got_list:
-                self._backoff.reset()
-                delay = 0.0 if i % len(self._balancers) else 0.1
-            else:
-                delay = self._backoff.next()
-            log.info("balancer stream to %s ended; reconnecting in %.2fs", address, delay)
-            await asyncio.sleep(delay)
+        step = self._session.start(self._loop.time())
+        while True:
+            if step.delay:
+                await asyncio.sleep(step.delay)
+            error = await self._stream(step.address)
+            address = step.address
+            step, actions = self._session.stream_ended(self._loop.time(), error)
+            if self._core.connectivity() is TRANSIENT_FAILURE:
+                actions += self._session.backends_unreachable()
+            self._on_actions(actions)
+            log.info(
+                "target=%s: balancer stream to %s ended (%s); next %s in %.2fs",
+                self.target,
+                address,
+                error or "closed",
+                step.address,
+                step.delay,
+            )
 
-    async def _stream(self, address: str) -> bool:
+    async def _stream(self, address: str) -> str:
         channel = self._balancer_channel(address)
-        got_list = False
         reporter: asyncio.Task[None] | None = None
         try:
-            call = lb_grpc.LoadBalancerStub(channel).BalanceLoad()
-            await call.write(initial_request(self.target))
-            interval = 0.0
+            call = self._call = channel.stream_stream(
+                BALANCE_LOAD, response_deserializer=lb.LoadBalanceResponse.FromString
+            )()
+            self._session.stream_opened(address)
+            await call.write(self._session.initial_request())
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
-                    break
-                kind = response.WhichOneof("load_balance_response_type")
-                if kind == "initial_response":
-                    interval = report_interval_seconds(response.initial_response)
-                elif kind == "server_list":
-                    self._on_list(response.server_list)
-                    if not got_list:
-                        got_list = True
-                        if interval:
-                            reporter = asyncio.create_task(self._report(call, interval))
-                elif kind == "fallback_response":
-                    self.in_fallback = True
-                    log.warning(
-                        "target=%s: balancer asked for fallback; keeping the current list",
-                        self.target,
-                    )
+                    return ""
+                actions = self._session.response(response, address)
+                for action in actions:
+                    if isinstance(action, StartReports):
+                        reporter = asyncio.create_task(self._report(call, action.interval))
+                self._on_actions(actions)
         except grpc.aio.AioRpcError as exc:
-            if not self._closed:
-                log.info("balancer %s: %s %s", address, exc.code().name, exc.details())
+            error = f"{exc.code().name}: {exc.details()}"
+            log.info("target=%s: balancer %s: %s", self.target, address, error)
+            return error
+        except asyncio.CancelledError:
+            if self._core.closed:
+                raise
+            return "CANCELLED: no answer within the fallback timeout"
+        except Exception as exc:  # noqa: BLE001 - the session must outlive any one stream
+            log.exception("target=%s: balancer %s: stream failed", self.target, address)
+            return f"{type(exc).__name__}: {exc}"
         finally:
+            self._call = None
             if reporter is not None:
                 reporter.cancel()
             await channel.close()
-        return got_list
 
     async def _report(self, call: Any, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            report = self.counters.take_report(time.time_ns())
+            report = report_request(self.counters)
             if report is not None:
-                await call.write(lb.LoadBalanceRequest(client_stats=report))
+                await call.write(report)
 
-    def _on_list(self, server_list: lb.ServerList) -> None:
-        raw = server_list.SerializeToString()
-        if raw == self._list_bytes:
-            return
-        entries = parse_server_list(server_list)
-        if not entries:
-            log.warning(
-                "target=%s: balancer sent an empty list; keeping the current one", self.target
-            )
-            return
-        new, picks, retired = rebuild(entries, self._subchannels, self._new_subchannel)
-        self._subchannels = new
-        self._picker = Picker(picks)
-        self._list_bytes = raw
-        self.lists_received += 1
-        self.in_fallback = False
+    def _unreachable(self) -> None:
+        self._on_actions(self._session.backends_unreachable())
+
+    def _fallback_timer(self) -> None:
+        self._on_actions(self._session.fallback_timer(self._loop.time()))
+        if self._session.abandon_silent_stream and self._call is not None:
+            self._call.cancel()  # a balancer that never answers: try the next one
+
+    def _on_actions(self, actions: list[Action]) -> None:
+        added, retired = self._core.run(actions)
+        for sub in added:
+            task = self._loop.create_task(self._watch(sub))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+            sub.watcher = task
         if retired:
-            asyncio.get_running_loop().call_later(
-                self._retire_grace, lambda: asyncio.ensure_future(self._close_subs(retired))
-            )
-        self._have_list.set()
+            self._loop.call_later(self._retire_grace, self._retire, retired)
+
+    async def _watch(self, sub: SubChannel) -> None:
+        """Follows one sub-channel's connectivity; asks an IDLE one to
+        connect, as round_robin does."""
+        channel = sub.channel
+        state = channel.get_state(try_to_connect=True)
+        while state is not SHUTDOWN:
+            self._core.set_state(sub, state)
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+            if state is IDLE:
+                state = channel.get_state(try_to_connect=True)
+
+    def _retire(self, subs: list[SubChannel]) -> None:
+        self._loop.create_task(self._close_subs(subs))
+
+    @staticmethod
+    async def _close_subs(subs: list[SubChannel], grace: float | None = None) -> None:
+        for s in subs:
+            if s.watcher is not None:
+                s.watcher.cancel()
+            await s.channel.close(grace)
 
     def _new_subchannel(self, address: str) -> SubChannel:
         ch = (
@@ -285,25 +181,32 @@ class LookasideAioChannel(grpc.aio.Channel):
         )
         return SubChannel(address, ch)
 
-    @staticmethod
-    async def _close_subs(subs: list[SubChannel]) -> None:
-        for s in subs:
-            await s.channel.close()
+    def _changed(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
 
-    def _pick(self) -> Pick:
-        picker = self._picker
-        if picker is None:
-            raise _NoPick(f"no server list from the balancer for {self.target!r} yet")
-        p = picker.pick()
-        if p.target is None:
-            self.counters.call_dropped(p.token)
-            raise _NoPick(DROP_DETAILS)
-        return p
+    # -- the pick queue ---------------------------------------------------------------
 
-    def backends(self) -> list[tuple[str, str]]:
-        """The current list as (address, token); drops as ("", token)."""
-        picker = self._picker
-        return picker.describe() if picker is not None else []
+    async def _wait_for_pick(self, deadline: float | None, wait_for_ready: bool) -> Pick:
+        core = self._core
+        while True:
+            try:
+                p = core.queued_pick(wait_for_ready, self.counters)
+            except FailedCall as failed:
+                raise rpc_error(failed) from None
+            if p is not None:
+                return p
+            event = self._event
+            if deadline is None:
+                await event.wait()
+                continue
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise rpc_error(core.deadline_passed())
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
 
     # -- grpc.aio.Channel ------------------------------------------------------
 
@@ -314,29 +217,26 @@ class LookasideAioChannel(grpc.aio.Channel):
         await self.close()
 
     async def close(self, grace: float | None = None) -> None:
-        if self._closed:
+        if self._core.closed:
             return
-        self._closed = True
+        subs = self._core.close()
+        self._fallback.cancel()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        subs, self._subchannels = list(self._subchannels.values()), {}
-        for s in subs:
-            await s.channel.close(grace)
+        await self._close_subs(subs, grace)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return (
-            grpc.ChannelConnectivity.READY
-            if self._have_list.is_set()
-            else grpc.ChannelConnectivity.CONNECTING
-        )
+        return self._core.connectivity()
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        if last_observed_state != self.get_state():
-            return
-        await self._have_list.wait()
+        while self._core.connectivity() is last_observed_state:
+            await self._event.wait()
 
     async def channel_ready(self) -> None:
-        await self._have_list.wait()
+        while self.get_state() is not grpc.ChannelConnectivity.READY:
+            if self._core.picker is not None and not self._core.subchannels:
+                return  # a list of only drops: nothing to connect to
+            await self._event.wait()
 
     def unary_unary(
         self,
@@ -345,7 +245,7 @@ class LookasideAioChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _MultiCallable(
+        return MultiCallable(
             self,
             "unary_unary",
             method,
@@ -361,7 +261,7 @@ class LookasideAioChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _MultiCallable(
+        return MultiCallable(
             self,
             "unary_stream",
             method,
@@ -377,7 +277,7 @@ class LookasideAioChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _MultiCallable(
+        return MultiCallable(
             self,
             "stream_unary",
             method,
@@ -393,7 +293,7 @@ class LookasideAioChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _MultiCallable(
+        return MultiCallable(
             self,
             "stream_stream",
             method,

@@ -1,17 +1,21 @@
 """Multi-callables of the sync LookasideChannel.
 
-Each call picks a list slot, finds (or makes, once) the sub-channel's own
-multi-callable for the method, adds the lb-token, and counts the call for
-ClientStats. The hot path is a pick, a dict lookup and a tuple concat.
+Each call picks a READY backend (or waits for one), finds (or makes, once)
+the sub-channel's own multi-callable for the method, adds the lb-token, and
+counts the call for ClientStats. The hot path is a pick, a dict lookup and
+a tuple concat. A unary call that failed before it reached its backend is
+retried once on another (gRFC A6 transparent retry).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall
+from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick, never_sent
+from client_lib.queued import QueuedCall
 
 if TYPE_CHECKING:
     from client_lib.channel import LookasideChannel
@@ -25,38 +29,30 @@ def _metadata(metadata: Any, extra: tuple[tuple[str, str], ...]) -> Any:
     return (*metadata, *extra) if extra else metadata
 
 
+def _outcome(call: Any) -> tuple[Any, str, bool]:
+    """A finished call's (code, details, whether the server sent metadata),
+    by the public grpc.Call methods."""
+    try:
+        code = call.code()
+        details = call.details() or ""
+        has_md = bool(call.initial_metadata() or call.trailing_metadata())
+    except Exception:  # noqa: BLE001 - a cancelled future may not have them
+        return grpc.StatusCode.CANCELLED, "", False
+    return code, details, has_md
+
+
 def _finish_callback(counters: CallCounters, token: str) -> Any:
     def done(call: Any) -> None:
-        # The rendezvous keeps its final status in _state; reading it directly
-        # avoids three lock round trips per call. The public methods are the
-        # fallback should that layout change.
-        state = getattr(call, "_state", None)
-        try:
-            if state is not None and hasattr(state, "code"):
-                code = state.code
-                has_md = bool(state.initial_metadata or state.trailing_metadata)
-            else:
-                code = call.code()
-                has_md = bool(call.initial_metadata() or call.trailing_metadata())
-        except Exception:  # noqa: BLE001 - a cancelled future may not have them
-            code, has_md = grpc.StatusCode.CANCELLED, False
+        code, _, has_md = _outcome(call)
         counters.finish_with(code, has_md, token)
 
     return done
 
 
-def _record_error(counters: CallCounters, exc: grpc.RpcError, token: str) -> None:
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    try:
-        has_md = bool(exc.initial_metadata() or exc.trailing_metadata())  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        has_md = False
-    counters.finish_with(code, has_md, token)
-
-
 class _Base:
     __slots__ = ("_channel", "_key", "_registered", "_counters")
     _kind = ""
+    _retries = 0  # transparent retries: only where the request can be sent again
 
     def __init__(
         self, channel: LookasideChannel, method: str, ser: Any, deser: Any, registered: bool
@@ -65,6 +61,61 @@ class _Base:
         self._key = (self._kind, method, ser, deser)
         self._registered = registered
         self._counters = channel.counters
+
+    def _start(
+        self,
+        future: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        """A call that is not waited for here (a future, a response stream):
+        returned at once, counted for ClientStats when it ends. With no
+        READY backend it is a QueuedCall that starts once there is one."""
+        channel = self._channel
+        picker = channel._core.picker
+        p = picker.pick() if picker is not None else None
+        args = (future, request, metadata, credentials, wait_for_ready, compression)
+        if p is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+
+            def start() -> Any:
+                q = channel._pick(timeout, wait_for_ready)
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                return self._begin(q, left, *args)
+
+            return QueuedCall(start, streaming=not future)
+        if p.target is None:
+            self._counters.call_dropped(p.token)
+            return FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS)
+        return self._begin(p, timeout, *args)
+
+    def _begin(
+        self,
+        p: Pick,
+        timeout: float | None,
+        future: bool,
+        request: Any,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        mc = p.target.multicallable(self._key, self._registered)
+        self._counters.call_started()
+        call = (mc.future if future else mc)(
+            request,
+            timeout,
+            _metadata(metadata, p.metadata),
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+        call.add_done_callback(_finish_callback(self._counters, p.token))
+        return call
 
 
 class _UnaryResponse(_Base):
@@ -82,25 +133,37 @@ class _UnaryResponse(_Base):
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Any:
-        p = self._channel._pick(timeout)
-        mc = p.target.multicallable(self._key, self._registered)
-        invoke = mc.with_call if with_call else mc
+        channel = self._channel
+        p = channel._pick(timeout, wait_for_ready)
         counters = self._counters
-        counters.call_started()
-        try:
-            result = invoke(
-                request,
-                timeout,
-                _metadata(metadata, p.metadata),
-                credentials,
-                wait_for_ready,
-                compression,
-            )
-        except grpc.RpcError as exc:
-            _record_error(counters, exc, p.token)
-            raise
-        counters.call_finished(True, False, p.token)
-        return result
+        retries = self._retries
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            mc = p.target.multicallable(self._key, self._registered)
+            invoke = mc.with_call if with_call else mc
+            counters.call_started()
+            try:
+                result = invoke(
+                    request,
+                    timeout,
+                    _metadata(metadata, p.metadata),
+                    credentials,
+                    wait_for_ready,
+                    compression,
+                )
+            except grpc.RpcError as exc:
+                code, details, has_md = _outcome(exc)
+                counters.finish_with(code, has_md, p.token)
+                again = retries and never_sent(code, details, has_md) and channel._retry_pick(p)
+                if not again:
+                    raise
+                # gRFC A6: it never left this process; once more elsewhere.
+                retries, p = 0, again
+                if deadline is not None:
+                    timeout = max(deadline - time.monotonic(), 0.0)
+                continue
+            counters.call_finished(True, False, p.token)
+            return result
 
     def __call__(
         self,
@@ -137,22 +200,9 @@ class _UnaryResponse(_Base):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        try:
-            p = self._channel._pick(timeout)
-        except FailedCall as failed:
-            return failed
-        mc = p.target.multicallable(self._key, self._registered)
-        self._counters.call_started()
-        fut = mc.future(
-            request,
-            timeout,
-            _metadata(metadata, p.metadata),
-            credentials,
-            wait_for_ready,
-            compression,
+        return self._start(
+            True, request, timeout, metadata, credentials, wait_for_ready, compression
         )
-        fut.add_done_callback(_finish_callback(self._counters, p.token))
-        return fut
 
 
 class _StreamResponse(_Base):
@@ -167,27 +217,15 @@ class _StreamResponse(_Base):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        try:
-            p = self._channel._pick(timeout)
-        except FailedCall as failed:
-            return failed
-        mc = p.target.multicallable(self._key, self._registered)
-        self._counters.call_started()
-        call = mc(
-            request,
-            timeout,
-            _metadata(metadata, p.metadata),
-            credentials,
-            wait_for_ready,
-            compression,
+        return self._start(
+            False, request, timeout, metadata, credentials, wait_for_ready, compression
         )
-        call.add_done_callback(_finish_callback(self._counters, p.token))
-        return call
 
 
 class UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):
     __slots__ = ()
     _kind = "unary_unary"
+    _retries = 1
 
 
 class StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):

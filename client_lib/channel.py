@@ -4,17 +4,21 @@ that a Lookaside (or any grpclb) balancer sends.
     channel = LookasideChannel("routeguide", "balancer:50051")
     stub = RouteGuideStub(channel)        # generated stubs work unchanged
 
-It keeps one sub-channel per backend, picks round robin per call (drop
-entries included: a drop fails the call with UNAVAILABLE), sends each
-backend its lb-token, and reports ClientStats at the interval the balancer
-asked for. When the balancer stream breaks it keeps the last list and
-reconnects with backoff.
+It keeps one sub-channel per backend and watches its connectivity; calls go
+round robin over the READY ones (drop entries fail a call with UNAVAILABLE),
+carry the backend's lb-token, and are counted in the ClientStats reported at
+the interval the balancer asked for. A call that finds no READY backend
+waits in a pick queue (until one is READY or its deadline; a fail-fast call
+fails once every backend is in TRANSIENT_FAILURE). A call that could not
+reach its backend at all is retried once on another. When the balancer
+stream breaks it keeps the last list and moves to the next balancer.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,16 +26,24 @@ import grpc
 
 from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
-from client_lib.picker import CallCounters, FailedCall, Pick, Picker
-from client_lib.server_list import SubChannel, parse_server_list, rebuild
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from client_lib.core import IDLE, TRANSIENT_FAILURE, ChannelCore, ChannelViews
+from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick
+from client_lib.server_list import SubChannel
+from client_lib.session import Action, BalancerSession
 
 log = logging.getLogger("lookaside.client")
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
-class LookasideChannel(grpc.Channel):
+def server_name_options(options: ChannelOptions, server_name_override: str | None) -> list[Any]:
+    out = list(options)
+    if server_name_override:
+        out.append(("grpc.ssl_target_name_override", server_name_override))
+    return out
+
+
+class LookasideChannel(ChannelViews, grpc.Channel):
     def __init__(
         self,
         target: str,
@@ -40,46 +52,45 @@ class LookasideChannel(grpc.Channel):
         options: ChannelOptions = (),
         credentials: grpc.ChannelCredentials | None = None,
         balancer_credentials: grpc.ChannelCredentials | None = None,
-        initial_list_timeout: float = 10.0,
+        server_name_override: str | None = None,
+        fallback_targets: Sequence[str] = (),
+        fallback_timeout: float = 10.0,
         retire_grace: float = 30.0,
     ) -> None:
         """target: the service name sent to the balancer (a pool name, or a
-        host[:port] that maps to one). balancers: one "host:port" or several
-        (replicas, tried in turn)."""
+        host[:port] that maps to one; at most 255 bytes). balancers: one
+        "host:port" or several (replicas, tried in turn). credentials: for
+        the backends; balancer_credentials: for the balancers (None: plaintext
+        for either); server_name_override: the TLS name to check for both. fallback_targets: backends ("host:port") to
+        use while the balancer says fallback or gives no list within
+        fallback_timeout seconds."""
+        self._session = BalancerSession(target, balancers, fallback_timeout=fallback_timeout)
         self.target = target
-        self._balancers = [balancers] if isinstance(balancers, str) else list(balancers)
-        if not self._balancers:
-            raise ValueError("at least one balancer address is needed")
-        self._options = list(options)
+        self._options = server_name_options(options, server_name_override)
         self._credentials = credentials
         self._balancer_credentials = balancer_credentials
-        self._initial_list_timeout = initial_list_timeout
         self._retire_grace = retire_grace
-        self._lock = threading.Lock()
-        self._subchannels: dict[str, SubChannel] = {}
-        self._picker: Picker | None = None
-        self._list_bytes = b""
-        self._have_list = threading.Event()
-        self._closed = False
-        self._connectivity_callbacks: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._callbacks: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._reported = grpc.ChannelConnectivity.IDLE
         self.counters = CallCounters()
-        self.lists_received = 0
-        self.in_fallback = False
+        self._core = ChannelCore(
+            target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
+        )
+        self._cond = threading.Condition(self._core.lock)
         self._link = SyncBalancerLink(
-            name=target,
-            balancers=self._balancers,
-            counters=self.counters,
-            on_list=self._on_list,
-            on_fallback=self._on_fallback,
-            make_channel=self._make_balancer_channel,
+            self._session,
+            self.counters,
+            self._on_actions,
+            self._make_balancer_channel,
+            lambda: self._core.connectivity() is TRANSIENT_FAILURE,
         )
         self._link.start()
 
-    # -- list handling -------------------------------------------------------
+    # -- the balancer's actions ------------------------------------------------------
 
     def _make_balancer_channel(self, address: str) -> grpc.Channel:
         if self._balancer_credentials is not None:
-            return grpc.secure_channel(address, self._balancer_credentials)
+            return grpc.secure_channel(address, self._balancer_credentials, options=self._options)
         return grpc.insecure_channel(address)
 
     def _new_subchannel(self, address: str) -> SubChannel:
@@ -89,93 +100,116 @@ class LookasideChannel(grpc.Channel):
             ch = grpc.insecure_channel(address, options=self._options)
         return SubChannel(address, ch)
 
-    def _on_list(self, server_list: lb.ServerList, raw: bytes) -> None:
-        if raw == self._list_bytes:
-            return  # identical to the current list: nothing to do
-        entries = parse_server_list(server_list)
-        if not entries:
-            log.warning(
-                "target=%s: balancer sent an empty list; keeping the current one", self.target
-            )
-            return
-        with self._lock:
-            if self._closed:
-                return
-            new, picks, retired = rebuild(entries, self._subchannels, self._new_subchannel)
-            self._subchannels = new
-            self._picker = Picker(picks)
-            self._list_bytes = raw
-            self.lists_received += 1
-            self.in_fallback = False
+    def _unreachable(self) -> None:
+        self._on_actions(self._link.backends_unreachable())
+
+    def _on_actions(self, actions: list[Action]) -> None:
+        added, retired = self._core.run(actions)
+        for sub in added:
+            self._watch(sub)
         if retired:
             timer = threading.Timer(self._retire_grace, self._close_subchannels, (retired,))
             timer.daemon = True
             timer.start()
-        if not self._have_list.is_set():
-            self._have_list.set()
-            for cb in list(self._connectivity_callbacks):
-                cb(grpc.ChannelConnectivity.READY)
-        log.debug("target=%s: new list of %d entries", self.target, len(picks))
 
-    def _on_fallback(self) -> None:
-        self.in_fallback = True
-        log.warning(
-            "target=%s: balancer asked for fallback; this channel has no fallback "
-            "addresses, so it keeps its current list",
-            self.target,
-        )
+    def _watch(self, sub: SubChannel) -> None:
+        channel, core = sub.channel, self._core
+
+        def kick(_: grpc.ChannelConnectivity) -> None:
+            channel.unsubscribe(kick)
+
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            core.set_state(sub, state)
+            if state is IDLE and not core.closed:
+                # An IDLE sub-channel (its connection went away) connects
+                # again only when asked: ask, as round_robin does.
+                channel.subscribe(kick, try_to_connect=True)
+
+        sub.watcher = on_state
+        channel.subscribe(on_state, try_to_connect=True)
 
     @staticmethod
     def _close_subchannels(subs: list[SubChannel]) -> None:
         for s in subs:
-            s.channel.close()
+            if s.watcher is not None:
+                s.channel.unsubscribe(s.watcher)
+        # grpc's connectivity poller checks its channel once more within
+        # 0.2 s of the last unsubscribe; closing after that keeps it quiet.
+        timer = threading.Timer(0.5, lambda: [s.channel.close() for s in subs])
+        timer.daemon = True
+        timer.start()
+
+    def _changed(self) -> None:
+        """Called by the core, under its lock, after every change."""
+        self._cond.notify_all()
+        if self._callbacks:
+            state = self._core.connectivity()
+            if state is not self._reported:
+                self._reported = state
+                for cb in list(self._callbacks):
+                    threading.Thread(target=cb, args=(state,), daemon=True).start()
 
     # -- picking -------------------------------------------------------------
 
-    def _pick(self, timeout: float | None) -> Pick:
-        picker = self._picker
-        if picker is None:
-            wait = (
-                self._initial_list_timeout
-                if timeout is None
-                else min(timeout, self._initial_list_timeout)
-            )
-            if not self._have_list.wait(wait) or self._picker is None:
-                raise FailedCall(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"no server list from the balancer for {self.target!r} yet",
-                )
-            picker = self._picker
-        p = picker.pick()
+    def _pick(self, timeout: float | None, wait_for_ready: bool | None) -> Pick:
+        picker = self._core.picker
+        p = picker.pick() if picker is not None else None
+        if p is None:
+            p = self._wait_for_pick(timeout, bool(wait_for_ready))
         if p.target is None:
             self.counters.call_dropped(p.token)
-            raise FailedCall(grpc.StatusCode.UNAVAILABLE, calls.DROP_DETAILS)
+            raise FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS)
         return p
 
-    def wait_for_list(self, timeout: float | None = None) -> bool:
-        """Blocks until the first server list arrived; False on timeout."""
-        return self._have_list.wait(timeout)
+    def _wait_for_pick(self, timeout: float | None, wait_for_ready: bool) -> Pick:
+        """The pick queue: waits until a backend is READY, the call's
+        deadline passes, or (fail-fast) the channel is in TRANSIENT_FAILURE."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        core = self._core
+        with self._cond:
+            while True:
+                p = core.queued_pick(wait_for_ready, self.counters)
+                if p is not None:
+                    return p
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise core.deadline_passed()
+                self._cond.wait(remaining)
 
-    def backends(self) -> list[tuple[str, str]]:
-        """The current list as (address, token); drops as ("", token)."""
-        picker = self._picker
-        return picker.describe() if picker is not None else []
+    def _retry_pick(self, failed: Pick) -> Pick | None:
+        return self._core.ready_except(failed.target.address)
+
+    def wait_for_list(self, timeout: float | None = None) -> bool:
+        """Blocks until a backend is READY (or the list has only drops);
+        False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._usable():
+                if self._core.closed:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _usable(self) -> bool:
+        picker = self._core.picker
+        return picker is not None and (bool(picker.ready) or not self._core.subchannels)
 
     # -- grpc.Channel ----------------------------------------------------------
 
     def subscribe(
         self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
     ) -> None:
-        self._connectivity_callbacks.append(callback)
-        callback(
-            grpc.ChannelConnectivity.READY
-            if self._have_list.is_set()
-            else grpc.ChannelConnectivity.CONNECTING
-        )
+        with self._cond:
+            self._callbacks.append(callback)
+            self._reported = state = self._core.connectivity()
+        callback(state)
 
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
         try:
-            self._connectivity_callbacks.remove(callback)
+            self._callbacks.remove(callback)
         except ValueError:
             pass
 
@@ -224,12 +258,9 @@ class LookasideChannel(grpc.Channel):
         )
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            subs = list(self._subchannels.values())
-            self._subchannels = {}
+        if self._core.closed:
+            return
+        subs = self._core.close()
         self._link.stop()
         self._close_subchannels(subs)
         self._link.join(5)
@@ -242,7 +273,6 @@ class LookasideChannel(grpc.Channel):
 
     def __del__(self) -> None:
         try:
-            if not self._closed:
-                self.close()
+            self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass

@@ -1,8 +1,8 @@
 """The per-call pick and the counters that mirror ClientStats.
 
 Both are shared by the sync and asyncio channels. A pick is an index
-increment and a tuple lookup; the list is swapped whole when a new one
-arrives, so picks never lock.
+increment and a tuple lookup; the picker is swapped whole when the list or
+a backend's readiness changes, so picks never lock.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any
 
 import grpc
 
-from lookaside.proto.lb.v1 import backend_stats_pb2
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from client_lib._lb_proto import backend_stats_pb2, lb
 
 DROP_DETAILS = "drop directed by grpclb balancer"
 
 
 class FailedCall(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
-    """A call that failed before it was sent: a drop, or no list yet.
+    """A call that failed before it was sent: a drop, no backend, a deadline
+    that passed while the call waited for one.
 
     It is both the exception raised by blocking calls and the object
     returned by .future() and streaming calls (iterating it raises it), so
@@ -95,7 +95,7 @@ class FailedCall(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
 
 @dataclass(frozen=True, slots=True)
 class Pick:
-    """One list slot. `target` is the sub-channel key (None for a drop);
+    """One list slot. `target` is the sub-channel (None for a drop);
     `token` the backend's lb-token, or the drop's reason."""
 
     target: Any
@@ -104,18 +104,31 @@ class Pick:
 
 
 class Picker:
-    """Round robin over a server list, drop entries included, starting at a
-    random slot so that many clients do not all start on one backend."""
+    """C-core's grpclb picker over round_robin: drops are decided by a
+    rotation over the whole list (drop entries included), and every other
+    call goes round robin over the entries whose sub-channel is READY. The
+    rotations start at random slots so that many clients do not all start
+    on one backend. pick() returns None when no entry is READY."""
 
-    __slots__ = ("picks", "_next", "_n")
+    __slots__ = ("picks", "ready", "_has_drops", "_next", "_n", "_next_ready", "_n_ready")
 
-    def __init__(self, picks: list[Pick]) -> None:
+    def __init__(self, picks: list[Pick] | tuple[Pick, ...], ready: tuple[Pick, ...]) -> None:
         self.picks = tuple(picks)
+        self.ready = ready
         self._n = len(self.picks)
+        self._n_ready = len(ready)
+        self._has_drops = any(p.target is None for p in self.picks)
         self._next = itertools.count(random.randrange(self._n) if self._n else 0)
+        self._next_ready = itertools.count(random.randrange(self._n_ready) if ready else 0)
 
-    def pick(self) -> Pick:
-        return self.picks[next(self._next) % self._n]
+    def pick(self) -> Pick | None:
+        if self._has_drops:
+            p = self.picks[next(self._next) % self._n]
+            if p.target is None:
+                return p
+        if not self._n_ready:
+            return None
+        return self.ready[next(self._next_ready) % self._n_ready]
 
     def __len__(self) -> int:
         return self._n
@@ -185,6 +198,14 @@ class CallCounters:
             self.finished += 1
             self.drops[token] += 1
 
+    def call_not_sent(self) -> None:
+        """A call that failed because no backend could take it (every one
+        in TRANSIENT_FAILURE, or an empty list): started, finished, and
+        failed to send, under no backend."""
+        with self._lock:
+            self.started += 1
+        self.call_finished(False, True, "")
+
     def finish_with(self, code: Any, has_metadata: bool, token: str) -> None:
         """Records the end of a call to the backend with `token` from its
         status code and whether any metadata came back from the server."""
@@ -234,3 +255,12 @@ class CallCounters:
             ext = backend_stats_pb2.ClientStatsExtension(calls_per_backend=entries)
             stats.MergeFromString(ext.SerializeToString())
         return stats
+
+
+def never_sent(code: Any, details: str | None, has_metadata: bool) -> bool:
+    """gRFC A6: the call failed before any byte of it reached a backend (the
+    sub-channel could not connect), so it may be retried transparently. A
+    reset after the request went out reads differently and is not."""
+    if has_metadata or not (code is grpc.StatusCode.UNAVAILABLE or code == 14):
+        return False
+    return "failed to connect" in (details or "").lower()

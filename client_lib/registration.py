@@ -5,14 +5,15 @@
     with Registration("balancer:50051", pool="routeguide", port=8081, meter=meter):
         server.wait_for_termination()
 
-It registers (refusals raise at once, with the balancer's message), keeps
-the lease alive in the background (each heartbeat carries the meter's
-load figures), registers again if the lease was lost (for example after a
-Redis outage), and on exit shuts down gracefully: it drains (the backend
-leaves every list but keeps its lease), waits for in-flight calls to end,
-then deregisters. Stop the server only after that. Several balancer
-addresses may be given; a failed call moves to the next one.
-AsyncRegistration does the same on asyncio.
+It registers (retrying with backoff while no balancer answers; a refusal
+that retrying cannot fix raises RegistrationRefused), keeps the lease alive
+in the background (each heartbeat carries the meter's load figures),
+registers again if the lease was lost, and on exit shuts down gracefully:
+it drains (the backend leaves every list but keeps its lease), waits for
+in-flight calls to end, then deregisters. Several balancer addresses may
+be given. `token=` is sent as `authorization: Bearer <token>` on every
+call. AsyncRegistration does the same on asyncio. Both drive one
+LeaseKeeper (client_lib.lease), which decides what to call and when.
 """
 
 from __future__ import annotations
@@ -21,93 +22,32 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from client_lib.lease import (
+    RPC_TIMEOUT,
+    LeaseKeeper,
+    LoadFn,
+    RegistrationRefused,
+    Step,
+    lease_spec,
+)
 from client_lib.load import LoadMeter
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 
 log = logging.getLogger("lookaside.registration")
 
-LoadFn = Callable[[], dict[str, float]]
-RPC_TIMEOUT = 5.0
-# Refusals that retrying cannot fix.
-_FATAL = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-}
+__all__ = ["AsyncRegistration", "Registration", "RegistrationRefused"]
 
 
-@dataclass
-class _Spec:
-    balancers: list[str]
-    pool: str
-    port: int
-    host: str = ""
-    weight: int = 1
-    zone: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    lease_ttl: float | None = None
-    load: LoadFn | None = None
-    meter: LoadMeter | None = None
-    drain_delay: float = 0.5
-    drain_timeout: float = 10.0
+class _Base:
+    """What both drivers share: arguments, the keeper, channel options."""
 
-    def register_request(self) -> pb.RegisterRequest:
-        req = pb.RegisterRequest(
-            pool=self.pool,
-            host=self.host,
-            port=self.port,
-            weight=self.weight,
-            zone=self.zone,
-            metadata=self.metadata,
-        )
-        if self.lease_ttl is not None:
-            req.lease_ttl.FromMilliseconds(int(self.lease_ttl * 1000))
-        return req
-
-    def heartbeat_request(self, backend_id: str, lease_id: str) -> pb.HeartbeatRequest:
-        req = pb.HeartbeatRequest(pool=self.pool, backend_id=backend_id, lease_id=lease_id)
-        source = self.load or (self.meter.snapshot if self.meter else None)
-        if source is not None:
-            try:
-                figures = source()
-                req.load.CopyFrom(
-                    pb.BackendLoad(
-                        utilization=float(figures.get("utilization", -1.0)),
-                        in_flight=int(figures.get("in_flight", 0)),
-                        qps=float(figures.get("qps", 0.0)),
-                        latency_ms=float(figures.get("latency_ms", 0.0)),
-                    )
-                )
-            except Exception:  # noqa: BLE001 - a broken load figure must not lose the lease
-                log.exception("pool=%s: load figures failed; heartbeat sent without", self.pool)
-        return req
-
-    def drain_request(self, backend_id: str, lease_id: str) -> pb.DrainRequest:
-        return pb.DrainRequest(pool=self.pool, backend_id=backend_id, lease_id=lease_id)
-
-    def deregister_request(self, backend_id: str, lease_id: str) -> pb.DeregisterRequest:
-        return pb.DeregisterRequest(pool=self.pool, backend_id=backend_id, lease_id=lease_id)
-
-    def in_flight(self) -> int:
-        return self.meter.in_flight if self.meter else 0
-
-
-def _spec(balancers: str | Sequence[str], pool: str, port: int, **kw: Any) -> _Spec:
-    addrs = [balancers] if isinstance(balancers, str) else list(balancers)
-    if not addrs:
-        raise ValueError("at least one balancer address is needed")
-    return _Spec(addrs, pool, port, **kw)
-
-
-class Registration:
     def __init__(
         self,
         balancers: str | Sequence[str],
@@ -123,118 +63,115 @@ class Registration:
         meter: LoadMeter | None = None,
         drain_delay: float = 0.5,
         drain_timeout: float = 10.0,
+        token: str = "",
         credentials: grpc.ChannelCredentials | None = None,
+        server_name_override: str | None = None,
     ) -> None:
-        self.spec = _spec(
+        self.spec = lease_spec(
             balancers, pool, port, host=host, weight=weight, zone=zone,
             metadata=dict(metadata or {}), lease_ttl=lease_ttl, load=load, meter=meter,
-            drain_delay=drain_delay, drain_timeout=drain_timeout,
+            drain_delay=drain_delay, drain_timeout=drain_timeout, token=token,
         )  # fmt: skip
+        self.keeper = LeaseKeeper(self.spec)
         self._credentials = credentials
-        self._index = 0
+        self._options = (
+            [("grpc.ssl_target_name_override", server_name_override)]
+            if server_name_override
+            else []
+        )
+        self._address = ""
+
+    @property
+    def backend_id(self) -> str:
+        return self.keeper.backend_id
+
+    @property
+    def lease_id(self) -> str:
+        return self.keeper.lease_id
+
+    @property
+    def address(self) -> str:
+        return self.keeper.address
+
+    @property
+    def registrations(self) -> int:
+        return self.keeper.registrations
+
+    def _lease_request(self, kind: type) -> Any:
+        return kind(pool=self.spec.pool, backend_id=self.backend_id, lease_id=self.lease_id)
+
+    def _drain_log(self) -> None:
+        log.info("draining pool=%s backend=%s", self.spec.pool, self.backend_id)
+
+
+class Registration(_Base):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.RegistryStub | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.backend_id = ""
-        self.lease_id = ""
-        self.address = ""
-        self.interval = 1.0
-        self.registrations = 0
 
-    def _connect(self, advance: bool = False) -> pb_grpc.RegistryStub:
-        if advance or self._stub is None:
+    def _stub_for(self, address: str) -> pb_grpc.RegistryStub:
+        if self._stub is None or address != self._address:
             if self._channel is not None:
                 self._channel.close()
-            if advance:
-                self._index += 1
-            addr = self.spec.balancers[self._index % len(self.spec.balancers)]
             self._channel = (
-                grpc.secure_channel(addr, self._credentials)
+                grpc.secure_channel(address, self._credentials, options=self._options)
                 if self._credentials
-                else grpc.insecure_channel(addr)
+                else grpc.insecure_channel(address)
             )
-            self._stub = pb_grpc.RegistryStub(self._channel)
+            self._stub, self._address = pb_grpc.RegistryStub(self._channel), address
         return self._stub
 
-    def _register(self) -> None:
-        last: grpc.RpcError | None = None
-        for attempt in range(len(self.spec.balancers)):
-            try:
-                stub = self._connect(advance=attempt > 0)
-                resp = stub.Register(self.spec.register_request(), timeout=RPC_TIMEOUT)
-                break
-            except grpc.RpcError as exc:
-                if exc.code() in _FATAL:
-                    raise
-                last = exc
-        else:
-            assert last is not None
-            raise last
-        self.backend_id, self.lease_id, self.address = resp.backend_id, resp.lease_id, resp.address
-        self.interval = max(resp.heartbeat_interval.ToMilliseconds() / 1000, 0.1)
-        self.registrations += 1
-        log.info(
-            "registered pool=%s backend=%s address=%s",
-            self.spec.pool,
-            self.backend_id,
-            self.address,
-        )
+    def _do(self, step: Step) -> bool:
+        """Runs one step; False when stop() came first."""
+        if step.delay and self._stop.wait(step.delay):
+            return False
+        try:
+            method = getattr(self._stub_for(step.address), step.method)
+            response = method(step.request, timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata())
+        except grpc.RpcError as exc:
+            if self._stop.is_set():
+                return False
+            self.keeper.failed(exc.code(), exc.details() or "")
+            return True
+        self.keeper.succeeded(response)
+        return True
 
     def start(self) -> Registration:
-        self._register()
-        self._thread = threading.Thread(
-            target=self._heartbeats, name=f"lookaside-lease-{self.spec.pool}", daemon=True
-        )
-        self._thread.start()
+        """Registers (waiting for a balancer as long as it takes, or until
+        stop()), then keeps the lease in a thread."""
+        while not self.keeper.leased and self._do(self.keeper.next_step()):
+            pass
+        if self.keeper.leased:
+            self._thread = threading.Thread(
+                target=self._keep, name=f"lookaside-lease-{self.spec.pool}", daemon=True
+            )
+            self._thread.start()
         return self
 
-    def _heartbeats(self) -> None:
-        delay = self.interval
-        while not self._stop.wait(delay):
-            delay = self.interval
-            try:
-                request = self.spec.heartbeat_request(self.backend_id, self.lease_id)
-                self._connect().Heartbeat(request, timeout=RPC_TIMEOUT)
-            except grpc.RpcError as exc:
-                if self._stop.is_set():
-                    return
-                if exc.code() is grpc.StatusCode.NOT_FOUND:
-                    log.warning(
-                        "pool=%s: lease lost (%s); registering again", self.spec.pool, exc.details()
-                    )
-                    try:
-                        self._register()
-                    except grpc.RpcError as again:
-                        log.warning(
-                            "pool=%s: registering again failed: %s", self.spec.pool, again.details()
-                        )
-                        delay = min(self.interval, 1.0)
-                else:
-                    log.warning(
-                        "pool=%s: heartbeat failed (%s); trying the next balancer",
-                        self.spec.pool,
-                        exc.code().name,
-                    )
-                    self._connect(advance=True)
-                    delay = min(self.interval / 2, 1.0)
+    def _keep(self) -> None:
+        while self._do(self.keeper.next_step()):
+            pass
+
+    def _call(self, method: str, request: Any) -> None:
+        getattr(self._stub_for(self.keeper.balancer), method)(
+            request, timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
+        )
 
     def drain(self) -> None:
         """Leaves every list but keeps the lease; waits until clients have
         had time to get the new list and in-flight calls (as counted by the
         meter) have ended, at most drain_timeout."""
-        if not self.backend_id:
+        if not self.lease_id:
             return
         try:
-            self._connect().Drain(
-                self.spec.drain_request(self.backend_id, self.lease_id), timeout=RPC_TIMEOUT
-            )
+            self._call("Drain", self._lease_request(pb.DrainRequest))
         except grpc.RpcError as exc:
-            log.warning(
-                "pool=%s: drain failed (%s); deregistering at once", self.spec.pool, exc.details()
-            )
+            log.warning("pool=%s: drain failed (%s); deregistering", self.spec.pool, exc.details())
             return
-        log.info("draining pool=%s backend=%s", self.spec.pool, self.backend_id)
+        self._drain_log()
         time.sleep(self.spec.drain_delay)
         deadline = time.monotonic() + self.spec.drain_timeout
         while self.spec.in_flight() > 0 and time.monotonic() < deadline:
@@ -247,12 +184,9 @@ class Registration:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(RPC_TIMEOUT + 1)
-        if self.backend_id:
+        if self.lease_id:
             try:
-                self._connect().Deregister(
-                    self.spec.deregister_request(self.backend_id, self.lease_id),
-                    timeout=RPC_TIMEOUT,
-                )
+                self._call("Deregister", self._lease_request(pb.DeregisterRequest))
                 log.info("deregistered pool=%s backend=%s", self.spec.pool, self.backend_id)
             except grpc.RpcError as exc:
                 log.warning("pool=%s: deregistration failed: %s", self.spec.pool, exc.details())
@@ -266,131 +200,77 @@ class Registration:
         self.stop()
 
 
-class AsyncRegistration:
+class AsyncRegistration(_Base):
     """Registration on asyncio: `async with AsyncRegistration(...)`."""
 
-    def __init__(
-        self,
-        balancers: str | Sequence[str],
-        pool: str,
-        port: int,
-        *,
-        host: str = "",
-        weight: int = 1,
-        zone: str = "",
-        metadata: dict[str, str] | None = None,
-        lease_ttl: float | None = None,
-        load: LoadFn | None = None,
-        meter: LoadMeter | None = None,
-        drain_delay: float = 0.5,
-        drain_timeout: float = 10.0,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self.spec = _spec(
-            balancers, pool, port, host=host, weight=weight, zone=zone,
-            metadata=dict(metadata or {}), lease_ttl=lease_ttl, load=load, meter=meter,
-            drain_delay=drain_delay, drain_timeout=drain_timeout,
-        )  # fmt: skip
-        self._credentials = credentials
-        self._index = 0
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.RegistryStub | None = None
         self._task: asyncio.Task[None] | None = None
-        self.backend_id = ""
-        self.lease_id = ""
-        self.address = ""
-        self.interval = 1.0
-        self.registrations = 0
+        self._stopped = asyncio.Event()
 
-    async def _connect(self, advance: bool = False) -> pb_grpc.RegistryStub:
-        if advance or self._stub is None:
+    async def _stub_for(self, address: str) -> pb_grpc.RegistryStub:
+        if self._stub is None or address != self._address:
             if self._channel is not None:
                 await self._channel.close()
-            if advance:
-                self._index += 1
-            addr = self.spec.balancers[self._index % len(self.spec.balancers)]
             self._channel = (
-                grpc.aio.secure_channel(addr, self._credentials)
+                grpc.aio.secure_channel(address, self._credentials, options=self._options)
                 if self._credentials
-                else grpc.aio.insecure_channel(addr)
+                else grpc.aio.insecure_channel(address)
             )
-            self._stub = pb_grpc.RegistryStub(self._channel)
+            self._stub, self._address = pb_grpc.RegistryStub(self._channel), address
         return self._stub
 
-    async def _register(self) -> None:
-        last: grpc.aio.AioRpcError | None = None
-        for attempt in range(len(self.spec.balancers)):
+    async def _do(self, step: Step) -> bool:
+        if step.delay:
             try:
-                stub = await self._connect(advance=attempt > 0)
-                resp = await stub.Register(self.spec.register_request(), timeout=RPC_TIMEOUT)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in _FATAL:
-                    raise
-                last = exc
-        else:
-            assert last is not None
-            raise last
-        self.backend_id, self.lease_id, self.address = resp.backend_id, resp.lease_id, resp.address
-        self.interval = max(resp.heartbeat_interval.ToMilliseconds() / 1000, 0.1)
-        self.registrations += 1
-        log.info(
-            "registered pool=%s backend=%s address=%s",
-            self.spec.pool,
-            self.backend_id,
-            self.address,
-        )
+                await asyncio.wait_for(self._stopped.wait(), step.delay)
+                return False
+            except TimeoutError:
+                pass
+        if self._stopped.is_set():
+            return False
+        try:
+            method = getattr(await self._stub_for(step.address), step.method)
+            response = await method(
+                step.request, timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            self.keeper.failed(exc.code(), exc.details() or "")
+            return True
+        self.keeper.succeeded(response)
+        return True
 
     async def start(self) -> AsyncRegistration:
-        await self._register()
-        self._task = asyncio.create_task(self._heartbeats())
+        """Registers (waiting for a balancer as long as it takes, or until
+        stop()), then keeps the lease in a task."""
+        while not self.keeper.leased and await self._do(self.keeper.next_step()):
+            pass
+        if self.keeper.leased:
+            self._task = asyncio.create_task(self._keep())
         return self
 
-    async def _heartbeats(self) -> None:
-        delay = self.interval
-        while True:
-            await asyncio.sleep(delay)
-            delay = self.interval
-            try:
-                stub = await self._connect()
-                request = self.spec.heartbeat_request(self.backend_id, self.lease_id)
-                await stub.Heartbeat(request, timeout=RPC_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is grpc.StatusCode.NOT_FOUND:
-                    log.warning(
-                        "pool=%s: lease lost (%s); registering again", self.spec.pool, exc.details()
-                    )
-                    try:
-                        await self._register()
-                    except grpc.aio.AioRpcError as again:
-                        log.warning(
-                            "pool=%s: registering again failed: %s", self.spec.pool, again.details()
-                        )
-                        delay = min(self.interval, 1.0)
-                else:
-                    log.warning(
-                        "pool=%s: heartbeat failed (%s); trying the next balancer",
-                        self.spec.pool,
-                        exc.code().name,
-                    )
-                    await self._connect(advance=True)
-                    delay = min(self.interval / 2, 1.0)
+    async def _keep(self) -> None:
+        while await self._do(self.keeper.next_step()):
+            pass
+
+    async def _call(self, method: str, request: Any) -> None:
+        stub = await self._stub_for(self.keeper.balancer)
+        await getattr(stub, method)(
+            request, timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
+        )
 
     async def drain(self) -> None:
         """As Registration.drain, on asyncio."""
-        if not self.backend_id:
+        if not self.lease_id:
             return
         try:
-            stub = await self._connect()
-            await stub.Drain(
-                self.spec.drain_request(self.backend_id, self.lease_id), timeout=RPC_TIMEOUT
-            )
+            await self._call("Drain", self._lease_request(pb.DrainRequest))
         except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "pool=%s: drain failed (%s); deregistering at once", self.spec.pool, exc.details()
-            )
+            log.warning("pool=%s: drain failed (%s); deregistering", self.spec.pool, exc.details())
             return
-        log.info("draining pool=%s backend=%s", self.spec.pool, self.backend_id)
+        self._drain_log()
         await asyncio.sleep(self.spec.drain_delay)
         deadline = time.monotonic() + self.spec.drain_timeout
         while self.spec.in_flight() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -399,16 +279,13 @@ class AsyncRegistration:
     async def stop(self, drain: bool = True) -> None:
         if drain:
             await self.drain()
+        self._stopped.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.backend_id:
+        if self.lease_id:
             try:
-                stub = await self._connect()
-                await stub.Deregister(
-                    self.spec.deregister_request(self.backend_id, self.lease_id),
-                    timeout=RPC_TIMEOUT,
-                )
+                await self._call("Deregister", self._lease_request(pb.DeregisterRequest))
                 log.info("deregistered pool=%s backend=%s", self.spec.pool, self.backend_id)
             except grpc.aio.AioRpcError as exc:
                 log.warning("pool=%s: deregistration failed: %s", self.spec.pool, exc.details())

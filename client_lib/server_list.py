@@ -8,16 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import grpc
+
+from client_lib._lb_proto import lb
 from client_lib.picker import Pick
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 
 INITIAL_REQUEST_NAME_MAX = 255
-
-
-def initial_request(name: str) -> lb.LoadBalanceRequest:
-    if not name or len(name.encode()) > INITIAL_REQUEST_NAME_MAX:
-        raise ValueError(f"service name must be 1..{INITIAL_REQUEST_NAME_MAX} bytes, got {name!r}")
-    return lb.LoadBalanceRequest(initial_request=lb.InitialLoadBalanceRequest(name=name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +24,9 @@ class ListEntry:
 
 
 def parse_server_list(server_list: lb.ServerList) -> list[ListEntry]:
-    """The list's entries; malformed ones (bad address length or port) are
-    skipped, as C-core does."""
+    """The list's entries; malformed ones (an address of neither 4 nor 16
+    bytes, a port outside 1..65535) are skipped, and a token of 50 bytes or
+    more is ignored (the entry is kept, without a token), as C-core does."""
     out = []
     for s in server_list.servers:
         if s.drop:
@@ -39,7 +36,7 @@ def parse_server_list(server_list: lb.ServerList) -> list[ListEntry]:
             continue
         ip = ipaddress.ip_address(s.ip_address)
         host = str(ip) if ip.version == 4 else f"[{ip}]"
-        token = s.load_balance_token if len(s.load_balance_token) < 50 else ""
+        token = s.load_balance_token if len(s.load_balance_token.encode()) < 50 else ""
         out.append(ListEntry(f"{host}:{s.port}", token, False))
     return out
 
@@ -58,15 +55,18 @@ def build_picks(entries: list[ListEntry], subchannel: Callable[[str], Any]) -> l
 
 
 class SubChannel:
-    """One backend's channel (sync or grpc.aio) and the multi-callables made
-    on it, one per method signature, made on first use."""
+    """One backend's channel (sync or grpc.aio), its last seen connectivity
+    state, and the multi-callables made on it, one per method signature,
+    made on first use."""
 
-    __slots__ = ("address", "channel", "methods")
+    __slots__ = ("address", "channel", "methods", "state", "watcher")
 
     def __init__(self, address: str, channel: Any) -> None:
         self.address = address
         self.channel = channel
         self.methods: dict[tuple[Any, ...], Any] = {}
+        self.state = grpc.ChannelConnectivity.IDLE
+        self.watcher: Any = None  # what the driver uses to watch the state
 
     def multicallable(self, key: tuple[str, str, Any, Any], registered: bool) -> Any:
         """key: (kind, method, request serializer, response deserializer)."""

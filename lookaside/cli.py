@@ -19,7 +19,13 @@ import logging
 import sys
 from collections.abc import Callable
 
-from lookaside.settings import add_settings_arguments, settings_or_exit
+try:
+    from lookaside.settings import add_settings_arguments, settings_or_exit
+except ModuleNotFoundError as exc:  # a client-only install (no server extra)
+    raise SystemExit(
+        f"lookaside: the {exc.name!r} module is missing: the lookaside command runs the "
+        "server parts, which come with the extra: pip install 'lookaside[server]'"
+    ) from None
 
 
 def setup_logging(level: str = "info") -> None:

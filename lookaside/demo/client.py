@@ -26,7 +26,7 @@ from client_lib import LookasideChannel
 from lookaside.demo.features import FeatureDb, load_db
 from lookaside.demo.interceptor import SERVED_BY
 from lookaside.demo.report import NO_SERVER, OK, CallResult, Tally, format_line, summary_table
-from lookaside.demo.settings import APIS, ClientSettings
+from lookaside.demo.settings import APIS, ClientSettings, read_bytes
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
@@ -34,20 +34,35 @@ GRPCLB_SERVICE_CONFIG = '{"loadBalancingConfig":[{"grpclb":{}}]}'
 
 
 def make_channel(settings: ClientSettings) -> grpc.Channel:
-    """The channel for settings.lb. ValueError when a needed flag is missing."""
+    """The channel for settings.lb (TLS with --tls-ca). ValueError when a
+    needed flag is missing or a PEM file cannot be read."""
+    creds = channel_credentials(settings)
     if settings.lb == "lookaside":
-        return LookasideChannel(settings.target, settings.balancers)
-    if settings.lb == "grpclb-dns":
-        return grpc.insecure_channel(
-            f"dns://{settings.dns}/{settings.target}",
-            options=[
-                ("grpc.dns_enable_srv_queries", 1),
-                ("grpc.service_config", GRPCLB_SERVICE_CONFIG),
-            ],
+        return LookasideChannel(
+            settings.target, settings.balancers, credentials=creds, balancer_credentials=creds
         )
-    if not settings.server:
-        raise ValueError("--lb none needs --server host:port (the one server to call)")
-    return grpc.insecure_channel(settings.server)
+    if settings.lb == "grpclb-dns":
+        target = f"dns://{settings.dns}/{settings.target}"
+        options = [
+            ("grpc.dns_enable_srv_queries", 1),
+            ("grpc.service_config", GRPCLB_SERVICE_CONFIG),
+        ]
+    else:
+        if not settings.server:
+            raise ValueError("--lb none needs --server host:port (the one server to call)")
+        target, options = settings.server, []
+    if creds is not None:
+        return grpc.secure_channel(target, creds, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def channel_credentials(settings: ClientSettings) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls-ca (and --tls-cert/--tls-key for mTLS), or None."""
+    if not settings.tls_ca:
+        return None
+    key = read_bytes(settings.tls_key, "TLS key") if settings.tls_key else None
+    cert = read_bytes(settings.tls_cert, "TLS cert") if settings.tls_cert else None
+    return grpc.ssl_channel_credentials(read_bytes(settings.tls_ca, "TLS CA"), key, cert)
 
 
 def served_by(call: Any) -> str:
@@ -219,10 +234,17 @@ def run(settings: ClientSettings, out: TextIO | None = None, db: FeatureDb | Non
 def _wait_for_list(
     channel: LookasideChannel, settings: ClientSettings, stop: threading.Event
 ) -> None:
-    """Waits (at most --timeout, less on Ctrl-C) for the balancer's first list."""
+    """Waits (at most --timeout, less on Ctrl-C) for the balancer's first
+    list and for every listed backend to be connected (or found down), so
+    the demo's first calls spread over all of them."""
     deadline = time.monotonic() + settings.timeout
+    settled = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
     while not stop.is_set() and time.monotonic() < deadline:
         if channel.wait_for_list(0.1):
+            while not stop.is_set() and time.monotonic() < deadline:
+                if all(s in settled for s in channel.backend_states().values()):
+                    return
+                time.sleep(0.01)
             return
     if not stop.is_set():
         print(

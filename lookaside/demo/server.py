@@ -1,13 +1,16 @@
 """The routeguide demo server (`lookaside routeguide server`).
 
 A grpc.aio server with the 4 routeguide RPCs over the features db, health,
-reflection, and the FaultInterceptor (x-served-by, delays, faults). With
---balancer it registers itself in a pool, and on SIGTERM or Ctrl-C it
-deregisters first and stops serving after.
+reflection, and the FaultInterceptor (x-served-by, delays, faults), over
+plaintext or TLS (--tls-cert/--tls-key, mTLS with --tls-client-ca). With
+--balancer it registers itself in a pool (waiting for the balancer if it
+is not up yet; --registration-token is sent with every registration call),
+and on SIGTERM or Ctrl-C it deregisters first and stops serving after.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import sys
@@ -20,11 +23,11 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client_lib import AsyncRegistration, LoadMeter
+from client_lib import AsyncRegistration, LoadMeter, RegistrationRefused
 from lookaside.asyncutil import until_signalled
 from lookaside.demo.features import FeatureDb, LatLng, haversine_m, load_db
 from lookaside.demo.interceptor import FaultInterceptor
-from lookaside.demo.settings import ServerSettings
+from lookaside.demo.settings import ServerSettings, read_bytes
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
@@ -135,7 +138,11 @@ class RouteGuideServer:
         )
         reflection.enable_server_reflection(names, server)
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            credentials = server_credentials(self.settings)
+            if credentials is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.settings.listen}: {exc}") from None
         if self.port == 0:
@@ -166,34 +173,64 @@ def banner(server: RouteGuideServer) -> str:
     return f"routeguide server {server.address} serving ({where}{tail}) as {server.name}"
 
 
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS (mTLS with --tls-client-ca) from the PEM files, or None."""
+    if not settings.tls_cert:
+        return None
+    pair = (read_bytes(settings.tls_key, "TLS key"), read_bytes(settings.tls_cert, "TLS cert"))
+    client_ca = read_bytes(settings.tls_client_ca, "client CA") if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def make_registration(settings: ServerSettings, server: RouteGuideServer) -> AsyncRegistration:
+    ca = settings.balancer_tls_ca
+    return AsyncRegistration(
+        settings.balancers,
+        settings.pool,
+        server.port,
+        host=settings.advertise_host,
+        weight=settings.weight,
+        metadata={"served_by": server.name},
+        meter=server.meter,
+        token=settings.token(),
+        credentials=grpc.ssl_channel_credentials(read_bytes(ca, "balancer CA")) if ca else None,
+    )
+
+
 async def serve(settings: ServerSettings) -> int:
-    """Runs until SIGTERM or SIGINT; returns the process exit code."""
+    """Runs until SIGTERM or SIGINT; returns the process exit code. With a
+    balancer it serves at once and registers as soon as a balancer answers
+    (retrying with backoff for as long as it takes)."""
     server = RouteGuideServer(settings)
     await server.start()
     registration: AsyncRegistration | None = None
+    signalled = asyncio.create_task(until_signalled())
     if settings.balancers:
-        registration = AsyncRegistration(
-            settings.balancers,
-            settings.pool,
-            server.port,
-            host=settings.advertise_host,
-            weight=settings.weight,
-            metadata={"served_by": server.name},
-            meter=server.meter,
-        )
+        registration = make_registration(settings, server)
+        registering = asyncio.create_task(registration.start())
+        await asyncio.wait({registering, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not registering.done():  # stopped before any balancer answered
+            registering.cancel()
+            await asyncio.gather(registering, return_exceptions=True)
+            await registration.stop(drain=False)
+            await server.stop()
+            return 0
         try:
-            await registration.start()
-        except grpc.aio.AioRpcError as exc:
+            registering.result()
+        except RegistrationRefused as exc:
             print(
                 f"routeguide server: registration in pool {settings.pool!r} via "
-                f"{settings.balancer} failed: {exc.code().name}: {exc.details()}",
+                f"{settings.balancer} refused: {exc.code().name}: {exc.details()}",
                 file=sys.stderr,
                 flush=True,
             )
+            signalled.cancel()
             await server.stop(0)
             return 1
     print(banner(server), flush=True)
-    await until_signalled()
+    await signalled
     log.info("shutting down server=%s pool=%s", server.name, settings.pool)
     if registration is not None:
         # Drain (out of every list, lease kept), let in-flight calls end,

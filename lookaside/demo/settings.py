@@ -11,6 +11,28 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookaside.settings import host_port
 
+
+def read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+
+
+def _pair(cert: str, key: str) -> None:
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+
+
+def read_bytes(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+
+
 APIS = ("GetFeature", "ListFeatures", "RecordRoute", "RouteChat")
 LB_MODES = ("lookaside", "grpclb-dns", "none")
 
@@ -42,7 +64,36 @@ class ServerSettings(BaseSettings):
     delay_ms: int = Field(0, ge=0, description="latency added to every call, in milliseconds")
     db: str = Field("", description="features JSON file; default the one shipped with lookaside")
     grace: float = Field(2.0, ge=0, description="seconds in-flight calls get on shutdown")
+    registration_token: str = Field(
+        "", description="token sent as 'authorization: Bearer' when registering"
+    )
+    registration_token_file: str = Field(
+        "", description="file holding the registration token (instead of --registration-token)"
+    )
+    tls_cert: str = Field("", description="PEM certificate to serve TLS with (needs --tls-key)")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    tls_client_ca: str = Field(
+        "", description="PEM CA bundle: require and verify client certificates (mTLS)"
+    )
+    balancer_tls_ca: str = Field(
+        "", description="PEM CA bundle to verify the balancer with; empty: plaintext"
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
+
+    @model_validator(mode="after")
+    def _secrets_and_tls(self) -> ServerSettings:
+        if self.registration_token and self.registration_token_file:
+            raise ValueError("give --registration-token or --registration-token-file, not both")
+        _pair(self.tls_cert, self.tls_key)
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS)")
+        return self
+
+    def token(self) -> str:
+        """The registration token, read from --registration-token-file if given."""
+        if not self.registration_token_file:
+            return self.registration_token
+        return read_text(self.registration_token_file, "registration token file").strip()
 
     @field_validator("listen")
     @classmethod
@@ -83,6 +134,11 @@ class ClientSettings(BaseSettings):
     timeout: float = Field(5.0, gt=0, description="deadline of each call, in seconds")
     seed: int | None = Field(None, description="seed of the request generator; default random")
     quiet: bool = Field(False, description="print only the summary, not every call")
+    tls_ca: str = Field(
+        "", description="PEM CA bundle: use TLS to the balancer and backends, verified with it"
+    )
+    tls_cert: str = Field("", description="PEM client certificate for mTLS (needs --tls-key)")
+    tls_key: str = Field("", description="PEM private key of --tls-cert")
     log_level: str = Field("warning", description="debug, info, warning or error")
 
     @field_validator("balancer")
@@ -106,6 +162,9 @@ class ClientSettings(BaseSettings):
             raise ValueError("--lb none needs --server host:port (the one server to call)")
         if self.lb == "lookaside" and not self.balancers:
             raise ValueError("--lb lookaside needs --balancer host:port")
+        _pair(self.tls_cert, self.tls_key)
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError("--tls-cert needs --tls-ca (a client certificate is sent over TLS)")
         return self
 
     @property

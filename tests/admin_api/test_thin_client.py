@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import grpc
 import httpx
 import pytest
 
@@ -27,6 +28,10 @@ async def until(predicate, limit: float = 10.0) -> None:  # type: ignore[no-unty
     await asyncio.wait_for(poll(), limit)
 
 
+def ready(channel: LookasideChannel) -> int:
+    return sum(s is grpc.ChannelConnectivity.READY for s in channel.backend_states().values())
+
+
 async def test_drain_and_weight_reach_the_thin_client(
     client: httpx.AsyncClient, balancer: BalancerHandle, pool: str
 ) -> None:
@@ -42,7 +47,7 @@ async def test_drain_and_weight_reach_the_thin_client(
             assert r.status_code == 201, r.text
             ids[b.port] = r.json()["id"]
         async with LookasideChannel(pool, balancer.address) as channel:
-            await until(lambda: len(channel.backends()) == 3)
+            await until(lambda: len(channel.backends()) == 3 and ready(channel) == 3)
             stub = rg_grpc.RouteGuideStub(channel)
 
             drained = backends[0]
@@ -65,7 +70,7 @@ async def test_drain_and_weight_reach_the_thin_client(
                 headers=AUTH,
             )
             assert r.status_code == 200, r.text
-            await until(lambda: len(channel.backends()) == 4)
+            await until(lambda: len(channel.backends()) == 4 and ready(channel) == 2)
             names = Counter([(await stub.GetFeature(rg.Point())).name for _ in range(40)])
             assert names == {heavy.name: 30, backends[2].name: 10}
     finally:

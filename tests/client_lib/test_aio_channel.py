@@ -26,6 +26,10 @@ async def eventually(predicate, timeout: float = 10.0) -> None:  # type: ignore[
     await asyncio.wait_for(poll(), timeout)
 
 
+def ready(channel: LookasideChannel) -> int:
+    return sum(s is grpc.ChannelConnectivity.READY for s in channel.backend_states().values())
+
+
 async def test_aio_spread_tokens_and_streams(
     balancer: BalancerHandle, backends, pool_name: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -33,7 +37,7 @@ async def test_aio_spread_tokens_and_streams(
     ids = register_all(balancer, pool_name, three)
     async with LookasideChannel(pool_name, balancer.address) as channel:
         await asyncio.wait_for(channel.channel_ready(), 10)
-        await eventually(lambda: len({a for a, _ in channel.backends()}) == 3)
+        await eventually(lambda: ready(channel) == 3)
         stub = rg_grpc.RouteGuideStub(channel)
         names = [(await stub.GetFeature(rg.Point())).name for _ in range(300)]
         features = [f.name async for f in stub.ListFeatures(rg.Rectangle())]
@@ -56,7 +60,7 @@ async def test_aio_drops_and_stats(
         )
     )
     async with LookasideChannel(pool_name, balancer.address) as channel:
-        await eventually(lambda: any(not a for a, _ in channel.backends()))
+        await eventually(lambda: any(not a for a, _ in channel.backends()) and ready(channel) == 1)
         stub = rg_grpc.RouteGuideStub(channel)
         errors = 0
         for _ in range(40):
@@ -108,7 +112,7 @@ async def test_aio_reports_outcomes_per_backend(
     balancer.run(balancer.store.put_pool(config))
     sick.hang.set()
     async with LookasideChannel(pool_name, balancer.address) as channel:
-        await eventually(lambda: len({a for a, _ in channel.backends()}) == 2)
+        await eventually(lambda: ready(channel) == 2)
         stub = rg_grpc.RouteGuideStub(channel)
         codes = []
         for _ in range(10):

@@ -1,0 +1,358 @@
+"""Multi-callables and call objects of the asyncio LookasideChannel.
+
+A call that finds a READY backend starts at once, as a grpc.aio call does.
+One that finds none waits in the channel's pick queue when it is awaited
+(or read, or written). Unary calls come back as a UnaryCall, which counts
+the outcome for ClientStats when awaited and retries once on another
+backend a call that never reached its own (gRFC A6). Streaming calls are
+grpc.aio's own call objects when they could start at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from client_lib.calls import _metadata
+from client_lib.picker import DROP_DETAILS, FailedCall, Pick, never_sent
+
+if TYPE_CHECKING:
+    from client_lib.aio import LookasideAioChannel
+
+
+def rpc_error(failed: FailedCall) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        failed.code(), grpc.aio.Metadata(), grpc.aio.Metadata(), details=failed.details()
+    )
+
+
+def _has_metadata(exc: grpc.aio.AioRpcError) -> bool:
+    return bool(exc.initial_metadata() or exc.trailing_metadata())
+
+
+class _Pending:
+    """What a call needs to start once it has a pick."""
+
+    __slots__ = (
+        "channel",
+        "key",
+        "registered",
+        "request",
+        "kwargs",
+        "deadline",
+        "call",
+        "token",
+        "address",
+    )
+
+    def __init__(
+        self, channel: LookasideAioChannel, key: Any, registered: bool, request: Any, kw: Any
+    ) -> None:
+        self.channel = channel
+        self.key = key
+        self.registered = registered
+        self.request = request
+        self.kwargs = kw
+        timeout = kw["timeout"]
+        self.deadline = None if timeout is None else channel.loop_time() + timeout
+        self.call: Any = None
+        self.token = ""
+        self.address = ""
+
+    def start(self, p: Pick) -> Any:
+        if p.target is None:
+            self.channel.counters.call_dropped(p.token)
+            raise rpc_error(FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS))
+        kw = dict(self.kwargs)
+        kw["metadata"] = _metadata(kw["metadata"], p.metadata)
+        if self.deadline is not None:
+            kw["timeout"] = max(self.deadline - self.channel.loop_time(), 0.0)
+        mc = p.target.multicallable(self.key, self.registered)
+        self.channel.counters.call_started()
+        self.token = p.token
+        self.address = p.target.address
+        self.call = mc(self.request, **kw)
+        return self.call
+
+    async def started(self) -> Any:
+        if self.call is None:
+            wfr = bool(self.kwargs["wait_for_ready"])
+            self.start(await self.channel._wait_for_pick(self.deadline, wfr))
+        return self.call
+
+
+class UnaryCall:
+    """A unary-response call (grpc.aio.UnaryUnaryCall's methods). Its
+    outcome is counted for ClientStats when it is awaited or cancelled; a
+    call that is neither stays counted as started only."""
+
+    __slots__ = ("_p", "_counted", "_retries")
+
+    def __init__(self, pending: _Pending, retries: int) -> None:
+        self._p = pending
+        self._counted = False
+        self._retries = retries
+
+    def __await__(self) -> Any:
+        return self._result().__await__()
+
+    async def _result(self) -> Any:
+        p = self._p
+        counters = p.channel.counters
+        while True:
+            call = p.call if p.call is not None else await p.started()
+            try:
+                response = await call
+            except grpc.aio.AioRpcError as exc:
+                has_md = _has_metadata(exc)
+                if not self._counted:
+                    counters.finish_with(exc.code(), has_md, p.token)
+                again = (
+                    self._retries
+                    and never_sent(exc.code(), exc.details(), has_md)
+                    and p.channel._core.ready_except(p.address)
+                )
+                if not again:
+                    self._counted = True
+                    raise
+                self._retries = 0
+                p.start(again)
+                continue
+            except asyncio.CancelledError:
+                self._count_cancelled()
+                raise
+            if not self._counted:
+                self._counted = True
+                counters.call_finished(True, False, p.token)
+            return response
+
+    def _count_cancelled(self) -> None:
+        if not self._counted and self._p.call is not None:
+            self._counted = True
+            self._p.channel.counters.finish_with(grpc.StatusCode.CANCELLED, False, self._p.token)
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._p.started()).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._p.started()).trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        try:
+            return await (await self._p.started()).code()  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+
+    async def details(self) -> str:
+        try:
+            return await (await self._p.started()).details()  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            return exc.details() or ""
+
+    async def wait_for_connection(self) -> None:
+        await (await self._p.started()).wait_for_connection()
+
+    def cancel(self) -> bool:
+        call = self._p.call
+        if call is None:
+            return False
+        self._count_cancelled()
+        return bool(call.cancel())
+
+    def cancelled(self) -> bool:
+        return self._p.call is not None and bool(self._p.call.cancelled())
+
+    def done(self) -> bool:
+        return self._p.call is not None and bool(self._p.call.done())
+
+    def time_remaining(self) -> float | None:
+        call = self._p.call
+        return call.time_remaining() if call is not None else None
+
+    def add_done_callback(self, callback: Any) -> None:
+        call = self._p.call
+        if call is not None:
+            call.add_done_callback(lambda _: callback(self))
+
+
+class DeferredStreamCall:
+    """A streaming call that had to wait for a pick: it starts when first
+    used (iterated, read, written, awaited)."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, pending: _Pending) -> None:
+        self._p = pending
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        async for item in await self._p.started():
+            yield item
+
+    def __await__(self) -> Any:
+        return self._await().__await__()
+
+    async def _await(self) -> Any:
+        return await (await self._p.started())
+
+    async def read(self) -> Any:
+        return await (await self._p.started()).read()
+
+    async def write(self, request: Any) -> None:
+        await (await self._p.started()).write(request)
+
+    async def done_writing(self) -> None:
+        await (await self._p.started()).done_writing()
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._p.started()).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._p.started()).trailing_metadata()
+
+    async def code(self) -> Any:
+        return await (await self._p.started()).code()
+
+    async def details(self) -> Any:
+        return await (await self._p.started()).details()
+
+    async def wait_for_connection(self) -> None:
+        await (await self._p.started()).wait_for_connection()
+
+    def cancel(self) -> bool:
+        return self._p.call is not None and bool(self._p.call.cancel())
+
+    def cancelled(self) -> bool:
+        return self._p.call is not None and bool(self._p.call.cancelled())
+
+    def done(self) -> bool:
+        return self._p.call is not None and bool(self._p.call.done())
+
+    def time_remaining(self) -> float | None:
+        return self._p.call.time_remaining() if self._p.call is not None else None
+
+    def add_done_callback(self, callback: Any) -> None:
+        if self._p.call is not None:
+            self._p.call.add_done_callback(lambda _: callback(self))
+
+
+async def _count_stream(channel: LookasideAioChannel, call: Any, token: str) -> None:
+    code = await call.code()
+    has_md = bool(await call.initial_metadata() or await call.trailing_metadata())
+    channel.counters.finish_with(code, has_md, token)
+
+
+class MultiCallable:
+    __slots__ = ("_channel", "_key", "_registered", "_unary")
+
+    def __init__(
+        self,
+        channel: LookasideAioChannel,
+        kind: str,
+        method: str,
+        ser: Any,
+        deser: Any,
+        registered: bool,
+    ) -> None:
+        self._channel = channel
+        self._key = (kind, method, ser, deser)
+        self._registered = registered
+        self._unary = kind.endswith("_unary")
+
+    def __call__(
+        self,
+        request: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        kw = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        ch = self._channel
+        pending = _Pending(ch, self._key, self._registered, request, kw)
+        picker = ch._core.picker
+        p = picker.pick() if picker is not None else None
+        if p is not None and p.target is None:
+            ch.counters.call_dropped(p.token)
+            return AioFailedCall(DROP_DETAILS)
+        if self._unary:
+            if p is not None:
+                pending.start(p)
+            # Only unary-unary requests can be sent again.
+            return UnaryCall(pending, 1 if self._key[0] == "unary_unary" else 0)
+        if p is None:
+            return DeferredStreamCall(pending)
+        call = pending.start(p)
+        token = pending.token
+        call.add_done_callback(lambda c: asyncio.ensure_future(_count_stream(ch, c, token)))
+        return call
+
+
+class AioFailedCall:
+    """What a dropped call returns: awaiting, iterating, reading or writing
+    it raises AioRpcError(UNAVAILABLE)."""
+
+    def __init__(self, details: str) -> None:
+        self._error = rpc_error(FailedCall(grpc.StatusCode.UNAVAILABLE, details))
+
+    def __await__(self) -> Any:
+        raise self._error
+        yield  # pragma: no cover - makes this a generator
+
+    def __aiter__(self) -> AioFailedCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._error
+
+    async def read(self) -> Any:
+        raise self._error
+
+    async def write(self, request: Any) -> None:
+        raise self._error
+
+    async def done_writing(self) -> None:
+        return None
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    async def details(self) -> str:
+        return self._error.details() or ""
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    async def wait_for_connection(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def time_remaining(self) -> None:
+        return None
+
+    def add_done_callback(self, callback: Any) -> None:
+        callback(self)
