@@ -5,6 +5,9 @@
     lookaside admin         the admin API and dashboard
     lookaside routeguide    the demo server and client
     lookaside up            the whole local lab in one command
+    lookaside ctl           operate pools and backends over the admin API
+    lookaside watch         show live the server list a pool's clients get
+    lookaside health-probe  exit 0 when a gRPC server is SERVING (for probes)
 
 Every flag also reads an environment variable (shown in --help).
 """
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
         p.set_defaults(func=_service_command(p, settings_ref, serve_ref))
-    for extra in ("lookaside.demo.cli", "lookaside.lab"):
+    for extra in ("lookaside.demo.cli", "lookaside.lab", "lookaside.probe", "lookaside.ctl"):
         importlib.import_module(extra).add_subcommand(sub)
     return parser
 
