@@ -84,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
         p.set_defaults(func=_service_command(p, settings_ref, serve_ref))
-    for extra in ("lookaside.demo.cli", "lookaside.lab", "lookaside.probe", "lookaside.ctl"):
+    for extra in (
+        "lookaside.demo.cli",
+        "lookaside.lab",
+        "lookaside.probe",
+        "lookaside.ctl",
+        "lookaside.watch",
+    ):
         importlib.import_module(extra).add_subcommand(sub)
     return parser
 

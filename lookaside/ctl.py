@@ -148,9 +148,20 @@ def _backends_table(body: dict[str, Any]) -> str:
     return table([*head, "DETAIL"], rows)
 
 
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _events_table(body: dict[str, Any]) -> str:
     rows = [
-        [ms_time(e["ts_ms"]), e["kind"], e["backend"], e["actor"], e["detail"], str(e["version"])]
+        [
+            ms_time(e["ts_ms"]),
+            e["kind"],
+            e["backend"],
+            e["actor"],
+            _short(e["detail"]),
+            str(e["version"]),
+        ]
         for e in body["events"]
     ]
     return table(["TIME", "KIND", "BACKEND", "ACTOR", "DETAIL", "VERSION"], rows)
