@@ -57,3 +57,13 @@ def test_copied_files_exist() -> None:
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", TEXT, re.M):
         for item in source.split():
             assert (REPO / item).exists(), item
+
+
+def test_entry_point_is_the_packaged_command() -> None:
+    import tomllib
+
+    from tests.deploy.manifest import REPO
+
+    [entry] = re.findall(r'^ENTRYPOINT \["([^"]+)"\]', TEXT, re.M)
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[entry] == "lookaside.cli:main"

@@ -24,7 +24,7 @@ def test_watch_shows_each_list_and_what_changed(
     ids = register_all(balancer, pool_name, start_backends(backends, 2))
     out = io.StringIO()
     args = argparse.Namespace(
-        pool=pool_name, balancer=balancer.address, name="", count=3, timeout=20.0, output="table"
+        pool=pool_name, balancer=balancer.address, name="", count=4, timeout=20.0, output="table"
     )
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(watch(args, out)), daemon=True)
@@ -40,6 +40,9 @@ def test_watch_shows_each_list_and_what_changed(
     wait_until(lambda: "list of 4 entries" in out.getvalue(), timeout=10)
     drops = PoolConfig(name=pool_name, drops=(DropRate("overload", 200),))
     balancer.run(balancer.store.put_pool(drops, actor="test"))
+    wait_until(lambda: "drop overload" in out.getvalue(), timeout=10)
+    fallback = PoolConfig(name=pool_name, fallback=True)
+    balancer.run(balancer.store.put_pool(fallback, actor="test"))
     thread.join(timeout=20)
     assert codes == [0], out.getvalue()
 
@@ -49,6 +52,7 @@ def test_watch_shows_each_list_and_what_changed(
     [changed] = [line for line in second.splitlines() if f"127.0.0.1:{heavy_port}" in line]
     assert changed.lstrip().startswith("~") and "weight 3" in changed
     assert "drop overload" in third
+    assert "FALLBACK" in text.split(" list of ")[-1]
 
 
 def test_render_marks_gone_backends_and_fallback() -> None:
@@ -58,3 +62,20 @@ def test_render_marks_gone_backends_and_fallback() -> None:
     assert any(line.startswith("  - 10.0.0.2:80") for line in lines)
     assert "FALLBACK" in render(Update(3.0, "fallback"), after)
     assert "every call fails" in render(Update(4.0, "list", {}, length=0), after)
+
+
+def test_watch_json_and_a_bad_address(
+    balancer: BalancerHandle, backends: list[RouteGuideBackend], pool_name: str, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from lookaside.cli import main
+
+    balancer.run(balancer.store.put_pool(PoolConfig(name=pool_name), actor="test"))
+    register_all(balancer, pool_name, start_backends(backends, 1))
+    code = main(["watch", pool_name, "--balancer", balancer.address, "--count", "1", "-o", "json"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [u["kind"] for u in lines] == ["initial", "list"]
+    assert lines[1]["servers"][0]["weight"] == 1 and lines[1]["length"] == 1
+    assert main(["watch", pool_name, "--balancer", "nohostport"]) == 2
