@@ -172,3 +172,14 @@ def test_url_and_token_from_the_environment(
     )
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["backends"]) == 3
+
+
+def test_load_shows_every_window(
+    admin: AdminProcess, lab: dict[int, str], pool_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = ctl(admin, capsys, "load", pool_name)
+    assert code == 0, err
+    windows = [line.split()[0] for line in out.splitlines()[1:4]]
+    assert windows == ["10s", "1m", "15m"]
+    assert "client streams: 0" in out
+    assert sum(f"127.0.0.1:{port}" in out for port in lab) == 3
