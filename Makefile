@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: up test install protos lint bench browser clean
+.PHONY: up test install protos lint bench browser deploy-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ up: install
 	$(PY) -m lookaside up
 
 ## the whole test suite (starts its own redis-server on a free port)
-test: install browser
+test: install browser deploy-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## headless Chromium for the dashboard test (Debian's package; needs root)
@@ -29,6 +29,13 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the browser test will be skipped"; \
+	fi
+
+## docker-compose for tests/deploy (Debian's package parses compose files without an engine)
+deploy-tools:
+	@if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
+		|| echo "docker-compose could not be installed: the compose checks will be skipped"; \
 	fi
 
 ## regenerate lookaside/proto from protos/

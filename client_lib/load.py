@@ -7,6 +7,12 @@
 Each heartbeat carries calls in flight, calls per second and mean latency
 since the previous heartbeat. Load-aware pools weigh backends by that
 latency; graceful drain waits for in-flight calls to reach zero.
+
+Health probes (grpc.health.v1.Health) are not load: the balancer's health
+checker calls Check and Watch on every backend, and counting those would
+show an idle backend as 1 call in flight and 0.6 calls per second. The
+interceptors pass them through unmeasured; `ignored` holds the services so
+skipped. `utilization` is -1 (unknown) unless the application reports one.
 """
 
 from __future__ import annotations
@@ -20,15 +26,27 @@ from typing import Any
 import grpc
 import grpc.aio
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+
+def _service_of(method: str) -> str:
+    """ "/pkg.Service/Method" -> "pkg.Service"."""
+    return method.lstrip("/").partition("/")[0]
+
 
 class LoadMeter:
-    def __init__(self) -> None:
+    def __init__(self, ignored: tuple[str, ...] = (HEALTH_SERVICE,)) -> None:
+        self.ignored = frozenset(ignored)
         self._lock = threading.Lock()
         self.in_flight = 0
         self._done = 0
         self._latency_sum = 0.0
         self._since = time.monotonic()
         self.total = 0
+
+    def counts(self, method: str) -> bool:
+        """Whether calls to `method` ("/pkg.Service/Method") are load."""
+        return _service_of(method) not in self.ignored
 
     def begin(self) -> float:
         with self._lock:
@@ -83,8 +101,8 @@ class _SyncMeterInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None:
-            return None
+        if handler is None or not self.meter.counts(details.method):
+            return handler
         factory, behavior = _factory_and_behavior(handler)
         meter = self.meter
         if handler.response_streaming:
@@ -166,6 +184,6 @@ class _AioMeterInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None:
+        if handler is None or not self.meter.counts(details.method):
             return handler
         return wrap_aio_handler(handler, self._begin, self.meter.end)

@@ -6,6 +6,9 @@
     lookaside routeguide    the demo server and client
     lookaside up            the whole local lab in one command
     lookaside certs         a local CA and TLS certificates for the lab
+    lookaside ctl           operate pools and backends over the admin API
+    lookaside watch         show live the server list a pool's clients get
+    lookaside health-probe  exit 0 when a gRPC server is SERVING (for probes)
 
 Every flag also reads an environment variable (shown in --help).
 """
@@ -88,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
         p.set_defaults(func=_service_command(p, settings_ref, serve_ref))
-    for extra in ("lookaside.demo.cli", "lookaside.lab", "lookaside.certs"):
+    for extra in (
+        "lookaside.demo.cli",
+        "lookaside.lab",
+        "lookaside.certs",
+        "lookaside.probe",
+        "lookaside.ctl",
+        "lookaside.watch",
+    ):
         importlib.import_module(extra).add_subcommand(sub)
     return parser
 

@@ -1,34 +1,18 @@
-// Lookaside admin dashboard: pools, backends and live rates, refreshed in
-// place every two seconds. Plain DOM, no build step; every value from the
-// registry goes in through textContent, never as HTML.
+// Lookaside admin dashboard: pools, backends and their golden signals
+// (calls/s, success rate, latency p50/p99), a chart drawn from the stored
+// history, and each pool's events as a timeline, refreshed in place every
+// two seconds. Plain DOM, no build step; every value from the registry goes
+// in through textContent, never as HTML. Unknown values show as "—".
 "use strict";
 
 const REFRESH_MS = 2000;
-const HISTORY = 60; // sparkline samples per pool
+const SIGNAL_MINUTES = 5; // history the chart and percentiles cover
+const EVENTS = 12; // timeline entries per pool (signals.js draws them)
 const TOKEN_KEY = "lookaside.admin.token";
 
 const $ = (id) => document.getElementById(id);
 const cards = new Map(); // pool name -> card refs
-const history = new Map(); // pool name -> [calls/s]
 let blockedOnToken = false;
-
-// -- tiny DOM helper ---------------------------------------------------------
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child !== null && child !== undefined) node.append(child);
-  return node;
-}
-
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
 
 // -- token and API -------------------------------------------------------------
 const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
@@ -101,33 +85,6 @@ async function api(method, path, body, retried = false) {
   return data;
 }
 
-// -- formatting ----------------------------------------------------------------
-function rate(value) {
-  if (!value) return "0";
-  if (value >= 1000) return `${(value / 1000).toFixed(1)}k`;
-  if (value >= 100) return value.toFixed(0);
-  return value.toFixed(1);
-}
-
-function ago(ms) {
-  if (!ms) return "—";
-  const s = Math.round((Date.now() - ms) / 1000);
-  if (s < 1) return "now";
-  if (s < 90) return `${s}s ago`;
-  if (s < 5400) return `${Math.round(s / 60)}m ago`;
-  return `${Math.round(s / 3600)}h ago`;
-}
-
-function lease(b) {
-  if (b.static) return "static";
-  const s = Math.round((b.lease_expires_ms - Date.now()) / 1000);
-  return s >= 0 ? `${s}s left` : "expired";
-}
-
-function loadNumber(load, key, digits = 1) {
-  return key in load ? Number(load[key]).toFixed(digits) : "—";
-}
-
 // -- toasts and status ---------------------------------------------------------
 function toast(message, kind = "ok") {
   const node = el("div", { class: `toast ${kind}` }, message);
@@ -165,15 +122,20 @@ function newCard(name) {
   const refs = {};
   refs.title = el("h2", {}, name);
   refs.chips = el("div", { class: "chips" });
-  refs.spark = svg("svg", { class: "spark", viewBox: `0 0 ${HISTORY - 1} 30`, preserveAspectRatio: "none" });
+  refs.spark = svg("svg", { class: "spark", viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none", role: "img" });
   refs.area = svg("polygon", { class: "area", points: "" });
-  refs.line = svg("polyline", { points: "" });
-  refs.spark.append(svg("line", { class: "base", x1: "0", y1: "29", x2: `${HISTORY - 1}`, y2: "29" }), refs.area, refs.line);
+  refs.line = svg("polyline", { class: "calls", points: "" });
+  refs.success = svg("polyline", { class: "success", points: "" });
+  refs.spark.append(svg("line", { class: "base", x1: "0", y1: `${CHART_H - 1}`, x2: `${CHART_W}`, y2: `${CHART_H - 1}` }), refs.area, refs.line, refs.success);
+  refs.chartTop = el("span", { class: "muted small" });
+  refs.chartSpan = el("span", { class: "muted small" });
   refs.r10 = el("span", { class: "big" });
-  refs.r1m = el("span", {});
-  refs.r15m = el("span", {});
+  refs.successRate = el("span", {});
+  refs.p50 = el("span", {});
+  refs.p99 = el("span", {});
   refs.dropped = el("span", {});
   refs.streams = el("span", {});
+  refs.timeline = el("ol", { class: "timeline" });
   const stat = (label, value, cls = "") => el("div", { class: `stat ${cls}` }, el("div", { class: "label" }, label), value);
   refs.tbody = el("tbody");
   refs.rows = new Map();
@@ -184,27 +146,54 @@ function newCard(name) {
       "div",
       { class: "pool-head" },
       el("div", {}, refs.title, refs.chips),
-      el("figure", { class: "trend" }, refs.spark, el("figcaption", {}, "client calls/s · last 2 min")),
+      el(
+        "figure",
+        { class: "trend" },
+        el("div", { class: "chart-top" }, refs.chartTop),
+        refs.spark,
+        el(
+          "figcaption",
+          {},
+          el("span", { class: "key calls" }, "calls/s"),
+          el("span", { class: "key success" }, "success rate"),
+          refs.chartSpan,
+        ),
+      ),
     ),
     el(
       "div",
       { class: "stats" },
-      stat("client calls/s · 10 s", refs.r10, "main"),
-      stat("1 min", refs.r1m),
-      stat("15 min", refs.r15m),
+      stat("calls/s", refs.r10, "main"),
+      stat("success", refs.successRate, "success"),
+      stat("p50", refs.p50, "p50"),
+      stat("p99", refs.p99, "p99"),
       stat("dropped/s", refs.dropped),
       stat("client streams", refs.streams),
     ),
     el(
+      "div",
+      { class: "table-wrap" },
+      el(
       "table",
       { class: "backends" },
       el(
         "thead",
         {},
-        el("tr", {}, ...["Backend", "Zone", "State", "Weight", "QPS", "In flight", "Util", "Lease", "Heard", ""].map((h) => el("th", {}, h))),
+        el(
+          "tr",
+          {},
+          ...[
+            ["Backend"], ["Zone", "wide"], ["State", "wide-state"], ["Weight", "wide"], ["Calls/s", "num"], ["Success", "num"],
+            ["p50", "num wide"], ["p99", "num"], ["In flight", "num wide"], ["Util", "num wide"], ["Lease", "wide"],
+            ["Heard", "wide"], [""],
+          ].map(([h, cls]) => el("th", cls ? { class: cls } : {}, h)),
+        ),
       ),
       refs.tbody,
+      ),
     ),
+    el("h3", { class: "events-title" }, "Events"),
+    refs.timeline,
   );
   return refs;
 }
@@ -215,6 +204,7 @@ function newRow(pool, id) {
   r.bid = el("span", { class: "muted small" });
   r.zone = el("td");
   r.state = el("span", { class: "badge" });
+  r.stateMini = el("span", { class: "mini-badge" }); // in the backend cell on narrow screens
   r.weight = el("input", { type: "number", min: "1", max: "1000", class: "weight", "aria-label": "weight" });
   r.setWeight = el("button", { class: "btn small", type: "button", "data-action": "weight" }, "Set");
   const submitWeight = () => {
@@ -225,25 +215,29 @@ function newRow(pool, id) {
   r.setWeight.addEventListener("click", submitWeight);
   r.weight.addEventListener("input", () => (r.weight.dataset.dirty = "1"));
   r.weight.addEventListener("keydown", (e) => e.key === "Enter" && submitWeight());
-  r.qps = el("td", { class: "num" });
-  r.inflight = el("td", { class: "num" });
-  r.util = el("td", { class: "num" });
-  r.lease = el("td", { class: "muted" });
-  r.heard = el("td", { class: "muted" });
+  r.qps = el("td", { class: "num qps" });
+  r.success = el("td", { class: "num success" });
+  r.p50 = el("td", { class: "num p50 wide" });
+  r.p99 = el("td", { class: "num p99" });
+  r.inflight = el("td", { class: "num inflight wide" });
+  r.util = el("td", { class: "num util wide" });
+  r.zone.classList.add("wide");
+  r.lease = el("td", { class: "muted wide" });
+  r.heard = el("td", { class: "muted wide" });
   r.actions = el("td", { class: "actions" });
   r.tr = el(
     "tr",
     { "data-backend": id },
-    el("td", {}, r.addr, el("br"), r.bid),
+    el("td", {}, r.addr, el("br"), r.stateMini, r.bid),
     r.zone,
-    el("td", {}, r.state),
-    el("td", { class: "weight-cell" }, r.weight, r.setWeight),
-    r.qps, r.inflight, r.util, r.lease, r.heard, r.actions,
+    el("td", { class: "wide-state" }, r.state),
+    el("td", { class: "weight-cell wide" }, r.weight, r.setWeight),
+    r.qps, r.success, r.p50, r.p99, r.inflight, r.util, r.lease, r.heard, r.actions,
   );
   return r;
 }
 
-function updateRow(pool, r, b) {
+function updateRow(pool, r, b, sig) {
   r.backend = b;
   r.tr.dataset.address = b.address;
   r.tr.dataset.state = b.state;
@@ -252,12 +246,20 @@ function updateRow(pool, r, b) {
   r.zone.textContent = b.zone || "—";
   r.state.textContent = b.state;
   r.state.className = `badge ${b.state}`;
+  r.stateMini.textContent = b.state;
+  r.stateMini.className = `mini-badge ${b.state}`;
   const why = b.state === "ejected" ? `${b.detail} · until ${new Date(b.ejected_until_ms).toLocaleTimeString()}` : b.detail;
   r.state.title = b.state === "unhealthy" || b.state === "ejected" ? why : "";
   if (document.activeElement !== r.weight && !r.weight.dataset.dirty) r.weight.value = b.weight;
   r.qps.textContent = loadNumber(b.load, "qps");
   r.inflight.textContent = loadNumber(b.load, "in_flight", 0);
-  r.util.textContent = "utilization" in b.load ? `${Math.round(b.load.utilization * 100)}%` : "—";
+  // -1 means "not reported": unknown, not -100%.
+  const util = b.load.utilization;
+  r.util.textContent = known(util) && util >= 0 ? `${Math.round(util * 100)}%` : UNKNOWN;
+  r.success.textContent = fmtPct(sig && sig.success_rate);
+  r.p50.textContent = fmtMs(sig && sig.latency_p50_ms);
+  r.p99.textContent = fmtMs(sig && sig.latency_p99_ms);
+  r.success.classList.toggle("bad", Boolean(sig && known(sig.success_rate) && sig.success_rate < 0.95));
   r.lease.textContent = lease(b);
   r.heard.textContent = b.static ? "—" : ago(b.last_heard_ms);
   const wanted = (STATE_ACTIONS[b.state] || []).map(([a]) => a).join(",");
@@ -280,7 +282,7 @@ function updateRow(pool, r, b) {
   }
 }
 
-function updateCard(refs, pool, backends, load) {
+function updateCard(refs, pool, backends, load, signals, events) {
   refs.chips.replaceChildren(
     el("span", { class: "chip" }, pool.policy.replace("_", " ")),
     el("span", { class: "chip" }, `v${pool.version}`),
@@ -291,23 +293,19 @@ function updateCard(refs, pool, backends, load) {
   );
   if (load) {
     const w = Object.fromEntries(load.windows.map((x) => [x.window, x]));
-    refs.r10.textContent = rate(w["10s"].rates.started);
-    refs.r1m.textContent = rate(w["1m"].rates.started);
-    refs.r15m.textContent = rate(w["15m"].rates.started);
     refs.dropped.textContent = rate(w["10s"].rates.dropped);
     refs.streams.textContent = String(load.streams_total);
     refs.streams.title = load.streams.map((s) => `${s.replica}: ${s.streams}`).join("\n");
-    const samples = history.get(pool.name) || [];
-    samples.push(w["10s"].rates.started);
-    while (samples.length > HISTORY) samples.shift();
-    history.set(pool.name, samples);
-    const top = Math.max(1, ...samples);
-    const offset = HISTORY - samples.length;
-    const points = samples.map((v, i) => `${offset + i},${(29 - (v / top) * 26).toFixed(1)}`);
-    if (samples.length === 1) points.unshift(`${offset - 1},${points[0].split(",")[1]}`);
-    refs.line.setAttribute("points", points.join(" "));
-    refs.area.setAttribute("points", `${points[0].split(",")[0]},29 ${points.join(" ")} ${HISTORY - 1},29`);
   }
+  if (signals) {
+    refs.r10.textContent = fmtRate(signals.calls_per_s);
+    refs.successRate.textContent = fmtPct(signals.success_rate);
+    refs.successRate.classList.toggle("bad", known(signals.success_rate) && signals.success_rate < 0.95);
+    refs.p50.textContent = fmtMs(signals.latency_p50_ms);
+    refs.p99.textContent = fmtMs(signals.latency_p99_ms);
+    drawChart(refs, signals);
+  }
+  if (events) drawTimeline(refs, events);
   const seen = new Set();
   for (const b of backends) {
     seen.add(b.id);
@@ -316,11 +314,11 @@ function updateCard(refs, pool, backends, load) {
       r = newRow(pool.name, b.id);
       refs.rows.set(b.id, r);
     }
-    updateRow(pool.name, r, b);
+    updateRow(pool.name, r, b, signals && signals.backends.find((x) => x.id === b.id));
   }
   for (const [id, r] of refs.rows) if (!seen.has(id)) (r.tr.remove(), refs.rows.delete(id));
   refs.tbody.replaceChildren(...backends.map((b) => refs.rows.get(b.id).tr));
-  if (!backends.length) refs.tbody.replaceChildren(el("tr", {}, el("td", { colspan: "10", class: "muted" }, "no backends registered")));
+  if (!backends.length) refs.tbody.replaceChildren(el("tr", {}, el("td", { colspan: "13", class: "muted" }, "no backends registered")));
 }
 
 // -- refresh loop --------------------------------------------------------------
@@ -351,16 +349,21 @@ async function refreshOnce() {
     const details = await Promise.all(
       pools.map(async (p) => {
         const base = `/api/v1/pools/${encodeURIComponent(p.name)}`;
-        const [backends, load] = await Promise.all([api("GET", `${base}/backends`), api("GET", `${base}/load`)]);
-        return [p, backends.backends, load];
+        const [backends, load, signals, events] = await Promise.all([
+          api("GET", `${base}/backends`),
+          api("GET", `${base}/load`),
+          api("GET", `${base}/signals?minutes=${SIGNAL_MINUTES}`),
+          api("GET", `${base}/events?limit=${EVENTS}`),
+        ]);
+        return [p, backends.backends, load, signals, events.events];
       }),
     );
     const names = new Set(pools.map((p) => p.name));
     for (const [name, refs] of cards) if (!names.has(name)) (refs.section.remove(), cards.delete(name));
-    for (const [pool, backends, load] of details) {
+    for (const [pool, backends, load, signals, events] of details) {
       let refs = cards.get(pool.name);
       if (!refs) cards.set(pool.name, (refs = newCard(pool.name)));
-      updateCard(refs, pool, backends, load);
+      updateCard(refs, pool, backends, load, signals, events);
     }
     $("pools").replaceChildren(...pools.map((p) => cards.get(p.name).section));
     $("empty").hidden = pools.length > 0;

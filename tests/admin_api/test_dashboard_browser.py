@@ -1,7 +1,11 @@
 """The dashboard in headless Chromium against a real `lookaside admin`
-process: it lists pools and backends with live numbers, and its Drain
-button (after the token prompt) drains the backend in Redis.
+process: it lists pools and backends with live numbers, its Drain button
+(after the token prompt) drains the backend in Redis, and it shows the
+golden signals (calls/s, success rate, latency p50/p99) with a chart drawn
+from stored history, the pool's events, and "—" for what is not known, at
+1280 and at 420 px wide.
 
+Screenshots go to artifacts/ at the repository root (CI keeps them).
 Needs Debian's chromium at /usr/bin/chromium (Playwright's own browser
 download is not used)."""
 
@@ -18,12 +22,14 @@ import pytest
 import redis
 
 from lookaside.registry import keys
+from lookaside.registry.model import PoolConfig
 from lookaside.registry.store import RegistryStore
 from tests.admin_api.conftest import TOKEN
 from tests.admin_api.process import AdminProcess, clean_env
 from tests.support import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -207,8 +213,100 @@ def test_dashboard_drains_a_backend(
             redis_client.hset(keys.backends(pool_name), ids[9402], json.dumps(raw))
             ejected.wait_for(timeout=10_000)
             page.wait_for_timeout(300)  # let the toast settle for the picture
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-actions.png"), full_page=True)
             assert errors == []
         finally:
             browser.close()
-    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "dashboard-actions.png").stat().st_size > 10_000
+
+
+def _seed_signals(redis_url: str, pool: str, client: redis.Redis) -> dict[str, str]:
+    """Two leased backends with heartbeats, thin-client outcomes over ten
+    stored samples (one backend losing 20% of its calls), as a running
+    admin process would have stored them before the page opened."""
+    from admin_api.signals import SAMPLE_SECONDS, signals_key
+
+    async def register() -> dict[str, str]:
+        store = RegistryStore.from_url(redis_url)
+        try:
+            assert await store.put_pool(PoolConfig(name=pool), actor="test")
+            ids = {}
+            for port, latency in ((9601, 3.0), (9602, 12.0)):
+                lease = await store.register(
+                    pool=pool, host="127.0.0.1", ip="127.0.0.1", port=port, lease_ttl_ms=600_000
+                )
+                load = {"qps": 40.0, "in_flight": 1, "latency_ms": latency, "utilization": -1.0}
+                await store.heartbeat(pool, lease.backend_id, lease.lease_id, load)
+                ids[f"127.0.0.1:{port}"] = lease.backend_id
+            return ids
+        finally:
+            await store.close()
+
+    ids = asyncio.run(register())
+    good, bad = ids["127.0.0.1:9601"], ids["127.0.0.1:9602"]
+    now = time.time()
+    for i in range(10):
+        ts = now - (10 - i) * SAMPLE_SECONDS
+        sample = {
+            "ts_ms": int(ts * 1000),
+            "calls_per_s": 60.0 + 4 * i,
+            "success_rate": 0.9,
+            "latency_ms": 7.5,
+            "drops_per_s": 0.0,
+            "backends": {
+                good: {"qps": 40.0, "latency_ms": 3.0, "finished": 50, "received": 50},
+                bad: {"qps": 40.0, "latency_ms": 12.0, "finished": 50, "received": 40},
+            },
+        }
+        client.hset(signals_key(pool), str(int(ts // SAMPLE_SECONDS)), json.dumps(sample))
+    return ids
+
+
+@pytest.mark.parametrize("width", [1280, 420])
+def test_dashboard_golden_signals(
+    admin: AdminProcess, dash_redis_url: str, dash_redis: redis.Redis, pool_name: str, width: int
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ids = _seed_signals(dash_redis_url, pool_name, dash_redis)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(admin.url + "/")
+            card = page.locator(f'section.pool[data-pool="{pool_name}"]')
+            card.locator("tbody tr[data-backend]").first.wait_for(timeout=15_000)
+            good = card.locator('tr[data-address="127.0.0.1:9601"]')
+            bad = card.locator('tr[data-address="127.0.0.1:9602"]')
+            # Per backend: success from outcomes, p99 from heartbeat samples.
+            assert good.locator("td.success").inner_text() == "100%"
+            assert bad.locator("td.success").inner_text() == "80.0%"
+            assert "bad" in (bad.locator("td.success").get_attribute("class") or "")
+            assert bad.locator("td.p99").inner_text() == "12 ms"
+            # Per pool.
+            assert card.locator(".stat.success span").inner_text() == "90.0%"
+            assert card.locator(".stat.p50 span").inner_text() == "3.0 ms"
+            assert card.locator(".stat.p99 span").inner_text() == "12 ms"
+            # The chart is filled from the stored history at once.
+            points = int(card.locator("svg.spark").get_attribute("data-points") or "0")
+            assert points >= 10
+            # Unknown is "—", not -100%.
+            if width > 720:
+                assert good.locator("td.util").inner_text() == "—"
+            # The events timeline.
+            kinds = card.locator(".timeline li").evaluate_all("els => els.map(e => e.dataset.kind)")
+            assert kinds.count("registered") == 2 and "pool_configured" in kinds
+            # Nothing wider than the screen; the signals stay in view.
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            box = bad.locator("td.p99").bounding_box()
+            assert box is not None and box["x"] + box["width"] <= width
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.wait_for_timeout(200)
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-signals-{width}.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+    assert ids and (ARTIFACTS / f"dashboard-signals-{width}.png").stat().st_size > 10_000

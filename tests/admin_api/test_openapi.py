@@ -45,6 +45,7 @@ def test_operation_ids_are_clean() -> None:
         "backends-remove",
         "load-read",
         "events-list",
+        "signals-read",
         "health-live",
         "health-ready",
     } == ids

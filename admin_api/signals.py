@@ -1,0 +1,238 @@
+"""Golden signals per pool and per backend, and their stored history.
+
+Every SAMPLE_SECONDS the admin process takes one sample per pool and keeps
+it in Redis, in the hash `lookaside:{pool}:signals` (field: the sample's
+slot number, so two admin replicas writing the same slot agree), for
+HISTORY_SECONDS. A sample holds, per backend and for the pool:
+
+- calls per second: what the backend's heartbeat says it served (health
+  probes are not counted, see client_lib.load); for the pool, the calls
+  clients reported finishing over the last 10 s when clients report, else
+  the sum over backends;
+- success rate: of the calls thin clients finished on a backend since the
+  previous sample, the share known to have reached it (their per-backend
+  outcomes, lookaside.lb.v1.ClientStatsExtension). None when no thin
+  client reported calls for it;
+- latency: the mean the backend's heartbeat reports. Heartbeats carry a
+  mean per interval, not a histogram, so p50 and p99 are taken over the
+  stored samples of a window, weighted by calls.
+
+A value that is not known is None (the dashboard shows "—"), never a
+made-up 0 or -1. Outcome counters are read, never reset: outlier
+detection owns the reset, and a drop between two samples means it reset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from lookaside.registry import keys
+from lookaside.registry import load as registry_load
+from lookaside.registry.model import PoolSnapshot
+from lookaside.registry.outlier import Outcomes, parse_outcomes
+from lookaside.registry.store import RegistryStore
+
+log = logging.getLogger("lookaside.admin")
+
+SAMPLE_SECONDS = 5
+HISTORY_SECONDS = 30 * 60
+
+
+def signals_key(pool: str) -> str:
+    return keys.pool_key(pool, "signals")
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den > 0 else None
+
+
+def percentile(values: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile (0..1) of (value, weight) pairs; None when empty."""
+    points = sorted((v, w) for v, w in values if w > 0)
+    total = sum(w for _, w in points)
+    if not points or total <= 0:
+        return None
+    seen = 0.0
+    for value, weight in points:
+        seen += weight
+        if seen >= q * total - 1e-9:
+            return round(value, 3)
+    return round(points[-1][0], 3)
+
+
+@dataclass
+class Sampler:
+    """Takes samples; keeps the previous outcome counters per pool in
+    memory to turn the running counters into per-sample counts."""
+
+    store: RegistryStore
+    _outcomes: dict[str, dict[str, Outcomes]] = field(default_factory=dict)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self.store.redis
+
+    def _delta(self, pool: str, now: dict[str, Outcomes]) -> dict[str, Outcomes]:
+        before = self._outcomes.get(pool)
+        self._outcomes[pool] = now
+        if before is None:
+            return {}
+        out = {}
+        for bid, o in now.items():
+            b = before.get(bid, Outcomes())
+            if o.finished < b.finished:  # reset by outlier detection since
+                out[bid] = o
+            else:
+                out[bid] = Outcomes(
+                    o.finished - b.finished,
+                    o.received - b.received,
+                    o.failed_to_send - b.failed_to_send,
+                )
+        return out
+
+    async def sample(self, snap: PoolSnapshot, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        pool = snap.name
+        windows = await registry_load.read_windows(self.redis, pool, now)
+        outcomes = self._delta(pool, parse_outcomes(await self.redis.hgetall(keys.outcomes(pool))))
+        backends: dict[str, dict[str, Any]] = {}
+        for b in snap.backends:
+            load = b.load or {}
+            qps = load.get("qps")
+            o = outcomes.get(b.id, Outcomes())
+            backends[b.id] = {
+                "qps": round(qps, 3) if qps is not None else None,
+                "latency_ms": round(load["latency_ms"], 3)
+                if qps and "latency_ms" in load
+                else None,
+                "in_flight": load.get("in_flight"),
+                "utilization": load["utilization"] if load.get("utilization", -1) >= 0 else None,
+                "finished": o.finished,
+                "received": o.received,
+                "success_rate": _ratio(o.received, o.finished),
+            }
+        ten = windows[0]
+        heard = [v["qps"] for v in backends.values() if v["qps"] is not None]
+        if ten.counts.get("reports", 0) > 0:
+            calls: float | None = round(ten.rate("finished"), 3)
+        else:
+            calls = round(sum(heard), 3) if heard else None
+        finished = sum(v["finished"] for v in backends.values())
+        received = sum(v["received"] for v in backends.values())
+        latencies = [
+            (v["latency_ms"], v["qps"]) for v in backends.values() if v["latency_ms"] is not None
+        ]
+        weighted = sum(lat * q for lat, q in latencies)
+        weight = sum(q for _, q in latencies)
+        return {
+            "ts_ms": int(now * 1000),
+            "calls_per_s": calls,
+            "success_rate": _ratio(received, finished),
+            "latency_ms": round(weighted / weight, 3) if weight > 0 else None,
+            "drops_per_s": round(ten.drops_per_second, 3),
+            "backends": backends,
+        }
+
+    async def record(self, snap: PoolSnapshot, now: float | None = None) -> dict[str, Any]:
+        """Takes a sample and stores it under its slot, dropping old ones."""
+        now = time.time() if now is None else now
+        sample = await self.sample(snap, now)
+        slot = int(now // SAMPLE_SECONDS)
+        oldest = slot - HISTORY_SECONDS // SAMPLE_SECONDS
+        key = signals_key(snap.name)
+        stale = [f for f in await self.redis.hkeys(key) if _int(f) < oldest]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, str(slot), json.dumps(sample, separators=(",", ":")))
+            if stale:
+                pipe.hdel(key, *stale)
+            pipe.expire(key, HISTORY_SECONDS)
+            await pipe.execute()
+        return sample
+
+    async def record_all(self) -> int:
+        count = 0
+        for pool in await self.store.list_pools():
+            snap = await self.store.snapshot(pool)
+            if snap is not None:
+                await self.record(snap)
+                count += 1
+        return count
+
+
+def _int(value: bytes | str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+async def read_history(redis: aioredis.Redis, pool: str, since_ms: int) -> list[dict[str, Any]]:
+    """Stored samples from since_ms on, oldest first."""
+    raw = await redis.hgetall(signals_key(pool))
+    out = []
+    for slot, value in raw.items():
+        if _int(slot) * SAMPLE_SECONDS * 1000 < since_ms - SAMPLE_SECONDS * 1000:
+            continue
+        try:
+            sample = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(sample, dict) and sample.get("ts_ms", 0) >= since_ms:
+            out.append(sample)
+    return sorted(out, key=lambda s: s["ts_ms"])
+
+
+async def read_call_rates(redis: aioredis.Redis, pool: str, now: float) -> list[dict[str, Any]]:
+    """Calls per second that clients reported, per 10 s load bucket, for
+    the 15 minutes the balancers keep them (filled even when no admin
+    process sampled)."""
+    step = registry_load.BUCKET_SECONDS
+    current = int(now // step)
+    numbers = list(range(current - 900 // step, current))  # whole buckets only
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in numbers:
+            pipe.hmget(keys.load_bucket(pool, n), "finished", "reports")
+        rows = await pipe.execute()
+    out = []
+    for n, (finished, reports) in zip(numbers, rows, strict=True):
+        if reports is None:
+            continue
+        out.append({"ts_ms": n * step * 1000, "calls_per_s": round(int(finished or 0) / step, 3)})
+    return out
+
+
+def summarize(history: list[dict[str, Any]], backend_id: str | None = None) -> dict[str, Any]:
+    """p50/p99 latency and the success rate over the samples given, for the
+    pool or one backend."""
+    latencies: list[tuple[float, float]] = []
+    finished = received = 0
+    for s in history:
+        rows = (
+            [s["backends"].get(backend_id)] if backend_id else list(s.get("backends", {}).values())
+        )
+        for row in rows:
+            if not row:
+                continue
+            if row.get("latency_ms") is not None and row.get("qps"):
+                latencies.append((row["latency_ms"], row["qps"]))
+            finished += row.get("finished", 0)
+            received += row.get("received", 0)
+    return {
+        "latency_p50_ms": percentile(latencies, 0.5),
+        "latency_p99_ms": percentile(latencies, 0.99),
+        "success_rate": _ratio(received, finished),
+    }
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

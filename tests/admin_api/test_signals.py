@@ -1,0 +1,160 @@
+"""GET /api/v1/pools/{pool}/signals: golden signals from heartbeats and
+thin-client outcomes, against a real balancer, a real demo backend and the
+test Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+
+from admin_api.signals import Sampler, percentile, signals_key
+from client_lib import AsyncRegistration
+from lookaside.demo.server import RouteGuideServer
+from lookaside.demo.settings import ServerSettings
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside.registry import keys
+from lookaside.registry.model import PoolConfig
+from lookaside.registry.outlier import outcome_fields
+from lookaside.registry.store import RegistryStore
+from tests.admin_api.conftest import AUTH
+from tests.support import BalancerHandle, LoopThread, wait_until
+
+FAST_HEALTH = dict(
+    health_interval_ms=100, health_timeout_ms=300, unhealthy_threshold=2, healthy_threshold=1
+)
+
+
+@pytest.fixture
+def checked(redis_url: str) -> Iterator[BalancerHandle]:
+    handle = BalancerHandle(redis_url, health_checks=True, replica_id="signals")
+    yield handle
+    handle.stop()
+
+
+def _backend(redis_url: str, pool: str) -> dict[str, object]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        [raw] = client.hvals(keys.backends(pool))
+    finally:
+        client.close()
+    backend: dict[str, object] = json.loads(raw)
+    return backend
+
+
+def test_health_probes_are_not_load(
+    checked: BalancerHandle, redis_url: str, pool_name: str
+) -> None:
+    """An idle backend under the balancer's health checks (Check and a
+    Watch stream) heartbeats 0 in flight and 0 calls/s; real calls count."""
+    checked.run(
+        checked.store.put_pool(PoolConfig(name=pool_name, lease_ttl_ms=1500, **FAST_HEALTH))
+    )
+    loop = LoopThread("demo")
+    server = RouteGuideServer(ServerSettings(listen="127.0.0.1:0", grace=0.0))
+    port = loop.run(server.start())
+    reg = AsyncRegistration(checked.address, pool_name, port, host="127.0.0.1", meter=server.meter)
+    try:
+        loop.run(reg.start())
+        wait_until(
+            lambda: any(p == pool_name for p, _ in list(checked.server.checker.probers)), timeout=10
+        )
+        first = int(str(_backend(redis_url, pool_name)["last_heard_ms"]))
+        # Two heartbeats after probing began: each covers an interval with probes in it.
+        wait_until(
+            lambda: int(str(_backend(redis_url, pool_name)["last_heard_ms"])) > first, timeout=10
+        )
+        second = int(str(_backend(redis_url, pool_name)["last_heard_ms"]))
+        wait_until(
+            lambda: int(str(_backend(redis_url, pool_name)["last_heard_ms"])) > second, timeout=10
+        )
+        load = _backend(redis_url, pool_name)["load"]
+        assert isinstance(load, dict)
+        assert load["in_flight"] == 0 and load["qps"] == 0, load
+        assert server.meter.total == 0
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = rg_grpc.RouteGuideStub(channel)
+            for _ in range(20):
+                stub.GetFeature(rg.Point(latitude=409146138, longitude=-746188906), timeout=5)
+        assert server.meter.total == 20
+        third = int(str(_backend(redis_url, pool_name)["last_heard_ms"]))
+        wait_until(
+            lambda: int(str(_backend(redis_url, pool_name)["last_heard_ms"])) > third, timeout=10
+        )
+        busy = _backend(redis_url, pool_name)["load"]
+        assert isinstance(busy, dict) and busy["qps"] > 0 and busy["latency_ms"] > 0
+    finally:
+        loop.run(reg.stop())
+        loop.run(server.stop(0))
+        loop.close()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_signals_from_outcomes_and_heartbeats(
+    client: httpx.AsyncClient, store: RegistryStore, pool: str
+) -> None:
+    leases = []
+    for port, latency in ((9501, 2.0), (9502, 8.0)):
+        lease = await store.register(
+            pool=pool, host="127.0.0.1", ip="127.0.0.1", port=port, lease_ttl_ms=600_000
+        )
+        await store.heartbeat(
+            pool,
+            lease.backend_id,
+            lease.lease_id,
+            {"qps": 50.0, "in_flight": 2, "latency_ms": latency, "utilization": -1.0},
+        )
+        leases.append(lease)
+    static = await client.post(
+        f"/api/v1/pools/{pool}/backends", json={"host": "127.0.0.1", "port": 9503}, headers=AUTH
+    )
+    assert static.status_code == 201
+    good, bad = (lease.backend_id for lease in leases)
+    sampler = Sampler(store)
+    snap = await store.snapshot(pool)
+    assert snap is not None
+    await sampler.record(snap, now=time.time() - 20)  # the baseline
+    fields = {**outcome_fields(good, 100, 100, 0), **outcome_fields(bad, 100, 80, 5)}
+    for name, value in fields.items():
+        await store.redis.hincrby(keys.outcomes(pool), name, value)
+    await sampler.record(snap)
+
+    r = await client.get(f"/api/v1/pools/{pool}/signals", params={"minutes": 5}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rows = {b["address"]: b for b in body["backends"]}
+    assert rows["127.0.0.1:9501"]["success_rate"] == 1.0
+    assert rows["127.0.0.1:9502"]["success_rate"] == 0.8
+    assert body["success_rate"] == 0.9
+    assert rows["127.0.0.1:9502"]["latency_p99_ms"] == 8.0
+    assert body["latency_p50_ms"] == 2.0 and body["latency_p99_ms"] == 8.0
+    # Unknown stays unknown: no utilization reported, a static backend with
+    # no heartbeat and no client outcomes.
+    assert rows["127.0.0.1:9501"]["utilization"] is None
+    assert rows["127.0.0.1:9503"]["calls_per_s"] is None
+    assert rows["127.0.0.1:9503"]["success_rate"] is None
+    assert rows["127.0.0.1:9503"]["latency_p50_ms"] is None
+    assert len(body["history"]) == 2
+    assert await store.redis.hlen(signals_key(pool)) == 2
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_signals_of_an_unknown_pool_is_404(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/v1/pools/no-such-pool/signals", headers=AUTH)
+    assert r.status_code == 404
+    r = await client.get("/api/v1/pools/no-such-pool/signals", params={"minutes": 99}, headers=AUTH)
+    assert r.status_code == 422
+
+
+def test_percentile_weights_by_calls() -> None:
+    assert percentile([], 0.5) is None
+    assert percentile([(1.0, 99), (100.0, 1)], 0.5) == 1.0
+    assert percentile([(1.0, 98), (100.0, 2)], 0.99) == 100.0
