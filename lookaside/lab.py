@@ -133,11 +133,11 @@ class Lab:
         return ["--tls-cert", str(self.certs.server_cert), "--tls-key", str(self.certs.server_key)]
 
     def _backend_tls_args(self) -> list[str]:
-        from lookaside.demo.settings import ServerSettings
-
-        if self.s.tls and "tls_cert" not in ServerSettings.model_fields:
-            raise RuntimeError("this build's routeguide server has no --tls-cert; use --backends 0")
-        return self._tls_args()
+        """The backends serve TLS and register over TLS, trusting the lab CA."""
+        args = self._tls_args()
+        if self.certs is not None:
+            args += ["--balancer-tls-ca", str(self.certs.ca)]
+        return args
 
     def start(self) -> None:
         s = self.s
