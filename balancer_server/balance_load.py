@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -46,11 +47,16 @@ class _Stream:
     """One client stream as its pool's feed sees it: writes the feed's
     current payload, one write at a time, newest first."""
 
-    __slots__ = ("context", "feed", "sent", "writing", "joined", "closed", "sent_counter")
+    __slots__ = (
+        "context", "feed", "sent", "writing", "joined", "closed", "sent_counter", "on_move",
+    )  # fmt: skip
 
-    def __init__(self, context: Any, feed: PoolFeed) -> None:
+    def __init__(
+        self, context: Any, feed: PoolFeed, on_move: Callable[[str, str], None] | None = None
+    ) -> None:
         self.context = context
         self.feed = feed
+        self.on_move = on_move
         # Looked up once: labels() takes a lock, and this counts every write.
         self.sent_counter = metrics.LISTS_SENT.labels(feed.name)
         self.sent: bytes | None = None
@@ -85,6 +91,19 @@ class _Stream:
             if took is not None:
                 metrics.FANOUT_SECONDS.labels(feed.name).observe(took)
         self.offer()
+
+    def move(self, feed: PoolFeed) -> None:
+        """Binds the stream to another pool's feed (see FeedHub._rebind)."""
+        if self.closed or feed is self.feed:
+            return
+        old = self.feed
+        old.unsubscribe(self)
+        self.feed = feed
+        self.sent_counter = metrics.LISTS_SENT.labels(feed.name)
+        self.joined = feed.generation
+        feed.subscribe(self)
+        if self.on_move is not None:
+            self.on_move(old.name, feed.name)
 
     def close(self) -> None:
         if not self.closed:
@@ -173,29 +192,39 @@ class BalanceLoadService:
         self._stream_ids += 1
         stream_id = self._stream_ids
         await context.write(lists.initial_payload(feed.report_interval_ms))
-        stream = _Stream(context, feed)
+        stream = _Stream(context, feed, self._moved)
         feed.subscribe(stream)
         metrics.STREAMS_OPEN.labels(feed.name).inc()
         self.sink.set_stream_count(feed.name, feed.streams)
+        self.hub.track(name, stream)
         log.debug(
             "stream open id=%d pool=%s name=%s peer=%s", stream_id, feed.name, name, context.peer()
         )
         try:
             # Until the client half-closes (the stream then ends with OK) or
             # goes away (this is cancelled).
-            await self._read_reports(request_iterator, feed)
+            await self._read_reports(request_iterator, stream)
         finally:
+            self.hub.untrack(name, stream)
             stream.close()
+            feed = stream.feed
             metrics.STREAMS_OPEN.labels(feed.name).dec()
             self.sink.set_stream_count(feed.name, feed.streams)
             log.debug("stream closed id=%d pool=%s", stream_id, feed.name)
 
-    async def _read_reports(self, request_iterator: Any, feed: PoolFeed) -> None:
+    def _moved(self, old: str, new: str) -> None:
+        metrics.STREAMS_OPEN.labels(old).dec()
+        metrics.STREAMS_OPEN.labels(new).inc()
+        self.sink.set_stream_count(old, self.hub.feed(old).streams)
+        self.sink.set_stream_count(new, self.hub.feed(new).streams)
+        log.debug("stream moved from pool=%s to pool=%s", old, new)
+
+    async def _read_reports(self, request_iterator: Any, stream: _Stream) -> None:
         async for raw in request_iterator:
             try:
                 request = lb.LoadBalanceRequest.FromString(raw)
             except DecodeError:
-                log.warning("pool=%s: ignoring a malformed LoadBalanceRequest", feed.name)
+                log.warning("pool=%s: ignoring a malformed LoadBalanceRequest", stream.feed.name)
                 continue
             if request.HasField("client_stats"):
-                self.sink.add(feed.name, request.client_stats)
+                self.sink.add(stream.feed.name, request.client_stats)

@@ -4,7 +4,7 @@ Each backend is probed by one balancer replica at a time: its owner by
 rendezvous hashing over the live replicas (balancer_server.replicas), so
 two replicas probe disjoint shares of a pool and a survivor takes over a
 dead replica's share within a few seconds. Health state is written to
-Redis (lookaside.registry.health), so every replica's lists agree.
+the registry (lookaside.registry.health), so every replica's lists agree.
 
 A probe is a Check on the pool's interval with its timeout (which catches
 a frozen backend), plus a Watch stream where the backend supports it, so a
@@ -19,13 +19,14 @@ import time
 
 import grpc
 import grpc.aio
-import redis.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.health import HealthStore, HealthWrite
+from lookaside.registry.errors import Unavailable
+from lookaside.registry.health import HealthStore
+from lookaside.registry.machine import Outcome
 from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
@@ -163,10 +164,10 @@ class HealthChecker:
                 actor=f"health:{self.replica_id}",
                 detail=detail,
             )
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except Unavailable as exc:
             log.warning("health pool=%s backend=%s: cannot write state (%s)", pool, backend_id, exc)
             return
-        if result is HealthWrite.CHANGED:
+        if result is Outcome.CHANGED:
             log.info(
                 "health pool=%s backend=%s -> %s (%s)",
                 pool,
@@ -174,7 +175,7 @@ class HealthChecker:
                 "serving" if healthy else "unhealthy",
                 detail,
             )
-        elif result is HealthWrite.HELD_BY_PANIC_GUARD:
+        elif result is Outcome.HELD:
             metrics.PANICS.labels(pool, "health").inc()
             now = time.monotonic()
             if now - self._warned.get((pool, backend_id), -1e9) < 30:

@@ -15,11 +15,10 @@ import asyncio
 import logging
 import time
 
-import redis.exceptions
-
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import BackendState, PoolSnapshot
 from lookaside.registry.outlier import OutlierStore, judge, qualified
 from lookaside.registry.store import RegistryStore
@@ -66,7 +65,7 @@ class OutlierDetector:
                     await self.check(pool, snapshot)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
                 log.debug("outlier detection: Redis unreachable (%s); judging nothing", exc)

@@ -277,6 +277,10 @@ class PoolOut(BaseModel):
 
     name: str
     version: int = Field(description="bumped by every change to the pool")
+    config_version: int = Field(
+        description="bumped by every change to the pool's settings; send it as If-Match "
+        "to PUT or PATCH to change them only if no one else did meanwhile"
+    )
     policy: str
     report_interval_ms: int
     lease_ttl_ms: int
@@ -296,6 +300,7 @@ class PoolOut(BaseModel):
         return cls(
             name=snap.name,
             version=snap.version,
+            config_version=snap.config_version,
             policy=c.policy,
             report_interval_ms=c.report_interval_ms,
             lease_ttl_ms=c.lease_ttl_ms,

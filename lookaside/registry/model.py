@@ -117,6 +117,12 @@ class Backend:
     # row have lengthened it (A50's multiplier).
     ejected_until_ms: int = 0
     ejections: int = 0
+    # An operator's hold ("drained" or "disabled"; lookaside.registry.machine).
+    hold: str = ""
+    # The panic guard: when it first held a removal of this backend, and
+    # whether health checking failed it meanwhile.
+    guard_since_ms: int = 0
+    health_failing: bool = False
 
     @property
     def serving(self) -> bool:
@@ -151,6 +157,8 @@ class PoolSnapshot:
     version: int
     config: PoolConfig
     backends: tuple[Backend, ...]
+    # Bumped by every change to the pool's settings (compare-and-set).
+    config_version: int = 0
 
     @property
     def serving(self) -> tuple[Backend, ...]:

@@ -19,6 +19,7 @@ import redis.exceptions
 
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry import keys
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.store import RegistryStore
 
@@ -139,7 +140,7 @@ class RegistryWatcher:
                 self._first_sync.set()
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
                 if self.redis_ok:

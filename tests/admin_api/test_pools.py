@@ -222,7 +222,11 @@ async def test_every_pool_setting_round_trips_and_patch_keeps_the_rest(
     config = _with_every_field_changed(PoolConfig(name=pool_name))
     await store.put_pool(config)
     r = await client.get(f"/api/v1/pools/{pool_name}", headers=AUTH)
-    body = {k: v for k, v in r.json().items() if k not in ("name", "version", "backends")}
+    body = {
+        k: v
+        for k, v in r.json().items()
+        if k not in ("name", "version", "config_version", "backends")
+    }
     # What GET shows, PUT back, is the same config: the API covers every field.
     r = await client.put(f"/api/v1/pools/{pool_name}", json=body, headers=AUTH)
     assert r.status_code == 200, r.text

@@ -236,6 +236,9 @@ def test_fanout_metric_counts_one_update_once_all_open_streams_have_it(
         return value or 0.0
 
     register(balancer, pool_name, 9301, lease_ttl_ms=60_000)
+    # Streams opened before the balancer has the pool would count its
+    # first list as a fan-out.
+    wait_until(lambda: balancer.server.watcher.get(pool_name) is not None)
     streams = [LbStream(balancer.address, pool_name) for _ in range(3)]
     try:
         for s in streams:

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 from lookaside.registry import BackendState, PoolConfig, RegistryStore, keys
-from lookaside.registry.health import HealthStore, HealthWrite
+from lookaside.registry.health import HealthStore
+from lookaside.registry.machine import Outcome
 from lookaside.registry.outlier import (
     Outcomes,
     OutlierStore,
@@ -132,7 +133,7 @@ async def test_panic_guard_counts_unhealthy_and_ejected_together(
     try:
         config, ids = await _pool(store, pool_name, 4, outlier_max_ejection_percent=100)
         health = HealthStore(store)
-        assert await health.set_health(pool_name, ids[0], False) is HealthWrite.CHANGED
+        assert await health.set_health(pool_name, ids[0], False) is Outcome.CHANGED
         outliers = OutlierStore(store)
         result = await outliers.sweep(
             config, [Verdict(ids[1], "lost"), Verdict(ids[2], "lost")], max_share=0.5
@@ -140,7 +141,7 @@ async def test_panic_guard_counts_unhealthy_and_ejected_together(
         # 1 unhealthy + 1 ejected is half of four: the third is held.
         assert result.ejected == [ids[1]] and result.held == [ids[2]]
         # And health checking may not take another one either.
-        assert await health.set_health(pool_name, ids[3], False) is HealthWrite.HELD_BY_PANIC_GUARD
+        assert await health.set_health(pool_name, ids[3], False) is Outcome.HELD
         states = await _states(store, pool_name)
         assert sum(s is BackendState.SERVING for s in states.values()) == 2
     finally:
