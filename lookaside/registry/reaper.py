@@ -23,6 +23,9 @@ from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
 
+# Sweeps between prunings of the pools index.
+PRUNE_EVERY = 20
+
 
 async def reap_forever(
     store: RegistryStore,
@@ -36,6 +39,7 @@ async def reap_forever(
     quiet_until = 0.0
     warned: dict[str, float] = {}
     holding: set[str] = set()
+    sweeps = 0
     was_down = False
     while not cancelling():
         try:
@@ -44,6 +48,9 @@ async def reap_forever(
                 was_down = False
                 quiet_until = time.monotonic() + outage_grace
                 log.warning("reaper: Redis is back; no evictions for %.0fs", outage_grace)
+            sweeps += 1
+            if sweeps % PRUNE_EVERY == 0:
+                await store.prune_index()
             if time.monotonic() >= quiet_until:
                 for pool in pools:
                     result = await store.reap_expired(pool, max_share)

@@ -197,11 +197,24 @@ class RegistryStore(ReportOps):
         return int(live)
 
     async def _unindex(self, pool: str) -> None:
-        # The index is written after the pool's own keys (register, put):
-        # a pool created again meanwhile is put back.
+        # Every write that creates a pool adds it to the index after its
+        # script, and this removal checks again after it: a pool created
+        # meanwhile is put back. So a pool that exists is always indexed.
         await self.redis.srem(keys.POOLS, pool)
         if await self.redis.exists(keys.config(pool)):
             await self.redis.sadd(keys.POOLS, pool)
+
+    @guarded
+    async def prune_index(self) -> list[str]:
+        """Drops index entries of pools that do not exist (a registration
+        that lost a race with the pool's deletion leaves one)."""
+        pools = await self.list_pools()
+        gone = []
+        for pool in pools:
+            if not await self.redis.exists(keys.config(pool)):
+                await self._unindex(pool)
+                gone.append(pool)
+        return gone
 
     @guarded
     async def versions(self, pools: Iterable[str]) -> dict[str, int]:

@@ -193,3 +193,22 @@ def test_redis_down_gives_unavailable_and_keeps_lists(pool_name: str) -> None:
     finally:
         balancer.stop()
         own.stop()
+
+
+@pytest.mark.parametrize("latency", [float("nan"), float("inf"), -1.0])
+def test_heartbeat_with_a_latency_that_is_not_a_finite_number_is_invalid(
+    registry, pool_name: str, latency: float
+) -> None:  # type: ignore[no-untyped-def]
+    resp = registry.Register(reg(pool_name, port=7301), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        registry.Heartbeat(
+            pb.HeartbeatRequest(
+                pool=pool_name,
+                backend_id=resp.backend_id,
+                lease_id=resp.lease_id,
+                load=pb.BackendLoad(latency_ms=latency),
+            ),
+            timeout=5,
+        )
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "latency_ms" in err.value.details() and "finite" in err.value.details()
