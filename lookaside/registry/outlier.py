@@ -202,6 +202,14 @@ return {done, ended, held}
 """
 
 
+# KEYS: outcomes. Read and reset in one step.
+TAKE = """
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return all
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class SweepResult:
     ejected: list[str]
@@ -218,16 +226,14 @@ class OutlierStore:
         self.redis = store.redis
         self.guard_bound_ms = store.guard_bound_ms
         self._sweep = store.redis.register_script(scripts.compose(SWEEP))
+        self._take = store.redis.register_script(TAKE)
 
     @guarded
     async def take_outcomes(self, pool: str) -> dict[str, Outcomes]:
         """The counts added since the last call, which are reset: one
         atomic read-and-delete, so no increment is lost or counted twice."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.outcomes(pool))
-            pipe.delete(keys.outcomes(pool))
-            raw, _ = await pipe.execute()
-        return parse_outcomes(raw)
+        flat = await self._take(keys=[keys.outcomes(pool)])
+        return parse_outcomes(dict(zip(flat[0::2], flat[1::2], strict=True)))
 
     @guarded
     async def sweep(

@@ -154,6 +154,12 @@ local function step(id, b, event, now, detail, over, exempt, hold_ms)
 end
 """
 
+# ARGV: pool. A consistent read: version, config, backends (flat), config version.
+READ_POOL = """
+return {redis.call('GET', K_VERSION) or '0', redis.call('GET', K_CONFIG) or '',
+  redis.call('HGETALL', K_BACKENDS), redis.call('GET', K_CFGVER) or '0'}
+"""
+
 # ARGV: pool, actor, id, backend json, ttl_ms (0 = pool default),
 #       default config json, create_pool ('1'|'0')
 REGISTER = """
