@@ -61,8 +61,8 @@ class Prober:
     async def _check(self, stub: health_pb2_grpc.HealthStub) -> tuple[bool, str]:
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=self.config.health_service),
-                timeout=self.config.health_timeout_ms / 1000,
+                health_pb2.HealthCheckRequest(service=self.config.health_checks.service),
+                timeout=self.config.health_checks.timeout_ms / 1000,
             )
         except grpc.aio.AioRpcError as exc:
             return False, f"Check {exc.code().name}"
@@ -73,7 +73,9 @@ class Prober:
     async def _watch(self, stub: health_pb2_grpc.HealthStub) -> None:
         while not cancelling():
             try:
-                call = stub.Watch(health_pb2.HealthCheckRequest(service=self.config.health_service))
+                call = stub.Watch(
+                    health_pb2.HealthCheckRequest(service=self.config.health_checks.service)
+                )
                 async for reply in call:
                     self._watch_status = reply.status
                     self._kick.set()
@@ -81,7 +83,7 @@ class Prober:
                 if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                     return  # Check alone, then
             self._watch_status = None
-            await asyncio.sleep(self.config.health_interval_ms / 1000)
+            await asyncio.sleep(self.config.health_checks.interval_ms / 1000)
 
     async def _run(self) -> None:
         cfg = self.config
@@ -98,20 +100,30 @@ class Prober:
                         "Watch "
                         + health_pb2.HealthCheckResponse.ServingStatus.Name(self._watch_status),
                     )
-                    fails = max(fails, cfg.unhealthy_threshold - 1)  # Watch is authoritative
+                    fails = max(
+                        fails, cfg.health_checks.unhealthy_threshold - 1
+                    )  # Watch is authoritative
                 if ok:
                     oks, fails = oks + 1, 0
                 else:
                     fails, oks = fails + 1, 0
                 metrics.HEALTH_PROBES.labels(self.pool, "ok" if ok else "fail").inc()
                 state = self.checker.state_of(self.pool, self.backend.id)
-                if not ok and fails >= cfg.unhealthy_threshold and state is BackendState.SERVING:
+                if (
+                    not ok
+                    and fails >= cfg.health_checks.unhealthy_threshold
+                    and state is BackendState.SERVING
+                ):
                     await self.checker.write(self.pool, self.backend.id, False, detail)
-                elif ok and oks >= cfg.healthy_threshold and state is BackendState.UNHEALTHY:
+                elif (
+                    ok
+                    and oks >= cfg.health_checks.healthy_threshold
+                    and state is BackendState.UNHEALTHY
+                ):
                     await self.checker.write(self.pool, self.backend.id, True, detail)
                 self._kick.clear()
                 try:
-                    await asyncio.wait_for(self._kick.wait(), cfg.health_interval_ms / 1000)
+                    await asyncio.wait_for(self._kick.wait(), cfg.health_checks.interval_ms / 1000)
                 except TimeoutError:
                     pass
         finally:
@@ -198,7 +210,7 @@ class HealthChecker:
 
     def reconcile(self, pool: str, snapshot: PoolSnapshot | None) -> None:
         wanted: dict[str, Backend] = {}
-        if snapshot is not None and snapshot.config.health_checks:
+        if snapshot is not None and snapshot.config.health_checks.enabled:
             for b in snapshot.backends:
                 if b.state in (
                     BackendState.SERVING,

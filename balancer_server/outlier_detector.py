@@ -77,7 +77,7 @@ class OutlierDetector:
             return
         config = snapshot.config
         now = time.monotonic()
-        interval = config.outlier_interval_ms / 1000
+        interval = config.outlier_detection.interval_ms / 1000
         due = self._due.setdefault(pool, now + interval)
         verdicts = None
         passed: set[str] = set()
@@ -86,7 +86,7 @@ class OutlierDetector:
             # Taken even when the pool is not judged, so counts of
             # backends long gone do not pile up.
             outcomes = await self.outliers.take_outcomes(pool)
-            if config.outlier_detection:
+            if config.outlier_detection.enabled:
                 verdicts = judge(outcomes, config)
                 passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
         if verdicts is None and not _ejection_due(snapshot, time.time() * 1000):

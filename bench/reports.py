@@ -85,7 +85,7 @@ def main() -> None:
 
     # Clients report only what this script sends (report_interval_ms 0 is
     # for the balancer's advice; these raw clients ignore it anyway).
-    pools = {POOL: PoolConfig(name=POOL, report_interval_ms=0, health_checks=False)}
+    pools = {POOL: PoolConfig.from_flat(POOL, report_interval_ms=0, health_checks=False)}
     with BenchLab(pools, metrics=True) as lab:
         from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
 

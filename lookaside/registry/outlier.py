@@ -87,33 +87,36 @@ def parse_outcomes(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Outcomes
 
 def qualified(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> dict[str, Outcomes]:
     """The backends with enough calls in the interval to be judged."""
-    volume = max(1, config.outlier_request_volume)
+    volume = max(1, config.outlier_detection.request_volume)
     return {bid: o for bid, o in outcomes.items() if o.finished >= volume}
 
 
 def judge(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> list[Verdict]:
     """The backends that this interval's outcomes mark as outliers."""
     qualified_ = qualified(outcomes, config)
-    if len(qualified_) < max(1, config.outlier_min_hosts):
+    if len(qualified_) < max(1, config.outlier_detection.min_hosts):
         return []
     out: dict[str, str] = {}
-    if config.outlier_stdev_factor > 0:
+    if config.outlier_detection.stdev_factor > 0:
         rates = {bid: o.received / o.finished for bid, o in qualified_.items()}
         mean = sum(rates.values()) / len(rates)
         stdev = math.sqrt(sum((r - mean) ** 2 for r in rates.values()) / len(rates))
-        floor = mean - stdev * config.outlier_stdev_factor / 1000
+        floor = mean - stdev * config.outlier_detection.stdev_factor / 1000
         for bid, rate in rates.items():
             if rate < floor:
                 out[bid] = (
                     f"success rate {rate:.1%} below {floor:.1%} "
                     f"(pool mean {mean:.1%}, stdev {stdev:.1%})"
                 )
-    if config.outlier_failure_percent > 0:
+    if config.outlier_detection.failure_percent > 0:
         for bid, o in qualified_.items():
-            if bid not in out and o.lost * 100 > config.outlier_failure_percent * o.finished:
+            if (
+                bid not in out
+                and o.lost * 100 > config.outlier_detection.failure_percent * o.finished
+            ):
                 out[bid] = (
                     f"{o.lost} of {o.finished} calls lost "
-                    f"({o.failed_to_send} failed to send), over {config.outlier_failure_percent}%"
+                    f"({o.failed_to_send} failed to send), over {config.outlier_detection.failure_percent}%"
                 )
     return [Verdict(bid, detail) for bid, detail in sorted(out.items())]
 
@@ -258,9 +261,9 @@ class OutlierStore:
                 json.dumps([[v.backend_id, v.detail[:200]] for v in verdicts or []]),
                 json.dumps(sorted(passed)),
                 int(max_share * 1000),
-                config.outlier_max_ejection_percent,
-                config.outlier_base_ejection_ms,
-                config.outlier_max_ejection_ms,
+                config.outlier_detection.max_ejection_percent,
+                config.outlier_detection.base_ejection_ms,
+                config.outlier_detection.max_ejection_ms,
                 self.guard_bound_ms,
             ],
         )

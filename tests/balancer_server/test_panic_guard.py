@@ -55,8 +55,8 @@ def test_dead_addresses_that_fail_health_checks_are_not_held(
     balancer = unbounded_balancer
     balancer.run(
         balancer.store.put_pool(
-            PoolConfig(
-                name=pool_name,
+            PoolConfig.from_flat(
+                pool_name,
                 health_interval_ms=200,
                 health_timeout_ms=200,
                 unhealthy_threshold=1,
@@ -83,7 +83,7 @@ def test_guard_holds_expired_leases_for_its_bound_and_says_so(
     bounded_balancer: BalancerHandle, pool_name: str, backends: list[RouteGuideBackend]
 ) -> None:
     balancer = bounded_balancer
-    balancer.run(balancer.store.put_pool(PoolConfig(name=pool_name, health_checks=False)))
+    balancer.run(balancer.store.put_pool(PoolConfig.from_flat(pool_name, health_checks=False)))
     live = start_backends(backends, 1)
     register_all(balancer, pool_name, live)
     dead = register_dead(balancer, pool_name, 3)

@@ -4,7 +4,6 @@ against a real Redis (limits, lengthening ejections, their end)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
@@ -20,7 +19,7 @@ from lookaside.registry.outlier import (
     parse_outcomes,
 )
 
-CFG = PoolConfig(name="p", outlier_min_hosts=3, outlier_request_volume=10)
+CFG = PoolConfig.from_flat("p", outlier_min_hosts=3, outlier_request_volume=10)
 
 
 def test_failure_percentage_ejects_the_backend_that_loses_calls() -> None:
@@ -29,14 +28,14 @@ def test_failure_percentage_ejects_the_backend_that_loses_calls() -> None:
         "b": Outcomes(100, 99),
         "c": Outcomes(100, 30, failed_to_send=20),
     }
-    verdicts = judge(outcomes, dataclasses.replace(CFG, outlier_stdev_factor=0))
+    verdicts = judge(outcomes, CFG.updated(outlier_stdev_factor=0))
     assert [v.backend_id for v in verdicts] == ["c"]
     assert "70 of 100 calls lost (20 failed to send)" in verdicts[0].detail
 
 
 def test_failure_percentage_threshold_is_strict() -> None:
     outcomes = {"a": Outcomes(100, 100), "b": Outcomes(100, 100), "c": Outcomes(100, 50)}
-    cfg = dataclasses.replace(CFG, outlier_stdev_factor=0, outlier_failure_percent=50)
+    cfg = CFG.updated(outlier_stdev_factor=0, outlier_failure_percent=50)
     assert judge(outcomes, cfg) == []
     outcomes["c"] = Outcomes(100, 49)
     assert [v.backend_id for v in judge(outcomes, cfg)] == ["c"]
@@ -46,12 +45,12 @@ def test_success_rate_needs_a_spread_pool() -> None:
     # Ten backends: one delivering 80% sits far below the others' 99-100%.
     outcomes = {f"b{i}": Outcomes(200, 200 - (i % 2)) for i in range(9)}
     outcomes["slow"] = Outcomes(200, 160)
-    cfg = dataclasses.replace(CFG, outlier_failure_percent=0)
+    cfg = CFG.updated(outlier_failure_percent=0)
     verdicts = judge(outcomes, cfg)
     assert [v.backend_id for v in verdicts] == ["slow"]
     assert verdicts[0].detail.startswith("success rate 80.0% below")
     # With the factor off, the 20% loss is under the failure threshold.
-    assert judge(outcomes, dataclasses.replace(cfg, outlier_stdev_factor=0)) == []
+    assert judge(outcomes, cfg.updated(outlier_stdev_factor=0)) == []
 
 
 def test_volume_and_min_hosts_gate_every_judgement() -> None:
@@ -60,7 +59,7 @@ def test_volume_and_min_hosts_gate_every_judgement() -> None:
     assert judge(outcomes, CFG) == []
     outcomes["c"] = Outcomes(10, 0)
     assert [v.backend_id for v in judge(outcomes, CFG)] == ["c"]
-    assert judge(outcomes, dataclasses.replace(CFG, outlier_min_hosts=4)) == []
+    assert judge(outcomes, CFG.updated(outlier_min_hosts=4)) == []
 
 
 def test_outcome_fields_round_trip() -> None:
@@ -74,7 +73,7 @@ asyncio_test = pytest.mark.asyncio(loop_scope="session")
 async def _pool(
     store: RegistryStore, pool: str, n: int, **cfg: int
 ) -> tuple[PoolConfig, list[str]]:
-    config = PoolConfig(name=pool, **cfg)  # type: ignore[arg-type]
+    config = PoolConfig.from_flat(pool, **cfg)
     await store.put_pool(config)
     ids = []
     for i in range(n):
