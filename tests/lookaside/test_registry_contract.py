@@ -299,3 +299,26 @@ async def test_changes_name_the_pool_that_changed(port: Port, pool: str) -> None
         assert name == pool
     finally:
         await feed.aclose()
+
+
+async def test_a_registry_that_is_away_raises_unavailable_not_a_redis_error() -> None:
+    from lookaside.redis_process import free_port
+
+    away = RegistryStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    twin = MemoryStore()
+    twin.available = False
+    try:
+        for store in (away, twin):
+            with pytest.raises(errors.Unavailable):
+                await store.list_pools()
+            with pytest.raises(errors.Unavailable):
+                await store.register(pool="p", host="h", ip="10.0.9.1", port=80)
+            with pytest.raises(errors.Unavailable):
+                await store.add_reports("p", "b", 1, {"reports": 1})
+            with pytest.raises(errors.Unavailable):
+                await store.touch_replica("r", 1000)
+            feed = store.changes()
+            with pytest.raises(errors.Unavailable):
+                await anext(feed)
+    finally:
+        await away.close()
