@@ -21,7 +21,7 @@ from lookaside.registry.errors import (
     VersionConflict,
     guarded,
 )
-from lookaside.registry.machine import TABLE, Event, Outcome
+from lookaside.registry.machine import TABLE, Event, Key, Outcome
 from lookaside.registry.model import Backend, PoolConfig, backend_id_for
 from lookaside.registry.validation import check_pool_name
 
@@ -257,14 +257,39 @@ class BackendOps:
         if result.outcome is Outcome.NOT_FOUND:
             raise _missing(pool, backend_id)
         if result.outcome is Outcome.REFUSED:
-            rule = TABLE[event]
-            hint = f"; {rule.hint}" if rule.hint else ""
-            current = machine.shown(machine.Key(result.previous))
-            raise TransitionRefused(
-                f"backend {backend_id} in pool {pool!r} is {current}: cannot move it to "
-                f"{machine.shown(machine.target(event))}{hint}",
-                current,
-            )
+            self._refuse(pool, backend_id, event, result)
+        return result
+
+    def _refuse(self, pool: str, backend_id: str, event: Event, result: StepResult) -> None:
+        rule = TABLE[event]
+        hint = f"; {rule.hint}" if rule.hint else ""
+        current = machine.shown(machine.Key(result.previous))
+        raise TransitionRefused(
+            f"backend {backend_id} in pool {pool!r} is {current}: cannot move it to "
+            f"{machine.shown(machine.target(event))}{hint}",
+            current,
+        )
+
+    @guarded
+    async def put_hold(
+        self, pool: str, backend_id: str, hold: Key, *, actor: str = "api"
+    ) -> StepResult:
+        """Sets an operator's hold (DRAINED or DISABLED) on a backend, registered
+        or not: one that registers later takes it (declarative state restores
+        holds this way). TransitionRefused when the backend's state does not
+        allow it (a drain of an unhealthy backend)."""
+        if hold not in machine.HOLDS:
+            raise InvalidInput(f"hold {hold!r} is not one of: drained, disabled")
+        status, version, previous = await self._run(
+            "PUT_HOLD", pool, [actor, backend_id, hold.value]
+        )
+        outcome = Outcome(_text(status))
+        if outcome is Outcome.POOL_NOT_FOUND:
+            raise NotFound(f"pool {pool!r} does not exist")
+        event = Event.OPERATOR_DRAIN if hold is machine.Key.DRAINED else Event.OPERATOR_DISABLE
+        result = StepResult(outcome, int(version), _text(previous))
+        if outcome is Outcome.REFUSED:
+            self._refuse(pool, backend_id, event, result)
         return result
 
     async def remove_backend(self, pool: str, backend_id: str, *, actor: str = "api") -> None:

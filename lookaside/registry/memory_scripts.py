@@ -253,6 +253,22 @@ class ScriptTwins(BackendOps):
             b["health_detail"] = a[5]
         return list(self._step(pool, bid, b, event, now, actor, detail, over))
 
+    def _script_put_hold(self, pool: str, a: list[str]) -> list[Any]:
+        actor, bid, hold = a[1:4]
+        p = self._pools.get(pool)
+        if p is None:
+            return [Outcome.POOL_NOT_FOUND, 0, "absent"]
+        now = self.clock()
+        b = p.backends.get(bid)
+        if b is not None:
+            event = Event.OPERATOR_DRAIN if hold == Key.DRAINED else Event.OPERATOR_DISABLE
+            return list(self._step(pool, bid, b, event, now, actor, "", False))
+        holds = self._holds.setdefault(pool, {})
+        if holds.get(bid) == hold:
+            return [Outcome.UNCHANGED, self._versions[pool], "absent"]
+        holds[bid] = hold
+        return [Outcome.CHANGED, self._changed(pool, now, "hold_set", bid, actor, hold), "absent"]
+
     def _script_reap(self, pool: str, a: list[str]) -> list[Any]:
         share, now = int(a[2]), self.clock()
         p = self._pools.get(pool)

@@ -278,6 +278,25 @@ end
 return {outcome, v, cur}
 """
 
+# ARGV: pool, actor, id, hold ('drained'|'disabled'). An operator's hold for
+# a backend whether or not it is registered now: a registered one takes it
+# through the machine, an absent one gets it when it registers.
+PUT_HOLD = """
+local id, hold = ARGV[3], ARGV[4]
+if redis.call('EXISTS', K_CONFIG) == 0 then return {'pool_not_found', 0, 'absent'} end
+local now = now_ms()
+local b = load(id)
+if b then
+  local event = 'operator_disable'
+  if hold == 'drained' then event = 'operator_drain' end
+  local outcome, v, cur = step(id, b, event, now, '', false, false, 0)
+  return {outcome, v, cur}
+end
+if redis.call('HGET', K_HOLDS, id) == hold then return {'unchanged', version(), 'absent'} end
+redis.call('HSET', K_HOLDS, id, hold)
+return {'changed', changed(now, 'hold_set', id, hold), 'absent'}
+"""
+
 # ARGV: pool, actor, max share (per-mille), guard bound ms
 # Returns {removed ids, held ids}. More than the max share of the pool
 # expiring at once (as after an outage) is held by the panic guard, except

@@ -43,7 +43,7 @@ class RegistryStore(BackendOps, ReportOps):
             name: redis.register_script(scripts.compose(getattr(scripts, name)))
             for name in (
                 "REGISTER", "HEARTBEAT", "STEP", "REAP", "UPDATE_BACKEND",
-                "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL",
+                "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL", "PUT_HOLD",
             )
         }  # fmt: skip
         # A script, not a MULTI: atomic on a single Redis and under Cluster.

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from lookaside.registry import errors
-from lookaside.registry.machine import Event, Outcome
+from lookaside.registry.machine import Event, Key, Outcome
 from lookaside.registry.memory import MemoryStore
 from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_id_for
 from lookaside.registry.store import RegistryStore
@@ -166,6 +166,33 @@ async def test_operator_holds_outrank_self_registration(
     assert await port.store.holds(pool) == {}
     await _register(port, pool, "10.0.0.5")
     assert await _states(port, pool) == {lease.backend_id: BackendState.SERVING}
+
+
+async def test_a_hold_set_for_an_absent_backend_applies_when_it_registers(
+    port: Port, pool: str
+) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bid = backend_id_for("10.0.0.8", 80)
+    result = await port.store.put_hold(pool, bid, Key.DISABLED, actor="restore")
+    assert result.outcome is Outcome.CHANGED
+    again = await port.store.put_hold(pool, bid, Key.DISABLED, actor="restore")
+    assert again.outcome is Outcome.UNCHANGED
+    assert await port.store.holds(pool) == {bid: "disabled"}
+    await _register(port, pool, "10.0.0.8")
+    assert await _states(port, pool) == {bid: BackendState.DISABLED}
+    await port.store.operate(pool, bid, Event.OPERATOR_ENABLE, actor="op")
+    assert await port.store.holds(pool) == {}
+    await port.store.put_hold(pool, bid, Key.DRAINED, actor="restore")  # now through the machine
+    assert await port.store.holds(pool) == {bid: "drained"}
+    await port.store.step(pool, bid, Event.OPERATOR_UNDRAIN, actor="op")
+    sick = await _register(port, pool, "10.0.0.9")
+    await port.store.step(pool, sick.backend_id, Event.HEALTH_FAIL, actor="health", max_share=1.0)
+    with pytest.raises(errors.TransitionRefused, match="is unhealthy"):
+        await port.store.put_hold(pool, sick.backend_id, Key.DRAINED)
+    with pytest.raises(errors.InvalidInput):
+        await port.store.put_hold(pool, bid, Key.SERVING)
+    with pytest.raises(errors.NotFound):
+        await port.store.put_hold(f"{pool}-gone", bid, Key.DISABLED)
 
 
 async def test_operator_events_outside_the_table_are_refused(port: Port, pool: str) -> None:
