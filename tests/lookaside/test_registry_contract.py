@@ -193,6 +193,13 @@ async def test_a_hold_set_for_an_absent_backend_applies_when_it_registers(
         await port.store.put_hold(pool, bid, Key.SERVING)
     with pytest.raises(errors.NotFound):
         await port.store.put_hold(f"{pool}-gone", bid, Key.DISABLED)
+    # An operator's remove of a backend that is gone clears its hold.
+    absent = backend_id_for("10.0.0.10", 80)
+    await port.store.put_hold(pool, absent, Key.DISABLED)
+    await port.store.remove_backend(pool, absent)
+    assert absent not in await port.store.holds(pool)
+    with pytest.raises(errors.NotFound):
+        await port.store.remove_backend(pool, absent)
 
 
 async def test_operator_events_outside_the_table_are_refused(port: Port, pool: str) -> None:
