@@ -1,10 +1,11 @@
 """Exception handlers: every failure becomes a Problem body with the right
 status, never a 500.
 
-    RegistryError, request validation   422
-    NotFoundError                       404
-    Conflict, TransitionRefused         409
-    Redis unreachable                   503
+    InvalidInput, request validation    422
+    NotFound                            404
+    Conflict (and every registry        409 (a lost compare-and-set also
+      conflict: version, transition)        carries current_version)
+    Unavailable (Redis unreachable)     503
 """
 
 from __future__ import annotations
@@ -12,23 +13,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from admin_api import metrics
-from lookaside.registry.transitions import TransitionRefused
-from lookaside.registry.validation import NotFoundError, RegistryError
+from lookaside.registry import errors as registry
 
 log = logging.getLogger("lookaside.admin")
 
 MAX_LISTED_ERRORS = 10
 
 
-class Conflict(Exception):
-    """The request is valid but clashes with the registry's current state."""
+# The request is valid but clashes with the registry's current state.
+Conflict = registry.Conflict
 
 
 def problem(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -79,6 +78,8 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, registry.VersionConflict):
+        return problem(409, str(exc), current_version=exc.current_version)
     return problem(409, str(exc))
 
 
@@ -87,7 +88,7 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable path=%s error=%s", request.url.path, exc)
     return problem(
         503,
-        f"registry unavailable: Redis failed ({type(exc).__name__}: {exc}); "
+        f"registry unavailable: {exc}; "
         "check LOOKASIDE_ADMIN_REDIS_URL and that Redis is up, then retry",
     )
 
@@ -95,10 +96,9 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RegistryError, _registry_error)
-    app.add_exception_handler(NotFoundError, _not_found)
-    app.add_exception_handler(Conflict, _conflict)
-    app.add_exception_handler(TransitionRefused, _conflict)
-    app.add_exception_handler(redis.exceptions.RedisError, _unavailable)
+    app.add_exception_handler(registry.InvalidInput, _registry_error)
+    app.add_exception_handler(registry.NotFound, _not_found)
+    app.add_exception_handler(registry.Conflict, _conflict)
+    app.add_exception_handler(registry.Unavailable, _unavailable)
     app.add_exception_handler(ConnectionError, _unavailable)
     app.add_exception_handler(TimeoutError, _unavailable)

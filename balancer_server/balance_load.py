@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -56,11 +57,21 @@ class _Stream:
 
     __slots__ = (
         "context", "feed", "sent", "writing", "joined", "closed", "sent_counter", "reports",
+        "label", "on_move",
     )  # fmt: skip
 
-    def __init__(self, context: Any, feed: PoolFeed, label: str, report_burst: int) -> None:
+    def __init__(
+        self,
+        context: Any,
+        feed: PoolFeed,
+        label: str,
+        report_burst: int,
+        on_move: Callable[[_Stream, PoolFeed], None] | None = None,
+    ) -> None:
         self.context = context
         self.feed = feed
+        self.on_move = on_move
+        self.label = label
         # Looked up once: labels() takes a lock, and this counts every write.
         self.sent_counter = metrics.LISTS_SENT.labels(label)
         self.reports = StreamReports(burst=report_burst)
@@ -97,6 +108,19 @@ class _Stream:
             if took is not None:
                 metrics.FANOUT_SECONDS.labels(feed.name).observe(took)
         self.offer()
+
+    def move(self, feed: PoolFeed) -> None:
+        """Binds the stream to another pool's feed (see FeedHub._rebind)."""
+        if self.closed or feed is self.feed:
+            return
+        old = self.feed
+        old.unsubscribe(self)
+        self.feed = feed
+        self.sent_counter = metrics.LISTS_SENT.labels(feed.name)
+        self.joined = feed.generation
+        feed.subscribe(self)
+        if self.on_move is not None:
+            self.on_move(self, old)
 
     def close(self) -> None:
         if not self.closed:
@@ -223,11 +247,12 @@ class BalanceLoadService:
         self._stream_ids += 1
         stream_id = self._stream_ids
         await context.write(lists.initial_payload(feed.report_interval_ms))
-        stream = _Stream(context, feed, label, self.report_burst)
+        stream = _Stream(context, feed, label, self.report_burst, self._moved)
         feed.subscribe(stream)
         metrics.STREAMS_OPEN.labels(label).inc()
         if known:
             self.sink.set_stream_count(feed.name, feed.streams)
+        self.hub.track(name, stream)
         log.debug(
             "stream open id=%d pool=%s name=%s peer=%s", stream_id, label, name, context.peer()
         )
@@ -236,17 +261,28 @@ class BalanceLoadService:
             # goes away (this is cancelled).
             await self._read_reports(request_iterator, stream)
         finally:
+            self.hub.untrack(name, stream)
             stream.close()
-            metrics.STREAMS_OPEN.labels(label).dec()
-            if known:
+            feed = stream.feed
+            metrics.STREAMS_OPEN.labels(stream.label).dec()
+            if feed.exists:
                 self.sink.set_stream_count(feed.name, feed.streams)
-            elif not feed.exists and not feed.subscribers:
+            elif not feed.subscribers:
                 # Nothing is kept for a name that matched no pool.
                 self.hub.feeds.pop(feed.name, None)
-            log.debug("stream closed id=%d pool=%s", stream_id, label)
+            log.debug("stream closed id=%d pool=%s", stream_id, stream.label)
+
+    def _moved(self, stream: _Stream, old: PoolFeed) -> None:
+        new = stream.feed
+        metrics.STREAMS_OPEN.labels(stream.label).dec()
+        stream.label = new.name if new.exists else ""
+        metrics.STREAMS_OPEN.labels(stream.label).inc()
+        for feed in (old, new):
+            if feed.exists:
+                self.sink.set_stream_count(feed.name, feed.streams)
+        log.debug("stream moved from pool=%s to pool=%s", old.name, new.name)
 
     async def _read_reports(self, request_iterator: Any, stream: _Stream) -> None:
-        feed = stream.feed
         async for raw in request_iterator:
             try:
                 request = lb.LoadBalanceRequest.FromString(raw)
@@ -254,11 +290,12 @@ class BalanceLoadService:
                 metrics.REPORTS_REFUSED.labels("malformed").inc()
                 self._log.warning(
                     "malformed", "ignoring a malformed LoadBalanceRequest pool=%s peer=%s",
-                    feed.name, stream.context.peer(),
+                    stream.feed.name, stream.context.peer(),
                 )  # fmt: skip
                 continue
             if not request.HasField("client_stats"):
                 continue
+            feed = stream.feed  # it may have moved to another pool
             if not feed.exists:
                 metrics.REPORTS_REFUSED.labels("no_pool").inc()
                 continue

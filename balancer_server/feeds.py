@@ -6,6 +6,11 @@ stream at once; a stream that is still writing an older one takes the
 newest when that write is done, so one slow client delays no one else.
 Nothing per stream runs on a timer, and nothing per stream waits between
 changes.
+
+Streams follow the pools: a stream is bound to the most exact pool its
+service name may mean (`name_candidates`). When a more exact pool appears,
+or the pool it is bound to is deleted while a less exact one exists, the
+hub moves the stream, which then sends the new pool's list.
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ DEFAULT_REPORT_INTERVAL_MS = 10_000
 
 
 class Subscriber(Protocol):
+    @property
+    def feed(self) -> PoolFeed: ...
+
     def offer(self) -> None:
         """Start writing the feed's current payload, unless it was already
         written or a write is under way."""
+
+    def move(self, feed: PoolFeed) -> None:
+        """Leave the current feed for `feed` and send its payload."""
 
 
 class PoolFeed:
@@ -110,6 +121,8 @@ class FeedHub:
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self.feeds: dict[str, PoolFeed] = {}
+        # Open streams by the service name they asked for.
+        self.streams_by_name: dict[str, set[Subscriber]] = {}
 
     def feed(self, pool: str) -> PoolFeed:
         feed = self.feeds.get(pool)
@@ -128,12 +141,52 @@ class FeedHub:
                 return feed
         return self.feed(candidates[-1])
 
+    def _best(self, name: str) -> PoolFeed | None:
+        for candidate in name_candidates(name):
+            feed = self.feeds.get(candidate)
+            if feed is not None and feed.exists:
+                return feed
+        return None
+
+    def track(self, name: str, subscriber: Subscriber) -> None:
+        """Keeps an open stream bound to the best pool for `name`."""
+        self.streams_by_name.setdefault(name, set()).add(subscriber)
+        best = self._best(name)
+        if best is not None and best is not subscriber.feed:
+            # The pool appeared between resolve() and now.
+            subscriber.move(best)
+
+    def untrack(self, name: str, subscriber: Subscriber) -> None:
+        streams = self.streams_by_name.get(name)
+        if streams is not None:
+            streams.discard(subscriber)
+            if not streams:
+                del self.streams_by_name[name]
+
+    def _rebind(self, pool: str) -> None:
+        """After `pool` appeared or went: moves the streams it concerns."""
+        for name, streams in list(self.streams_by_name.items()):
+            if pool not in name_candidates(name):
+                continue
+            best = self._best(name)
+            if best is None:
+                continue  # no pool left for it: streams keep the list they have
+            for subscriber in list(streams):
+                if subscriber.feed is not best:
+                    subscriber.move(best)
+
     def on_change(self, pool: str, snapshot: PoolSnapshot | None) -> None:
         feed = self.feed(pool)
         if snapshot is None:
-            # Pool deleted: streams keep the list they have.
-            feed.exists = False
+            # Pool deleted: its streams move to a less exact pool if there is
+            # one, and otherwise keep the list they have.
+            if feed.exists:
+                feed.exists = False
+                self._rebind(pool)
             return
+        appeared = not feed.exists
         feed.exists = True
         feed.report_interval_ms = snapshot.config.report_interval_ms
         feed.publish(lists.pool_payload(snapshot, self.epoch))
+        if appeared:
+            self._rebind(pool)

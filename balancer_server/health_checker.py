@@ -4,7 +4,7 @@ Each backend is probed by one balancer replica at a time: its owner by
 rendezvous hashing over the live replicas (balancer_server.replicas), so
 two replicas probe disjoint shares of a pool and a survivor takes over a
 dead replica's share within a few seconds. Health state is written to
-Redis (lookaside.registry.health), so every replica's lists agree.
+the registry (lookaside.registry.health), so every replica's lists agree.
 
 A probe is a Check on the pool's interval with its timeout (which catches
 a frozen backend), plus a Watch stream where the backend supports it, so a
@@ -19,13 +19,14 @@ import time
 
 import grpc
 import grpc.aio
-import redis.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.health import HealthStore, HealthWrite
+from lookaside.registry.errors import Unavailable
+from lookaside.registry.health import HealthStore
+from lookaside.registry.machine import Outcome
 from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
@@ -60,8 +61,8 @@ class Prober:
     async def _check(self, stub: health_pb2_grpc.HealthStub) -> tuple[bool, str]:
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=self.config.health_service),
-                timeout=self.config.health_timeout_ms / 1000,
+                health_pb2.HealthCheckRequest(service=self.config.health_checks.service),
+                timeout=self.config.health_checks.timeout_ms / 1000,
             )
         except grpc.aio.AioRpcError as exc:
             return False, f"Check {exc.code().name}"
@@ -72,7 +73,9 @@ class Prober:
     async def _watch(self, stub: health_pb2_grpc.HealthStub) -> None:
         while not cancelling():
             try:
-                call = stub.Watch(health_pb2.HealthCheckRequest(service=self.config.health_service))
+                call = stub.Watch(
+                    health_pb2.HealthCheckRequest(service=self.config.health_checks.service)
+                )
                 async for reply in call:
                     self._watch_status = reply.status
                     self._kick.set()
@@ -80,7 +83,7 @@ class Prober:
                 if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                     return  # Check alone, then
             self._watch_status = None
-            await asyncio.sleep(self.config.health_interval_ms / 1000)
+            await asyncio.sleep(self.config.health_checks.interval_ms / 1000)
 
     async def _run(self) -> None:
         cfg = self.config
@@ -97,20 +100,30 @@ class Prober:
                         "Watch "
                         + health_pb2.HealthCheckResponse.ServingStatus.Name(self._watch_status),
                     )
-                    fails = max(fails, cfg.unhealthy_threshold - 1)  # Watch is authoritative
+                    fails = max(
+                        fails, cfg.health_checks.unhealthy_threshold - 1
+                    )  # Watch is authoritative
                 if ok:
                     oks, fails = oks + 1, 0
                 else:
                     fails, oks = fails + 1, 0
                 metrics.HEALTH_PROBES.labels(self.pool, "ok" if ok else "fail").inc()
                 state = self.checker.state_of(self.pool, self.backend.id)
-                if not ok and fails >= cfg.unhealthy_threshold and state is BackendState.SERVING:
+                if (
+                    not ok
+                    and fails >= cfg.health_checks.unhealthy_threshold
+                    and state is BackendState.SERVING
+                ):
                     await self.checker.write(self.pool, self.backend.id, False, detail)
-                elif ok and oks >= cfg.healthy_threshold and state is BackendState.UNHEALTHY:
+                elif (
+                    ok
+                    and oks >= cfg.health_checks.healthy_threshold
+                    and state is BackendState.UNHEALTHY
+                ):
                     await self.checker.write(self.pool, self.backend.id, True, detail)
                 self._kick.clear()
                 try:
-                    await asyncio.wait_for(self._kick.wait(), cfg.health_interval_ms / 1000)
+                    await asyncio.wait_for(self._kick.wait(), cfg.health_checks.interval_ms / 1000)
                 except TimeoutError:
                     pass
         finally:
@@ -163,10 +176,10 @@ class HealthChecker:
                 actor=f"health:{self.replica_id}",
                 detail=detail,
             )
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except Unavailable as exc:
             log.warning("health pool=%s backend=%s: cannot write state (%s)", pool, backend_id, exc)
             return
-        if result is HealthWrite.CHANGED:
+        if result is Outcome.CHANGED:
             log.info(
                 "health pool=%s backend=%s -> %s (%s)",
                 pool,
@@ -174,7 +187,7 @@ class HealthChecker:
                 "serving" if healthy else "unhealthy",
                 detail,
             )
-        elif result is HealthWrite.HELD_BY_PANIC_GUARD:
+        elif result is Outcome.HELD:
             metrics.PANICS.labels(pool, "health").inc()
             now = time.monotonic()
             if now - self._warned.get((pool, backend_id), -1e9) < 30:
@@ -197,7 +210,7 @@ class HealthChecker:
 
     def reconcile(self, pool: str, snapshot: PoolSnapshot | None) -> None:
         wanted: dict[str, Backend] = {}
-        if snapshot is not None and snapshot.config.health_checks:
+        if snapshot is not None and snapshot.config.health_checks.enabled:
             for b in snapshot.backends:
                 if b.state in (
                     BackendState.SERVING,

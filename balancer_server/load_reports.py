@@ -1,31 +1,31 @@
 """Ingests ClientStats into Redis.
 
-Reports are added up in memory per pool and written in one pipeline per
-flush (about once a second), so thousands of reports per second cost a
-handful of Redis round trips. A failed write keeps the counts and retries
-them with the next flush: nothing is lost while Redis is briefly away.
+Reports are added up in memory per pool and written to the registry
+(RegistryStore.add_reports, one script per pool) once per flush (about
+once a second), so thousands of reports per second cost a handful of Redis
+round trips. A failed write keeps the batch and retries it with the next
+flush under the same id: nothing is lost while Redis is briefly away, and
+nothing is counted twice when a write reached Redis but its reply did not.
 
-Layout (see docs/redis-layout.md): per pool, a hash per 10-second bucket
-`lookaside:{pool}:load:<unix_s // 10>` (expires after 16 minutes) and a
-running total `lookaside:{pool}:load:total`. Fields: started, finished,
-failed_to_send, known_received, reports, and drop:<token> per drop reason.
+The registry keeps, per pool, a bucket per 10 seconds and a running total
+(docs/redis-layout.md). Fields: started, finished, failed_to_send,
+known_received, reports, and drop:<token> per drop reason.
 
 Reports from the Lookaside thin client also carry call outcomes per backend
 (lookaside.lb.v1.ClientStatsExtension, inside the ClientStats). Those are
-added to the pool's `lookaside:{pool}:outcomes` hash, which outlier
-detection reads and resets once per interval.
+added to the pool's outcome counts, which outlier detection reads and resets once
+per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
+import secrets
 import time
 from collections import Counter
 
-import redis.exceptions
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -33,14 +33,15 @@ from balancer_server import metrics
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.proto.lb.v1 import backend_stats_pb2
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import keys
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.outlier import outcome_fields
+from lookaside.registry.reports import bucket_of
+from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.balancer")
 
-BUCKET_SECONDS = 10
-BUCKET_TTL_SECONDS = 16 * 60
-OUTCOMES_TTL_SECONDS = 10 * 60
+# Batches kept while the registry is unreachable (one per flush).
+MAX_UNACKED_BATCHES = 900
 # Tokens are "<backend id>.<epoch>" (balancer_server.lists).
 _BACKEND_ID = re.compile(r"[0-9a-f]{12}")
 MAX_BACKENDS_PER_REPORT = 1000
@@ -120,11 +121,19 @@ def backend_outcomes(stats: lb.ClientStats) -> Counter[str]:
 
 
 class LoadReportSink:
-    def __init__(self, redis, *, replica_id: str, flush_interval: float = 1.0) -> None:  # type: ignore[no-untyped-def]
-        self.redis = redis
+    """Sums reports in memory and flushes them to the registry. Each flush is
+    a batch with its own id, kept until the registry has taken it: a
+    failed flush is retried with the same id, which the registry counts
+    once even when the failed attempt had reached it."""
+
+    def __init__(
+        self, store: RegistryStore, *, replica_id: str, flush_interval: float = 1.0
+    ) -> None:
+        self.store = store
         self.replica_id = replica_id
         self.flush_interval = flush_interval
         self._pending: dict[str, PoolSums] = {}
+        self._unacked: list[_Batch] = []
         self._stream_counts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -145,11 +154,8 @@ class LoadReportSink:
             await cancel_and_wait([self._task])
         try:
             await self.flush()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pool in self._stream_counts:
-                    pipe.hdel(keys.streams(pool), self.replica_id)
-                await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as exc:
+            await self.store.clear_stream_counts(self.replica_id, self._stream_counts)
+        except Unavailable as exc:
             log.warning("load reports: final flush failed (%s)", exc)
 
     async def _run(self) -> None:
@@ -157,49 +163,39 @@ class LoadReportSink:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
                 metrics.REPORTS_FLUSH_ERRORS.inc()
                 log.warning("load reports: flush failed, keeping counts for the next one (%s)", exc)
 
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        now = time.time()
-        bucket = int(now // BUCKET_SECONDS)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pool, sums in pending.items():
-                    bucket_key = keys.load_bucket(pool, bucket)
-                    for field, value in sums.load_fields().items():
-                        if value:
-                            pipe.hincrby(bucket_key, field, value)
-                            pipe.hincrby(keys.load_total(pool), field, value)
-                    pipe.expire(bucket_key, BUCKET_TTL_SECONDS)
-                    if sums.outcomes:
-                        for field, value in sums.outcomes.items():
-                            if value:
-                                pipe.hincrby(keys.outcomes(pool), field, value)
-                        pipe.expire(keys.outcomes(pool), OUTCOMES_TTL_SECONDS)
-                stamp = int(now * 1000)
-                for pool, count in self._stream_counts.items():
-                    pipe.hset(
-                        keys.streams(pool),
-                        self.replica_id,
-                        json.dumps({"streams": count, "ts_ms": stamp}),
-                    )
-                await pipe.execute()
-        except BaseException:
-            # Put the counts back so the next flush writes them.
-            for pool, sums in pending.items():
-                self._put_back(pool, sums)
-            raise
-        for pool, sums in pending.items():
-            metrics.REPORTS_INGESTED.labels(pool).inc(sums.reports)
+        """Writes every batch not yet taken, oldest first, then the stream counts."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._unacked.append(_Batch(secrets.token_hex(8), bucket_of(time.time()), pending))
+            if len(self._unacked) > MAX_UNACKED_BATCHES:
+                lost = self._unacked.pop(0)
+                log.warning("load reports: dropping batch %s after %d failed flushes",
+                            lost.id, MAX_UNACKED_BATCHES)  # fmt: skip
+        while self._unacked:
+            batch = self._unacked[0]
+            for pool in list(batch.pools):
+                sums = batch.pools[pool]
+                await self.store.add_reports(
+                    pool, batch.id, batch.bucket, sums.load_fields(), sums.outcomes
+                )
+                del batch.pools[pool]
+                metrics.REPORTS_INGESTED.labels(pool).inc(sums.reports)
+            self._unacked.pop(0)
+        if self._stream_counts:
+            await self.store.set_stream_counts(self.replica_id, self._stream_counts)
 
-    def _put_back(self, pool: str, sums: PoolSums) -> None:
-        current = self._pending.get(pool)
-        if current is None:
-            self._pending[pool] = sums
-        else:
-            current.merge(sums)
+
+class _Batch:
+    __slots__ = ("id", "bucket", "pools")
+
+    def __init__(self, batch_id: str, bucket: int, pools: dict[str, PoolSums]) -> None:
+        self.id = batch_id
+        self.bucket = bucket
+        self.pools = pools

@@ -52,6 +52,12 @@ EXPIRIES = Counter(
 REDIS_UP = Gauge(
     "lookaside_balancer_redis_up", "1 when the last Redis sync succeeded", registry=REGISTRY
 )
+PANIC_HELD = Gauge(
+    "lookaside_balancer_panic_held_backends",
+    "Backends the panic guard keeps listed right now (last sweep), per source",
+    ["pool", "source"],
+    registry=REGISTRY,
+)
 PANICS = Counter(
     "lookaside_balancer_panic_total",
     "Times the panic guard kept backends listed that would have been removed",

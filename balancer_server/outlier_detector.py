@@ -15,11 +15,10 @@ import asyncio
 import logging
 import time
 
-import redis.exceptions
-
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import BackendState, PoolSnapshot
 from lookaside.registry.outlier import OutlierStore, judge, qualified
 from lookaside.registry.store import RegistryStore
@@ -66,7 +65,7 @@ class OutlierDetector:
                     await self.check(pool, snapshot)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
                 log.debug("outlier detection: Redis unreachable (%s); judging nothing", exc)
@@ -78,7 +77,7 @@ class OutlierDetector:
             return
         config = snapshot.config
         now = time.monotonic()
-        interval = config.outlier_interval_ms / 1000
+        interval = config.outlier_detection.interval_ms / 1000
         due = self._due.setdefault(pool, now + interval)
         verdicts = None
         passed: set[str] = set()
@@ -87,7 +86,7 @@ class OutlierDetector:
             # Taken even when the pool is not judged, so counts of
             # backends long gone do not pile up.
             outcomes = await self.outliers.take_outcomes(pool)
-            if config.outlier_detection:
+            if config.outlier_detection.enabled:
                 verdicts = judge(outcomes, config)
                 passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
         if verdicts is None and not _ejection_due(snapshot, time.time() * 1000):

@@ -8,14 +8,11 @@ Heartbeat, Drain and Deregister need the lease id Register returned.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import redis.exceptions
 
 from balancer_server import metrics
 from balancer_server.auth import AuthError, Grant, RegistrationAuth
@@ -23,55 +20,14 @@ from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import validation as v
+from lookaside.registry.errors import Conflict, Unavailable
+from lookaside.registry.hosts import resolve_host
 from lookaside.registry.model import backend_id_for
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
 
-RESOLVE_TIMEOUT = 2.0
 T = TypeVar("T")
-
-
-def _peer_ip(peer: str) -> str | None:
-    # "ipv4:127.0.0.1:5555" or "ipv6:[::1]:5555"
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rsplit(":", 1)[0]
-    if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return None
-
-
-async def resolve_host(host: str, peer: str, *, allow_special: bool = False) -> str:
-    """The IP address to list for a registration's host, or RegistryError.
-    Unspecified, multicast, broadcast and link-local addresses are refused
-    unless `allow_special` (a pool's policy) allows them."""
-    if not host:
-        ip = _peer_ip(peer)
-        if ip is None:
-            raise v.RegistryError(
-                f"host is empty and the caller's address ({peer[:64]}) is not an IP address; "
-                "give the host explicitly"
-            )
-        ip = v.parse_ip(ip) or ip
-        return v.check_listable_ip(ip, allow_special=allow_special)
-    ip = v.parse_ip(host)
-    if ip is not None:
-        return v.check_listable_ip(ip, allow_special=allow_special)
-    v.check_hostname_syntax(host)
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=RESOLVE_TIMEOUT
-        )
-    except (OSError, TimeoutError) as exc:
-        raise v.RegistryError(f"host {host!r} does not resolve: {exc}") from None
-    addrs = [str(info[4][0]) for info in infos]
-    v4 = [a for a in addrs if ":" not in a]
-    if not addrs:
-        raise v.RegistryError(f"host {host!r} does not resolve to any address")
-    ip = v.parse_ip((v4 or addrs)[0]) or (v4 or addrs)[0]
-    return v.check_listable_ip(ip, allow_special=allow_special)
 
 
 def _duration_ms(d: Any) -> int:
@@ -165,7 +121,11 @@ class RegistryService(pb_grpc.RegistryServicer):
             )
         except v.NotFoundError as exc:
             await self._fail(context, method, grpc.StatusCode.NOT_FOUND, f"{exc}{not_found_hint}")
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except Conflict as exc:
+            await self._fail(
+                context, method, grpc.StatusCode.FAILED_PRECONDITION, f"{verb} refused: {exc}"
+            )
+        except Unavailable as exc:
             await self._fail(
                 context, method, grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
             )

@@ -1,12 +1,12 @@
 """Which balancer replicas are alive, and which of them owns a piece of work.
 
-Replicas announce themselves in the Redis hash `lookaside:replicas`
-(replica id -> last seen, ms, by the replica's clock) every
-`interval` seconds; one not seen for three intervals counts as gone. Every
-replica computes the same owner for a key (a backend to probe, a pool to
-judge) by rendezvous hashing over the live replicas, so work is split with
-no coordination, and a dead replica's share moves to the survivors within
-a few seconds. While Redis is unreachable the last known set stays.
+Replicas announce themselves in the registry (RegistryStore.touch_replica,
+by the Redis server's clock) every `interval` seconds; one not seen for
+three intervals counts as gone. Every replica computes the same owner for
+a key (a backend to probe, a pool to judge) by rendezvous hashing over the
+live replicas, so work is split with no coordination, and a dead replica's
+share moves to the survivors within a few seconds. While Redis is
+unreachable the last known set stays.
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-import redis.exceptions
-
 from lookaside.asyncutil import cancel_and_wait, cancelling
+from lookaside.registry.errors import Unavailable
+from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.replicas")
-
-REPLICAS_KEY = "lookaside:replicas"
 
 
 def owner(key: str, replicas: list[str]) -> str:
@@ -36,8 +32,8 @@ def owner(key: str, replicas: list[str]) -> str:
 
 
 class ReplicaSet:
-    def __init__(self, redis: aioredis.Redis, replica_id: str, *, interval: float = 1.0) -> None:
-        self.redis = redis
+    def __init__(self, store: RegistryStore, replica_id: str, *, interval: float = 1.0) -> None:
+        self.store = store
         self.replica_id = replica_id
         self.interval = interval
         self.live: list[str] = [replica_id]
@@ -57,20 +53,12 @@ class ReplicaSet:
         await cancel_and_wait([self._task])
         self._task = None
         try:
-            await self.redis.hdel(REPLICAS_KEY, self.replica_id)
-        except (redis.exceptions.RedisError, OSError):
+            await self.store.forget_replica(self.replica_id)
+        except Unavailable:
             pass
 
     async def refresh(self) -> None:
-        now = int(time.time() * 1000)
-        await self.redis.hset(REPLICAS_KEY, self.replica_id, now)
-        seen = await self.redis.hgetall(REPLICAS_KEY)
-        stale = 3 * self.interval * 1000
-        live = {
-            (k.decode() if isinstance(k, bytes) else k)
-            for k, v in seen.items()
-            if now - int(v) <= stale
-        }
+        live = set(await self.store.touch_replica(self.replica_id, int(3 * self.interval * 1000)))
         live.add(self.replica_id)
         if sorted(live) != self.live:
             self.live = sorted(live)
@@ -84,7 +72,7 @@ class ReplicaSet:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
                 log.debug("membership update failed (%s)", exc)

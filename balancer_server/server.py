@@ -120,18 +120,20 @@ class BalancerServer:
         self.settings = settings
         self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.epoch = _epoch()
-        self.store = RegistryStore.from_url(settings.redis_url)
+        self.store = RegistryStore.from_url(
+            settings.redis_url, guard_bound_ms=int(settings.panic_guard_bound * 1000)
+        )
         self.hub = FeedHub(self.epoch)
         self.watcher = RegistryWatcher(
             self.store, resync_interval=settings.resync_interval, hooks=[self.hub.on_change]
         )
         self.sink = LoadReportSink(
-            self.store.redis,
+            self.store,
             replica_id=self.replica_id,
             flush_interval=settings.report_flush_interval,
         )
         self.health = health.aio.HealthServicer()
-        self.replicas = ReplicaSet(self.store.redis, self.replica_id)
+        self.replicas = ReplicaSet(self.store, self.replica_id)
         self.checker = HealthChecker(
             self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
         )
@@ -160,7 +162,9 @@ class BalancerServer:
             metrics.EXPIRIES.labels(pool).inc(len(ids))
 
         def panic(pool: str, ids: list[str]) -> None:
-            metrics.PANICS.labels(pool, "lease").inc()
+            if ids:
+                metrics.PANICS.labels(pool, "lease").inc()
+            metrics.PANIC_HELD.labels(pool, "lease").set(len(ids))
 
         self._tasks.append(
             asyncio.create_task(

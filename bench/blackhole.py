@@ -49,9 +49,9 @@ def main() -> None:
 
     # Reports every second and a judgement every 2 s; everything else is
     # the pool defaults (a first ejection lasts 30 s).
-    base = PoolConfig(name="", report_interval_ms=1000, outlier_interval_ms=2000)
+    base = PoolConfig.from_flat("", report_interval_ms=1000, outlier_interval_ms=2000)
     pools = {
-        "off": dataclasses.replace(base, name="off", outlier_detection=False),
+        "off": base.updated(name="off", outlier_detection=False),
         "on": dataclasses.replace(base, name="on"),
     }
     with BenchLab(pools) as lab:

@@ -86,7 +86,7 @@ def main() -> None:
 
     # Clients report only what this script sends (report_interval_ms 0 is
     # for the balancer's advice; these raw clients ignore it anyway).
-    pools = {POOL: PoolConfig(name=POOL, report_interval_ms=0, health_checks=False)}
+    pools = {POOL: PoolConfig.from_flat(POOL, report_interval_ms=0, health_checks=False)}
     # These clients report as fast as they can, which the balancer would
     # drop after a burst (reports faster than the interval): measure
     # ingestion with the burst set out of reach.

@@ -81,8 +81,8 @@ def main() -> None:
 
     # Hour-long leases: the backends registered here send no heartbeats,
     # and an expiry would be one more list that no one asked for.
-    config = PoolConfig(
-        name=POOL, report_interval_ms=0, lease_ttl_ms=3_600_000, health_checks=False
+    config = PoolConfig.from_flat(
+        POOL, report_interval_ms=0, lease_ttl_ms=3_600_000, health_checks=False
     )
     with BenchLab({POOL: config}, metrics=True) as lab:
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))

@@ -86,6 +86,11 @@ class BalancerSettings(BaseSettings):
     outage_grace: float = Field(
         15.0, ge=0, description="seconds without evictions after Redis comes back"
     )
+    panic_guard_bound: float = Field(
+        180.0,
+        gt=0,
+        description="most seconds the panic guard keeps a backend listed that would have been removed",
+    )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
     log_level: str = Field("info", description="debug, info, warning or error")
     # Registration credentials (balancer_server.auth, docs/security.md).

@@ -52,3 +52,12 @@ def backends() -> Iterator[list[RouteGuideBackend]]:
     yield started  # start_backends(backends, n) adds to it
     for b in started:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    from tests.redis_cluster import RedisCluster
+
+    cluster = RedisCluster().start()
+    yield cluster.url
+    cluster.stop()

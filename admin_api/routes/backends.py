@@ -1,9 +1,12 @@
 """/api/v1/pools/{pool}/backends: list, inspect and steer a pool's backends.
 
-Drain, undrain, disable and enable are checked against the backend's
-current state in the same Lua script that changes it (409 when the state
-does not allow the change). A removed self-registered backend comes back
-when it next registers; disable it to keep it out.
+Drain, undrain, disable, enable and reinstate are events of the registry's
+state machine, checked against the backend's current state in the same
+atomic write that changes it (409 when the state does not allow the
+change). An operator's drain or disable is a hold: it outlives the
+backend's deregistration and comes back with its next registration. A
+removed backend loses its hold; a self-registered one comes back when it
+next registers.
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ from fastapi import APIRouter, Response, status
 
 from admin_api import metrics
 from admin_api.deps import BackendPath, PoolPath, ReaderDep, StoreDep, TransitionsDep, WriterDep
-from admin_api.errors import Conflict
 from admin_api.routes.pools import load_pool
 from admin_api.schemas.backends import BackendCreate, BackendList, BackendOut, WeightChange
 from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
-from balancer_server.registration import resolve_host
 from lookaside.registry import transitions as t
+from lookaside.registry.hosts import resolve_host
 from lookaside.registry.model import Backend, backend_id_for
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.validation import NotFoundError
@@ -66,14 +68,10 @@ async def list_(pool: PoolPath, store: StoreDep, _reader: ReaderDep) -> BackendL
 async def register(
     pool: PoolPath, body: BackendCreate, store: StoreDep, actor: WriterDep, response: Response
 ) -> BackendOut:
-    snap = await load_pool(store, pool)
+    await load_pool(store, pool)
     ip = await resolve_host(body.host, "")
     backend_id = backend_id_for(ip, body.port)
-    if any(b.id == backend_id for b in snap.backends):
-        raise Conflict(
-            f"backend {backend_id} ({ip}:{body.port}) is already registered in pool {pool!r}; "
-            "change its weight or remove it first"
-        )
+    # Conflict (409) when the address is registered: checked in the write.
     await store.put_static(
         Backend(
             id=backend_id,
@@ -207,7 +205,7 @@ async def remove(
     pool: PoolPath, backend_id: BackendPath, store: StoreDep, actor: WriterDep
 ) -> Response:
     await load_pool(store, pool)
-    await store.deregister(pool, backend_id, "", actor=actor)
+    await store.remove_backend(pool, backend_id, actor=actor)
     metrics.ACTIONS.labels("removed").inc()
     log.info("backend removed pool=%s backend=%s actor=%s", pool, backend_id, actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

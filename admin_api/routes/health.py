@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.exceptions
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from admin_api import metrics
 from admin_api.deps import StoreDep
+from lookaside.registry.errors import Unavailable
 
 log = logging.getLogger("lookaside.admin")
 
@@ -41,8 +41,8 @@ async def live() -> Status:
 )
 async def ready(store: StoreDep) -> Status | JSONResponse:
     try:
-        await asyncio.wait_for(store.redis.ping(), timeout=READY_TIMEOUT)
-    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        await asyncio.wait_for(store.ping(), timeout=READY_TIMEOUT)
+    except (Unavailable, TimeoutError) as exc:
         log.warning("not ready: redis error=%s", exc or type(exc).__name__)
         body = Status(
             status="unavailable", detail=f"Redis does not answer: {exc or type(exc).__name__}"

@@ -21,7 +21,6 @@ from admin_api.schemas.load import (
     PoolLoad,
     ReplicaStreamsOut,
 )
-from lookaside.registry import load as registry_load
 
 router = APIRouter(prefix="/pools/{pool}/load", tags=["load"], responses={**COMMON, **NOT_FOUND})
 
@@ -30,9 +29,9 @@ router = APIRouter(prefix="/pools/{pool}/load", tags=["load"], responses={**COMM
 async def read(pool: PoolPath, store: StoreDep, _reader: ReaderDep) -> PoolLoad:
     snap = await load_pool(store, pool)
     now = time.time()
-    windows = await registry_load.read_windows(store.redis, pool, now)
-    total = await registry_load.read_total(store.redis, pool)
-    streams = await registry_load.read_streams(store.redis, pool, int(now * 1000))
+    windows = await store.load_windows(pool, now)
+    total = await store.load_total(pool)
+    streams = await store.replica_streams(pool, int(now * 1000))
     backends = []
     for b in snap.backends:
         out = BackendOut.from_backend(b)

@@ -1,7 +1,10 @@
 """/api/v1/pools: create, read, list, update and delete pools.
 
-Every write is a registry Lua script that bumps the pool's version and
-publishes the change; the balancers pick it up from Redis.
+Every write is one atomic registry operation that bumps the pool's version
+and publishes the change; the balancers pick it up from the registry.
+PUT and PATCH are compare-and-sets on the pool's config version (the one
+given as If-Match, or else the one read at the start of the request): a
+concurrent change of the settings gets 409 with the current version.
 """
 
 from __future__ import annotations
@@ -9,16 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from admin_api import metrics
 from admin_api.deps import PoolPath, ReaderDep, StoreDep, WriterDep
-from admin_api.errors import Conflict
 from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
 from admin_api.schemas.pools import PoolCreate, PoolList, PoolOut, PoolPatch, PoolSettings
+from lookaside.registry.errors import NotFound
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.store import RegistryStore
-from lookaside.registry.validation import NotFoundError
 
 log = logging.getLogger("lookaside.admin")
 
@@ -29,7 +31,7 @@ async def load_pool(store: RegistryStore, pool: str) -> PoolSnapshot:
     """The pool's snapshot, or NotFoundError (404)."""
     snap = await store.snapshot(pool)
     if snap is None:
-        raise NotFoundError(f"pool {pool!r} does not exist; create it with POST /api/v1/pools")
+        raise NotFound(f"pool {pool!r} does not exist; create it with POST /api/v1/pools")
     return snap
 
 
@@ -57,11 +59,8 @@ async def list_(store: StoreDep, _reader: ReaderDep) -> PoolList:
 async def create(
     body: PoolCreate, store: StoreDep, actor: WriterDep, response: Response
 ) -> PoolOut:
-    created = await store.put_pool(body.to_config(body.name), actor=actor, only_if_absent=True)
-    if not created:
-        raise Conflict(
-            f"pool {body.name!r} already exists; change it with PUT or PATCH /api/v1/pools/{body.name}"
-        )
+    # Conflict (409) when it exists, checked in the write.
+    await store.put_pool(body.to_config(body.name), actor=actor, only_if_absent=True)
     metrics.ACTIONS.labels("pool_created").inc()
     log.info("pool created pool=%s actor=%s", body.name, actor)
     response.headers["Location"] = f"/api/v1/pools/{body.name}"
@@ -73,12 +72,40 @@ async def read(pool: PoolPath, store: StoreDep, _reader: ReaderDep) -> PoolOut:
     return await _saved(store, pool)
 
 
+IfMatch = Annotated[
+    str,
+    Header(
+        pattern=r'^("?[0-9]{1,15}"?)?$',
+        description="the config_version the change is based on; 409 when the settings "
+        "changed since (default: the version read at the start of the request)",
+    ),
+]
+
+
+def _expected(if_match: str, snap: PoolSnapshot) -> int:
+    return int(if_match.strip('"')) if if_match else snap.config_version
+
+
 @router.put(
-    "/{pool}", response_model=PoolOut, responses=NOT_FOUND, summary="Replace a pool's settings"
+    "/{pool}",
+    response_model=PoolOut,
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Replace a pool's settings",
 )
-async def replace(pool: PoolPath, body: PoolSettings, store: StoreDep, actor: WriterDep) -> PoolOut:
+async def replace(
+    pool: PoolPath,
+    body: PoolSettings,
+    store: StoreDep,
+    actor: WriterDep,
+    if_match: IfMatch = "",
+) -> PoolOut:
     snap = await load_pool(store, pool)
-    await store.put_pool(body.to_config(pool, snap.config), actor=actor)
+    await store.put_pool(
+        body.to_config(pool, snap.config),
+        actor=actor,
+        only_if_exists=True,
+        expected_version=_expected(if_match, snap),
+    )
     metrics.ACTIONS.labels("pool_updated").inc()
     log.info("pool replaced pool=%s actor=%s", pool, actor)
     return await _saved(store, pool)
@@ -87,15 +114,22 @@ async def replace(pool: PoolPath, body: PoolSettings, store: StoreDep, actor: Wr
 @router.patch(
     "/{pool}",
     response_model=PoolOut,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **CONFLICT},
     summary="Change some of a pool's settings",
 )
-async def update(pool: PoolPath, body: PoolPatch, store: StoreDep, actor: WriterDep) -> PoolOut:
+async def update(
+    pool: PoolPath,
+    body: PoolPatch,
+    store: StoreDep,
+    actor: WriterDep,
+    if_match: IfMatch = "",
+) -> PoolOut:
     snap = await load_pool(store, pool)
+    expected = _expected(if_match, snap)
     config = body.apply(snap.config).to_config(pool, snap.config)
-    if config == snap.config:
+    if config == snap.config and expected == snap.config_version:
         return PoolOut.from_snapshot(snap)  # nothing to change, nothing written
-    await store.put_pool(config, actor=actor)
+    await store.put_pool(config, actor=actor, only_if_exists=True, expected_version=expected)
     metrics.ACTIONS.labels("pool_updated").inc()
     log.info(
         "pool updated pool=%s actor=%s fields=%s", pool, actor, ",".join(sorted(body.changes()))
@@ -118,18 +152,9 @@ async def delete(
         bool, Query(description="delete even while backends are registered and live")
     ] = False,
 ) -> Response:
-    snap = await load_pool(store, pool)
-    seconds, micros = await store.redis.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    live = [b for b in snap.backends if b.static or b.lease_expires_ms > now_ms]
-    if live and not force:
-        raise Conflict(
-            f"pool {pool!r} still has {len(live)} live backend(s); drain and remove them, "
-            "or delete with ?force=true"
-        )
-    await store.delete_pool(pool)
+    await load_pool(store, pool)
+    # The live check and the deletion are one atomic registry operation.
+    live = await store.delete_pool(pool, actor=actor, force=force)
     metrics.ACTIONS.labels("pool_deleted").inc()
-    log.info(
-        "pool deleted pool=%s actor=%s live_backends=%d forced=%s", pool, actor, len(live), force
-    )
+    log.info("pool deleted pool=%s actor=%s live_backends=%d forced=%s", pool, actor, live, force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from admin_api.schemas.common import INTEGRAL, JsonInt
 from lookaside.registry import validation as v
-from lookaside.registry.model import BackendState, DropRate, PoolConfig, PoolSnapshot
+from lookaside.registry.model import (
+    BackendState,
+    DropRate,
+    HealthChecks,
+    OutlierDetection,
+    PoolConfig,
+    PoolSnapshot,
+)
 
 Policy = Literal["round_robin", "least_loaded"]
 MAX_DROPS = 32
@@ -133,22 +140,10 @@ class OutlierDetectionSettings(BaseModel):
     ) = 20
 
 
-# API field -> PoolConfig field
-HEALTH_FIELDS = {
-    "enabled": "health_checks",
-    "service": "health_service",
-    "interval_ms": "health_interval_ms",
-    "timeout_ms": "health_timeout_ms",
-    "unhealthy_threshold": "unhealthy_threshold",
-    "healthy_threshold": "healthy_threshold",
-}
-OUTLIER_FIELDS = {
-    name: "outlier_detection" if name == "enabled" else f"outlier_{name}"
-    for name in OutlierDetectionSettings.model_fields
-}
-_NESTED: dict[str, tuple[type[BaseModel], dict[str, str]]] = {
-    "health_checks": (HealthCheckSettings, HEALTH_FIELDS),
-    "outlier_detection": (OutlierDetectionSettings, OUTLIER_FIELDS),
+# The nested settings, one to one with PoolConfig's nested objects.
+_NESTED: dict[str, type[BaseModel]] = {
+    "health_checks": HealthCheckSettings,
+    "outlier_detection": OutlierDetectionSettings,
 }
 
 
@@ -189,10 +184,6 @@ class PoolSettings(BaseModel):
     def to_config(self, name: str, base: PoolConfig | None = None) -> PoolConfig:
         """These settings over `base` (the pool's current config): fields
         this API does not manage keep their values."""
-        nested: dict[str, Any] = {}
-        for attr, (_, mapping) in _NESTED.items():
-            values = getattr(self, attr)
-            nested.update({cfg: getattr(values, api) for api, cfg in mapping.items()})
         return dataclasses.replace(
             base or PoolConfig(name=name),
             name=name,
@@ -201,16 +192,15 @@ class PoolSettings(BaseModel):
             lease_ttl_ms=self.lease_ttl_ms,
             drops=tuple(DropRate(d.token, d.per_mille) for d in self.drops),
             fallback=self.fallback,
-            **nested,
+            health_checks=HealthChecks(**self.health_checks.model_dump()),
+            outlier_detection=OutlierDetection(**self.outlier_detection.model_dump()),
         )
 
     @classmethod
     def from_config(cls, config: PoolConfig) -> PoolSettings:
         nested: dict[str, Any] = {
-            attr: model.model_construct(
-                **{api: getattr(config, cfg) for api, cfg in mapping.items()}
-            )
-            for attr, (model, mapping) in _NESTED.items()
+            attr: model.model_construct(**dataclasses.asdict(getattr(config, attr)))
+            for attr, model in _NESTED.items()
         }
         return cls.model_construct(
             policy=config.policy,
@@ -277,6 +267,10 @@ class PoolOut(BaseModel):
 
     name: str
     version: int = Field(description="bumped by every change to the pool")
+    config_version: int = Field(
+        description="bumped by every change to the pool's settings; send it as If-Match "
+        "to PUT or PATCH to change them only if no one else did meanwhile"
+    )
     policy: str
     report_interval_ms: int
     lease_ttl_ms: int
@@ -296,6 +290,7 @@ class PoolOut(BaseModel):
         return cls(
             name=snap.name,
             version=snap.version,
+            config_version=snap.config_version,
             policy=c.policy,
             report_interval_ms=c.report_interval_ms,
             lease_ttl_ms=c.lease_ttl_ms,

@@ -7,6 +7,7 @@ from __future__ import annotations
 PREFIX = "lookaside"
 POOLS = f"{PREFIX}:pools"  # SET of pool names (the only cross-pool key)
 CHANGES = f"{PREFIX}:changes"  # pub/sub channel; message = pool name
+REPLICAS = f"{PREFIX}:replicas"  # HASH replica id -> last seen (ms, server time)
 EVENTS_MAX = 1000
 
 
@@ -52,3 +53,11 @@ def panic(pool: str) -> str:
 
 def outcomes(pool: str) -> str:
     return pool_key(pool, "outcomes")
+
+
+def holds(pool: str) -> str:
+    return pool_key(pool, "holds")
+
+
+def config_version(pool: str) -> str:
+    return pool_key(pool, "config_version")

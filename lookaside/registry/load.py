@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +119,14 @@ async def read_streams(
 ) -> list[ReplicaStreams]:
     """Client streams per balancer replica, leaving out entries that a
     replica has not refreshed within stale_ms (it is gone or cut off)."""
+    return parse_streams(await redis.hgetall(keys.streams(pool)), now_ms, stale_ms)
+
+
+def parse_streams(
+    raw: Mapping[Any, Any], now_ms: int | None = None, stale_ms: int = STREAMS_STALE_MS
+) -> list[ReplicaStreams]:
+    """Stream counts from the streams hash, leaving out stale entries."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    raw = await redis.hgetall(keys.streams(pool))
     out: list[ReplicaStreams] = []
     for replica, value in raw.items():
         try:

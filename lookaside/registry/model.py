@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -46,6 +46,56 @@ class DropRate:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthChecks:
+    """Active health checking (grpc.health.v1) of a pool's backends."""
+
+    enabled: bool = True
+    service: str = ""
+    interval_ms: int = 2_000
+    timeout_ms: int = 1_000
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Outlier detection from the call outcomes clients report per backend
+    (gRFC A50's algorithms; see lookaside.registry.outlier)."""
+
+    enabled: bool = True
+    interval_ms: int = 10_000
+    base_ejection_ms: int = 30_000
+    max_ejection_ms: int = 300_000
+    max_ejection_percent: int = 10
+    # A backend with more than this percent of its calls lost (finished but
+    # not known to have reached it) is ejected; 0 turns the check off.
+    failure_percent: int = 50
+    # Success-rate ejection: below mean - factor/1000 * stdev; 0 turns it off.
+    stdev_factor: int = 1900
+    # Backends with at least `request_volume` calls in the interval take
+    # part; with fewer than `min_hosts` of them, no one is ejected.
+    min_hosts: int = 3
+    request_volume: int = 20
+
+
+# Keys of the flat layout that stored configs had before the nested one.
+_FLAT_HEALTH = {
+    "health_checks": "enabled",
+    "health_service": "service",
+    "health_interval_ms": "interval_ms",
+    "health_timeout_ms": "timeout_ms",
+    "unhealthy_threshold": "unhealthy_threshold",
+    "healthy_threshold": "healthy_threshold",
+}
+
+
+def _nested(cls: type[Any], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        return cls()
+    return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
     policy: str = "round_robin"
@@ -53,41 +103,50 @@ class PoolConfig:
     lease_ttl_ms: int = 10_000
     drops: tuple[DropRate, ...] = ()
     fallback: bool = False
-    # Active health checking (grpc.health.v1) of the pool's backends.
-    health_checks: bool = True
-    health_service: str = ""
-    health_interval_ms: int = 2_000
-    health_timeout_ms: int = 1_000
-    unhealthy_threshold: int = 2
-    healthy_threshold: int = 2
-    # Outlier detection from the call outcomes clients report per backend
-    # (gRFC A50's algorithms; see lookaside.registry.outlier).
-    outlier_detection: bool = True
-    outlier_interval_ms: int = 10_000
-    outlier_base_ejection_ms: int = 30_000
-    outlier_max_ejection_ms: int = 300_000
-    outlier_max_ejection_percent: int = 10
-    # A backend with more than this percent of its calls lost (finished but
-    # not known to have reached it) is ejected; 0 turns the check off.
-    outlier_failure_percent: int = 50
-    # Success-rate ejection: below mean - factor/1000 * stdev; 0 turns it off.
-    outlier_stdev_factor: int = 1900
-    # Backends with at least `request_volume` calls in the interval take
-    # part; with fewer than `min_hosts` of them, no one is ejected.
-    outlier_min_hosts: int = 3
-    outlier_request_volume: int = 20
+    health_checks: HealthChecks = field(default_factory=HealthChecks)
+    outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["drops"] = [asdict(d) for d in self.drops]
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def updated(self, **flat: Any) -> PoolConfig:
+        """A copy with settings changed, given by top-level field or by their
+        flat names (`health_interval_ms`, `unhealthy_threshold`,
+        `outlier_min_hosts`, `health_checks=False`, ...)."""
+        health = {new: flat.pop(old) for old, new in _FLAT_HEALTH.items()
+                  if old in flat and not isinstance(flat[old], HealthChecks)}  # fmt: skip
+        outlier = {k.removeprefix("outlier_"): flat.pop(k) for k in list(flat)
+                   if k.startswith("outlier_") and k != "outlier_detection"}  # fmt: skip
+        if "outlier_detection" in flat and not isinstance(
+            flat["outlier_detection"], OutlierDetection
+        ):
+            outlier["enabled"] = flat.pop("outlier_detection")
+        out = replace(self, **flat)
+        if health:
+            out = replace(out, health_checks=replace(out.health_checks, **health))
+        if outlier:
+            out = replace(out, outlier_detection=replace(out.outlier_detection, **outlier))
+        return out
+
+    @classmethod
+    def from_flat(cls, name: str, **flat: Any) -> PoolConfig:
+        """A config from flat setting names (see `updated`)."""
+        return cls(name=name).updated(**flat)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> PoolConfig:
         data = json.loads(raw)
+        if not isinstance(data.get("health_checks", {}), dict):  # the flat layout
+            names = set(cls.__dataclass_fields__) | set(_FLAT_HEALTH)
+            flat = {k: v for k, v in data.items() if k in names or k.startswith("outlier_")}
+            flat.pop("name", None)
+            drops = tuple(DropRate(**d) for d in flat.pop("drops", ()))
+            return cls.from_flat(data["name"], drops=drops, **flat)
         drops = tuple(DropRate(**d) for d in data.pop("drops", ()))
+        health = _nested(HealthChecks, data.pop("health_checks", None))
+        outlier = _nested(OutlierDetection, data.pop("outlier_detection", None))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(drops=drops, **known)
+        return cls(drops=drops, health_checks=health, outlier_detection=outlier, **known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +176,12 @@ class Backend:
     # row have lengthened it (A50's multiplier).
     ejected_until_ms: int = 0
     ejections: int = 0
+    # An operator's hold ("drained" or "disabled"; lookaside.registry.machine).
+    hold: str = ""
+    # The panic guard: when it first held a removal of this backend, and
+    # whether health checking failed it meanwhile.
+    guard_since_ms: int = 0
+    health_failing: bool = False
 
     @property
     def serving(self) -> bool:
@@ -151,6 +216,8 @@ class PoolSnapshot:
     version: int
     config: PoolConfig
     backends: tuple[Backend, ...]
+    # Bumped by every change to the pool's settings (compare-and-set).
+    config_version: int = 0
 
     @property
     def serving(self) -> tuple[Backend, ...]:

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from lookaside.registry import keys, scripts
+from lookaside.registry.errors import guarded
 from lookaside.registry.model import PoolConfig
 from lookaside.registry.store import RegistryStore
 
@@ -86,47 +87,51 @@ def parse_outcomes(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Outcomes
 
 def qualified(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> dict[str, Outcomes]:
     """The backends with enough calls in the interval to be judged."""
-    volume = max(1, config.outlier_request_volume)
+    volume = max(1, config.outlier_detection.request_volume)
     return {bid: o for bid, o in outcomes.items() if o.finished >= volume}
 
 
 def judge(outcomes: Mapping[str, Outcomes], config: PoolConfig) -> list[Verdict]:
     """The backends that this interval's outcomes mark as outliers."""
     qualified_ = qualified(outcomes, config)
-    if len(qualified_) < max(1, config.outlier_min_hosts):
+    if len(qualified_) < max(1, config.outlier_detection.min_hosts):
         return []
     out: dict[str, str] = {}
-    if config.outlier_stdev_factor > 0:
+    if config.outlier_detection.stdev_factor > 0:
         rates = {bid: o.received / o.finished for bid, o in qualified_.items()}
         mean = sum(rates.values()) / len(rates)
         stdev = math.sqrt(sum((r - mean) ** 2 for r in rates.values()) / len(rates))
-        floor = mean - stdev * config.outlier_stdev_factor / 1000
+        floor = mean - stdev * config.outlier_detection.stdev_factor / 1000
         for bid, rate in rates.items():
             if rate < floor:
                 out[bid] = (
                     f"success rate {rate:.1%} below {floor:.1%} "
                     f"(pool mean {mean:.1%}, stdev {stdev:.1%})"
                 )
-    if config.outlier_failure_percent > 0:
+    if config.outlier_detection.failure_percent > 0:
         for bid, o in qualified_.items():
-            if bid not in out and o.lost * 100 > config.outlier_failure_percent * o.finished:
+            if (
+                bid not in out
+                and o.lost * 100 > config.outlier_detection.failure_percent * o.finished
+            ):
                 out[bid] = (
                     f"{o.lost} of {o.finished} calls lost "
-                    f"({o.failed_to_send} failed to send), over {config.outlier_failure_percent}%"
+                    f"({o.failed_to_send} failed to send), over {config.outlier_detection.failure_percent}%"
                 )
     return [Verdict(bid, detail) for bid, detail in sorted(out.items())]
 
 
-# KEYS: backends version events panic
 # ARGV: pool, actor, judged ('1' at the end of an interval, '0' otherwise),
 #       verdicts json [[id, detail]...], passed json [id...],
-#       max eject share (per-mille), max ejection percent, base ms, max ms
+#       max eject share (per-mille), max ejection percent, base ms, max ms,
+#       guard bound ms
 # Ends ejections whose time is up; at the end of an interval, ejects the
 # judged backends within the limits and lowers the ejection count of the
-# backends that passed. Returns {ejected ids, ended ids, held ids}.
+# backends that passed. Every state change is a step() of the machine.
+# Returns {ejected ids, ended ids, held ids}.
 SWEEP = """
 local now = now_ms()
-local all = redis.call('HGETALL', KEYS[1])
+local all = redis.call('HGETALL', K_BACKENDS)
 local backends, order = {}, {}
 local total, faulty, ejected = 0, 0, 0
 for i = 1, #all, 2 do
@@ -138,16 +143,16 @@ for i = 1, #all, 2 do
   if b['state'] == 'ejected' or b['state'] == 'unhealthy' then faulty = faulty + 1 end
 end
 table.sort(order)
+local bound = tonumber(ARGV[10])
 local ended, done, held = {}, {}, {}
 for _, id in ipairs(order) do
   local b = backends[id]
   if b['state'] == 'ejected' and (tonumber(b['ejected_until_ms']) or 0) <= now then
-    b['state'] = 'serving'
     b['health_detail'] = ''
-    redis.call('HSET', KEYS[1], id, cjson.encode(b))
-    ejected, faulty = ejected - 1, faulty - 1
-    changed(KEYS[2], KEYS[3], ARGV[1], now, 'ejection_ended', id, ARGV[2], '')
-    table.insert(ended, id)
+    if step(id, b, 'ejection_end', now, '', false, false, bound) == 'changed' then
+      ejected, faulty = ejected - 1, faulty - 1
+      table.insert(ended, id)
+    end
   end
 end
 if ARGV[3] == '1' then
@@ -156,35 +161,34 @@ if ARGV[3] == '1' then
     local id, detail = v[1], v[2]
     judged[id] = true
     local b = backends[id]
-    if b and b['state'] == 'serving' then
-      local why = nil
+    if b and key_of(b) == 'serving' then
       if ejected * 100 >= tonumber(ARGV[7]) * total then
-        why = ejected .. ' of ' .. total .. ' backends are already ejected (max ' .. ARGV[7] .. '%%)'
-      elseif (faulty + 1) * 1000 > tonumber(ARGV[6]) * total then
-        why = faulty .. ' of ' .. total .. ' backends are already unhealthy or ejected'
-      end
-      if why then
         table.insert(held, id)
-        if redis.call('SET', KEYS[4], now, 'NX', 'PX', 30000) then
-          redis.call('LPUSH', KEYS[3], cjson.encode({ts_ms = now, kind = 'panic', backend = id,
-            actor = ARGV[2], detail = 'outlier (' .. detail .. ') but ' .. why .. '; kept listed'}))
-          redis.call('LTRIM', KEYS[3], 0, %(events_max)d - 1)
-        end
+        panic_event(now, id, 'outlier (' .. detail .. ') but ' .. ejected .. ' of ' .. total ..
+          ' backends are already ejected (max ' .. ARGV[7] .. '%); kept listed')
       else
+        local over = (faulty + 1) * 1000 > tonumber(ARGV[6]) * total
         local n = (tonumber(b['ejections']) or 0) + 1
         local base, cap = tonumber(ARGV[8]), tonumber(ARGV[9])
         if cap < base then cap = base end
         local span = base * n
         if span > cap then span = cap end
-        b['state'] = 'ejected'
-        b['ejections'] = n
-        b['ejected_until_ms'] = now + span
-        b['health_detail'] = detail
-        redis.call('HSET', KEYS[1], id, cjson.encode(b))
-        ejected, faulty = ejected + 1, faulty + 1
-        changed(KEYS[2], KEYS[3], ARGV[1], now, 'ejected', id, ARGV[2],
-          detail .. '; for ' .. span .. ' ms (ejection ' .. n .. ')')
-        table.insert(done, id)
+        local before = {b['ejections'], b['ejected_until_ms'], b['health_detail']}
+        b['ejections'], b['ejected_until_ms'], b['health_detail'] = n, now + span, detail
+        local why = detail .. '; for ' .. span .. ' ms (ejection ' .. n .. ')'
+        if over then
+          why = 'outlier (' .. detail .. ') but ' .. faulty .. ' of ' .. total ..
+            ' backends are already unhealthy or ejected'
+        end
+        local outcome = step(id, b, 'eject', now, why, over, false, bound)
+        if outcome == 'changed' then
+          ejected, faulty = ejected + 1, faulty + 1
+          table.insert(done, id)
+        else
+          b['ejections'], b['ejected_until_ms'], b['health_detail'] = before[1], before[2], before[3]
+          save(id, b)
+          table.insert(held, id)
+        end
       end
     end
   end
@@ -193,11 +197,19 @@ if ARGV[3] == '1' then
     local n = b and (tonumber(b['ejections']) or 0) or 0
     if n > 0 and b['state'] ~= 'ejected' and not judged[id] then
       b['ejections'] = n - 1
-      redis.call('HSET', KEYS[1], id, cjson.encode(b))
+      save(id, b)
     end
   end
 end
 return {done, ended, held}
+"""
+
+
+# KEYS: outcomes. Read and reset in one step.
+TAKE = """
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return all
 """
 
 
@@ -215,17 +227,18 @@ def _strs(items: Iterable[bytes | str]) -> list[str]:
 class OutlierStore:
     def __init__(self, store: RegistryStore) -> None:
         self.redis = store.redis
+        self.guard_bound_ms = store.guard_bound_ms
         self._sweep = store.redis.register_script(scripts.compose(SWEEP))
+        self._take = store.redis.register_script(TAKE)
 
+    @guarded
     async def take_outcomes(self, pool: str) -> dict[str, Outcomes]:
         """The counts added since the last call, which are reset: one
         atomic read-and-delete, so no increment is lost or counted twice."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.outcomes(pool))
-            pipe.delete(keys.outcomes(pool))
-            raw, _ = await pipe.execute()
-        return parse_outcomes(raw)
+        flat = await self._take(keys=[keys.outcomes(pool)])
+        return parse_outcomes(dict(zip(flat[0::2], flat[1::2], strict=True)))
 
+    @guarded
     async def sweep(
         self,
         config: PoolConfig,
@@ -240,7 +253,7 @@ class OutlierStore:
         ejection count of the `passed` ones."""
         pool = config.name
         ejected, ended, held = await self._sweep(
-            keys=[keys.backends(pool), keys.version(pool), keys.events(pool), keys.panic(pool)],
+            keys=scripts.pool_keys(pool),
             args=[
                 pool,
                 actor,
@@ -248,9 +261,10 @@ class OutlierStore:
                 json.dumps([[v.backend_id, v.detail[:200]] for v in verdicts or []]),
                 json.dumps(sorted(passed)),
                 int(max_share * 1000),
-                config.outlier_max_ejection_percent,
-                config.outlier_base_ejection_ms,
-                config.outlier_max_ejection_ms,
+                config.outlier_detection.max_ejection_percent,
+                config.outlier_detection.base_ejection_ms,
+                config.outlier_detection.max_ejection_ms,
+                self.guard_bound_ms,
             ],
         )
         return SweepResult(_strs(ejected), _strs(ended), _strs(held))

@@ -6,7 +6,8 @@ can be), and after Redis comes back the reaper waits `outage_grace`
 seconds before it evicts again, so that backends whose heartbeats failed
 during the outage can renew their leases first. And when more than
 `max_share` of a pool's backends expire at once, the panic guard in the
-script keeps them all and logs a 'panic' event.
+script keeps them and logs a 'panic' event, for at most the store's
+guard bound, and never a backend that fails its health checks.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import logging
 import time
 from collections.abc import Callable
 
-import redis.exceptions
-
 from lookaside.asyncutil import cancelling
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
+
+# Sweeps between prunings of the pools index.
+PRUNE_EVERY = 20
 
 
 async def reap_forever(
@@ -35,6 +38,8 @@ async def reap_forever(
 ) -> None:
     quiet_until = 0.0
     warned: dict[str, float] = {}
+    holding: set[str] = set()
+    sweeps = 0
     was_down = False
     while not cancelling():
         try:
@@ -43,6 +48,9 @@ async def reap_forever(
                 was_down = False
                 quiet_until = time.monotonic() + outage_grace
                 log.warning("reaper: Redis is back; no evictions for %.0fs", outage_grace)
+            sweeps += 1
+            if sweeps % PRUNE_EVERY == 0:
+                await store.prune_index()
             if time.monotonic() >= quiet_until:
                 for pool in pools:
                     result = await store.reap_expired(pool, max_share)
@@ -60,12 +68,17 @@ async def reap_forever(
                             len(result.held),
                             ",".join(result.held),
                         )
+                    # on_panic hears of every sweep that holds, and once of
+                    # the first one that no longer does (with no ids).
+                    if on_panic and (result.held or pool in holding):
+                        on_panic(pool, result.held)
                     if result.held:
-                        if on_panic:
-                            on_panic(pool, result.held)
+                        holding.add(pool)
+                    else:
+                        holding.discard(pool)
         except asyncio.CancelledError:
             raise
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except Unavailable as exc:
             if cancelling():
                 raise
             if not was_down:

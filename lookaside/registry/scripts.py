@@ -1,95 +1,230 @@
 """Lua scripts: every write to a pool is one atomic script that also bumps
 the pool's version, appends to its event log and publishes the change.
 
+Every backend state change goes through the prelude's `step()`, which reads
+the state machine table (lookaside.registry.machine, rendered into the
+prelude) and applies the panic guard (`guard()`), the only place it lives.
+
 Time comes from the Redis server (TIME), so replicas with skewed clocks
 agree on lease deadlines. Scripts touch only keys of one pool (one hash
-slot) plus a pub/sub channel, which Redis Cluster allows.
+slot) plus a pub/sub channel, which Redis Cluster allows. The pool keys
+arrive in the order of `POOL_KEYS`; ARGV[1] is the pool, ARGV[2] the actor.
 """
 
-from lookaside.registry import keys
+from lookaside.registry import keys, machine
+
+# KEYS of every pool script, in this order.
+POOL_KEYS = (
+    "config",
+    "backends",
+    "leases",
+    "version",
+    "events",
+    "holds",
+    "panic",
+    "config_version",
+)
 
 
-def compose(body: str) -> str:
-    """A runnable script: the shared prelude, then the body, with the event
-    log cap and change channel filled in."""
-    params = {"events_max": keys.EVENTS_MAX, "changes": keys.CHANGES}
-    return PRELUDE % params + (body % params if "%(" in body else body)
+def pool_keys(pool: str) -> list[str]:
+    return [keys.pool_key(pool, part) for part in POOL_KEYS]
+
+
+def compose(body: str, *, prelude: bool = True) -> str:
+    """A runnable script: the shared prelude, then the body."""
+    text = (PRELUDE + body) if prelude else body
+    return (
+        text.replace("@EVENTS_MAX@", str(keys.EVENTS_MAX))
+        .replace("@CHANGES@", keys.CHANGES)
+        .replace("@MACHINE@", machine.lua_table())
+    )
 
 
 PRELUDE = """
+local K_CONFIG, K_BACKENDS, K_LEASES, K_VERSION = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_EVENTS, K_HOLDS, K_PANIC, K_CFGVER = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local POOL, ACTOR = ARGV[1], ARGV[2]
+local MACHINE = cjson.decode('@MACHINE@')
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function changed(version_key, events_key, pool, now, kind, backend, actor, detail)
-  local v = redis.call('INCR', version_key)
-  redis.call('LPUSH', events_key, cjson.encode({ts_ms = now, kind = kind, backend = backend,
-    actor = actor, detail = detail, version = v}))
-  redis.call('LTRIM', events_key, 0, %(events_max)d - 1)
-  redis.call('PUBLISH', '%(changes)s', pool)
+local function log_event(now, kind, backend, detail, v)
+  redis.call('LPUSH', K_EVENTS, cjson.encode({ts_ms = now, kind = kind, backend = backend,
+    actor = ACTOR, detail = detail, version = v}))
+  redis.call('LTRIM', K_EVENTS, 0, @EVENTS_MAX@ - 1)
+end
+local function changed(now, kind, backend, detail)
+  local v = redis.call('INCR', K_VERSION)
+  log_event(now, kind, backend, detail, v)
+  redis.call('PUBLISH', '@CHANGES@', POOL)
   return v
+end
+local function version()
+  return tonumber(redis.call('GET', K_VERSION) or '0')
+end
+-- A 'panic' event, at most every 30 s per pool.
+local function panic_event(now, backend, detail)
+  if redis.call('SET', K_PANIC, now, 'NX', 'PX', 30000) then
+    log_event(now, 'panic', backend, detail, version())
+  end
+end
+local function load(id)
+  local raw = redis.call('HGET', K_BACKENDS, id)
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+local function save(id, b)
+  redis.call('HSET', K_BACKENDS, id, cjson.encode(b))
+end
+local function key_of(b)
+  if not b then return 'absent' end
+  if b['hold'] == 'drained' then return 'drained' end
+  return b['state'] or 'serving'
+end
+local function put_key(b, key)
+  if key == 'drained' then b['state'], b['hold'] = 'draining', 'drained'
+  elseif key == 'disabled' then b['state'], b['hold'] = 'disabled', 'disabled'
+  else b['state'], b['hold'] = key, '' end
+end
+-- The state name a machine state is shown and stored as.
+local function shown(key)
+  if key == 'drained' then return 'draining' end
+  return key
+end
+local function next_key(event, current)
+  return MACHINE[event]['rows'][current]
+end
+-- Backends out of the lists because of a fault, and all backends.
+local function faulty_count()
+  local total, faulty = 0, 0
+  for _, v in ipairs(redis.call('HVALS', K_BACKENDS)) do
+    total = total + 1
+    local st = cjson.decode(v)['state']
+    if st == 'unhealthy' or st == 'ejected' then faulty = faulty + 1 end
+  end
+  return total, faulty
+end
+-- The panic guard. `over`: the change would take more of the pool out
+-- than allowed. Returns true when the change must wait. It waits at most
+-- hold_ms from the first time it was held, and never for a backend that
+-- fails its health checks (`exempt`).
+local function guard(b, now, over, exempt, hold_ms)
+  if (not over) or exempt then
+    b['guard_since_ms'] = 0
+    return false
+  end
+  local since = tonumber(b['guard_since_ms'] or 0) or 0
+  if since <= 0 then
+    b['guard_since_ms'] = now
+    return true
+  end
+  return now - since < hold_ms
+end
+-- Applies `event` to backend `id` (record b, may be nil). Guarded events
+-- take `over`/`exempt`/`hold_ms`. Returns outcome, version, previous key.
+local function step(id, b, event, now, detail, over, exempt, hold_ms)
+  local rule = MACHINE[event]
+  local cur = key_of(b)
+  local to = rule['rows'][cur]
+  if to == nil then return 'refused', 0, cur end
+  if to == cur then return 'unchanged', version(), cur end
+  if rule['guarded'] and guard(b, now, over, exempt, hold_ms) then
+    if event == 'health_fail' then b['health_failing'] = true end
+    save(id, b)
+    panic_event(now, id, detail .. '; kept listed (panic guard, for at most ' .. hold_ms .. ' ms)')
+    return 'held', 0, cur
+  end
+  if to == 'absent' then
+    redis.call('HDEL', K_BACKENDS, id)
+    redis.call('ZREM', K_LEASES, id)
+  else
+    put_key(b, to)
+    b['guard_since_ms'] = 0
+    save(id, b)
+  end
+  if to == 'drained' or to == 'disabled' then
+    redis.call('HSET', K_HOLDS, id, to)
+  elseif rule['actor'] == 'operator' then
+    redis.call('HDEL', K_HOLDS, id)
+  end
+  local text = detail
+  if text == '' then text = shown(cur) .. '->' .. shown(to) end
+  return 'changed', changed(now, rule['kind'], id, text), cur
 end
 """
 
-# KEYS: config backends leases version events
-# ARGV: id, backend json, ttl_ms (0 = pool default), default config json, pool, actor
+# ARGV: pool. A consistent read: version, config, backends (flat), config version.
+READ_POOL = """
+return {redis.call('GET', K_VERSION) or '0', redis.call('GET', K_CONFIG) or '',
+  redis.call('HGETALL', K_BACKENDS), redis.call('GET', K_CFGVER) or '0'}
+"""
+
+# ARGV: pool, actor, id, backend json, ttl_ms (0 = pool default),
+#       default config json, create_pool ('1'|'0')
 REGISTER = """
+local id = ARGV[3]
 local now = now_ms()
-redis.call('SET', KEYS[1], ARGV[4], 'NX')
-local ttl = tonumber(ARGV[3])
-if ttl == 0 then ttl = tonumber(cjson.decode(redis.call('GET', KEYS[1]))['lease_ttl_ms']) end
-local b = cjson.decode(ARGV[2])
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old then
-  -- An operator's hold and a running ejection survive re-registration, and
-  -- so does the ejection count that lengthens the next one.
-  local o = cjson.decode(old)
-  b['ejections'] = o['ejections'] or 0
-  if o['state'] == 'disabled' then b['state'] = 'disabled' end
-  if o['state'] == 'ejected' and (tonumber(o['ejected_until_ms']) or 0) > now then
-    b['state'] = 'ejected'
-    b['ejected_until_ms'] = o['ejected_until_ms']
-  end
+if redis.call('EXISTS', K_CONFIG) == 0 then
+  if ARGV[7] ~= '1' then return {'pool_not_found', 0, 0, now} end
+  redis.call('SET', K_CONFIG, ARGV[6])
+  redis.call('INCR', K_CFGVER)
 end
+local ttl = tonumber(ARGV[5])
+if ttl == 0 then ttl = tonumber(cjson.decode(redis.call('GET', K_CONFIG))['lease_ttl_ms']) end
+local old = load(id)
+if old and old['static'] then return {'static', 0, 0, now} end
+local cur = key_of(old)
+if not old then cur = redis.call('HGET', K_HOLDS, id) or 'absent' end
+local b = cjson.decode(ARGV[4])
+if old then
+  -- A running ejection survives re-registration, and so does the
+  -- ejection count that lengthens the next one.
+  b['ejections'] = old['ejections'] or 0
+  b['ejected_until_ms'] = old['ejected_until_ms'] or 0
+  b['health_detail'] = old['health_detail'] or ''
+end
+put_key(b, next_key('register', cur))
 b['registered_at_ms'] = now
 b['last_heard_ms'] = now
 b['lease_ttl_ms'] = ttl
 b['lease_expires_ms'] = now + ttl
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(b))
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+save(id, b)
+redis.call('ZADD', K_LEASES, now + ttl, id)
 local kind = 'registered'
 if old then kind = 'reregistered' end
-local v = changed(KEYS[4], KEYS[5], ARGV[5], now, kind, ARGV[1], ARGV[6],
-  b['ip'] .. ':' .. tostring(b['port']))
-return {v, now, ttl}
+local v = changed(now, kind, id, cur .. '->' .. key_of(b) .. ': ' .. b['ip'] .. ':' .. tostring(b['port']))
+return {'changed', v, ttl, now}
 """
 
-# KEYS: backends leases config version ; ARGV: id, lease_id, load json or '', pool
+# ARGV: pool, actor, id, lease id, load json or ''
 # A heartbeat that carries a latency keeps an EWMA of it. In a
 # least_loaded pool, when the EWMA has moved more than 20% from the value
 # lists were last built with, that value is republished and the version
 # bumped, so lists follow real changes but not noise.
 HEARTBEAT = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return {0, 0} end
-local b = cjson.decode(raw)
-if b['lease_id'] ~= ARGV[2] then return {-1, 0} end
+local id = ARGV[3]
+local b = load(id)
+if not b then return {'not_found', 0} end
+if b['static'] then return {'static', 0} end
+if ARGV[4] == '' or b['lease_id'] ~= ARGV[4] then return {'lease', 0} end
 local now = now_ms()
 local ttl = tonumber(b['lease_ttl_ms'])
 b['last_heard_ms'] = now
 b['lease_expires_ms'] = now + ttl
+b['guard_since_ms'] = 0
 local bump = false
-if ARGV[3] ~= '' then
-  local load = cjson.decode(ARGV[3])
-  b['load'] = load
-  local lat = tonumber(load['latency_ms'] or 0) or 0
+if ARGV[5] ~= '' then
+  local load_ = cjson.decode(ARGV[5])
+  b['load'] = load_
+  local lat = tonumber(load_['latency_ms'] or 0) or 0
   if lat > 0 then
     local e = tonumber(b['latency_ewma_ms'] or 0) or 0
     if e <= 0 then e = lat else e = e + 0.5 * (lat - e) end
     b['latency_ewma_ms'] = e
     local pub = tonumber(b['latency_published_ms'] or 0) or 0
     if pub <= 0 or math.abs(e - pub) > 0.2 * pub then
-      local cfg = redis.call('GET', KEYS[3])
+      local cfg = redis.call('GET', K_CONFIG)
       if cfg and cjson.decode(cfg)['policy'] == 'least_loaded' then
         b['latency_published_ms'] = e
         bump = true
@@ -97,90 +232,173 @@ if ARGV[3] ~= '' then
     end
   end
 end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+save(id, b)
+redis.call('ZADD', K_LEASES, now + ttl, id)
 if bump then
-  redis.call('INCR', KEYS[4])
-  redis.call('PUBLISH', '%(changes)s', ARGV[4])
+  redis.call('INCR', K_VERSION)
+  redis.call('PUBLISH', '@CHANGES@', POOL)
 end
-return {1, ttl}
+return {'changed', ttl}
 """
 
-# KEYS: backends version events ; ARGV: id, lease_id, pool, actor
-# Serving or unhealthy -> draining, for the backend itself (lease checked).
-DRAIN = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local b = cjson.decode(raw)
-if b['lease_id'] ~= ARGV[2] then return -1 end
-if b['state'] == 'draining' or b['state'] == 'disabled' then return 2 end
-local was = b['state']
-b['state'] = 'draining'
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
-changed(KEYS[2], KEYS[3], ARGV[3], now_ms(), 'draining', ARGV[1], ARGV[4], was .. '->draining')
-return 1
+# One event on one backend.
+# ARGV: pool, actor, id, event, lease id (self events), detail,
+#       max eject share (per-mille), guard bound ms
+STEP = """
+local id, event, detail = ARGV[3], ARGV[4], ARGV[6]
+local now = now_ms()
+local b = load(id)
+local rule = MACHINE[event]
+if not b then
+  if event == 'operator_remove' and redis.call('HDEL', K_HOLDS, id) == 1 then
+    return {'changed', changed(now, 'hold_cleared', id, ''), 'absent'}
+  end
+  return {'not_found', 0, 'absent'}
+end
+if rule['actor'] == 'self' then
+  if b['static'] then return {'static', 0, key_of(b)} end
+  if ARGV[5] == '' or b['lease_id'] ~= ARGV[5] then return {'lease', 0, key_of(b)} end
+end
+local over = false
+if rule['guarded'] then
+  local total, faulty = faulty_count()
+  over = (faulty + 1) * 1000 > tonumber(ARGV[7]) * total
+  if over then
+    detail = detail .. ' but ' .. faulty .. ' of ' .. total .. ' backends are already unhealthy or ejected'
+  end
+end
+if event == 'health_fail' or event == 'health_pass' then
+  if event == 'health_pass' then b['health_failing'] = false end
+  b['health_detail'] = ARGV[6]
+end
+local outcome, v, cur = step(id, b, event, now, detail, over, false, tonumber(ARGV[8]))
+if outcome == 'unchanged' and event == 'health_pass' and b['health_failing'] == false then
+  save(id, b)
+end
+return {outcome, v, cur}
 """
 
-# KEYS: backends leases version events ; ARGV: id, lease_id ('' = any), pool, actor
-DEREGISTER = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-if ARGV[2] ~= '' and cjson.decode(raw)['lease_id'] ~= ARGV[2] then return -1 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-changed(KEYS[3], KEYS[4], ARGV[3], now_ms(), 'deregistered', ARGV[1], ARGV[4], '')
-return 1
+# ARGV: pool, actor, id, hold ('drained'|'disabled'). An operator's hold for
+# a backend whether or not it is registered now: a registered one takes it
+# through the machine, an absent one gets it when it registers.
+PUT_HOLD = """
+local id, hold = ARGV[3], ARGV[4]
+if redis.call('EXISTS', K_CONFIG) == 0 then return {'pool_not_found', 0, 'absent'} end
+local now = now_ms()
+local b = load(id)
+if b then
+  local event = 'operator_disable'
+  if hold == 'drained' then event = 'operator_drain' end
+  local outcome, v, cur = step(id, b, event, now, '', false, false, 0)
+  return {outcome, v, cur}
+end
+if redis.call('HGET', K_HOLDS, id) == hold then return {'unchanged', version(), 'absent'} end
+redis.call('HSET', K_HOLDS, id, hold)
+return {'changed', changed(now, 'hold_set', id, hold), 'absent'}
 """
 
-# KEYS: backends leases version events panic ; ARGV: pool, max share (per-mille)
-# Returns {status, ids...}: 0 nothing expired, 1 removed, -1 held by the
-# panic guard (more than the max share of the pool expiring at once, as
-# after a Redis or network outage): they stay listed and a 'panic' event is
-# logged (at most every 30 s).
+# ARGV: pool, actor, max share (per-mille), guard bound ms
+# Returns {removed ids, held ids}. More than the max share of the pool
+# expiring at once (as after an outage) is held by the panic guard, except
+# backends that fail their health checks.
 REAP = """
 local now = now_ms()
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #ids == 0 then return {0} end
-local total = redis.call('HLEN', KEYS[1])
-if #ids > 1 and #ids * 1000 > tonumber(ARGV[2]) * total then
-  if redis.call('SET', KEYS[5], now, 'NX', 'PX', 30000) then
-    redis.call('LPUSH', KEYS[4], cjson.encode({ts_ms = now, kind = 'panic', backend = table.concat(ids, ','),
-      actor = 'lease', detail = #ids .. ' of ' .. total .. ' leases expired at once; kept listed'}))
-    redis.call('LTRIM', KEYS[4], 0, %(events_max)d - 1)
-  end
-  return {-1, unpack(ids)}
-end
+local ids = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now)
+if #ids == 0 then return {{}, {}} end
+local total = redis.call('HLEN', K_BACKENDS)
+local cands, records = {}, {}
 for _, id in ipairs(ids) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
+  local b = load(id)
+  if (not b) or b['static'] then
+    redis.call('ZREM', K_LEASES, id)
+  else
+    records[id] = b
+    table.insert(cands, id)
+  end
 end
-changed(KEYS[3], KEYS[4], ARGV[1], now, 'expired', table.concat(ids, ','), 'lease', '')
-return {1, unpack(ids)}
+local guarded = 0
+for _, id in ipairs(cands) do
+  local b = records[id]
+  if not (b['state'] == 'unhealthy' or b['health_failing']) then guarded = guarded + 1 end
+end
+local over = guarded > 1 and guarded * 1000 > tonumber(ARGV[3]) * total
+local removed, held = {}, {}
+local bound = tonumber(ARGV[4])
+for _, id in ipairs(cands) do
+  local b = records[id]
+  local exempt = b['state'] == 'unhealthy' or (b['health_failing'] == true)
+  if guard(b, now, over, exempt, bound) then
+    save(id, b)
+    table.insert(held, id)
+  else
+    redis.call('HDEL', K_BACKENDS, id)
+    redis.call('ZREM', K_LEASES, id)
+    table.insert(removed, id)
+  end
+end
+if #held > 0 then
+  panic_event(now, table.concat(held, ','), #cands .. ' of ' .. total ..
+    ' leases expired at once; kept listed for at most ' .. bound .. ' ms')
+end
+if #removed > 0 then
+  changed(now, 'expired', table.concat(removed, ','), '')
+end
+return {removed, held}
 """
 
-# KEYS: backends version events ; ARGV: id, patch json, pool, actor, event kind
+# ARGV: pool, actor, id, patch json (fields that are not state), event kind
 UPDATE_BACKEND = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local b = cjson.decode(raw)
-for k, v in pairs(cjson.decode(ARGV[2])) do b[k] = v end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
-return changed(KEYS[2], KEYS[3], ARGV[3], now_ms(), ARGV[5], ARGV[1], ARGV[4], ARGV[2])
+local b = load(ARGV[3])
+if not b then return {'not_found', 0} end
+for k, v in pairs(cjson.decode(ARGV[4])) do b[k] = v end
+save(ARGV[3], b)
+return {'changed', changed(now_ms(), ARGV[5], ARGV[3], ARGV[4])}
 """
 
-# KEYS: backends version events ; ARGV: id, backend json, pool, actor
+# ARGV: pool, actor, id, backend json. The conflict check is part of the write.
 PUT_STATIC = """
+local id = ARGV[3]
+if redis.call('EXISTS', K_CONFIG) == 0 then return {'pool_not_found', 0} end
+local old = load(id)
+if old then return {'conflict', 0} end
+local cur = redis.call('HGET', K_HOLDS, id) or 'absent'
 local now = now_ms()
-local b = cjson.decode(ARGV[2])
+local b = cjson.decode(ARGV[4])
+put_key(b, next_key('static_add', cur))
 b['registered_at_ms'] = now
 b['last_heard_ms'] = now
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(b))
-return changed(KEYS[2], KEYS[3], ARGV[3], now, 'static_registered', ARGV[1], ARGV[4], '')
+save(id, b)
+return {'changed', changed(now, 'static_registered', id, cur .. '->' .. key_of(b))}
 """
 
-# KEYS: config version events ; ARGV: config json, pool, actor, only_if_absent
+# ARGV: pool, actor, config json, mode ('any'|'absent'|'exists'), expected config version or ''
 PUT_CONFIG = """
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-return changed(KEYS[2], KEYS[3], ARGV[2], now_ms(), 'pool_configured', '', ARGV[3], ARGV[1])
+local exists = redis.call('EXISTS', K_CONFIG) == 1
+local cv = tonumber(redis.call('GET', K_CFGVER) or '0')
+if ARGV[4] == 'absent' and exists then return {'conflict', cv, 0} end
+if ARGV[4] == 'exists' and not exists then return {'not_found', cv, 0} end
+if ARGV[5] ~= '' and tonumber(ARGV[5]) ~= cv then return {'conflict', cv, 0} end
+redis.call('SET', K_CONFIG, ARGV[3])
+cv = redis.call('INCR', K_CFGVER)
+return {'changed', cv, changed(now_ms(), 'pool_configured', '', ARGV[3])}
+"""
+
+# ARGV: pool, actor, force ('1'|'0'). KEYS: the pool keys, then the other
+# keys to delete. Refuses while a backend is live unless forced; the
+# version keys are kept and bumped so watchers and compare-and-sets notice.
+DELETE_POOL = """
+if redis.call('EXISTS', K_CONFIG) == 0 then return {'not_found', 0} end
+local now = now_ms()
+local live = 0
+for _, v in ipairs(redis.call('HVALS', K_BACKENDS)) do
+  local b = cjson.decode(v)
+  if b['static'] or (tonumber(b['lease_expires_ms']) or 0) > now then live = live + 1 end
+end
+if live > 0 and ARGV[3] ~= '1' then return {'conflict', live} end
+redis.call('DEL', K_CONFIG, K_BACKENDS, K_LEASES, K_EVENTS, K_HOLDS, K_PANIC)
+for i = 9, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('INCR', K_CFGVER)
+redis.call('INCR', K_VERSION)
+redis.call('PUBLISH', '@CHANGES@', POOL)
+return {'changed', live}
 """

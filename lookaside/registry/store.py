@@ -1,66 +1,66 @@
-"""RegistryStore: every read and write of pools and backends in Redis."""
+"""RegistryStore: the registry's port. Every read and write of pools and
+backends, in Redis; nothing outside lookaside.registry talks to Redis.
+
+Results are typed, and every failure is a lookaside.registry.errors error:
+a Redis or connection failure is `Unavailable`, never a Redis exception.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from lookaside.registry import keys, scripts
-from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot, backend_id_for
-from lookaside.registry.validation import NotFoundError, check_pool_name
+from lookaside.registry.backend_ops import BackendOps, Lease, ReapResult, StepResult, _text
+from lookaside.registry.errors import (
+    Unavailable,
+    guarded,
+)
+from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
+from lookaside.registry.reports import ReportOps
+
+# How long the panic guard holds a removal at most (ms), unless told.
+DEFAULT_GUARD_BOUND_MS = 180_000
+
+__all__ = ["DEFAULT_GUARD_BOUND_MS", "Lease", "ReapResult", "RegistryStore", "StepResult"]
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    backend_id: str
-    lease_id: str
-    ttl_ms: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReapResult:
-    removed: list[str]
-    held: list[str]
-
-
-def _check_lease(status: int, pool: str, backend_id: str) -> None:
-    """Raises for the lease scripts' refusals: 0 no such backend, -1 its
-    lease was replaced by a newer registration."""
-    if status == 0:
-        raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
-    if status == -1:
-        raise NotFoundError(
-            f"lease for backend {backend_id} in pool {pool!r} was replaced by a newer registration"
-        )
-
-
-class RegistryStore:
+class RegistryStore(BackendOps, ReportOps):
     """Async access to the registry. One instance per process is enough."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, guard_bound_ms: int = DEFAULT_GUARD_BOUND_MS
+    ) -> None:
         self.redis = redis
-        self._register = redis.register_script(scripts.compose(scripts.REGISTER))
-        self._heartbeat = redis.register_script(scripts.compose(scripts.HEARTBEAT))
-        self._deregister = redis.register_script(scripts.compose(scripts.DEREGISTER))
-        self._drain = redis.register_script(scripts.compose(scripts.DRAIN))
-        self._reap = redis.register_script(scripts.compose(scripts.REAP))
-        self._update = redis.register_script(scripts.compose(scripts.UPDATE_BACKEND))
-        self._put_static = redis.register_script(scripts.compose(scripts.PUT_STATIC))
-        self._put_config = redis.register_script(scripts.compose(scripts.PUT_CONFIG))
+        self.guard_bound_ms = guard_bound_ms
+        self._scripts = {
+            name: redis.register_script(scripts.compose(getattr(scripts, name)))
+            for name in (
+                "REGISTER", "HEARTBEAT", "STEP", "REAP", "UPDATE_BACKEND",
+                "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL", "PUT_HOLD",
+            )
+        }  # fmt: skip
+        # A script, not a MULTI: atomic on a single Redis and under Cluster.
+        self._read_pool = redis.register_script(scripts.compose(scripts.READ_POOL))
+        ReportOps.__init__(self, redis)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RegistryStore:
+    def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RegistryStore:
+        """A store on the Redis at `url`, or with `cluster` on the Redis
+        Cluster that `url` names a node of."""
+        bound = kwargs.pop("guard_bound_ms", DEFAULT_GUARD_BOUND_MS)
         kwargs.setdefault("socket_connect_timeout", 2.0)
         kwargs.setdefault("socket_timeout", 5.0)
+        if cluster:
+            return cls(RedisCluster.from_url(url, **kwargs), guard_bound_ms=bound)  # type: ignore[arg-type]
         kwargs.setdefault("health_check_interval", 10)
-        return cls(aioredis.Redis.from_url(url, **kwargs))
+        return cls(aioredis.Redis.from_url(url, **kwargs), guard_bound_ms=bound)
 
     async def close(self) -> None:
         try:
@@ -70,45 +70,89 @@ class RegistryStore:
         except TimeoutError:
             pass
 
+    async def _run(
+        self, name: str, pool: str, args: list[Any], extra_keys: Iterable[str] = ()
+    ) -> Any:
+        return await self._scripts[name](
+            keys=scripts.pool_keys(pool) + list(extra_keys), args=[pool, *args]
+        )
+
+    async def changes(self) -> AsyncIterator[str | None]:
+        """The names of pools as they change (Redis pub/sub): first None once
+        subscribed, then a pool name per change. Ends with Unavailable when
+        the connection is lost; messages lost meanwhile are not replayed."""
+        client: Any = self.redis
+        node_client = None
+        if isinstance(client, RedisCluster):
+            # Cluster pub/sub reaches every node: listen on one of them.
+            try:
+                await client.initialize()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                raise Unavailable(f"Redis Cluster failed ({type(exc).__name__}: {exc})") from exc
+            node = client.get_nodes()[0]
+            node_client = client = aioredis.Redis(host=node.host, port=int(node.port))
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.CHANGES)
+            yield None
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield _text(message["data"])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise Unavailable(f"Redis pub/sub failed ({type(exc).__name__}: {exc})") from exc
+        finally:
+            try:
+                await pubsub.aclose()
+                if node_client is not None:
+                    await node_client.aclose()
+            except Exception:  # noqa: BLE001 - best effort on a broken connection
+                pass
+
+    @guarded
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    @guarded
+    async def now_ms(self) -> int:
+        """The Redis server's clock, the one lease deadlines are kept in."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     # -- pools ---------------------------------------------------------------
 
+    @guarded
     async def list_pools(self) -> list[str]:
-        members = await self.redis.smembers(keys.POOLS)
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        return sorted(_text(m) for m in await self.redis.smembers(keys.POOLS))
 
-    async def put_pool(
-        self, config: PoolConfig, *, actor: str = "api", only_if_absent: bool = False
-    ) -> bool:
-        """Creates or replaces a pool's settings. Returns False when
-        only_if_absent is set and the pool already exists."""
-        check_pool_name(config.name)
-        await self.redis.sadd(keys.POOLS, config.name)
-        pool = config.name
-        result = await self._put_config(
-            keys=[keys.config(pool), keys.version(pool), keys.events(pool)],
-            args=[config.to_json(), pool, actor, "1" if only_if_absent else "0"],
-        )
-        return bool(result)
-
+    @guarded
     async def get_pool(self, pool: str) -> PoolConfig | None:
         raw = await self.redis.get(keys.config(pool))
         return PoolConfig.from_json(raw) if raw else None
 
-    async def delete_pool(self, pool: str) -> None:
-        """Removes a pool and everything under it."""
-        await self.redis.delete(
-            keys.config(pool),
-            keys.backends(pool),
-            keys.leases(pool),
-            keys.events(pool),
-            keys.streams(pool),
-            keys.load_total(pool),
-        )
-        # The version key is kept and bumped so watchers notice the removal.
-        await self.redis.incr(keys.version(pool))
-        await self.redis.srem(keys.POOLS, pool)
-        await self.redis.publish(keys.CHANGES, pool)
+    async def _index(self, pool: str) -> None:
+        await self.redis.sadd(keys.POOLS, pool)
 
+    async def _unindex(self, pool: str) -> None:
+        # Every write that creates a pool adds it to the index after its
+        # script, and this removal checks again after it: a pool created
+        # meanwhile is put back. So a pool that exists is always indexed.
+        await self.redis.srem(keys.POOLS, pool)
+        if await self.redis.exists(keys.config(pool)):
+            await self.redis.sadd(keys.POOLS, pool)
+
+    @guarded
+    async def prune_index(self) -> list[str]:
+        """Drops index entries of pools that do not exist (a registration
+        that lost a race with the pool's deletion leaves one)."""
+        pools = await self.list_pools()
+        gone = []
+        for pool in pools:
+            if not await self.redis.exists(keys.config(pool)):
+                await self._unindex(pool)
+                gone.append(pool)
+        return gone
+
+    @guarded
     async def versions(self, pools: Iterable[str]) -> dict[str, int]:
         pools = list(pools)
         if not pools:
@@ -119,17 +163,16 @@ class RegistryStore:
             values = await pipe.execute()
         return {p: int(v or 0) for p, v in zip(pools, values, strict=True)}
 
+    @guarded
     async def snapshot(self, pool: str) -> PoolSnapshot | None:
         """A consistent view of one pool, or None when it does not exist."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(keys.version(pool))
-            pipe.get(keys.config(pool))
-            pipe.hgetall(keys.backends(pool))
-            version, raw_config, raw_backends = await pipe.execute()
-        if raw_config is None:
+        version, raw_config, flat, config_version = await self._read_pool(
+            keys=scripts.pool_keys(pool), args=[pool]
+        )
+        if not raw_config:
             return None
         backends = sorted(
-            (Backend.from_json(v) for v in raw_backends.values()),
+            (Backend.from_json(v) for v in flat[1::2]),
             key=lambda b: (b.ip, b.port, b.id),
         )
         return PoolSnapshot(
@@ -137,143 +180,17 @@ class RegistryStore:
             version=int(version or 0),
             config=PoolConfig.from_json(raw_config),
             backends=tuple(backends),
+            config_version=int(config_version or 0),
         )
 
-    # -- backends ------------------------------------------------------------
+    @guarded
+    async def holds(self, pool: str) -> dict[str, str]:
+        """Operators' holds (backend id -> drained|disabled); they outlive
+        the backend's registration."""
+        raw = await self.redis.hgetall(keys.pool_key(pool, "holds"))
+        return {_text(k): _text(v) for k, v in raw.items()}
 
-    async def register(
-        self,
-        *,
-        pool: str,
-        host: str,
-        ip: str,
-        port: int,
-        weight: int = 1,
-        zone: str = "",
-        metadata: dict[str, str] | None = None,
-        lease_ttl_ms: int = 0,
-        actor: str = "registration",
-        create_pool: bool = True,
-    ) -> Lease:
-        """Registers a backend with a lease (created with the pool if need be,
-        unless create_pool is False: then a missing pool is NotFoundError).
-        Inputs must already be validated."""
-        if not create_pool and not await self.redis.exists(keys.config(pool)):
-            raise NotFoundError(f"pool {pool!r} does not exist")
-        backend = Backend(
-            id=backend_id_for(ip, port),
-            pool=pool,
-            host=host,
-            ip=ip,
-            port=port,
-            weight=weight,
-            zone=zone,
-            metadata=dict(metadata or {}),
-            lease_id=secrets.token_hex(8),
-        )
-        await self.redis.sadd(keys.POOLS, pool)
-        version, _now, ttl = await self._register(
-            keys=[
-                keys.config(pool),
-                keys.backends(pool),
-                keys.leases(pool),
-                keys.version(pool),
-                keys.events(pool),
-            ],
-            args=[
-                backend.id,
-                backend.to_json(),
-                lease_ttl_ms,
-                PoolConfig(name=pool).to_json(),
-                pool,
-                actor,
-            ],
-        )
-        return Lease(backend.id, backend.lease_id, int(ttl), int(version))
-
-    async def heartbeat(
-        self, pool: str, backend_id: str, lease_id: str, load: dict[str, float] | None = None
-    ) -> int:
-        """Renews a lease and returns its TTL in ms. Raises NotFoundError when
-        the lease expired or was replaced by a newer registration."""
-        status, ttl = await self._heartbeat(
-            keys=[keys.backends(pool), keys.leases(pool), keys.config(pool), keys.version(pool)],
-            args=[backend_id, lease_id, json.dumps(load) if load else "", pool],
-        )
-        _check_lease(status, pool, backend_id)
-        return int(ttl)
-
-    async def deregister(
-        self, pool: str, backend_id: str, lease_id: str = "", *, actor: str = "registration"
-    ) -> None:
-        status = await self._deregister(
-            keys=[keys.backends(pool), keys.leases(pool), keys.version(pool), keys.events(pool)],
-            args=[backend_id, lease_id, pool, actor],
-        )
-        _check_lease(status, pool, backend_id)
-
-    async def drain(
-        self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
-    ) -> bool:
-        """Takes a backend out of the lists, keeping its lease (graceful
-        shutdown). Returns False when it was already draining or disabled."""
-        status = await self._drain(
-            keys=[keys.backends(pool), keys.version(pool), keys.events(pool)],
-            args=[backend_id, lease_id, pool, actor],
-        )
-        _check_lease(status, pool, backend_id)
-        return status == 1
-
-    async def put_static(self, backend: Backend, *, actor: str = "api") -> int:
-        """Adds or replaces a backend that has no lease (it never expires)."""
-        backend = replace(backend, static=True, lease_id="", lease_expires_ms=0)
-        await self.redis.sadd(keys.POOLS, backend.pool)
-        pool = backend.pool
-        return int(
-            await self._put_static(
-                keys=[keys.backends(pool), keys.version(pool), keys.events(pool)],
-                args=[backend.id, backend.to_json(), pool, actor],
-            )
-        )
-
-    async def update_backend(
-        self,
-        pool: str,
-        backend_id: str,
-        *,
-        actor: str = "api",
-        kind: str = "updated",
-        **fields: Any,
-    ) -> int:
-        """Changes fields of one backend (state, weight, ...) and returns the
-        new pool version."""
-        patch = {k: (v.value if isinstance(v, BackendState) else v) for k, v in fields.items()}
-        version = await self._update(
-            keys=[keys.backends(pool), keys.version(pool), keys.events(pool)],
-            args=[backend_id, json.dumps(patch), pool, actor, kind],
-        )
-        if not version:
-            raise NotFoundError(f"backend {backend_id} is not registered in pool {pool!r}")
-        return int(version)
-
-    async def reap_expired(self, pool: str, max_share: float = 0.5) -> ReapResult:
-        """Removes backends whose lease has passed, unless more than
-        max_share of the pool expired at once (the panic guard keeps them)."""
-        raw = await self._reap(
-            keys=[
-                keys.backends(pool),
-                keys.leases(pool),
-                keys.version(pool),
-                keys.events(pool),
-                keys.panic(pool),
-            ],
-            args=[pool, int(max_share * 1000)],
-        )
-        status, ids = int(raw[0]), [i.decode() if isinstance(i, bytes) else i for i in raw[1:]]
-        if status == -1:
-            return ReapResult(removed=[], held=ids)
-        return ReapResult(removed=ids, held=[])
-
+    @guarded
     async def events(self, pool: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(keys.events(pool), 0, limit - 1)
         return [json.loads(r) for r in raw]

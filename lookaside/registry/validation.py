@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from lookaside.registry.errors import InvalidInput, NotFound
+
 POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DROP_TOKEN_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ZONE_RE = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
@@ -26,12 +28,10 @@ LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS = 1_000, 3_600_000
 REPORT_INTERVAL_MIN_MS, REPORT_INTERVAL_MAX_MS = 0, 3_600_000
 
 
-class RegistryError(ValueError):
-    """An input was refused; the message is meant for the caller."""
-
-
-class NotFoundError(LookupError):
-    """A pool, backend or lease does not exist (any more)."""
+# The registry's error hierarchy lives in lookaside.registry.errors; these
+# are its names for refused input and missing things.
+RegistryError = InvalidInput
+NotFoundError = NotFound
 
 
 def check_pool_name(name: str) -> str:

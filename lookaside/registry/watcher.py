@@ -1,7 +1,8 @@
 """RegistryWatcher: keeps the latest snapshot of every pool in memory.
 
-It learns of changes from Redis itself, so writes from the admin API or
-other replicas reach it: a pub/sub message is a nudge to reload one pool,
+It learns of changes from the registry itself (RegistryStore.changes), so
+writes from the admin API or other replicas reach it: a change message is a
+nudge to reload one pool,
 and a version check on a short interval catches any nudge that was lost.
 Bursts of changes are coalesced: a pool is reloaded once however many
 nudges arrived while it was waiting.
@@ -15,10 +16,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import redis.exceptions
-
 from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry import keys
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.store import RegistryStore
 
@@ -73,28 +72,21 @@ class RegistryWatcher:
     async def _listen(self) -> None:
         backoff = 0.1
         while not cancelling():
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(keys.CHANGES)
-                backoff = 0.1
-                # Anything that happened while we were not subscribed is caught
-                # by a full resync right away.
-                self._resync_now()
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        data = message["data"]
-                        self.nudge(data.decode() if isinstance(data, bytes) else data)
+                async for pool in self.store.changes():
+                    if pool is None:
+                        # Subscribed: anything that happened while we were
+                        # not is caught by a full resync right away.
+                        backoff = 0.1
+                        self._resync_now()
+                    else:
+                        self.nudge(pool)
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
-                log.warning("registry: pub/sub lost (%s); retrying in %.1fs", exc, backoff)
-            finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001 - best effort on a broken connection
-                    pass
+                log.warning("registry: change feed lost (%s); retrying in %.1fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -139,7 +131,7 @@ class RegistryWatcher:
                 self._first_sync.set()
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except Unavailable as exc:
                 if cancelling():
                     raise
                 if self.redis_ok:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from lookaside.registry.model import BackendState
+from lookaside.registry.machine import Event
 from lookaside.registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 
@@ -163,21 +163,21 @@ async def test_state_transitions(
     await act("enable", 200, "serving")
 
     # unhealthy is set by health checking: an operator may disable it, not undrain it
-    await store.update_backend(pool, b["id"], kind="health", state=BackendState.UNHEALTHY)
+    await store.step(pool, b["id"], Event.HEALTH_FAIL, actor="health", max_share=1.0)
     await act("undrain", 409)
     await act("drain", 409)
     await act("disable", 200, "disabled")
 
     # ejected is set by outlier detection: an operator may reinstate or disable it
     await act("reinstate", 409)  # only an ejected backend can be reinstated
-    await store.update_backend(
-        pool, b["id"], kind="ejected", state=BackendState.EJECTED, health_detail="9 of 10 lost"
-    )
+    await act("enable", 200, "serving")
+    await store.step(pool, b["id"], Event.EJECT, actor="outlier", max_share=1.0)
+    await store.update_backend(pool, b["id"], health_detail="9 of 10 lost")
     r = await client.get(base, headers=AUTH)
     assert (r.json()["state"], r.json()["detail"]) == ("ejected", "9 of 10 lost")
     await act("undrain", 409)
     await act("reinstate", 200, "serving")
-    await store.update_backend(pool, b["id"], kind="ejected", state=BackendState.EJECTED)
+    await store.step(pool, b["id"], Event.EJECT, actor="outlier", max_share=1.0)
     await act("disable", 200, "disabled")
 
 

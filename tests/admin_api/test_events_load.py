@@ -70,7 +70,7 @@ async def test_load_sums_client_reports(
     raw = aioredis.Redis.from_url(redis_url)
     try:
         # Reports written by the balancer's own sink, as a balancer would.
-        sink = LoadReportSink(raw, replica_id="replica-a")
+        sink = LoadReportSink(store, replica_id="replica-a")
         sink.add(pool, _stats(100, 90, {"overload": 5}))
         sink.add(pool, _stats(50, 50))
         sink.set_stream_count(pool, 3)

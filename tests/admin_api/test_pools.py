@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import httpx
 import pytest
@@ -199,21 +200,25 @@ async def test_pool_made_by_registry_is_listed(
     assert r.json()["fallback"] is True
 
 
-def _with_every_field_changed(config: PoolConfig) -> PoolConfig:
-    """Non-default values for every plain PoolConfig field, so a test can
-    see each one make its way through the API."""
+def _with_every_field_changed(config: Any) -> Any:
+    """Non-default values for every plain field of a PoolConfig, and of its
+    nested settings, so a test can see each one make its way through the API."""
     changes: dict[str, object] = {}
-    for f in dataclasses.fields(PoolConfig):
+    for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in ("name", "policy", "drops"):
             continue
-        if isinstance(value, bool):
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = _with_every_field_changed(value)
+        elif isinstance(value, bool):
             changes[f.name] = not value
         elif isinstance(value, int):
             changes[f.name] = value + 1
         elif isinstance(value, str):
             changes[f.name] = value + "x"
-    return dataclasses.replace(config, policy="least_loaded", **changes)
+    if isinstance(config, PoolConfig):
+        changes["policy"] = "least_loaded"
+    return dataclasses.replace(config, **changes)
 
 
 async def test_every_pool_setting_round_trips_and_patch_keeps_the_rest(
@@ -222,7 +227,11 @@ async def test_every_pool_setting_round_trips_and_patch_keeps_the_rest(
     config = _with_every_field_changed(PoolConfig(name=pool_name))
     await store.put_pool(config)
     r = await client.get(f"/api/v1/pools/{pool_name}", headers=AUTH)
-    body = {k: v for k, v in r.json().items() if k not in ("name", "version", "backends")}
+    body = {
+        k: v
+        for k, v in r.json().items()
+        if k not in ("name", "version", "config_version", "backends")
+    }
     # What GET shows, PUT back, is the same config: the API covers every field.
     r = await client.put(f"/api/v1/pools/{pool_name}", json=body, headers=AUTH)
     assert r.status_code == 200, r.text
@@ -268,8 +277,17 @@ async def test_health_and_outlier_settings_reach_the_pool_config(
     assert out["outlier_detection"]["failure_percent"] == 30
     config = await store.get_pool(pool)
     assert config is not None
-    assert (config.health_service, config.health_interval_ms) == ("routeguide.RouteGuide", 500)
-    assert (config.outlier_failure_percent, config.outlier_base_ejection_ms) == (30, 5000)
+    assert (config.health_checks.service, config.health_checks.interval_ms) == (
+        "routeguide.RouteGuide",
+        500,
+    )
+    assert (
+        config.outlier_detection.failure_percent,
+        config.outlier_detection.base_ejection_ms,
+    ) == (
+        30,
+        5000,
+    )
     # PATCH merges into the nested settings: the rest stay as they were.
     r = await client.patch(
         f"/api/v1/pools/{pool}",
@@ -279,9 +297,15 @@ async def test_health_and_outlier_settings_reach_the_pool_config(
     assert r.status_code == 200, r.text
     config = await store.get_pool(pool)
     assert config is not None
-    assert config.outlier_detection is False
-    assert (config.outlier_failure_percent, config.outlier_base_ejection_ms) == (30, 5000)
-    assert config.health_service == "routeguide.RouteGuide"
+    assert config.outlier_detection.enabled is False
+    assert (
+        config.outlier_detection.failure_percent,
+        config.outlier_detection.base_ejection_ms,
+    ) == (
+        30,
+        5000,
+    )
+    assert config.health_checks.service == "routeguide.RouteGuide"
     # An empty nested patch changes nothing.
     before = (await store.versions([pool]))[pool]
     r = await client.patch(f"/api/v1/pools/{pool}", json={"health_checks": {}}, headers=AUTH)

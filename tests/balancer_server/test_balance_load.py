@@ -86,6 +86,9 @@ def test_exact_name_wins_over_first_label(balancer: BalancerHandle, pool_name: s
     full = f"{pool_name}.other.test"
     register(balancer, pool_name, 9301)
     register(balancer, full, 9302)
+    # Both loaded: the first list is the exact pool's. (A stream opened before
+    # the exact pool is loaded moves to it: test_streams_follow.py.)
+    wait_until(lambda: balancer.server.watcher.get(full) is not None)
     stream = LbStream(balancer.address, f"{full}:443")
     try:
         stream.next()
@@ -236,6 +239,9 @@ def test_fanout_metric_counts_one_update_once_all_open_streams_have_it(
         return value or 0.0
 
     register(balancer, pool_name, 9301, lease_ttl_ms=60_000)
+    # Streams opened before the balancer has the pool would count its
+    # first list as a fan-out.
+    wait_until(lambda: balancer.server.watcher.get(pool_name) is not None)
     streams = [LbStream(balancer.address, pool_name) for _ in range(3)]
     try:
         for s in streams:

@@ -55,7 +55,7 @@ def test_not_serving_leaves_the_list_and_comes_back(
 ) -> None:  # type: ignore[no-untyped-def]
     backends = [RouteGuideBackend().start() for _ in range(3)]
     try:
-        checked.run(checked.store.put_pool(PoolConfig(name=pool_name, **FAST)))
+        checked.run(checked.store.put_pool(PoolConfig.from_flat(pool_name, **FAST)))
         for b in backends:
             register(checked, pool_name, b.port)
         stream = LbStream(checked.address, pool_name)
@@ -102,7 +102,7 @@ def test_frozen_backend_leaves_the_list(
     )
     others = [RouteGuideBackend().start() for _ in range(2)]
     try:
-        checked.run(checked.store.put_pool(PoolConfig(name=pool_name, **FAST)))
+        checked.run(checked.store.put_pool(PoolConfig.from_flat(pool_name, **FAST)))
         deadline = time.monotonic() + 20
         import socket
 
@@ -135,7 +135,7 @@ def test_health_checks_never_remove_more_than_half(
 ) -> None:  # type: ignore[no-untyped-def]
     backends = [RouteGuideBackend().start() for _ in range(4)]
     try:
-        checked.run(checked.store.put_pool(PoolConfig(name=pool_name, **FAST)))
+        checked.run(checked.store.put_pool(PoolConfig.from_flat(pool_name, **FAST)))
         for b in backends:
             register(checked, pool_name, b.port)
         wait_until(lambda: probing(checked, pool_name) == 4)
@@ -200,7 +200,7 @@ def test_two_replicas_split_probes_and_survivor_takes_over(redis_url: str, pool_
     b = BalancerHandle(redis_url, health_checks=True, replica_id=f"{pool_name}-b")
     backends = [RouteGuideBackend().start() for _ in range(16)]
     try:
-        a.run(a.store.put_pool(PoolConfig(name=pool_name, health_interval_ms=500)))
+        a.run(a.store.put_pool(PoolConfig.from_flat(pool_name, health_interval_ms=500)))
         for be in backends:
             register(a, pool_name, be.port)
 

@@ -37,7 +37,7 @@ def test_backend_losing_calls_is_ejected_then_let_back(
     balancer: BalancerHandle, backends, pool_name: str, redis_client
 ) -> None:  # type: ignore[no-untyped-def]
     three = start_backends(backends, 3)
-    balancer.run(balancer.store.put_pool(PoolConfig(name=pool_name, **FAST)))  # type: ignore[arg-type]
+    balancer.run(balancer.store.put_pool(PoolConfig.from_flat(pool_name, **FAST)))  # type: ignore[arg-type]
     ids = register_all(balancer, pool_name, three)
     sick = three[2]
     sick_address = f"127.0.0.1:{sick.port}"

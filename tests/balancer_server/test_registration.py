@@ -193,3 +193,44 @@ def test_redis_down_gives_unavailable_and_keeps_lists(pool_name: str) -> None:
     finally:
         balancer.stop()
         own.stop()
+
+
+@pytest.mark.parametrize("latency", [float("nan"), float("inf"), -1.0])
+def test_heartbeat_with_a_latency_that_is_not_a_finite_number_is_invalid(
+    registry, pool_name: str, latency: float
+) -> None:  # type: ignore[no-untyped-def]
+    resp = registry.Register(reg(pool_name, port=7301), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        registry.Heartbeat(
+            pb.HeartbeatRequest(
+                pool=pool_name,
+                backend_id=resp.backend_id,
+                lease_id=resp.lease_id,
+                load=pb.BackendLoad(latency_ms=latency),
+            ),
+            timeout=5,
+        )
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "latency_ms" in err.value.details() and "finite" in err.value.details()
+
+
+def test_lease_calls_need_the_lease_and_static_backends_refuse_registration(
+    registry, balancer: BalancerHandle, pool_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    resp = registry.Register(reg(pool_name, port=7401), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        registry.Heartbeat(
+            pb.HeartbeatRequest(pool=pool_name, backend_id=resp.backend_id, lease_id=""), timeout=5
+        )
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "lease" in err.value.details()
+
+    from lookaside.registry.model import Backend, backend_id_for
+
+    static = Backend(id=backend_id_for("127.0.0.1", 7402), pool=pool_name, host="127.0.0.1",
+                     ip="127.0.0.1", port=7402)  # fmt: skip
+    balancer.run(balancer.store.put_static(static))
+    with pytest.raises(grpc.RpcError) as err:
+        registry.Register(reg(pool_name, port=7402), timeout=5)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "static backend" in err.value.details()

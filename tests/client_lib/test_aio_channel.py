@@ -103,8 +103,8 @@ async def test_aio_reports_outcomes_per_backend(
     ids = register_all(balancer, pool_name, [fine, sick])
     # Judging off and an hour between takes, so the counts stay in Redis
     # for the test to read.
-    config = PoolConfig(
-        name=pool_name,
+    config = PoolConfig.from_flat(
+        pool_name,
         report_interval_ms=1000,
         outlier_detection=False,
         outlier_interval_ms=3_600_000,

@@ -78,7 +78,7 @@ def test_backends_join_leave_and_expire(balancer: BalancerHandle, backends, pool
 
         # One deregisters and receives no more calls.
         gone = first[0]
-        balancer.run(balancer.store.deregister(pool_name, ids[gone.port]))
+        balancer.run(balancer.store.remove_backend(pool_name, ids[gone.port]))
         wait_until(lambda: f"127.0.0.1:{gone.port}" not in addresses(channel))
         before = gone.calls
         for _ in range(60):

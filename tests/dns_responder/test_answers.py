@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 from dnslib import QTYPE
 
-from lookaside.registry.model import BackendState, PoolConfig
+from lookaside.registry.machine import Event
+from lookaside.registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle, answers, rcode
 from tests.support import wait_until
 
@@ -56,7 +57,7 @@ def test_srv_points_at_the_balancer_with_its_address_in_additional(
 @pytest.mark.parametrize("tcp", TRANSPORTS)
 def test_a_and_aaaa_list_the_serving_backends(dns: DnsHandle, pool_name: str, tcp: bool) -> None:
     ids = make_pool(dns, pool_name, ["10.1.0.1", "10.1.0.2", "10.1.0.3", "fd00::7"])
-    dns.run(dns.store.update_backend(pool_name, ids[1], state=BackendState.DRAINING))
+    dns.run(dns.store.operate(pool_name, ids[1], Event.OPERATOR_DRAIN, actor="test"))
     wait_until(
         lambda: answers(dns.query(f"{pool_name}.{ZONE}", "A"), "A") == ["10.1.0.1", "10.1.0.3"]
     )

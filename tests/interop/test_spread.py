@@ -9,6 +9,7 @@ import grpc
 
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.redis_process import free_port
+from lookaside.registry.machine import Event
 from lookaside.registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle
 from tests.interop.helpers import (
@@ -79,7 +80,7 @@ def test_a_backend_that_leaves_stops_receiving_calls(
     leaving_id = register(balancer, pool_name, leaving)
     stub = rg_grpc.RouteGuideStub(stock_channel(dns, pool_name, fallback_backend.port))
     calls_until(stub, lambda: staying.calls and leaving.calls, timeout=10)
-    balancer.run(balancer.store.update_backend(pool_name, leaving_id, state="draining"))
+    balancer.run(balancer.store.operate(pool_name, leaving_id, Event.OPERATOR_DRAIN, actor="test"))
 
     def only_staying() -> bool:
         mark = leaving.calls

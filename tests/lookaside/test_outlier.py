@@ -4,12 +4,12 @@ against a real Redis (limits, lengthening ejections, their end)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
 from lookaside.registry import BackendState, PoolConfig, RegistryStore, keys
-from lookaside.registry.health import HealthStore, HealthWrite
+from lookaside.registry.health import HealthStore
+from lookaside.registry.machine import Outcome
 from lookaside.registry.outlier import (
     Outcomes,
     OutlierStore,
@@ -19,7 +19,7 @@ from lookaside.registry.outlier import (
     parse_outcomes,
 )
 
-CFG = PoolConfig(name="p", outlier_min_hosts=3, outlier_request_volume=10)
+CFG = PoolConfig.from_flat("p", outlier_min_hosts=3, outlier_request_volume=10)
 
 
 def test_failure_percentage_ejects_the_backend_that_loses_calls() -> None:
@@ -28,14 +28,14 @@ def test_failure_percentage_ejects_the_backend_that_loses_calls() -> None:
         "b": Outcomes(100, 99),
         "c": Outcomes(100, 30, failed_to_send=20),
     }
-    verdicts = judge(outcomes, dataclasses.replace(CFG, outlier_stdev_factor=0))
+    verdicts = judge(outcomes, CFG.updated(outlier_stdev_factor=0))
     assert [v.backend_id for v in verdicts] == ["c"]
     assert "70 of 100 calls lost (20 failed to send)" in verdicts[0].detail
 
 
 def test_failure_percentage_threshold_is_strict() -> None:
     outcomes = {"a": Outcomes(100, 100), "b": Outcomes(100, 100), "c": Outcomes(100, 50)}
-    cfg = dataclasses.replace(CFG, outlier_stdev_factor=0, outlier_failure_percent=50)
+    cfg = CFG.updated(outlier_stdev_factor=0, outlier_failure_percent=50)
     assert judge(outcomes, cfg) == []
     outcomes["c"] = Outcomes(100, 49)
     assert [v.backend_id for v in judge(outcomes, cfg)] == ["c"]
@@ -45,12 +45,12 @@ def test_success_rate_needs_a_spread_pool() -> None:
     # Ten backends: one delivering 80% sits far below the others' 99-100%.
     outcomes = {f"b{i}": Outcomes(200, 200 - (i % 2)) for i in range(9)}
     outcomes["slow"] = Outcomes(200, 160)
-    cfg = dataclasses.replace(CFG, outlier_failure_percent=0)
+    cfg = CFG.updated(outlier_failure_percent=0)
     verdicts = judge(outcomes, cfg)
     assert [v.backend_id for v in verdicts] == ["slow"]
     assert verdicts[0].detail.startswith("success rate 80.0% below")
     # With the factor off, the 20% loss is under the failure threshold.
-    assert judge(outcomes, dataclasses.replace(cfg, outlier_stdev_factor=0)) == []
+    assert judge(outcomes, cfg.updated(outlier_stdev_factor=0)) == []
 
 
 def test_volume_and_min_hosts_gate_every_judgement() -> None:
@@ -59,7 +59,7 @@ def test_volume_and_min_hosts_gate_every_judgement() -> None:
     assert judge(outcomes, CFG) == []
     outcomes["c"] = Outcomes(10, 0)
     assert [v.backend_id for v in judge(outcomes, CFG)] == ["c"]
-    assert judge(outcomes, dataclasses.replace(CFG, outlier_min_hosts=4)) == []
+    assert judge(outcomes, CFG.updated(outlier_min_hosts=4)) == []
 
 
 def test_outcome_fields_round_trip() -> None:
@@ -73,7 +73,7 @@ asyncio_test = pytest.mark.asyncio(loop_scope="session")
 async def _pool(
     store: RegistryStore, pool: str, n: int, **cfg: int
 ) -> tuple[PoolConfig, list[str]]:
-    config = PoolConfig(name=pool, **cfg)  # type: ignore[arg-type]
+    config = PoolConfig.from_flat(pool, **cfg)
     await store.put_pool(config)
     ids = []
     for i in range(n):
@@ -132,7 +132,7 @@ async def test_panic_guard_counts_unhealthy_and_ejected_together(
     try:
         config, ids = await _pool(store, pool_name, 4, outlier_max_ejection_percent=100)
         health = HealthStore(store)
-        assert await health.set_health(pool_name, ids[0], False) is HealthWrite.CHANGED
+        assert await health.set_health(pool_name, ids[0], False) is Outcome.CHANGED
         outliers = OutlierStore(store)
         result = await outliers.sweep(
             config, [Verdict(ids[1], "lost"), Verdict(ids[2], "lost")], max_share=0.5
@@ -140,7 +140,7 @@ async def test_panic_guard_counts_unhealthy_and_ejected_together(
         # 1 unhealthy + 1 ejected is half of four: the third is held.
         assert result.ejected == [ids[1]] and result.held == [ids[2]]
         # And health checking may not take another one either.
-        assert await health.set_health(pool_name, ids[3], False) is HealthWrite.HELD_BY_PANIC_GUARD
+        assert await health.set_health(pool_name, ids[3], False) is Outcome.HELD
         states = await _states(store, pool_name)
         assert sum(s is BackendState.SERVING for s in states.values()) == 2
     finally:

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 
 from lookaside.registry import BackendState, PoolConfig, RegistryStore
+from lookaside.registry.errors import Conflict
+from lookaside.registry.machine import Event
 from lookaside.registry.validation import NotFoundError
 from lookaside.registry.watcher import RegistryWatcher
 
@@ -18,9 +20,7 @@ async def test_versions_move_on_every_change(redis_url: str, pool_name: str) -> 
     try:
         lease = await store.register(pool=pool_name, host="h", ip="10.1.1.1", port=80)
         v1 = (await store.versions([pool_name]))[pool_name]
-        await store.update_backend(
-            pool_name, lease.backend_id, state=BackendState.DRAINING, kind="drained"
-        )
+        await store.operate(pool_name, lease.backend_id, Event.OPERATOR_DRAIN, actor="test")
         v2 = (await store.versions([pool_name]))[pool_name]
         await store.put_pool(PoolConfig(name=pool_name, report_interval_ms=5000))
         v3 = (await store.versions([pool_name]))[pool_name]
@@ -39,10 +39,9 @@ async def test_versions_move_on_every_change(redis_url: str, pool_name: str) -> 
 async def test_put_pool_only_if_absent(redis_url: str, pool_name: str) -> None:
     store = RegistryStore.from_url(redis_url)
     try:
-        assert await store.put_pool(PoolConfig(name=pool_name), only_if_absent=True)
-        assert not await store.put_pool(
-            PoolConfig(name=pool_name, fallback=True), only_if_absent=True
-        )
+        assert await store.put_pool(PoolConfig(name=pool_name), only_if_absent=True) == 1
+        with pytest.raises(Conflict, match="already exists"):
+            await store.put_pool(PoolConfig(name=pool_name, fallback=True), only_if_absent=True)
         assert (await store.get_pool(pool_name)).fallback is False  # type: ignore[union-attr]
     finally:
         await store.close()
@@ -52,7 +51,7 @@ async def test_disabled_state_survives_reregistration(redis_url: str, pool_name:
     store = RegistryStore.from_url(redis_url)
     try:
         lease = await store.register(pool=pool_name, host="h", ip="10.1.1.2", port=80)
-        await store.update_backend(pool_name, lease.backend_id, state=BackendState.DISABLED)
+        await store.operate(pool_name, lease.backend_id, Event.OPERATOR_DISABLE, actor="test")
         await store.register(pool=pool_name, host="h", ip="10.1.1.2", port=80)
         snap = await store.snapshot(pool_name)
         assert snap is not None and snap.backends[0].state is BackendState.DISABLED

@@ -1,0 +1,349 @@
+"""The registry's writes: pool settings and deletion, registration and
+leases, state machine events, static backends and lease expiry. Each is one
+script (lookaside.registry.scripts) whose outcome comes back typed."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any
+
+from lookaside.registry import keys, machine
+from lookaside.registry.errors import (
+    Conflict,
+    InvalidInput,
+    LeaseRefused,
+    NotFound,
+    RefusedByHold,
+    TransitionRefused,
+    VersionConflict,
+    guarded,
+)
+from lookaside.registry.machine import TABLE, Event, Key, Outcome
+from lookaside.registry.model import Backend, PoolConfig, backend_id_for
+from lookaside.registry.validation import check_pool_name
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    backend_id: str
+    lease_id: str
+    ttl_ms: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    removed: list[str]
+    held: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one state machine event did to one backend."""
+
+    outcome: Outcome
+    version: int
+    previous: str
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome is Outcome.CHANGED
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _missing(pool: str, backend_id: str) -> NotFound:
+    return NotFound(f"backend {backend_id} is not registered in pool {pool!r}")
+
+
+def check_load(load: dict[str, float] | None) -> dict[str, float] | None:
+    """Load figures must be finite and not negative."""
+    for name, value in (load or {}).items():
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise InvalidInput(
+                f"load.{name} is {value!r}: give a finite number >= 0 (or leave it out)"
+            )
+    return load
+
+
+class BackendOps:
+    """The write operations, over the registry's scripts: mixed into
+    RegistryStore (Lua in Redis) and MemoryStore (the same scripts in
+    Python), which provide _run, _index, _unindex and guard_bound_ms. Both
+    therefore take the same arguments and raise the same errors."""
+
+    guard_bound_ms: int
+
+    async def _run(self, name: str, pool: str, args: list[Any], extra_keys: Any = ()) -> Any:
+        """Runs the named script of lookaside.registry.scripts for `pool`."""
+        raise NotImplementedError
+
+    async def _index(self, pool: str) -> None:
+        """Adds the pool to the pools index (after the write that made it)."""
+        raise NotImplementedError
+
+    async def _unindex(self, pool: str) -> None:
+        """Removes the pool from the index unless it exists again."""
+        raise NotImplementedError
+
+    @guarded
+    async def put_pool(
+        self,
+        config: PoolConfig,
+        *,
+        actor: str = "api",
+        only_if_absent: bool = False,
+        only_if_exists: bool = False,
+        expected_version: int | None = None,
+    ) -> int:
+        """Creates or replaces a pool's settings and returns their new config
+        version. With `expected_version`, a compare-and-set: VersionConflict
+        when the settings changed since that version."""
+        pool = check_pool_name(config.name)
+        mode = "absent" if only_if_absent else "exists" if only_if_exists else "any"
+        expected = "" if expected_version is None else str(expected_version)
+        status, cv, _v = await self._run(
+            "PUT_CONFIG", pool, [actor, config.to_json(), mode, expected]
+        )
+        outcome = Outcome(_text(status))
+        if outcome is Outcome.NOT_FOUND:
+            raise NotFound(f"pool {pool!r} does not exist; create it with POST /api/v1/pools")
+        if outcome is Outcome.CONFLICT and expected_version is not None:
+            raise VersionConflict(
+                f"pool {pool!r} settings changed concurrently: they are at version {cv}, "
+                f"not {expected_version}; read them again and retry",
+                int(cv),
+            )
+        if outcome is Outcome.CONFLICT:
+            raise Conflict(
+                f"pool {pool!r} already exists; change it with PUT or PATCH /api/v1/pools/{pool}"
+            )
+        await self._index(pool)
+        return int(cv)
+
+    @guarded
+    async def delete_pool(self, pool: str, *, actor: str = "api", force: bool = True) -> int:
+        """Removes a pool and everything under it in one script, and returns
+        how many live backends it had. Without `force`, Conflict while any
+        backend is live (static, or its lease not expired)."""
+        extra = [keys.streams(pool), keys.load_total(pool), keys.outcomes(pool)]
+        status, live = await self._run("DELETE_POOL", pool, [actor, "1" if force else "0"], extra)
+        outcome = Outcome(_text(status))
+        if outcome is Outcome.NOT_FOUND:
+            raise NotFound(f"pool {pool!r} does not exist")
+        if outcome is Outcome.CONFLICT:
+            raise Conflict(
+                f"pool {pool!r} still has {live} live backend(s); drain and remove them, "
+                "or delete with ?force=true"
+            )
+        await self._unindex(pool)
+        return int(live)
+
+    @guarded
+    async def register(
+        self,
+        *,
+        pool: str,
+        host: str,
+        ip: str,
+        port: int,
+        weight: int = 1,
+        zone: str = "",
+        metadata: dict[str, str] | None = None,
+        lease_ttl_ms: int = 0,
+        actor: str = "registration",
+        create_pool: bool = True,
+    ) -> Lease:
+        """Registers a backend with a lease. The pool is created with
+        defaults when `create_pool`; otherwise a missing pool is NotFound.
+        A static backend at the address is RefusedByHold. Inputs must
+        already be validated."""
+        backend = Backend(
+            id=backend_id_for(ip, port), pool=pool, host=host, ip=ip, port=port, weight=weight,
+            zone=zone, metadata=dict(metadata or {}), lease_id=secrets.token_hex(8),
+        )  # fmt: skip
+        status, version, ttl, _now = await self._run(
+            "REGISTER",
+            pool,
+            [actor, backend.id, backend.to_json(), lease_ttl_ms, PoolConfig(name=pool).to_json(),
+             "1" if create_pool else "0"],
+        )  # fmt: skip
+        outcome = Outcome(_text(status))
+        if outcome is Outcome.POOL_NOT_FOUND:
+            raise NotFound(f"pool {pool!r} does not exist and this registration may not create it")
+        if outcome is Outcome.STATIC_REFUSED:
+            raise RefusedByHold(
+                f"{ip}:{port} is a static backend of pool {pool!r}; an operator manages it",
+                "static",
+            )
+        await self._index(pool)
+        return Lease(backend.id, backend.lease_id, int(ttl), int(version))
+
+    def _lease_errors(self, outcome: Outcome, pool: str, backend_id: str) -> None:
+        if outcome is Outcome.NOT_FOUND:
+            raise _missing(pool, backend_id)
+        if outcome is Outcome.LEASE_REFUSED:
+            raise LeaseRefused(
+                f"lease for backend {backend_id} in pool {pool!r} is not the current one "
+                "(missing, or replaced by a newer registration)"
+            )
+        if outcome is Outcome.STATIC_REFUSED:
+            raise RefusedByHold(
+                f"backend {backend_id} in pool {pool!r} is static; it has no lease", "static"
+            )
+
+    @guarded
+    async def heartbeat(
+        self, pool: str, backend_id: str, lease_id: str, load: dict[str, float] | None = None
+    ) -> int:
+        """Renews a lease and returns its TTL in ms. LeaseRefused when the
+        lease id is not the current one, NotFound when the backend is gone."""
+        check_load(load)
+        status, ttl = await self._run(
+            "HEARTBEAT",
+            pool,
+            ["registration", backend_id, lease_id, json.dumps(load) if load else ""],
+        )
+        self._lease_errors(Outcome(_text(status)), pool, backend_id)
+        return int(ttl)
+
+    @guarded
+    async def step(
+        self,
+        pool: str,
+        backend_id: str,
+        event: Event,
+        *,
+        actor: str,
+        lease_id: str = "",
+        detail: str = "",
+        max_share: float = 0.5,
+    ) -> StepResult:
+        """Applies one state machine event to one backend. Raises NotFound,
+        LeaseRefused or RefusedByHold; returns REFUSED, HELD, UNCHANGED or
+        CHANGED results."""
+        status, version, previous = await self._run(
+            "STEP",
+            pool,
+            [actor, backend_id, event.value, lease_id, detail[:200], int(max_share * 1000),
+             self.guard_bound_ms],
+        )  # fmt: skip
+        outcome = Outcome(_text(status))
+        self._lease_errors(outcome, pool, backend_id)
+        return StepResult(outcome, int(version), _text(previous))
+
+    async def deregister(
+        self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
+    ) -> None:
+        """The backend leaves (its lease id is required); an operator's hold stays."""
+        await self.step(pool, backend_id, Event.DEREGISTER, actor=actor, lease_id=lease_id)
+
+    async def drain(
+        self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
+    ) -> bool:
+        """Takes a backend out of the lists, keeping its lease (graceful
+        shutdown). Returns False when it was already out (draining or held)."""
+        result = await self.step(pool, backend_id, Event.DRAIN, actor=actor, lease_id=lease_id)
+        return result.changed
+
+    async def operate(self, pool: str, backend_id: str, event: Event, *, actor: str) -> StepResult:
+        """An operator's event; TransitionRefused when the state does not allow it."""
+        result = await self.step(pool, backend_id, event, actor=actor)
+        if result.outcome is Outcome.NOT_FOUND:
+            raise _missing(pool, backend_id)
+        if result.outcome is Outcome.REFUSED:
+            self._refuse(pool, backend_id, event, result)
+        return result
+
+    def _refuse(self, pool: str, backend_id: str, event: Event, result: StepResult) -> None:
+        rule = TABLE[event]
+        hint = f"; {rule.hint}" if rule.hint else ""
+        current = machine.shown(machine.Key(result.previous))
+        raise TransitionRefused(
+            f"backend {backend_id} in pool {pool!r} is {current}: cannot move it to "
+            f"{machine.shown(machine.target(event))}{hint}",
+            current,
+        )
+
+    @guarded
+    async def put_hold(
+        self, pool: str, backend_id: str, hold: Key, *, actor: str = "api"
+    ) -> StepResult:
+        """Sets an operator's hold (DRAINED or DISABLED) on a backend, registered
+        or not: one that registers later takes it (declarative state restores
+        holds this way). TransitionRefused when the backend's state does not
+        allow it (a drain of an unhealthy backend)."""
+        if hold not in machine.HOLDS:
+            raise InvalidInput(f"hold {hold!r} is not one of: drained, disabled")
+        status, version, previous = await self._run(
+            "PUT_HOLD", pool, [actor, backend_id, hold.value]
+        )
+        outcome = Outcome(_text(status))
+        if outcome is Outcome.POOL_NOT_FOUND:
+            raise NotFound(f"pool {pool!r} does not exist")
+        event = Event.OPERATOR_DRAIN if hold is machine.Key.DRAINED else Event.OPERATOR_DISABLE
+        result = StepResult(outcome, int(version), _text(previous))
+        if outcome is Outcome.REFUSED:
+            self._refuse(pool, backend_id, event, result)
+        return result
+
+    async def remove_backend(self, pool: str, backend_id: str, *, actor: str = "api") -> None:
+        """An operator removes a backend (static or not) and its hold."""
+        await self.operate(pool, backend_id, Event.OPERATOR_REMOVE, actor=actor)
+
+    @guarded
+    async def put_static(self, backend: Backend, *, actor: str = "api") -> int:
+        """Adds a backend that has no lease (it never expires). Conflict when
+        the address is already registered, checked in the same script."""
+        backend = replace(backend, static=True, lease_id="", lease_expires_ms=0)
+        pool = backend.pool
+        status, version = await self._run(
+            "PUT_STATIC", pool, [actor, backend.id, backend.to_json()]
+        )
+        outcome = Outcome(_text(status))
+        if outcome is Outcome.POOL_NOT_FOUND:
+            raise NotFound(f"pool {pool!r} does not exist; create it with POST /api/v1/pools")
+        if outcome is Outcome.CONFLICT:
+            raise Conflict(
+                f"backend {backend.id} ({backend.ip}:{backend.port}) is already registered in "
+                f"pool {pool!r}; change its weight or remove it first"
+            )
+        await self._index(pool)
+        return int(version)
+
+    @guarded
+    async def update_backend(
+        self,
+        pool: str,
+        backend_id: str,
+        *,
+        actor: str = "api",
+        kind: str = "updated",
+        **fields: Any,
+    ) -> int:
+        """Changes fields of one backend that are not its state (weight, ...)
+        and returns the new pool version. States change only through step()."""
+        forbidden = {"state", "hold", "static", "lease_id", "id", "pool"} & set(fields)
+        if forbidden:
+            raise InvalidInput(f"{', '.join(sorted(forbidden))} cannot be changed this way")
+        status, version = await self._run(
+            "UPDATE_BACKEND", pool, [actor, backend_id, json.dumps(fields), kind]
+        )
+        if Outcome(_text(status)) is Outcome.NOT_FOUND:
+            raise _missing(pool, backend_id)
+        return int(version)
+
+    @guarded
+    async def reap_expired(self, pool: str, max_share: float = 0.5) -> ReapResult:
+        """Removes backends whose lease has passed, unless more than
+        max_share of the pool expired at once: the panic guard then keeps
+        them, for at most guard_bound_ms, and never one failing health checks."""
+        removed, held = await self._run(
+            "REAP", pool, ["lease", int(max_share * 1000), self.guard_bound_ms]
+        )
+        return ReapResult([_text(i) for i in removed], [_text(i) for i in held])

@@ -1,0 +1,83 @@
+"""The registry's one error hierarchy.
+
+Callers catch these, never a Redis exception: every store method turns a
+Redis or connection failure into `Unavailable`.
+
+    RegistryFailure          anything the registry refuses or cannot do
+      InvalidInput           an input was refused (also ValueError)
+      NotFound               a pool, backend or lease does not exist (also LookupError)
+        LeaseRefused         the call did not carry the backend's current lease id
+      Conflict               valid, but clashes with the current state
+        VersionConflict      a compare-and-set lost to a concurrent change
+        TransitionRefused    the state machine does not allow the change
+          RefusedByHold      an operator's hold or a static backend outranks the caller
+      Unavailable            Redis (or the network to it) failed
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import redis.exceptions
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class RegistryFailure(Exception):
+    """Base of every registry error; the message is meant for the caller."""
+
+
+class InvalidInput(RegistryFailure, ValueError):
+    """An input was refused; the message says what was wrong and what is allowed."""
+
+
+class NotFound(RegistryFailure, LookupError):
+    """A pool, backend or lease does not exist (any more)."""
+
+
+class LeaseRefused(NotFound):
+    """Heartbeat, Drain or Deregister without the lease id Register returned."""
+
+
+class Conflict(RegistryFailure):
+    """The request is valid but clashes with the registry's current state."""
+
+
+class VersionConflict(Conflict):
+    """A compare-and-set on a pool's settings lost to a concurrent change."""
+
+    def __init__(self, message: str, current_version: int) -> None:
+        super().__init__(message)
+        self.current_version = current_version
+
+
+class TransitionRefused(Conflict):
+    """The backend's state does not allow the change."""
+
+    def __init__(self, message: str, current: str) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class RefusedByHold(TransitionRefused):
+    """An operator's hold, or a static registration, outranks the caller."""
+
+
+class Unavailable(RegistryFailure):
+    """Redis did not answer or failed; retry later."""
+
+
+def guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turns Redis and connection failures of a store method into Unavailable."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise Unavailable(f"Redis failed ({type(exc).__name__}: {exc})") from exc
+
+    return wrapper

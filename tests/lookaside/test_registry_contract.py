@@ -1,0 +1,358 @@
+"""The registry port's contract, run against the in-memory twin, a real
+redis-server and a real three-master Redis Cluster: the same operations
+give the same outcomes and errors everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from lookaside.registry import errors
+from lookaside.registry.machine import Event, Key, Outcome
+from lookaside.registry.memory import MemoryStore
+from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_id_for
+from lookaside.registry.store import RegistryStore
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+BOUND_MS = 400
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@dataclass
+class Port:
+    store: Any  # RegistryStore or MemoryStore
+    clock: ManualClock | None
+
+    async def pass_ms(self, ms: int) -> None:
+        """Lets `ms` of registry time pass: moves the twin's clock, or waits
+        (bounded) until the Redis server's clock has moved that far."""
+        if self.clock is not None:
+            self.clock.now += ms
+            return
+        start = await self.store.now_ms()
+        deadline = time.monotonic() + ms / 1000 + 5
+        while await self.store.now_ms() < start + ms:
+            assert time.monotonic() < deadline, "the Redis clock did not move"
+            await asyncio.sleep(0.02)
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis", "cluster"])
+async def port(request: pytest.FixtureRequest) -> AsyncIterator[Port]:
+    if request.param == "memory":
+        clock = ManualClock()
+        yield Port(MemoryStore(guard_bound_ms=BOUND_MS, clock=clock), clock)
+        return
+    if request.param == "redis":
+        store = RegistryStore.from_url(
+            request.getfixturevalue("redis_url"), guard_bound_ms=BOUND_MS
+        )
+    else:
+        url = request.getfixturevalue("redis_cluster_url")
+        store = RegistryStore.from_url(url, cluster=True, guard_bound_ms=BOUND_MS)
+    yield Port(store, None)
+    await store.close()
+
+
+@pytest.fixture
+def pool() -> str:
+    return f"c-{uuid.uuid4().hex[:10]}"
+
+
+async def _register(port: Port, pool: str, ip: str, **kw: Any) -> Any:
+    return await port.store.register(pool=pool, host="h", ip=ip, port=80, **kw)
+
+
+async def _states(port: Port, pool: str) -> dict[str, BackendState]:
+    snap = await port.store.snapshot(pool)
+    return {b.id: b.state for b in snap.backends} if snap else {}
+
+
+async def test_register_creates_the_pool_and_versions_only_grow(port: Port, pool: str) -> None:
+    lease = await _register(port, pool, "10.0.0.1")
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and [b.id for b in snap.serving] == [lease.backend_id]
+    assert pool in await port.store.list_pools()
+    v1 = snap.version
+    await port.store.operate(pool, lease.backend_id, Event.OPERATOR_DRAIN, actor="op")
+    await port.store.put_pool(PoolConfig(name=pool, report_interval_ms=5000))
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and snap.version > v1 and snap.config.report_interval_ms == 5000
+    events = await port.store.events(pool)
+    versions = [e["version"] for e in events if e["kind"] != "panic"]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+
+
+async def test_register_without_create_pool_refuses_a_missing_pool(port: Port, pool: str) -> None:
+    with pytest.raises(errors.NotFound, match="may not create it"):
+        await _register(port, pool, "10.0.0.2", create_pool=False)
+    assert await port.store.get_pool(pool) is None
+    assert pool not in await port.store.list_pools()
+    await port.store.put_pool(PoolConfig(name=pool))
+    await _register(port, pool, "10.0.0.2", create_pool=False)
+
+
+async def test_heartbeat_drain_deregister_need_the_current_lease(port: Port, pool: str) -> None:
+    lease = await _register(port, pool, "10.0.0.3")
+    bid = lease.backend_id
+    for lease_id in ("", "0123456789abcdef"):
+        with pytest.raises(errors.LeaseRefused):
+            await port.store.heartbeat(pool, bid, lease_id)
+        with pytest.raises(errors.LeaseRefused):
+            await port.store.drain(pool, bid, lease_id)
+        with pytest.raises(errors.LeaseRefused):
+            await port.store.deregister(pool, bid, lease_id)
+    newer = await _register(port, pool, "10.0.0.3")
+    with pytest.raises(errors.LeaseRefused):
+        await port.store.heartbeat(pool, bid, lease.lease_id)
+    assert await port.store.heartbeat(pool, bid, newer.lease_id) > 0
+    assert await port.store.drain(pool, bid, newer.lease_id) is True
+    assert await port.store.drain(pool, bid, newer.lease_id) is False
+    await port.store.deregister(pool, bid, newer.lease_id)
+    with pytest.raises(errors.NotFound):
+        await port.store.heartbeat(pool, bid, newer.lease_id)
+
+
+async def test_self_registration_never_touches_a_static_backend(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bid = backend_id_for("10.0.0.4", 80)
+    static = Backend(id=bid, pool=pool, host="h", ip="10.0.0.4", port=80, weight=7)
+    await port.store.put_static(static)
+    with pytest.raises(errors.RefusedByHold, match="static"):
+        await _register(port, pool, "10.0.0.4")
+    with pytest.raises(errors.RefusedByHold):
+        await port.store.deregister(pool, bid, "x")
+    with pytest.raises(errors.Conflict, match="already registered"):
+        await port.store.put_static(static)
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and [(b.static, b.weight) for b in snap.backends] == [(True, 7)]
+
+
+@pytest.mark.parametrize(
+    ("event", "state"),
+    [
+        (Event.OPERATOR_DISABLE, BackendState.DISABLED),
+        (Event.OPERATOR_DRAIN, BackendState.DRAINING),
+    ],
+)
+async def test_operator_holds_outrank_self_registration(
+    port: Port, pool: str, event: Event, state: BackendState
+) -> None:
+    lease = await _register(port, pool, "10.0.0.5")
+    await port.store.operate(pool, lease.backend_id, event, actor="op")
+    assert await port.store.holds(pool) == {
+        lease.backend_id: "disabled" if state is BackendState.DISABLED else "drained"
+    }
+    again = await _register(port, pool, "10.0.0.5")
+    assert await port.store.drain(pool, again.backend_id, again.lease_id) is False
+    await port.store.deregister(pool, again.backend_id, again.lease_id)
+    await _register(port, pool, "10.0.0.5")
+    assert await _states(port, pool) == {lease.backend_id: state}
+    await port.store.remove_backend(pool, lease.backend_id, actor="op")
+    assert await port.store.holds(pool) == {}
+    await _register(port, pool, "10.0.0.5")
+    assert await _states(port, pool) == {lease.backend_id: BackendState.SERVING}
+
+
+async def test_a_hold_set_for_an_absent_backend_applies_when_it_registers(
+    port: Port, pool: str
+) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bid = backend_id_for("10.0.0.8", 80)
+    result = await port.store.put_hold(pool, bid, Key.DISABLED, actor="restore")
+    assert result.outcome is Outcome.CHANGED
+    again = await port.store.put_hold(pool, bid, Key.DISABLED, actor="restore")
+    assert again.outcome is Outcome.UNCHANGED
+    assert await port.store.holds(pool) == {bid: "disabled"}
+    await _register(port, pool, "10.0.0.8")
+    assert await _states(port, pool) == {bid: BackendState.DISABLED}
+    await port.store.operate(pool, bid, Event.OPERATOR_ENABLE, actor="op")
+    assert await port.store.holds(pool) == {}
+    await port.store.put_hold(pool, bid, Key.DRAINED, actor="restore")  # now through the machine
+    assert await port.store.holds(pool) == {bid: "drained"}
+    await port.store.step(pool, bid, Event.OPERATOR_UNDRAIN, actor="op")
+    sick = await _register(port, pool, "10.0.0.9")
+    await port.store.step(pool, sick.backend_id, Event.HEALTH_FAIL, actor="health", max_share=1.0)
+    with pytest.raises(errors.TransitionRefused, match="is unhealthy"):
+        await port.store.put_hold(pool, sick.backend_id, Key.DRAINED)
+    with pytest.raises(errors.InvalidInput):
+        await port.store.put_hold(pool, bid, Key.SERVING)
+    with pytest.raises(errors.NotFound):
+        await port.store.put_hold(f"{pool}-gone", bid, Key.DISABLED)
+    # An operator's remove of a backend that is gone clears its hold.
+    absent = backend_id_for("10.0.0.10", 80)
+    await port.store.put_hold(pool, absent, Key.DISABLED)
+    await port.store.remove_backend(pool, absent)
+    assert absent not in await port.store.holds(pool)
+    with pytest.raises(errors.NotFound):
+        await port.store.remove_backend(pool, absent)
+
+
+async def test_operator_events_outside_the_table_are_refused(port: Port, pool: str) -> None:
+    lease = await _register(port, pool, "10.0.0.6")
+    bid = lease.backend_id
+    await port.store.operate(pool, bid, Event.OPERATOR_DISABLE, actor="op")
+    with pytest.raises(errors.TransitionRefused, match="is disabled: cannot move it to serving"):
+        await port.store.operate(pool, bid, Event.OPERATOR_REINSTATE, actor="op")
+    result = await port.store.operate(pool, bid, Event.OPERATOR_ENABLE, actor="op")
+    assert result.outcome is Outcome.CHANGED and result.previous == "disabled"
+    again = await port.store.operate(pool, bid, Event.OPERATOR_ENABLE, actor="op")
+    assert again.outcome is Outcome.UNCHANGED
+    with pytest.raises(errors.NotFound):
+        await port.store.operate(pool, "nope", Event.OPERATOR_DRAIN, actor="op")
+
+
+async def test_pool_updates_are_compare_and_sets(port: Port, pool: str) -> None:
+    v1 = await port.store.put_pool(PoolConfig(name=pool), only_if_absent=True)
+    with pytest.raises(errors.Conflict, match="already exists"):
+        await port.store.put_pool(PoolConfig(name=pool), only_if_absent=True)
+    v2 = await port.store.put_pool(PoolConfig(name=pool, fallback=True), expected_version=v1)
+    assert v2 == v1 + 1
+    with pytest.raises(errors.VersionConflict) as err:
+        await port.store.put_pool(PoolConfig(name=pool, fallback=False), expected_version=v1)
+    assert err.value.current_version == v2
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.fallback is True
+    with pytest.raises(errors.NotFound):
+        await port.store.put_pool(PoolConfig(name=f"{pool}-x"), only_if_exists=True)
+
+
+async def test_pool_deletion_refuses_live_backends_unless_forced(port: Port, pool: str) -> None:
+    await _register(port, pool, "10.0.0.7", lease_ttl_ms=60_000)
+    before = (await port.store.versions([pool]))[pool]
+    with pytest.raises(errors.Conflict, match="1 live backend"):
+        await port.store.delete_pool(pool, force=False)
+    assert await port.store.delete_pool(pool, force=True) == 1
+    assert await port.store.snapshot(pool) is None
+    assert pool not in await port.store.list_pools()
+    assert (await port.store.versions([pool]))[pool] > before
+    with pytest.raises(errors.NotFound):
+        await port.store.delete_pool(pool)
+
+
+async def test_one_expiry_is_removed_at_once(port: Port, pool: str) -> None:
+    keep = await _register(port, pool, "10.0.1.1", lease_ttl_ms=60_000)
+    await _register(port, pool, "10.0.1.2", lease_ttl_ms=50)
+    await port.pass_ms(100)
+    result = await port.store.reap_expired(pool)
+    assert len(result.removed) == 1 and result.held == []
+    assert list(await _states(port, pool)) == [keep.backend_id]
+
+
+async def test_panic_guard_holds_mass_expiry_for_its_bound_only(port: Port, pool: str) -> None:
+    await _register(port, pool, "10.0.2.1", lease_ttl_ms=60_000)
+    for i in range(2, 5):
+        await _register(port, pool, f"10.0.2.{i}", lease_ttl_ms=50)
+    await port.pass_ms(100)
+    first = await port.store.reap_expired(pool, 0.5)
+    assert first.removed == [] and len(first.held) == 3
+    events = await port.store.events(pool)
+    assert events[0]["kind"] == "panic" and f"at most {BOUND_MS} ms" in events[0]["detail"]
+    await port.pass_ms(BOUND_MS + 50)
+    later = await port.store.reap_expired(pool, 0.5)
+    assert sorted(later.removed) == sorted(first.held) and later.held == []
+
+
+async def test_a_backend_failing_health_checks_is_never_held(port: Port, pool: str) -> None:
+    leases = [await _register(port, pool, f"10.0.3.{i}", lease_ttl_ms=50) for i in range(1, 4)]
+    await _register(port, pool, "10.0.3.9", lease_ttl_ms=60_000)
+    # Health checking fails all three; the guard lets one go (1 of 4) and
+    # holds the others, which it remembers as failing.
+    outcomes = [
+        (await port.store.step(pool, lease.backend_id, Event.HEALTH_FAIL, actor="health",
+                               detail="Check UNAVAILABLE", max_share=0.5)).outcome
+        for lease in leases
+    ]  # fmt: skip
+    assert outcomes == [Outcome.CHANGED, Outcome.CHANGED, Outcome.HELD]
+    await port.pass_ms(100)
+    result = await port.store.reap_expired(pool, 0.5)
+    assert sorted(result.removed) == sorted(lease.backend_id for lease in leases)
+    assert result.held == []
+
+
+async def test_a_heartbeat_renews_a_held_backend(port: Port, pool: str) -> None:
+    await _register(port, pool, "10.0.4.1", lease_ttl_ms=60_000)
+    leases = [await _register(port, pool, f"10.0.4.{i}", lease_ttl_ms=50) for i in range(2, 5)]
+    await port.pass_ms(100)
+    assert len((await port.store.reap_expired(pool, 0.5)).held) == 3
+    for lease in leases:
+        assert await port.store.heartbeat(pool, lease.backend_id, lease.lease_id) == 50
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and all(b.guard_since_ms == 0 for b in snap.backends)
+
+
+async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bucket = int(time.time() // 10)
+    fields = {"reports": 2, "started": 30, "finished": 29, "drop:lb": 1}
+    assert await port.store.add_reports(pool, "batch-1", bucket, fields, {"abc:f": 5})
+    assert not await port.store.add_reports(pool, "batch-1", bucket, fields, {"abc:f": 5})
+    assert await port.store.add_reports(pool, "batch-2", bucket, {"reports": 1})
+    total = await port.store.load_total(pool)
+    assert total["reports"] == 3 and total["started"] == 30 and total["drop:lb"] == 1
+    windows = await port.store.load_windows(pool)
+    assert windows[0].counts["finished"] == 29 and windows[0].drops == {"lb": 1}
+    await port.store.set_stream_counts("replica-a", {pool: 4})
+    assert [(r.replica, r.streams) for r in await port.store.replica_streams(pool)] == [
+        ("replica-a", 4)
+    ]
+    await port.store.clear_stream_counts("replica-a", [pool])
+    assert await port.store.replica_streams(pool) == []
+
+
+async def test_replica_membership(port: Port, pool: str) -> None:
+    a, b = f"{pool}-a", f"{pool}-b"
+    assert a in await port.store.touch_replica(a, 60_000)
+    live = await port.store.touch_replica(b, 60_000)
+    assert {a, b} <= set(live)
+    await port.store.forget_replica(a)
+    assert a not in await port.store.touch_replica(b, 60_000)
+
+
+async def test_changes_name_the_pool_that_changed(port: Port, pool: str) -> None:
+    feed = port.store.changes()
+    try:
+        assert await asyncio.wait_for(anext(feed), 5) is None
+        await _register(port, pool, "10.0.5.1")
+        while (name := await asyncio.wait_for(anext(feed), 5)) != pool:
+            pass
+        assert name == pool
+    finally:
+        await feed.aclose()
+
+
+async def test_a_registry_that_is_away_raises_unavailable_not_a_redis_error() -> None:
+    from lookaside.redis_process import free_port
+
+    away = RegistryStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    twin = MemoryStore()
+    twin.available = False
+    try:
+        for store in (away, twin):
+            with pytest.raises(errors.Unavailable):
+                await store.list_pools()
+            with pytest.raises(errors.Unavailable):
+                await store.register(pool="p", host="h", ip="10.0.9.1", port=80)
+            with pytest.raises(errors.Unavailable):
+                await store.add_reports("p", "b", 1, {"reports": 1})
+            with pytest.raises(errors.Unavailable):
+                await store.touch_replica("r", 1000)
+            feed = store.changes()
+            with pytest.raises(errors.Unavailable):
+                await anext(feed)
+    finally:
+        await away.close()
