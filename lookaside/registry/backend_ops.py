@@ -62,13 +62,22 @@ def _missing(pool: str, backend_id: str) -> NotFound:
 
 
 def check_load(load: dict[str, float] | None) -> dict[str, float] | None:
-    """Load figures must be finite and not negative."""
-    for name, value in (load or {}).items():
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise InvalidInput(
-                f"load.{name} is {value!r}: give a finite number >= 0 (or leave it out)"
-            )
-    return load
+    """Load figures must be finite and not negative, except utilization,
+    where a negative value means unknown (BackendLoad in registry.proto) and
+    is stored as -1."""
+    if not load:
+        return load
+    checked = dict(load)
+    for name, value in load.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidInput(f"load.{name} is {value!r}: give a finite number")
+        if value < 0:
+            if name != "utilization":
+                raise InvalidInput(
+                    f"load.{name} is {value!r}: give a finite number >= 0 (or leave it out)"
+                )
+            checked[name] = -1.0
+    return checked
 
 
 class BackendOps:
@@ -203,7 +212,7 @@ class BackendOps:
     ) -> int:
         """Renews a lease and returns its TTL in ms. LeaseRefused when the
         lease id is not the current one, NotFound when the backend is gone."""
-        check_load(load)
+        load = check_load(load)
         status, ttl = await self._run(
             "HEARTBEAT",
             pool,

@@ -214,6 +214,33 @@ def test_heartbeat_with_a_latency_that_is_not_a_finite_number_is_invalid(
     assert "latency_ms" in err.value.details() and "finite" in err.value.details()
 
 
+def test_heartbeat_with_unknown_utilization_is_accepted(registry, pool_name: str) -> None:  # type: ignore[no-untyped-def]
+    # registry.proto: a negative utilization means unknown, and LoadMeter sends -1.
+    resp = registry.Register(reg(pool_name, port=7302), timeout=5)
+    beat = registry.Heartbeat(
+        pb.HeartbeatRequest(
+            pool=pool_name,
+            backend_id=resp.backend_id,
+            lease_id=resp.lease_id,
+            load=pb.BackendLoad(utilization=-1.0, in_flight=2, qps=5.0, latency_ms=3.0),
+        ),
+        timeout=5,
+    )
+    assert beat.lease_ttl.ToMilliseconds() > 0
+    with pytest.raises(grpc.RpcError) as err:
+        registry.Heartbeat(
+            pb.HeartbeatRequest(
+                pool=pool_name,
+                backend_id=resp.backend_id,
+                lease_id=resp.lease_id,
+                load=pb.BackendLoad(qps=-5.0),
+            ),
+            timeout=5,
+        )
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "load.qps" in err.value.details()
+
+
 def test_lease_calls_need_the_lease_and_static_backends_refuse_registration(
     registry, balancer: BalancerHandle, pool_name: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -221,6 +248,13 @@ def test_lease_calls_need_the_lease_and_static_backends_refuse_registration(
     with pytest.raises(grpc.RpcError) as err:
         registry.Heartbeat(
             pb.HeartbeatRequest(pool=pool_name, backend_id=resp.backend_id, lease_id=""), timeout=5
+        )
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "lease_id is empty" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        registry.Heartbeat(
+            pb.HeartbeatRequest(pool=pool_name, backend_id=resp.backend_id, lease_id="0" * 16),
+            timeout=5,
         )
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
     assert "lease" in err.value.details()
