@@ -108,12 +108,17 @@ def lease_spec(balancers: str | Sequence[str], pool: str, port: int, **kw: Any) 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """Make `method` (Register or Heartbeat) on `address` after `delay` s."""
+    """Make `method` (Register or Heartbeat) on `address` after `delay` s.
+    The request is built when it is sent (`request()`), after the delay, so
+    a heartbeat carries the load of the interval that just ended."""
 
     method: str
     address: str
-    request: Any
+    build: Callable[[], Any]
     delay: float
+
+    def request(self) -> Any:
+        return self.build()
 
 
 class LeaseKeeper:
@@ -139,9 +144,14 @@ class LeaseKeeper:
 
     def next_step(self) -> Step:
         if not self.leased:
-            return Step("Register", self.balancer, self.spec.register_request(), self._delay)
-        request = self.spec.heartbeat_request(self.backend_id, self.lease_id)
-        return Step("Heartbeat", self.balancer, request, self._delay)
+            return Step("Register", self.balancer, self.spec.register_request, self._delay)
+        backend_id, lease_id = self.backend_id, self.lease_id
+        return Step(
+            "Heartbeat",
+            self.balancer,
+            lambda: self.spec.heartbeat_request(backend_id, lease_id),
+            self._delay,
+        )
 
     def succeeded(self, response: Any) -> None:
         self._failures_in_row = 0

@@ -130,7 +130,7 @@ class Registration(_Base):
             return False
         try:
             method = getattr(self._stub_for(step.address), step.method)
-            response = method(step.request, timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata())
+            response = method(step.request(), timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata())
         except grpc.RpcError as exc:
             if self._stop.is_set():
                 return False
@@ -234,7 +234,7 @@ class AsyncRegistration(_Base):
         try:
             method = getattr(await self._stub_for(step.address), step.method)
             response = await method(
-                step.request, timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
+                step.request(), timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             self.keeper.failed(exc.code(), exc.details() or "")

@@ -16,6 +16,7 @@ import requests
 import schemathesis
 
 from admin_api.openapi import openapi_document
+from lookaside.redis_process import RedisProcess
 from lookaside.registry import keys
 from tests.admin_api.test_schemathesis import AdminServer
 
@@ -25,10 +26,26 @@ schema = schemathesis.openapi.from_dict(openapi_document())
 
 
 @pytest.fixture(scope="module")
-def admin_server(redis_url: str) -> Iterator[AdminServer]:
-    server = AdminServer(redis_url)
+def own_redis() -> Iterator[RedisProcess]:
+    # A Redis of this module's own: "nothing changed" must not see the
+    # writes of other tests' balancers and admin processes.
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_server(own_redis: RedisProcess) -> Iterator[AdminServer]:
+    server = AdminServer(own_redis.url)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_client(own_redis: RedisProcess) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    yield client
+    client.close()
 
 
 def registry_state(client: redis.Redis) -> tuple[set[str], int]:
@@ -48,10 +65,10 @@ def registry_state(client: redis.Redis) -> tuple[set[str], int]:
     derandomize=True,
 )
 def test_no_token_or_a_wrong_one_changes_nothing(
-    case: Any, headers: dict[str, str], admin_server: AdminServer, redis_client
+    case: Any, headers: dict[str, str], admin_server: AdminServer, own_client
 ) -> None:  # type: ignore[no-untyped-def]
     case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
-    before = registry_state(redis_client)
+    before = registry_state(own_client)
     response = case.call(base_url=admin_server.url, headers=headers, timeout=10)
     # A request that is malformed may be refused for that first (405, 413,
     # 422); it is never served, and never a 500.
@@ -62,7 +79,7 @@ def test_no_token_or_a_wrong_one_changes_nothing(
     if response.status_code == 401:
         assert "Bearer" in str(response.headers.get("www-authenticate"))
     assert "wrong-token" not in response.text
-    assert registry_state(redis_client) == before
+    assert registry_state(own_client) == before
 
 
 def test_large_body_is_refused_before_it_is_read(admin_server: AdminServer) -> None:

@@ -131,7 +131,7 @@ def test_lease_keeper_registers_round_robin_with_backoff_then_heartbeats() -> No
     k.succeeded(registered())
     step = k.next_step()
     assert (step.method, step.delay) == ("Heartbeat", 0.5)
-    assert step.request.lease_id == "l"
+    assert step.request().lease_id == "l"
     k.failed(grpc.StatusCode.UNAVAILABLE, "gone")  # next balancer, sooner
     assert (k.next_step().method, k.next_step().delay) == ("Heartbeat", 0.25)
     k.failed(grpc.StatusCode.NOT_FOUND, "lease expired")  # lost: register again

@@ -29,7 +29,7 @@ def three_backends(
     # Probes every 300 ms with a 200 ms timeout; two misses take a backend out.
     balancer.run(
         balancer.store.put_pool(
-            PoolConfig(name=pool_name, health_interval_ms=300, health_timeout_ms=200)
+            PoolConfig.from_flat(pool_name, health_interval_ms=300, health_timeout_ms=200)
         )
     )
     with demo_backends(balancer.address, pool_name, tmp_path) as procs:
