@@ -60,7 +60,7 @@ def test_health_probes_are_not_load(
     """An idle backend under the balancer's health checks (Check and a
     Watch stream) heartbeats 0 in flight and 0 calls/s; real calls count."""
     checked.run(
-        checked.store.put_pool(PoolConfig(name=pool_name, lease_ttl_ms=1500, **FAST_HEALTH))
+        checked.store.put_pool(PoolConfig.from_flat(pool_name, lease_ttl_ms=1500, **FAST_HEALTH))
     )
     loop = LoopThread("demo")
     server = RouteGuideServer(ServerSettings(listen="127.0.0.1:0", grace=0.0))
