@@ -1,9 +1,9 @@
 """Golden signals per pool and per backend, and their stored history.
 
 Every SAMPLE_SECONDS the admin process takes one sample per pool and keeps
-it in Redis, in the hash `lookaside:{pool}:signals` (field: the sample's
-slot number, so two admin replicas writing the same slot agree), for
-HISTORY_SECONDS. A sample holds, per backend and for the pool:
+it in the registry for half an hour, one per slot of SAMPLE_SECONDS, so two
+admin replicas writing the same slot agree (lookaside.registry.signals says
+how it is stored). A sample holds, per backend and for the pool:
 
 - calls per second: what the backend's heartbeat says it served (health
   probes are not counted, see client_lib.load); for the pool, the calls
@@ -24,29 +24,21 @@ detection owns the reset, and a drop between two samples means it reset.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from lookaside.registry import keys
-from lookaside.registry import load as registry_load
 from lookaside.registry.model import PoolSnapshot
-from lookaside.registry.outlier import Outcomes, parse_outcomes
+from lookaside.registry.outlier import Outcomes
+from lookaside.registry.signals import SLOT_SECONDS, slot_of
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.admin")
 
-SAMPLE_SECONDS = 5
-HISTORY_SECONDS = 30 * 60
-
-
-def signals_key(pool: str) -> str:
-    return keys.pool_key(pool, "signals")
+# One sample per slot of the stored history.
+SAMPLE_SECONDS = SLOT_SECONDS
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -75,10 +67,6 @@ class Sampler:
     store: RegistryStore
     _outcomes: dict[str, dict[str, Outcomes]] = field(default_factory=dict)
 
-    @property
-    def redis(self) -> aioredis.Redis:
-        return self.store.redis
-
     def _delta(self, pool: str, now: dict[str, Outcomes]) -> dict[str, Outcomes]:
         before = self._outcomes.get(pool)
         self._outcomes[pool] = now
@@ -100,8 +88,8 @@ class Sampler:
     async def sample(self, snap: PoolSnapshot, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         pool = snap.name
-        windows = await registry_load.read_windows(self.redis, pool, now)
-        outcomes = self._delta(pool, parse_outcomes(await self.redis.hgetall(keys.outcomes(pool))))
+        windows = await self.store.load_windows(pool, now)
+        outcomes = self._delta(pool, await self.store.outcome_counts(pool))
         backends: dict[str, dict[str, Any]] = {}
         for b in snap.backends:
             load = b.load or {}
@@ -144,16 +132,7 @@ class Sampler:
         """Takes a sample and stores it under its slot, dropping old ones."""
         now = time.time() if now is None else now
         sample = await self.sample(snap, now)
-        slot = int(now // SAMPLE_SECONDS)
-        oldest = slot - HISTORY_SECONDS // SAMPLE_SECONDS
-        key = signals_key(snap.name)
-        stale = [f for f in await self.redis.hkeys(key) if _int(f) < oldest]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, str(slot), json.dumps(sample, separators=(",", ":")))
-            if stale:
-                pipe.hdel(key, *stale)
-            pipe.expire(key, HISTORY_SECONDS)
-            await pipe.execute()
+        await self.store.put_signal_sample(snap.name, slot_of(now), sample)
         return sample
 
     async def record_all(self) -> int:
@@ -164,48 +143,6 @@ class Sampler:
                 await self.record(snap)
                 count += 1
         return count
-
-
-def _int(value: bytes | str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        return -1
-
-
-async def read_history(redis: aioredis.Redis, pool: str, since_ms: int) -> list[dict[str, Any]]:
-    """Stored samples from since_ms on, oldest first."""
-    raw = await redis.hgetall(signals_key(pool))
-    out = []
-    for slot, value in raw.items():
-        if _int(slot) * SAMPLE_SECONDS * 1000 < since_ms - SAMPLE_SECONDS * 1000:
-            continue
-        try:
-            sample = json.loads(value)
-        except ValueError:
-            continue
-        if isinstance(sample, dict) and sample.get("ts_ms", 0) >= since_ms:
-            out.append(sample)
-    return sorted(out, key=lambda s: s["ts_ms"])
-
-
-async def read_call_rates(redis: aioredis.Redis, pool: str, now: float) -> list[dict[str, Any]]:
-    """Calls per second that clients reported, per 10 s load bucket, for
-    the 15 minutes the balancers keep them (filled even when no admin
-    process sampled)."""
-    step = registry_load.BUCKET_SECONDS
-    current = int(now // step)
-    numbers = list(range(current - 900 // step, current))  # whole buckets only
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in numbers:
-            pipe.hmget(keys.load_bucket(pool, n), "finished", "reports")
-        rows = await pipe.execute()
-    out = []
-    for n, (finished, reports) in zip(numbers, rows, strict=True):
-        if reports is None:
-            continue
-        out.append({"ts_ms": n * step * 1000, "calls_per_s": round(int(finished or 0) / step, 3)})
-    return out
 
 
 def summarize(history: list[dict[str, Any]], backend_id: str | None = None) -> dict[str, Any]:

@@ -3,8 +3,9 @@ of its backends (calls per second, success rate, latency p50/p99), now and
 over the stored history (admin_api.signals says where each comes from).
 
 The router's lifespan runs the sampler: one sample per pool every
-SAMPLE_SECONDS, kept in Redis so a dashboard opened later still draws its
-chart from the start."""
+SAMPLE_SECONDS, kept in the registry so a dashboard opened later still
+draws its chart from the start. A registry that is away is logged once per
+outage; the sampler keeps going and resumes when it is back."""
 
 from __future__ import annotations
 
@@ -15,20 +16,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import redis.exceptions
 from fastapi import APIRouter, FastAPI, Query
 from pydantic import BaseModel, Field
 
 from admin_api.deps import PoolPath, ReaderDep, StoreDep
 from admin_api.routes.pools import load_pool
 from admin_api.schemas.common import COMMON, NOT_FOUND
-from admin_api.signals import (
-    SAMPLE_SECONDS,
-    Sampler,
-    read_call_rates,
-    read_history,
-    summarize,
-)
+from admin_api.signals import SAMPLE_SECONDS, Sampler, summarize
+from lookaside.asyncutil import cancel_and_wait, cancelling
+from lookaside.registry.errors import Unavailable
 
 log = logging.getLogger("lookaside.admin")
 Number = float | None
@@ -77,22 +73,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
-async def _sample_forever(sampler: Sampler) -> None:
+async def _sample_forever(sampler: Sampler, period: float = SAMPLE_SECONDS) -> None:
     failing = False
     while True:
         try:
             await sampler.record_all()
+            if failing:
+                log.info("signals: sampling resumed")
             failing = False
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except Unavailable as exc:
+            if cancelling():  # a cancellation the Redis client turned into an error
+                raise asyncio.CancelledError from exc
             if not failing:  # once per outage, not every 5 s
                 log.warning("signals: sampling failed, retrying (%s)", exc)
             failing = True
-        await asyncio.sleep(SAMPLE_SECONDS - time.time() % SAMPLE_SECONDS)
+        await asyncio.sleep(period - time.time() % period)
 
 
 router = APIRouter(
@@ -114,7 +112,7 @@ async def read(
 ) -> PoolSignals:
     snap = await load_pool(store, pool)
     now = time.time()
-    history = await read_history(store.redis, pool, int((now - minutes * 60) * 1000))
+    history = await store.signal_history(pool, int((now - minutes * 60) * 1000))
     # The newest figures: a fresh sample (not stored) over the last one.
     current: dict[str, Any] = await Sampler(store).sample(snap, now)
     overall = summarize(history)
@@ -156,5 +154,8 @@ async def read(
             )
             for s in history
         ],
-        reported=[Point(**p) for p in await read_call_rates(store.redis, pool, now)],
+        reported=[
+            Point(ts_ms=r.ts_ms, calls_per_s=r.calls_per_s)
+            for r in await store.reported_call_rates(pool, now)
+        ],
     )

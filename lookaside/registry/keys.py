@@ -55,6 +55,10 @@ def outcomes(pool: str) -> str:
     return pool_key(pool, "outcomes")
 
 
+def signals(pool: str) -> str:
+    return pool_key(pool, "signals")
+
+
 def holds(pool: str) -> str:
     return pool_key(pool, "holds")
 

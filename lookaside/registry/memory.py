@@ -6,7 +6,9 @@ scripts, with the Python twins of lookaside.registry.memory_scripts; the
 reads here return the same types. tests/lookaside/test_registry_contract.py
 runs one suite against both. The clock is injectable, so tests can move
 time; setting `available = False` makes every call raise Unavailable, as a
-lost Redis would. Outlier sweeps (lookaside.registry.outlier) have no twin.
+lost Redis would. Keys do not expire here; a stored sample's history is
+still cut to HISTORY_SECONDS on each write. Outlier sweeps
+(lookaside.registry.outlier) have no twin.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from lookaside.registry import load
+from lookaside.registry import load, signals
 from lookaside.registry.load import LoadWindow, ReplicaStreams
 from lookaside.registry.memory_scripts import ScriptTwins
 from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
+from lookaside.registry.outlier import Outcomes, parse_outcomes
+from lookaside.registry.signals import CallRate
 
 __all__ = ["MemoryStore"]
 
@@ -157,3 +161,36 @@ class MemoryStore(ScriptTwins):
     async def forget_replica(self, replica: str) -> None:
         self._check()
         self._replicas.pop(replica, None)
+
+    # -- golden-signal history ---------------------------------------------------
+
+    async def put_signal_sample(self, pool: str, slot: int, sample: Mapping[str, Any]) -> int:
+        self._check()
+        stored = self._signals.setdefault(pool, {})
+        stored[str(slot)] = signals.encode_sample(sample)
+        stale = signals.stale_slots(stored, slot)
+        for f in stale:
+            del stored[str(f)]
+        return len(stale)
+
+    async def signal_history(self, pool: str, since_ms: int = 0) -> list[dict[str, Any]]:
+        self._check()
+        return signals.history_since(self._signals.get(pool, {}), since_ms)
+
+    async def reported_call_rates(
+        self, pool: str, now: float | None = None, seconds: int = signals.CALL_RATE_SECONDS
+    ) -> list[CallRate]:
+        self._check()
+        p = self._pools.get(pool)
+        buckets = p.buckets if p else {}
+        numbers = signals.call_rate_buckets(time.time() if now is None else now, seconds)
+        return signals.call_rates(
+            (n, buckets[n].get("finished"), buckets[n].get("reports"))
+            for n in numbers
+            if n in buckets
+        )
+
+    async def outcome_counts(self, pool: str) -> dict[str, Outcomes]:
+        self._check()
+        p = self._pools.get(pool)
+        return parse_outcomes(p.outcomes) if p else {}

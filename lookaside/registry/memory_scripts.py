@@ -66,6 +66,7 @@ class ScriptTwins(BackendOps):
         self._holds: dict[str, dict[str, str]] = {}
         self._batches: set[str] = set()
         self._replicas: dict[str, int] = {}
+        self._signals: dict[str, dict[str, str]] = {}  # outlive their pool, as in Redis
         self._subscribers: list[asyncio.Queue[str]] = []
 
     def _check(self) -> None:

@@ -32,11 +32,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from lookaside.registry import keys, scripts
 from lookaside.registry.errors import guarded
 from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+
+if TYPE_CHECKING:  # the store's SignalOps read outcomes with parse_outcomes
+    from lookaside.registry.store import RegistryStore
 
 # Fields of the outcomes hash: "<backend id>:<suffix>".
 FINISHED = "f"
@@ -72,7 +75,7 @@ def outcome_fields(backend_id: str, finished: int, received: int, failed: int) -
     }
 
 
-def parse_outcomes(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Outcomes]:
+def parse_outcomes(raw: Mapping[Any, bytes | str | int]) -> dict[str, Outcomes]:
     parts: dict[str, dict[str, int]] = {}
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else k

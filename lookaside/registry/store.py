@@ -24,6 +24,7 @@ from lookaside.registry.errors import (
 )
 from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
 from lookaside.registry.reports import ReportOps
+from lookaside.registry.signals import SignalOps
 
 # How long the panic guard holds a removal at most (ms), unless told.
 DEFAULT_GUARD_BOUND_MS = 180_000
@@ -31,7 +32,7 @@ DEFAULT_GUARD_BOUND_MS = 180_000
 __all__ = ["DEFAULT_GUARD_BOUND_MS", "Lease", "ReapResult", "RegistryStore", "StepResult"]
 
 
-class RegistryStore(BackendOps, ReportOps):
+class RegistryStore(BackendOps, ReportOps, SignalOps):
     """Async access to the registry. One instance per process is enough."""
 
     def __init__(
@@ -49,6 +50,7 @@ class RegistryStore(BackendOps, ReportOps):
         # A script, not a MULTI: atomic on a single Redis and under Cluster.
         self._read_pool = redis.register_script(scripts.compose(scripts.READ_POOL))
         ReportOps.__init__(self, redis)
+        SignalOps.__init__(self, redis)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RegistryStore:

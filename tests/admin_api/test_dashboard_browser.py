@@ -225,7 +225,7 @@ def _seed_signals(redis_url: str, pool: str, client: redis.Redis) -> dict[str, s
     """Two leased backends with heartbeats, thin-client outcomes over ten
     stored samples (one backend losing 20% of its calls), as a running
     admin process would have stored them before the page opened."""
-    from admin_api.signals import SAMPLE_SECONDS, signals_key
+    from admin_api.signals import SAMPLE_SECONDS
 
     async def register() -> dict[str, str]:
         store = RegistryStore.from_url(redis_url)
@@ -259,7 +259,7 @@ def _seed_signals(redis_url: str, pool: str, client: redis.Redis) -> dict[str, s
                 bad: {"qps": 40.0, "latency_ms": 12.0, "finished": 50, "received": 40},
             },
         }
-        client.hset(signals_key(pool), str(int(ts // SAMPLE_SECONDS)), json.dumps(sample))
+        client.hset(keys.signals(pool), str(int(ts // SAMPLE_SECONDS)), json.dumps(sample))
     return ids
 
 

@@ -3,6 +3,7 @@ Redis, without one (fast), including 503 when the registry is away."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -10,7 +11,9 @@ import pytest
 import pytest_asyncio
 
 from admin_api.app import create_app
+from admin_api.signals import Sampler
 from lookaside.registry.memory import MemoryStore
+from lookaside.registry.outlier import outcome_fields
 from tests.admin_api.conftest import AUTH, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -55,6 +58,38 @@ async def test_pool_and_backend_lifecycle(api: httpx.AsyncClient, memory: Memory
     r = await api.delete("/api/v1/pools/mem?force=true", headers=AUTH)
     assert r.status_code == 204
     assert (await api.get("/api/v1/pools/mem", headers=AUTH)).status_code == 404
+
+
+async def test_signals_over_the_memory_port(api: httpx.AsyncClient, memory: MemoryStore) -> None:
+    r = await api.post("/api/v1/pools", json={"name": "sig"}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    lease = await memory.register(pool="sig", host="h", ip="127.0.0.1", port=82)
+    await memory.heartbeat("sig", lease.backend_id, lease.lease_id, {"qps": 4.0, "latency_ms": 2.0})
+    sampler = Sampler(memory)  # type: ignore[arg-type]
+    snap = await memory.snapshot("sig")
+    assert snap is not None
+    now = time.time()
+    await sampler.record(snap, now - 10)
+    outcomes = outcome_fields(lease.backend_id, 10, 9, 0)
+    await memory.add_reports(
+        "sig", "x", int(now // 10) - 1, {"reports": 1, "finished": 20}, outcomes
+    )
+    await sampler.record(snap, now)
+    r = await api.get("/api/v1/pools/sig/signals", headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [p["latency_ms"] for p in body["history"]] == [2.0, 2.0]
+    assert body["success_rate"] == 0.9 and body["backends"][0]["latency_p50_ms"] == 2.0
+    assert body["reported"] == [
+        {"ts_ms": (int(now // 10) - 1) * 10_000, "calls_per_s": 2.0, "success_rate": None,
+         "latency_ms": None}
+    ]  # fmt: skip
+    memory.available = False
+    try:
+        r = await api.get("/api/v1/pools/sig/signals", headers=AUTH)
+        assert r.status_code == 503 and "registry unavailable" in r.json()["detail"]
+    finally:
+        memory.available = True
 
 
 async def test_registry_away_is_503(api: httpx.AsyncClient, memory: MemoryStore) -> None:

@@ -4,7 +4,9 @@ test Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 
@@ -12,13 +14,16 @@ import grpc
 import httpx
 import pytest
 
-from admin_api.signals import Sampler, percentile, signals_key
+from admin_api.routes.signals import _sample_forever
+from admin_api.signals import Sampler, percentile
 from client_lib import AsyncRegistration
+from lookaside.asyncutil import cancel_and_wait
 from lookaside.demo.server import RouteGuideServer
 from lookaside.demo.settings import ServerSettings
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.registry import keys
+from lookaside.registry.memory import MemoryStore
 from lookaside.registry.model import PoolConfig
 from lookaside.registry.outlier import outcome_fields
 from lookaside.registry.store import RegistryStore
@@ -123,8 +128,7 @@ async def test_signals_from_outcomes_and_heartbeats(
     assert snap is not None
     await sampler.record(snap, now=time.time() - 20)  # the baseline
     fields = {**outcome_fields(good, 100, 100, 0), **outcome_fields(bad, 100, 80, 5)}
-    for name, value in fields.items():
-        await store.redis.hincrby(keys.outcomes(pool), name, value)
+    assert await store.add_reports(pool, f"{pool}-outcomes", int(time.time() // 10), {}, fields)
     await sampler.record(snap)
 
     r = await client.get(f"/api/v1/pools/{pool}/signals", params={"minutes": 5}, headers=AUTH)
@@ -143,7 +147,7 @@ async def test_signals_from_outcomes_and_heartbeats(
     assert rows["127.0.0.1:9503"]["success_rate"] is None
     assert rows["127.0.0.1:9503"]["latency_p50_ms"] is None
     assert len(body["history"]) == 2
-    assert await store.redis.hlen(signals_key(pool)) == 2
+    assert len(await store.signal_history(pool)) == 2
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -158,3 +162,29 @@ def test_percentile_weights_by_calls() -> None:
     assert percentile([], 0.5) is None
     assert percentile([(1.0, 99), (100.0, 1)], 0.5) == 1.0
     assert percentile([(1.0, 98), (100.0, 2)], 0.99) == 100.0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_sampler_logs_a_lost_registry_once_and_keeps_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory = MemoryStore()
+    await memory.put_pool(PoolConfig(name="sampled"))
+    memory.available = False
+    caplog.set_level(logging.INFO, logger="lookaside.admin")
+    sampler = Sampler(memory)  # type: ignore[arg-type]
+    task = asyncio.create_task(_sample_forever(sampler, period=0.02))
+    try:
+        await asyncio.sleep(0.3)
+        failed = [r for r in caplog.records if "sampling failed" in r.getMessage()]
+        assert len(failed) == 1 and "Unavailable" not in failed[0].getMessage()
+        memory.available = True
+        deadline = time.monotonic() + 5
+        while not await memory.signal_history("sampled"):
+            assert time.monotonic() < deadline, "the sampler did not resume"
+            await asyncio.sleep(0.02)
+        assert any("sampling resumed" in r.getMessage() for r in caplog.records)
+        assert not task.done()
+    finally:
+        await cancel_and_wait([task])
+    assert task.cancelled()

@@ -18,6 +18,8 @@ from lookaside.registry import errors
 from lookaside.registry.machine import Event, Key, Outcome
 from lookaside.registry.memory import MemoryStore
 from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_id_for
+from lookaside.registry.outlier import Outcomes, outcome_fields
+from lookaside.registry.signals import HISTORY_SECONDS, SLOT_SECONDS, CallRate, slot_of
 from lookaside.registry.store import RegistryStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -314,6 +316,74 @@ async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     assert await port.store.replica_streams(pool) == []
 
 
+async def test_signal_samples_one_per_slot_kept_for_the_history(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    slot = slot_of(time.time())
+
+    def sample(at: int, **extra: Any) -> dict[str, Any]:
+        return {"ts_ms": at * SLOT_SECONDS * 1000, "calls_per_s": None, **extra}
+
+    assert await port.store.signal_history(pool) == []
+    assert await port.store.put_signal_sample(pool, slot - 2, sample(slot - 2, v=1)) == 0
+    await port.store.put_signal_sample(pool, slot - 2, sample(slot - 2, v=2))  # the same slot
+    await port.store.put_signal_sample(pool, slot, sample(slot, backends={"b": {"qps": 1.5}}))
+    await port.store.put_signal_sample(pool, slot - 1, sample(slot - 1))
+    history = await port.store.signal_history(pool)
+    assert history == [
+        sample(slot - 2, v=2),
+        sample(slot - 1),
+        sample(slot, backends={"b": {"qps": 1.5}}),
+    ]
+    since = (slot - 1) * SLOT_SECONDS * 1000
+    recent = await port.store.signal_history(pool, since)
+    assert [s["ts_ms"] for s in recent] == [since, since + SLOT_SECONDS * 1000]
+    assert await port.store.signal_history(f"{pool}-other") == []
+    # A write drops, in the same step, the samples older than the history.
+    span = HISTORY_SECONDS // SLOT_SECONDS
+    assert await port.store.put_signal_sample(pool, slot - 2 + span, sample(slot - 2 + span)) == 0
+    assert await port.store.put_signal_sample(pool, slot + span, sample(slot + span)) == 2
+    kept = await port.store.signal_history(pool)
+    assert [s["ts_ms"] // (SLOT_SECONDS * 1000) for s in kept] == [
+        slot,
+        slot - 2 + span,
+        slot + span,
+    ]
+
+
+async def test_reported_call_rates_per_whole_load_bucket(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    now = time.time()
+    current = int(now // 10)
+    for n, fields in (
+        (current - 91, {"reports": 1, "finished": 10}),  # older than 15 minutes
+        (current - 90, {"reports": 1, "finished": 10}),
+        (current - 3, {"reports": 2, "finished": 55}),
+        (current - 2, {"started": 4}),  # no report finished anything: not known
+        (current - 1, {"reports": 1, "started": 3}),
+        (current, {"reports": 1, "finished": 99}),  # not a whole bucket yet
+    ):
+        assert await port.store.add_reports(pool, f"b{n}", n, fields)
+    assert await port.store.reported_call_rates(pool, now) == [
+        CallRate((current - 90) * 10_000, 1.0),
+        CallRate((current - 3) * 10_000, 5.5),
+        CallRate((current - 1) * 10_000, 0.0),
+    ]
+    assert await port.store.reported_call_rates(f"{pool}-other", now) == []
+
+
+async def test_outcome_counts_are_read_not_reset(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    assert await port.store.outcome_counts(pool) == {}
+    bucket = int(time.time() // 10)
+    outcomes = {**outcome_fields("a", 10, 8, 1), **outcome_fields("b", 3, 3, 0)}
+    await port.store.add_reports(pool, "o1", bucket, {"reports": 1}, outcomes)
+    expected = {"a": Outcomes(10, 8, 1), "b": Outcomes(3, 3, 0)}
+    assert await port.store.outcome_counts(pool) == expected
+    assert await port.store.outcome_counts(pool) == expected
+    await port.store.add_reports(pool, "o2", bucket, {"reports": 1}, outcome_fields("a", 5, 5, 0))
+    assert (await port.store.outcome_counts(pool))["a"] == Outcomes(15, 13, 1)
+
+
 async def test_replica_membership(port: Port, pool: str) -> None:
     a, b = f"{pool}-a", f"{pool}-b"
     assert a in await port.store.touch_replica(a, 60_000)
@@ -351,6 +421,14 @@ async def test_a_registry_that_is_away_raises_unavailable_not_a_redis_error() ->
                 await store.add_reports("p", "b", 1, {"reports": 1})
             with pytest.raises(errors.Unavailable):
                 await store.touch_replica("r", 1000)
+            with pytest.raises(errors.Unavailable):
+                await store.put_signal_sample("p", 1, {"ts_ms": 5000})
+            with pytest.raises(errors.Unavailable):
+                await store.signal_history("p")
+            with pytest.raises(errors.Unavailable):
+                await store.reported_call_rates("p")
+            with pytest.raises(errors.Unavailable):
+                await store.outcome_counts("p")
             feed = store.changes()
             with pytest.raises(errors.Unavailable):
                 await anext(feed)
