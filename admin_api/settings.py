@@ -14,6 +14,8 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookaside.settings import check_redis_url
+
 log = logging.getLogger("lookaside.admin")
 
 TOKEN_MIN_LENGTH = 16
@@ -83,6 +85,11 @@ class AdminSettings(BaseSettings):
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"listen {value!r} is not host:port (for example 127.0.0.1:8080)")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
 
     @field_validator("log_level")
     @classmethod

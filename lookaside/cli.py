@@ -18,7 +18,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from lookaside.settings import add_settings_arguments, settings_or_exit
+from lookaside.settings import add_settings_arguments, redacted_url, settings_or_exit
 
 
 def setup_logging(level: str = "info") -> None:
@@ -54,11 +54,47 @@ def _load(ref: str) -> object:
     return getattr(importlib.import_module(module), attr)
 
 
+REDIS_START_TIMEOUT = 5.0
+
+
+def redis_unreachable(url: str, timeout: float = REDIS_START_TIMEOUT) -> str | None:
+    """Why Redis at `url` cannot be used, after trying for `timeout` seconds
+    (a Redis started at the same moment gets time to come up); None when it
+    answers PING."""
+    import time
+
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        try:
+            client.ping()
+            return None
+        except (redis.RedisError, OSError) as exc:
+            problem = str(exc) or type(exc).__name__
+            if isinstance(exc, redis.AuthenticationError) or time.monotonic() >= deadline:
+                return problem
+        finally:
+            client.close()
+        time.sleep(0.25)
+
+
 def _service_command(
     parser: argparse.ArgumentParser, settings_ref: str, serve_ref: str
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         settings = settings_or_exit(parser, _load(settings_ref), args)  # type: ignore[arg-type]
+        redis_url = getattr(settings, "redis_url", "")
+        problem = redis_unreachable(redis_url) if redis_url else None
+        if problem:
+            env = f"{type(settings).model_config.get('env_prefix', '')}REDIS_URL"
+            print(
+                f"{parser.prog}: error: cannot reach Redis at {redacted_url(redis_url)} ({problem}); "
+                f"start it, or point --redis-url (env {env}) at a running one",
+                file=sys.stderr,
+            )
+            return 1
         setup_logging(getattr(settings, "log_level", "info"))
         serve = _load(serve_ref)
         try:

@@ -34,7 +34,7 @@ class LabSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address every lab process binds")
     balancer_port: int = Field(50051, description="balancer port")
     metrics_port: int = Field(9464, description="balancer /metrics port")
-    dns_port: int = Field(5353, description="DNS responder port (UDP and TCP)")
+    dns_port: int = Field(8053, description="DNS responder port (UDP and TCP)")
     dns_metrics_port: int = Field(9465, description="DNS responder /metrics port")
     admin_port: int = Field(8080, description="admin API and dashboard port")
     backends: int = Field(3, ge=0, le=20, description="routeguide backends to start")

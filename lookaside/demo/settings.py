@@ -78,7 +78,7 @@ class ClientSettings(BaseSettings):
     balancer: str = Field(
         "127.0.0.1:50051", description="balancer host:port (comma-separated) for --lb lookaside"
     )
-    dns: str = Field("127.0.0.1:5353", description="DNS server host:port for --lb grpclb-dns")
+    dns: str = Field("127.0.0.1:8053", description="DNS server host:port for --lb grpclb-dns")
     server: str = Field("", description="server host:port for --lb none")
     timeout: float = Field(5.0, gt=0, description="deadline of each call, in seconds")
     seed: int | None = Field(None, description="seed of the request generator; default random")
