@@ -18,6 +18,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from lookaside.redis_process import redis_unreachable
 from lookaside.settings import add_settings_arguments, redacted_url, settings_or_exit
 
 
@@ -52,32 +53,6 @@ SERVICES: dict[str, tuple[str, str, str]] = {
 def _load(ref: str) -> object:
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-REDIS_START_TIMEOUT = 5.0
-
-
-def redis_unreachable(url: str, timeout: float = REDIS_START_TIMEOUT) -> str | None:
-    """Why Redis at `url` cannot be used, after trying for `timeout` seconds
-    (a Redis started at the same moment gets time to come up); None when it
-    answers PING."""
-    import time
-
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while True:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
-        try:
-            client.ping()
-            return None
-        except (redis.RedisError, OSError) as exc:
-            problem = str(exc) or type(exc).__name__
-            if isinstance(exc, redis.AuthenticationError) or time.monotonic() >= deadline:
-                return problem
-        finally:
-            client.close()
-        time.sleep(0.25)
 
 
 def _service_command(
