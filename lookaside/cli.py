@@ -5,6 +5,7 @@
     lookaside admin         the admin API and dashboard
     lookaside routeguide    the demo server and client
     lookaside up            the whole local lab in one command
+    lookaside chaos         faults under load, and a table of lost calls
 
 Every flag also reads an environment variable (shown in --help).
 """
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
         p.set_defaults(func=_service_command(p, settings_ref, serve_ref))
-    for extra in ("lookaside.demo.cli", "lookaside.lab"):
+    for extra in ("lookaside.demo.cli", "lookaside.lab", "lookaside.chaos.run"):
         importlib.import_module(extra).add_subcommand(sub)
     return parser
 

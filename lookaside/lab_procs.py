@@ -126,8 +126,10 @@ class Proc:
         port: int = 0,
         env: dict[str, str] | None = None,
         backend: bool = False,
+        module: str = "lookaside",
     ) -> None:
         self.name = name
+        self.module = module
         self.args = args
         self.log = log
         self.port = port
@@ -145,7 +147,7 @@ class Proc:
     def start(self) -> Proc:
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "lookaside", *self.args],
+                [sys.executable, "-m", self.module, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
@@ -200,6 +202,11 @@ class Proc:
 
     def restart_due(self) -> bool:
         return bool(self.restart_at) and time.monotonic() >= self.restart_at
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(sig)
 
     def terminate(self) -> None:
         if self.alive():
