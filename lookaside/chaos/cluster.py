@@ -58,6 +58,8 @@ class ChaosLab:
         self.clients: dict[str, Proc] = {}
         self.dns: Proc | None = None
         self.extra: list[Proc] = []
+        # When a scenario's fault begins later than the scenario itself.
+        self.fault_at: float | None = None
 
     # -- processes -------------------------------------------------------------
 

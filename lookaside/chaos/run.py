@@ -33,7 +33,9 @@ def run_scenario(lab: ChaosLab, name: str, seconds: float, observe: float) -> li
     start = time.monotonic()
     time.sleep(PRE)
     fault = time.monotonic()
+    lab.fault_at = None
     note = fn(lab, seconds)
+    fault = lab.fault_at or fault
     time.sleep(observe)
     end = time.monotonic()
     time.sleep(0.5)  # the clients' files are flushed every 0.2 s

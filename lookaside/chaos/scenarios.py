@@ -37,6 +37,7 @@ def redis_stale_snapshot(lab: ChaosLab, seconds: float) -> str:
     gone.wait_stopped(15)
     lab.wait_serving(30, lab.n_backends - 1)
     time.sleep(seconds)
+    lab.fault_at = time.monotonic()
     lab.redis.restart(rdb=snap)
     return f"{gone.name} left before the restore"
 
@@ -100,6 +101,7 @@ def backend_blackhole(lab: ChaosLab, seconds: float) -> str:
     """A fifth backend that answers no call while its health says SERVING."""
     proc = lab.backend("blackhole", "--blackhole-percent", "1")
     lab.extra.append(proc)
+    lab.fault_at = time.monotonic()
     proc.start()
     proc.wait_ready(60)
     time.sleep(seconds)
