@@ -14,7 +14,7 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import check_redis_url
+from lookaside.settings import check_redis_url, check_state_file
 
 log = logging.getLogger("lookaside.admin")
 
@@ -74,6 +74,11 @@ class AdminSettings(BaseSettings):
         False, description="development mode: accept a weak token, or generate one when empty"
     )
     public_reads: bool = Field(False, description="serve GET requests without a token")
+    state_file: str = Field(
+        "",
+        description="declared pools (YAML or JSON, as `lookaside export` writes): applied at "
+        "start and again whenever Redis comes back empty",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
 
     _token_generated: bool = PrivateAttr(False)
@@ -90,6 +95,11 @@ class AdminSettings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         return check_redis_url(value)
+
+    @field_validator("state_file")
+    @classmethod
+    def _check_state_file(cls, value: str) -> str:
+        return check_state_file(value)
 
     @field_validator("log_level")
     @classmethod

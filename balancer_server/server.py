@@ -31,6 +31,7 @@ from lookaside.registry.reaper import reap_forever
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
 from lookaside.settings import BalancerSettings
+from lookaside.state_keeper import keeper_from_file
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -187,6 +188,9 @@ async def serve(settings: BalancerSettings) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     balancer = BalancerServer(settings)
     await balancer.start()
+    keeper = keeper_from_file(balancer.store, settings.state_file, f"state:{balancer.replica_id}")
     await until_signalled()
     log.info("shutting down")
+    if keeper is not None:
+        await keeper.stop()
     await balancer.stop()

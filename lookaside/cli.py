@@ -6,6 +6,7 @@
     lookaside routeguide    the demo server and client
     lookaside up            the whole local lab in one command
     lookaside chaos         faults under load, and a table of lost calls
+    lookaside apply -f F    make the registry hold a declared state; `export` prints it
 
 Every flag also reads an environment variable (shown in --help).
 """
@@ -93,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_settings_arguments(p, settings_cls)  # type: ignore[arg-type]
         p.set_defaults(func=_service_command(p, settings_ref, serve_ref))
-    for extra in ("lookaside.demo.cli", "lookaside.lab", "lookaside.chaos.run"):
+    for extra in (
+        "lookaside.demo.cli",
+        "lookaside.lab",
+        "lookaside.chaos.run",
+        "lookaside.state_cli",
+    ):
         importlib.import_module(extra).add_subcommand(sub)
     return parser
 

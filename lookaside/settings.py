@@ -47,6 +47,17 @@ def readable_file(value: str, what: str) -> str:
     return path
 
 
+def check_state_file(value: str) -> str:
+    """A state file that exists and parses (lookaside.declarative), or ""."""
+    if not value.strip():
+        return ""
+    from lookaside.declarative import load
+
+    path = readable_file(value, "state file")
+    load(path)  # a StateError (a ValueError) says where the document is wrong
+    return path
+
+
 def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
     """`value` (stripped) if it is host:port or [v6]:port, else a ValueError
     that says what is wrong. Port 0 only where `port_zero` allows it."""
@@ -151,7 +162,7 @@ class BalancerSettings(BaseSettings):
     @field_validator("state_file")
     @classmethod
     def _state_file(cls, v: str) -> str:
-        return readable_file(v, "state file") if v.strip() else ""
+        return check_state_file(v)
 
 
 def add_settings_arguments(

@@ -2,12 +2,13 @@
 
 from fastapi import APIRouter
 
-from admin_api.routes import backends, events, load, pools
+from admin_api.routes import backends, events, load, pools, state
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(pools.router)
 api_router.include_router(backends.router)
 api_router.include_router(load.router)
 api_router.include_router(events.router)
+api_router.include_router(state.router)
 
 __all__ = ["api_router"]

@@ -45,6 +45,8 @@ def test_operation_ids_are_clean() -> None:
         "backends-remove",
         "load-read",
         "events-list",
+        "state-export",
+        "state-apply",
         "health-live",
         "health-ready",
     } == ids
