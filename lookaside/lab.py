@@ -25,7 +25,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookaside.lab_procs import LabError, Proc, exit_reason, lab_lock, preflight_ports
 from lookaside.redis_process import RedisProcess, free_port, redis_unreachable
-from lookaside.settings import add_settings_arguments, check_redis_url, settings_or_exit
+from lookaside.settings import (
+    add_settings_arguments,
+    check_redis_url,
+    check_state_file,
+    settings_or_exit,
+)
 
 
 class LabSettings(BaseSettings):
@@ -44,6 +49,9 @@ class LabSettings(BaseSettings):
     admin_token: str = Field("", description="admin API token; generated when empty")
     ready_timeout: float = Field(30.0, description="seconds to wait for each process")
     restart_backends: bool = Field(False, description="start a backend again when it dies")
+    state_file: str = Field(
+        "", description="declared pools for the balancer and admin (see `lookaside export`)"
+    )
     log_dir: str = Field(
         "", description="keep the logs here; default a temporary folder, removed on a clean stop"
     )
@@ -63,6 +71,11 @@ class LabSettings(BaseSettings):
     @classmethod
     def _redis_url(cls, v: str) -> str:
         return check_redis_url(v) if v.strip() else ""
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file(cls, v: str) -> str:
+        return str(Path(check_state_file(v)).resolve()) if v.strip() else ""
 
 
 PORT_FLAGS = {
@@ -113,10 +126,12 @@ class Lab:
             self.redis_url = self.redis.url
         lb_addr = f"{s.host}:{s.balancer_port}"
         url = self.redis_url
+        state = ["--state-file", s.state_file] if s.state_file else []
         self._proc(
             "balancer",
             ["balancer", "--listen", lb_addr, "--redis-url", url,
-             "--metrics-listen", f"{s.host}:{s.metrics_port}", "--replica-id", "lab-balancer"],
+             "--metrics-listen", f"{s.host}:{s.metrics_port}", "--replica-id", "lab-balancer",
+             *state],
             s.balancer_port,
         ).wait_ready(s.ready_timeout)  # fmt: skip
         self._proc(
@@ -127,7 +142,7 @@ class Lab:
         ).wait_ready(s.ready_timeout)  # fmt: skip
         self._proc(
             "admin",
-            ["admin", "--listen", f"{s.host}:{s.admin_port}", "--redis-url", url],
+            ["admin", "--listen", f"{s.host}:{s.admin_port}", "--redis-url", url, *state],
             s.admin_port,
             env={"LOOKASIDE_ADMIN_TOKEN": self.token},
         ).wait_ready(s.ready_timeout)

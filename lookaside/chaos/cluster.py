@@ -88,7 +88,24 @@ class ChaosLab:
             backend=True,
         )  # fmt: skip
 
+    def _write_state_file(self) -> None:
+        """The pool's settings as a state file for both replicas, so that a
+        Redis that comes back empty gets them back (lookaside.state_keeper)."""
+        from admin_api.schemas.pools import PoolSettings
+        from lookaside import declarative as d
+
+        doc = d.StateDocument(
+            pools=[
+                d.PoolState(name=self.pool, config=PoolSettings.from_config(chaos_pool(self.pool)))
+            ]
+        )
+        path = self.dir / "state.yaml"
+        path.write_text(d.dump(doc))
+        self.state_file = str(path)
+
     def start(self, ready_timeout: float = 60.0) -> ChaosLab:
+        if not self.state_file:
+            self._write_state_file()
         self.redis.start()
         self.proxy = TcpProxy(self.redis.port, HOST).start()
         asyncio.run(self._put_pool())

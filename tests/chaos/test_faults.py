@@ -6,13 +6,17 @@ figures is `lookaside chaos` (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
-from lookaside.chaos.cluster import ChaosLab
+from lookaside.chaos.cluster import ChaosLab, chaos_pool
 from lookaside.chaos.report import Outcome
 from lookaside.chaos.run import run_scenario
+from lookaside.registry import keys
+from lookaside.registry.model import PoolConfig
 
 CLIENTS = ("thin-sync", "thin-aio", "grpcio-dns")
 
@@ -55,6 +59,17 @@ def test_redis_restarted_empty_loses_no_call(lab: ChaosLab) -> None:
     assert lab.redis.pid != pid
     assert failures(outcomes) == {}
     assert lab.serving_count() == 3  # the backends registered again
+    # and the replicas' state file brings the pool's settings back (the
+    # keepers look every 2 s)
+    client = redis.Redis.from_url(lab.redis.url)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        raw = client.get(keys.config(lab.pool))
+        if raw is not None and PoolConfig.from_json(raw) == chaos_pool(lab.pool):
+            break
+        time.sleep(0.2)
+    client.close()
+    assert raw is not None and PoolConfig.from_json(raw) == chaos_pool(lab.pool)
 
 
 @pytest.mark.timeout(90)
