@@ -26,10 +26,32 @@ from lookaside.chaos.report import Outcome, analyse, read_calls, table
 from lookaside.chaos.scenarios import SCENARIOS
 
 PRE = 1.0
+SETTLE = 3.0
+SETTLE_LIMIT = 60.0
+
+
+def settle(lab: ChaosLab, quiet: float = SETTLE, limit: float = SETTLE_LIMIT) -> bool:
+    """Waits until no client has failed a call for `quiet` seconds, so that
+    one scenario's window holds none of the previous one's failures. False
+    when that did not happen within `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        now = time.monotonic()
+        recent = [
+            code
+            for kind in lab.client_kinds
+            for _, code in read_calls(lab.calls_file(kind), now - quiet, now)
+        ]
+        if recent and "OK" in recent and all(code == "OK" for code in recent):
+            return True
+        if now > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def run_scenario(lab: ChaosLab, name: str, seconds: float, observe: float) -> list[Outcome]:
     fn = SCENARIOS[name][0]
+    settled = settle(lab)
     start = time.monotonic()
     time.sleep(PRE)
     fault = time.monotonic()
@@ -43,7 +65,7 @@ def run_scenario(lab: ChaosLab, name: str, seconds: float, observe: float) -> li
     for kind in lab.client_kinds:
         calls = read_calls(lab.calls_file(kind), start, end)
         o = analyse(name, kind, calls, start, fault, end)
-        o.note = note
+        o.note = note if settled else f"{note}; load never quiet before the fault".lstrip("; ")
         outcomes.append(o)
     lab.repair()
     return outcomes

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from lookaside.chaos.cluster import ChaosLab
@@ -121,6 +122,8 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
     from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
     from lookaside.registry.store import RegistryStore
 
+    refused: Counter[str] = Counter()
+
     async def burst() -> int:
         channel = grpc.aio.insecure_channel(lab.balancer_addrs.split(",")[0])
         stub = registry_pb2_grpc.RegistryStub(channel)
@@ -136,8 +139,8 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
                 try:
                     await stub.Register(req, timeout=30)
                     ok += 1
-                except grpc.aio.AioRpcError:
-                    pass
+                except grpc.aio.AioRpcError as exc:
+                    refused[f"{exc.code().name}: {(exc.details() or '')[:60]}"] += 1
 
         await asyncio.gather(*(one(i) for i in range(count)))
         await channel.close()
@@ -154,7 +157,8 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
         await store.close()
 
     asyncio.run(remove())
-    return f"{ok} of {count} registered in {took:.1f}s"
+    why = "; ".join(f"{n} {reason}" for reason, n in refused.most_common(2))
+    return f"{ok} of {count} registered in {took:.1f}s" + (f" (refused: {why})" if why else "")
 
 
 # name -> (function, default seconds, what it does)
