@@ -60,6 +60,8 @@ class ChaosLab:
         self.extra: list[Proc] = []
         # When a scenario's fault begins later than the scenario itself.
         self.fault_at: float | None = None
+        # Seconds the next scenario waits after this one's repair.
+        self.cooldown = 0.0
 
     # -- processes -------------------------------------------------------------
 

@@ -56,6 +56,7 @@ def run_scenario(lab: ChaosLab, name: str, seconds: float, observe: float) -> li
     time.sleep(PRE)
     fault = time.monotonic()
     lab.fault_at = None
+    lab.cooldown = 0.0
     note = fn(lab, seconds)
     fault = lab.fault_at or fault
     time.sleep(observe)
@@ -68,6 +69,7 @@ def run_scenario(lab: ChaosLab, name: str, seconds: float, observe: float) -> li
         o.note = note if settled else f"{note}; load never quiet before the fault".lstrip("; ")
         outcomes.append(o)
     lab.repair()
+    time.sleep(lab.cooldown)
     return outcomes
 
 

@@ -23,8 +23,14 @@ def redis_pause(lab: ChaosLab, seconds: float) -> str:
     return ""
 
 
+# After Redis comes back the reapers evict nothing for --outage-grace
+# (15 s by default) and then catch up: the next scenario starts after that.
+AFTER_REDIS_RESTART = 16.0
+
+
 def redis_restart_empty(lab: ChaosLab, seconds: float) -> str:
     lab.redis.restart(wipe=True)
+    lab.cooldown = AFTER_REDIS_RESTART
     return ""
 
 
@@ -40,6 +46,7 @@ def redis_stale_snapshot(lab: ChaosLab, seconds: float) -> str:
     time.sleep(seconds)
     lab.fault_at = time.monotonic()
     lab.redis.restart(rdb=snap)
+    lab.cooldown = AFTER_REDIS_RESTART
     return f"{gone.name} left before the restore"
 
 
