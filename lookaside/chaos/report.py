@@ -27,10 +27,11 @@ def read_calls(path: Path, start: float, end: float) -> list[tuple[float, str]]:
         text = path.read_text()
     except OSError:
         return out
-    for line in text.splitlines():
+    lines = text.split("\n")[:-1]  # the last one is empty, or still being written
+    for line in lines:
         parts = line.split()
         if len(parts) != 2:
-            continue  # a line being written
+            continue
         t = float(parts[0])
         if start <= t <= end:
             out.append((t, parts[1]))
