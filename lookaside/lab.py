@@ -4,8 +4,9 @@ It starts a private Redis (append-only persistence, unless --redis-url is
 given), the balancer, the DNS responder, the admin API and routeguide
 backends as separate processes, and checks each one itself: the process it
 started must be alive and hold its port. A backend that dies is reported and
-the lab keeps running (--restart-backends starts it again); a core process
-that dies stops the lab with exit status 1. Ctrl-C or SIGTERM stops
+the lab keeps running (--restart-backends starts it again); its Redis is
+started again from its append-only file; a balancer, DNS responder or
+admin that dies stops the lab with exit status 1. Ctrl-C or SIGTERM stops
 everything, backends first so they deregister.
 """
 
@@ -212,7 +213,7 @@ class Lab:
 
     def watch_once(self) -> str | None:
         """Checks every process once. Reports (and maybe restarts) a dead
-        backend; returns why the lab must stop when a core process died."""
+        backend; returns why the lab must stop when a service died."""
         for proc in self.procs:
             code = proc.poll_exit()
             if code is None:
@@ -235,7 +236,18 @@ class Lab:
                     f"lab: restarted {proc.name} on {self.s.host}:{proc.port} (pid {proc.pid})"
                 )
         if self.redis and self.redis.proc and self.redis.proc.poll() is not None:
-            return f"redis (pid {self.redis.pid}) {exit_reason(self.redis.proc.returncode)}"
+            # The lab's own Redis keeps an append-only file: start it again
+            # on its port, with its data.
+            why = exit_reason(self.redis.proc.returncode)
+            old = self.redis.pid
+            try:
+                self.redis.start()
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                return f"redis (pid {old}) {why}, and did not start again: {exc}"
+            self.out(
+                f"lab: redis (pid {old}) {why}; restarted it from its append-only file "
+                f"(pid {self.redis.pid})"
+            )
         return None
 
     def stop(self) -> None:

@@ -131,10 +131,18 @@ def test_lab_spreads_calls_and_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_lab_stops_with_status_1_when_a_core_process_dies(tmp_path: Path) -> None:
+def test_lab_restarts_its_redis_and_stops_with_status_1_when_a_service_dies(tmp_path: Path) -> None:
     lab = start_lab(lab_ports(), "--backends", "0")
     try:
         banner = read_until(lab, "Ctrl-C stops everything")
+        # Its Redis killed: started again from the append-only file.
+        redis_pid = int(
+            [b for b in banner if "append-only" in b][0].split("(pid ")[1].split(",")[0]
+        )
+        os.kill(redis_pid, signal.SIGKILL)
+        lines = read_until(lab, "restarted it from its append-only file", 60)
+        assert f"redis (pid {redis_pid}) was killed by SIGKILL" in lines[-1], lines
+        # A balancer killed: the lab stops, with status 1.
         pids = [b for b in banner if b.strip().startswith("pids")][0]
         balancer_pid = int(pids.split("balancer ")[1].split(",")[0])
         os.kill(balancer_pid, signal.SIGKILL)
