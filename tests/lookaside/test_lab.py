@@ -191,3 +191,19 @@ def test_lab_refuses_a_bad_redis_url(
     err = capsys.readouterr().err
     assert "--redis-url (env LOOKASIDE_LAB_REDIS_URL)" in err and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_lab_with_an_unreachable_redis_exits_1_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ports = lab_ports()
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    code = main(
+        ["up", "--redis-url", url, "--balancer-port", str(ports["balancer"]), "--metrics-port",
+         str(ports["metrics"]), "--dns-port", str(ports["dns"]), "--dns-metrics-port",
+         str(ports["dns_metrics"]), "--admin-port", str(ports["admin"])]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach Redis at {url}" in err
+    assert "--redis-url (env LOOKASIDE_LAB_REDIS_URL)" in err
