@@ -97,3 +97,21 @@ def test_state_file_that_does_not_exist_is_refused(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--state-file (env LOOKASIDE_BALANCER_STATE_FILE)" in err and "does not exist" in err
+
+
+def test_dns_default_port_is_not_mdns_and_docs_agree() -> None:
+    from pathlib import Path
+
+    from lookaside.demo.settings import ClientSettings
+    from lookaside.dns_responder.settings import DnsSettings
+    from lookaside.lab import LabSettings
+
+    port = DnsSettings.model_fields["listen"].default.rpartition(":")[2]
+    assert port != "5353"  # mDNS
+    assert str(LabSettings.model_fields["dns_port"].default) == port
+    assert ClientSettings.model_fields["dns"].default.endswith(f":{port}")
+    root = Path(__file__).resolve().parents[2]
+    for doc in ("README.md", "docker-compose.yml", "docs/stock-clients.md"):
+        text = (root / doc).read_text()
+        assert ":5353" not in text, doc
+        assert f":{port}" in text, doc
