@@ -29,7 +29,7 @@ COPY --from=build /opt/lookaside /opt/lookaside
 COPY deploy/compose/pools.json /etc/lookaside/pools.json
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 50051 9464 5353/udp 5353/tcp 8080 8081
+EXPOSE 50051 9464 8053/udp 8053/tcp 8080 8081
 # The balancer's grpc.health.v1 status. Other services override the test
 # (compose `healthcheck:`, Kubernetes probes) with the same subcommand.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \

@@ -10,11 +10,13 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
 from admin_api.app import create_app
 from admin_api.settings import AdminSettings
+from lookaside.state_keeper import keeper_from_file
 
 log = logging.getLogger("lookaside.admin")
 
@@ -66,9 +68,13 @@ async def serve(settings: AdminSettings) -> None:
         settings.public_reads,
         settings.dev,
     )
+    app: Any = server.config.app
+    keeper = keeper_from_file(app.state.store, settings.state_file, "state:admin")
     try:
         await server.serve()
     finally:
+        if keeper is not None:
+            await keeper.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     if not server.started:

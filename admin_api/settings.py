@@ -14,7 +14,7 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import read_secret
+from lookaside.settings import check_redis_url, check_state_file, read_secret, readable_file
 
 log = logging.getLogger("lookaside.admin")
 
@@ -74,6 +74,11 @@ class AdminSettings(BaseSettings):
         False, description="development mode: accept a weak token, or generate one when empty"
     )
     public_reads: bool = Field(False, description="serve GET requests without a token")
+    state_file: str = Field(
+        "",
+        description="declared pools (YAML or JSON, as `lookaside export` writes): applied at "
+        "start and again whenever Redis comes back empty",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     token_file: str = Field("", description="file holding the token (instead of --token)")
     redis_url_file: str = Field(
@@ -95,6 +100,21 @@ class AdminSettings(BaseSettings):
             raise ValueError(f"listen {value!r} is not host:port (for example 127.0.0.1:8080)")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
+    @field_validator("state_file")
+    @classmethod
+    def _check_state_file(cls, value: str) -> str:
+        return check_state_file(value)
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _files(cls, v: str) -> str:
+        return readable_file(v, "file") if v.strip() else ""
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -107,7 +127,7 @@ class AdminSettings(BaseSettings):
         if self.token_file:
             self.token = read_secret(self.token_file, "token file")
         if self.redis_url_file:
-            self.redis_url = read_secret(self.redis_url_file, "Redis URL file")
+            self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("give both --tls-cert and --tls-key (or neither, for plain HTTP)")
         problem = token_problem(self.token)

@@ -33,6 +33,7 @@ from lookaside.registry.reaper import reap_forever
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
 from lookaside.settings import BalancerSettings
+from lookaside.state_keeper import keeper_from_file
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -265,6 +266,9 @@ async def serve(settings: BalancerSettings) -> None:
     except (PolicyError, TlsConfigError) as exc:
         raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()
+    keeper = keeper_from_file(balancer.store, settings.state_file, f"state:{balancer.replica_id}")
     await until_signalled()
     log.info("shutting down")
+    if keeper is not None:
+        await keeper.stop()
     await balancer.stop()

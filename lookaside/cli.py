@@ -9,6 +9,8 @@
     lookaside ctl           operate pools and backends over the admin API
     lookaside watch         show live the server list a pool's clients get
     lookaside health-probe  exit 0 when a gRPC server is SERVING (for probes)
+    lookaside chaos         faults under load, and a table of lost calls
+    lookaside apply -f F    make the registry hold a declared state; `export` prints it
 
 Every flag also reads an environment variable (shown in --help).
 """
@@ -23,7 +25,8 @@ import sys
 from collections.abc import Callable
 
 try:
-    from lookaside.settings import add_settings_arguments, settings_or_exit
+    from lookaside.redis_process import redis_unreachable
+    from lookaside.settings import add_settings_arguments, redacted_url, settings_or_exit
 except ModuleNotFoundError as exc:  # a client-only install (no server extra)
     raise SystemExit(
         f"lookaside: the {exc.name!r} module is missing: the lookaside command runs the "
@@ -69,6 +72,16 @@ def _service_command(
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         settings = settings_or_exit(parser, _load(settings_ref), args)  # type: ignore[arg-type]
+        redis_url = getattr(settings, "redis_url", "")
+        problem = redis_unreachable(redis_url) if redis_url else None
+        if problem:
+            env = f"{type(settings).model_config.get('env_prefix', '')}REDIS_URL"
+            print(
+                f"{parser.prog}: error: cannot reach Redis at {redacted_url(redis_url)} ({problem}); "
+                f"start it, or point --redis-url (env {env}) at a running one",
+                file=sys.stderr,
+            )
+            return 1
         setup_logging(getattr(settings, "log_level", "info"))
         serve = _load(serve_ref)
         try:
@@ -98,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lookaside.probe",
         "lookaside.ctl",
         "lookaside.watch",
+        "lookaside.chaos.run",
+        "lookaside.state_cli",
     ):
         importlib.import_module(extra).add_subcommand(sub)
     return parser

@@ -1,19 +1,22 @@
 """`lookaside up`: the whole local lab in one command.
 
-It starts a private Redis (unless --redis-url is given), the balancer, the
-DNS responder, the admin API and routeguide backends as separate processes,
-prints what runs where and what to try, and on Ctrl-C or SIGTERM stops
-everything (backends first, so they deregister), leaving nothing behind.
+It starts a private Redis (append-only persistence, unless --redis-url is
+given), the balancer, the DNS responder, the admin API and routeguide
+backends as separate processes, and checks each one itself: the process it
+started must be alive and hold its port. A backend that dies is reported and
+the lab keeps running (--restart-backends starts it again); its Redis is
+started again from its append-only file; a balancer, DNS responder or
+admin that dies stops the lab with exit status 1. Ctrl-C or SIGTERM stops
+everything, backends first so they deregister.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
-import secrets
+import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +27,14 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.redis_process import RedisProcess, free_port
-from lookaside.settings import add_settings_arguments, settings_or_exit
+from lookaside.lab_procs import LabError, Proc, exit_reason, lab_lock, preflight_ports
+from lookaside.redis_process import RedisProcess, free_port, redis_unreachable
+from lookaside.settings import (
+    add_settings_arguments,
+    check_redis_url,
+    check_state_file,
+    settings_or_exit,
+)
 
 
 class LabSettings(BaseSettings):
@@ -35,16 +44,23 @@ class LabSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address every lab process binds")
     balancer_port: int = Field(50051, description="balancer port")
     metrics_port: int = Field(9464, description="balancer /metrics port")
-    dns_port: int = Field(5353, description="DNS responder port (UDP and TCP)")
+    dns_port: int = Field(8053, description="DNS responder port (UDP and TCP)")
     dns_metrics_port: int = Field(9465, description="DNS responder /metrics port")
     admin_port: int = Field(8080, description="admin API and dashboard port")
     backends: int = Field(3, ge=0, le=20, description="routeguide backends to start")
     pool: str = Field("routeguide", description="pool the backends join")
     zone: str = Field("lookaside.test", description="DNS zone")
     admin_token: str = Field("", description="admin API token; generated when empty")
-    ready_timeout: float = Field(30.0, description="seconds to wait for each process")
     tls: bool = Field(
         False, description="TLS on the balancer, admin API and backends (a lab CA, lookaside certs)"
+    )
+    ready_timeout: float = Field(30.0, description="seconds to wait for each process")
+    restart_backends: bool = Field(False, description="start a backend again when it dies")
+    state_file: str = Field(
+        "", description="declared pools for the balancer and admin (see `lookaside export`)"
+    )
+    log_dir: str = Field(
+        "", description="keep the logs here; default a temporary folder, removed on a clean stop"
     )
 
     @field_validator("admin_token")
@@ -58,67 +74,48 @@ class LabSettings(BaseSettings):
             raise ValueError(f"the admin token {problem}")
         return v
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        return check_redis_url(v) if v.strip() else ""
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file(cls, v: str) -> str:
+        return str(Path(check_state_file(v)).resolve()) if v.strip() else ""
+
+
+PORT_FLAGS = {
+    "balancer_port": "balancer",
+    "metrics_port": "balancer /metrics",
+    "dns_port": "DNS responder",
+    "dns_metrics_port": "DNS responder /metrics",
+    "admin_port": "admin API",
+}
+
 
 class Lab:
     def __init__(self, settings: LabSettings, out: Callable[[str], None] = print) -> None:
         self.s = settings
         self.out = out
-        self.dir = Path(tempfile.mkdtemp(prefix="lookaside-lab-"))
-        (self.dir / "logs").mkdir()
+        self.keep_logs = bool(settings.log_dir)
+        self.dir = (
+            Path(settings.log_dir).resolve()
+            if settings.log_dir
+            else Path(tempfile.mkdtemp(prefix="lookaside-lab-"))
+        )
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         self.redis: RedisProcess | None = None
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.redis_url = settings.redis_url
+        self.procs: list[Proc] = []
         self.backend_ports: list[int] = []
-        self.token = settings.admin_token or secrets.token_urlsafe(18)
+        self.token = settings.admin_token or __import__("secrets").token_urlsafe(18)
         self.certs: Any = None
 
-    def _spawn(
-        self, name: str, args: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = open(self.dir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lookaside", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        self.procs.append((name, proc))
-        return proc
-
-    def _wait_port(self, name: str, port: int, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + self.s.ready_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with {proc.returncode}; see {self.dir}/logs/{name}.log"
-                )
-            try:
-                with socket.create_connection((self.s.host, port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(
-            f"{name} did not listen on {self.s.host}:{port}; see {self.dir}/logs/{name}.log"
-        )
-
-    def _wait_registered(self, redis_url: str, count: int) -> None:
-        import redis
-
-        from lookaside.registry import keys
-
-        client = redis.Redis.from_url(redis_url)
-        try:
-            deadline = time.monotonic() + self.s.ready_timeout
-            while client.hlen(keys.backends(self.s.pool)) < count:
-                for name, proc in self.procs:
-                    if proc.poll() is not None:
-                        raise RuntimeError(
-                            f"{name} exited with {proc.returncode}; see {self.dir}/logs/{name}.log"
-                        )
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"backends did not register; see {self.dir}/logs/")
-                time.sleep(0.05)
-        finally:
-            client.close()
+    def _proc(self, name: str, args: list[str], port: int = 0, **kw: object) -> Proc:
+        proc = Proc(name, args, self.dir / "logs" / f"{name}.log", port=port, **kw)  # type: ignore[arg-type]
+        self.procs.append(proc)
+        return proc.start()
 
     def _tls_args(self) -> list[str]:
         """--tls-cert/--tls-key of the lab's certificates (made on first use);
@@ -141,79 +138,94 @@ class Lab:
 
     def start(self) -> None:
         s = self.s
-        redis_url = s.redis_url
-        if not redis_url:
-            self.redis = RedisProcess(host=s.host).start()
-            redis_url = self.redis.url
-        self.redis_url = redis_url
+        preflight_ports(s.host, {flag: getattr(s, flag) for flag in PORT_FLAGS}, PORT_FLAGS)
+        if self.redis_url:
+            problem = redis_unreachable(self.redis_url)
+            if problem:
+                raise LabError(
+                    f"cannot reach Redis at {self.redis_url} ({problem}); "
+                    "fix --redis-url (env LOOKASIDE_LAB_REDIS_URL) or leave it empty"
+                )
+        else:
+            self.redis = RedisProcess(
+                host=s.host, persist=True, data_dir=str(self.dir / "redis")
+            ).start()
+            self.redis_url = self.redis.url
         lb_addr = f"{s.host}:{s.balancer_port}"
-        balancer = self._spawn(
+        url = self.redis_url
+        state = ["--state-file", s.state_file] if s.state_file else []
+        self._proc(
             "balancer",
-            [
-                "balancer",
-                "--listen",
-                lb_addr,
-                "--redis-url",
-                redis_url,
-                "--metrics-listen",
-                f"{s.host}:{s.metrics_port}",
-                "--replica-id",
-                "lab-balancer",
-                # The lab's backends register without a credential (loudly:
-                # the balancer warns, and its metric says so).
-                "--insecure-registration",
-                *self._tls_args(),
-            ],
-        )
-        self._wait_port("balancer", s.balancer_port, balancer)
-        dns = self._spawn(
+            ["balancer", "--listen", lb_addr, "--redis-url", url,
+             "--metrics-listen", f"{s.host}:{s.metrics_port}", "--replica-id", "lab-balancer",
+             # The lab's backends register without a credential (loudly: the
+             # balancer warns, and its metric says so).
+             "--insecure-registration", *self._tls_args(), *state],
+            s.balancer_port,
+        ).wait_ready(s.ready_timeout)  # fmt: skip
+        self._proc(
             "dns",
-            [
-                "dns",
-                "--listen",
-                f"{s.host}:{s.dns_port}",
-                "--redis-url",
-                redis_url,
-                "--zone",
-                s.zone,
-                "--balancers",
-                lb_addr,
-            ],
-        )
-        self._wait_port("dns", s.dns_port, dns)
-        admin = self._spawn(
+            ["dns", "--listen", f"{s.host}:{s.dns_port}", "--redis-url", url, "--zone", s.zone,
+             "--balancers", lb_addr, "--metrics-listen", f"{s.host}:{s.dns_metrics_port}"],
+            s.dns_port,
+        ).wait_ready(s.ready_timeout)  # fmt: skip
+        self._proc(
             "admin",
             [
                 "admin",
                 "--listen",
                 f"{s.host}:{s.admin_port}",
                 "--redis-url",
-                redis_url,
+                url,
                 *self._tls_args(),
-            ],  # fmt: skip
+                *state,
+            ],
+            s.admin_port,
             env={"LOOKASIDE_ADMIN_TOKEN": self.token},
-        )
-        self._wait_port("admin", s.admin_port, admin)
+        ).wait_ready(s.ready_timeout)
         for i in range(s.backends):
             port = free_port(s.host)
             self.backend_ports.append(port)
-            self._spawn(
+            self._proc(
                 f"routeguide-{i + 1}",
-                [
-                    "routeguide",
-                    "server",
-                    "--listen",
-                    f"{s.host}:{port}",
-                    "--balancer",
-                    lb_addr,
-                    "--pool",
-                    s.pool,
-                    "--advertise-host",
-                    s.host,
-                    *self._backend_tls_args(),
-                ],
-            )
-        self._wait_registered(redis_url, s.backends)
+                ["routeguide", "server", "--listen", f"{s.host}:{port}", "--balancer", lb_addr,
+                 "--pool", s.pool, "--advertise-host", s.host, *self._backend_tls_args()],
+                port,
+                backend=True,
+            )  # fmt: skip
+        for proc in self.procs:
+            if proc.backend:
+                proc.wait_ready(s.ready_timeout)
+        self._wait_registered(s.backends)
+
+    def _registered(self) -> int:
+        """Backends of the lab's pool in the registry (0 while it is away)."""
+        from lookaside.registry.errors import RegistryFailure
+        from lookaside.registry.store import RegistryStore
+
+        async def count() -> int:
+            store = RegistryStore.from_url(self.redis_url)
+            try:
+                snapshot = await store.snapshot(self.s.pool)
+                return len(snapshot.backends) if snapshot is not None else 0
+            except RegistryFailure:
+                return 0
+            finally:
+                await store.close()
+
+        return asyncio.run(count())
+
+    def _wait_registered(self, count: int) -> None:
+        deadline = time.monotonic() + self.s.ready_timeout
+        while self._registered() < count:
+            for proc in self.procs:
+                proc.check_alive()
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the backends did not register within {self.s.ready_timeout:g}s; "
+                    f"see {self.dir}/logs/routeguide-*.log"
+                )
+            time.sleep(0.1)
 
     def banner(self) -> str:
         s = self.s
@@ -222,15 +234,19 @@ class Lab:
         cmd = str(exe) if exe.exists() else f"{sys.executable} -m lookaside"
         first = f"{s.host}:{self.backend_ports[0]}" if self.backend_ports else "HOST:PORT"
         target = f"{s.pool}.{s.zone}:{s.balancer_port}"
+        pids = ", ".join(f"{p.name} {p.pid}" for p in self.procs)
+        redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
+        logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
         lines = [
             "Lookaside lab is up",
-            f"  redis      {self.redis_url}",
+            f"  redis      {self.redis_url}{redis_pid}",
             f"  balancer   {lb_addr}   metrics http://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
             f"  admin      {'https' if s.tls else 'http'}://{s.host}:{s.admin_port}/   token {self.token}",
             f"  backends   {', '.join(f'{s.host}:{p}' for p in self.backend_ports)}   pool {s.pool}",
-            f"  logs       {self.dir}/logs",
+            f"  pids       {pids}",
+            f"  logs       {self.dir}/logs ({logs})",
             *(
                 [f"  tls        CA {self.certs.ca} (one credential for balancer and backends)"]
                 if self.certs
@@ -246,26 +262,63 @@ class Lab:
         ]
         return "\n".join(lines)
 
+    def watch_once(self) -> str | None:
+        """Checks every process once. Reports (and maybe restarts) a dead
+        backend; returns why the lab must stop when a service died."""
+        for proc in self.procs:
+            code = proc.poll_exit()
+            if code is None:
+                continue
+            if not proc.backend:
+                return f"{proc.name} (pid {proc.pid}) {exit_reason(code)}"
+            alive = sum(1 for p in self.procs if p.backend and p.alive())
+            total = sum(1 for p in self.procs if p.backend)
+            self.out(
+                f"lab: {proc.name} (pid {proc.pid}, {self.s.host}:{proc.port}) {exit_reason(code)}; "
+                f"the lab keeps running with {alive} of {total} backends"
+                + ("" if self.s.restart_backends else " (--restart-backends starts them again)")
+            )
+            if self.s.restart_backends:
+                proc.schedule_restart()
+        for proc in self.procs:
+            if proc.restart_due():
+                proc.start()
+                self.out(
+                    f"lab: restarted {proc.name} on {self.s.host}:{proc.port} (pid {proc.pid})"
+                )
+        if self.redis and self.redis.proc and self.redis.proc.poll() is not None:
+            # The lab's own Redis keeps an append-only file: start it again
+            # on its port, with its data.
+            why = exit_reason(self.redis.proc.returncode)
+            old = self.redis.pid
+            try:
+                self.redis.start()
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                return f"redis (pid {old}) {why}, and did not start again: {exc}"
+            self.out(
+                f"lab: redis (pid {old}) {why}; restarted it from its append-only file "
+                f"(pid {self.redis.pid})"
+            )
+        return None
+
     def stop(self) -> None:
         # Backends first (they deregister), then the services, then Redis.
-        backends = [p for n, p in self.procs if n.startswith("routeguide")]
-        services = [p for n, p in reversed(self.procs) if not n.startswith("routeguide")]
+        backends = [p for p in self.procs if p.backend]
+        services = [p for p in reversed(self.procs) if not p.backend]
         for group in (backends, services):
             for proc in group:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
+                proc.terminate()
             for proc in group:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                proc.wait_stopped(10)
         if self.redis is not None:
             self.redis.stop()
 
+    def remove_logs(self) -> None:
+        if not self.keep_logs:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
 
 def run(settings: LabSettings) -> int:
-    lab = Lab(settings)
     stop = {"now": False}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -274,22 +327,36 @@ def run(settings: LabSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        lock = lab_lock(settings.host, settings.balancer_port)
+    except LabError as exc:
+        print(f"lookaside up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    lab = Lab(settings, out=lambda line: print(line, flush=True))
+    failed = ""
+    try:
         lab.start()
         print(lab.banner(), flush=True)
-        while not stop["now"]:
-            for name, proc in lab.procs:
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping the lab", flush=True)
-                    stop["now"] = True
+        while not stop["now"] and not failed:
+            failed = lab.watch_once() or ""
             time.sleep(0.2)
-        return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"lab failed to start: {exc}", file=sys.stderr, flush=True)
-        return 1
+    except (LabError, OSError) as exc:
+        failed = str(exc)
+        print(f"lookaside up: the lab failed to start: {exc}", file=sys.stderr, flush=True)
+    else:
+        if failed:
+            print(f"lookaside up: {failed}; stopping the lab", file=sys.stderr, flush=True)
     finally:
         print("stopping the lab ...", flush=True)
         lab.stop()
-        print("lab stopped", flush=True)
+        lock.release()
+    if failed and lab.procs:
+        print(f"lab stopped; logs kept in {lab.dir}/logs", flush=True)
+        return 1
+    lab.remove_logs()
+    if failed:
+        return 1
+    print("lab stopped" + (f"; logs in {lab.dir}/logs" if lab.keep_logs else ""), flush=True)
+    return 0
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

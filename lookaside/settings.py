@@ -33,6 +33,31 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def readable_file(value: str, what: str) -> str:
+    """`value` (stripped) if it names a readable file, else a ValueError."""
+    import os
+
+    path = value.strip()
+    if not os.path.exists(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{what} {path!r} is not readable by this user")
+    return path
+
+
+def check_state_file(value: str) -> str:
+    """A state file that exists and parses (lookaside.declarative), or ""."""
+    if not value.strip():
+        return ""
+    from lookaside.declarative import load
+
+    path = readable_file(value, "state file")
+    load(path)  # a StateError (a ValueError) says where the document is wrong
+    return path
+
+
 def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
     """`value` (stripped) if it is host:port or [v6]:port, else a ValueError
     that says what is wrong. Port 0 only where `port_zero` allows it."""
@@ -53,6 +78,47 @@ def read_secret(path: str, what: str) -> str:
     if not text:
         raise ValueError(f"{what} {path!r} is empty")
     return text
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(value: str) -> str:
+    """`value` (stripped) if redis-py can connect with it, else a ValueError
+    that says what is wrong and what a good URL looks like."""
+    from urllib.parse import urlsplit
+
+    value = value.strip()
+    example = "use redis://HOST:PORT/DB (rediss:// for TLS, unix:///path/to/redis.sock)"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a Redis URL ({exc}); {example}") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        got = f"scheme {parts.scheme + '://'!r}" if parts.scheme else "no scheme"
+        raise ValueError(f"{value!r} is not a Redis URL: it has {got}; {example}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{value!r} names no socket path; {example}")
+        return value
+    if not parts.hostname:
+        raise ValueError(f"{value!r} has no host; {example}")
+    if port == 0:
+        raise ValueError(f"{value!r}: port 0 cannot be connected to; {example}")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{value!r}: database {db!r} is not a number; {example}")
+    return value
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
 class BalancerSettings(BaseSettings):
@@ -92,6 +158,11 @@ class BalancerSettings(BaseSettings):
         description="most seconds the panic guard keeps a backend listed that would have been removed",
     )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
+    state_file: str = Field(
+        "",
+        description="declared pools (YAML or JSON, as `lookaside export` writes): applied at "
+        "start and again whenever Redis comes back empty",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     # Registration credentials (balancer_server.auth, docs/security.md).
     registration_token: str = Field(
@@ -131,13 +202,30 @@ class BalancerSettings(BaseSettings):
     @model_validator(mode="after")
     def _secret_files(self) -> BalancerSettings:
         if self.redis_url_file:
-            self.redis_url = read_secret(self.redis_url_file, "Redis URL file")
+            self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
         return self
+
+    @field_validator(
+        "tls_cert", "tls_key", "tls_client_ca", "registration_token_file", "registration_policy"
+    )
+    @classmethod
+    def _files(cls, v: str) -> str:
+        return readable_file(v, "file") if v.strip() else ""
 
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen(cls, v: str) -> str:
         return host_port(v, "metrics listen", port_zero=True) if v.strip() else ""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        return check_redis_url(v)
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file(cls, v: str) -> str:
+        return check_state_file(v)
 
 
 def add_settings_arguments(
@@ -192,4 +280,8 @@ def settings_or_exit(
             field = str(err["loc"][0]) if err["loc"] else ""
             where = f"--{field.replace('_', '-')} (env {prefix}{field.upper()}): " if field else ""
             problems.append(where + err["msg"].removeprefix("Value error, "))
-        parser.error("; ".join(problems))
+        # One line, no usage text: the message names the flag to fix.
+        import sys
+
+        print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from admin_api.routes import backends, events, load, pools, signals
+from admin_api.routes import backends, events, load, pools, signals, state
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(pools.router)
@@ -10,5 +10,6 @@ api_router.include_router(backends.router)
 api_router.include_router(load.router)
 api_router.include_router(events.router)
 api_router.include_router(signals.router)
+api_router.include_router(state.router)
 
 __all__ = ["api_router"]

@@ -130,7 +130,7 @@ class ClientSettings(BaseSettings):
         "127.0.0.1:50051", description="balancer host:port (comma-separated) for --lb lookaside"
     )
     dns: str = Field(
-        "127.0.0.1:5353",
+        "127.0.0.1:8053",
         description="DNS server host:port for --lb grpclb-dns; empty for the system's resolver",
     )
     server: str = Field("", description="server host:port for --lb none")

@@ -62,7 +62,13 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         if cluster:
             return cls(RedisCluster.from_url(url, **kwargs), guard_bound_ms=bound)  # type: ignore[arg-type]
         kwargs.setdefault("health_check_interval", 10)
-        return cls(aioredis.Redis.from_url(url, **kwargs), guard_bound_ms=bound)
+        # A bounded pool that makes a caller wait for a free connection: the
+        # plain pool fails a burst of concurrent registrations with "Too many
+        # connections" instead.
+        kwargs.setdefault("max_connections", 128)
+        kwargs.setdefault("timeout", 5.0)
+        pool = aioredis.BlockingConnectionPool.from_url(url, **kwargs)
+        return cls(aioredis.Redis.from_pool(pool), guard_bound_ms=bound)
 
     async def close(self) -> None:
         try:

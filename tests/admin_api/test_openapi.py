@@ -46,6 +46,8 @@ def test_operation_ids_are_clean() -> None:
         "load-read",
         "events-list",
         "signals-read",
+        "state-export",
+        "state-apply",
         "health-live",
         "health-ready",
     } == ids

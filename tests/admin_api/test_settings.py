@@ -15,6 +15,7 @@ def test_every_field_is_described() -> None:
         "token",
         "dev",
         "public_reads",
+        "state_file",
         "log_level",
         "token_file",
         "redis_url_file",

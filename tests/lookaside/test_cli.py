@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from lookaside.cli import main
+from lookaside.redis_process import free_port
 
 
 @pytest.mark.parametrize(
@@ -45,3 +46,72 @@ def test_balancer_that_cannot_bind_exits_1(
         taken.close()
     assert code == 1
     assert f"cannot listen on {address}: the address is in use" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["balancer", "dns", "admin"])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:6379/0", "is not a Redis URL: it has scheme 'http://'"),
+        ("notaurl", "is not a Redis URL: it has no scheme"),
+        ("redis://127.0.0.1:99999/0", "is not a Redis URL (Port out of range"),
+        ("redis://127.0.0.1:6379/zero", "database 'zero' is not a number"),
+    ],
+)
+def test_bad_redis_url_is_one_line_naming_flag_and_variable(
+    command: str, url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [command, "--redis-url", url, "--dev"]
+            if command == "admin"
+            else [command, "--redis-url", url]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    env = f"LOOKASIDE_{command.upper()}_REDIS_URL"
+    assert f"--redis-url (env {env})" in err and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["balancer", "dns", "admin"])
+def test_unreachable_redis_at_start_exits_1_naming_flag(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    argv = [command, "--redis-url", url, "--listen", "127.0.0.1:0", "--metrics-listen", ""]
+    if command == "admin":
+        argv = [command, "--redis-url", url, "--dev", "--listen", f"127.0.0.1:{free_port()}"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach Redis at {url}" in err
+    assert f"--redis-url (env LOOKASIDE_{command.upper()}_REDIS_URL)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_state_file_that_does_not_exist_is_refused(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["balancer", "--state-file", "/nonexistent/pools.yaml"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--state-file (env LOOKASIDE_BALANCER_STATE_FILE)" in err and "does not exist" in err
+
+
+def test_dns_default_port_is_not_mdns_and_docs_agree() -> None:
+    from pathlib import Path
+
+    from lookaside.demo.settings import ClientSettings
+    from lookaside.dns_responder.settings import DnsSettings
+    from lookaside.lab import LabSettings
+
+    port = DnsSettings.model_fields["listen"].default.rpartition(":")[2]
+    assert port != "5353"  # mDNS
+    assert str(LabSettings.model_fields["dns_port"].default) == port
+    assert ClientSettings.model_fields["dns"].default.endswith(f":{port}")
+    root = Path(__file__).resolve().parents[2]
+    for doc in ("README.md", "docker-compose.yml", "docs/stock-clients.md"):
+        text = (root / doc).read_text()
+        assert ":5353" not in text, doc
+        assert f":{port}" in text, doc

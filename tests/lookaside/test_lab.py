@@ -1,17 +1,22 @@
 """`lookaside up` end to end: the whole lab as separate processes, the demo
-client in each mode, and nothing left running after SIGTERM."""
+client in each mode, a backend killed and restarted, a second lab refused,
+a service's death reported with exit status 1, and nothing left running,
+and no traceback in any log, after Ctrl-C."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
+from lookaside.cli import main
 from lookaside.demo.report import parse_summary
 from lookaside.redis_process import free_port
 
@@ -28,29 +33,46 @@ def client(*args: str) -> tuple[dict[str, int], dict[str, int]]:
     return parse_summary(out.stdout)
 
 
-@pytest.mark.timeout(240)
-def test_lab_spreads_calls_and_leaves_nothing_behind() -> None:
-    ports = {name: free_port() for name in ("balancer", "metrics", "dns", "dns_metrics", "admin")}
-    lab = subprocess.Popen(
+def lab_ports() -> dict[str, int]:
+    return {name: free_port() for name in ("balancer", "metrics", "dns", "dns_metrics", "admin")}
+
+
+def start_lab(ports: dict[str, int], *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "lookaside", "up",
          "--balancer-port", str(ports["balancer"]), "--metrics-port", str(ports["metrics"]),
          "--dns-port", str(ports["dns"]), "--dns-metrics-port", str(ports["dns_metrics"]),
-         "--admin-port", str(ports["admin"])],
+         "--admin-port", str(ports["admin"]), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, as in a terminal
     )  # fmt: skip
+
+
+def read_until(lab: subprocess.Popen[str], prefix: str, seconds: float = 90) -> list[str]:
+    """The lab's output lines up to the first one containing `prefix`."""
+    assert lab.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = lab.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if prefix in line:
+            break
+    return lines
+
+
+@pytest.mark.timeout(240)
+def test_lab_spreads_calls_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    ports = lab_ports()
+    logs = tmp_path / "lab"
+    lab = start_lab(ports, "--restart-backends", "--log-dir", str(logs))
     banner: list[str] = []
     children: list[psutil.Process] = []
     try:
-        assert lab.stdout is not None
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = lab.stdout.readline()
-            if not line:
-                break
-            banner.append(line.rstrip())
-            if line.startswith("Ctrl-C stops everything"):
-                break
+        banner = read_until(lab, "Ctrl-C stops everything")
         text = "\n".join(banner)
         assert "Lookaside lab is up" in text, text
         assert f"http://127.0.0.1:{ports['admin']}/" in text and "token " in text
@@ -74,8 +96,29 @@ def test_lab_spreads_calls_and_leaves_nothing_behind() -> None:
             "--target", target, "--mode", "repeatn", "-n", "60",
         )  # fmt: skip
         assert len(per_server) == 3 and sum(per_server.values()) == 60
+
+        # A second lab on the same ports is refused, naming the first.
+        second = subprocess.run(
+            [sys.executable, "-m", "lookaside", "up", "--balancer-port", str(ports["balancer"])],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"another lab (pid {lab.pid})" in second.stderr
+
+        # A backend killed: reported, the lab keeps running and restarts it.
+        pids = dict(
+            pair.split() for pair in banner[[b.strip().startswith("pids") for b in banner].index(True)]
+            .split(None, 1)[1].split(", ")
+        )  # fmt: skip
+        os.kill(int(pids["routeguide-2"]), signal.SIGKILL)
+        lines = read_until(lab, "restarted routeguide-2", 60)
+        assert any("routeguide-2" in ln and "killed by SIGKILL" in ln for ln in lines), lines
+        assert "restarted routeguide-2" in lines[-1], lines
+        assert lab.poll() is None
+        children = psutil.Process(lab.pid).children(recursive=True)
     finally:
-        lab.send_signal(signal.SIGTERM)
+        # Ctrl-C in a terminal: SIGINT to the lab's whole process group.
+        os.killpg(lab.pid, signal.SIGINT)
         try:
             lab.wait(60)
         except subprocess.TimeoutExpired:
@@ -84,17 +127,99 @@ def test_lab_spreads_calls_and_leaves_nothing_behind() -> None:
     assert lab.returncode == 0
     still = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not still, f"left running: {still}"
+    for log in ("admin", "balancer", "dns", "routeguide-1"):
+        text = (logs / "logs" / f"{log}.log").read_text()
+        assert "Traceback" not in text and "CancelledError" not in text, (log, text[-2000:])
 
 
 @pytest.mark.timeout(120)
-def test_lab_with_tls_serves_the_balancer_and_admin_over_tls() -> None:
+def test_lab_restarts_its_redis_and_stops_with_status_1_when_a_service_dies(tmp_path: Path) -> None:
+    lab = start_lab(lab_ports(), "--backends", "0")
+    try:
+        banner = read_until(lab, "Ctrl-C stops everything")
+        # Its Redis killed: started again from the append-only file.
+        redis_pid = int(
+            [b for b in banner if "append-only" in b][0].split("(pid ")[1].split(",")[0]
+        )
+        os.kill(redis_pid, signal.SIGKILL)
+        lines = read_until(lab, "restarted it from its append-only file", 60)
+        assert f"redis (pid {redis_pid}) was killed by SIGKILL" in lines[-1], lines
+        # A balancer killed: the lab stops, with status 1.
+        pids = [b for b in banner if b.strip().startswith("pids")][0]
+        balancer_pid = int(pids.split("balancer ")[1].split(",")[0])
+        os.kill(balancer_pid, signal.SIGKILL)
+        out, _ = lab.communicate(timeout=60)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+    assert lab.returncode == 1
+    assert f"balancer (pid {balancer_pid}) was killed by SIGKILL; stopping the lab" in out
+    assert "logs kept in" in out
+
+
+def test_lab_names_the_flag_of_a_taken_port(capsys: pytest.CaptureFixture[str]) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = lab_ports()
+    ports["admin"] = taken.getsockname()[1]
+    try:
+        code = main(
+            ["up", "--balancer-port", str(ports["balancer"]), "--metrics-port",
+             str(ports["metrics"]), "--dns-port", str(ports["dns"]), "--dns-metrics-port",
+             str(ports["dns_metrics"]), "--admin-port", str(ports["admin"])]
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"port {ports['admin']} for the admin API is taken" in err
+    assert "--admin-port (env LOOKASIDE_LAB_ADMIN_PORT)" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("http://127.0.0.1:6379/0", "is not a Redis URL: it has scheme 'http://'"),
+        ("notaurl", "is not a Redis URL: it has no scheme"),
+    ],
+)
+def test_lab_refuses_a_bad_redis_url(
+    flag: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["up", "--redis-url", flag])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--redis-url (env LOOKASIDE_LAB_REDIS_URL)" in err and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_lab_with_an_unreachable_redis_exits_1_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ports = lab_ports()
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    code = main(
+        ["up", "--redis-url", url, "--balancer-port", str(ports["balancer"]), "--metrics-port",
+         str(ports["metrics"]), "--dns-port", str(ports["dns"]), "--dns-metrics-port",
+         str(ports["dns_metrics"]), "--admin-port", str(ports["admin"])]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach Redis at {url}" in err
+    assert "--redis-url (env LOOKASIDE_LAB_REDIS_URL)" in err
+
+
+@pytest.mark.timeout(120)
+def test_lab_with_tls_serves_the_balancer_admin_and_backends_over_tls() -> None:
     import grpc
     import requests
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     ports = {name: free_port() for name in ("balancer", "metrics", "dns", "dns_metrics", "admin")}
     lab = subprocess.Popen(
-        [sys.executable, "-m", "lookaside", "up", "--tls", "--backends", "0",
+        [sys.executable, "-m", "lookaside", "up", "--tls", "--backends", "1",
          "--balancer-port", str(ports["balancer"]), "--metrics-port", str(ports["metrics"]),
          "--dns-port", str(ports["dns"]), "--dns-metrics-port", str(ports["dns_metrics"]),
          "--admin-port", str(ports["admin"])],

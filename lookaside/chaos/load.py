@@ -1,0 +1,178 @@
+"""One load client of the chaos suite, as its own process: a steady rate of
+GetFeature calls from one client kind, one line per finished call in a file:
+
+    <CLOCK_MONOTONIC seconds> <OK or the status code name>
+
+    python -m lookaside.chaos.load --kind thin-sync --out calls.txt \\
+        --pool chaos --balancers 127.0.0.1:1,127.0.0.1:2 --rate 100
+
+Kinds: thin-sync (client_lib.LookasideChannel), thin-aio
+(client_lib.aio.LookasideAioChannel), grpcio-dns (a stock grpcio channel,
+grpclb found through the DNS responder's SRV records). It prints "ready"
+after its first successful call and stops on SIGTERM, flushing the file.
+CLOCK_MONOTONIC is one clock for every process of the machine, so the
+suite can cut the file into the windows of its faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import grpc
+
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+
+KINDS = ("thin-sync", "thin-aio", "grpcio-dns")
+POINT = rg.Point(latitude=409146138, longitude=-746188906)
+GRPCLB = '{"loadBalancingConfig":[{"grpclb":{}}]}'
+
+
+class Recorder:
+    """Finished calls, appended to the file by one flusher thread."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a", buffering=1 << 16)  # noqa: SIM115 - closed in close()
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_forever, daemon=True)
+        self._flusher.start()
+
+    def record(self, code: str) -> None:
+        line = f"{time.monotonic():.6f} {code}\n"
+        with self.lock:
+            self.lines.append(line)
+        if code == "OK" and not self.ready.is_set():
+            self.ready.set()
+            print("ready", flush=True)
+
+    def flush(self) -> None:
+        with self.lock:
+            lines, self.lines = self.lines, []
+        self.file.writelines(lines)
+        self.file.flush()
+
+    def _flush_forever(self) -> None:
+        while not self.stop.wait(0.2):
+            self.flush()
+
+    def close(self) -> None:
+        self.stop.set()
+        self._flusher.join()
+        self.flush()
+        self.file.close()
+
+
+def _code(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code.name if code is not None else type(exc).__name__
+
+
+def run_sync(args: argparse.Namespace, rec: Recorder) -> None:
+    channel: Any
+    if args.kind == "thin-sync":
+        from client_lib import LookasideChannel
+
+        channel = LookasideChannel(args.pool, args.balancers.split(","))
+    else:
+        channel = grpc.insecure_channel(
+            f"dns://{args.dns}/{args.target}",
+            options=[("grpc.dns_enable_srv_queries", 1), ("grpc.service_config", GRPCLB)],
+        )
+    stub = rg_grpc.RouteGuideStub(channel)
+    interval = args.concurrency / args.rate
+
+    def worker(i: int) -> None:
+        next_at = time.monotonic() + interval * i / args.concurrency
+        while not rec.stop.is_set():
+            try:
+                stub.GetFeature(POINT, timeout=args.timeout, wait_for_ready=not rec.ready.is_set())
+                rec.record("OK")
+            except grpc.RpcError as exc:
+                if rec.ready.is_set():
+                    rec.record(_code(exc))
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                rec.stop.wait(delay)
+            else:
+                next_at = time.monotonic()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    channel.close()
+
+
+async def run_aio(args: argparse.Namespace, rec: Recorder) -> None:
+    from client_lib.aio import LookasideAioChannel
+
+    channel = LookasideAioChannel(args.pool, args.balancers.split(","))
+    await asyncio.wait_for(channel.channel_ready(), 60)
+    stub = rg_grpc.RouteGuideStub(channel)
+    interval = args.concurrency / args.rate
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    loop.add_signal_handler(signal.SIGINT, stopped.set)
+
+    async def worker(i: int) -> None:
+        next_at = time.monotonic() + interval * i / args.concurrency
+        while not stopped.is_set():
+            try:
+                await stub.GetFeature(POINT, timeout=args.timeout)
+                rec.record("OK")
+            except grpc.RpcError as exc:
+                if rec.ready.is_set():
+                    rec.record(_code(exc))
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(stopped.wait(), delay)
+                except TimeoutError:
+                    pass
+            else:
+                next_at = time.monotonic()
+
+    await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
+    await channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kind", choices=KINDS, required=True)
+    p.add_argument("--out", required=True, help="file the finished calls are appended to")
+    p.add_argument("--pool", default="chaos")
+    p.add_argument("--balancers", default="", help="host:port,host:port (thin clients)")
+    p.add_argument("--dns", default="", help="DNS responder host:port (grpcio-dns)")
+    p.add_argument("--target", default="", help="name:port to resolve (grpcio-dns)")
+    p.add_argument("--rate", type=float, default=100.0, help="calls per second")
+    p.add_argument("--concurrency", type=int, default=4, help="calls in flight at most")
+    p.add_argument("--timeout", type=float, default=2.0, help="deadline of each call, seconds")
+    args = p.parse_args(argv)
+    rec = Recorder(args.out)
+    try:
+        if args.kind == "thin-aio":
+            asyncio.run(run_aio(args, rec))
+        else:
+            signal.signal(signal.SIGTERM, lambda *_: rec.stop.set())
+            signal.signal(signal.SIGINT, lambda *_: rec.stop.set())
+            run_sync(args, rec)
+    finally:
+        rec.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

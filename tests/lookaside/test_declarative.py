@@ -1,0 +1,161 @@
+"""Declared operator state against real Redis: apply is idempotent, export
+gives back what was applied, holds wait for their backend, StateKeeper
+restores the state after Redis lost it, and bad documents name the field."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from lookaside import declarative as d
+from lookaside.cli import main
+from lookaside.redis_process import RedisProcess
+from lookaside.registry.model import BackendState
+from lookaside.registry.store import RegistryStore
+from lookaside.state_keeper import StateKeeper
+
+
+def document(pool: str) -> d.StateDocument:
+    return d.parse(
+        f"""
+pools:
+  - name: {pool}
+    config:
+      policy: least_loaded
+      lease_ttl_ms: 5000
+      drops: [{{token: overload, per_mille: 50}}]
+      health_checks: {{interval_ms: 500}}
+    static_backends:
+      - {{host: 127.0.0.1, port: 7001, weight: 3, zone: z1}}
+    holds:
+      - {{address: "127.0.0.1:7002"}}
+"""
+    )
+
+
+@pytest_asyncio.fixture
+async def store(redis_url: str) -> AsyncIterator[RegistryStore]:
+    s = RegistryStore.from_url(redis_url)
+    yield s
+    await s.close()
+
+
+async def backend(store: RegistryStore, pool: str, port: int) -> BackendState:
+    snap = await store.snapshot(pool)
+    assert snap is not None
+    return {b.port: b.state for b in snap.backends}[port]
+
+
+@pytest.mark.asyncio
+async def test_apply_is_idempotent_and_export_round_trips(
+    store: RegistryStore, pool_name: str
+) -> None:
+    doc = document(pool_name)
+    first = await d.apply(store, doc)
+    assert f"pool {pool_name}: settings" in first.changes
+    assert f"pool {pool_name}: static backend 127.0.0.1:7001" in first.changes
+    assert first.pending == [(pool_name, "127.0.0.1:7002")]
+    version = (await store.versions([pool_name]))[pool_name]
+
+    second = await d.apply(store, doc)
+    assert second.changes == []
+    assert (await store.versions([pool_name]))[pool_name] == version  # nothing written
+
+    exported = {p.name: p for p in (await d.export(store)).pools}[pool_name]
+    assert exported.config.policy == "least_loaded"
+    assert exported.config.health_checks.interval_ms == 500
+    assert [(b.host, b.port, b.weight, b.zone) for b in exported.static_backends] == [
+        ("127.0.0.1", 7001, 3, "z1")
+    ]
+    # The exported text parses back to the same document.
+    again = d.parse(d.dump(d.StateDocument(pools=[exported])))
+    assert again.pools[0].model_dump() == exported.model_dump()
+
+
+@pytest.mark.asyncio
+async def test_a_hold_waits_for_its_backend(store: RegistryStore, pool_name: str) -> None:
+    doc = document(pool_name)
+    await d.apply(store, doc)
+    await store.register(pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=7002)
+    assert await backend(store, pool_name, 7002) is BackendState.SERVING
+    result = await d.apply(store, doc)
+    assert result.pending == []
+    assert result.changes == [f"pool {pool_name}: hold on 127.0.0.1:7002"]
+    assert await backend(store, pool_name, 7002) is BackendState.DISABLED
+    exported = {p.name: p for p in (await d.export(store)).pools}[pool_name]
+    assert [h.address for h in exported.holds] == ["127.0.0.1:7002"]
+
+
+@pytest.mark.asyncio
+async def test_keeper_restores_state_after_redis_comes_back_empty(pool_name: str) -> None:
+    with RedisProcess(persist=True) as private:
+        store = RegistryStore.from_url(private.url)
+        try:
+            keeper = StateKeeper(store, document(pool_name))
+            await keeper.tick()  # applied at start
+            await store.register(pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=7002)
+            await keeper.tick()  # the pending hold, once its backend registered
+            assert await backend(store, pool_name, 7002) is BackendState.DISABLED
+            # An operator change made after the start, seen by the keeper.
+            config = await store.get_pool(pool_name)
+            assert config is not None
+            import dataclasses
+
+            await store.put_pool(dataclasses.replace(config, lease_ttl_ms=7000))
+            await keeper.tick()
+
+            private.restart(wipe=True)  # Redis back, empty
+            await store.redis.connection_pool.disconnect()
+            # The backend registers again before the keeper looks: the pool
+            # is re-created with default settings.
+            await store.register(pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=7002)
+            assert (await store.get_pool(pool_name)).policy == "round_robin"  # type: ignore[union-attr]
+
+            await keeper.tick()
+            restored = await store.get_pool(pool_name)
+            assert restored is not None
+            assert (restored.policy, restored.lease_ttl_ms) == ("least_loaded", 7000)
+            assert await backend(store, pool_name, 7001) is BackendState.SERVING  # static
+            assert await backend(store, pool_name, 7002) is BackendState.DISABLED  # the hold
+            assert keeper.restores == 2
+        finally:
+            await store.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pools: [{name: p, config: {policy: fastest}}]", "pools.0.config.policy"),
+        ("pools: [{name: p, colour: red}]", "pools.0.colour: Extra inputs are not permitted"),
+        ("pools: [{name: p}, {name: p}]", "pool 'p' appears more than once"),
+        ("pools: [{name: p, holds: [{address: nowhere}]}]", "pools.0.holds.0.address"),
+        ("[1, 2]", "must be a mapping"),
+        ("pools: [", "is not YAML or JSON"),
+    ],
+)
+def test_bad_documents_name_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(d.StateError) as exc:
+        d.parse(text, "pools.yaml")
+    assert message in str(exc.value)
+
+
+def test_apply_and_export_commands(
+    redis_url: str, pool_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pools.yaml"
+    path.write_text(d.dump(document(pool_name)))
+    assert main(["apply", "-f", str(path), "--redis-url", redis_url]) == 0
+    assert f"changed  pool {pool_name}: settings" in capsys.readouterr().out
+    assert main(["apply", "-f", str(path), "--redis-url", redis_url]) == 0
+    assert "nothing to change" in capsys.readouterr().out
+    assert main(["export", "--format", "json", "--redis-url", redis_url]) == 0
+    exported = d.parse(capsys.readouterr().out)
+    assert pool_name in [p.name for p in exported.pools]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pools: [{name: x, config: {policy: fastest}}]")
+    assert main(["apply", "-f", str(bad), "--redis-url", redis_url]) == 2
+    assert "pools.0.config.policy" in capsys.readouterr().err
