@@ -89,6 +89,10 @@ class _Stream:
         if payload is None or payload is self.sent:
             return
         generation = self.feed.generation
+        # The tokens count as handed out from the moment the write starts: a
+        # client can read the list and report on it before this write's
+        # completion callback runs.
+        self.reports.sent(payload)
         self.writing = asyncio.get_running_loop().create_task(self.context.write(payload))
         self.writing.add_done_callback(lambda t: self._written(t, payload, generation))
 
@@ -99,7 +103,6 @@ class _Stream:
             self.close()
             return
         self.sent = payload
-        self.reports.sent(payload)
         feed = self.feed
         self.sent_counter.inc()
         if generation > self.joined and payload is feed.payload:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from admin_api import metrics
 from admin_api.deps import ReaderDep, StoreDep, WriterDep
-from admin_api.schemas.common import COMMON
+from admin_api.schemas.common import COMMON, CONFLICT
 from lookaside import declarative as d
 
 log = logging.getLogger("lookaside.admin")
@@ -40,7 +40,12 @@ async def export(store: StoreDep, _reader: ReaderDep) -> d.StateDocument:
     return await d.export(store)
 
 
-@router.post("", response_model=ApplyOut, summary="Apply an operator state (idempotent)")
+@router.post(
+    "",
+    response_model=ApplyOut,
+    summary="Apply an operator state (idempotent)",
+    responses=CONFLICT,
+)
 async def apply(body: d.StateDocument, store: StoreDep, actor: WriterDep) -> ApplyOut:
     result = await d.apply(store, body, actor=actor)
     if result.changes:
