@@ -223,6 +223,11 @@ class RegistryWatcher:
         for bid in sorted(gone):
             try:
                 await self.store.deregister(snap.name, bid, ended[bid], actor="restore")
+                log.warning(
+                    "registry: pool %s: %s deregistered (its lease ended before the restore)",
+                    snap.name,
+                    bid,
+                )
             except Unavailable:
                 raise
             except RegistryFailure as exc:
