@@ -150,7 +150,9 @@ class BalancerSettings(BaseSettings):
         description="most of a pool that lease expiry, health checks and outlier detection may remove at once",
     )
     outage_grace: float = Field(
-        15.0, ge=0, description="seconds without evictions after Redis comes back"
+        15.0,
+        ge=0,
+        description="seconds after Redis comes back in which leases that were live before the outage are not evicted",
     )
     panic_guard_bound: float = Field(
         180.0,

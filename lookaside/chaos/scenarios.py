@@ -23,7 +23,7 @@ def redis_pause(lab: ChaosLab, seconds: float) -> str:
     return ""
 
 
-# After Redis comes back the reapers evict nothing for --outage-grace
+# After Redis comes back the reapers evict no pre-outage lease for --outage-grace
 # (15 s by default) and then catch up: the next scenario starts after that.
 AFTER_REDIS_RESTART = 16.0
 

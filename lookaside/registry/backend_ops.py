@@ -348,11 +348,17 @@ class BackendOps:
         return int(version)
 
     @guarded
-    async def reap_expired(self, pool: str, max_share: float = 0.5) -> ReapResult:
+    async def reap_expired(
+        self, pool: str, max_share: float = 0.5, *, ended_before_ms: int = 0
+    ) -> ReapResult:
         """Removes backends whose lease has passed, unless more than
         max_share of the pool expired at once: the panic guard then keeps
-        them, for at most guard_bound_ms, and never one failing health checks."""
+        them, for at most guard_bound_ms, and never one failing health checks.
+        With `ended_before_ms` (Redis TIME), only leases whose deadline is
+        earlier than that are removed."""
         removed, held = await self._run(
-            "REAP", pool, ["lease", int(max_share * 1000), self.guard_bound_ms]
+            "REAP",
+            pool,
+            ["lease", int(max_share * 1000), self.guard_bound_ms, int(ended_before_ms)],
         )
         return ReapResult([_text(i) for i in removed], [_text(i) for i in held])

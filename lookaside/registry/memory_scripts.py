@@ -272,10 +272,12 @@ class ScriptTwins(BackendOps):
 
     def _script_reap(self, pool: str, a: list[str]) -> list[Any]:
         share, now = int(a[2]), self.clock()
+        before = int(a[4]) if len(a) > 4 else 0
+        upto = min(now, before) if before > 0 else now
         p = self._pools.get(pool)
         if p is None:
             return [[], []]
-        due = sorted(bid for bid, deadline in p.leases.items() if deadline <= now)
+        due = sorted(bid for bid, deadline in p.leases.items() if deadline <= upto)
         cands = []
         for bid in due:
             b = p.backends.get(bid)

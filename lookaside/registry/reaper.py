@@ -4,7 +4,11 @@ and idempotent, so replicas racing on one pool do no harm.
 Self-preservation: while Redis is unreachable nothing is evicted (nothing
 can be), and after Redis comes back the reaper waits `outage_grace`
 seconds before it evicts again, so that backends whose heartbeats failed
-during the outage can renew their leases first. And when more than
+during the outage can renew their leases first. The grace covers only
+leases that were live before the outage: lease deadlines are Redis TIME,
+so a lease whose deadline is earlier than the last time the reaper saw
+Redis up (one a Redis restored from a stale snapshot brought back) is
+reaped at once, through the panic guard as always. And when more than
 `max_share` of a pool's backends expire at once, the panic guard in the
 script keeps them and logs a 'panic' event, for at most the store's
 guard bound, and never a backend that fails its health checks.
@@ -41,19 +45,33 @@ async def reap_forever(
     holding: set[str] = set()
     sweeps = 0
     was_down = False
+    # Redis TIME when the reaper last saw Redis up, and (during the grace)
+    # when the outage began: leases that ended before it get no grace.
+    last_up_ms = 0
+    outage_began_ms = 0
     while not cancelling():
         try:
             pools = await store.list_pools()
+            now_ms = await store.now_ms()
             if was_down:
                 was_down = False
                 quiet_until = time.monotonic() + outage_grace
-                log.warning("reaper: Redis is back; no evictions for %.0fs", outage_grace)
+                outage_began_ms = last_up_ms
+                log.warning(
+                    "reaper: Redis is back; for %.0fs only leases that ended before the outage "
+                    "are evicted",
+                    outage_grace,
+                )
+            last_up_ms = now_ms
             sweeps += 1
             if sweeps % PRUNE_EVERY == 0:
                 await store.prune_index()
-            if time.monotonic() >= quiet_until:
+            quiet = time.monotonic() < quiet_until
+            if not quiet or outage_began_ms > 0:
                 for pool in pools:
-                    result = await store.reap_expired(pool, max_share)
+                    result = await store.reap_expired(
+                        pool, max_share, ended_before_ms=outage_began_ms if quiet else 0
+                    )
                     if result.removed:
                         log.info(
                             "lease expired pool=%s backends=%s", pool, ",".join(result.removed)

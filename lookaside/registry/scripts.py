@@ -297,13 +297,18 @@ redis.call('HSET', K_HOLDS, id, hold)
 return {'changed', changed(now, 'hold_set', id, hold), 'absent'}
 """
 
-# ARGV: pool, actor, max share (per-mille), guard bound ms
+# ARGV: pool, actor, max share (per-mille), guard bound ms, ended before
+# (ms, Redis TIME; 0 = now)
 # Returns {removed ids, held ids}. More than the max share of the pool
 # expiring at once (as after an outage) is held by the panic guard, except
-# backends that fail their health checks.
+# backends that fail their health checks. With `ended before`, only leases
+# whose deadline is earlier are candidates (the reaper's outage grace).
 REAP = """
 local now = now_ms()
-local ids = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now)
+local upto = now
+local before = tonumber(ARGV[5] or '0') or 0
+if before > 0 and before < upto then upto = before end
+local ids = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', upto)
 if #ids == 0 then return {{}, {}} end
 local total = redis.call('HLEN', K_BACKENDS)
 local cands, records = {}, {}

@@ -8,16 +8,27 @@ Bursts of changes are coalesced: a pool is reloaded once however many
 nudges arrived while it was waiting.
 
 While Redis is unreachable the last snapshots stay as they are.
+
+Redis restored from a stale snapshot (RDB or AOF) goes back in time: a
+pool's version is lower than the last one seen. The restored data can hold
+self-registered backends whose leases ended since (they deregistered or
+expired). Every one that the last snapshot before the restore did not hold
+is left out of the lists at once and deregistered with its own, stale,
+lease id (a backend that registered again since has a new lease, which
+that refuses). Static backends and backends an operator holds are never
+touched, and a restore never leaves a list empty: when no live backend
+would be left, the pool is served as restored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
 from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.errors import Unavailable
+from lookaside.registry.errors import RegistryFailure, Unavailable
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.store import RegistryStore
 
@@ -44,6 +55,9 @@ class RegistryWatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._first_sync = asyncio.Event()
+        # pool -> {backend id: lease id}: leases that ended before Redis was
+        # restored from a stale snapshot, kept out of the lists until gone.
+        self.ended: dict[str, dict[str, str]] = {}
 
     async def start(self) -> None:
         self._tasks = [
@@ -145,15 +159,83 @@ class RegistryWatcher:
         snap = await self.store.snapshot(pool)
         old = self.snapshots.get(pool)
         if snap is None:
+            self.ended.pop(pool, None)
             if old is None:
                 return
             del self.snapshots[pool]
         else:
             if old is not None and old.version == snap.version:
                 return
+            if old is not None and snap.version < old.version:
+                self._went_back(old, snap)
+            snap = await self._without_ended(snap)
             self.snapshots[pool] = snap
         for hook in self.hooks:
             try:
                 hook(pool, snap)
             except Exception:
                 log.exception("registry: change hook failed for pool %s", pool)
+
+    def _went_back(self, before: PoolSnapshot, restored: PoolSnapshot) -> None:
+        """Redis went back in time: notes the self-registered backends of the
+        restored pool that the last snapshot before it did not hold."""
+        known = {b.id for b in before.backends}
+        ended = {
+            b.id: b.lease_id
+            for b in restored.backends
+            if not b.static and not b.hold and b.lease_id and b.id not in known
+        }
+        log.warning(
+            "registry: pool %s went back from version %d to %d (Redis restored from an older "
+            "snapshot); leases that ended since: %s",
+            restored.name,
+            before.version,
+            restored.version,
+            ",".join(sorted(ended)) or "none",
+        )
+        if ended:
+            self.ended[restored.name] = {**self.ended.get(restored.name, {}), **ended}
+
+    async def _without_ended(self, snap: PoolSnapshot) -> PoolSnapshot:
+        """The snapshot without the backends whose leases ended before a
+        restore, each of them deregistered with its stale lease id; as it is
+        when that would leave no backend serving."""
+        ended = self.ended.get(snap.name)
+        if not ended:
+            return snap
+        gone = {b.id for b in snap.backends if ended.get(b.id) == b.lease_id}
+        # A record that is gone, or holds a new lease, is no longer ours.
+        for bid in list(ended):
+            if bid not in gone:
+                del ended[bid]
+        if not ended:
+            del self.ended[snap.name]
+            return snap
+        kept = tuple(b for b in snap.backends if b.id not in gone)
+        if not any(b.serving for b in kept):
+            log.warning(
+                "registry: pool %s: the backends restored with ended leases are all it has; "
+                "kept listed until their leases run out",
+                snap.name,
+            )
+            del self.ended[snap.name]
+            return snap
+        for bid in sorted(gone):
+            try:
+                await self.store.deregister(snap.name, bid, ended[bid], actor="restore")
+                log.warning(
+                    "registry: pool %s: %s deregistered (its lease ended before the restore)",
+                    snap.name,
+                    bid,
+                )
+            except Unavailable:
+                raise
+            except RegistryFailure as exc:
+                # Another replica was first, or the backend registered again.
+                log.info(
+                    "registry: pool %s: %s not deregistered after the restore (%s)",
+                    snap.name,
+                    bid,
+                    exc,
+                )
+        return dataclasses.replace(snap, backends=kept)

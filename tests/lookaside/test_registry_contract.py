@@ -255,6 +255,21 @@ async def test_one_expiry_is_removed_at_once(port: Port, pool: str) -> None:
     assert list(await _states(port, pool)) == [keep.backend_id]
 
 
+async def test_reap_ended_before_removes_only_leases_that_ended_earlier(
+    port: Port, pool: str
+) -> None:
+    keep = await _register(port, pool, "10.0.9.1", lease_ttl_ms=60_000)
+    early = await _register(port, pool, "10.0.9.2", lease_ttl_ms=50)
+    await port.pass_ms(100)
+    cut = await port.store.now_ms()
+    late = await _register(port, pool, "10.0.9.3", lease_ttl_ms=50)
+    await port.pass_ms(100)
+    result = await port.store.reap_expired(pool, 0.5, ended_before_ms=cut)
+    assert result.removed == [early.backend_id] and result.held == []
+    assert sorted(await _states(port, pool)) == sorted([keep.backend_id, late.backend_id])
+    assert (await port.store.reap_expired(pool, 0.5)).removed == [late.backend_id]
+
+
 async def test_panic_guard_holds_mass_expiry_for_its_bound_only(port: Port, pool: str) -> None:
     await _register(port, pool, "10.0.2.1", lease_ttl_ms=60_000)
     for i in range(2, 5):
