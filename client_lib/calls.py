@@ -9,12 +9,22 @@ retried once on another (gRFC A6 transparent retry).
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick, never_sent
+from client_lib.picker import (
+    DROP_DETAILS,
+    LOCAL_CODES,
+    CallCounters,
+    FailedCall,
+    Pick,
+    never_sent,
+)
 from client_lib.queued import QueuedCall
 
 if TYPE_CHECKING:
@@ -42,11 +52,62 @@ def _outcome(call: Any) -> tuple[Any, str, bool]:
 
 
 def _finish_callback(counters: CallCounters, token: str) -> Any:
+    """The done-callback that counts a call. grpc runs it on the channel's
+    own event thread, and there it must not wait for anything that only
+    that thread can deliver: the status (code, details, trailing metadata)
+    is in when it runs, the initial metadata may not be (a response stream
+    with no messages can hand over its status first). Blocking on it would
+    stall every later call on the sub-channel, deadlines included. So it
+    counts at once from the status, and only a call that failed with a code
+    the transport can make, and no trailers, has its initial metadata read
+    on the outcome thread."""
+
     def done(call: Any) -> None:
-        code, _, has_md = _outcome(call)
-        counters.finish_with(code, has_md, token)
+        try:
+            code = call.code()
+            known = code is grpc.StatusCode.OK or code not in LOCAL_CODES
+            known = known or bool(call.trailing_metadata())
+        except Exception:  # noqa: BLE001 - a cancelled future may not have them
+            code, known = grpc.StatusCode.CANCELLED, False
+        if known:
+            counters.finish_with(code, True, token)
+        else:
+            _count_later(counters, call, token)
 
     return done
+
+
+_later: queue.SimpleQueue[tuple[CallCounters, Any, str]] | None = None
+_later_lock = threading.Lock()
+
+
+def _count_later(counters: CallCounters, call: Any, token: str) -> None:
+    """Counts a finished call on the outcome thread (started on first use)."""
+    global _later
+    with _later_lock:
+        if _later is None:
+            _later = queue.SimpleQueue()
+            threading.Thread(
+                target=_count_calls, args=(_later,), name="lookaside-call-outcomes", daemon=True
+            ).start()
+        later = _later
+    later.put((counters, call, token))
+
+
+def _count_calls(later: queue.SimpleQueue[tuple[CallCounters, Any, str]]) -> None:
+    while True:
+        counters, call, token = later.get()
+        code, _, has_md = _outcome(call)  # may wait for the initial metadata: not on grpc's thread
+        counters.finish_with(code, has_md, token)
+
+
+def _forget_outcome_thread() -> None:
+    global _later
+    _later = None  # a forked child has no outcome thread: start a new one
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_outcome_thread)
 
 
 class _Base:

@@ -140,7 +140,7 @@ class Picker:
 
 # Codes that can come from the transport rather than from a server (grpc
 # StatusCode members for grpc, their numbers for grpc.aio's raw status).
-_LOCAL_CODES = {
+LOCAL_CODES = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -212,7 +212,7 @@ class CallCounters:
         if code is grpc.StatusCode.OK or code == 0:
             self.call_finished(True, False, token)
             return
-        known = has_metadata or code not in _LOCAL_CODES
+        known = has_metadata or code not in LOCAL_CODES
         unavailable = code is grpc.StatusCode.UNAVAILABLE or code == 14
         self.call_finished(known, unavailable and not known, token)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import grpc
 import pytest
 
@@ -285,3 +288,63 @@ def test_ten_percent_drops(
         wait_until(lambda: redis_client.hget(total, "started") == "3000", timeout=15)
     assert abs(failed / 3000 - 0.10) <= 0.015
     assert redis_client.hget(total, "drop:load_shed") == str(failed)
+
+
+def test_streaming_calls_in_a_loop_never_stall_a_subchannel(
+    balancer: BalancerHandle, backends, pool_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Streaming calls end on the sub-channel's own grpc thread, where the
+    ClientStats count runs: counting must not wait for anything only that
+    thread can deliver (the initial metadata, when the status came first),
+    or every later call on that backend hangs, deadline and all."""
+    (b,) = start_backends(backends, 1)
+    register_all(balancer, pool_name, [b])
+    per_thread = 300
+    finished: list[int] = []
+    with LookasideChannel(pool_name, balancer.address) as channel:
+        assert channel.wait_for_list(10)
+        stub = rg_grpc.RouteGuideStub(channel)
+
+        def worker() -> None:
+            for _ in range(per_thread):
+                # No notes sent, none back: the headers and the status come
+                # in together, and grpc may hand over the status first.
+                assert list(stub.RouteChat(iter(()), timeout=5)) == []
+            finished.append(per_thread)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        # A bound on real calls: a stalled sub-channel never ends them.
+        deadline = time.monotonic() + 30
+        for t in threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        assert finished == [per_thread] * 4, f"calls hung: {len(finished)} of 4 threads done"
+    assert b.calls == 4 * per_thread
+
+
+def test_streaming_call_that_ends_before_any_header_is_counted(
+    balancer: BalancerHandle, backends, pool_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A stream whose deadline passes before the server sent anything is
+    counted once it ends (finished, not known received, not failed to send)."""
+    (b,) = start_backends(backends, 1)
+    register_all(balancer, pool_name, [b])
+    # No load report within the test: the counters hold every call.
+    balancer.run(balancer.store.put_pool(PoolConfig(name=pool_name, report_interval_ms=600_000)))
+    with LookasideChannel(pool_name, balancer.address) as channel:
+        assert channel.wait_for_list(10)
+        stub = rg_grpc.RouteGuideStub(channel)
+        hold = threading.Event()
+
+        def notes():  # type: ignore[no-untyped-def]
+            hold.wait(10)
+            yield from ()
+
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.RouteChat(notes(), timeout=0.3))
+        hold.set()
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        c = channel.counters
+        wait_until(lambda: c.finished == 1)
+        assert (c.started, c.known_received, c.failed_to_send) == (1, 0, 0)
