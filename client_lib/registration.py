@@ -130,7 +130,9 @@ class Registration(_Base):
             return False
         try:
             method = getattr(self._stub_for(step.address), step.method)
-            response = method(step.request(), timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata())
+            response = method(
+                step.request(), timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
+            )
         except grpc.RpcError as exc:
             if self._stop.is_set():
                 return False
