@@ -92,8 +92,9 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         """The names of pools as they change (Redis pub/sub): first None once
         subscribed, then a pool name per change. Ends with Unavailable when
         the connection is lost; messages lost meanwhile are not replayed."""
+        own: aioredis.Redis | None = None
         if isinstance(self.redis, RedisCluster):
-            pubsub = await self._cluster_subscribe(self.redis)
+            pubsub, own = await self._cluster_node_subscribed(self.redis)
         else:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
@@ -106,20 +107,21 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         except (redis.exceptions.RedisError, OSError) as exc:
             raise Unavailable(f"Redis pub/sub failed ({type(exc).__name__}: {exc})") from exc
         finally:
-            try:
-                await pubsub.aclose()
-            except Exception:  # noqa: BLE001 - best effort on a broken connection
-                pass
+            await _close_quietly(pubsub, own)
 
     @staticmethod
-    async def _cluster_subscribe(cluster: RedisCluster) -> Any:
-        """A pub/sub on one node of the cluster that answers, subscribed.
+    async def _cluster_node_subscribed(cluster: RedisCluster) -> tuple[Any, aioredis.Redis]:
+        """A pub/sub subscribed to the change channel, and the client of its
+        own it runs on, on one node of the cluster that answers.
 
         PUBLISH under Cluster reaches every node (primaries and replicas),
-        so any one will do. The nodes are tried in random order, so replicas
-        spread out, and a node that does not answer (a primary just killed,
-        before the topology shows its replica promoted) is passed over; when
-        none answers, the topology is read again before the next attempt."""
+        so any one will do. The nodes are tried in random order, so
+        replicas spread out, and a node that does not answer (a primary
+        just killed, before the topology shows its replica promoted) is
+        passed over; when none answers, the topology is read again before
+        the next attempt. The connection is not one of the cluster
+        client's: that client drops all of its connections when the
+        cluster reports itself down during a failover."""
         problem = "no node is known"
         try:
             await cluster.initialize()
@@ -130,16 +132,17 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         nodes = list(cluster.get_nodes())
         random.shuffle(nodes)
         for node in nodes:
-            pubsub = cluster.pubsub(node=node, ignore_subscribe_messages=True)
+            pool = aioredis.ConnectionPool(
+                connection_class=node.connection_class, max_connections=2, **node.connection_kwargs
+            )
+            client = aioredis.Redis.from_pool(pool)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await asyncio.wait_for(pubsub.subscribe(keys.CHANGES), SUBSCRIBE_TIMEOUT)
-                return pubsub
+                return pubsub, client
             except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
                 problem = f"{node.name}: {type(exc).__name__}: {exc}"
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: BLE001 - best effort on a broken connection
-                    pass
+                await _close_quietly(pubsub, client)
         try:
             await cluster.nodes_manager.initialize()
         except (redis.exceptions.RedisError, OSError):
@@ -232,3 +235,12 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
     async def events(self, pool: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(keys.events(pool), 0, limit - 1)
         return [json.loads(r) for r in raw]
+
+
+async def _close_quietly(pubsub: Any, client: aioredis.Redis | None) -> None:
+    try:
+        await pubsub.aclose()
+        if client is not None:
+            await client.aclose()
+    except Exception:  # noqa: BLE001 - best effort on a broken connection
+        pass
