@@ -177,7 +177,8 @@ class RedisClusterProcesses:
 
     def healthy(self) -> bool:
         """Every live node says cluster_state:ok and every slot has a live
-        master; with replicas, every master has a live, connected replica."""
+        master; with replicas, every master has a live replica in sync
+        with it (replication link up)."""
         live = self.live()
         if not live or not all(
             "cluster_state:ok" in self.on(n.port, "cluster", "info") for n in live
@@ -194,6 +195,13 @@ class RedisClusterProcesses:
                     n.master_id == m.id and not n.failed and "slave" in n.flags for n in nodes
                 ):
                     return False
+            # A replica that has not synced with its master yet cannot take
+            # over from it.
+            for n in nodes:
+                if "slave" in n.flags and not n.failed:
+                    info = self.on(n.port, "info", "replication")
+                    if "master_link_status:up" not in info:
+                        return False
         return len([n for n in nodes if not n.failed]) == len(live)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
