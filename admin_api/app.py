@@ -41,7 +41,7 @@ def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> F
     """The app. Without `store`, one is made from settings.redis_url (no
     connection is opened until the first request) and closed on shutdown."""
     owned = store is None
-    store = store or RegistryStore.from_url(settings.redis_url)
+    store = store or RegistryStore.from_url(settings.redis_url, cluster=settings.redis_cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

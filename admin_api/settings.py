@@ -64,6 +64,9 @@ class AdminSettings(BaseSettings):
 
     listen: str = Field("127.0.0.1:8080", description="host:port for the admin API and dashboard")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_cluster: bool = Field(
+        False, description="--redis-url names a node of a Redis Cluster (any one)"
+    )
     token: str = Field(
         "",
         description="bearer token for the API (required; e.g. `python -c 'import secrets; "

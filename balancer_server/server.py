@@ -122,7 +122,9 @@ class BalancerServer:
         self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.epoch = _epoch()
         self.store = RegistryStore.from_url(
-            settings.redis_url, guard_bound_ms=int(settings.panic_guard_bound * 1000)
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            guard_bound_ms=int(settings.panic_guard_bound * 1000),
         )
         self.hub = FeedHub(self.epoch)
         self.watcher = RegistryWatcher(

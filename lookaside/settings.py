@@ -131,6 +131,9 @@ class BalancerSettings(BaseSettings):
     redis_url_file: str = Field(
         "", description="file holding the Redis URL (keeps a password out of ps and env)"
     )
+    redis_cluster: bool = Field(
+        False, description="--redis-url names a node of a Redis Cluster (any one)"
+    )
     metrics_listen: str = Field(
         "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
     )

@@ -18,6 +18,9 @@ class StateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_STATE_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_cluster: bool = Field(
+        False, description="--redis-url names a node of a Redis Cluster (any one)"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -30,7 +33,7 @@ async def _apply(settings: StateSettings, path: str) -> int:
     from lookaside.registry.store import RegistryStore
 
     doc = d.load(path)
-    store = RegistryStore.from_url(settings.redis_url)
+    store = RegistryStore.from_url(settings.redis_url, cluster=settings.redis_cluster)
     try:
         result = await d.apply(store, doc, actor=f"apply:{path}")
     finally:
@@ -48,7 +51,7 @@ async def _export(settings: StateSettings, fmt: str) -> int:
     from lookaside import declarative as d
     from lookaside.registry.store import RegistryStore
 
-    store = RegistryStore.from_url(settings.redis_url)
+    store = RegistryStore.from_url(settings.redis_url, cluster=settings.redis_cluster)
     try:
         doc = await d.export(store)
     finally:

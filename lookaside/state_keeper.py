@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from lookaside import declarative as d
 from lookaside.asyncutil import cancelling
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.state")
@@ -88,7 +89,10 @@ class StateKeeper:
         while True:
             try:
                 await self.tick()
-            except (aioredis.RedisError, OSError) as exc:
+            except (aioredis.RedisError, OSError, Unavailable) as exc:
+                # The store's own calls (apply, export) fail as Unavailable;
+                # the keeper keeps going (a Redis Cluster failover reaches
+                # one of them while the marker's node still answers).
                 if cancelling():
                     raise
                 log.debug("state keeper: redis unavailable: %s", exc)

@@ -56,8 +56,8 @@ def backends() -> Iterator[list[RouteGuideBackend]]:
 
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
-    from tests.redis_cluster import RedisCluster
+    from lookaside.redis_cluster import RedisClusterProcesses
 
-    cluster = RedisCluster().start()
+    cluster = RedisClusterProcesses(masters=3).start()
     yield cluster.url
     cluster.stop()

@@ -15,10 +15,16 @@ import redis
 
 from lookaside.chaos.proxy import TcpProxy
 from lookaside.lab_procs import LabError, Proc
+from lookaside.redis_cluster import RedisClusterProcesses
 from lookaside.redis_process import RedisProcess, free_port
 from lookaside.registry import keys
 from lookaside.registry.model import PoolConfig
 from lookaside.registry.store import RegistryStore
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
 
 HOST = "127.0.0.1"
 ZONE = "lookaside.test"
@@ -79,9 +85,47 @@ class ChaosLab:
     def balancer_addrs(self) -> str:
         return ",".join(f"{HOST}:{b.port}" for b in self.balancers)
 
+    # -- the registry's Redis: one process here, a cluster in ClusterChaosLab ----
+
+    cluster = False
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def redis_flags(self, url: str) -> list[str]:
+        return ["--redis-url", url, *(["--redis-cluster"] if self.cluster else [])]
+
+    def store(self) -> RegistryStore:
+        return RegistryStore.from_url(self.redis_url, cluster=self.cluster)
+
+    def _start_redis(self) -> list[str]:
+        """Starts Redis; the URL each balancer replica uses (replica 1's
+        goes through the proxy)."""
+        self.redis.start()
+        self.proxy = TcpProxy(self.redis.port, HOST).start()
+        return [f"redis://{HOST}:{self.proxy.port}/0", self.redis.url]
+
+    def _repair_redis(self) -> None:
+        self.redis.resume()
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        if self.proxy:
+            self.proxy.heal()
+
+    def _stop_redis(self) -> None:
+        self._stop_redis()
+
+    def _backend_values(self) -> list[str]:
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
+        try:
+            return [_text(v) for v in client.hvals(keys.backends(self.pool))]
+        finally:
+            client.close()
+
     def balancer(self, i: int, redis_url: str) -> Proc:
         port = free_port(HOST)
-        args = ["balancer", "--listen", f"{HOST}:{port}", "--redis-url", redis_url,
+        args = ["balancer", "--listen", f"{HOST}:{port}", *self.redis_flags(redis_url),
                 "--metrics-listen", "", "--replica-id", f"chaos-{i + 1}", "--log-level", "warning"]  # fmt: skip
         if self.state_file:
             args += ["--state-file", self.state_file]
@@ -117,17 +161,15 @@ class ChaosLab:
     def start(self, ready_timeout: float = 60.0) -> ChaosLab:
         if not self.state_file:
             self._write_state_file()
-        self.redis.start()
-        self.proxy = TcpProxy(self.redis.port, HOST).start()
+        urls = self._start_redis()
         asyncio.run(self._put_pool())
-        via_proxy = f"redis://{HOST}:{self.proxy.port}/0"
-        self.balancers = [self.balancer(0, via_proxy), self.balancer(1, self.redis.url)]
+        self.balancers = [self.balancer(i, url) for i, url in enumerate(urls)]
         for b in self.balancers:
             b.start()
         dns_port = free_port(HOST)
         self.dns = self._proc(
             "dns",
-            ["dns", "--listen", f"{HOST}:{dns_port}", "--redis-url", self.redis.url, "--zone",
+            ["dns", "--listen", f"{HOST}:{dns_port}", *self.redis_flags(self.redis_url), "--zone",
              ZONE, "--balancers", self.balancer_addrs, "--metrics-listen", "",
              "--log-level", "warning"],
             dns_port,
@@ -146,7 +188,7 @@ class ChaosLab:
         return self
 
     async def _put_pool(self) -> None:
-        store = RegistryStore.from_url(self.redis.url)
+        store = self.store()
         await store.put_pool(chaos_pool(self.pool))
         await store.close()
 
@@ -173,14 +215,11 @@ class ChaosLab:
                 time.sleep(0.1)
 
     def serving_count(self) -> int:
-        client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
         try:
-            values = client.hvals(keys.backends(self.pool))
-        except redis.RedisError:
+            values = self._backend_values()
+        except (redis.RedisError, OSError):
             return -1
-        finally:
-            client.close()
-        return sum(1 for v in values if b'"state":"serving"' in v)
+        return sum(1 for v in values if '"state":"serving"' in v)
 
     def wait_serving(self, timeout: float, count: int | None = None) -> None:
         """Until `count` (default: all) backends are serving in Redis."""
@@ -195,11 +234,7 @@ class ChaosLab:
 
     def repair(self, timeout: float = 60.0) -> None:
         """Every process back up (after a scenario), then all backends serving."""
-        self.redis.resume()
-        if self.redis.proc is None or self.redis.proc.poll() is not None:
-            self.redis.start()
-        if self.proxy:
-            self.proxy.heal()
+        self._repair_redis()
         for proc in [*self.balancers, *([self.dns] if self.dns else []), *self.backends]:
             proc.signal(__import__("signal").SIGCONT)
             if not proc.alive():
@@ -241,3 +276,52 @@ class ChaosLab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ClusterChaosLab(ChaosLab):
+    """The same lab on a Redis Cluster of 3 masters and 3 replicas, with a
+    node timeout of 1 s (a replica takes over about 2 s after its master
+    dies). Both balancer replicas and the DNS responder run with
+    --redis-cluster and reach the cluster directly (a cluster client
+    follows the nodes' addresses, so there is no proxy to put between)."""
+
+    cluster = True
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.redis_cluster = RedisClusterProcesses(
+            masters=3,
+            replicas=1,
+            node_timeout_ms=self.NODE_TIMEOUT_MS,
+            host=HOST,
+            data_dir=str(self.dir / "cluster"),
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_cluster.url
+
+    def _start_redis(self) -> list[str]:
+        self.redis_cluster.start()
+        # Each replica starts from a different node; any one finds the rest.
+        return [self.redis_cluster.url_of(p) for p in self.redis_cluster.ports[:2]]
+
+    def _repair_redis(self) -> None:
+        """Every node back up (a killed master comes back as its promoted
+        replica's replica), and the cluster whole again."""
+        for node in self.redis_cluster.nodes:
+            node.resume()
+            if node.proc is None or node.proc.poll() is not None:
+                node.start()
+        self.redis_cluster.wait_healthy(60)
+
+    def _stop_redis(self) -> None:
+        self.redis_cluster.stop()
+
+    def _backend_values(self) -> list[str]:
+        client = redis.RedisCluster.from_url(self.redis_url, socket_timeout=2)
+        try:
+            return [_text(v) for v in client.hvals(keys.backends(self.pool))]
+        finally:
+            client.close()

@@ -21,9 +21,9 @@ import argparse
 import sys
 import time
 
-from lookaside.chaos.cluster import ChaosLab
+from lookaside.chaos.cluster import ChaosLab, ClusterChaosLab
 from lookaside.chaos.report import Outcome, analyse, read_calls, table
-from lookaside.chaos.scenarios import SCENARIOS
+from lookaside.chaos.scenarios import CLUSTER_SCENARIOS, SCENARIOS
 
 PRE = 1.0
 SETTLE = 3.0
@@ -104,7 +104,21 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"lookaside chaos: unknown scenario {unknown[0]!r}; see --list", file=sys.stderr)
         return 2
-    lab = ChaosLab(
+    outcomes: list[Outcome] = []
+    # The single-Redis scenarios first, then those that need the Redis
+    # Cluster lab: one lab each, started only when a scenario needs it.
+    for lab_class in (ChaosLab, ClusterChaosLab):
+        group = [n for n in names if (n in CLUSTER_SCENARIOS) == (lab_class is ClusterChaosLab)]
+        if group:
+            outcomes += run_group(lab_class, group, args)
+    print(table(outcomes))
+    return 0
+
+
+def run_group(
+    lab_class: type[ChaosLab], names: list[str], args: argparse.Namespace
+) -> list[Outcome]:
+    lab = lab_class(
         clients=tuple(args.clients.split(",")), rate=args.rate, call_timeout=args.call_timeout
     )
     outcomes: list[Outcome] = []
@@ -119,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
         lab.stop()
         if not args.keep:
             lab.cleanup()
-    print(table(outcomes))
-    return 0
+    return outcomes
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,7 +11,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from lookaside.chaos.cluster import ChaosLab
+from lookaside.chaos.cluster import ChaosLab, ClusterChaosLab
+from lookaside.registry import keys
 
 Scenario = Callable[[ChaosLab, float], str]
 
@@ -128,14 +129,13 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
 
     from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
     from lookaside.registry.model import PoolConfig
-    from lookaside.registry.store import RegistryStore
 
     refused: Counter[str] = Counter()
 
     async def burst() -> int:
         # The pool exists first (pools are made by operators, not by
         # registration), and every call carries the lab's token.
-        store = RegistryStore.from_url(lab.redis.url)
+        store = lab.store()
         await store.put_pool(PoolConfig(name=f"{lab.pool}-burst"), actor="chaos")
         await store.close()
         metadata = (("authorization", f"Bearer {lab.registration_token}"),)
@@ -166,7 +166,7 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
     time.sleep(seconds)
 
     async def remove() -> None:
-        store = RegistryStore.from_url(lab.redis.url)
+        store = lab.store()
         await store.delete_pool(f"{lab.pool}-burst")
         await store.close()
 
@@ -174,6 +174,29 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
     why = "; ".join(f"{n} {reason}" for reason, n in refused.most_common(2))
     return f"{ok} of {count} registered in {took:.1f}s" + (f" (refused: {why})" if why else "")
 
+
+def cluster_failover(lab: ChaosLab, seconds: float) -> str:
+    """SIGKILL of the master that holds the pool's slot (its keys share
+    the `{pool}` hash tag); its replica is promoted by the cluster itself
+    (cluster-node-timeout 1 s), not by a CLUSTER FAILOVER."""
+    if not isinstance(lab, ClusterChaosLab):
+        raise TypeError("cluster-failover runs in the Redis Cluster lab (ClusterChaosLab)")
+    cluster = lab.redis_cluster
+    slot = cluster.keyslot(keys.config(lab.pool))
+    master = cluster.master_of(slot)
+    lab.fault_at = time.monotonic()
+    cluster.node(master.port).kill()
+    promoted = cluster.wait_master_changed(slot, master.port, timeout=60)
+    took = time.monotonic() - lab.fault_at
+    time.sleep(seconds)
+    return (
+        f"master :{master.port} of slot {slot} SIGKILLed; "
+        f"replica :{promoted.port} promoted after {took:.1f}s"
+    )
+
+
+# The scenarios that need the Redis Cluster lab; the rest run on one Redis.
+CLUSTER_SCENARIOS = frozenset({"cluster-failover"})
 
 # name -> (function, default seconds, what it does)
 SCENARIOS: dict[str, tuple[Scenario, float, str]] = {
@@ -198,4 +221,9 @@ SCENARIOS: dict[str, tuple[Scenario, float, str]] = {
     ),
     "pubsub-drop": (pubsub_drop, 5.0, "CLIENT KILL TYPE pubsub"),
     "registration-burst": (registration_burst, 5.0, "1,000 registrations in another pool"),
+    "cluster-failover": (
+        cluster_failover,
+        5.0,
+        "Redis Cluster: the master of the pool's slot SIGKILLed, its replica promoted",
+    ),
 }

@@ -78,7 +78,9 @@ class DnsResponder:
     def __init__(self, settings: DnsSettings, store: RegistryStore | None = None) -> None:
         self.settings = settings
         self.zone = settings.zone
-        self.store = store or RegistryStore.from_url(settings.redis_url)
+        self.store = store or RegistryStore.from_url(
+            settings.redis_url, cluster=settings.redis_cluster
+        )
         self._own_store = store is None
         self.watcher = RegistryWatcher(
             self.store, resync_interval=settings.resync_interval, hooks=[self._on_change]

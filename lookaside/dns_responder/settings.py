@@ -51,6 +51,9 @@ class DnsSettings(BaseSettings):
 
     listen: str = Field("127.0.0.1:8053", description="host:port for DNS over UDP and TCP")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_cluster: bool = Field(
+        False, description="--redis-url names a node of a Redis Cluster (any one)"
+    )
     zone: str = Field("lookaside.test", description="the zone answered; pools are <pool>.<zone>")
     balancers: str = Field(
         "127.0.0.1:50051",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -28,6 +29,8 @@ from lookaside.registry.signals import SignalOps
 
 # How long the panic guard holds a removal at most (ms), unless told.
 DEFAULT_GUARD_BOUND_MS = 180_000
+# Seconds a cluster node gets to answer SUBSCRIBE before the next is tried.
+SUBSCRIBE_TIMEOUT = 2.0
 
 __all__ = ["DEFAULT_GUARD_BOUND_MS", "Lease", "ReapResult", "RegistryStore", "StepResult"]
 
@@ -89,19 +92,14 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         """The names of pools as they change (Redis pub/sub): first None once
         subscribed, then a pool name per change. Ends with Unavailable when
         the connection is lost; messages lost meanwhile are not replayed."""
-        client: Any = self.redis
-        node_client = None
-        if isinstance(client, RedisCluster):
-            # Cluster pub/sub reaches every node: listen on one of them.
-            try:
-                await client.initialize()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                raise Unavailable(f"Redis Cluster failed ({type(exc).__name__}: {exc})") from exc
-            node = client.get_nodes()[0]
-            node_client = client = aioredis.Redis(host=node.host, port=int(node.port))
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        own: aioredis.Redis | None = None
+        if isinstance(self.redis, RedisCluster):
+            pubsub, own = await self._cluster_node_subscribed(self.redis)
+        else:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.CHANGES)
+            if not pubsub.subscribed:
+                await pubsub.subscribe(keys.CHANGES)
             yield None
             async for message in pubsub.listen():
                 if message.get("type") == "message":
@@ -109,12 +107,47 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         except (redis.exceptions.RedisError, OSError) as exc:
             raise Unavailable(f"Redis pub/sub failed ({type(exc).__name__}: {exc})") from exc
         finally:
+            await _close_quietly(pubsub, own)
+
+    @staticmethod
+    async def _cluster_node_subscribed(cluster: RedisCluster) -> tuple[Any, aioredis.Redis]:
+        """A pub/sub subscribed to the change channel, and the client of its
+        own it runs on, on one node of the cluster that answers.
+
+        PUBLISH under Cluster reaches every node (primaries and replicas),
+        so any one will do. The nodes are tried in random order, so
+        replicas spread out, and a node that does not answer (a primary
+        just killed, before the topology shows its replica promoted) is
+        passed over; when none answers, the topology is read again before
+        the next attempt. The connection is not one of the cluster
+        client's: that client drops all of its connections when the
+        cluster reports itself down during a failover."""
+        problem = "no node is known"
+        try:
+            await cluster.initialize()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # During a failover the topology may still name a dead master;
+            # the nodes known from before can carry pub/sub all the same.
+            problem = f"topology: {type(exc).__name__}: {exc}"
+        nodes = list(cluster.get_nodes())
+        random.shuffle(nodes)
+        for node in nodes:
+            pool = aioredis.ConnectionPool(
+                connection_class=node.connection_class, max_connections=2, **node.connection_kwargs
+            )
+            client = aioredis.Redis.from_pool(pool)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.aclose()
-                if node_client is not None:
-                    await node_client.aclose()
-            except Exception:  # noqa: BLE001 - best effort on a broken connection
-                pass
+                await asyncio.wait_for(pubsub.subscribe(keys.CHANGES), SUBSCRIBE_TIMEOUT)
+                return pubsub, client
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+                problem = f"{node.name}: {type(exc).__name__}: {exc}"
+                await _close_quietly(pubsub, client)
+        try:
+            await cluster.nodes_manager.initialize()
+        except (redis.exceptions.RedisError, OSError):
+            pass
+        raise Unavailable(f"Redis Cluster pub/sub: no node answered ({problem})")
 
     @guarded
     async def ping(self) -> None:
@@ -202,3 +235,12 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
     async def events(self, pool: str, limit: int = 100) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(keys.events(pool), 0, limit - 1)
         return [json.loads(r) for r in raw]
+
+
+async def _close_quietly(pubsub: Any, client: aioredis.Redis | None) -> None:
+    try:
+        await pubsub.aclose()
+        if client is not None:
+            await client.aclose()
+    except Exception:  # noqa: BLE001 - best effort on a broken connection
+        pass

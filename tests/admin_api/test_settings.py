@@ -12,6 +12,7 @@ def test_every_field_is_described() -> None:
     assert set(AdminSettings.model_fields) == {
         "listen",
         "redis_url",
+        "redis_cluster",
         "token",
         "dev",
         "public_reads",

@@ -17,19 +17,12 @@ from lookaside.chaos.report import Outcome
 from lookaside.chaos.run import run_scenario
 from lookaside.registry import keys
 from lookaside.registry.model import PoolConfig
-
-CLIENTS = ("thin-sync", "thin-aio", "grpcio-dns")
+from tests.chaos.labs import CLIENTS, running
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[ChaosLab]:
-    lab = ChaosLab(backends=3, clients=CLIENTS, rate=40.0, call_timeout=2.0)
-    try:
-        lab.start()
-        yield lab
-    finally:
-        lab.stop()
-        lab.cleanup()
+    yield from running(ChaosLab(backends=3, clients=CLIENTS, rate=40.0, call_timeout=2.0))
 
 
 def by_client(outcomes: list[Outcome]) -> dict[str, Outcome]:

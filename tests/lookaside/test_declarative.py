@@ -4,6 +4,7 @@ restores the state after Redis lost it, and bad documents name the field."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest_asyncio
 from lookaside import declarative as d
 from lookaside.cli import main
 from lookaside.redis_process import RedisProcess
+from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import BackendState
 from lookaside.registry.store import RegistryStore
 from lookaside.state_keeper import StateKeeper
@@ -123,6 +125,49 @@ async def test_keeper_restores_state_after_redis_comes_back_empty(pool_name: str
             assert keeper.restores == 2
         finally:
             await store.close()
+
+
+class FailingOnce(RegistryStore):
+    """The real store; its next list_pools fails as the registry does when
+    a node is down (the marker on another node still answers)."""
+
+    fail = False
+
+    async def list_pools(self) -> list[str]:
+        if self.fail:
+            self.fail = False
+            raise Unavailable("Redis failed (injected)")
+        return await super().list_pools()
+
+
+@pytest.mark.asyncio
+async def test_keeper_keeps_running_when_the_registry_fails_mid_tick(
+    redis_url: str, pool_name: str
+) -> None:
+    store = FailingOnce.from_url(redis_url)
+    assert isinstance(store, FailingOnce)
+    keeper = StateKeeper(store, document(pool_name), interval=0.05).start()
+    try:
+        for _ in range(200):
+            if keeper.last_seen is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert keeper.last_seen is not None  # applied, then exported
+        store.fail = True
+        for _ in range(200):
+            if not store.fail:
+                break
+            await asyncio.sleep(0.05)
+        assert not store.fail  # the failure reached the keeper
+        keeper.last_seen = None
+        for _ in range(200):
+            if keeper.last_seen is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert keeper.last_seen is not None  # and it went on exporting
+    finally:
+        await keeper.stop()
+        await store.close()
 
 
 @pytest.mark.parametrize(
