@@ -16,8 +16,6 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as aioredis
-
 from lookaside import declarative as d
 from lookaside.asyncutil import cancelling
 from lookaside.registry.errors import Unavailable
@@ -25,7 +23,6 @@ from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.state")
 
-MARKER = "lookaside:state:applied"
 PENDING_HOLD_LIMIT = 600.0  # seconds a hold waits for its backend
 
 
@@ -44,12 +41,12 @@ class StateKeeper:
         self._task: asyncio.Task[None] | None = None
 
     async def tick(self) -> None:
-        if not self.applied_once or not await self.store.redis.exists(MARKER):
+        if not self.applied_once or not await self.store.has_state_marker():
             # The file at start; after a loss, the last state seen.
             doc = (self.last_seen or self.declared) if self.applied_once else self.declared
             self.applied_once = True
             result = await d.apply(self.store, doc, actor=self.actor)
-            await self.store.redis.set(MARKER, str(int(time.time())))
+            await self.store.set_state_marker(str(int(time.time())))
             self.restores += 1
             now = time.monotonic()
             self.pending = {key: now for key in result.pending}
@@ -64,7 +61,7 @@ class StateKeeper:
         if self.pending:
             await self._retry_holds()
         seen = await d.export(self.store)
-        if await self.store.redis.exists(MARKER):  # not emptied while exporting
+        if await self.store.has_state_marker():  # not emptied while exporting
             self.last_seen = seen
 
     async def _retry_holds(self) -> None:
@@ -89,7 +86,7 @@ class StateKeeper:
         while True:
             try:
                 await self.tick()
-            except (aioredis.RedisError, OSError, Unavailable) as exc:
+            except (OSError, Unavailable) as exc:
                 # The store's own calls (apply, export) fail as Unavailable;
                 # the keeper keeps going (a Redis Cluster failover reaches
                 # one of them while the marker's node still answers).

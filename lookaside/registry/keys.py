@@ -6,6 +6,9 @@ from __future__ import annotations
 
 PREFIX = "lookaside"
 POOLS = f"{PREFIX}:pools"  # SET of pool names (the only cross-pool key)
+# STRING written by whoever applied a declared state (lookaside.state_keeper):
+# its absence means Redis lost its data since.
+STATE_MARKER = f"{PREFIX}:state:applied"
 CHANGES = f"{PREFIX}:changes"  # pub/sub channel; message = pool name
 REPLICAS = f"{PREFIX}:replicas"  # HASH replica id -> last seen (ms, server time)
 EVENTS_MAX = 1000

@@ -54,6 +54,14 @@ class MemoryStore(ScriptTwins):
         self._check()
         return self.clock()
 
+    async def has_state_marker(self) -> bool:
+        self._check()
+        return getattr(self, "_state_marker", None) is not None
+
+    async def set_state_marker(self, value: str) -> None:
+        self._check()
+        self._state_marker = value
+
     async def list_pools(self) -> list[str]:
         self._check()
         return sorted(self._index_set)

@@ -159,6 +159,16 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    @guarded
+    async def has_state_marker(self) -> bool:
+        """Whether the declared-state marker is there (it goes when Redis
+        loses its data)."""
+        return bool(await self.redis.exists(keys.STATE_MARKER))
+
+    @guarded
+    async def set_state_marker(self, value: str) -> None:
+        await self.redis.set(keys.STATE_MARKER, value)
+
     # -- pools ---------------------------------------------------------------
 
     @guarded

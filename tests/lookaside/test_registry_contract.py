@@ -449,3 +449,10 @@ async def test_a_registry_that_is_away_raises_unavailable_not_a_redis_error() ->
                 await anext(feed)
     finally:
         await away.close()
+
+
+async def test_the_declared_state_marker_is_kept(port: Port, pool: str) -> None:
+    if port.clock is not None:  # a fresh in-memory store starts without it
+        assert not await port.store.has_state_marker()
+    await port.store.set_state_marker("1")
+    assert await port.store.has_state_marker()
