@@ -145,6 +145,7 @@ class BalanceLoadService:
     ) -> None:
         self.report_burst = report_burst
         self.hub = hub
+        hub.on_appear = self._appeared
         self.sink = sink
         self.initial_request_timeout = initial_request_timeout
         self.per_address = StreamsPerAddress(max_streams_per_address)
@@ -274,6 +275,17 @@ class BalanceLoadService:
                 # Nothing is kept for a name that matched no pool.
                 self.hub.feeds.pop(feed.name, None)
             log.debug("stream closed id=%d pool=%s", stream_id, stream.label)
+
+    def _appeared(self, feed: PoolFeed) -> None:
+        """The streams that waited on `feed` before its pool existed now
+        count under it (metric series and the stream count in Redis)."""
+        for subscriber in list(feed.subscribers):
+            if isinstance(subscriber, _Stream) and subscriber.label != feed.name:
+                metrics.STREAMS_OPEN.labels(subscriber.label).dec()
+                subscriber.label = feed.name
+                subscriber.sent_counter = metrics.LISTS_SENT.labels(feed.name)
+                metrics.STREAMS_OPEN.labels(feed.name).inc()
+        self.sink.set_stream_count(feed.name, feed.streams)
 
     def _moved(self, stream: _Stream, old: PoolFeed) -> None:
         new = stream.feed

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from balancer_server import lists
@@ -123,6 +124,9 @@ class FeedHub:
         self.feeds: dict[str, PoolFeed] = {}
         # Open streams by the service name they asked for.
         self.streams_by_name: dict[str, set[Subscriber]] = {}
+        # Called with a feed whose pool has just appeared (its streams were
+        # waiting on it, counted under no pool).
+        self.on_appear: Callable[[PoolFeed], None] | None = None
 
     def feed(self, pool: str) -> PoolFeed:
         feed = self.feeds.get(pool)
@@ -189,4 +193,6 @@ class FeedHub:
         feed.report_interval_ms = snapshot.config.report_interval_ms
         feed.publish(lists.pool_payload(snapshot, self.epoch))
         if appeared:
+            if self.on_appear is not None:
+                self.on_appear(feed)
             self._rebind(pool)

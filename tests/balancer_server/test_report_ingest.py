@@ -166,6 +166,28 @@ def test_names_of_no_pool_create_no_keys_and_no_series(
     assert not any(n in str(v) for v in labels for n in names)
 
 
+def test_a_stream_that_waited_for_its_pool_counts_once_the_pool_appears(
+    balancer: BalancerHandle, redis_client, pool_name: str
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    stream = LbStream(balancer.address, f"{pool_name}.example.test:50051")
+    stream.next()  # the initial response: the pool does not exist yet
+    balancer.run(balancer.store.put_pool(PoolConfig(name=pool_name)))
+    balancer.run(
+        balancer.store.register(pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=7190)
+    )
+    assert stream.next_list()  # the waiting stream gets its list
+
+    def counted() -> int:
+        raw = redis_client.hvals(keys.streams(pool_name))
+        return sum(int(json.loads(v)["streams"]) for v in raw)
+
+    # It is the pool's one stream, and counted as such.
+    wait_until(lambda: counted() == 1)
+    stream.close()
+
+
 def test_reports_faster_than_the_interval_are_dropped_and_counted(
     balancer: BalancerHandle, redis_client, pool_name: str
 ) -> None:  # type: ignore[no-untyped-def]
