@@ -148,7 +148,7 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.stop(0).wait()
+            self.server.stop(0).wait(10)
 
 
 def wait_until(
