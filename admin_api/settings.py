@@ -14,7 +14,7 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import check_redis_url, check_state_file, read_secret, readable_file
+from lookaside.settings import OptionalFile, RedisUrl, StateFile, check_redis_url, read_secret
 
 log = logging.getLogger("lookaside.admin")
 
@@ -63,7 +63,7 @@ class AdminSettings(BaseSettings):
     )
 
     listen: str = Field("127.0.0.1:8080", description="host:port for the admin API and dashboard")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
     redis_cluster: bool = Field(
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
@@ -77,7 +77,7 @@ class AdminSettings(BaseSettings):
         False, description="development mode: accept a weak token, or generate one when empty"
     )
     public_reads: bool = Field(False, description="serve GET requests without a token")
-    state_file: str = Field(
+    state_file: StateFile = Field(
         "",
         description="declared pools (YAML or JSON, as `lookaside export` writes): applied at "
         "start and again whenever Redis comes back empty",
@@ -87,8 +87,8 @@ class AdminSettings(BaseSettings):
     redis_url_file: str = Field(
         "", description="file holding the Redis URL (keeps a password out of ps and env)"
     )
-    tls_cert: str = Field("", description="PEM certificate chain: serve HTTPS")
-    tls_key: str = Field("", description="PEM private key of --tls-cert")
+    tls_cert: OptionalFile = Field("", description="PEM certificate chain: serve HTTPS")
+    tls_key: OptionalFile = Field("", description="PEM private key of --tls-cert")
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body, refused with 413 before parsing"
     )
@@ -102,21 +102,6 @@ class AdminSettings(BaseSettings):
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"listen {value!r} is not host:port (for example 127.0.0.1:8080)")
         return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        return check_redis_url(value)
-
-    @field_validator("state_file")
-    @classmethod
-    def _check_state_file(cls, value: str) -> str:
-        return check_state_file(value)
-
-    @field_validator("tls_cert", "tls_key")
-    @classmethod
-    def _files(cls, v: str) -> str:
-        return readable_file(v, "file") if v.strip() else ""
 
     @field_validator("log_level")
     @classmethod

@@ -4,9 +4,9 @@ helper that turns one into argparse flags (every flag reads its variable)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -121,13 +121,23 @@ def redacted_url(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
+def _optional_file(value: str) -> str:
+    return readable_file(value, "file") if value.strip() else ""
+
+
+# Setting types with their checks, shared by every component's settings.
+RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
+StateFile = Annotated[str, AfterValidator(check_state_file)]
+OptionalFile = Annotated[str, AfterValidator(_optional_file)]
+
+
 class BalancerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_BALANCER_", extra="ignore")
 
     listen: str = Field(
         "0.0.0.0:50051", description="host:port for BalanceLoad, registration, health"
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
     redis_url_file: str = Field(
         "", description="file holding the Redis URL (keeps a password out of ps and env)"
     )
@@ -163,7 +173,7 @@ class BalancerSettings(BaseSettings):
         description="most seconds the panic guard keeps a backend listed that would have been removed",
     )
     grace: float = Field(5.0, ge=0, description="seconds in-flight streams get on shutdown")
-    state_file: str = Field(
+    state_file: StateFile = Field(
         "",
         description="declared pools (YAML or JSON, as `lookaside export` writes): applied at "
         "start and again whenever Redis comes back empty",
@@ -173,17 +183,17 @@ class BalancerSettings(BaseSettings):
     registration_token: str = Field(
         "", description="global registration token (admits every pool)", repr=False
     )
-    registration_token_file: str = Field("", description="file holding the global token")
-    registration_policy: str = Field(
+    registration_token_file: OptionalFile = Field("", description="file holding the global token")
+    registration_policy: OptionalFile = Field(
         "", description="JSON/YAML file: per-pool tokens, mTLS identities, creation"
     )
     insecure_registration: bool = Field(
         False, description="DEVELOPMENT ONLY: admit registrations that carry no credential"
     )
     # TLS (balancer_server.tls).
-    tls_cert: str = Field("", description="PEM certificate chain: serve TLS on --listen")
-    tls_key: str = Field("", description="PEM private key of --tls-cert")
-    tls_client_ca: str = Field("", description="PEM CA bundle: verify client certificates")
+    tls_cert: OptionalFile = Field("", description="PEM certificate chain: serve TLS on --listen")
+    tls_key: OptionalFile = Field("", description="PEM private key of --tls-cert")
+    tls_client_ca: OptionalFile = Field("", description="PEM CA bundle: verify client certificates")
     require_client_cert: bool = Field(False, description="refuse clients without a certificate")
     # Limits against abuse (balancer_server.limits).
     max_streams_per_address: int = Field(
@@ -210,27 +220,10 @@ class BalancerSettings(BaseSettings):
             self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
         return self
 
-    @field_validator(
-        "tls_cert", "tls_key", "tls_client_ca", "registration_token_file", "registration_policy"
-    )
-    @classmethod
-    def _files(cls, v: str) -> str:
-        return readable_file(v, "file") if v.strip() else ""
-
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen(cls, v: str) -> str:
         return host_port(v, "metrics listen", port_zero=True) if v.strip() else ""
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: str) -> str:
-        return check_redis_url(v)
-
-    @field_validator("state_file")
-    @classmethod
-    def _state_file(cls, v: str) -> str:
-        return check_state_file(v)
 
 
 def add_settings_arguments(

@@ -7,25 +7,20 @@ import argparse
 import asyncio
 import sys
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookaside.redis_process import redis_unreachable
-from lookaside.settings import add_settings_arguments, check_redis_url, settings_or_exit
+from lookaside.settings import RedisUrl, add_settings_arguments, settings_or_exit
 
 
 class StateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_STATE_", extra="ignore")
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
     redis_cluster: bool = Field(
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: str) -> str:
-        return check_redis_url(v)
 
 
 async def _apply(settings: StateSettings, path: str) -> int:

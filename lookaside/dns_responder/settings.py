@@ -9,7 +9,7 @@ import re
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import check_redis_url, split_host_port
+from lookaside.settings import RedisUrl, split_host_port
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
@@ -50,7 +50,7 @@ class DnsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_DNS_", extra="ignore")
 
     listen: str = Field("127.0.0.1:8053", description="host:port for DNS over UDP and TCP")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
     redis_cluster: bool = Field(
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
@@ -75,11 +75,6 @@ class DnsSettings(BaseSettings):
     def _check_listen(cls, value: str) -> str:
         split_host_port(value, "listen")
         return value.strip()
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        return check_redis_url(value)
 
     @field_validator("zone")
     @classmethod
