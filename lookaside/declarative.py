@@ -143,18 +143,7 @@ async def _ip(host: str) -> str:
 async def _apply_static(
     store: RegistryStore, pool: str, spec: BackendCreate, current: dict[str, Backend], actor: str
 ) -> str | None:
-    ip = await _ip(spec.host)
-    want = Backend(
-        id=backend_id_for(ip, spec.port),
-        pool=pool,
-        host=spec.host,
-        ip=ip,
-        port=spec.port,
-        weight=spec.weight,
-        zone=spec.zone,
-        metadata=dict(spec.metadata),
-        static=True,
-    )
+    want = spec.to_backend(pool, await _ip(spec.host))
     have = current.get(want.id)
     if (
         have is not None
@@ -171,7 +160,7 @@ async def _apply_static(
     if have is not None:
         want = Backend(**_keep(have, want))
     await store.put_static(want, actor=actor)
-    return f"pool {pool}: static backend {ip}:{spec.port}"
+    return f"pool {pool}: static backend {want.ip}:{spec.port}"
 
 
 def _keep(have: Backend, want: Backend) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from admin_api.schemas.backends import BackendCreate, BackendList, BackendOut, W
 from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
 from lookaside.registry import transitions as t
 from lookaside.registry.hosts import resolve_host
-from lookaside.registry.model import Backend, backend_id_for
+from lookaside.registry.model import Backend
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.validation import NotFoundError
 
@@ -69,28 +69,16 @@ async def register(
     pool: PoolPath, body: BackendCreate, store: StoreDep, actor: WriterDep, response: Response
 ) -> BackendOut:
     await load_pool(store, pool)
-    ip = await resolve_host(body.host, "")
-    backend_id = backend_id_for(ip, body.port)
+    backend = body.to_backend(pool, await resolve_host(body.host, ""))
+    backend_id = backend.id
     # Conflict (409) when the address is registered: checked in the write.
-    await store.put_static(
-        Backend(
-            id=backend_id,
-            pool=pool,
-            host=body.host,
-            ip=ip,
-            port=body.port,
-            weight=body.weight,
-            zone=body.zone,
-            metadata=dict(body.metadata),
-        ),
-        actor=actor,
-    )
+    await store.put_static(backend, actor=actor)
     metrics.ACTIONS.labels("static_registered").inc()
     log.info(
         "static backend registered pool=%s backend=%s addr=%s:%d weight=%d actor=%s",
         pool,
         backend_id,
-        ip,
+        backend.ip,
         body.port,
         body.weight,
         actor,

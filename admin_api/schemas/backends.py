@@ -8,7 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from admin_api.schemas.common import INTEGRAL, JsonInt
 from lookaside.registry import validation as v
-from lookaside.registry.model import Backend
+from lookaside.registry.model import Backend, backend_id_for
 
 Weight = Annotated[
     int,
@@ -54,6 +54,20 @@ class BackendCreate(BaseModel):
         AfterValidator(v.check_metadata),
         WithJsonSchema(METADATA_SCHEMA),
     ] = Field(default_factory=dict)
+
+    def to_backend(self, pool: str, ip: str) -> Backend:
+        """The static backend this asks for, at `ip` (its host resolved)."""
+        return Backend(
+            id=backend_id_for(ip, self.port),
+            pool=pool,
+            host=self.host,
+            ip=ip,
+            port=self.port,
+            weight=self.weight,
+            zone=self.zone,
+            metadata=dict(self.metadata),
+            static=True,
+        )
 
 
 class WeightChange(BaseModel):
