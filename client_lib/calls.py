@@ -143,12 +143,13 @@ class _Base:
         if p is None:
             deadline = None if timeout is None else time.monotonic() + timeout
 
-            def start() -> Any:
-                q = channel._pick(timeout, wait_for_ready)
+            def begin(q: Pick) -> Any:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 return self._begin(q, left, *args)
 
-            return QueuedCall(start, streaming=not future)
+            return QueuedCall(
+                lambda: channel._pick(timeout, wait_for_ready), begin, streaming=not future
+            )
         if p.target is None:
             self._counters.call_dropped(p.token)
             return FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS)

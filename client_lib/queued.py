@@ -16,20 +16,22 @@ from client_lib.picker import FailedCall
 
 
 class QueuedCall(grpc.Future, grpc.Call):  # type: ignore[misc]
-    def __init__(self, start: Callable[[], Any], streaming: bool) -> None:
-        """start(): picks (waiting) and returns the started call, or raises
-        FailedCall."""
+    def __init__(
+        self, pick: Callable[[], Any], begin: Callable[[Any], Any], streaming: bool
+    ) -> None:
+        """pick(): waits for a pick and returns it, or raises FailedCall.
+        begin(pick): starts the real call at once (it does not block)."""
         self._lock = threading.Lock()
         self._started = threading.Event()  # the real call exists, or failed
         self._call: Any = None
         self._failed: FailedCall | None = None
         self._callbacks: list[Callable[[Any], None]] = []
         self._streaming = streaming
-        threading.Thread(target=self._run, args=(start,), daemon=True).start()
+        threading.Thread(target=self._run, args=(pick, begin), daemon=True).start()
 
-    def _run(self, start: Callable[[], Any]) -> None:
+    def _run(self, pick: Callable[[], Any], begin: Callable[[Any], Any]) -> None:
         try:
-            call = start()
+            chosen = pick()
         except FailedCall as failed:
             with self._lock:
                 self._failed = self._failed or failed
@@ -37,12 +39,11 @@ class QueuedCall(grpc.Future, grpc.Call):  # type: ignore[misc]
             self._fire()
             return
         with self._lock:
-            cancelled = self._failed is not None
-            if not cancelled:
-                self._call = call
-        if cancelled:
-            call.cancel()  # cancelled while it waited: it ends here
-            return
+            # A cancel() waits on this lock, so a call cancelled while it was
+            # queued is never started: no byte of it leaves the process.
+            if self._failed is not None:
+                return
+            call = self._call = begin(chosen)
         self._started.set()
         call.add_done_callback(lambda _: self._fire())
 
