@@ -56,35 +56,49 @@ def wait_ready(address: str) -> None:
     ch.close()
 
 
-def sequential(stubs: list[rg_grpc.RouteGuideStub], seconds: float) -> float:
-    n = 0
+Block = Callable[[], int]  # runs one block of calls and returns how many
+
+
+def sequential(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
     point = rg.Point(latitude=1)
     turn = itertools.cycle(stubs)
-    end = time.perf_counter() + seconds
-    start = time.perf_counter()
-    while time.perf_counter() < end:
+
+    def block() -> int:
         for _ in range(100):
             next(turn).GetFeature(point)
-        n += 100
-    return n / (time.perf_counter() - start)
+        return 100
+
+    return block
 
 
 INFLIGHT = 64
 
 
-def concurrent(stubs: list[rg_grpc.RouteGuideStub], seconds: float) -> float:
-    inflight = INFLIGHT
+def concurrent(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
     point = rg.Point(latitude=1)
     turn = itertools.cycle(stubs)
-    n = 0
-    end = time.perf_counter() + seconds
-    start = time.perf_counter()
-    while time.perf_counter() < end:
-        futures = [next(turn).GetFeature.future(point) for _ in range(inflight)]
+
+    def block() -> int:
+        futures = [next(turn).GetFeature.future(point) for _ in range(INFLIGHT)]
         for f in futures:
             f.result()
-        n += inflight
-    return n / (time.perf_counter() - start)
+        return INFLIGHT
+
+    return block
+
+
+def interleaved(blocks: dict[str, Block], seconds: float) -> dict[str, float]:
+    """Calls/s per mode, the modes taking turns block by block for about
+    `seconds` in all."""
+    calls = dict.fromkeys(blocks, 0)
+    spent = dict.fromkeys(blocks, 0.0)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for mode, block in blocks.items():
+            start = time.perf_counter()
+            calls[mode] += block()
+            spent[mode] += time.perf_counter() - start
+    return {mode: calls[mode] / spent[mode] for mode in blocks}
 
 
 TOKEN = (("lb-token", "0123456789ab.1cxrnexvm"),)
@@ -112,31 +126,39 @@ class TokenStub:
 AIO_LOOP = asyncio.new_event_loop()
 
 
-def aio_rate(make_channel: Callable[[], grpc.aio.Channel], seconds: float, inflight: int) -> float:
-    """Calls/s on grpc.aio: one call at a time (inflight 1) or batches."""
+def aio_rates(
+    makers: dict[str, Callable[[], grpc.aio.Channel]], seconds: float, inflight: int
+) -> dict[str, float]:
+    """Calls/s per mode on grpc.aio, one call at a time (inflight 1) or in
+    batches, the modes taking turns block by block."""
 
-    async def run() -> float:
-        channel = make_channel()
-        if hasattr(channel, "channel_ready"):
-            await channel.channel_ready()
-        stub = rg_grpc.RouteGuideStub(channel)
+    async def run() -> dict[str, float]:
+        channels = {mode: make() for mode, make in makers.items()}
         point = rg.Point(latitude=1)
-        for _ in range(50):
-            await stub.GetFeature(point)
-        n = 0
+        stubs = {}
+        for mode, channel in channels.items():
+            if hasattr(channel, "channel_ready"):
+                await channel.channel_ready()
+            stubs[mode] = stub = rg_grpc.RouteGuideStub(channel)
+            for _ in range(50):
+                await stub.GetFeature(point)
+        calls = dict.fromkeys(channels, 0)
+        spent = dict.fromkeys(channels, 0.0)
         end = time.perf_counter() + seconds
-        start = time.perf_counter()
         while time.perf_counter() < end:
-            if inflight == 1:
-                for _ in range(100):
-                    await stub.GetFeature(point)
-                n += 100
-                continue
-            await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
-            n += inflight
-        rate = n / (time.perf_counter() - start)
-        await channel.close()
-        return rate
+            for mode, stub in stubs.items():
+                start = time.perf_counter()
+                if inflight == 1:
+                    for _ in range(100):
+                        await stub.GetFeature(point)
+                    calls[mode] += 100
+                else:
+                    await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
+                    calls[mode] += inflight
+                spent[mode] += time.perf_counter() - start
+        for channel in channels.values():
+            await channel.close()
+        return {mode: calls[mode] / spent[mode] for mode in channels}
 
     return AIO_LOOP.run_until_complete(run())
 
@@ -204,8 +226,10 @@ def main() -> None:
                 "thin-3": [rg_grpc.RouteGuideStub(thin3)],
             }
             for stubs in modes.values():  # warm up connections
-                sequential(stubs, 0.5)
-            loads: dict[str, Callable[[list[rg_grpc.RouteGuideStub], float], float]] = {
+                warm = sequential(stubs)
+                for _ in range(5):
+                    warm()
+            loads: dict[str, Callable[[list[rg_grpc.RouteGuideStub]], Block]] = {
                 "sequential": sequential,
                 many: concurrent,
             }
@@ -214,29 +238,35 @@ def main() -> None:
                 "thin-1": lambda: LookasideAioChannel("one", lb),
                 "thin-3": lambda: LookasideAioChannel("three", lb),
             }
-            results: dict[tuple[str, str], list[float]] = {}
+            # rates[(load, mode)]: calls/s per round; ratios: to that round's plain
+            rates: dict[tuple[str, str], list[float]] = {}
+            ratios: dict[tuple[str, str], list[float]] = {}
+
+            def record(load_name: str, got: dict[str, float]) -> None:
+                for mode, rate in got.items():
+                    rates.setdefault((load_name, mode), []).append(rate)
+                    ratios.setdefault((load_name, mode), []).append(rate / got["plain"])
+
             for _ in range(args.rounds):
                 for load_name, load in loads.items():
-                    for mode, stubs in modes.items():
-                        results.setdefault((load_name, mode), []).append(load(stubs, args.seconds))
+                    blocks = {mode: load(stubs) for mode, stubs in modes.items()}
+                    record(load_name, interleaved(blocks, args.seconds * len(blocks)))
                 for aio_load, inflight in (("aio sequential", 1), (f"aio {many}", args.inflight)):
-                    for mode, make in aio_modes.items():
-                        results.setdefault((aio_load, mode), []).append(
-                            aio_rate(make, args.seconds, inflight)
-                        )
+                    record(aio_load, aio_rates(aio_modes, args.seconds * len(aio_modes), inflight))
             print(
-                f"{args.rounds} rounds x {args.seconds:g}s, median calls/s "
-                "(ratio to plain, added microseconds per call)"
+                f"{args.rounds} rounds of {args.seconds:g}s per mode, modes interleaved; "
+                "median calls/s (median per-round ratio to plain, added microseconds per call)"
             )
             for load_name in [*loads, "aio sequential", f"aio {many}"]:
-                base = statistics.median(results[(load_name, "plain")])
+                base = statistics.median(rates[(load_name, "plain")])
                 cells = []
                 for mode in modes:
-                    if (load_name, mode) not in results:
+                    if (load_name, mode) not in rates:
                         continue
-                    med = statistics.median(results[(load_name, mode)])
+                    med = statistics.median(rates[(load_name, mode)])
+                    ratio = statistics.median(ratios[(load_name, mode)])
                     added = (1 / med - 1 / base) * 1e6
-                    cells.append(f"{mode} {med:,.0f} ({med / base:.3f}x, {added:+.0f} us)")
+                    cells.append(f"{mode} {med:,.0f} ({ratio:.3f}x, {added:+.0f} us)")
                 print(f"  {load_name:18s} " + "   ".join(cells))
             for c in plain3:
                 c.close()

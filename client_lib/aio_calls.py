@@ -33,6 +33,27 @@ def _has_metadata(exc: grpc.aio.AioRpcError) -> bool:
     return bool(exc.initial_metadata() or exc.trailing_metadata())
 
 
+_NO_METADATA = grpc.aio.Metadata()
+_token_metadata: dict[tuple[tuple[str, str], ...], grpc.aio.Metadata] = {}
+
+
+def _call_metadata(metadata: Any, extra: tuple[tuple[str, str], ...]) -> Any:
+    """The metadata a call sends: the caller's and the pick's lb-token. With
+    none of the caller's, one shared grpc.aio.Metadata per token (grpc.aio
+    copies it into a tuple and never changes it), which spares grpc.aio
+    building one per call."""
+    if metadata:
+        return _metadata(metadata, extra)
+    if not extra:
+        return _NO_METADATA
+    md = _token_metadata.get(extra)
+    if md is None:
+        if len(_token_metadata) > 4096:  # tokens of lists long gone
+            _token_metadata.clear()
+        md = _token_metadata[extra] = grpc.aio.Metadata(*extra)
+    return md
+
+
 class _Pending:
     """What a call needs to start once it has a pick."""
 
@@ -41,7 +62,11 @@ class _Pending:
         "key",
         "registered",
         "request",
-        "kwargs",
+        "timeout",
+        "metadata",
+        "credentials",
+        "wait_for_ready",
+        "compression",
         "deadline",
         "call",
         "token",
@@ -49,37 +74,57 @@ class _Pending:
     )
 
     def __init__(
-        self, channel: LookasideAioChannel, key: Any, registered: bool, request: Any, kw: Any
+        self,
+        channel: LookasideAioChannel,
+        key: Any,
+        registered: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
     ) -> None:
         self.channel = channel
         self.key = key
         self.registered = registered
         self.request = request
-        self.kwargs = kw
-        timeout = kw["timeout"]
+        self.timeout = timeout
+        self.metadata = metadata
+        self.credentials = credentials
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
         self.deadline = None if timeout is None else channel.loop_time() + timeout
         self.call: Any = None
         self.token = ""
         self.address = ""
 
     def start(self, p: Pick) -> Any:
-        if p.target is None:
-            self.channel.counters.call_dropped(p.token)
+        target = p.target
+        channel = self.channel
+        if target is None:
+            channel.counters.call_dropped(p.token)
             raise rpc_error(FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS))
-        kw = dict(self.kwargs)
-        kw["metadata"] = _metadata(kw["metadata"], p.metadata)
-        if self.deadline is not None:
-            kw["timeout"] = max(self.deadline - self.channel.loop_time(), 0.0)
-        mc = p.target.multicallable(self.key, self.registered)
-        self.channel.counters.call_started()
+        timeout = self.timeout
+        if timeout is not None:
+            timeout = max(self.deadline - channel.loop_time(), 0.0)  # type: ignore[operator]
+        mc = target.methods.get(self.key) or target.multicallable(self.key, self.registered)
+        channel.counters.call_started()
         self.token = p.token
-        self.address = p.target.address
-        self.call = mc(self.request, **kw)
-        return self.call
+        self.address = target.address
+        self.call = call = mc(
+            self.request,
+            timeout=timeout,
+            metadata=_call_metadata(self.metadata, p.metadata),
+            credentials=self.credentials,
+            wait_for_ready=self.wait_for_ready,
+            compression=self.compression,
+        )
+        return call
 
     async def started(self) -> Any:
         if self.call is None:
-            wfr = bool(self.kwargs["wait_for_ready"])
+            wfr = bool(self.wait_for_ready)
             self.start(await self.channel._wait_for_pick(self.deadline, wfr))
         return self.call
 
@@ -97,19 +142,19 @@ class UnaryCall:
         self._retries = retries
 
     def __await__(self) -> Any:
-        return self._result().__await__()
-
-    async def _result(self) -> Any:
+        # A generator, not a coroutine: awaiting the call costs no extra
+        # coroutine object, on the path every unary call takes.
         p = self._p
-        counters = p.channel.counters
         while True:
-            call = p.call if p.call is not None else await p.started()
+            call = p.call
+            if call is None:
+                call = yield from p.started().__await__()
             try:
-                response = await call
+                response = yield from call.__await__()
             except grpc.aio.AioRpcError as exc:
                 has_md = _has_metadata(exc)
                 if not self._counted:
-                    counters.finish_with(exc.code(), has_md, p.token)
+                    p.channel.counters.finish_with(exc.code(), has_md, p.token)
                 again = (
                     self._retries
                     and never_sent(exc.code(), exc.details(), has_md)
@@ -126,7 +171,7 @@ class UnaryCall:
                 raise
             if not self._counted:
                 self._counted = True
-                counters.call_finished(True, False, p.token)
+                p.channel.counters.call_finished(True, False, p.token)
             return response
 
     def _count_cancelled(self) -> None:
@@ -248,7 +293,7 @@ async def _count_stream(channel: LookasideAioChannel, call: Any, token: str) -> 
 
 
 class MultiCallable:
-    __slots__ = ("_channel", "_key", "_registered", "_unary")
+    __slots__ = ("_channel", "_key", "_registered", "_unary", "_retries")
 
     def __init__(
         self,
@@ -263,6 +308,7 @@ class MultiCallable:
         self._key = (kind, method, ser, deser)
         self._registered = registered
         self._unary = kind.endswith("_unary")
+        self._retries = 1 if kind == "unary_unary" else 0  # only its request can go again
 
     def __call__(
         self,
@@ -274,15 +320,18 @@ class MultiCallable:
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        kw = {
-            "timeout": timeout,
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
         ch = self._channel
-        pending = _Pending(ch, self._key, self._registered, request, kw)
+        pending = _Pending(
+            ch,
+            self._key,
+            self._registered,
+            request,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
+        )
         picker = ch._core.picker
         p = picker.pick() if picker is not None else None
         if p is not None and p.target is None:
@@ -291,8 +340,7 @@ class MultiCallable:
         if self._unary:
             if p is not None:
                 pending.start(p)
-            # Only unary-unary requests can be sent again.
-            return UnaryCall(pending, 1 if self._key[0] == "unary_unary" else 0)
+            return UnaryCall(pending, self._retries)
         if p is None:
             return DeferredStreamCall(pending)
         call = pending.start(p)
