@@ -18,6 +18,7 @@ from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
 from client_lib.channel import server_name_options
 from client_lib.core import IDLE, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, ChannelViews
 from client_lib.picker import CallCounters, FailedCall, Pick
+from client_lib.retry import RetryConfig
 from client_lib.server_list import SubChannel
 from client_lib.session import Action, BalancerSession, StartReports
 
@@ -45,6 +46,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         retire_grace: float = 30.0,
     ) -> None:
         self._session = BalancerSession(target, balancers, fallback_timeout=fallback_timeout)
+        self.retry = RetryConfig.from_options(options)
         self.target = target
         self._options = server_name_options(options, server_name_override)
         self._credentials = credentials

@@ -18,6 +18,7 @@ import grpc.aio
 
 from client_lib.calls import _metadata
 from client_lib.picker import DROP_DETAILS, FailedCall, Pick, never_sent
+from client_lib.retry import Attempts
 
 if TYPE_CHECKING:
     from client_lib.aio import LookasideAioChannel
@@ -134,12 +135,13 @@ class UnaryCall:
     outcome is counted for ClientStats when it is awaited or cancelled; a
     call that is neither stays counted as started only."""
 
-    __slots__ = ("_p", "_counted", "_retries")
+    __slots__ = ("_p", "_counted", "_retries", "_attempts")
 
-    def __init__(self, pending: _Pending, retries: int) -> None:
+    def __init__(self, pending: _Pending, retries: int, attempts: Attempts | None) -> None:
         self._p = pending
         self._counted = False
         self._retries = retries
+        self._attempts = attempts  # gRFC A6 configured retries, if a policy applies
 
     def __await__(self) -> Any:
         # A generator, not a coroutine: awaiting the call costs no extra
@@ -160,11 +162,16 @@ class UnaryCall:
                     and never_sent(exc.code(), exc.details(), has_md)
                     and p.channel._core.ready_except(p.address)
                 )
-                if not again:
+                if again:
+                    self._retries = 0
+                    p.start(again)
+                    continue
+                delay = self._retry_delay(exc)
+                if delay is None:
                     self._counted = True
                     raise
-                self._retries = 0
-                p.start(again)
+                yield from asyncio.sleep(delay).__await__()
+                p.call = None  # the next attempt picks again
                 continue
             except asyncio.CancelledError:
                 self._count_cancelled()
@@ -172,7 +179,19 @@ class UnaryCall:
             if not self._counted:
                 self._counted = True
                 p.channel.counters.call_finished(True, False, p.token)
+            if self._attempts is not None:
+                self._attempts.succeeded()
             return response
+
+    def _retry_delay(self, exc: grpc.aio.AioRpcError) -> float | None:
+        attempts, p = self._attempts, self._p
+        if attempts is None:
+            return None
+        delay = attempts.retry_after(exc.code(), exc.trailing_metadata())
+        if delay is not None and p.deadline is not None:
+            if p.channel.loop_time() + delay >= p.deadline:
+                return None
+        return delay
 
     def _count_cancelled(self) -> None:
         if not self._counted and self._p.call is not None:
@@ -293,7 +312,7 @@ async def _count_stream(channel: LookasideAioChannel, call: Any, token: str) -> 
 
 
 class MultiCallable:
-    __slots__ = ("_channel", "_key", "_registered", "_unary", "_retries")
+    __slots__ = ("_channel", "_key", "_registered", "_unary", "_retries", "_policy")
 
     def __init__(
         self,
@@ -309,6 +328,7 @@ class MultiCallable:
         self._registered = registered
         self._unary = kind.endswith("_unary")
         self._retries = 1 if kind == "unary_unary" else 0  # only its request can go again
+        self._policy = channel.retry.policy(method) if self._retries else None
 
     def __call__(
         self,
@@ -340,7 +360,9 @@ class MultiCallable:
         if self._unary:
             if p is not None:
                 pending.start(p)
-            return UnaryCall(pending, self._retries)
+            policy = self._policy
+            attempts = None if policy is None else ch.retry.attempts(policy)
+            return UnaryCall(pending, self._retries, attempts)
         if p is None:
             return DeferredStreamCall(pending)
         call = pending.start(p)

@@ -26,6 +26,7 @@ from client_lib.picker import (
     never_sent,
 )
 from client_lib.queued import QueuedCall
+from client_lib.retry import Attempts
 
 if TYPE_CHECKING:
     from client_lib.channel import LookasideChannel
@@ -110,8 +111,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_outcome_thread)
 
 
+def _retry_delay(
+    attempts: Attempts | None, exc: grpc.RpcError, code: Any, deadline: float | None
+) -> float | None:
+    """Seconds before a configured retry of a failed attempt, or None when
+    the call ends with it (no policy, not retryable, out of attempts or
+    tokens, or no time left before the deadline)."""
+    if attempts is None:
+        return None
+    try:
+        trailing = exc.trailing_metadata()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a local failure has none
+        trailing = None
+    delay = attempts.retry_after(code, trailing)
+    if delay is not None and deadline is not None and time.monotonic() + delay >= deadline:
+        return None
+    return delay
+
+
 class _Base:
-    __slots__ = ("_channel", "_key", "_registered", "_counters")
+    __slots__ = ("_channel", "_key", "_registered", "_counters", "_policy")
     _kind = ""
     _retries = 0  # transparent retries: only where the request can be sent again
 
@@ -122,6 +141,8 @@ class _Base:
         self._key = (self._kind, method, ser, deser)
         self._registered = registered
         self._counters = channel.counters
+        # gRFC A6 configured retries: unary-unary only (its request can go again)
+        self._policy = channel.retry.policy(method) if self._retries else None
 
     def _start(
         self,
@@ -199,6 +220,7 @@ class _UnaryResponse(_Base):
         p = channel._pick(timeout, wait_for_ready)
         counters = self._counters
         retries = self._retries
+        attempts = channel.retry.attempts(self._policy) if self._policy is not None else None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             mc = p.target.multicallable(self._key, self._registered)
@@ -217,14 +239,23 @@ class _UnaryResponse(_Base):
                 code, details, has_md = _outcome(exc)
                 counters.finish_with(code, has_md, p.token)
                 again = retries and never_sent(code, details, has_md) and channel._retry_pick(p)
-                if not again:
+                if again:
+                    # gRFC A6: it never left this process; once more elsewhere.
+                    retries, p = 0, again
+                    if deadline is not None:
+                        timeout = max(deadline - time.monotonic(), 0.0)
+                    continue
+                delay = _retry_delay(attempts, exc, code, deadline)
+                if delay is None:
                     raise
-                # gRFC A6: it never left this process; once more elsewhere.
-                retries, p = 0, again
+                time.sleep(delay)
                 if deadline is not None:
                     timeout = max(deadline - time.monotonic(), 0.0)
+                p = channel._pick(timeout, wait_for_ready)
                 continue
             counters.call_finished(True, False, p.token)
+            if attempts is not None:
+                attempts.succeeded()
             return result
 
     def __call__(

@@ -28,6 +28,7 @@ from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
 from client_lib.core import IDLE, TRANSIENT_FAILURE, ChannelCore, ChannelViews
 from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick
+from client_lib.retry import RetryConfig, subchannel_options
 from client_lib.server_list import SubChannel
 from client_lib.session import Action, BalancerSession
 
@@ -37,7 +38,10 @@ ChannelOptions = Sequence[tuple[str, Any]]
 
 
 def server_name_options(options: ChannelOptions, server_name_override: str | None) -> list[Any]:
-    out = list(options)
+    """The options of the channels a thin channel opens (to backends and to
+    balancers): the user's, less the service config, whose retry policy the
+    thin channel applies itself (client_lib.retry)."""
+    out = subchannel_options(options)
     if server_name_override:
         out.append(("grpc.ssl_target_name_override", server_name_override))
     return out
@@ -63,8 +67,11 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         the backends; balancer_credentials: for the balancers (None: plaintext
         for either); server_name_override: the TLS name to check for both. fallback_targets: backends ("host:port") to
         use while the balancer says fallback or gives no list within
-        fallback_timeout seconds."""
+        fallback_timeout seconds. options: grpc channel options for the
+        backends; a `grpc.service_config` in them gives retry policies
+        (client_lib.retry), applied over all the backends."""
         self._session = BalancerSession(target, balancers, fallback_timeout=fallback_timeout)
+        self.retry = RetryConfig.from_options(options)
         self.target = target
         self._options = server_name_options(options, server_name_override)
         self._credentials = credentials

@@ -93,6 +93,9 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         # While set, GetFeature sends nothing back until the caller gives up:
         # a backend that accepts calls and loses them (health stays SERVING).
         self.hang = threading.Event()
+        # GetFeature fails while this has entries: each call takes the first
+        # (status code, trailing metadata) and ends with it.
+        self.failures: list[tuple[grpc.StatusCode, tuple[tuple[str, str], ...]]] = []
 
     def _record(self, context: grpc.ServicerContext) -> None:
         token = dict(context.invocation_metadata()).get("lb-token", "")
@@ -105,6 +108,12 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         while self.hang.is_set() and context.is_active():
             time.sleep(0.01)
         self._record(context)
+        with self.lock:
+            failure = self.failures.pop(0) if self.failures else None
+        if failure is not None:
+            code, trailing = failure
+            context.set_trailing_metadata((("x-backend", self.name), *trailing))
+            context.abort(code, f"{self.name} failed as scripted")
         return rg.Feature(name=self.name, location=request)
 
     def ListFeatures(self, request: rg.Rectangle, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]  # noqa: N802

@@ -209,3 +209,10 @@ def demo_backends(
             if p.proc.poll() is None:
                 p.proc.send_signal(signal.SIGCONT)
             p.kill()
+
+
+def client(clients: list[Client], kind: str, balancers: object, **kw: object) -> Client:
+    """A Client for the target "svc.test:443", closed by the `clients` fixture."""
+    c = Client(kind, "svc.test:443", balancers, **kw)
+    clients.append(c)
+    return c

@@ -3,13 +3,19 @@ server, self-registered), a real balancer and Redis. The thin clients (sync
 and asyncio, 1 and 8 calls in flight) lose no call; a stock grpcio channel
 through the DNS responder runs the same scenario for comparison.
 
-Each run prints a `kill-under-load:` row (client kind, in flight, calls,
-failed); run with -s to see the table.
+Without a retry policy a call already sent to the backend when it died
+fails (gRFC A6 forbids retrying it unasked), for the stock client too;
+with the same retryPolicy for the idempotent GetFeature (the service
+config stock grpcio takes), no call fails, thin or stock.
+
+Each run prints a `kill-under-load:` row (client kind, retries, in flight,
+calls, failed); run with -s to see the table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 import time
@@ -32,6 +38,24 @@ from tests.support import BalancerHandle, LoopThread, wait_until
 
 BEFORE_KILL = 300  # calls made before the kill
 AFTER_KILL = 900  # calls made after it
+
+RETRY_POLICY = {
+    "name": [{"service": "routeguide.RouteGuide", "method": "GetFeature"}],
+    "retryPolicy": {
+        "maxAttempts": 3,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    },
+}
+RETRIES = {"no retry policy": False, "retryPolicy": True}
+
+
+def thin_options(retries: bool) -> list[tuple[str, str]]:
+    if not retries:
+        return []
+    return [("grpc.service_config", json.dumps({"methodConfig": [RETRY_POLICY]}))]
 
 
 class Load:
@@ -117,16 +141,30 @@ def assert_no_call_failed_for_want_of_a_backend(load: Load) -> None:
     assert all("failed to connect" not in e for e in load.failed), load.failed
 
 
-def _report(kind: str, in_flight: int, load: Load) -> None:
+def assert_outcome(load: Load, retries: bool) -> None:
+    assert load.killed.is_set() and load.calls >= BEFORE_KILL + AFTER_KILL
+    assert_no_call_failed_for_want_of_a_backend(load)
+    if retries:
+        assert not load.failed, load.failed
+
+
+def _report(kind: str, in_flight: int, load: Load, retries: bool = False) -> None:
     failed = sum(load.failed.values())
-    print(f"\nkill-under-load: {kind} in_flight={in_flight} calls={load.calls} failed={failed}")
+    policy = "retryPolicy" if retries else "no retry policy"
+    print(
+        f"\nkill-under-load: {kind} | {policy} | in_flight={in_flight}"
+        f" calls={load.calls} failed={failed}"
+    )
     for error, n in load.failed.most_common(3):
         print(f"    {n} x {error}")
 
 
+@pytest.mark.parametrize("retries", RETRIES.values(), ids=RETRIES)
 @pytest.mark.parametrize("in_flight", [1, 8])
-def test_sync_thin_client_loses_no_call(three_backends, pool_name, balancer, in_flight) -> None:  # type: ignore[no-untyped-def]
-    with LookasideChannel(pool_name, balancer.address) as channel:
+def test_sync_thin_client_loses_no_call(
+    three_backends, pool_name, balancer, in_flight, retries
+) -> None:  # type: ignore[no-untyped-def]
+    with LookasideChannel(pool_name, balancer.address, options=thin_options(retries)) as channel:
         wait_until(lambda: len(channel.backends()) == 3 and channel.wait_for_list(0))
         wait_until(
             lambda: all(
@@ -135,18 +173,21 @@ def test_sync_thin_client_loses_no_call(three_backends, pool_name, balancer, in_
         )
         load = Load(_sigkill(three_backends[0]), channel, three_backends[0].address)
         _sync_load(rg_grpc.RouteGuideStub(channel), in_flight, load)
-    _report("thin sync", in_flight, load)
-    assert load.killed.is_set() and load.calls >= BEFORE_KILL + AFTER_KILL
-    assert_no_call_failed_for_want_of_a_backend(load)
+    _report("thin sync", in_flight, load, retries)
+    assert_outcome(load, retries)
 
 
+@pytest.mark.parametrize("retries", RETRIES.values(), ids=RETRIES)
 @pytest.mark.parametrize("in_flight", [1, 8])
-def test_aio_thin_client_loses_no_call(three_backends, pool_name, balancer, in_flight) -> None:  # type: ignore[no-untyped-def]
+def test_aio_thin_client_loses_no_call(
+    three_backends, pool_name, balancer, in_flight, retries
+) -> None:  # type: ignore[no-untyped-def]
     loop = LoopThread("aio-load")
     load = Load(_sigkill(three_backends[0]))
 
     async def run() -> None:
-        async with LookasideAioChannel(pool_name, balancer.address) as channel:
+        opts = thin_options(retries)
+        async with LookasideAioChannel(pool_name, balancer.address, options=opts) as channel:
             stub = rg_grpc.RouteGuideStub(channel)
             threading.Thread(
                 target=load._watch, args=(channel, three_backends[0].address), daemon=True
@@ -175,11 +216,11 @@ def test_aio_thin_client_loses_no_call(three_backends, pool_name, balancer, in_f
         loop.run(run(), 150)
     finally:
         loop.close()
-    _report("thin asyncio", in_flight, load)
-    assert load.killed.is_set() and load.calls >= BEFORE_KILL + AFTER_KILL
-    assert_no_call_failed_for_want_of_a_backend(load)
+    _report("thin asyncio", in_flight, load, retries)
+    assert_outcome(load, retries)
 
 
+@pytest.mark.parametrize("retries", RETRIES.values(), ids=RETRIES)
 @pytest.mark.parametrize("in_flight", [1, 8])
 def test_stock_grpcio_through_dns_for_comparison(
     three_backends,
@@ -188,9 +229,13 @@ def test_stock_grpcio_through_dns_for_comparison(
     dns_factory,  # noqa: F811 - the fixture imported above
     stock_channel,  # noqa: F811
     in_flight,
+    retries,
 ) -> None:  # type: ignore[no-untyped-def]
     dns = dns_factory(balancer)
-    channel: Any = stock_channel(dns, pool_name, 1)
+    config: dict[str, Any] = {"loadBalancingConfig": [{"grpclb": {}}]}
+    if retries:
+        config["methodConfig"] = [RETRY_POLICY]
+    channel: Any = stock_channel(dns, pool_name, 1, service_config=json.dumps(config))
     stub = rg_grpc.RouteGuideStub(channel)
     served: set[str] = set()
 
@@ -203,7 +248,7 @@ def test_stock_grpcio_through_dns_for_comparison(
     wait_until(spread, timeout=20)
     load = Load(_sigkill(three_backends[0]))
     _sync_load(stub, in_flight, load)
-    _report("stock grpcio (grpclb via DNS)", in_flight, load)
+    _report("stock grpcio (grpclb via DNS)", in_flight, load, retries)
     # A comparison run: the stock client's count is reported, not judged;
     # the run itself must have happened, with the kill in the middle.
     assert load.killed.is_set() and load.calls >= BEFORE_KILL + AFTER_KILL

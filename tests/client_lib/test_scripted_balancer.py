@@ -7,38 +7,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from tests.client_lib.scripted import Client, ScriptedBalancer, address_of, server
+from tests.client_lib.scripted import Client, ScriptedBalancer, address_of, client, server
 from tests.support import RouteGuideBackend, start_backends, wait_until
 
 KINDS = ["sync", "aio"]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-@pytest.fixture
-def lb_peer() -> Iterator[ScriptedBalancer]:
-    peer = ScriptedBalancer()
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
-
-
-def client(clients: list[Client], kind: str, balancers: object, **kw: object) -> Client:
-    c = Client(kind, "svc.test:443", balancers, **kw)
-    clients.append(c)
-    return c
 
 
 def names(c: Client, n: int) -> list[object]:
