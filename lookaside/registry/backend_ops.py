@@ -140,7 +140,12 @@ class BackendOps:
         """Removes a pool and everything under it in one script, and returns
         how many live backends it had. Without `force`, Conflict while any
         backend is live (static, or its lease not expired)."""
-        extra = [keys.streams(pool), keys.load_total(pool), keys.outcomes(pool)]
+        extra = [
+            keys.streams(pool),
+            keys.load_total(pool),
+            keys.outcomes(pool),
+            keys.signals(pool),
+        ]
         status, live = await self._run("DELETE_POOL", pool, [actor, "1" if force else "0"], extra)
         outcome = Outcome(_text(status))
         if outcome is Outcome.NOT_FOUND:

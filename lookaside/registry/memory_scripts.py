@@ -66,7 +66,7 @@ class ScriptTwins(BackendOps):
         self._holds: dict[str, dict[str, str]] = {}
         self._batches: set[str] = set()
         self._replicas: dict[str, int] = {}
-        self._signals: dict[str, dict[str, str]] = {}  # outlive their pool, as in Redis
+        self._signals: dict[str, dict[str, str]] = {}  # the dashboard history per pool
         self._subscribers: list[asyncio.Queue[str]] = []
 
     def _check(self) -> None:
@@ -362,6 +362,7 @@ class ScriptTwins(BackendOps):
             return [Outcome.CONFLICT, live]
         del self._pools[pool]
         self._holds.pop(pool, None)
+        self._signals.pop(pool, None)
         self._config_versions[pool] += 1
         self._versions[pool] += 1
         for q in self._subscribers:

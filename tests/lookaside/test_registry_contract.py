@@ -235,11 +235,14 @@ async def test_pool_updates_are_compare_and_sets(port: Port, pool: str) -> None:
 
 async def test_pool_deletion_refuses_live_backends_unless_forced(port: Port, pool: str) -> None:
     await _register(port, pool, "10.0.0.7", lease_ttl_ms=60_000)
+    slot = slot_of(time.time())
+    await port.store.put_signal_sample(pool, slot, {"ts_ms": slot * SLOT_SECONDS * 1000})
     before = (await port.store.versions([pool]))[pool]
     with pytest.raises(errors.Conflict, match="1 live backend"):
         await port.store.delete_pool(pool, force=False)
     assert await port.store.delete_pool(pool, force=True) == 1
     assert await port.store.snapshot(pool) is None
+    assert await port.store.signal_history(pool) == []  # the dashboard's history goes too
     assert pool not in await port.store.list_pools()
     assert (await port.store.versions([pool]))[pool] > before
     with pytest.raises(errors.NotFound):
