@@ -20,9 +20,8 @@ from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import validation as v
-from lookaside.registry.errors import Conflict, Unavailable
+from lookaside.registry.errors import Conflict, PoolFull, Unavailable
 from lookaside.registry.hosts import resolve_host
-from lookaside.registry.model import backend_id_for
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
@@ -67,30 +66,25 @@ class RegistryService(pb_grpc.RegistryServicer):
         )  # fmt: skip
         await self._fail(context, "Register", grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
-    async def _check_room(self, context: Any, grant: Grant, pool: str, backend_id: str) -> bool:
-        """Whether the pool exists; refuses a registration that would pass
-        the pool's backend limit or the limit on pools."""
+    async def _check_room(self, context: Any, grant: Grant, pool: str) -> bool:
+        """Whether the pool exists; refuses a registration that would create
+        a pool past the limit on pools. (The limit on a pool's backends is
+        checked by the registry in the same script as the write; pools are
+        counted by a read first, since the pools index lives apart from any
+        one pool's keys, so concurrent creations may pass it by a few.)"""
         # Through the store's public reads (registration is not a hot path).
-        snapshot = await self.store.snapshot(pool)
-        exists = snapshot is not None
-        backends = snapshot.backends if snapshot is not None else ()
-        count, known = len(backends), any(b.id == backend_id for b in backends)
-        pools = 0 if exists or not grant.create else len(await self.store.list_pools())
-        if not exists and grant.create and pools >= self.auth.policy.max_pools:
+        exists = await self.store.snapshot(pool) is not None
+        if exists or not grant.create:
+            return exists
+        pools = len(await self.store.list_pools())
+        if pools >= self.auth.policy.max_pools:
             await self._refuse_limit(
                 context,
                 "pools",
                 f"registration refused: there are {pools} pools, the most the registration "
                 "policy allows; remove unused pools or raise max_pools",
             )
-        if not known and count >= grant.max_backends:
-            await self._refuse_limit(
-                context,
-                "backends_per_pool",
-                f"registration refused: pool {pool!r} has {count} backends, the most its "
-                "registration policy allows (max_backends)",
-            )
-        return bool(exists)
+        return False
 
     @staticmethod
     async def _require_lease(context: Any, method: str, lease_id: str) -> None:
@@ -163,12 +157,22 @@ class RegistryService(pb_grpc.RegistryServicer):
             raise AssertionError("unreachable: abort raises") from None
 
         async def register():  # type: ignore[no-untyped-def]
-            exists = await self._check_room(context, grant, pool, backend_id_for(ip, port))
-            return await self.store.register(
-                pool=pool, host=request.host or ip, ip=ip, port=port, weight=weight,
-                zone=zone, metadata=metadata, lease_ttl_ms=ttl_ms,
-                create_pool=exists or grant.create, actor=f"registration:{grant.principal}",
-            )  # fmt: skip
+            exists = await self._check_room(context, grant, pool)
+            try:
+                return await self.store.register(
+                    pool=pool, host=request.host or ip, ip=ip, port=port, weight=weight,
+                    zone=zone, metadata=metadata, lease_ttl_ms=ttl_ms,
+                    create_pool=exists or grant.create, actor=f"registration:{grant.principal}",
+                    max_backends=grant.max_backends,
+                )  # fmt: skip
+            except PoolFull as exc:
+                await self._refuse_limit(
+                    context,
+                    "backends_per_pool",
+                    f"registration refused: pool {pool!r} has {exc.backends} backends, the most "
+                    "its registration policy allows (max_backends)",
+                )
+                raise AssertionError("unreachable: abort raises") from None
 
         lease = await self._run(
             context,

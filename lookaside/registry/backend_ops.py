@@ -16,6 +16,7 @@ from lookaside.registry.errors import (
     InvalidInput,
     LeaseRefused,
     NotFound,
+    PoolFull,
     RefusedByHold,
     TransitionRefused,
     VersionConflict,
@@ -172,11 +173,14 @@ class BackendOps:
         lease_ttl_ms: int = 0,
         actor: str = "registration",
         create_pool: bool = True,
+        max_backends: int = 0,
     ) -> Lease:
         """Registers a backend with a lease. The pool is created with
         defaults when `create_pool`; otherwise a missing pool is NotFound.
-        A static backend at the address is RefusedByHold. Inputs must
-        already be validated."""
+        A static backend at the address is RefusedByHold. With
+        `max_backends`, a new backend (not a re-registration) into a pool
+        that holds that many already is PoolFull, decided in the same
+        script as the write. Inputs must already be validated."""
         backend = Backend(
             id=backend_id_for(ip, port), pool=pool, host=host, ip=ip, port=port, weight=weight,
             zone=zone, metadata=dict(metadata or {}), lease_id=secrets.token_hex(8),
@@ -185,9 +189,14 @@ class BackendOps:
             "REGISTER",
             pool,
             [actor, backend.id, backend.to_json(), lease_ttl_ms, PoolConfig(name=pool).to_json(),
-             "1" if create_pool else "0"],
+             "1" if create_pool else "0", max_backends],
         )  # fmt: skip
         outcome = Outcome(_text(status))
+        if outcome is Outcome.FULL:
+            raise PoolFull(
+                f"pool {pool!r} has {version} backends, the most this registration may add to",
+                int(version),
+            )
         if outcome is Outcome.POOL_NOT_FOUND:
             raise NotFound(f"pool {pool!r} does not exist and this registration may not create it")
         if outcome is Outcome.STATIC_REFUSED:

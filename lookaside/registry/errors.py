@@ -54,6 +54,15 @@ class VersionConflict(Conflict):
         self.current_version = current_version
 
 
+class PoolFull(Conflict):
+    """A registration of a new backend into a pool that holds the most the
+    caller may add to (checked in the same script as the write)."""
+
+    def __init__(self, message: str, backends: int) -> None:
+        super().__init__(message)
+        self.backends = backends
+
+
 class TransitionRefused(Conflict):
     """The backend's state does not allow the change."""
 

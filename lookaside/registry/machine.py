@@ -82,6 +82,7 @@ class Outcome(enum.StrEnum):
     STATIC_REFUSED = "static"  # self-registration against a static backend
     HELD = "held"  # the panic guard kept the backend as it was
     CONFLICT = "conflict"  # exists already / still live / version moved
+    FULL = "full"  # the pool has the most backends a registration may add to
 
 
 @dataclass(frozen=True, slots=True)

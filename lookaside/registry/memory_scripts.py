@@ -158,7 +158,7 @@ class ScriptTwins(BackendOps):
         return Outcome.CHANGED, self._changed(pool, now, rule.kind, bid, actor, text), cur
 
     def _script_register(self, pool: str, a: list[str]) -> list[Any]:
-        actor, bid, raw, ttl, default, create = a[1:7]
+        actor, bid, raw, ttl, default, create, most = a[1:8]
         now = self.clock()
         if pool not in self._pools:
             if create != "1":
@@ -170,6 +170,8 @@ class ScriptTwins(BackendOps):
         old = p.backends.get(bid)
         if old is not None and old.get("static"):
             return [Outcome.STATIC_REFUSED, 0, 0, now]
+        if old is None and int(most) > 0 and len(p.backends) >= int(most):
+            return [Outcome.FULL, len(p.backends), 0, now]
         cur = _key(old) if old is not None else Key(self._holds.get(pool, {}).get(bid, "absent"))
         b = json.loads(raw)
         if old is not None:

@@ -174,6 +174,11 @@ local ttl = tonumber(ARGV[5])
 if ttl == 0 then ttl = tonumber(cjson.decode(redis.call('GET', K_CONFIG))['lease_ttl_ms']) end
 local old = load(id)
 if old and old['static'] then return {'static', 0, 0, now} end
+local most = tonumber(ARGV[8]) or 0
+if not old and most > 0 then
+  local n = redis.call('HLEN', K_BACKENDS)
+  if n >= most then return {'full', n, 0, now} end
+end
 local cur = key_of(old)
 if not old then cur = redis.call('HGET', K_HOLDS, id) or 'absent' end
 local b = cjson.decode(ARGV[4])

@@ -233,6 +233,26 @@ async def test_pool_updates_are_compare_and_sets(port: Port, pool: str) -> None:
         await port.store.put_pool(PoolConfig(name=f"{pool}-x"), only_if_exists=True)
 
 
+async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, pool: str) -> None:
+    # 12 registrations of distinct addresses at once into a pool that may
+    # hold 5: the check and the write are one step, so exactly 5 get in.
+    results = await asyncio.gather(
+        *(_register(port, pool, f"10.0.9.{i}", max_backends=5) for i in range(12)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, errors.PoolFull)]
+    assert len(refused) == 7 and all(r.backends == 5 for r in refused)
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and len(snap.backends) == 5
+    # A backend already in the pool may register again (a restart).
+    again = next(r for r in results if not isinstance(r, BaseException))
+    ip = next(b.ip for b in snap.backends if b.id == again.backend_id)
+    assert (await _register(port, pool, ip, max_backends=5)).backend_id == again.backend_id
+    with pytest.raises(errors.PoolFull, match="has 5 backends"):
+        await _register(port, pool, "10.0.9.200", max_backends=5)
+    assert len((await port.store.snapshot(pool)).backends) == 5  # type: ignore[union-attr]
+
+
 async def test_pool_deletion_refuses_live_backends_unless_forced(port: Port, pool: str) -> None:
     await _register(port, pool, "10.0.0.7", lease_ttl_ms=60_000)
     slot = slot_of(time.time())
