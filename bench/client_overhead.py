@@ -57,6 +57,8 @@ def wait_ready(address: str) -> None:
 
 
 Block = Callable[[], int]  # runs one block of calls and returns how many
+SEQUENTIAL_BLOCK = 500  # calls in a block of the sequential loads
+BATCHES_PER_BLOCK = 8  # batches of INFLIGHT calls in a block of the others
 
 
 def sequential(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
@@ -64,9 +66,9 @@ def sequential(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
     turn = itertools.cycle(stubs)
 
     def block() -> int:
-        for _ in range(100):
+        for _ in range(SEQUENTIAL_BLOCK):
             next(turn).GetFeature(point)
-        return 100
+        return SEQUENTIAL_BLOCK
 
     return block
 
@@ -79,10 +81,11 @@ def concurrent(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
     turn = itertools.cycle(stubs)
 
     def block() -> int:
-        futures = [next(turn).GetFeature.future(point) for _ in range(INFLIGHT)]
-        for f in futures:
-            f.result()
-        return INFLIGHT
+        for _ in range(BATCHES_PER_BLOCK):
+            futures = [next(turn).GetFeature.future(point) for _ in range(INFLIGHT)]
+            for f in futures:
+                f.result()
+        return INFLIGHT * BATCHES_PER_BLOCK
 
     return block
 
@@ -149,12 +152,13 @@ def aio_rates(
             for mode, stub in stubs.items():
                 start = time.perf_counter()
                 if inflight == 1:
-                    for _ in range(100):
+                    for _ in range(SEQUENTIAL_BLOCK):
                         await stub.GetFeature(point)
-                    calls[mode] += 100
+                    calls[mode] += SEQUENTIAL_BLOCK
                 else:
-                    await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
-                    calls[mode] += inflight
+                    for _ in range(BATCHES_PER_BLOCK):
+                        await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
+                    calls[mode] += inflight * BATCHES_PER_BLOCK
                 spent[mode] += time.perf_counter() - start
         for channel in channels.values():
             await channel.close()

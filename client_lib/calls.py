@@ -217,20 +217,25 @@ class _UnaryResponse(_Base):
         compression: Any,
     ) -> Any:
         channel = self._channel
-        p = channel._pick(timeout, wait_for_ready)
+        picker = channel._core.picker
+        p = picker.pick() if picker is not None else None
+        if p is None or p.target is None:
+            p = channel._picked(p, timeout, wait_for_ready)
         counters = self._counters
         retries = self._retries
-        attempts = channel.retry.attempts(self._policy) if self._policy is not None else None
+        policy = self._policy
+        attempts = None if policy is None else channel.retry.attempts(policy)
         deadline = None if timeout is None else time.monotonic() + timeout
+        key = self._key
         while True:
-            mc = p.target.multicallable(self._key, self._registered)
-            invoke = mc.with_call if with_call else mc
+            target = p.target
+            mc = target.methods.get(key) or target.multicallable(key, self._registered)
             counters.call_started()
             try:
-                result = invoke(
+                result = (mc.with_call if with_call else mc)(
                     request,
                     timeout,
-                    _metadata(metadata, p.metadata),
+                    (*metadata, *p.metadata) if metadata else p.metadata,
                     credentials,
                     wait_for_ready,
                     compression,

@@ -161,6 +161,11 @@ class LookasideChannel(ChannelViews, grpc.Channel):
     def _pick(self, timeout: float | None, wait_for_ready: bool | None) -> Pick:
         picker = self._core.picker
         p = picker.pick() if picker is not None else None
+        return self._picked(p, timeout, wait_for_ready)
+
+    def _picked(self, p: Pick | None, timeout: float | None, wait_for_ready: bool | None) -> Pick:
+        """The pick a call goes with, from the picker's answer `p`: waits in
+        the pick queue for none; raises FailedCall for a drop."""
         if p is None:
             p = self._wait_for_pick(timeout, bool(wait_for_ready))
         if p.target is None:
