@@ -57,8 +57,8 @@ def wait_ready(address: str) -> None:
 
 
 Block = Callable[[], int]  # runs one block of calls and returns how many
-SEQUENTIAL_BLOCK = 500  # calls in a block of the sequential loads
-BATCHES_PER_BLOCK = 8  # batches of INFLIGHT calls in a block of the others
+SEQUENTIAL_BLOCK = 100  # calls in a block of the sequential loads
+BATCHES_PER_BLOCK = 2  # batches of INFLIGHT calls in a block of the others
 
 
 def sequential(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
@@ -90,18 +90,24 @@ def concurrent(stubs: list[rg_grpc.RouteGuideStub]) -> Block:
     return block
 
 
-def interleaved(blocks: dict[str, Block], seconds: float) -> dict[str, float]:
-    """Calls/s per mode, the modes taking turns block by block for about
-    `seconds` in all."""
-    calls = dict.fromkeys(blocks, 0)
-    spent = dict.fromkeys(blocks, 0.0)
+Cycle = dict[str, float]  # calls/s of each mode's block in one turn of all modes
+
+
+def interleaved(blocks: dict[str, Block], seconds: float) -> list[Cycle]:
+    """The modes take turns block by block for about `seconds`; the order
+    rotates each turn, so no mode always follows the same one."""
+    order = list(blocks)
+    cycles: list[Cycle] = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        for mode, block in blocks.items():
+        cycle: Cycle = {}
+        for mode in order:
             start = time.perf_counter()
-            calls[mode] += block()
-            spent[mode] += time.perf_counter() - start
-    return {mode: calls[mode] / spent[mode] for mode in blocks}
+            n = blocks[mode]()
+            cycle[mode] = n / (time.perf_counter() - start)
+        cycles.append(cycle)
+        order.append(order.pop(0))
+    return cycles
 
 
 TOKEN = (("lb-token", "0123456789ab.1cxrnexvm"),)
@@ -131,11 +137,11 @@ AIO_LOOP = asyncio.new_event_loop()
 
 def aio_rates(
     makers: dict[str, Callable[[], grpc.aio.Channel]], seconds: float, inflight: int
-) -> dict[str, float]:
-    """Calls/s per mode on grpc.aio, one call at a time (inflight 1) or in
-    batches, the modes taking turns block by block."""
+) -> list[Cycle]:
+    """interleaved() on grpc.aio: one call at a time (inflight 1) or in
+    batches."""
 
-    async def run() -> dict[str, float]:
+    async def run() -> list[Cycle]:
         channels = {mode: make() for mode, make in makers.items()}
         point = rg.Point(latitude=1)
         stubs = {}
@@ -145,24 +151,30 @@ def aio_rates(
             stubs[mode] = stub = rg_grpc.RouteGuideStub(channel)
             for _ in range(50):
                 await stub.GetFeature(point)
-        calls = dict.fromkeys(channels, 0)
-        spent = dict.fromkeys(channels, 0.0)
+
+        async def block(stub: rg_grpc.RouteGuideStub) -> int:
+            if inflight == 1:
+                for _ in range(SEQUENTIAL_BLOCK):
+                    await stub.GetFeature(point)
+                return SEQUENTIAL_BLOCK
+            for _ in range(BATCHES_PER_BLOCK):
+                await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
+            return inflight * BATCHES_PER_BLOCK
+
+        order = list(stubs)
+        cycles: list[Cycle] = []
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
-            for mode, stub in stubs.items():
+            cycle: Cycle = {}
+            for mode in order:
                 start = time.perf_counter()
-                if inflight == 1:
-                    for _ in range(SEQUENTIAL_BLOCK):
-                        await stub.GetFeature(point)
-                    calls[mode] += SEQUENTIAL_BLOCK
-                else:
-                    for _ in range(BATCHES_PER_BLOCK):
-                        await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
-                    calls[mode] += inflight * BATCHES_PER_BLOCK
-                spent[mode] += time.perf_counter() - start
+                n = await block(stubs[mode])
+                cycle[mode] = n / (time.perf_counter() - start)
+            cycles.append(cycle)
+            order.append(order.pop(0))
         for channel in channels.values():
             await channel.close()
-        return {mode: calls[mode] / spent[mode] for mode in channels}
+        return cycles
 
     return AIO_LOOP.run_until_complete(run())
 
@@ -242,14 +254,16 @@ def main() -> None:
                 "thin-1": lambda: LookasideAioChannel("one", lb),
                 "thin-3": lambda: LookasideAioChannel("three", lb),
             }
-            # rates[(load, mode)]: calls/s per round; ratios: to that round's plain
+            # rates[(load, mode)]: calls/s of each block; ratios: to the plain
+            # block of the same turn
             rates: dict[tuple[str, str], list[float]] = {}
             ratios: dict[tuple[str, str], list[float]] = {}
 
-            def record(load_name: str, got: dict[str, float]) -> None:
-                for mode, rate in got.items():
-                    rates.setdefault((load_name, mode), []).append(rate)
-                    ratios.setdefault((load_name, mode), []).append(rate / got["plain"])
+            def record(load_name: str, cycles: list[Cycle]) -> None:
+                for cycle in cycles:
+                    for mode, rate in cycle.items():
+                        rates.setdefault((load_name, mode), []).append(rate)
+                        ratios.setdefault((load_name, mode), []).append(rate / cycle["plain"])
 
             for _ in range(args.rounds):
                 for load_name, load in loads.items():
@@ -257,9 +271,11 @@ def main() -> None:
                     record(load_name, interleaved(blocks, args.seconds * len(blocks)))
                 for aio_load, inflight in (("aio sequential", 1), (f"aio {many}", args.inflight)):
                     record(aio_load, aio_rates(aio_modes, args.seconds * len(aio_modes), inflight))
+            turns = len(ratios[("sequential", "plain")])
             print(
-                f"{args.rounds} rounds of {args.seconds:g}s per mode, modes interleaved; "
-                "median calls/s (median per-round ratio to plain, added microseconds per call)"
+                f"{args.rounds} rounds of {args.seconds:g}s per mode, the modes taking turns "
+                f"({turns} turns of sync sequential); median calls/s of a block (median ratio "
+                "to the plain block of the same turn, added microseconds per call)"
             )
             for load_name in [*loads, "aio sequential", f"aio {many}"]:
                 base = statistics.median(rates[(load_name, "plain")])
