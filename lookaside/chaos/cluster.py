@@ -114,7 +114,7 @@ class ChaosLab:
             self.proxy.heal()
 
     def _stop_redis(self) -> None:
-        self._stop_redis()
+        self.redis.stop()
 
     def _backend_values(self) -> list[str]:
         client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
@@ -261,7 +261,7 @@ class ChaosLab:
             proc.wait_stopped(15)
         if self.proxy:
             self.proxy.stop()
-        self.redis.stop()
+        self._stop_redis()  # the lab's own Redis: one server, or a cluster
 
     def cleanup(self) -> None:
         if self._owns_dir:

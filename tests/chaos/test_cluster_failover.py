@@ -17,7 +17,11 @@ from tests.chaos.labs import CLIENTS, running
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[ClusterChaosLab]:
-    yield from running(ClusterChaosLab(backends=3, clients=CLIENTS, rate=40.0, call_timeout=2.0))
+    lab = ClusterChaosLab(backends=3, clients=CLIENTS, rate=40.0, call_timeout=2.0)
+    yield from running(lab)
+    # Stopping the lab stops its Redis Cluster: no node outlives it.
+    alive = [n.port for n in lab.redis_cluster.nodes if n.proc and n.proc.poll() is None]
+    assert alive == [], f"cluster nodes still running after the lab stopped: {alive}"
 
 
 @pytest.mark.timeout(150)
