@@ -51,6 +51,7 @@ class ChaosLab:
         pool: str = "chaos",
         state_file: str = "",
         workdir: str = "",
+        retries: bool = True,
     ) -> None:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="lookaside-chaos-"))
         self._owns_dir = not workdir
@@ -60,6 +61,7 @@ class ChaosLab:
         self.client_kinds = clients
         self.rate = rate
         self.call_timeout = call_timeout
+        self.retries = retries  # the clients' retryPolicy on GetFeature
         self.state_file = state_file
         # Registration needs a credential: one token for the lab's replicas
         # and backends, passed in the environment (not in `ps`).
@@ -199,7 +201,8 @@ class ChaosLab:
         args = ["--kind", kind, "--out", str(out), "--pool", self.pool,
                 "--balancers", self.balancer_addrs, "--dns", f"{HOST}:{self.dns.port}",
                 "--target", target, "--rate", str(self.rate),
-                "--timeout", str(self.call_timeout)]  # fmt: skip
+                "--timeout", str(self.call_timeout),
+                *([] if self.retries else ["--no-retries"])]  # fmt: skip
         return self._proc(f"client-{kind}", args, module="lookaside.chaos.load").start()
 
     def calls_file(self, kind: str) -> Path:

@@ -90,6 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="calls per second per client")
     p.add_argument("--call-timeout", type=float, default=2.0, help="deadline of each call")
     p.add_argument("--clients", default="thin-sync,thin-aio,grpcio-dns")
+    p.add_argument(
+        "--no-retries",
+        dest="retries",
+        action="store_false",
+        help="clients without the retryPolicy on GetFeature",
+    )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, call files)")
 
@@ -119,7 +125,10 @@ def run_group(
     lab_class: type[ChaosLab], names: list[str], args: argparse.Namespace
 ) -> list[Outcome]:
     lab = lab_class(
-        clients=tuple(args.clients.split(",")), rate=args.rate, call_timeout=args.call_timeout
+        clients=tuple(args.clients.split(",")),
+        rate=args.rate,
+        call_timeout=args.call_timeout,
+        retries=args.retries,
     )
     outcomes: list[Outcome] = []
     try:

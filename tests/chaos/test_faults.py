@@ -81,8 +81,10 @@ def test_pubsub_connections_dropped_lose_no_call(lab: ChaosLab) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_backend_killed_costs_the_stock_client_no_call(lab: ChaosLab) -> None:
+def test_backend_killed_loses_no_call(lab: ChaosLab) -> None:
+    # The clients have a retryPolicy on GetFeature (lookaside.chaos.load):
+    # a call on the dying backend's connection goes again elsewhere.
     pid = lab.backends[0].pid
     outcomes = by_client(run_scenario(lab, "backend-kill", 3.0, 1.0))
     assert lab.backends[0].pid != pid  # repaired: started again
-    assert outcomes["grpcio-dns"].failed == 0, outcomes["grpcio-dns"]
+    assert failures(outcomes) == {}
