@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lookaside.registry import keys, scripts
+from lookaside.registry import keys, lua, scripts
 from lookaside.registry.errors import guarded
 from lookaside.registry.model import PoolConfig
 
@@ -231,8 +231,8 @@ class OutlierStore:
     def __init__(self, store: RegistryStore) -> None:
         self.redis = store.redis
         self.guard_bound_ms = store.guard_bound_ms
-        self._sweep = store.redis.register_script(scripts.compose(SWEEP))
-        self._take = store.redis.register_script(TAKE)
+        self._sweep = lua.script(store.redis, scripts.compose(SWEEP))
+        self._take = lua.script(store.redis, TAKE)
 
     @guarded
     async def take_outcomes(self, pool: str) -> dict[str, Outcomes]:

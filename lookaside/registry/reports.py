@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import redis.asyncio as aioredis
 
-from lookaside.registry import keys, load
+from lookaside.registry import keys, load, lua
 from lookaside.registry.errors import guarded
 from lookaside.registry.load import BUCKET_SECONDS, LoadWindow, ReplicaStreams
 
@@ -64,8 +64,8 @@ class ReportOps:
     """Load reports, stream counts and replica membership."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._add_reports = redis.register_script(ADD_REPORTS)
-        self._touch = redis.register_script(TOUCH_REPLICA)
+        self._add_reports = lua.script(redis, ADD_REPORTS)
+        self._touch = lua.script(redis, TOUCH_REPLICA)
         self._redis = redis
 
     @guarded

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from lookaside.registry import keys
+from lookaside.registry import keys, lua
 from lookaside.registry.errors import guarded
 from lookaside.registry.load import BUCKET_SECONDS
 from lookaside.registry.outlier import Outcomes, parse_outcomes
@@ -120,7 +120,7 @@ class SignalOps:
     """The golden-signal history, and the counters a sample reads."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._put_sample = redis.register_script(PUT_SAMPLE)
+        self._put_sample = lua.script(redis, PUT_SAMPLE)
         self._signals_redis = redis
 
     @guarded

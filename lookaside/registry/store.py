@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
-from lookaside.registry import keys, scripts
+from lookaside.registry import keys, lua, scripts
 from lookaside.registry.backend_ops import BackendOps, Lease, ReapResult, StepResult, _text
 from lookaside.registry.errors import (
     Unavailable,
@@ -44,14 +44,14 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         self.redis = redis
         self.guard_bound_ms = guard_bound_ms
         self._scripts = {
-            name: redis.register_script(scripts.compose(getattr(scripts, name)))
+            name: lua.script(redis, scripts.compose(getattr(scripts, name)))
             for name in (
                 "REGISTER", "HEARTBEAT", "STEP", "REAP", "UPDATE_BACKEND",
                 "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL", "PUT_HOLD",
             )
         }  # fmt: skip
         # A script, not a MULTI: atomic on a single Redis and under Cluster.
-        self._read_pool = redis.register_script(scripts.compose(scripts.READ_POOL))
+        self._read_pool = lua.script(redis, scripts.compose(scripts.READ_POOL))
         ReportOps.__init__(self, redis)
         SignalOps.__init__(self, redis)
 

@@ -241,7 +241,7 @@ async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, 
         return_exceptions=True,
     )
     refused = [r for r in results if isinstance(r, errors.PoolFull)]
-    assert len(refused) == 7 and all(r.backends == 5 for r in refused)
+    assert len(refused) == 7 and all(r.backends == 5 for r in refused), results
     snap = await port.store.snapshot(pool)
     assert snap is not None and len(snap.backends) == 5
     # A backend already in the pool may register again (a restart).
@@ -251,6 +251,21 @@ async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, 
     with pytest.raises(errors.PoolFull, match="has 5 backends"):
         await _register(port, pool, "10.0.9.200", max_backends=5)
     assert len((await port.store.snapshot(pool)).backends) == 5  # type: ignore[union-attr]
+
+
+async def test_writes_at_once_after_redis_lost_its_scripts_all_land(port: Port, pool: str) -> None:
+    if port.clock is not None:
+        pytest.skip("the twin has no script cache")
+    await _register(port, pool, "10.0.8.1")
+    # A restarted or flushed Redis has no scripts: the next calls, all at
+    # once, meet NOSCRIPT together (on a Cluster, SCRIPT FLUSH reaches
+    # every primary).
+    await port.store.redis.script_flush()
+    results = await asyncio.gather(
+        *(_register(port, pool, f"10.0.8.{i}") for i in range(2, 14)), return_exceptions=True
+    )
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert len((await port.store.snapshot(pool)).backends) == 13  # type: ignore[union-attr]
 
 
 async def test_pool_deletion_refuses_live_backends_unless_forced(port: Port, pool: str) -> None:
