@@ -84,7 +84,12 @@ def test_calls_spread_through_lookaside_and_not_without_it(
     # The default target maps to its first DNS label: routeguide.lookaside.test -> pool.
     out = client("--lb", "lookaside", "--balancer", balancer.address, "--api", "RecordRoute",
                  "--target", f"{pool_name}.lookaside.test:50051", "-n", "6")  # fmt: skip
-    assert parse_summary(out) == ({s.name: 2 for s in servers}, {}), out
+    # Six quick calls from a new client: all answered by the pool's servers,
+    # round robin over those READY at each call (a sub-channel still
+    # connecting when the first calls go out gets the later ones only).
+    per_server, errors = parse_summary(out)
+    assert errors == {} and sum(per_server.values()) == 6, out
+    assert set(per_server) <= {s.name for s in servers} and len(per_server) >= 2, out
     assert out.count("[RecordRoute] (resp) (server=") == 6
 
     for s in servers:
