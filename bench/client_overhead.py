@@ -139,44 +139,40 @@ def aio_rates(
     makers: dict[str, Callable[[], grpc.aio.Channel]], seconds: float, inflight: int
 ) -> list[Cycle]:
     """interleaved() on grpc.aio: one call at a time (inflight 1) or in
-    batches."""
+    batches. Each block runs the loop until it is done; between blocks the
+    loop rests, for every mode alike."""
+    point = rg.Point(latitude=1)
 
-    async def run() -> list[Cycle]:
-        channels = {mode: make() for mode, make in makers.items()}
-        point = rg.Point(latitude=1)
-        stubs = {}
-        for mode, channel in channels.items():
+    async def open_all() -> dict[str, tuple[grpc.aio.Channel, rg_grpc.RouteGuideStub]]:
+        opened = {}
+        for mode, make in makers.items():
+            channel = make()
             if hasattr(channel, "channel_ready"):
                 await channel.channel_ready()
-            stubs[mode] = stub = rg_grpc.RouteGuideStub(channel)
+            stub = rg_grpc.RouteGuideStub(channel)
             for _ in range(50):
                 await stub.GetFeature(point)
+            opened[mode] = (channel, stub)
+        return opened
 
-        async def block(stub: rg_grpc.RouteGuideStub) -> int:
-            if inflight == 1:
-                for _ in range(SEQUENTIAL_BLOCK):
-                    await stub.GetFeature(point)
-                return SEQUENTIAL_BLOCK
-            for _ in range(BATCHES_PER_BLOCK):
-                await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
-            return inflight * BATCHES_PER_BLOCK
+    async def block(stub: rg_grpc.RouteGuideStub) -> int:
+        if inflight == 1:
+            for _ in range(SEQUENTIAL_BLOCK):
+                await stub.GetFeature(point)
+            return SEQUENTIAL_BLOCK
+        for _ in range(BATCHES_PER_BLOCK):
+            await asyncio.gather(*(stub.GetFeature(point) for _ in range(inflight)))
+        return inflight * BATCHES_PER_BLOCK
 
-        order = list(stubs)
-        cycles: list[Cycle] = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            cycle: Cycle = {}
-            for mode in order:
-                start = time.perf_counter()
-                n = await block(stubs[mode])
-                cycle[mode] = n / (time.perf_counter() - start)
-            cycles.append(cycle)
-            order.append(order.pop(0))
-        for channel in channels.values():
-            await channel.close()
-        return cycles
+    def blocking(stub: rg_grpc.RouteGuideStub) -> Block:
+        return lambda: AIO_LOOP.run_until_complete(block(stub))
 
-    return AIO_LOOP.run_until_complete(run())
+    opened = AIO_LOOP.run_until_complete(open_all())
+    try:
+        return interleaved({mode: blocking(stub) for mode, (_, stub) in opened.items()}, seconds)
+    finally:
+        for channel, _ in opened.values():
+            AIO_LOOP.run_until_complete(channel.close())
 
 
 def main() -> None:
@@ -295,10 +291,10 @@ def main() -> None:
             plain.close()
             reg_channel.close()
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(10)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -187,11 +187,8 @@ class UnaryCall:
         attempts, p = self._attempts, self._p
         if attempts is None:
             return None
-        delay = attempts.retry_after(exc.code(), exc.trailing_metadata())
-        if delay is not None and p.deadline is not None:
-            if p.channel.loop_time() + delay >= p.deadline:
-                return None
-        return delay
+        left = None if p.deadline is None else p.deadline - p.channel.loop_time()
+        return attempts.retry_after(exc.code(), exc.trailing_metadata(), left)
 
     def _count_cancelled(self) -> None:
         if not self._counted and self._p.call is not None:

@@ -115,18 +115,15 @@ def _retry_delay(
     attempts: Attempts | None, exc: grpc.RpcError, code: Any, deadline: float | None
 ) -> float | None:
     """Seconds before a configured retry of a failed attempt, or None when
-    the call ends with it (no policy, not retryable, out of attempts or
-    tokens, or no time left before the deadline)."""
+    the call ends with it (client_lib.retry decides)."""
     if attempts is None:
         return None
     try:
         trailing = exc.trailing_metadata()  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - a local failure has none
         trailing = None
-    delay = attempts.retry_after(code, trailing)
-    if delay is not None and deadline is not None and time.monotonic() + delay >= deadline:
-        return None
-    return delay
+    left = None if deadline is None else deadline - time.monotonic()
+    return attempts.retry_after(code, trailing, left)
 
 
 class _Base:

@@ -162,9 +162,12 @@ class Attempts:
         if self.throttle is not None:
             self.throttle.success()
 
-    def retry_after(self, code: Any, trailing_metadata: Iterable[Any] | None) -> float | None:
+    def retry_after(
+        self, code: Any, trailing_metadata: Iterable[Any] | None, time_left: float | None = None
+    ) -> float | None:
         """After a failed attempt: seconds to wait before the next one, or
-        None when the call ends with this failure."""
+        None when the call ends with this failure (also when the wait would
+        not end before the call's deadline, `time_left` seconds away)."""
         if code not in self.policy.codes:
             return None
         pushback = _pushback(trailing_metadata)
@@ -174,12 +177,12 @@ class Attempts:
             return None  # the server said not to retry
         if self.made >= self.policy.max_attempts:
             return None
+        delay = pushback if pushback is not None else self.policy.backoff(self._retry + 1)
+        if time_left is not None and delay >= time_left:
+            return None
         self.made += 1
-        if pushback is not None:
-            self._retry = 0
-            return pushback
-        self._retry += 1
-        return self.policy.backoff(self._retry)
+        self._retry = 0 if pushback is not None else self._retry + 1
+        return delay
 
 
 def _pushback(trailing_metadata: Iterable[Any] | None) -> float | None:

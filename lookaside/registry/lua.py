@@ -54,7 +54,3 @@ class Script:
             if not self._loaded:
                 await self.redis.script_load(self.source)
                 self._loaded = True
-
-
-def script(redis: Any, source: str) -> Script:
-    return Script(redis, source)

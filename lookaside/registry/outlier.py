@@ -231,8 +231,8 @@ class OutlierStore:
     def __init__(self, store: RegistryStore) -> None:
         self.redis = store.redis
         self.guard_bound_ms = store.guard_bound_ms
-        self._sweep = lua.script(store.redis, scripts.compose(SWEEP))
-        self._take = lua.script(store.redis, TAKE)
+        self._sweep = lua.Script(store.redis, scripts.compose(SWEEP))
+        self._take = lua.Script(store.redis, TAKE)
 
     @guarded
     async def take_outcomes(self, pool: str) -> dict[str, Outcomes]:

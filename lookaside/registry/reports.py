@@ -64,8 +64,8 @@ class ReportOps:
     """Load reports, stream counts and replica membership."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._add_reports = lua.script(redis, ADD_REPORTS)
-        self._touch = lua.script(redis, TOUCH_REPLICA)
+        self._add_reports = lua.Script(redis, ADD_REPORTS)
+        self._touch = lua.Script(redis, TOUCH_REPLICA)
         self._redis = redis
 
     @guarded

@@ -120,7 +120,7 @@ class SignalOps:
     """The golden-signal history, and the counters a sample reads."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self._put_sample = lua.script(redis, PUT_SAMPLE)
+        self._put_sample = lua.Script(redis, PUT_SAMPLE)
         self._signals_redis = redis
 
     @guarded

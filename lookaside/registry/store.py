@@ -44,14 +44,14 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         self.redis = redis
         self.guard_bound_ms = guard_bound_ms
         self._scripts = {
-            name: lua.script(redis, scripts.compose(getattr(scripts, name)))
+            name: lua.Script(redis, scripts.compose(getattr(scripts, name)))
             for name in (
                 "REGISTER", "HEARTBEAT", "STEP", "REAP", "UPDATE_BACKEND",
                 "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL", "PUT_HOLD",
             )
         }  # fmt: skip
         # A script, not a MULTI: atomic on a single Redis and under Cluster.
-        self._read_pool = lua.script(redis, scripts.compose(scripts.READ_POOL))
+        self._read_pool = lua.Script(redis, scripts.compose(scripts.READ_POOL))
         ReportOps.__init__(self, redis)
         SignalOps.__init__(self, redis)
 

@@ -29,6 +29,7 @@ import pytest
 
 from client_lib import LookasideChannel
 from client_lib.aio import LookasideAioChannel
+from lookaside.chaos.load import RETRY_POLICY  # the same policy as the chaos clients
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.client_lib.scripted import demo_backends
@@ -39,16 +40,6 @@ from tests.support import BalancerHandle, LoopThread, wait_until
 BEFORE_KILL = 300  # calls made before the kill
 AFTER_KILL = 900  # calls made after it
 
-RETRY_POLICY = {
-    "name": [{"service": "routeguide.RouteGuide", "method": "GetFeature"}],
-    "retryPolicy": {
-        "maxAttempts": 3,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "0.5s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    },
-}
 RETRIES = {"no retry policy": False, "retryPolicy": True}
 
 
