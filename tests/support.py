@@ -262,3 +262,20 @@ def register_all(
         )
         ids[b.port] = lease.backend_id
     return ids
+
+
+def require_tool(name: str) -> str:
+    """The path of the command `name`. When it is missing the test skips,
+    or fails under LOOKASIDE_STRICT=1 (what CI sets), so a check can never
+    pass in CI by not running."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("LOOKASIDE_STRICT", "") not in ("", "0"):
+        pytest.fail(f"{name} not found on PATH, and LOOKASIDE_STRICT is set: install it")
+    pytest.skip(f"{name} not found on PATH")

@@ -1,0 +1,39 @@
+#!/bin/sh
+# Builds the Go backend example offline from Debian's packages:
+#   apt-get install golang golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev \
+#       protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+# The Registry and routeguide stubs are generated from protos/ (the one
+# source of truth) with protoc-gen-go and protoc-gen-go-grpc into a
+# throwaway GOPATH; grpc-go and protobuf come from /usr/share/gocode
+# (GOPATH mode, no module download).
+#
+#   examples/go-backend/build.sh [OUTPUT]    # default examples/go-backend/go-backend
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=${1:-$here/go-backend}
+gocode=${GOCODE:-/usr/share/gocode}
+
+for tool in go protoc protoc-gen-go protoc-gen-go-grpc; do
+    command -v "$tool" >/dev/null || { echo "build.sh: $tool not found; install the Debian packages named at the top of $0" >&2; exit 1; }
+done
+[ -d "$gocode/src/google.golang.org/grpc" ] || { echo "build.sh: grpc-go not in $gocode/src; apt-get install golang-google-grpc-dev" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+module=lookaside.example/gobackend
+registry=lookaside/proto/registry/v1/registry.proto
+routeguide=lookaside/proto/routeguide/v1/route_guide.proto
+# The protos carry no go_package: M options name each file's Go package.
+maps="M$registry=$module/registrypb,M$routeguide=$module/routeguidepb"
+mkdir -p "$work/src/$module"
+protoc -I "$root/protos" -I /usr/include \
+    --go_out="$maps:$work/src" --go-grpc_out="$maps:$work/src" \
+    "$registry" "$routeguide"
+cp "$here/main.go" "$work/src/$module/"
+
+export GOPATH="$work:$gocode" GO111MODULE=off GOFLAGS= GOPROXY=off
+[ -n "${HOME:-}" ] || export GOCACHE="${GOCACHE:-$work/cache}"
+cd "$work/src/$module"
+go build -o "$out" .
+echo "built $out"
