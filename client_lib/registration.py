@@ -179,8 +179,13 @@ class Registration(_Base):
         if self._handle_signals and self._signals is None:
             self._signals = StopSignals(self._stop_in_background, self._stop_now)
             self._signals.install()
-        while not self.keeper.leased and self._do(self.keeper.next_step()):
-            pass
+        try:
+            while not self.keeper.leased and self._do(self.keeper.next_step()):
+                pass
+        except RegistrationRefused:
+            if self._signals is not None:
+                self._signals.restore()
+            raise
         if self.keeper.leased and not self._stop.is_set():
             self._thread = threading.Thread(
                 target=self._keep, name=f"lookaside-lease-{self.spec.pool}", daemon=True
@@ -325,8 +330,13 @@ class AsyncRegistration(_Base):
                 self._stop_in_background, self._stop_now, asyncio.get_running_loop()
             )
             self._signals.install()
-        while not self.keeper.leased and await self._do(self.keeper.next_step()):
-            pass
+        try:
+            while not self.keeper.leased and await self._do(self.keeper.next_step()):
+                pass
+        except RegistrationRefused:
+            if self._signals is not None:
+                self._signals.restore()
+            raise
         if self.keeper.leased and not self._stopped.is_set():
             self._task = asyncio.create_task(self._keep())
         return self

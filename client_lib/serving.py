@@ -23,18 +23,24 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 log = logging.getLogger("lookaside.registration")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-SERVING = health_pb2.HealthCheckResponse.SERVING
+SERVING = 1  # grpc.health.v1.HealthCheckResponse.SERVING
 
 
 def add_health(server: Any, given: Any, aio: bool) -> Any:
     """The health servicer to drive: `given`, or a new one added to `server`."""
     if given is not None or server is None:
         return given
+    try:
+        from grpc_health.v1 import health, health_pb2_grpc
+    except ImportError:
+        raise RuntimeError(
+            "server= needs grpcio-health-checking to serve grpc.health.v1, which the "
+            "balancer's health checks call: pip install grpcio-health-checking (the "
+            "client install brings it), or serve health yourself and leave out server="
+        ) from None
     servicer = health.aio.HealthServicer() if aio else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, _GenericHandlersOnly(server))
     return servicer

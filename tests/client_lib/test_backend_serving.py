@@ -151,3 +151,30 @@ def test_aio_helper_serves_health_so_the_backend_stays_listed_and_gets_calls(
         loop.run(asyncio.wait_for(server.wait_for_termination(), 5))
     finally:
         loop.close()
+
+
+def test_without_grpcio_health_checking_server_is_refused_with_the_reason() -> None:
+    """An environment without grpcio-health-checking (installed before it
+    joined the client install) gets one clear error for server=, and the
+    thin client itself still imports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys; sys.modules['grpc_health'] = None\n"
+        "import grpc, concurrent.futures\n"
+        "from client_lib import LookasideChannel, Registration\n"
+        "server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=1))\n"
+        "try:\n"
+        "    Registration('127.0.0.1:1', 'p', 1, server=server)\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
+    assert "server= needs grpcio-health-checking" in done.stdout
+    assert "pip install grpcio-health-checking" in done.stdout
