@@ -28,9 +28,10 @@ from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.registry import keys
 from lookaside.registry.model import PoolConfig
-from tests.support import BalancerHandle, LbStream, require_tool, wait_until
+from tests.support import BalancerHandle, LbStream, require, require_tool, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+GOCODE = Path("/usr/share/gocode")
 TOKEN = "go-backend-test-token"
 
 
@@ -38,6 +39,10 @@ TOKEN = "go-backend-test-token"
 def go_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for tool in ("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"):
         require_tool(tool)
+    require(
+        (GOCODE / "src/google.golang.org/grpc/health").is_dir(),
+        f"grpc-go not in {GOCODE} (Debian's golang-google-grpc-dev)",
+    )
     out = tmp_path_factory.mktemp("go") / "go-backend"
     build = subprocess.run(
         [str(ROOT / "examples" / "go-backend" / "build.sh"), str(out)],
