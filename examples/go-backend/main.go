@@ -38,8 +38,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	registrypb "lookaside.example/gobackend/registrypb"
-	routeguidepb "lookaside.example/gobackend/routeguidepb"
+	registrypb "lookaside.example/go-backend/registrypb"
+	routeguidepb "lookaside.example/go-backend/routeguidepb"
 )
 
 const rpcTimeout = 5 * time.Second

@@ -36,23 +36,28 @@ LIFECYCLE = {"registered", "draining", "deregistered", "expired"}
 TOKEN = "go-backend-test-token"
 
 
-@pytest.fixture(scope="module")
-def go_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_go(name: str, out: Path) -> Path:
+    """Builds examples/<name> with examples/build-go.sh (skips, or fails
+    under LOOKASIDE_STRICT=1, without the Go toolchain)."""
     for tool in ("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"):
         require_tool(tool)
     require(
         (GOCODE / "src/google.golang.org/grpc/health").is_dir(),
         f"grpc-go not in {GOCODE} (Debian's golang-google-grpc-dev)",
     )
-    out = tmp_path_factory.mktemp("go") / "go-backend"
     build = subprocess.run(
-        [str(ROOT / "examples" / "go-backend" / "build.sh"), str(out)],
+        [str(ROOT / "examples" / "build-go.sh"), name, str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def go_backend(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_go("go-backend", tmp_path_factory.mktemp("go") / "go-backend")
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the Go backend example offline from Debian's packages:
+# Builds a Go example (go-backend or go-client) offline from Debian's packages:
 #   apt-get install golang golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev \
 #       protobuf-compiler protoc-gen-go protoc-gen-go-grpc
 # The Registry and routeguide stubs are generated from protos/ (the one
@@ -7,21 +7,25 @@
 # throwaway GOPATH; grpc-go and protobuf come from /usr/share/gocode
 # (GOPATH mode, no module download).
 #
-#   examples/go-backend/build.sh [OUTPUT]    # default examples/go-backend/go-backend
+#   examples/build-go.sh go-backend [OUTPUT]   # default examples/go-backend/go-backend
+#   examples/build-go.sh go-client [OUTPUT]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-out=${1:-$here/go-backend}
+root=$(cd "$here/.." && pwd)
+name=${1:?"usage: $0 go-backend|go-client [OUTPUT]"}
+[ -f "$here/$name/main.go" ] || { echo "build-go.sh: no example $here/$name/main.go" >&2; exit 2; }
+out=${2:-$here/$name/$name}
+case $out in /*) ;; *) out=$PWD/$out ;; esac
 gocode=${GOCODE:-/usr/share/gocode}
 
 for tool in go protoc protoc-gen-go protoc-gen-go-grpc; do
-    command -v "$tool" >/dev/null || { echo "build.sh: $tool not found; install the Debian packages named at the top of $0" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { echo "build-go.sh: $tool not found; install the Debian packages named at the top of $0 (make go-toolchain)" >&2; exit 1; }
 done
-[ -d "$gocode/src/google.golang.org/grpc" ] || { echo "build.sh: grpc-go not in $gocode/src; apt-get install golang-google-grpc-dev" >&2; exit 1; }
+[ -d "$gocode/src/google.golang.org/grpc" ] || { echo "build-go.sh: grpc-go not in $gocode/src; apt-get install golang-google-grpc-dev" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-module=lookaside.example/gobackend
+module=lookaside.example/$name
 registry=lookaside/proto/registry/v1/registry.proto
 routeguide=lookaside/proto/routeguide/v1/route_guide.proto
 # The protos carry no go_package: M options name each file's Go package.
@@ -30,7 +34,7 @@ mkdir -p "$work/src/$module"
 protoc -I "$root/protos" -I /usr/include \
     --go_out="$maps:$work/src" --go-grpc_out="$maps:$work/src" \
     "$registry" "$routeguide"
-cp "$here/main.go" "$work/src/$module/"
+cp "$here/$name/main.go" "$work/src/$module/"
 
 export GOPATH="$work:$gocode" GO111MODULE=off GOFLAGS= GOPROXY=off
 [ -n "${HOME:-}" ] || export GOCACHE="${GOCACHE:-$work/cache}"
