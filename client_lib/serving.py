@@ -11,7 +11,8 @@ NOT_SERVING for good once draining starts.
 SIGTERM and SIGINT (Ctrl-C) start the helper's graceful stop instead of
 killing the process or raising KeyboardInterrupt: drain, wait, deregister,
 stop the server. A second signal cuts the waits short and stops the server
-at once; one after the stop is done gets the handler that was there before.
+at once. The handlers that were there before come back when the stop is done
+(in the main thread).
 """
 
 from __future__ import annotations
