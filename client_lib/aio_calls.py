@@ -259,6 +259,7 @@ class UnaryCall:
                 counters.finish_with(grpc.StatusCode.CANCELLED, False, other_token)
             await asyncio.gather(*live, return_exceptions=True)
         p.call, p.token = call, token  # code(), details() and the rest: the winner's
+        self._hedging, self._retries, self._attempts = None, 0, None  # awaited again: the winner
         if isinstance(result, grpc.aio.AioRpcError):
             raise result
         return result
