@@ -25,7 +25,10 @@ takes a token and each OK call gives back `tokenRatio`; all attempts share
 the call's one deadline. A method config has a retry or a hedging policy,
 never both. Here each new attempt goes to a READY backend that this call
 has not tried yet when there is one, so a backend that holds calls without
-answering costs a hedged call only `hedgingDelay`.
+answering costs a hedged call only `hedgingDelay`. Hedged are unary-unary
+calls: blocking ones on the sync channel (not `.future()`), every one on
+the asyncio channel; `"grpc.enable_retries": 0` turns hedging off too.
+Only methods that are safe to run more than once should be hedged.
 """
 
 from __future__ import annotations

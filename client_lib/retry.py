@@ -1,6 +1,7 @@
 """Configured retries (gRFC A6), read from the service config that a stock
 grpcio channel takes in its `grpc.service_config` option: each method's
-`retryPolicy` and the channel's `retryThrottling`. I/O-free: the sync and
+`retryPolicy` (or `hedgingPolicy`: client_lib.hedging) and the channel's
+`retryThrottling`. I/O-free: the sync and
 asyncio calls ask it whether and when a failed attempt goes again, and do
 the waiting and the new pick themselves.
 
