@@ -241,6 +241,9 @@ class UnaryCall:
                     continue
                 task = done.pop()
                 call, token = live.pop(task)
+                if task.cancelled():  # this call was cancelled: every attempt with it
+                    counters.finish_with(grpc.StatusCode.CANCELLED, False, token)
+                    raise asyncio.CancelledError
                 result = task.result()
                 now = ch.loop_time()
                 if isinstance(result, grpc.aio.AioRpcError):

@@ -334,3 +334,33 @@ def test_a_backend_that_never_answers(
             assert total // 3 - 2 <= load.failed["DEADLINE_EXCEEDED"] <= total // 3 + 2
     finally:
         close_channel(channel, loop)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_first_answer_wins_and_the_other_attempt_is_cancelled(
+    kind, lb_peer, backends, clients
+) -> None:  # type: ignore[no-untyped-def]
+    silent, good = start_backends(backends, 2)
+    silent.hang.set()
+    c = client(clients, kind, lb_peer.address, options=options())
+    lb_peer.next_stream().initial().servers(server(silent.port), server(good.port))
+    wait_until(lambda: len(c.ready()) == 2)
+    # Round robin: one of the two calls starts on the silent backend, and
+    # its hedge, 50 ms later, on the other.
+    assert [c.call(timeout=60), c.call(timeout=60)] == [good.name, good.name]
+    # The silent backend sees its call cancelled (it counts a call when the
+    # caller has gone), long before the 60 s deadline.
+    wait_until(lambda: silent.calls == 1)
+    assert good.calls == 2
+    report = c.channel.counters.take_report(0)
+    assert (report.num_calls_started, report.num_calls_finished) == (3, 3)
+    if c.loop is not None:
+
+        async def attempts_left() -> list[asyncio.Task[Any]]:
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if not t.done() and getattr(t.get_coro(), "__name__", "") == "_settle"
+            ]
+
+        assert c.loop.run(attempts_left()) == []
