@@ -3,8 +3,9 @@ read from the `grpc.service_config` option as gRPC reads it (one with a
 retry policy too is refused), the I/O-free decisions (client_lib.hedging)
 on their own, and on the wire: a backend that accepts calls and never
 answers, in a pool of 3 behind a real balancer and Redis at the default
-pool settings, costs no call with hedging on and a bounded count without;
-a non-fatal status moves on at once, a fatal one ends the call."""
+pool settings, costs no call with hedging on and a bounded count without
+(each run prints a `hanging-backend:` row; run with -s to see them); a
+non-fatal status moves on at once, a fatal one ends the call."""
 
 from __future__ import annotations
 
@@ -324,7 +325,9 @@ def test_a_backend_that_never_answers(
         workers, calls = (4, 30) if hedged else (3, 4)
         load.run(workers, calls)
         total = workers * calls
-        assert sum(load.answered.values()) + sum(load.failed.values()) == total
+        failed = sum(load.failed.values())
+        print(f"hanging-backend: {kind} hedging={hedged} calls={total} failed={failed}")
+        assert sum(load.answered.values()) + failed == total
         if hedged:
             assert load.failed == Counter(), load.failed
             assert set(load.answered) == {hanging_pool[0].name, hanging_pool[1].name}
