@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -63,7 +63,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         # Sub-channels retired by a new list, closed after the grace by their
         # timer or at close(); nothing of this channel outlives close().
         self._retiring: dict[asyncio.TimerHandle, list[SubChannel]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # short ones, awaited by close()
         self._call: Any = None  # the BalanceLoad stream open now
         self._task = self._loop.create_task(self._run(), name=f"lookaside-balancer-{target}")
         self._fallback = self._loop.call_later(fallback_timeout, self._fallback_timer)
@@ -175,9 +175,13 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         for handle, subs in list(self._retiring.items()):
             if subs is batch:
                 del self._retiring[handle]
-        task = self._loop.create_task(self._close_subs(batch))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self.background(self._close_subs(batch))
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs `coro` as a task of this channel's, which close() awaits."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     async def _close_subs(subs: list[SubChannel], grace: float | None = None) -> None:
@@ -240,7 +244,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             handle.cancel()
             subs += retired
         self._retiring.clear()
-        await asyncio.gather(self._task, *self._closing, return_exceptions=True)
+        await asyncio.gather(self._task, *self._tasks, return_exceptions=True)
         await self._close_subs(subs, grace)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:

@@ -457,7 +457,7 @@ class MultiCallable:
             return DeferredStreamCall(pending)
         call = pending.start(p)
         token = pending.token
-        call.add_done_callback(lambda c: asyncio.ensure_future(_count_stream(ch, c, token)))
+        call.add_done_callback(lambda c: ch.background(_count_stream(ch, c, token)))
         return call
 
 
