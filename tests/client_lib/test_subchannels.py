@@ -106,10 +106,11 @@ def test_an_asyncio_channel_closed_then_its_loop_leaves_nothing_behind(lb_peer, 
         stream.initial().servers(server(old.port))
         assert (await stub.GetFeature(rg.Point(), wait_for_ready=True, timeout=10)).name == old.name
         stream.servers(server(new.port))  # retires old's sub-channel
-        while channel.backend_states().get(address_of(new.port)) is not (
-            grpc.ChannelConnectivity.READY
-        ):
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while channel.backend_states().get(address_of(new.port)) is not (
+                grpc.ChannelConnectivity.READY
+            ):
+                await asyncio.sleep(0.01)
         assert (await stub.GetFeature(rg.Point(), timeout=10)).name == new.name
         await channel.close()
         return {t for t in asyncio.all_tasks() if _ours(t)}
