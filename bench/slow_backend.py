@@ -60,13 +60,15 @@ def serve_switchable(balancer: str, pool: str, delay_ms: int, factor: int) -> No
             self.interceptor.delay *= factor
 
     demo.RouteGuideServer = Switchable  # type: ignore[misc]
-    settings = ServerSettings(
-        listen=f"127.0.0.1:{free_port()}",
-        name=SWITCHABLE,
-        balancer=balancer,
-        pool=pool,
-        delay_ms=delay_ms,
-        log_level="warning",
+    settings = ServerSettings.model_validate(
+        {
+            "listen": f"127.0.0.1:{free_port()}",
+            "name": SWITCHABLE,
+            "balancer": balancer,
+            "pool": pool,
+            "delay_ms": delay_ms,
+            "log_level": "warning",
+        }
     )
     sys.exit(asyncio.run(demo.serve(settings)))
 
