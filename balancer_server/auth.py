@@ -6,8 +6,9 @@ A caller of Register, Heartbeat, Drain or Deregister proves itself with
   (call credentials over TLS, plain metadata over plaintext): the global
   token (`--registration-token`) admits every pool, a pool's own tokens
   (from the policy file) admit that pool only; or
-- an mTLS client certificate whose SAN or CN matches one of the pool's
-  identity patterns (the policy file; needs `--tls-client-ca`).
+- an mTLS client certificate whose DNS or URI SAN matches one of the pool's
+  identity patterns (the policy file; needs `--tls-client-ca`). What counts
+  as an identity and how patterns match is in balancer_server/identity.py.
 
 Tokens are compared with hmac.compare_digest. No credential (or a token
 that is no token of ours) is UNAUTHENTICATED; a credential that is valid
@@ -20,7 +21,8 @@ The policy file (JSON, or YAML when PyYAML is installed):
     {"create_pools": false,
      "pools": {
        "routeguide": {"tokens": ["..."], "token_files": ["/run/secrets/rg"],
-                      "identities": ["routeguide-*.lookaside.test"],
+                      "identities": ["routeguide-*.lookaside.test",
+                                     "spiffe://lookaside.test/ns/routeguide/*"],
                       "create": true, "allow_special_addresses": false,
                       "max_backends": 100}}}
 
@@ -38,6 +40,12 @@ from typing import Any
 
 import grpc
 
+from balancer_server.identity import (
+    IdentityPattern,
+    IdentityPatternError,
+    admitted,
+    peer_names,
+)
 from lookaside import settings
 
 DEFAULT_MAX_BACKENDS = 1000
@@ -70,7 +78,7 @@ def read_secret(path: str, what: str) -> str:
 class PoolRule:
     pattern: str
     tokens: tuple[bytes, ...] = ()
-    identities: tuple[str, ...] = ()
+    identities: tuple[IdentityPattern, ...] = ()
     create: bool = False
     allow_special_addresses: bool = False
     max_backends: int = DEFAULT_MAX_BACKENDS
@@ -94,10 +102,14 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     max_backends = raw.get("max_backends", DEFAULT_MAX_BACKENDS)
     if not isinstance(max_backends, int) or max_backends < 1:
         raise PolicyError(f"{where}: max_backends must be a positive integer")
+    try:
+        identities = tuple(IdentityPattern(str(i)) for i in raw.get("identities", []))
+    except IdentityPatternError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
     return PoolRule(
         pattern=pattern,
         tokens=tuple(t.encode() for t in tokens),
-        identities=tuple(str(i) for i in raw.get("identities", [])),
+        identities=identities,
         create=bool(raw.get("create", False)),
         allow_special_addresses=bool(raw.get("allow_special_addresses", False)),
         max_backends=max_backends,
@@ -178,16 +190,6 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | 
     return None
 
 
-def peer_identities(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[str]:
-    """The verified client certificate's SANs and CN (empty without mTLS)."""
-    if not auth_context:
-        return []
-    out: list[str] = []
-    for key in ("x509_subject_alternative_name", "x509_common_name"):
-        out += [v.decode("utf-8", "replace") for v in auth_context.get(key, ())]
-    return out
-
-
 def _any_equal(token: bytes, candidates: Sequence[bytes]) -> bool:
     # Every candidate is compared, in constant time each.
     found = False
@@ -247,17 +249,21 @@ class RegistrationAuth:
                 "the registration token is not valid; check --registration-token on both sides",
                 "bad_token",
             )
-        identities = peer_identities(auth_context)
-        if identities:
-            patterns = rule.identities if rule else ()
-            for identity in identities:
-                if any(fnmatch.fnmatchcase(identity, p) for p in patterns):
-                    return self._grant(f"mtls:{identity[:128]}", rule)
+        names = peer_names(auth_context)
+        if names or (auth_context or {}).get("x509_subject"):
+            identity = admitted(rule.identities if rule else (), names)
+            if identity is not None:
+                return self._grant(f"mtls:{identity[:128]}", rule)
             if not self.insecure:
+                shown = (
+                    f"client certificate {names.shown()!r}"
+                    if names
+                    else "a client certificate without a DNS or URI SAN"
+                )
                 raise AuthError(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"client certificate {identities[0][:128]!r} is not allowed for pool "
-                    f"{pool!r}; add it to the pool's identities in the registration policy",
+                    f"{shown} is not allowed for pool {pool!r}; add its DNS or URI SAN to the "
+                    "pool's identities in the registration policy",
                     "identity_not_for_pool",
                 )
         if self.insecure:
@@ -278,6 +284,5 @@ __all__ = [
     "RegistrationAuth",
     "RegistrationPolicy",
     "bearer_token",
-    "peer_identities",
     "read_secret",
 ]
