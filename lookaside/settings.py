@@ -197,7 +197,7 @@ class BalancerSettings(BaseSettings):
     require_client_cert: bool = Field(False, description="refuse clients without a certificate")
     # Limits against abuse (balancer_server.limits).
     max_streams_per_address: int = Field(
-        1000, ge=1, description="open BalanceLoad streams per client IP"
+        1000, ge=1, description="open BalanceLoad streams per client IPv4 address or IPv6 /64"
     )
     max_stream_age: float = Field(
         0.0, ge=0, description="seconds after which a connection is told to go away (0: never)"
