@@ -70,7 +70,8 @@ class AdminSettings(BaseSettings):
     token: str = Field(
         "",
         description="bearer token for the API (required; e.g. `python -c 'import secrets; "
-        "print(secrets.token_urlsafe(32))'`)",
+        "print(secrets.token_urlsafe(32))'`); UNSAFE as a flag (shows in ps): use "
+        "--token-file or the environment",
         repr=False,
     )
     dev: bool = Field(

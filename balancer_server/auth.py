@@ -10,6 +10,10 @@ A caller of Register, Heartbeat, Drain or Deregister proves itself with
   identity patterns (the policy file; needs `--tls-client-ca`). What counts
   as an identity and how patterns match is in balancer_server/identity.py.
 
+A token is refused over plaintext unless the caller's address is in the
+trusted networks (`--trusted-networks`, loopback by default): whoever can
+read the wire would otherwise read the token on every heartbeat.
+
 Tokens are compared with hmac.compare_digest. No credential (or a token
 that is no token of ours) is UNAUTHENTICATED; a credential that is valid
 but not for this pool is PERMISSION_DENIED. The development switch
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import hmac
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,10 +51,15 @@ from balancer_server.identity import (
     admitted,
     peer_names,
 )
+from balancer_server.limits import peer_ip
 from lookaside import settings
+from lookaside.settings import parse_networks
 
 DEFAULT_MAX_BACKENDS = 1000
 DEFAULT_MAX_POOLS = 1000
+# Peers that may send a registration token over plaintext.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class AuthError(Exception):
@@ -205,10 +215,30 @@ class RegistrationAuth:
         global_tokens: Sequence[str] = (),
         *,
         insecure: bool = False,
+        trusted_networks: Sequence[Network] | None = None,
     ) -> None:
         self.policy = policy or RegistrationPolicy()
         self.global_tokens = tuple(t.encode() for t in global_tokens if t)
         self.insecure = insecure
+        self.trusted_networks = tuple(
+            parse_networks(LOOPBACK) if trusted_networks is None else trusted_networks
+        )
+
+    def _check_transport(
+        self, auth_context: Mapping[str, Iterable[bytes]] | None, peer: str
+    ) -> None:
+        """A token over plaintext is refused unless the peer is trusted."""
+        if b"ssl" in (auth_context or {}).get("transport_security_type", ()):
+            return
+        ip = peer_ip(peer)
+        if ip is None or any(ip in net for net in self.trusted_networks):
+            return  # a unix socket, or a network the operator trusts
+        raise AuthError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"registration tokens are refused over plaintext from {ip}: connect over TLS, or "
+            "have the operator list this network in the balancer's --trusted-networks",
+            "token_over_plaintext",
+        )
 
     @property
     def has_credentials(self) -> bool:
@@ -228,11 +258,14 @@ class RegistrationAuth:
         pool: str,
         metadata: Iterable[tuple[str, str | bytes]] | None,
         auth_context: Mapping[str, Iterable[bytes]] | None = None,
+        peer: str = "",
     ) -> Grant:
-        """The grant for a call into `pool`, or AuthError."""
+        """The grant for a call into `pool` from `peer` (grpc's peer string),
+        or AuthError."""
         rule = self.policy.rule_for(pool)
         token = bearer_token(metadata)
         if token is not None:
+            self._check_transport(auth_context, peer)
             if rule is not None and _any_equal(token, rule.tokens):
                 return self._grant(f"pool-token:{rule.pattern}", rule)
             if _any_equal(token, self.global_tokens):
@@ -284,5 +317,6 @@ __all__ = [
     "RegistrationAuth",
     "RegistrationPolicy",
     "bearer_token",
+    "parse_networks",
     "read_secret",
 ]

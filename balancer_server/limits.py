@@ -74,19 +74,27 @@ def peer_address(peer: str) -> str:
 IPV6_CLIENT_PREFIX = 64
 
 
+def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a gRPC peer string, an IPv4-mapped IPv6 address as its
+    IPv4 address (no zone id); None for a peer that is no IP (a unix socket)."""
+    try:
+        ip = ipaddress.ip_address(peer_address(peer).partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def client_network(peer: str) -> str:
     """What one client is, for limits by address: an IPv4 address (an
     IPv4-mapped IPv6 address is its IPv4 address), or the /64 of an IPv6
     address (one host usually holds a whole /64, so counting addresses
     apart would let it open as many streams as it likes)."""
-    address = peer_address(peer)
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return address
+    ip = peer_ip(peer)
+    if ip is None:
+        return peer_address(peer)
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
     return str(ip)
 

@@ -47,7 +47,9 @@ class RegistryService(pb_grpc.RegistryServicer):
         """The caller's grant for `pool`, or the call ends UNAUTHENTICATED or
         PERMISSION_DENIED (counted, and logged without the credential)."""
         try:
-            return self.auth.authorize(pool, context.invocation_metadata(), context.auth_context())
+            return self.auth.authorize(
+                pool, context.invocation_metadata(), context.auth_context(), context.peer()
+            )
         except AuthError as exc:
             metrics.AUTH_REFUSALS.labels(method, exc.code.name, exc.reason).inc()
             self._refusal_log.warning(
