@@ -93,6 +93,20 @@ class AdminSettings(BaseSettings):
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body, refused with 413 before parsing"
     )
+    # Connections nobody may hold (admin_api.connections).
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a connection gets to send a complete request head"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds a request gets to send its body after its head"
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="seconds an idle connection is kept open after a response"
+    )
+    max_connections: int = Field(1000, ge=1, description="open connections in all")
+    max_connections_per_address: int = Field(
+        32, ge=1, description="open connections from one client address"
+    )
 
     _token_generated: bool = PrivateAttr(False)
 
