@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 
+import grpc
 import pytest
 from dnslib import EDNS0, QTYPE, DNSRecord
 
@@ -144,3 +145,48 @@ def test_buckets_refill_and_slip() -> None:
     assert [limit.admit("192.0.2.1") for _ in range(3)] == [A, D, S]
     off = ResponseRateLimit(rate=0, burst=1)
     assert all(off.admit("192.0.2.1") is A for _ in range(100))
+
+
+def test_a_stock_client_gets_a_truncated_answer_whole_over_tcp(
+    dns: DnsHandle, pool_name: str
+) -> None:
+    # 120 A records (about 2 KB) do not fit 1,232 bytes: grpcio's c-ares
+    # resolver gets TC over UDP, asks again over TCP and reaches the one
+    # live backend among them (the others are loopback addresses where
+    # nothing listens).
+    from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+    from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+    from tests.support import RouteGuideBackend
+
+    live = RouteGuideBackend("live").start()
+    try:
+        hosts = ["127.0.0.1"] + [f"127.0.1.{i}" for i in range(1, 120)]
+        for ip in hosts:
+            dns.run(
+                dns.store.register(
+                    pool=pool_name, host=ip, ip=ip, port=live.port, lease_ttl_ms=600_000
+                )
+            )
+        name = f"{pool_name}.{ZONE}"
+        wait_until(lambda: len(dns.query(name, "A", tcp=True).rr) == 120, timeout=30)
+        query = DNSRecord.question(name, "A")
+        query.add_ar(EDNS0(udp_len=4096))
+        assert DNSRecord.parse(udp(dns.port, query)[1]).header.tc == 1
+        options = [
+            ("grpc.service_config", '{"loadBalancingConfig":[{"round_robin":{}}]}'),
+            ("grpc.dns_enable_srv_queries", 0),
+        ]
+        target = f"dns://127.0.0.1:{dns.port}/{name}:{live.port}"
+
+        def over_tcp() -> float:
+            labels = {"transport": "tcp", "qtype": "A", "rcode": "NOERROR"}
+            return metrics.REGISTRY.get_sample_value("lookaside_dns_queries_total", labels) or 0.0
+
+        before = over_tcp()
+        with grpc.insecure_channel(target, options=options) as channel:
+            stub = rg_grpc.RouteGuideStub(channel)
+            stub.GetFeature(rg.Point(), timeout=20, wait_for_ready=True)
+        assert live.calls == 1
+        assert over_tcp() > before  # the client's own retry over TCP
+    finally:
+        live.stop()
