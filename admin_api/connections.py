@@ -75,7 +75,8 @@ class GuardedH11Protocol(H11Protocol):
             return "max_connections", "too many connections to the admin API; try again later\n"
         host = self.client[0] if self.client else None
         if host is not None:
-            mine = sum(1 for c in self.connections if c.client and c.client[0] == host)
+            peers = (getattr(c, "client", None) for c in self.connections)
+            mine = sum(1 for peer in peers if peer and peer[0] == host)
             if mine > self.limits.max_connections_per_address:
                 return (
                     "max_connections_per_address",
