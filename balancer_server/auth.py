@@ -230,12 +230,15 @@ class RegistrationAuth:
         """A token over plaintext is refused unless the peer is trusted."""
         if b"ssl" in (auth_context or {}).get("transport_security_type", ()):
             return
+        if peer.startswith("unix:"):
+            return  # a local socket
         ip = peer_ip(peer)
-        if ip is None or any(ip in net for net in self.trusted_networks):
-            return  # a unix socket, or a network the operator trusts
+        if ip is not None and any(ip in net for net in self.trusted_networks):
+            return
         raise AuthError(
             grpc.StatusCode.UNAUTHENTICATED,
-            f"registration tokens are refused over plaintext from {ip}: connect over TLS, or "
+            f"registration tokens are refused over plaintext from {ip or 'an unknown peer'}: "
+            "connect over TLS, or "
             "have the operator list this network in the balancer's --trusted-networks",
             "token_over_plaintext",
         )
