@@ -183,3 +183,20 @@ def test_swagger_ui_is_served_from_this_machine(strict: AdminServer) -> None:
     assert "/docs/assets/swagger-ui-bundle.js" in page.text
     script = requests.get(f"{strict.url}/docs/assets/swagger-ui-bundle.js", timeout=5)
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_connections_past_the_overall_cap_are_refused(own_redis: RedisProcess) -> None:
+    server = AdminServer(
+        own_redis.url, max_connections=3, max_connections_per_address=100, header_timeout=30.0
+    )
+    held = [connect(server) for _ in range(3)]
+    try:
+        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        assert held[0].recv(4096).startswith(b"HTTP/1.1 200")
+        with connect(server) as extra:
+            _, got = closed_after(extra)
+        assert got.startswith(b"HTTP/1.1 503") and b"too many connections to the admin API" in got
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
