@@ -20,7 +20,7 @@ from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import validation as v
-from lookaside.registry.errors import Conflict, PoolFull, Unavailable
+from lookaside.registry.errors import Conflict, PoolFull, TooManyPools, Unavailable
 from lookaside.registry.hosts import resolve_host
 from lookaside.registry.store import RegistryStore
 
@@ -47,7 +47,9 @@ class RegistryService(pb_grpc.RegistryServicer):
         """The caller's grant for `pool`, or the call ends UNAUTHENTICATED or
         PERMISSION_DENIED (counted, and logged without the credential)."""
         try:
-            return self.auth.authorize(pool, context.invocation_metadata(), context.auth_context())
+            return self.auth.authorize(
+                pool, context.invocation_metadata(), context.auth_context(), context.peer()
+            )
         except AuthError as exc:
             metrics.AUTH_REFUSALS.labels(method, exc.code.name, exc.reason).inc()
             self._refusal_log.warning(
@@ -67,21 +69,21 @@ class RegistryService(pb_grpc.RegistryServicer):
         await self._fail(context, "Register", grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
     async def _check_room(self, context: Any, grant: Grant, pool: str) -> bool:
-        """Whether the pool exists; refuses a registration that would create
-        a pool past the limit on pools. (The limit on a pool's backends is
-        checked by the registry in the same script as the write; pools are
-        counted by a read first, since the pools index lives apart from any
-        one pool's keys, so concurrent creations may pass it by a few.)"""
+        """Whether the pool exists; a registration that may create it first
+        reserves its name in the pools index, which counts the pools and adds
+        the name in one atomic step (the limit on a pool's backends is
+        checked in the registration's own script)."""
         # Through the store's public reads (registration is not a hot path).
         exists = await self.store.snapshot(pool) is not None
         if exists or not grant.create:
             return exists
-        pools = len(await self.store.list_pools())
-        if pools >= self.auth.policy.max_pools:
+        try:
+            await self.store.reserve_pool(pool, self.auth.policy.max_pools)
+        except TooManyPools as exc:
             await self._refuse_limit(
                 context,
                 "pools",
-                f"registration refused: there are {pools} pools, the most the registration "
+                f"registration refused: there are {exc.pools} pools, the most the registration "
                 "policy allows; remove unused pools or raise max_pools",
             )
         return False
@@ -173,6 +175,10 @@ class RegistryService(pb_grpc.RegistryServicer):
                     "its registration policy allows (max_backends)",
                 )
                 raise AssertionError("unreachable: abort raises") from None
+            except Exception:
+                if not exists:  # give back the name reserved for the new pool
+                    await self.store.release_pool(pool)
+                raise
 
         lease = await self._run(
             context,

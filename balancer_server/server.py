@@ -15,7 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from balancer_server import metrics
-from balancer_server.auth import PolicyError, RegistrationAuth, RegistrationPolicy, read_secret
+from balancer_server.auth import (
+    PolicyError,
+    RegistrationAuth,
+    RegistrationPolicy,
+    parse_networks,
+    read_secret,
+)
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
 from balancer_server.feeds import FeedHub
@@ -89,7 +95,12 @@ def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
         if settings.registration_policy
         else None
     )
-    auth = RegistrationAuth(policy, tokens, insecure=settings.insecure_registration)
+    auth = RegistrationAuth(
+        policy,
+        tokens,
+        insecure=settings.insecure_registration,
+        trusted_networks=parse_networks(settings.trusted_networks),
+    )
     metrics.INSECURE_REGISTRATION.set(1 if auth.insecure else 0)
     if auth.insecure:
         log.warning(

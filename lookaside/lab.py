@@ -50,7 +50,12 @@ class LabSettings(BaseSettings):
     backends: int = Field(3, ge=0, le=20, description="routeguide backends to start")
     pool: str = Field("routeguide", description="pool the backends join")
     zone: str = Field("lookaside.test", description="DNS zone")
-    admin_token: str = Field("", description="admin API token; generated when empty")
+    admin_token: str = Field(
+        "",
+        description="admin API token; generated when empty (as a flag it shows in ps: prefer "
+        "the environment)",
+        repr=False,
+    )
     tls: bool = Field(
         False, description="TLS on the balancer, admin API and backends (a lab CA, lookaside certs)"
     )

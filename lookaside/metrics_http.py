@@ -11,13 +11,14 @@ log = logging.getLogger("lookaside")
 
 def serve_metrics(listen: str, registry: CollectorRegistry) -> None:
     """Serves /metrics on host:port in a background thread; an empty string
-    disables it. A port that cannot be bound stops the process with a clear
+    disables it. Without a host (":9464") it is served on 127.0.0.1 only;
+    other interfaces need their address (0.0.0.0:9464 for all). A port that cannot be bound stops the process with a clear
     message."""
     if not listen:
         return
     host, _, port = listen.rpartition(":")
     try:
-        start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
+        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     except (OSError, ValueError) as exc:
         raise SystemExit(
             f"cannot serve /metrics on {listen!r} ({exc}); "

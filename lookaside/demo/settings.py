@@ -65,7 +65,10 @@ class ServerSettings(BaseSettings):
     db: str = Field("", description="features JSON file; default the one shipped with lookaside")
     grace: float = Field(2.0, ge=0, description="seconds in-flight calls get on shutdown")
     registration_token: str = Field(
-        "", description="token sent as 'authorization: Bearer' when registering"
+        "",
+        description="token sent as 'authorization: Bearer' when registering (unsafe on the "
+        "command line: use --registration-token-file)",
+        repr=False,
     )
     registration_token_file: str = Field(
         "", description="file holding the registration token (instead of --registration-token)"

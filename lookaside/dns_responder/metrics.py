@@ -29,6 +29,12 @@ TRUNCATED = Counter(
     "UDP replies too large for the asker, sent with TC set",
     registry=REGISTRY,
 )
+RATE_LIMITED = Counter(
+    "lookaside_dns_rate_limited",
+    "UDP queries over their source network's rate: dropped, or slipped (a truncated reply)",
+    ["action"],
+    registry=REGISTRY,
+)
 POOLS = Gauge(
     "lookaside_dns_pools",
     "Pools known to the responder (each has an SRV record)",

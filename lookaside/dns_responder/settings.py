@@ -68,6 +68,21 @@ class DnsSettings(BaseSettings):
     metrics_listen: str = Field(
         "127.0.0.1:9465", description="host:port for Prometheus /metrics; empty to disable"
     )
+    # Response-rate limiting over UDP (lookaside.dns_responder.ratelimit).
+    rate_limit: float = Field(
+        100.0,
+        ge=0,
+        description="UDP answers a second per source network (IPv4 /24, IPv6 /56); 0: no limit",
+    )
+    rate_limit_burst: float = Field(
+        200.0, ge=1, description="UDP answers a source network may get at once"
+    )
+    rate_limit_slip: int = Field(
+        2,
+        ge=0,
+        description="every Nth query over the limit gets a truncated reply (retry over TCP); "
+        "0: drop them all",
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("listen")

@@ -18,6 +18,7 @@ from lookaside.registry.errors import (
     NotFound,
     PoolFull,
     RefusedByHold,
+    TooManyPools,
     TransitionRefused,
     VersionConflict,
     guarded,
@@ -100,6 +101,27 @@ class BackendOps:
     async def _unindex(self, pool: str) -> None:
         """Removes the pool from the index unless it exists again."""
         raise NotImplementedError
+
+    async def _reserve(self, pool: str, max_pools: int) -> Any:
+        """Runs RESERVE_POOL (lookaside.registry.scripts) on the pools index."""
+        raise NotImplementedError
+
+    @guarded
+    async def reserve_pool(self, pool: str, max_pools: int) -> None:
+        """Enters a pool about to be created into the pools index, if it is
+        there already or the index holds fewer than `max_pools` names, in one
+        atomic step; TooManyPools otherwise. Give the name back with
+        `release_pool` when the creation does not happen."""
+        status, count = await self._reserve(check_pool_name(pool), max_pools)
+        if Outcome(_text(status)) is Outcome.CONFLICT:
+            raise TooManyPools(
+                f"there are {count} pools, the most allowed ({max_pools})", int(count)
+            )
+
+    @guarded
+    async def release_pool(self, pool: str) -> None:
+        """Drops a reserved name from the pools index unless the pool exists."""
+        await self._unindex(pool)
 
     @guarded
     async def put_pool(

@@ -63,6 +63,15 @@ class PoolFull(Conflict):
         self.backends = backends
 
 
+class TooManyPools(Conflict):
+    """A pool that would be created past the limit on pools (counted in the
+    same atomic step that reserves the new name in the pools index)."""
+
+    def __init__(self, message: str, pools: int) -> None:
+        super().__init__(message)
+        self.pools = pools
+
+
 class TransitionRefused(Conflict):
     """The backend's state does not allow the change."""
 

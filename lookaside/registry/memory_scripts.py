@@ -83,6 +83,10 @@ class ScriptTwins(BackendOps):
         self._check()
         self._index_set.add(pool)
 
+    async def _reserve(self, pool: str, max_pools: int) -> Any:
+        self._check()
+        return self._script_reserve_pool(pool, [pool, str(max_pools)])
+
     async def _unindex(self, pool: str) -> None:
         self._check()
         if pool not in self._pools:
@@ -352,6 +356,15 @@ class ScriptTwins(BackendOps):
         self._config_versions[pool] += 1
         v = self._changed(pool, self.clock(), "pool_configured", "", actor, raw)
         return [Outcome.CHANGED, self._config_versions[pool], v]
+
+    def _script_reserve_pool(self, pool: str, a: list[str]) -> list[Any]:
+        if pool in self._index_set:
+            return [Outcome.CHANGED, 0]
+        n = len(self._index_set)
+        if n >= int(a[1]):
+            return [Outcome.CONFLICT, n]
+        self._index_set.add(pool)
+        return [Outcome.CHANGED, n + 1]
 
     def _script_delete_pool(self, pool: str, a: list[str]) -> list[Any]:
         p = self._pools.get(pool)

@@ -393,6 +393,17 @@ cv = redis.call('INCR', K_CFGVER)
 return {'changed', cv, changed(now_ms(), 'pool_configured', '', ARGV[3])}
 """
 
+# KEYS: the pools index only (no pool keys, no prelude). ARGV: pool, the most
+# pools there may be. Counts and adds in one step, so pools created at the
+# same moment cannot pass the limit; a name already indexed always passes.
+RESERVE_POOL = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'changed', 0} end
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return {'conflict', n} end
+redis.call('SADD', KEYS[1], ARGV[1])
+return {'changed', n + 1}
+"""
+
 # ARGV: pool, actor, force ('1'|'0'). KEYS: the pool keys, then the other
 # keys to delete. Refuses while a backend is live unless forced; the
 # version keys are kept and bumped so watchers and compare-and-sets notice.

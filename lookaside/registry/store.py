@@ -52,6 +52,7 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         }  # fmt: skip
         # A script, not a MULTI: atomic on a single Redis and under Cluster.
         self._read_pool = lua.Script(redis, scripts.compose(scripts.READ_POOL))
+        self._reserve_pool = lua.Script(redis, scripts.compose(scripts.RESERVE_POOL, prelude=False))
         ReportOps.__init__(self, redis)
         SignalOps.__init__(self, redis)
 
@@ -182,6 +183,9 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
 
     async def _index(self, pool: str) -> None:
         await self.redis.sadd(keys.POOLS, pool)
+
+    async def _reserve(self, pool: str, max_pools: int) -> Any:
+        return await self._reserve_pool(keys=[keys.POOLS], args=[pool, max_pools])
 
     async def _unindex(self, pool: str) -> None:
         # Every write that creates a pool adds it to the index after its

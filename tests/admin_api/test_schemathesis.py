@@ -36,11 +36,12 @@ schema = schemathesis.openapi.from_dict(openapi_document())
 class AdminServer:
     """The real server module (uvicorn) on its own loop thread."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, **overrides: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.loop = LoopThread("admin-uvicorn")
-        self.server = build_server(make_settings(redis_url, listen=f"127.0.0.1:{self.port}"))
+        settings = make_settings(redis_url, listen=f"127.0.0.1:{self.port}", **overrides)
+        self.server = build_server(settings)
         self.done = asyncio.run_coroutine_threadsafe(self.server.serve(), self.loop.loop)
         wait_until(lambda: self.server.started or self.done.done(), timeout=10)
         assert self.server.started, "the admin server did not start"

@@ -62,12 +62,39 @@ def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> No
     auth = RegistrationAuth(RegistrationPolicy(), [TOKEN], insecure=True)
     grant = auth.authorize("new-pool", [])
     assert grant.principal == "insecure" and grant.create
-    assert auth.authorize("new-pool", [("authorization", f"Bearer {TOKEN}")]).principal == (
-        "global-token"
-    )
+    peer = "ipv4:127.0.0.1:5000"
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    assert auth.authorize("new-pool", bearer, peer=peer).principal == "global-token"
     with pytest.raises(AuthError) as info:
-        auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")])
+        auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")], peer=peer)
     assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        ("ipv4:127.0.0.1:5000", True),
+        ("ipv6:%5B::1%5D:5000", True),
+        ("ipv6:[::ffff:127.0.0.9]:5000", True),
+        ("unix:/run/lookaside.sock", True),
+        ("ipv4:10.1.2.3:5000", False),
+        ("ipv6:[fd00::2]:5000", False),
+        ("", False),
+        ("garbage", False),
+    ],
+)
+def test_tokens_over_plaintext_only_from_trusted_networks(peer: str, trusted: bool) -> None:
+    auth = RegistrationAuth(RegistrationPolicy(), [TOKEN])
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    if trusted:
+        assert auth.authorize("p", bearer, peer=peer).principal == "global-token"
+        return
+    with pytest.raises(AuthError) as info:
+        auth.authorize("p", bearer, peer=peer)
+    assert info.value.reason == "token_over_plaintext"
+    # Over TLS the same token from the same peer is fine.
+    tls = {"transport_security_type": [b"ssl"]}
+    assert auth.authorize("p", bearer, tls, peer=peer).principal == "global-token"
 
 
 def test_insecure_balancer_says_so(

@@ -196,6 +196,39 @@ def test_registrations_per_pool_are_limited(stub, redis_client, pool_name: str) 
     stub.Register(register(pool_name, port=9013), metadata=auth(POOL_TOKEN), timeout=5)
 
 
+def test_pools_created_at_once_stop_at_the_limit(tmp_path: Path, pool_name: str) -> None:
+    # 80 registrations into 80 new pools at once, 25 allowed: the count and
+    # the reservation of the name are one atomic step, so exactly 25 exist.
+    from lookaside.redis_process import RedisProcess
+
+    own = RedisProcess().start()
+    handle = BalancerHandle(
+        own.url,
+        insecure_registration=False,
+        registration_policy=write_policy(tmp_path, pool_name, max_pools=25),
+        registration_token=GLOBAL,
+    )
+    client = redis.Redis.from_url(own.url, decode_responses=True)
+    try:
+        with grpc.insecure_channel(handle.address) as channel:
+            stub = pb_grpc.RegistryStub(channel)
+            calls = [
+                stub.Register.future(
+                    register(f"{pool_name}-open-{i}"), metadata=auth(GLOBAL), timeout=30
+                )
+                for i in range(80)
+            ]
+            codes = [c.code() for c in calls]
+        assert codes.count(Status.OK) == 25
+        assert codes.count(Status.RESOURCE_EXHAUSTED) == 55
+        assert client.scard(keys.POOLS) == 25
+        assert len(client.keys("lookaside:{*}:config")) == 25
+    finally:
+        client.close()
+        handle.stop()
+        own.stop()
+
+
 def test_pools_created_are_limited(tmp_path: Path, pool_name: str) -> None:
     from lookaside.redis_process import RedisProcess
 

@@ -253,6 +253,30 @@ async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, 
     assert len((await port.store.snapshot(pool)).backends) == 5  # type: ignore[union-attr]
 
 
+async def test_pools_reserved_at_once_stop_at_the_limit(port: Port, pool: str) -> None:
+    # 12 new names at once where 5 more pools may exist: counting and adding
+    # are one step, so exactly 5 are reserved.
+    limit = len(await port.store.list_pools()) + 5
+    names = [f"{pool}-r{i}" for i in range(12)]
+    results = await asyncio.gather(
+        *(port.store.reserve_pool(n, limit) for n in names), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, errors.TooManyPools)]
+    assert len(refused) == 7 and all(r.pools == limit for r in refused), results
+    reserved = [n for n, r in zip(names, results, strict=True) if r is None]
+    assert len(reserved) == 5 and set(reserved) <= set(await port.store.list_pools())
+    # A name already in the index passes whatever the count.
+    await port.store.reserve_pool(reserved[0], 0)
+    # A reservation given back leaves no name behind; one whose pool was
+    # created meanwhile stays.
+    await port.store.put_pool(PoolConfig(name=reserved[1]))
+    for name in reserved:
+        await port.store.release_pool(name)
+    left = set(await port.store.list_pools())
+    assert reserved[1] in left and not (set(reserved) - {reserved[1]}) & left
+    await port.store.delete_pool(reserved[1])
+
+
 async def test_writes_at_once_after_redis_lost_its_scripts_all_land(port: Port, pool: str) -> None:
     if port.clock is not None:
         pytest.skip("the twin has no script cache")
