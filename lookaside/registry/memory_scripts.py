@@ -43,6 +43,14 @@ def _key(b: Record | None) -> Key:
     return Key.ABSENT if b is None else key_of(b.get("state", "serving"), b.get("hold", ""))
 
 
+def _foreign(b: Record, owner: str, now: int | None) -> bool:
+    """The owner rule of the Lua prelude's foreign()."""
+    held = b.get("owner") or ""
+    if not owner or not held or held == owner:
+        return False
+    return now is None or int(b.get("lease_expires_ms") or 0) > now
+
+
 def _shown(key: Key) -> str:
     return "absent" if key is Key.ABSENT else stored(key)[0]
 
@@ -170,10 +178,12 @@ class ScriptTwins(BackendOps):
         old = p.backends.get(bid)
         if old is not None and old.get("static"):
             return [Outcome.STATIC_REFUSED, 0, 0, now]
+        b = json.loads(raw)
+        if old is not None and _foreign(old, b.get("owner") or "", now):
+            return [Outcome.OWNER_REFUSED, 0, 0, now]
         if old is None and int(most) > 0 and len(p.backends) >= int(most):
             return [Outcome.FULL, len(p.backends), 0, now]
         cur = _key(old) if old is not None else Key(self._holds.get(pool, {}).get(bid, "absent"))
-        b = json.loads(raw)
         if old is not None:
             for name, default_ in (
                 ("ejections", 0),
@@ -193,12 +203,15 @@ class ScriptTwins(BackendOps):
 
     def _script_heartbeat(self, pool: str, a: list[str]) -> list[Any]:
         bid, lease, raw_load = a[2:5]
+        owner = a[5] if len(a) > 5 else ""
         p = self._pools.get(pool)
         b = p.backends.get(bid) if p else None
         if p is None or b is None:
             return [Outcome.NOT_FOUND, 0]
         if b.get("static"):
             return [Outcome.STATIC_REFUSED, 0]
+        if _foreign(b, owner, None):
+            return [Outcome.OWNER_REFUSED, 0]
         if not lease or b.get("lease_id") != lease:
             return [Outcome.LEASE_REFUSED, 0]
         now = self.clock()
@@ -241,6 +254,8 @@ class ScriptTwins(BackendOps):
         if TABLE[event].actor is Actor.SELF:
             if b.get("static"):
                 return [Outcome.STATIC_REFUSED, 0, _key(b)]
+            if _foreign(b, a[8] if len(a) > 8 else "", None):
+                return [Outcome.OWNER_REFUSED, 0, _key(b)]
             if not lease or b.get("lease_id") != lease:
                 return [Outcome.LEASE_REFUSED, 0, _key(b)]
         over = False

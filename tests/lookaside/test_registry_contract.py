@@ -129,6 +129,38 @@ async def test_heartbeat_drain_deregister_need_the_current_lease(port: Port, poo
         await port.store.heartbeat(pool, bid, newer.lease_id)
 
 
+async def test_a_live_lease_belongs_to_the_registrant_that_took_it(port: Port, pool: str) -> None:
+    mine = await _register(port, pool, "10.0.0.9", owner="pool-token:p#aaaa", lease_ttl_ms=1_000)
+    bid = mine.backend_id
+    # Another principal, even with the lease id in hand, changes nothing.
+    with pytest.raises(errors.NotOwner):
+        await _register(port, pool, "10.0.0.9", owner="pool-token:p#bbbb", weight=1000)
+    with pytest.raises(errors.NotOwner):
+        await port.store.heartbeat(pool, bid, mine.lease_id, owner="pool-token:p#bbbb")
+    with pytest.raises(errors.NotOwner):
+        await port.store.drain(pool, bid, mine.lease_id, owner="mtls:other")
+    with pytest.raises(errors.NotOwner):
+        await port.store.deregister(pool, bid, mine.lease_id, owner="mtls:other")
+    snap = await port.store.snapshot(pool)
+    (b,) = snap.backends
+    assert (b.lease_id, b.owner, b.weight, b.state) == (
+        mine.lease_id, "pool-token:p#aaaa", 1, BackendState.SERVING
+    )  # fmt: skip
+    # The owner renews and re-registers; an operator is not bound.
+    assert await port.store.heartbeat(pool, bid, mine.lease_id, owner="pool-token:p#aaaa") > 0
+    again = await _register(port, pool, "10.0.0.9", owner="pool-token:p#aaaa", lease_ttl_ms=1_000)
+    await port.store.operate(pool, bid, Event.OPERATOR_DISABLE, actor="api")
+    await port.store.remove_backend(pool, bid, actor="api")
+    assert await _states(port, pool) == {}
+    # Once a lease has ended, the address is anyone's to take.
+    await _register(port, pool, "10.0.0.9", owner="pool-token:p#aaaa", lease_ttl_ms=1_000)
+    await port.pass_ms(1_100)
+    taken = await _register(port, pool, "10.0.0.9", owner="mtls:other")
+    assert taken.lease_id not in (mine.lease_id, again.lease_id)
+    (b,) = (await port.store.snapshot(pool)).backends
+    assert b.owner == "mtls:other"
+
+
 async def test_self_registration_never_touches_a_static_backend(port: Port, pool: str) -> None:
     await port.store.put_pool(PoolConfig(name=pool))
     bid = backend_id_for("10.0.0.4", 80)
