@@ -30,6 +30,7 @@ Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -188,6 +189,13 @@ def peer_identities(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[
     return out
 
 
+def token_id(token: bytes) -> str:
+    """A token's name in principals, events and backends' owners: the first
+    12 hex digits of its SHA-256 (tokens have at least 16 characters; the
+    secret itself is never stored or shown)."""
+    return hashlib.sha256(token).hexdigest()[:12]
+
+
 def _any_equal(token: bytes, candidates: Sequence[bytes]) -> bool:
     # Every candidate is compared, in constant time each.
     found = False
@@ -232,9 +240,9 @@ class RegistrationAuth:
         token = bearer_token(metadata)
         if token is not None:
             if rule is not None and _any_equal(token, rule.tokens):
-                return self._grant(f"pool-token:{rule.pattern}", rule)
+                return self._grant(f"pool-token:{rule.pattern}#{token_id(token)}", rule)
             if _any_equal(token, self.global_tokens):
-                return self._grant("global-token", rule)
+                return self._grant(f"global-token#{token_id(token)}", rule)
             others = [t for r in self.policy.rules if r is not rule for t in r.tokens]
             if _any_equal(token, others):
                 raise AuthError(
@@ -280,4 +288,5 @@ __all__ = [
     "bearer_token",
     "peer_identities",
     "read_secret",
+    "token_id",
 ]

@@ -78,9 +78,6 @@ class OutlierDetection:
     request_volume: int = 20
 
 
-ADDRESS_POLICIES = ("peer", "certificate", "cidr", "any")
-
-
 @dataclass(frozen=True, slots=True)
 class RegistrationRules:
     """What a self-registration into the pool may claim (the Registry API;

@@ -12,7 +12,13 @@ import grpc
 import pytest
 
 from balancer_server import metrics
-from balancer_server.auth import AuthError, PolicyError, RegistrationAuth, RegistrationPolicy
+from balancer_server.auth import (
+    AuthError,
+    PolicyError,
+    RegistrationAuth,
+    RegistrationPolicy,
+    token_id,
+)
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import keys
@@ -63,7 +69,7 @@ def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> No
     grant = auth.authorize("new-pool", [])
     assert grant.principal == "insecure" and grant.create
     assert auth.authorize("new-pool", [("authorization", f"Bearer {TOKEN}")]).principal == (
-        "global-token"
+        f"global-token#{token_id(TOKEN.encode())}"
     )
     with pytest.raises(AuthError) as info:
         auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")])
