@@ -160,11 +160,11 @@ class RegistryService(pb_grpc.RegistryServicer):
             # A pool that registration creates takes the defaults.
             config = await self.store.get_pool(pool)
             rules = (config or PoolConfig(name=pool)).registration
-            check_asks(rules, pool, weight, ttl_ms)
             ip = await bind_address(
                 rules, pool, request.host, port, context.peer(), context.auth_context(),
                 allow_special=grant.allow_special_addresses,
             )  # fmt: skip
+            check_asks(rules, pool, weight, ttl_ms)
             return pool, port, weight, zone, metadata, ttl_ms, ip
 
         try:
