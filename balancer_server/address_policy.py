@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from lookaside.registry import validation as v
 from lookaside.registry.hosts import candidates, peer_ip
 from lookaside.registry.model import RegistrationRules
+from lookaside.settings import split_host_port
 
 
 class AddressRefused(Exception):
@@ -66,10 +67,13 @@ async def bind_address(
     auth_context: Mapping[str, Iterable[bytes]] | None,
     *,
     allow_special: bool = False,
+    bound: str = "",
 ) -> str:
     """The IP address to list for a registration of `host:port` by the
     caller `peer`, or AddressRefused (the pool's rule forbids it) or
-    RegistryError (the host is no address)."""
+    RegistryError (the host is no address). A credential `bound` to one
+    "ip:port" (a per-backend token) may register that address only, in
+    place of the pool's rule."""
     found = await candidates(host, peer)
     if not host or v.parse_ip(host) is not None:
         # An address no one may list is bad input, whoever asks.
@@ -79,7 +83,15 @@ async def bind_address(
     shown = f"{host or found[0]}:{port}"
     if host and host != found[0]:
         shown += f" ({', '.join(found[:4])})"
-    if policy == "peer":
+    if bound:
+        bound_ip, bound_port = split_host_port(bound, "token address")
+        if bound_ip not in found or bound_port != port:
+            raise AddressRefused(
+                f"registration refused: {shown} is not {bound}, the address this backend "
+                f"token of pool {pool} is bound to"
+            )
+        ip = bound_ip
+    elif policy == "peer":
         caller = peer_ip(peer)
         if caller not in found:
             raise AddressRefused(

@@ -30,7 +30,6 @@ Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any
 import grpc
 
 from lookaside import settings
+from lookaside.registry.tokens import token_id
 
 DEFAULT_MAX_BACKENDS = 1000
 DEFAULT_MAX_POOLS = 1000
@@ -159,6 +159,9 @@ class Grant:
     create: bool
     allow_special_addresses: bool
     max_backends: int = DEFAULT_MAX_BACKENDS
+    # "ip:port" a per-backend token is bound to: the only address it may
+    # register (in place of the pool's address_policy).
+    address: str = ""
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
@@ -187,13 +190,6 @@ def peer_identities(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[
     for key in ("x509_subject_alternative_name", "x509_common_name"):
         out += [v.decode("utf-8", "replace") for v in auth_context.get(key, ())]
     return out
-
-
-def token_id(token: bytes) -> str:
-    """A token's name in principals, events and backends' owners: the first
-    12 hex digits of its SHA-256 (tokens have at least 16 characters; the
-    secret itself is never stored or shown)."""
-    return hashlib.sha256(token).hexdigest()[:12]
 
 
 def _any_equal(token: bytes, candidates: Sequence[bytes]) -> bool:
@@ -227,6 +223,18 @@ class RegistrationAuth:
             create=(rule.create if rule else policy.create_pools) if create is None else create,
             allow_special_addresses=rule.allow_special_addresses if rule else False,
             max_backends=rule.max_backends if rule else policy.max_backends,
+        )
+
+    def backend_token_grant(self, pool: str, token_id_: str, address: str) -> Grant:
+        """The grant of a per-backend token of `pool` (lookaside.registry.
+        tokens), found by the caller after `authorize` did not know it."""
+        rule = self.policy.rule_for(pool)
+        return Grant(
+            principal=f"backend-token:{token_id_}",
+            create=False,
+            allow_special_addresses=False,
+            max_backends=rule.max_backends if rule else self.policy.max_backends,
+            address=address,
         )
 
     def authorize(

@@ -22,7 +22,7 @@ import grpc
 
 from balancer_server import metrics
 from balancer_server.address_policy import AddressRefused, bind_address, check_asks
-from balancer_server.auth import AuthError, Grant, RegistrationAuth
+from balancer_server.auth import AuthError, Grant, RegistrationAuth, bearer_token
 from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
@@ -54,9 +54,13 @@ class RegistryService(pb_grpc.RegistryServicer):
     async def _authorize(self, context: Any, method: str, pool: str) -> Grant:
         """The caller's grant for `pool`, or the call ends UNAUTHENTICATED or
         PERMISSION_DENIED (counted, and logged without the credential)."""
+        metadata = context.invocation_metadata()
         try:
-            return self.auth.authorize(pool, context.invocation_metadata(), context.auth_context())
+            return self.auth.authorize(pool, metadata, context.auth_context())
         except AuthError as exc:
+            grant = await self._backend_token(context, method, exc, pool, metadata)
+            if grant is not None:
+                return grant
             metrics.AUTH_REFUSALS.labels(method, exc.code.name, exc.reason).inc()
             self._refusal_log.warning(
                 f"auth:{exc.reason}",
@@ -65,6 +69,24 @@ class RegistryService(pb_grpc.RegistryServicer):
             )  # fmt: skip
             await self._fail(context, method, exc.code, exc.details)
         raise AssertionError("unreachable: abort raises")
+
+    async def _backend_token(
+        self, context: Any, method: str, exc: AuthError, pool: str, metadata: Any
+    ) -> Grant | None:
+        """The grant of a per-backend token of `pool` that the policy does
+        not know (lookaside.registry.tokens), or None."""
+        if exc.reason != "bad_token" or not v.POOL_NAME_RE.fullmatch(pool):
+            return None
+        token = bearer_token(metadata)
+        try:
+            record = await self.store.backend_token(pool, token) if token else None
+        except Unavailable as err:
+            await self._fail(
+                context, method, grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {err}"
+            )
+        if record is None:
+            return None
+        return self.auth.backend_token_grant(pool, record.id, record.address)
 
     async def _refuse_limit(self, context: Any, limit: str, details: str) -> None:
         metrics.LIMIT_REFUSALS.labels(limit).inc()
@@ -162,7 +184,7 @@ class RegistryService(pb_grpc.RegistryServicer):
             rules = (config or PoolConfig(name=pool)).registration
             ip = await bind_address(
                 rules, pool, request.host, port, context.peer(), context.auth_context(),
-                allow_special=grant.allow_special_addresses,
+                allow_special=grant.allow_special_addresses, bound=grant.address,
             )  # fmt: skip
             check_asks(rules, pool, weight, ttl_ms)
             return pool, port, weight, zone, metadata, ttl_ms, ip

@@ -147,6 +147,7 @@ class BackendOps:
             keys.load_total(pool),
             keys.outcomes(pool),
             keys.signals(pool),
+            keys.backend_tokens(pool),
         ]
         status, live = await self._run("DELETE_POOL", pool, [actor, "1" if force else "0"], extra)
         outcome = Outcome(_text(status))

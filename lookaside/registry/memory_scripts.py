@@ -75,6 +75,7 @@ class ScriptTwins(BackendOps):
         self._batches: set[str] = set()
         self._replicas: dict[str, int] = {}
         self._signals: dict[str, dict[str, str]] = {}  # the dashboard history per pool
+        self._tokens: dict[str, dict[str, str]] = {}  # per-backend tokens: digest -> record
         self._subscribers: list[asyncio.Queue[str]] = []
 
     def _check(self) -> None:
@@ -379,9 +380,32 @@ class ScriptTwins(BackendOps):
             return [Outcome.CONFLICT, live]
         del self._pools[pool]
         self._holds.pop(pool, None)
+        self._tokens.pop(pool, None)
         self._signals.pop(pool, None)
         self._config_versions[pool] += 1
         self._versions[pool] += 1
         for q in self._subscribers:
             q.put_nowait(pool)
         return [Outcome.CHANGED, live]
+
+    def _script_mint_token(self, pool: str, a: list[str]) -> list[Any]:
+        actor, digest, raw = a[1:4]
+        if pool not in self._pools:
+            return [Outcome.POOL_NOT_FOUND]
+        self._tokens.setdefault(pool, {})[digest] = raw
+        t = json.loads(raw)
+        self._log(pool, self.clock(), "backend_token_minted", "", actor,
+                  f"{t['id']} for {t['address']}", self._versions[pool])  # fmt: skip
+        return [Outcome.CHANGED]
+
+    def _script_revoke_token(self, pool: str, a: list[str]) -> list[Any]:
+        actor, token_id = a[1:3]
+        tokens = self._tokens.get(pool, {})
+        for digest, raw in list(tokens.items()):
+            t = json.loads(raw)
+            if t["id"] == token_id:
+                del tokens[digest]
+                self._log(pool, self.clock(), "backend_token_revoked", "", actor,
+                          f"{t['id']} for {t['address']}", self._versions[pool])  # fmt: skip
+                return [Outcome.CHANGED]
+        return [Outcome.NOT_FOUND]

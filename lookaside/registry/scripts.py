@@ -425,3 +425,29 @@ redis.call('INCR', K_VERSION)
 redis.call('PUBLISH', '@CHANGES@', POOL)
 return {'changed', live}
 """
+
+# ARGV: pool, actor, token digest, token record json. KEYS: the pool keys,
+# then the pool's backend tokens. A token is minted only into a pool that
+# exists; the event log names it by id, never by the token.
+MINT_TOKEN = """
+if redis.call('EXISTS', K_CONFIG) == 0 then return {'pool_not_found'} end
+redis.call('HSET', KEYS[9], ARGV[3], ARGV[4])
+local t = cjson.decode(ARGV[4])
+log_event(now_ms(), 'backend_token_minted', '', t['id'] .. ' for ' .. t['address'], version())
+return {'changed'}
+"""
+
+# ARGV: pool, actor, token id. KEYS: the pool keys, then the pool's backend
+# tokens. Removes the token whose id it is.
+REVOKE_TOKEN = """
+local flat = redis.call('HGETALL', KEYS[9])
+for i = 1, #flat, 2 do
+  local t = cjson.decode(flat[i + 1])
+  if t['id'] == ARGV[3] then
+    redis.call('HDEL', KEYS[9], flat[i])
+    log_event(now_ms(), 'backend_token_revoked', '', t['id'] .. ' for ' .. t['address'], version())
+    return {'changed'}
+  end
+end
+return {'not_found'}
+"""

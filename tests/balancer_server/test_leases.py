@@ -80,9 +80,7 @@ def secure(redis_url: str, tmp_path: Path, pool_name: str) -> Iterator[BalancerH
     """A balancer where the pool has two tokens (two registrants)."""
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"pools": {f"{pool_name}*": {"tokens": [TOKEN_A, TOKEN_B]}}}))
-    handle = BalancerHandle(
-        redis_url, insecure_registration=False, registration_policy=str(policy)
-    )
+    handle = BalancerHandle(redis_url, insecure_registration=False, registration_policy=str(policy))
     yield handle
     handle.stop()
 
@@ -264,3 +262,47 @@ def test_certificate_policy_admits_the_certificates_addresses_only(
         assert owners == {"mtls:localhost"}
     finally:
         handle.stop()
+
+
+def test_a_backend_token_registers_its_one_address(
+    stub: pb_grpc.RegistryStub, redis_url: str, redis_client: Any, pool_name: str
+) -> None:
+    """A registrar holding per-backend tokens (admin API) registers each
+    token's address, whatever the pool's address_policy, and nothing else."""
+    create_pool(redis_url, pool_name)  # address_policy peer
+    base = f"/api/v1/pools/{pool_name}/backend-tokens"
+    r = admin(redis_url, "POST", base, json={"address": "backend.example:9600"})
+    assert r.status_code == 422 and "not a name" in r.text
+    r = admin(redis_url, "POST", base, json={"address": "127.0.0.2:9600"})
+    assert r.status_code == 201, r.text
+    minted = r.json()
+    token, token_id = minted["token"], minted["id"]
+    second = admin(redis_url, "POST", base, json={"address": "127.0.0.2:9600"}).json()["token"]
+    listed = admin(redis_url, "GET", base).json()["tokens"]
+    assert {t["id"] for t in listed} >= {token_id} and token not in json.dumps(listed)
+    assert token not in json.dumps(redis_client.hgetall(keys.backend_tokens(pool_name)))
+
+    lease = stub.Register(pb.RegisterRequest(pool=pool_name, host="127.0.0.2", port=9600),
+                          metadata=auth(token), timeout=5)  # fmt: skip
+    assert lease.address == "127.0.0.2:9600"
+    assert stored(redis_client, pool_name)["127.0.0.2:9600"].owner == f"backend-token:{token_id}"
+    for host, port in (("127.0.0.2", 9601), ("127.0.0.1", 9600), ("", 9600)):
+        error = refused(stub.Register, pb.RegisterRequest(pool=pool_name, host=host, port=port),
+                        auth(token))  # fmt: skip
+        assert error.code() is Status.PERMISSION_DENIED
+        assert "is not 127.0.0.2:9600, the address this backend token" in error.details()
+    # Another token for the same address does not take the live lease.
+    error = refused(stub.Register, pb.RegisterRequest(pool=pool_name, host="127.0.0.2",
+                                                      port=9600), auth(second))  # fmt: skip
+    assert error.code() is Status.PERMISSION_DENIED and "another registrant" in error.details()
+    # A token is for its pool only.
+    create_pool(redis_url, f"{pool_name}-b")
+    error = refused(stub.Register, pb.RegisterRequest(pool=f"{pool_name}-b", host="127.0.0.2",
+                                                      port=9600), auth(token))  # fmt: skip
+    assert error.code() is Status.UNAUTHENTICATED
+    # Revoked, it renews nothing.
+    beat = pb.HeartbeatRequest(pool=pool_name, backend_id=lease.backend_id, lease_id=lease.lease_id)
+    stub.Heartbeat(beat, metadata=auth(token), timeout=5)
+    assert admin(redis_url, "DELETE", f"{base}/{token_id}").status_code == 204
+    assert admin(redis_url, "DELETE", f"{base}/{token_id}").status_code == 404
+    assert refused(stub.Heartbeat, beat, auth(token)).code() is Status.UNAUTHENTICATED

@@ -21,6 +21,7 @@ from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_
 from lookaside.registry.outlier import Outcomes, outcome_fields
 from lookaside.registry.signals import HISTORY_SECONDS, SLOT_SECONDS, CallRate, slot_of
 from lookaside.registry.store import RegistryStore
+from lookaside.registry.tokens import token_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -159,6 +160,33 @@ async def test_a_live_lease_belongs_to_the_registrant_that_took_it(port: Port, p
     assert taken.lease_id not in (mine.lease_id, again.lease_id)
     (b,) = (await port.store.snapshot(pool)).backends
     assert b.owner == "mtls:other"
+
+
+async def test_backend_tokens_are_kept_by_digest_and_go_with_their_pool(
+    port: Port, pool: str
+) -> None:
+    with pytest.raises(errors.NotFound):
+        await port.store.mint_backend_token(pool, "10.0.0.1:80")
+    await port.store.put_pool(PoolConfig(name=pool))
+    token, record = await port.store.mint_backend_token(pool, "10.0.0.1:80", actor="admin:t")
+    other, _ = await port.store.mint_backend_token(pool, "[fd00::1]:80")
+    assert len(token) >= 40 and token != other and record.id == token_id(token)
+    assert await port.store.backend_token(pool, token) == record
+    assert await port.store.backend_token(pool, token + "x") is None
+    assert await port.store.backend_token(f"{pool}-other", token) is None
+    listed = await port.store.backend_tokens(pool)
+    assert {t.address for t in listed} == {"10.0.0.1:80", "[fd00::1]:80"}
+    assert all(token not in str(t) for t in listed)
+    events = await port.store.events(pool)
+    assert {e["kind"] for e in events} >= {"backend_token_minted"}
+    assert all(token not in str(e) for e in events)
+    await port.store.revoke_backend_token(pool, record.id)
+    assert await port.store.backend_token(pool, token) is None
+    with pytest.raises(errors.NotFound):
+        await port.store.revoke_backend_token(pool, record.id)
+    await port.store.delete_pool(pool)
+    await port.store.put_pool(PoolConfig(name=pool))
+    assert await port.store.backend_tokens(pool) == []
 
 
 async def test_self_registration_never_touches_a_static_backend(port: Port, pool: str) -> None:
