@@ -23,7 +23,6 @@ from collections.abc import Iterable, Mapping
 from lookaside.registry import validation as v
 from lookaside.registry.hosts import candidates, peer_ip
 from lookaside.registry.model import RegistrationRules
-from lookaside.settings import split_host_port
 
 
 class AddressRefused(Exception):
@@ -84,8 +83,10 @@ async def bind_address(
     if host and host != found[0]:
         shown += f" ({', '.join(found[:4])})"
     if bound:
-        bound_ip, bound_port = split_host_port(bound, "token address")
-        if bound_ip not in found or bound_port != port:
+        # Canonical, as the admin API stored it: "ip:port" or "[v6]:port".
+        text, _, bound_port = bound.rpartition(":")
+        bound_ip = text.strip("[]")
+        if bound_ip not in found or bound_port != str(port):
             raise AddressRefused(
                 f"registration refused: {shown} is not {bound}, the address this backend "
                 f"token of pool {pool} is bound to"

@@ -8,6 +8,23 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from lookaside.registry import validation as v
 from lookaside.registry.tokens import BackendToken
+from lookaside.settings import split_host_port
+
+
+def check_backend_address(text: str) -> str:
+    """ "ip:port" ("[v6]:port") of one listable backend, in canonical text.
+    Names are refused: what they resolve to may change."""
+    try:
+        host, port = split_host_port(text, "address")
+    except ValueError as exc:
+        raise v.RegistryError(str(exc)) from None
+    ip = v.parse_ip(host)
+    if ip is None:
+        raise v.RegistryError(f"address {text[:64]!r}: give an IP address and port, not a name")
+    v.check_listable_ip(ip)
+    v.check_port(port)
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
 
 Address = Annotated[
     str,
@@ -17,7 +34,7 @@ Address = Annotated[
         description="ip:port ([v6]:port) of the one backend the token may register",
         examples=["10.0.0.7:50051"],
     ),
-    AfterValidator(v.check_backend_address),
+    AfterValidator(check_backend_address),
 ]
 
 

@@ -203,6 +203,13 @@ OutlierDetectionPatch = _partial(OutlierDetectionSettings)
 RegistrationPatch = _partial(RegistrationSettings)
 
 
+def _plain(settings: Any) -> dict[str, Any]:
+    """A nested settings dataclass as the API's values (tuples as lists)."""
+    return {
+        k: list(x) if isinstance(x, tuple) else x for k, x in dataclasses.asdict(settings).items()
+    }
+
+
 class PoolSettings(BaseModel):
     """A pool's full settings (PUT). Omitted fields take their defaults."""
 
@@ -218,7 +225,9 @@ class PoolSettings(BaseModel):
     fallback: bool = Field(False, description="tell clients to use their fallback backends")
     health_checks: HealthCheckSettings = Field(default_factory=HealthCheckSettings)
     outlier_detection: OutlierDetectionSettings = Field(default_factory=OutlierDetectionSettings)
-    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+    registration: RegistrationSettings = Field(
+        default_factory=lambda: RegistrationSettings.model_validate({})
+    )
 
     def to_config(self, name: str, base: PoolConfig | None = None) -> PoolConfig:
         """These settings over `base` (the pool's current config): fields
@@ -244,12 +253,7 @@ class PoolSettings(BaseModel):
     @classmethod
     def from_config(cls, config: PoolConfig) -> PoolSettings:
         nested: dict[str, Any] = {
-            attr: model.model_construct(
-                **{
-                    k: list(x) if isinstance(x, tuple) else x
-                    for k, x in dataclasses.asdict(getattr(config, attr)).items()
-                }
-            )
+            attr: model.model_construct(**_plain(getattr(config, attr)))
             for attr, model in _NESTED.items()
         }
         return cls.model_construct(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,9 +60,6 @@ class TokenOps:
     async def _run(self, name: str, pool: str, args: list[Any], extra_keys: Any = ()) -> Any:
         raise NotImplementedError
 
-    async def now_ms(self) -> int:
-        raise NotImplementedError
-
     @guarded
     async def mint_backend_token(
         self, pool: str, address: str, *, actor: str = "api"
@@ -69,7 +67,7 @@ class TokenOps:
         """A new token for `address` (canonical "ip:port") in `pool`, and its
         record. NotFound when the pool does not exist (checked in the write)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        record = BackendToken(token_id(token), pool, address, await self.now_ms(), actor)
+        record = BackendToken(token_id(token), pool, address, int(time.time() * 1000), actor)
         (status,) = await self._run(
             "MINT_TOKEN", pool, [actor, token_digest(token), record.to_json()],
             [keys.backend_tokens(pool)],

@@ -207,21 +207,3 @@ def check_registration_rules(
             f"lease_ttl_ms {lease_ttl_ms} is above registration.max_lease_ttl_ms "
             f"{max_lease_ttl_ms}; raise the maximum or shorten the default lease"
         )
-
-
-def check_backend_address(text: str) -> str:
-    """ "ip:port" ("[v6]:port") of one listable backend, in canonical text:
-    what a per-backend token is bound to. Names are refused (what they
-    resolve to may change)."""
-    from lookaside.settings import split_host_port
-
-    try:
-        host, port = split_host_port(text, "address")
-    except ValueError as exc:
-        raise RegistryError(str(exc)) from None
-    ip = parse_ip(host)
-    if ip is None:
-        raise RegistryError(f"address {text[:64]!r}: give an IP address and port, not a name")
-    check_listable_ip(ip)
-    check_port(port)
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
