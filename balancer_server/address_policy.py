@@ -44,7 +44,7 @@ def certificate_addresses(
     return ips, dns
 
 
-def _dns_match(name: str, pattern: str) -> bool:
+def dns_san_matches(name: str, pattern: str) -> bool:
     """A DNS SAN match: exact, or `*.` standing for one leftmost label."""
     if not pattern.startswith("*."):
         return name == pattern
@@ -108,7 +108,7 @@ async def bind_address(
                 "connect with mTLS"
             )
         name = host.lower().rstrip(".")
-        if host and v.parse_ip(host) is None and any(_dns_match(name, p) for p in dns):
+        if host and v.parse_ip(host) is None and any(dns_san_matches(name, p) for p in dns):
             ip = found[0]
         else:
             allowed = [a for a in found if a in ips]

@@ -18,10 +18,12 @@ import pytest
 
 from admin_api.app import create_app
 from balancer_server import metrics
+from balancer_server.address_policy import dns_san_matches
 from lookaside.certs import Issued, issue
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import keys
+from lookaside.registry.hosts import peer_ip
 from lookaside.registry.model import Backend
 from tests.admin_api.conftest import AUTH, make_settings
 from tests.support import BalancerHandle, LbStream
@@ -306,3 +308,30 @@ def test_a_backend_token_registers_its_one_address(
     assert admin(redis_url, "DELETE", f"{base}/{token_id}").status_code == 204
     assert admin(redis_url, "DELETE", f"{base}/{token_id}").status_code == 404
     assert refused(stub.Heartbeat, beat, auth(token)).code() is Status.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("peer", "ip"),
+    [
+        ("ipv4:127.0.0.1:5555", "127.0.0.1"),
+        ("ipv6:[::1]:5555", "::1"),
+        ("ipv6:[::ffff:127.0.0.1]:5555", "127.0.0.1"),  # a dual-stack listener's IPv4 caller
+        ("unix:/tmp/socket", None),
+    ],
+)
+def test_the_callers_address_is_read_from_the_peer(peer: str, ip: str | None) -> None:
+    assert peer_ip(peer) == ip
+
+
+@pytest.mark.parametrize(
+    ("name", "san", "match"),
+    [
+        ("a.backends.test", "a.backends.test", True),
+        ("a.backends.test", "*.backends.test", True),
+        ("a.b.backends.test", "*.backends.test", False),  # one label only
+        ("backends.test", "*.backends.test", False),
+        ("a.backends.test", "b.backends.test", False),
+    ],
+)
+def test_a_dns_san_covers_exactly_its_name_or_one_label(name: str, san: str, match: bool) -> None:
+    assert dns_san_matches(name, san) is match
