@@ -262,3 +262,28 @@ def register_all(
         )
         ids[b.port] = lease.backend_id
     return ids
+
+
+def require_tool(name: str) -> str:
+    """The path of the command `name`. When it is missing the test skips,
+    or fails under LOOKASIDE_STRICT=1 (what CI sets), so a check can never
+    pass in CI by not running."""
+    import shutil
+
+    path = shutil.which(name)
+    require(path is not None, f"{name} not found on PATH")
+    return str(path)
+
+
+def require(present: bool, missing: str) -> None:
+    """Skips the test with `missing` as the reason unless `present`; under
+    LOOKASIDE_STRICT=1 fails instead."""
+    import os
+
+    import pytest
+
+    if present:
+        return
+    if os.environ.get("LOOKASIDE_STRICT", "") not in ("", "0"):
+        pytest.fail(f"{missing}, and LOOKASIDE_STRICT is set: install it")
+    pytest.skip(missing)
