@@ -126,8 +126,13 @@ async def bind_address(
                 f"registration refused: {shown} is not in the pool's networks ({nets}) {rule}"
             )
         ip = allowed[0]
-    else:  # "any"
+    elif policy == "any":
         ip = found[0]
+    else:  # a stored setting no API lets through: refuse rather than admit
+        raise AddressRefused(
+            f"registration refused: pool {pool} has an unknown address_policy {policy[:32]!r}; "
+            "an operator must set one of peer, certificate, cidr, any"
+        )
     return v.check_listable_ip(ip, allow_special=allow_special)
 
 

@@ -24,7 +24,7 @@ from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import keys
 from lookaside.registry.hosts import peer_ip
-from lookaside.registry.model import Backend
+from lookaside.registry.model import Backend, PoolConfig, RegistrationRules
 from tests.admin_api.conftest import AUTH, make_settings
 from tests.support import BalancerHandle, LbStream
 
@@ -335,3 +335,15 @@ def test_the_callers_address_is_read_from_the_peer(peer: str, ip: str | None) ->
 )
 def test_a_dns_san_covers_exactly_its_name_or_one_label(name: str, san: str, match: bool) -> None:
     assert dns_san_matches(name, san) is match
+
+
+def test_an_unknown_address_policy_admits_no_one(
+    stub: pb_grpc.RegistryStub, secure: BalancerHandle, redis_client: Any, pool_name: str
+) -> None:
+    """A setting written past the admin API (a typo in Redis) fails closed."""
+    config = PoolConfig(name=pool_name, registration=RegistrationRules(address_policy="anyy"))
+    secure.run(secure.store.put_pool(config))
+    error = refused(stub.Register, pb.RegisterRequest(pool=pool_name, port=9700), auth(TOKEN_A))
+    assert error.code() is Status.PERMISSION_DENIED
+    assert "unknown address_policy 'anyy'" in error.details()
+    assert stored(redis_client, pool_name) == {}
