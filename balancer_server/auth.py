@@ -53,6 +53,7 @@ from balancer_server.identity import (
 )
 from balancer_server.limits import peer_ip
 from lookaside import settings
+from lookaside.registry.tokens import token_id
 from lookaside.settings import parse_networks
 
 DEFAULT_MAX_BACKENDS = 1000
@@ -180,6 +181,9 @@ class Grant:
     create: bool
     allow_special_addresses: bool
     max_backends: int = DEFAULT_MAX_BACKENDS
+    # "ip:port" a per-backend token is bound to: the only address it may
+    # register (in place of the pool's address_policy).
+    address: str = ""
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
@@ -256,6 +260,18 @@ class RegistrationAuth:
             max_backends=rule.max_backends if rule else policy.max_backends,
         )
 
+    def backend_token_grant(self, pool: str, token_id_: str, address: str) -> Grant:
+        """The grant of a per-backend token of `pool` (lookaside.registry.
+        tokens), found by the caller after `authorize` did not know it."""
+        rule = self.policy.rule_for(pool)
+        return Grant(
+            principal=f"backend-token:{token_id_}",
+            create=False,
+            allow_special_addresses=False,
+            max_backends=rule.max_backends if rule else self.policy.max_backends,
+            address=address,
+        )
+
     def authorize(
         self,
         pool: str,
@@ -270,9 +286,9 @@ class RegistrationAuth:
         if token is not None:
             self._check_transport(auth_context, peer)
             if rule is not None and _any_equal(token, rule.tokens):
-                return self._grant(f"pool-token:{rule.pattern}", rule)
+                return self._grant(f"pool-token:{rule.pattern}#{token_id(token)}", rule)
             if _any_equal(token, self.global_tokens):
-                return self._grant("global-token", rule)
+                return self._grant(f"global-token#{token_id(token)}", rule)
             others = [t for r in self.policy.rules if r is not rule for t in r.tokens]
             if _any_equal(token, others):
                 raise AuthError(
@@ -322,4 +338,5 @@ __all__ = [
     "bearer_token",
     "parse_networks",
     "read_secret",
+    "token_id",
 ]

@@ -110,8 +110,9 @@ def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
         )
     elif not auth.has_credentials:
         log.warning(
-            "no registration token or policy is configured: every Register, Heartbeat, Drain "
-            "and Deregister will be refused (set --registration-token or --registration-policy)"
+            "no registration token or policy is configured: only per-backend tokens (admin API "
+            "/api/v1/pools/{pool}/backend-tokens) admit Register, Heartbeat, Drain and "
+            "Deregister (set --registration-token or --registration-policy)"
         )
     return auth
 

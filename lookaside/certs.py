@@ -130,6 +130,7 @@ def issue(
     zone: str = DEFAULT_ZONE,
     names: tuple[str, ...] = (),
     client_name: str = DEFAULT_CLIENT,
+    client_ips: tuple[str, ...] = (),
     days: int = 30,
 ) -> Issued:
     """Makes the CA and both certificates under `out` (overwriting)."""
@@ -175,9 +176,9 @@ def issue(
     server_sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(dns_names)]
     server_sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     server_pem, server_key = leaf(f"lb.{zone}", server_sans, ExtendedKeyUsageOID.SERVER_AUTH)
-    client_pem, client_key = leaf(
-        client_name, [x509.DNSName(client_name)], ExtendedKeyUsageOID.CLIENT_AUTH
-    )
+    client_sans: list[x509.GeneralName] = [x509.DNSName(client_name)]
+    client_sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in client_ips]
+    client_pem, client_key = leaf(client_name, client_sans, ExtendedKeyUsageOID.CLIENT_AUTH)
     _write(out / "ca-key.pem", _pem_key(ca_key), private=True)
     return Issued(
         ca=_write(out / "ca.pem", ca.public_bytes(_PEM())),

@@ -128,15 +128,19 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
     import grpc.aio
 
     from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-    from lookaside.registry.model import PoolConfig
+    from lookaside.registry.model import PoolConfig, RegistrationRules
 
     refused: Counter[str] = Counter()
 
     async def burst() -> int:
         # The pool exists first (pools are made by operators, not by
-        # registration), and every call carries the lab's token.
+        # registration), and every call carries the lab's token. This is a
+        # registrar registering addresses other than its own: address_policy any.
         store = lab.store()
-        await store.put_pool(PoolConfig(name=f"{lab.pool}-burst"), actor="chaos")
+        rules = RegistrationRules(address_policy="any")
+        await store.put_pool(
+            PoolConfig(name=f"{lab.pool}-burst", registration=rules), actor="chaos"
+        )
         await store.close()
         metadata = (("authorization", f"Bearer {lab.registration_token}"),)
         channel = grpc.aio.insecure_channel(lab.balancer_addrs.split(",")[0])

@@ -7,6 +7,7 @@ Redis or connection failure into `Unavailable`.
       InvalidInput           an input was refused (also ValueError)
       NotFound               a pool, backend or lease does not exist (also LookupError)
         LeaseRefused         the call did not carry the backend's current lease id
+      NotOwner               a live lease belongs to another registrant
       Conflict               valid, but clashes with the current state
         VersionConflict      a compare-and-set lost to a concurrent change
         TransitionRefused    the state machine does not allow the change
@@ -40,6 +41,12 @@ class NotFound(RegistryFailure, LookupError):
 
 class LeaseRefused(NotFound):
     """Heartbeat, Drain or Deregister without the lease id Register returned."""
+
+
+class NotOwner(RegistryFailure):
+    """A self-registration call (Register of a leased address, Heartbeat,
+    Drain, Deregister) by a principal other than the one that holds the
+    backend's live lease."""
 
 
 class Conflict(RegistryFailure):

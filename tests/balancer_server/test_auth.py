@@ -12,7 +12,13 @@ import grpc
 import pytest
 
 from balancer_server import metrics
-from balancer_server.auth import AuthError, PolicyError, RegistrationAuth, RegistrationPolicy
+from balancer_server.auth import (
+    AuthError,
+    PolicyError,
+    RegistrationAuth,
+    RegistrationPolicy,
+    token_id,
+)
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import keys
@@ -64,7 +70,9 @@ def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> No
     assert grant.principal == "insecure" and grant.create
     peer = "ipv4:127.0.0.1:5000"
     bearer = [("authorization", f"Bearer {TOKEN}")]
-    assert auth.authorize("new-pool", bearer, peer=peer).principal == "global-token"
+    assert auth.authorize("new-pool", bearer, peer=peer).principal == (
+        f"global-token#{token_id(TOKEN.encode())}"
+    )
     with pytest.raises(AuthError) as info:
         auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")], peer=peer)
     assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
