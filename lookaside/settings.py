@@ -195,6 +195,19 @@ class BalancerSettings(BaseSettings):
     tls_key: OptionalFile = Field("", description="PEM private key of --tls-cert")
     tls_client_ca: OptionalFile = Field("", description="PEM CA bundle: verify client certificates")
     require_client_cert: bool = Field(False, description="refuse clients without a certificate")
+    # TLS to the backends, for the balancer's own probes (balancer_server.tls).
+    backend_tls_ca: OptionalFile = Field(
+        "", description="PEM CA bundle: probe backends over TLS verified with it (empty: plaintext)"
+    )
+    backend_tls_server_name: str = Field(
+        "",
+        description="name the backends' certificates must carry ({pool} is the pool's name); "
+        "default the backend's address",
+    )
+    backend_tls_cert: OptionalFile = Field(
+        "", description="PEM client certificate for backends that require mTLS"
+    )
+    backend_tls_key: OptionalFile = Field("", description="PEM private key of --backend-tls-cert")
     # Limits against abuse (balancer_server.limits).
     max_streams_per_address: int = Field(
         1000, ge=1, description="open BalanceLoad streams per client IP"
@@ -218,6 +231,19 @@ class BalancerSettings(BaseSettings):
     def _secret_files(self) -> BalancerSettings:
         if self.redis_url_file:
             self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
+        return self
+
+    @model_validator(mode="after")
+    def _backend_tls(self) -> BalancerSettings:
+        if not self.backend_tls_ca and (
+            self.backend_tls_cert or self.backend_tls_key or self.backend_tls_server_name.strip()
+        ):
+            raise ValueError(
+                "--backend-tls-cert, --backend-tls-key and --backend-tls-server-name need "
+                "--backend-tls-ca (the CA that signed the backends' certificates)"
+            )
+        if bool(self.backend_tls_cert) != bool(self.backend_tls_key):
+            raise ValueError("give both --backend-tls-cert and --backend-tls-key, or neither")
         return self
 
     @field_validator("metrics_listen")
