@@ -270,7 +270,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def serve(settings: BalancerSettings) -> None:
-    serve_metrics(settings.metrics_listen, metrics.REGISTRY)
+    # With --tls-cert, /metrics is HTTPS with the same certificate.
+    serve_metrics(settings.metrics_listen, metrics.REGISTRY, settings.tls_cert, settings.tls_key)
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         balancer = BalancerServer(settings)

@@ -139,6 +139,13 @@ class Lab:
             args += ["--balancer-tls-ca", str(self.certs.ca)]
         return args
 
+    def _dns_tls_args(self) -> list[str]:
+        """The DNS responder's /metrics over HTTPS (DNS itself has no TLS)."""
+        cert_key = self._tls_args()
+        if not cert_key:
+            return []
+        return ["--metrics-tls-cert", cert_key[1], "--metrics-tls-key", cert_key[3]]
+
     def _registration_token_file(self) -> Path:
         """The pool's registration token (made on first use, mode 0600)."""
         import secrets
@@ -201,7 +208,8 @@ class Lab:
         self._proc(
             "dns",
             ["dns", "--listen", f"{s.host}:{s.dns_port}", "--redis-url", url, "--zone", s.zone,
-             "--balancers", lb_addr, "--metrics-listen", f"{s.host}:{s.dns_metrics_port}"],
+             "--balancers", lb_addr, "--metrics-listen", f"{s.host}:{s.dns_metrics_port}",
+             *self._dns_tls_args()],
             s.dns_port,
         ).wait_ready(s.ready_timeout)  # fmt: skip
         self._proc(
@@ -274,10 +282,11 @@ class Lab:
         redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
+        web = "https" if s.tls else "http"
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
-            f"  balancer   {lb_addr}   metrics http://{s.host}:{s.metrics_port}/metrics",
+            f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
             f"  admin      {'https' if s.tls else 'http'}://{s.host}:{s.admin_port}/   token {self.token}",
             f"  backends   {', '.join(f'{s.host}:{p}' for p in self.backend_ports)}   pool {s.pool}",

@@ -145,7 +145,8 @@ class BalancerSettings(BaseSettings):
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
     metrics_listen: str = Field(
-        "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
+        "127.0.0.1:9464",
+        description="host:port for Prometheus /metrics (HTTPS with --tls-cert); empty to disable",
     )
     replica_id: str = Field("", description="name of this replica; default host-pid")
     resync_interval: float = Field(1.0, gt=0, description="seconds between version checks")

@@ -138,13 +138,14 @@ def test_it_runs_the_production_profile(services: dict[str, dict[str, Any]]) -> 
         assert env["LOOKASIDE_ROUTEGUIDE_TLS_CERT"].startswith(TLS)
         assert env["LOOKASIDE_ROUTEGUIDE_BALANCER_TLS_CA"] == f"{TLS}/ca.pem"
     assert services["admin"]["environment"]["LOOKASIDE_ADMIN_TLS_CERT"].startswith(TLS)
+    assert services["dns"]["environment"]["LOOKASIDE_DNS_METRICS_TLS_CERT"].startswith(TLS)
     assert services["setup"]["environment"]["LOOKASIDE_ADMIN_URL"].startswith("https://")
     for name in ("firehose", "stock-client"):
         assert (
             services[name]["environment"]["LOOKASIDE_ROUTEGUIDE_CLIENT_TLS_CA"] == f"{TLS}/ca.pem"
         )
     # Every gRPC and HTTP health check speaks TLS.
-    for name in ("balancer-1", "balancer-2", "backend", "backend-faulty", "admin"):
+    for name in ("balancer-1", "balancer-2", "backend", "backend-faulty", "admin", "dns"):
         test = services[name]["healthcheck"]["test"]
         assert "--tls-ca" in test, (name, test)
     pools = json.loads((REPO / "deploy/compose/pools.json").read_text())["pools"]

@@ -255,7 +255,9 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
         def probes(result: str) -> float:
-            metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5)
+            metrics = requests.get(
+                f"https://127.0.0.1:{ports['metrics']}/metrics", verify=ca, timeout=5
+            )
             found = re.search(
                 rf'health_probes_total{{pool="routeguide",result="{result}"}} (\S+)', metrics.text
             )
@@ -267,6 +269,8 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
             time.sleep(0.5)
         assert probes("ok") >= 6, f"ok {probes('ok')}, fail {probes('fail')}"
         assert probes("fail") == 0
+        dns_metrics = f"https://127.0.0.1:{ports['dns_metrics']}/metrics"
+        assert requests.get(dns_metrics, verify=ca, timeout=5).status_code == 200
         # ... and all serving, registered with the pool's token.
         api = {"Authorization": f"Bearer {token}"}
         listed = requests.get(
