@@ -23,6 +23,8 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from lookaside.settings import check_backend_tls
+
 
 class TlsConfigError(ValueError):
     """A TLS setting is incomplete or a file cannot be read."""
@@ -73,18 +75,12 @@ class BackendTls:
     def from_files(
         cls, ca: str = "", cert: str = "", key: str = "", server_name: str = ""
     ) -> BackendTls:
+        try:
+            check_backend_tls(ca, cert, key, server_name)
+        except ValueError as exc:
+            raise TlsConfigError(str(exc)) from None
         if not ca:
-            if cert or key or server_name:
-                raise TlsConfigError(
-                    "--backend-tls-cert, --backend-tls-key and --backend-tls-server-name "
-                    "need --backend-tls-ca (the CA that signed the backends' certificates)"
-                )
             return cls()
-        if bool(cert) != bool(key):
-            raise TlsConfigError(
-                "give both --backend-tls-cert and --backend-tls-key (or neither, when the "
-                "backends ask for no client certificate)"
-            )
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(ca, "backend CA"),
             private_key=_read(key, "backend client key") if key else None,

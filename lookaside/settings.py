@@ -121,6 +121,21 @@ def redacted_url(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
+def check_backend_tls(ca: str, cert: str, key: str, server_name: str) -> None:
+    """A ValueError when the balancer's TLS-to-backends settings do not go
+    together (balancer_server.tls.BackendTls)."""
+    if not ca and (cert or key or server_name.strip()):
+        raise ValueError(
+            "--backend-tls-cert, --backend-tls-key and --backend-tls-server-name need "
+            "--backend-tls-ca (the CA that signed the backends' certificates)"
+        )
+    if bool(cert) != bool(key):
+        raise ValueError(
+            "give both --backend-tls-cert and --backend-tls-key (or neither, when the "
+            "backends ask for no client certificate)"
+        )
+
+
 def _optional_file(value: str) -> str:
     return readable_file(value, "file") if value.strip() else ""
 
@@ -236,15 +251,10 @@ class BalancerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _backend_tls(self) -> BalancerSettings:
-        if not self.backend_tls_ca and (
-            self.backend_tls_cert or self.backend_tls_key or self.backend_tls_server_name.strip()
-        ):
-            raise ValueError(
-                "--backend-tls-cert, --backend-tls-key and --backend-tls-server-name need "
-                "--backend-tls-ca (the CA that signed the backends' certificates)"
-            )
-        if bool(self.backend_tls_cert) != bool(self.backend_tls_key):
-            raise ValueError("give both --backend-tls-cert and --backend-tls-key, or neither")
+        check_backend_tls(
+            self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key,
+            self.backend_tls_server_name,
+        )  # fmt: skip
         return self
 
     @field_validator("metrics_listen")
