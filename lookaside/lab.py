@@ -8,6 +8,7 @@ the lab keeps running (--restart-backends starts it again); its Redis is
 started again from its append-only file; a balancer, DNS responder or
 admin that dies stops the lab with exit status 1. Ctrl-C or SIGTERM stops
 everything, backends first so they deregister.
+
 With --tls it runs the production profile of docs/security.md: TLS on the
 balancer, the admin API, the backends and /metrics with a lab CA, the
 balancer's health checks over TLS to the backends, and a registration token
