@@ -38,17 +38,20 @@ log = logging.getLogger("lookaside.health")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def unavailable_detail(details: str, mode: str) -> str:
+def unavailable_detail(details: str, tls: BackendTls) -> str:
     """A short health detail for a Check that got UNAVAILABLE, naming a TLS
     mismatch, which the status code alone hides."""
     if "andshake failed" in details:
         reason = details.split("OPENSSL_internal:", 1)[-1].split(":", 1)[0]
         return f"Check UNAVAILABLE: TLS handshake failed ({reason.strip()[:60]})"
-    if mode == "plaintext" and "Socket closed" in details:
-        return (
-            "Check UNAVAILABLE: connection closed (a TLS backend? give the balancer "
-            "--backend-tls-ca)"
-        )
+    if "Socket closed" in details:  # the backend hung up during the handshake
+        if tls.credentials is None:
+            hint = "a TLS backend? give the balancer --backend-tls-ca"
+        elif not tls.client_certificate:
+            hint = "a backend that requires mTLS? give the balancer --backend-tls-cert"
+        else:
+            hint = "is the balancer's client certificate one the backend trusts?"
+        return f"Check UNAVAILABLE: connection closed ({hint})"
     return "Check UNAVAILABLE"
 
 
@@ -82,7 +85,7 @@ class Prober:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                return False, unavailable_detail(exc.details() or "", self.checker.tls.mode)
+                return False, unavailable_detail(exc.details() or "", self.checker.tls)
             return False, f"Check {exc.code().name}"
         if reply.status != SERVING:
             return False, f"Check {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"

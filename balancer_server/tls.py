@@ -66,10 +66,14 @@ class BackendTls:
     a CA (and a client certificate for mTLS) and an optional server name."""
 
     def __init__(
-        self, credentials: grpc.ChannelCredentials | None = None, server_name: str = ""
+        self,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
+        client_certificate: bool = False,
     ) -> None:
         self.credentials = credentials
         self.server_name = server_name
+        self.client_certificate = client_certificate
 
     @classmethod
     def from_files(
@@ -86,7 +90,7 @@ class BackendTls:
             private_key=_read(key, "backend client key") if key else None,
             certificate_chain=_read(cert, "backend client certificate") if cert else None,
         )
-        return cls(credentials, server_name.strip())
+        return cls(credentials, server_name.strip(), client_certificate=bool(cert))
 
     @property
     def mode(self) -> str:

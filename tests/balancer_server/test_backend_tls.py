@@ -132,6 +132,24 @@ def test_plaintext_probes_of_tls_backends_fail_naming_tls(
         handle.stop()
 
 
+def test_mtls_backends_without_a_client_certificate_fail_naming_it(
+    redis_url: str, pool_name: str, certs: Issued, started, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    started += [RouteGuideBackend().start(tls(certs, mtls=True)) for _ in range(2)]
+    handle = run_pool(redis_url, pool_name, started, redis_client, backend_tls_ca=str(certs.ca))
+    try:
+        from balancer_server import metrics
+
+        assert metrics.HEALTH_PROBES.labels(pool_name, "ok")._value.get() == 0
+        wait_until(
+            lambda: any(s == "unhealthy" for s, _ in states(redis_client, pool_name).values())
+        )
+        details = {d for s, d in states(redis_client, pool_name).values() if s == "unhealthy"}
+        assert details and all("--backend-tls-cert" in d for d in details), details
+    finally:
+        handle.stop()
+
+
 def test_server_name_override_with_the_pool_name(
     redis_url: str, pool_name: str, certs: Issued, started, redis_client
 ) -> None:  # type: ignore[no-untyped-def]
