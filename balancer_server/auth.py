@@ -25,12 +25,15 @@ The policy file (JSON, or YAML when PyYAML is installed):
     {"create_pools": false,
      "pools": {
        "routeguide": {"tokens": ["..."], "token_files": ["/run/secrets/rg"],
+                      "token_env": ["ROUTEGUIDE_REGISTRATION_TOKEN"],
                       "identities": ["routeguide-*.lookaside.test",
                                      "spiffe://lookaside.test/ns/routeguide/*"],
                       "create": true, "allow_special_addresses": false,
                       "max_backends": 100}}}
 
 Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
+`token_env` names environment variables that hold the pool's tokens (as a
+container gets a secret); an unset or empty one is an error.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import fnmatch
 import hmac
 import ipaddress
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,13 +105,18 @@ class PoolRule:
 def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected an object, got {type(raw).__name__}")
-    known = {"tokens", "token_files", "identities", "create", "allow_special_addresses",
-             "max_backends"}  # fmt: skip
+    known = {"tokens", "token_files", "token_env", "identities", "create",
+             "allow_special_addresses", "max_backends"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise PolicyError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
     tokens = [str(t) for t in raw.get("tokens", [])]
     tokens += [read_secret(p, f"{where} token") for p in raw.get("token_files", [])]
+    for name in raw.get("token_env", []):
+        value = os.environ.get(str(name), "").strip()
+        if not value:
+            raise PolicyError(f"{where}: environment variable {name} (token_env) is not set")
+        tokens.append(value)
     if any(len(t) < 16 for t in tokens):
         raise PolicyError(f"{where}: every token needs at least 16 characters")
     max_backends = raw.get("max_backends", DEFAULT_MAX_BACKENDS)

@@ -189,8 +189,23 @@ def issue(
     )
 
 
+def existing(out: str | Path) -> Issued | None:
+    """The certificates under `out` when all of them are there."""
+    out = Path(out)
+    found = Issued(
+        ca=out / "ca.pem",
+        server_cert=out / "server.pem",
+        server_key=out / "server-key.pem",
+        client_cert=out / "client.pem",
+        client_key=out / "client-key.pem",
+    )
+    files = (found.ca, found.server_cert, found.server_key, found.client_cert, found.client_key)
+    return found if all(f.is_file() for f in files) else None
+
+
 def _run(args: argparse.Namespace) -> int:
-    issued = issue(
+    kept = existing(args.out) if args.keep else None
+    issued = kept or issue(
         args.out,
         zone=args.zone,
         names=tuple(args.name or ()),
@@ -214,4 +229,10 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "--client-name", default=DEFAULT_CLIENT, help="identity (CN, DNS SAN) of the client cert"
     )
     p.add_argument("--days", type=int, default=30, help="validity in days")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the certificates already in --out (a container's init step); make them "
+        "only when some are missing",
+    )
     p.set_defaults(func=_run)

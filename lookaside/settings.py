@@ -141,6 +141,21 @@ def redacted_url(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
+def check_backend_tls(ca: str, cert: str, key: str, server_name: str) -> None:
+    """A ValueError when the balancer's TLS-to-backends settings do not go
+    together (balancer_server.tls.BackendTls)."""
+    if not ca and (cert or key or server_name.strip()):
+        raise ValueError(
+            "--backend-tls-cert, --backend-tls-key and --backend-tls-server-name need "
+            "--backend-tls-ca (the CA that signed the backends' certificates)"
+        )
+    if bool(cert) != bool(key):
+        raise ValueError(
+            "give both --backend-tls-cert and --backend-tls-key (or neither, when the "
+            "backends ask for no client certificate)"
+        )
+
+
 def _optional_file(value: str) -> str:
     return readable_file(value, "file") if value.strip() else ""
 
@@ -165,7 +180,8 @@ class BalancerSettings(BaseSettings):
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
     metrics_listen: str = Field(
-        "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
+        "127.0.0.1:9464",
+        description="host:port for Prometheus /metrics (HTTPS with --tls-cert); empty to disable",
     )
     replica_id: str = Field("", description="name of this replica; default host-pid")
     resync_interval: float = Field(1.0, gt=0, description="seconds between version checks")
@@ -223,6 +239,19 @@ class BalancerSettings(BaseSettings):
     tls_key: OptionalFile = Field("", description="PEM private key of --tls-cert")
     tls_client_ca: OptionalFile = Field("", description="PEM CA bundle: verify client certificates")
     require_client_cert: bool = Field(False, description="refuse clients without a certificate")
+    # TLS to the backends, for the balancer's own probes (balancer_server.tls).
+    backend_tls_ca: OptionalFile = Field(
+        "", description="PEM CA bundle: probe backends over TLS verified with it (empty: plaintext)"
+    )
+    backend_tls_server_name: str = Field(
+        "",
+        description="name the backends' certificates must carry ({pool} is the pool's name); "
+        "default the backend's address",
+    )
+    backend_tls_cert: OptionalFile = Field(
+        "", description="PEM client certificate for backends that require mTLS"
+    )
+    backend_tls_key: OptionalFile = Field("", description="PEM private key of --backend-tls-cert")
     # Limits against abuse (balancer_server.limits).
     max_streams_per_address: int = Field(
         1000, ge=1, description="open BalanceLoad streams per client IPv4 address or IPv6 /64"
@@ -246,6 +275,14 @@ class BalancerSettings(BaseSettings):
     def _secret_files(self) -> BalancerSettings:
         if self.redis_url_file:
             self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
+        return self
+
+    @model_validator(mode="after")
+    def _backend_tls(self) -> BalancerSettings:
+        check_backend_tls(
+            self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key,
+            self.backend_tls_server_name,
+        )  # fmt: skip
         return self
 
     @field_validator("metrics_listen")

@@ -47,6 +47,7 @@ REDIS_UP = Gauge(
 )
 
 
-def start_metrics(listen: str) -> None:
-    """Serves /metrics on host:port; an empty string disables it."""
-    serve_metrics(listen, REGISTRY)
+def start_metrics(listen: str, cert: str = "", key: str = "") -> None:
+    """Serves /metrics on host:port (HTTPS with cert and key); an empty
+    string disables it."""
+    serve_metrics(listen, REGISTRY, cert, key)

@@ -300,7 +300,9 @@ class DnsResponder:
 
 async def serve(settings: DnsSettings) -> None:
     """Runs the responder until SIGINT or SIGTERM."""
-    metrics.start_metrics(settings.metrics_listen)
+    metrics.start_metrics(
+        settings.metrics_listen, settings.metrics_tls_cert, settings.metrics_tls_key
+    )
     responder = DnsResponder(settings)
     await responder.start()
     await until_signalled()

@@ -6,10 +6,10 @@ import ipaddress
 import json
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import RedisUrl, split_host_port
+from lookaside.settings import OptionalFile, RedisUrl, split_host_port
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
@@ -83,6 +83,10 @@ class DnsSettings(BaseSettings):
         description="every Nth query over the limit gets a truncated reply (retry over TCP); "
         "0: drop them all",
     )
+    metrics_tls_cert: OptionalFile = Field(
+        "", description="PEM certificate chain: serve /metrics over HTTPS"
+    )
+    metrics_tls_key: OptionalFile = Field("", description="PEM private key of --metrics-tls-cert")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("listen")
@@ -117,6 +121,12 @@ class DnsSettings(BaseSettings):
                 'service_config must be a JSON object, like {"loadBalancingConfig":[...]}'
             )
         return json.dumps(parsed, separators=(",", ":"))
+
+    @model_validator(mode="after")
+    def _metrics_tls(self) -> DnsSettings:
+        if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key):
+            raise ValueError("give both --metrics-tls-cert and --metrics-tls-key, or neither")
+        return self
 
     def balancer_addresses(self) -> list[tuple[str, int]]:
         return parse_balancers(self.balancers)

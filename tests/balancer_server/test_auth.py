@@ -64,6 +64,25 @@ def test_policy_files_json_and_yaml(tmp_path: Path) -> None:
         RegistrationPolicy.from_file(str(tmp_path / "bad.json"))
 
 
+def test_pool_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """token_env: a container gets its pool's token as a variable from a
+    secret; an unset one stops the balancer at start with its name."""
+    data = {"pools": {"rg": {"token_env": ["RG_REGISTRATION_TOKEN"]}}}
+    monkeypatch.delenv("RG_REGISTRATION_TOKEN", raising=False)
+    with pytest.raises(PolicyError, match="RG_REGISTRATION_TOKEN .token_env. is not set"):
+        RegistrationPolicy.from_data(data)
+    monkeypatch.setenv("RG_REGISTRATION_TOKEN", "short")
+    with pytest.raises(PolicyError, match="at least 16 characters"):
+        RegistrationPolicy.from_data(data)
+    monkeypatch.setenv("RG_REGISTRATION_TOKEN", TOKEN + "\n")
+    auth = RegistrationAuth(RegistrationPolicy.from_data(data))
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    assert auth.authorize("rg", bearer).principal == "pool-token:rg"
+    with pytest.raises(AuthError) as info:
+        auth.authorize("other", bearer)
+    assert info.value.code is grpc.StatusCode.PERMISSION_DENIED  # a token, of another pool
+
+
 def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> None:
     auth = RegistrationAuth(RegistrationPolicy(), [TOKEN], insecure=True)
     grant = auth.authorize("new-pool", [])
