@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -238,12 +239,17 @@ class Lab:
         redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
+        admin_url = f"{'https' if s.tls else 'http'}://{s.host}:{s.admin_port}"
+        # ctl trusts the lab's CA through the standard variable of Python's ssl.
+        ctl = (f"SSL_CERT_FILE={self.certs.ca} " if self.certs else "") + (
+            f"{cmd} ctl pools --url {admin_url} --token {shlex.quote(self.token)}"
+        )
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
             f"  balancer   {lb_addr}   metrics http://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
-            f"  admin      {'https' if s.tls else 'http'}://{s.host}:{s.admin_port}/   token {self.token}",
+            f"  admin      {admin_url}/   token {self.token}",
             f"  backends   {', '.join(f'{s.host}:{p}' for p in self.backend_ports)}   pool {s.pool}",
             f"  pids       {pids}",
             f"  logs       {self.dir}/logs ({logs})",
@@ -257,6 +263,7 @@ class Lab:
             f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb grpclb-dns --dns {s.host}:{s.dns_port} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
+            f"  {ctl}",
             "",
             "Ctrl-C stops everything.",
         ]

@@ -6,6 +6,7 @@ and no traceback in any log, after Ctrl-C."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -96,6 +97,12 @@ def test_lab_spreads_calls_and_leaves_nothing_behind(tmp_path: Path) -> None:
             "--target", target, "--mode", "repeatn", "-n", "60",
         )  # fmt: skip
         assert len(per_server) == 3 and sum(per_server.values()) == 60
+
+        # The banner's ctl line works as printed (the venv's `lookaside`, url and token).
+        [ctl_line] = [line for line in banner if " ctl pools " in line]
+        ctl = subprocess.run(shlex.split(ctl_line), capture_output=True, text=True, timeout=60)
+        assert ctl.returncode == 0, (ctl_line, ctl.stderr)
+        assert "routeguide" in ctl.stdout and "3" in ctl.stdout, ctl.stdout
 
         # A second lab on the same ports is refused, naming the first.
         second = subprocess.run(
