@@ -165,10 +165,11 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02
 ) -> None:
     """Polls a condition; raises AssertionError if it never holds. A bound on
-    waiting for a real component, not a timing assertion."""
+    waiting for a real component, not a timing assertion: generous, since a
+    loaded machine (CI shares two cores) can be many times slower."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
