@@ -56,13 +56,9 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy lookaside balancer_server client_lib admin_api
 
+## every benchmark, then the table that opens docs/benchmarks.md (about 10 minutes)
 bench: install
-	$(PY) bench/client_overhead.py
-	$(PY) bench/slow_backend.py
-	$(PY) bench/blackhole.py
-	$(PY) bench/streams.py --streams 1000 --clients 1
-	$(PY) bench/streams.py
-	$(PY) bench/reports.py
+	$(PY) bench/all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
