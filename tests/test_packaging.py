@@ -5,8 +5,11 @@ test` adds the dev tools."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import tomllib
+import venv
 import warnings
 from pathlib import Path
 
@@ -60,3 +63,33 @@ def test_make_test_installs_the_dev_tools_and_the_test_tools(tmp_path: Path) -> 
     assert any(ln.endswith("-e '.[server,dev,redis-server]'") for ln in lines), lines
     assert any(".ci/test-tools" in ln for ln in lines), lines
     assert lines[-1].startswith(f"{tmp_path / 'venv'}/bin/python -m pytest")
+
+
+@pytest.mark.timeout(600)
+def test_an_editable_install_prints_no_setuptools_warning(tmp_path: Path) -> None:
+    """What `make install` does, without the dependencies: a fresh venv and
+    `pip install -e` of a copy of the checkout, verbose, so that any warning
+    of the build backend shows."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "lookaside", "balancer_server", "client_lib",
+                 "admin_api"):  # fmt: skip
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(path, src / name)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    done = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-v", "--no-deps",
+         "--disable-pip-version-check", "-e", str(src)],
+        capture_output=True, text=True, timeout=500, check=False,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    # pip's own "WARNING: Location ..." lines come from this machine's pip
+    # configuration, not from the project.
+    warnings_seen = sorted(set(re.findall(r"\b(?:\w+Warning|InformationOnly)\b: .*", out)))
+    assert not warnings_seen, warnings_seen
+    assert re.search(r"Successfully installed lookaside-grpclb-", out), out[-2000:]
