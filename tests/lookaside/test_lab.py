@@ -253,6 +253,16 @@ def test_lab_with_tls_serves_the_balancer_admin_and_backends_over_tls() -> None:
                 health_pb2.HealthCheckRequest(), timeout=10
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # The banner's ctl line, as a shell runs it: the CA through SSL_CERT_FILE.
+        [ctl_line] = [line for line in banner if " ctl pools " in line]
+        env_var, *argv = shlex.split(ctl_line)
+        assert env_var == f"SSL_CERT_FILE={ca}"
+        ctl = subprocess.run(
+            argv, env={**os.environ, "SSL_CERT_FILE": ca}, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert ctl.returncode == 0, (ctl_line, ctl.stderr)
+        assert "routeguide" in ctl.stdout
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(60)
