@@ -253,9 +253,9 @@ async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, 
     assert len((await port.store.snapshot(pool)).backends) == 5  # type: ignore[union-attr]
 
 
+# Redis and Cluster only: the twin has no script cache to lose.
+@pytest.mark.parametrize("port", ["redis", "cluster"], indirect=True)
 async def test_writes_at_once_after_redis_lost_its_scripts_all_land(port: Port, pool: str) -> None:
-    if port.clock is not None:
-        pytest.skip("the twin has no script cache")
     await _register(port, pool, "10.0.8.1")
     # A restarted or flushed Redis has no scripts: the next calls, all at
     # once, meet NOSCRIPT together (on a Cluster, SCRIPT FLUSH reaches
