@@ -281,6 +281,19 @@ class LbStream:
                     out.append((addr, s.load_balance_token, s.drop))
                 return out
 
+    def list_where(
+        self, predicate: Callable[[list[tuple[str, str, bool]]], bool], timeout: float = 30.0
+    ) -> list[tuple[str, str, bool]]:
+        """The first server list for which `predicate` holds. The lists
+        before it are passed over: a stream opened right after a write to
+        Redis may first get the list the balancer had before it heard of
+        that write."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.next_list(max(deadline - time.monotonic(), 0.01))
+            if predicate(entries):
+                return entries
+
     def close(self) -> None:
         self.requests.put(STOP)
         self.call.cancel()
