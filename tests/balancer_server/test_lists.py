@@ -75,11 +75,13 @@ def test_slot_shares_match_weights(weights: list[int], drops: list[int]) -> None
     # Each drop reason's share is within one slot of its rate.
     for p, n in zip(drops, drop_slots, strict=True):
         assert abs(n - total * p / 1000) <= 1
-    # Backend shares follow weights within rounding of one slot each (plus
-    # the floor of one slot for tiny weights).
+    # Backend shares follow weights within rounding of one slot each, plus
+    # the floor of one slot for tiny weights: each slot given to a weight
+    # whose share is under one is taken from the others.
     keep = sum(backend_slots)
+    tiny = sum(1 for w in weights if keep * w / sum(weights) < 1)
     for w, n in zip(weights, backend_slots, strict=True):
-        assert abs(n - keep * w / sum(weights)) <= 2
+        assert abs(n - keep * w / sum(weights)) <= max(2, 1 + tiny)
 
 
 @pytest.mark.parametrize(
