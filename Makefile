@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 PYTEST_ARGS ?=
 ARGS   ?= --help
 
-.PHONY: up test install install-dev tools ctl protos lint bench clean
+.PHONY: up test install install-dev tools go-toolchain ctl protos lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,13 @@ ctl: install
 test: install-dev tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Debian's chromium, docker-compose, golang-go and golang-google-grpc-dev for
-## the tests (installed as root); under LOOKASIDE_STRICT=1 a missing one fails
+## Debian's chromium, docker-compose, and Go with grpc-go and the protoc
+## plugins (examples/build-go.sh) for the tests, installed as root; under
+## LOOKASIDE_STRICT=1 a missing one fails (see .ci/test-tools)
 tools: install-dev
 	VENV=$(VENV) bash .ci/test-tools
+
+go-toolchain: tools
 
 ## regenerate lookaside/proto from protos/
 protos: install-dev

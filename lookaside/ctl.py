@@ -213,6 +213,15 @@ def apply_state(client: AdminClient, doc: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     token = args.token
+    if token is not None:
+        print(
+            "lookaside ctl: warning: --token on the command line is visible to every user in "
+            "`ps` and stays in shell history; use --token-file or env LOOKASIDE_ADMIN_TOKEN "
+            "instead",
+            file=sys.stderr,
+        )
+    else:
+        token = os.environ.get("LOOKASIDE_ADMIN_TOKEN", "")
     if not token and args.token_file:
         token = Path(args.token_file).read_text().strip()
     client = AdminClient(args.url, token or "")
@@ -273,7 +282,10 @@ def _common() -> argparse.ArgumentParser:
         help=f"admin API URL [env LOOKASIDE_ADMIN_URL, default {DEFAULT_URL}]",
     )
     common.add_argument(
-        "--token", default=env("LOOKASIDE_ADMIN_TOKEN", ""), help="[env LOOKASIDE_ADMIN_TOKEN]"
+        "--token",
+        default=None,
+        help="the admin token; UNSAFE: visible in `ps`, prefer --token-file "
+        "[env LOOKASIDE_ADMIN_TOKEN]",
     )
     common.add_argument(
         "--token-file",

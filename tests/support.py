@@ -135,7 +135,9 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         for note in request_iterator:
             yield rg.RouteNote(location=note.location, message=f"{self.name}:{note.message}")
 
-    def start(self) -> RouteGuideBackend:
+    def start(self, credentials: grpc.ServerCredentials | None = None) -> RouteGuideBackend:
+        """Serves on 127.0.0.1:<free port>, plaintext or with `credentials`
+        (TLS, or mTLS when they require client certificates)."""
         from grpc_health.v1 import health, health_pb2_grpc
 
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
@@ -143,7 +145,10 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         # grpc.health.v1, SERVING until a test says otherwise (set_serving).
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         if not self.name:
             self.name = f"127.0.0.1:{self.port}"
         self.server.start()
@@ -195,6 +200,12 @@ def missing_tool(what: str) -> None:
     if strict():
         pytest.fail(f"{what}; {STRICT_ENV}=1 makes a missing tool a failure", pytrace=False)
     pytest.skip(what)
+
+
+def require(present: bool, missing: str) -> None:
+    """missing_tool(missing) unless `present`."""
+    if not present:
+        missing_tool(missing)
 
 
 def require_tool(name: str, install: str = "`make test` installs it") -> str:

@@ -79,7 +79,7 @@ def _test_tools(tmp_path: Path, strict: str) -> subprocess.CompletedProcess[str]
         found = subprocess.run(["which", tool], capture_output=True, text=True, check=True)
         (bin_dir / tool).symlink_to(found.stdout.strip())
     env = {"PATH": str(bin_dir), "VENV": str(tmp_path / "venv"), STRICT_ENV: strict,
-           "GO_GRPC": str(tmp_path / "no-grpc")}  # fmt: skip
+           "GOCODE": str(tmp_path / "no-gocode")}  # fmt: skip
     return subprocess.run(
         [str(bin_dir / "bash"), str(REPO / ".ci" / "test-tools")],
         env=env, capture_output=True, text=True, timeout=30, check=False,
@@ -90,6 +90,7 @@ def test_make_tools_fails_loudly_in_strict_mode(tmp_path: Path) -> None:
     done = _test_tools(tmp_path, "1")
     assert done.returncode == 1, done.stderr
     for name in ("chromium", "docker-compose", "golang-go", "golang-google-grpc-dev",
+                 "protobuf-compiler", "protoc-gen-go-grpc", "golang-github-golang-protobuf-1-5-dev",
                  "hadolint", "kubernetes_validate"):  # fmt: skip
         assert name in done.stderr and "error:" in done.stderr, (name, done.stderr)
 
