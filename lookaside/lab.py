@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -293,12 +294,17 @@ class Lab:
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
         web = "https" if s.tls else "http"
+        admin_url = f"{web}://{s.host}:{s.admin_port}"
+        # ctl trusts the lab's CA through the standard variable of Python's ssl.
+        ctl = (f"SSL_CERT_FILE={self.certs.ca} " if self.certs else "") + (
+            f"{cmd} ctl pools --url {admin_url} --token {shlex.quote(self.token)}"
+        )
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
             f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
-            f"  admin      {'https' if s.tls else 'http'}://{s.host}:{s.admin_port}/   token {self.token}",
+            f"  admin      {admin_url}/   token {self.token}",
             f"  backends   {', '.join(f'{s.host}:{p}' for p in self.backend_ports)}   pool {s.pool}",
             f"  pids       {pids}",
             f"  logs       {self.dir}/logs ({logs})",
@@ -315,6 +321,7 @@ class Lab:
             f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb grpclb-dns --dns {s.host}:{s.dns_port} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
+            f"  {ctl}",
             "",
             "Ctrl-C stops everything.",
         ]

@@ -26,7 +26,7 @@ from lookaside.registry.model import PoolConfig
 from lookaside.registry.store import RegistryStore
 from tests.admin_api.conftest import TOKEN
 from tests.admin_api.process import AdminProcess, clean_env
-from tests.support import wait_until
+from tests.support import require_tool, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -41,10 +41,10 @@ CHROMIUM_ARGS = [
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DASHBOARD_DB = 3
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
-)
+
+@pytest.fixture(autouse=True)
+def _needs_chromium() -> None:
+    require_tool(str(CHROMIUM), "Debian's chromium: apt-get install -y chromium; `make test` does")
 
 
 @pytest.fixture

@@ -148,8 +148,6 @@ def test_apply_is_idempotent(
 def test_export_round_trips(
     admin: AdminProcess, lab: dict[int, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    if httpx.get(f"{admin.url}/api/v1/state", headers=AUTH).status_code == 404:
-        pytest.skip("this admin API has no GET /api/v1/state (declarative state) yet")
     code, out, err = ctl(admin, capsys, "export")
     assert code == 0, err
     path = tmp_path / "state.json"

@@ -158,8 +158,10 @@ async def test_ejections_lengthen_with_repeats_and_end_on_time(
             pool_name,
             3,
             outlier_max_ejection_percent=50,
-            outlier_base_ejection_ms=300,
-            outlier_max_ejection_ms=500,
+            # Seconds, not tenths: "a sweep between intervals leaves it
+            # ejected" must hold on a loaded machine too.
+            outlier_base_ejection_ms=2000,
+            outlier_max_ejection_ms=3000,
         )
         outliers = OutlierStore(store)
         sick = ids[0]
@@ -170,7 +172,7 @@ async def test_ejections_lengthen_with_repeats_and_end_on_time(
             return {b.id: b for b in snap.backends}[sick]  # type: ignore[return-value]
 
         # base x 1, then base x 2 capped at max, then the cap again.
-        for n, span in ((1, 300), (2, 500), (3, 500)):
+        for n, span in ((1, 2000), (2, 3000), (3, 3000)):
             result = await outliers.sweep(config, [Verdict(sick, "lost")], max_share=0.5)
             assert result.ejected == [sick]
             assert (await backend()).ejections == n

@@ -337,9 +337,9 @@ async def test_pools_reserved_at_once_stop_at_the_limit(port: Port, pool: str) -
     await port.store.delete_pool(reserved[1])
 
 
+# Redis and Cluster only: the twin has no script cache to lose.
+@pytest.mark.parametrize("port", ["redis", "cluster"], indirect=True)
 async def test_writes_at_once_after_redis_lost_its_scripts_all_land(port: Port, pool: str) -> None:
-    if port.clock is not None:
-        pytest.skip("the twin has no script cache")
     await _register(port, pool, "10.0.8.1")
     # A restarted or flushed Redis has no scripts: the next calls, all at
     # once, meet NOSCRIPT together (on a Cluster, SCRIPT FLUSH reaches
