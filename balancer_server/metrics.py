@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lookaside.registry.model import PoolSnapshot
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 STREAMS_OPEN = Gauge(
@@ -54,10 +56,12 @@ REDIS_UP = Gauge(
 )
 PANIC_HELD = Gauge(
     "lookaside_balancer_panic_held_backends",
-    "Backends the panic guard keeps listed right now (last sweep), per source",
+    "Backends the panic guard keeps listed right now, per source (lease, health, outlier)",
     ["pool", "source"],
     registry=REGISTRY,
 )
+# The event a panic guard hold is for -> the gauge's source label.
+PANIC_SOURCES = {"expire": "lease", "health_fail": "health", "eject": "outlier"}
 PANICS = Counter(
     "lookaside_balancer_panic_total",
     "Times the panic guard kept backends listed that would have been removed",
@@ -110,3 +114,20 @@ REPORTS_REFUSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+def panic_held_gauge(pool: str, snapshot: PoolSnapshot | None) -> None:
+    """A registry watcher hook: the held backends of the pool's snapshot,
+    per source (every replica sees the same snapshot)."""
+    counts = dict.fromkeys(PANIC_SOURCES.values(), 0)
+    for b in snapshot.backends if snapshot is not None else ():
+        if b.held:
+            source = PANIC_SOURCES.get(b.guard_for, "lease")
+            counts[source] += 1
+    for source, n in counts.items():
+        if n or (pool, source) in _HELD_SERIES:
+            PANIC_HELD.labels(pool, source).set(n)
+            _HELD_SERIES.add((pool, source))
+
+
+_HELD_SERIES: set[tuple[str, str]] = set()

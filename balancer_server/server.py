@@ -128,7 +128,9 @@ class BalancerServer:
         )
         self.hub = FeedHub(self.epoch)
         self.watcher = RegistryWatcher(
-            self.store, resync_interval=settings.resync_interval, hooks=[self.hub.on_change]
+            self.store,
+            resync_interval=settings.resync_interval,
+            hooks=[self.hub.on_change, metrics.panic_held_gauge],
         )
         self.sink = LoadReportSink(
             self.store,
@@ -167,7 +169,6 @@ class BalancerServer:
         def panic(pool: str, ids: list[str]) -> None:
             if ids:
                 metrics.PANICS.labels(pool, "lease").inc()
-            metrics.PANIC_HELD.labels(pool, "lease").set(len(ids))
 
         self._tasks.append(
             asyncio.create_task(

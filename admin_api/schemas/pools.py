@@ -255,7 +255,12 @@ class DropOut(BaseModel):
 
 class BackendCounts(BaseModel):
     total: int
-    serving: int
+    serving: int = Field(description="serving and not held (held ones count under `held`)")
+    held: int = Field(
+        default=0,
+        description="listed only because the panic guard holds their removal (health "
+        "failure, ejection or lease expiry)",
+    )
     draining: int
     disabled: int
     unhealthy: int
@@ -283,8 +288,9 @@ class PoolOut(BaseModel):
     @classmethod
     def from_snapshot(cls, snap: PoolSnapshot) -> PoolOut:
         counts = {s.value: 0 for s in BackendState}
+        counts["held"] = 0
         for b in snap.backends:
-            counts[b.state.value] += 1
+            counts["held" if b.held else b.state.value] += 1
         c = snap.config
         settings = PoolSettings.from_config(c)
         return cls(

@@ -178,14 +178,23 @@ class Backend:
     ejections: int = 0
     # An operator's hold ("drained" or "disabled"; lookaside.registry.machine).
     hold: str = ""
-    # The panic guard: when it first held a removal of this backend, and
-    # whether health checking failed it meanwhile.
+    # The panic guard: when it first held a removal of this backend, when
+    # a write last asserted the hold, the event it holds ("expire",
+    # "health_fail", "eject"; "" when not held), and whether health
+    # checking failed it meanwhile.
     guard_since_ms: int = 0
+    guard_seen_ms: int = 0
+    guard_for: str = ""
     health_failing: bool = False
 
     @property
     def serving(self) -> bool:
         return self.state is BackendState.SERVING
+
+    @property
+    def held(self) -> bool:
+        """Listed only because the panic guard holds its removal."""
+        return self.guard_since_ms > 0 and self.state is BackendState.SERVING
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -166,9 +166,15 @@ if ARGV[3] == '1' then
     local b = backends[id]
     if b and key_of(b) == 'serving' then
       if ejected * 100 >= tonumber(ARGV[7]) * total then
+        -- outlier_max_ejection_percent, a limit of its own (not the panic
+        -- guard): one event while it keeps the backend, not one per interval.
         table.insert(held, id)
-        panic_event(now, id, 'outlier (' .. detail .. ') but ' .. ejected .. ' of ' .. total ..
-          ' backends are already ejected (max ' .. ARGV[7] .. '%); kept listed')
+        if not b['outlier_limited'] then
+          b['outlier_limited'] = true
+          save(id, b)
+          log_event(now, 'outlier_held', id, 'outlier (' .. detail .. ') but ' .. ejected .. ' of ' ..
+            total .. ' backends are already ejected (max ' .. ARGV[7] .. '%); kept listed', version())
+        end
       else
         local over = (faulty + 1) * 1000 > tonumber(ARGV[6]) * total
         local n = (tonumber(b['ejections']) or 0) + 1
@@ -203,7 +209,17 @@ if ARGV[3] == '1' then
       save(id, b)
     end
   end
+  -- A held ejection that this interval did not judge again is over.
+  for _, id in ipairs(order) do
+    local b = backends[id]
+    if (b['guard_for'] == 'eject' or b['outlier_limited']) and not judged[id] then
+      if b['guard_for'] == 'eject' then release(b) end
+      b['outlier_limited'] = nil
+      save(id, b)
+    end
+  end
 end
+panic_settle(now)
 return {done, ended, held}
 """
 

@@ -117,8 +117,13 @@ async def test_max_ejection_percent_lets_one_go_and_holds_the_rest(
         assert states[ids[1]] is BackendState.SERVING
         events = await store.events(pool_name)
         assert any(
-            e["kind"] == "panic" and "already ejected (max 10%)" in e["detail"] for e in events
+            e["kind"] == "outlier_held" and "already ejected (max 10%)" in e["detail"]
+            for e in events
         )
+        # Judged again: no second event while the limit keeps it.
+        await outliers.sweep(config, [Verdict(ids[1], "lost")], max_share=0.5)
+        kinds = [e["kind"] for e in await store.events(pool_name)]
+        assert kinds.count("outlier_held") == 1
         assert any(e["kind"] == "ejected" and e["backend"] == ids[0] for e in events)
     finally:
         await store.close()

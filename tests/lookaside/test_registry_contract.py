@@ -350,6 +350,60 @@ async def test_a_heartbeat_renews_a_held_backend(port: Port, pool: str) -> None:
     assert snap is not None and all(b.guard_since_ms == 0 for b in snap.backends)
 
 
+async def _fail_three_of_four(port: Port, pool: str, net: str) -> list[Any]:
+    """Four backends; health checking fails three: two go, the third is held."""
+    leases = [await _register(port, pool, f"{net}.{i}", lease_ttl_ms=60_000) for i in range(1, 5)]
+    outcomes = [
+        (await port.store.step(pool, lease.backend_id, Event.HEALTH_FAIL, actor="health",
+                               detail="Check UNAVAILABLE", max_share=0.5)).outcome
+        for lease in leases[:3]
+    ]  # fmt: skip
+    assert outcomes == [Outcome.CHANGED, Outcome.CHANGED, Outcome.HELD]
+    return leases
+
+
+async def test_the_guard_bound_holds_for_a_backend_that_heartbeats(port: Port, pool: str) -> None:
+    leases = await _fail_three_of_four(port, pool, "10.0.5")
+    held = leases[2]
+    assert await port.store.heartbeat(pool, held.backend_id, held.lease_id) == 60_000
+    result = await port.store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                   detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+    assert result.outcome == Outcome.HELD  # within its bound
+    await port.pass_ms(BOUND_MS + 50)
+    assert await port.store.heartbeat(pool, held.backend_id, held.lease_id) == 60_000
+    # Heartbeats or not, the hold ends at the bound: the removal goes through.
+    result = await port.store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                   detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+    assert result.outcome == Outcome.CHANGED
+    assert (await _states(port, pool))[held.backend_id] is BackendState.UNHEALTHY
+
+
+async def test_a_panic_is_one_episode_with_a_start_and_an_end(port: Port, pool: str) -> None:
+    leases = await _fail_three_of_four(port, pool, "10.0.6")
+    held = leases[2]
+    for _ in range(3):
+        await port.pass_ms(20)
+        result = await port.store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                       detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+        assert result.outcome == Outcome.HELD
+    snap = await port.store.snapshot(pool)
+    assert snap is not None
+    assert [b.id for b in snap.backends if b.held] == [held.backend_id]
+    assert next(b for b in snap.backends if b.held).guard_for == "health_fail"
+    kinds = [e["kind"] for e in await port.store.events(pool)]
+    assert kinds.count("panic") == 1 and "panic_end" not in kinds
+    # The backend passes its checks again: the hold, and the episode, end.
+    await port.store.step(pool, held.backend_id, Event.HEALTH_PASS, actor="health",
+                          detail="", max_share=0.5)  # fmt: skip
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and not any(b.held for b in snap.backends)
+    events = await port.store.events(pool)
+    assert [e["kind"] for e in events].count("panic") == 1
+    end = events[0]
+    assert end["kind"] == "panic_end" and end["backend"] == held.backend_id
+    assert f"held 1 backend(s): {held.backend_id}" in end["detail"]
+
+
 async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     await port.store.put_pool(PoolConfig(name=pool))
     bucket = int(time.time() // 10)
