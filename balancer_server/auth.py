@@ -25,6 +25,15 @@ The policy file (JSON, or YAML when PyYAML is installed):
                       "max_backends": 100}}}
 
 Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
+
+Clients of a pool (BalanceLoad streams) may bring a credential too, the
+same two ways: `authorization: Bearer <client token>` or an mTLS client
+certificate matching the pool's `client_identities`. The rule's
+`client_tokens` / `client_token_files` / `client_identities` name them, and
+`require_client_credentials: true` makes the pool count the reports of
+streams without one for display only: they never eject a backend
+(docs/security.md). A token that is not one of the pool's client tokens is
+refused (UNAUTHENTICATED) before the stream's initial response.
 """
 
 from __future__ import annotations
@@ -74,6 +83,9 @@ class PoolRule:
     create: bool = False
     allow_special_addresses: bool = False
     max_backends: int = DEFAULT_MAX_BACKENDS
+    client_tokens: tuple[bytes, ...] = ()
+    client_identities: tuple[str, ...] = ()
+    require_client_credentials: bool = False
 
     def matches(self, pool: str) -> bool:
         return fnmatch.fnmatchcase(pool, self.pattern)
@@ -83,7 +95,8 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected an object, got {type(raw).__name__}")
     known = {"tokens", "token_files", "identities", "create", "allow_special_addresses",
-             "max_backends"}  # fmt: skip
+             "max_backends", "client_tokens", "client_token_files", "client_identities",
+             "require_client_credentials"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise PolicyError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
@@ -91,6 +104,21 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     tokens += [read_secret(p, f"{where} token") for p in raw.get("token_files", [])]
     if any(len(t) < 16 for t in tokens):
         raise PolicyError(f"{where}: every token needs at least 16 characters")
+    client_tokens = [str(t) for t in raw.get("client_tokens", [])]
+    client_tokens += [
+        read_secret(p, f"{where} client token") for p in raw.get("client_token_files", [])
+    ]
+    if any(len(t) < 16 for t in client_tokens):
+        raise PolicyError(f"{where}: every client token needs at least 16 characters")
+    client_identities = tuple(str(i) for i in raw.get("client_identities", []))
+    require = raw.get("require_client_credentials", False)
+    if not isinstance(require, bool):
+        raise PolicyError(f"{where}: require_client_credentials must be true or false")
+    if require and not (client_tokens or client_identities):
+        raise PolicyError(
+            f"{where}: require_client_credentials needs client_tokens, client_token_files "
+            "or client_identities"
+        )
     max_backends = raw.get("max_backends", DEFAULT_MAX_BACKENDS)
     if not isinstance(max_backends, int) or max_backends < 1:
         raise PolicyError(f"{where}: max_backends must be a positive integer")
@@ -101,6 +129,9 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
         create=bool(raw.get("create", False)),
         allow_special_addresses=bool(raw.get("allow_special_addresses", False)),
         max_backends=max_backends,
+        client_tokens=tuple(t.encode() for t in client_tokens),
+        client_identities=client_identities,
+        require_client_credentials=require,
     )
 
 
@@ -188,6 +219,14 @@ def peer_identities(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[
     return out
 
 
+def matching_identity(identities: Iterable[str], patterns: Sequence[str]) -> str | None:
+    """The first of a peer's certificate identities that a pattern admits."""
+    for identity in identities:
+        if any(fnmatch.fnmatchcase(identity, p) for p in patterns):
+            return identity
+    return None
+
+
 def _any_equal(token: bytes, candidates: Sequence[bytes]) -> bool:
     # Every candidate is compared, in constant time each.
     found = False
@@ -249,10 +288,9 @@ class RegistrationAuth:
             )
         identities = peer_identities(auth_context)
         if identities:
-            patterns = rule.identities if rule else ()
-            for identity in identities:
-                if any(fnmatch.fnmatchcase(identity, p) for p in patterns):
-                    return self._grant(f"mtls:{identity[:128]}", rule)
+            identity = matching_identity(identities, rule.identities if rule else ())
+            if identity is not None:
+                return self._grant(f"mtls:{identity[:128]}", rule)
             if not self.insecure:
                 raise AuthError(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -269,6 +307,36 @@ class RegistrationAuth:
             "no_credential",
         )
 
+    def client_principal(
+        self,
+        pool: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        auth_context: Mapping[str, Iterable[bytes]] | None = None,
+    ) -> str | None:
+        """Who a BalanceLoad stream into `pool` is, for its reports'
+        weight: "client-token:<pool rule>" or "mtls:<identity>" with a client
+        credential of the pool, "anonymous" without one where the pool does
+        not require it, None where it does (its reports are shown, never
+        evidence). AuthError for a token that is not a client token of the
+        pool (or a malformed authorization entry)."""
+        rule = self.policy.rule_for(pool)
+        if rule is None or not (rule.client_tokens or rule.client_identities):
+            return "anonymous"
+        token = bearer_token(metadata)
+        if token is not None:
+            if _any_equal(token, rule.client_tokens):
+                return f"client-token:{rule.pattern}"
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the client token is not valid for pool {pool!r}; check the token the "
+                "client sends on BalanceLoad",
+                "bad_client_token",
+            )
+        identity = matching_identity(peer_identities(auth_context), rule.client_identities)
+        if identity is not None:
+            return f"mtls:{identity[:128]}"
+        return None if rule.require_client_credentials else "anonymous"
+
 
 __all__ = [
     "AuthError",
@@ -278,6 +346,7 @@ __all__ = [
     "RegistrationAuth",
     "RegistrationPolicy",
     "bearer_token",
+    "matching_identity",
     "peer_identities",
     "read_secret",
 ]

@@ -77,6 +77,20 @@ HEALTH_PROBES = Counter(
 HEALTH_PROBERS = Gauge(
     "lookaside_balancer_health_probers", "Backends this replica probes", registry=REGISTRY
 )
+OUTLIER_UNAGREED = Counter(
+    "lookaside_balancer_outlier_unagreed_total",
+    "Backends that reported outcomes would have ejected, refused because fewer than the "
+    "pool's outlier_min_reporters client streams accused them",
+    ["pool"],
+    registry=REGISTRY,
+)
+REPORTS_DISPLAY_ONLY = Counter(
+    "lookaside_balancer_load_reports_display_only_total",
+    "ClientStats counted for display but not as outlier evidence (the stream brought no "
+    "client credential and its pool requires one)",
+    ["pool"],
+    registry=REGISTRY,
+)
 OUTLIER_EJECTIONS = Counter(
     "lookaside_balancer_outlier_ejections_total",
     "Backends ejected by outlier detection (by this replica)",
@@ -110,7 +124,8 @@ INSECURE_REGISTRATION = Gauge(
 REPORTS_REFUSED = Counter(
     "lookaside_balancer_load_reports_refused_total",
     "ClientStats not counted, by reason (too_fast, negative, too_large, unknown_drop_token, "
-    "unknown_backend_token, malformed, no_pool)",
+    "unknown_backend_token, malformed, no_pool; over_share: a backend's claims cut to the "
+    "stream's plausible share)",
     ["reason"],
     registry=REGISTRY,
 )

@@ -189,6 +189,8 @@ class BalancerServer:
             self.sink,
             max_streams_per_address=self.settings.max_streams_per_address,
             report_burst=self.settings.report_burst,
+            auth=self.auth,
+            replica_id=self.replica_id,
         )
         server.add_generic_rpc_handlers((self.balance_load.handler(),))
         registry_pb2_grpc.add_RegistryServicer_to_server(

@@ -138,6 +138,18 @@ class OutlierDetectionSettings(BaseModel):
     request_volume: _int(  # type: ignore[valid-type]
         1, 1_000_000, "calls a backend needs in an interval to qualify"
     ) = 20
+    min_reporters: _int(  # type: ignore[valid-type]
+        1,
+        1_000,
+        "distinct client streams that must report lost calls against a backend before "
+        "reported outcomes eject it",
+    ) = 2
+    latency_factor: _int(  # type: ignore[valid-type]
+        0,
+        1_000,
+        "eject a backend whose own mean latency is over this many times the median of the "
+        "pool's other backends; 0: off",
+    ) = 0
 
 
 # The nested settings, one to one with PoolConfig's nested objects.

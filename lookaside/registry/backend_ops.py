@@ -145,6 +145,8 @@ class BackendOps:
             keys.streams(pool),
             keys.load_total(pool),
             keys.outcomes(pool),
+            keys.outcomes_judged(pool),
+            keys.accusers(pool),
             keys.signals(pool),
         ]
         status, live = await self._run("DELETE_POOL", pool, [actor, "1" if force else "0"], extra)

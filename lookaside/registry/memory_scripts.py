@@ -37,6 +37,7 @@ class _Pool:
     buckets: dict[int, Counter[str]] = field(default_factory=dict)
     total: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    accusers: dict[str, int] = field(default_factory=dict)  # member -> stamped ms
     streams: dict[str, str] = field(default_factory=dict)
 
 

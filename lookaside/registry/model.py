@@ -76,6 +76,12 @@ class OutlierDetection:
     # part; with fewer than `min_hosts` of them, no one is ejected.
     min_hosts: int = 3
     request_volume: int = 20
+    # A verdict from reported outcomes ejects only when at least this many
+    # distinct client streams reported lost calls against the backend.
+    min_reporters: int = 2
+    # Eject a backend whose own mean latency exceeds this many times the
+    # median of the pool's other backends; 0 turns the check off.
+    latency_factor: int = 0
 
 
 # Keys of the flat layout that stored configs had before the nested one.

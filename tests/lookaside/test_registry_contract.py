@@ -489,6 +489,22 @@ async def test_outcome_counts_are_read_not_reset(port: Port, pool: str) -> None:
     assert await port.store.outcome_counts(pool) == expected
     await port.store.add_reports(pool, "o2", bucket, {"reports": 1}, outcome_fields("a", 5, 5, 0))
     assert (await port.store.outcome_counts(pool))["a"] == Outcomes(15, 13, 1)
+    # Evidence counts are kept apart from the display counts.
+    evidence = outcome_fields("a", 4, 0, 0, 4, evidence=True)
+    await port.store.add_reports(pool, "o3", bucket, {"reports": 1}, evidence)
+    assert (await port.store.outcome_counts(pool))["a"] == Outcomes(15, 13, 1)
+
+
+async def test_accusations_are_stamped_per_stream(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bucket = int(time.time() // 10)
+    before = await port.store.now_ms() - 1
+    await port.store.add_reports(pool, "a1", bucket, {"reports": 2}, {}, ["x|s1", "x|s2", "y|s1"])
+    await port.store.add_reports(pool, "a2", bucket, {"reports": 1}, {}, ["x|s1"])
+    assert await port.store.accusers_since(pool, before) == {"x": 2, "y": 1}
+    await port.pass_ms(20)
+    later = await port.store.now_ms()
+    assert await port.store.accusers_since(pool, later) == {}
 
 
 async def test_replica_membership(port: Port, pool: str) -> None:
