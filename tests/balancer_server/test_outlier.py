@@ -7,6 +7,7 @@ ejection can only come from the reports."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import grpc
@@ -137,3 +138,51 @@ def test_reports_with_and_without_the_extension(
     stream.send(_stats())
     wait_until(lambda: int(redis_client.hget(keys.load_total(pool_name), "finished") or 0) == 120)
     stream.close()
+
+
+def test_a_hanging_backend_is_ejected_below_the_request_volume(
+    balancer: BalancerHandle, backends, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    """Two clients, each a few calls a second: the backend that holds every
+    call until its deadline never reaches request_volume (20) in an
+    interval, and is ejected all the same: all its calls time out."""
+    three = start_backends(backends, 3)
+    config = PoolConfig.from_flat(
+        pool_name, report_interval_ms=1000, outlier_interval_ms=1000, health_checks=False
+    )
+    assert config.outlier_detection.request_volume == 20
+    assert config.outlier_detection.min_reporters == 2
+    balancer.run(balancer.store.put_pool(config))
+    ids = register_all(balancer, pool_name, three)
+    sick = three[2]
+    sick.hang.set()
+    stop = threading.Event()
+    timeouts: list[int] = [0, 0]
+
+    def client(i: int) -> None:
+        with LookasideChannel(pool_name, balancer.address) as channel:
+            assert channel.wait_for_list(10)
+            stub = rg_grpc.RouteGuideStub(channel)
+            while not stop.is_set():
+                try:
+                    stub.GetFeature(rg.Point(), timeout=0.2)
+                except grpc.RpcError as exc:
+                    assert exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                    timeouts[i] += 1
+                stop.wait(0.2)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: state(redis_client, pool_name, ids[sick.port])["state"] == "ejected",
+                   timeout=30)  # fmt: skip
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    b = state(redis_client, pool_name, ids[sick.port])
+    assert "calls timed out" in b["health_detail"]
+    assert all(n < 20 * 30 for n in timeouts) and all(n > 0 for n in timeouts)
+    for healthy in three[:2]:
+        assert state(redis_client, pool_name, ids[healthy.port])["state"] == "serving"
