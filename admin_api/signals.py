@@ -36,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from admin_api.metrics import BACKEND_CALLS
 from lookaside.registry.load import BUCKET_SECONDS
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.outlier import Outcomes, differences
@@ -112,6 +113,9 @@ class Sampler:
         window = window_seconds(snap.config.report_interval_ms)
         windows = await self.store.load_windows(pool, now)
         step, recent = self._outcomes(pool, now, await self.store.outcome_counts(pool), window)
+        for bid, o in step.items():
+            BACKEND_CALLS.labels(pool, bid, "received").inc(o.received)
+            BACKEND_CALLS.labels(pool, bid, "lost").inc(o.lost)
         backends: dict[str, dict[str, Any]] = {}
         for b in snap.backends:
             load = b.load or {}

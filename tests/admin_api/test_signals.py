@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from admin_api.routes.signals import _sample_forever
+from admin_api.metrics import REGISTRY
 from admin_api.signals import Sampler, percentile
 from client_lib import AsyncRegistration
 from lookaside.asyncutil import cancel_and_wait
@@ -221,6 +222,12 @@ async def test_a_steady_load_reads_steady_and_its_success_rate_is_always_known()
         assert snap is not None
         for sampler, out in zip(samplers, samples, strict=True):
             out.append(await sampler.sample(snap, now))
+    calls = REGISTRY.get_sample_value(
+        "lookaside_admin_backend_calls_total", {"pool": pool, "backend": bid, "result": "received"}
+    )
+    seen = sum(s["backends"][bid]["finished"] for out in samples for s in out)
+    assert calls == sum(s["backends"][bid]["received"] for out in samples for s in out)
+    assert seen == 2 * (sent - 1) * 1000  # each sampler, every report after its first reading
     for out in samples:
         settled = out[6:]  # after the first window
         assert {s["calls_per_s"] for s in settled} == {300.0}
