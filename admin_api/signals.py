@@ -95,7 +95,9 @@ class Sampler:
         # The first reading has no past: the window is all there is so far.
         base = readings[0][1] if readings else {}
         readings.append((now, totals))
-        return differences(totals, totals if previous is None else previous), differences(totals, base)
+        return differences(totals, totals if previous is None else previous), differences(
+            totals, base
+        )
 
     async def _pool_calls(self, pool: str, now: float, window: float) -> float | None:
         """Calls per second clients reported over the closed load buckets of

@@ -100,7 +100,9 @@ class OutlierDetector:
                         pool, ",".join(refused), config.outlier_detection.min_reporters,
                     )  # fmt: skip
                 judged = {v.backend_id for v in verdicts}
-                verdicts += [v for v in judge_latency(snapshot, config) if v.backend_id not in judged]
+                verdicts += [
+                    v for v in judge_latency(snapshot, config) if v.backend_id not in judged
+                ]
                 passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
         if verdicts is None and not _ejection_due(snapshot, time.time() * 1000):
             return

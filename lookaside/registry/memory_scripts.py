@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lookaside.registry import keys
-from lookaside.registry.scripts import GUARD_STALE_MS
 from lookaside.registry.backend_ops import BackendOps
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.machine import HOLDS, TABLE, Actor, Event, Key, Outcome, key_of, stored
+from lookaside.registry.scripts import GUARD_STALE_MS
 
 DEFAULT_GUARD_BOUND_MS = 180_000
 Record = dict[str, Any]
@@ -155,7 +155,9 @@ class ScriptTwins(BackendOps):
         self._moved(pool)
         held = p.panic["held"]
         span = now - p.panic["since_ms"]
-        text = f"panic guard released after {span} ms; held {len(held)} backend(s): {','.join(held)}"
+        text = (
+            f"panic guard released after {span} ms; held {len(held)} backend(s): {','.join(held)}"
+        )
         self._log(pool, now, "panic_end", ",".join(held), actor, text, self._versions[pool])
         p.panic = None
 

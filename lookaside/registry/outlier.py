@@ -151,7 +151,9 @@ def parse_outcomes(
             parts.setdefault(backend_id, {})[suffix[len(pre) :]] = int(v)
     return {
         bid: Outcomes(
-            p.get(FINISHED, 0), p.get(RECEIVED, 0), p.get(FAILED_TO_SEND, 0),
+            p.get(FINISHED, 0),
+            p.get(RECEIVED, 0),
+            p.get(FAILED_TO_SEND, 0),
             p.get(DEADLINE_EXCEEDED, 0),
         )  # fmt: skip
         for bid, p in parts.items()

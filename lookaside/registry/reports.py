@@ -120,7 +120,7 @@ class ReportOps:
         """Distinct streams per backend that reported lost calls against it
         after since_ms (Redis server time)."""
         members = await self._redis.zrangebyscore(keys.accusers(pool), f"({since_ms}", "+inf")
-        return count_accusers(members)
+        return count_accusers(m for m in members if isinstance(m, bytes | str))
 
     @guarded
     async def set_stream_counts(self, replica: str, counts: Mapping[str, int]) -> None:

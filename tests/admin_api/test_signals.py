@@ -15,8 +15,8 @@ import grpc
 import httpx
 import pytest
 
-from admin_api.routes.signals import _sample_forever
 from admin_api.metrics import REGISTRY
+from admin_api.routes.signals import _sample_forever
 from admin_api.signals import Sampler, percentile
 from client_lib import AsyncRegistration
 from lookaside.asyncutil import cancel_and_wait

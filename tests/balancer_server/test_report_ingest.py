@@ -258,7 +258,9 @@ def test_claims_on_a_backend_are_cut_to_the_streams_share() -> None:
     checks = StreamReports(clock=lambda: now[0])
     servers = [lb.Server(ip_address=bytes([10, 0, 0, i]), port=80, load_balance_token=f"t{i}")
                for i in range(4)]  # fmt: skip
-    checks.sent(lb.LoadBalanceResponse(server_list=lb.ServerList(servers=servers)).SerializeToString())
+    checks.sent(
+        lb.LoadBalanceResponse(server_list=lb.ServerList(servers=servers)).SerializeToString()
+    )
     now[0] += 1.0
     most = int(100 * 0.25 * SHARE_SLACK) + SHARE_FLOOR
     before = refused("over_share")

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from lookaside.registry import BackendState, PoolConfig, RegistryStore, keys
+from lookaside.registry import BackendState, PoolConfig, RegistryStore
 from lookaside.registry.health import HealthStore
 from lookaside.registry.machine import Outcome
 from lookaside.registry.outlier import (
@@ -67,7 +67,8 @@ def test_volume_and_min_hosts_gate_every_judgement() -> None:
 def test_outcome_fields_round_trip() -> None:
     raw = {k.encode(): str(v).encode() for k, v in outcome_fields("abc123", 7, 5, 1).items()}
     assert parse_outcomes(raw) == {"abc123": Outcomes(7, 5, 1)}
-    raw.update({k: str(v) for k, v in outcome_fields("abc123", 9, 0, 0, 9, evidence=True).items()})
+    evidence = outcome_fields("abc123", 9, 0, 0, 9, evidence=True)
+    raw.update({k.encode(): str(v).encode() for k, v in evidence.items()})
     assert parse_outcomes(raw) == {"abc123": Outcomes(7, 5, 1)}
     assert parse_outcomes(raw, evidence=True) == {"abc123": Outcomes(9, 0, 0, 9)}
 
