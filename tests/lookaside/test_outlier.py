@@ -135,10 +135,12 @@ async def _states(store: RegistryStore, pool: str) -> dict[str, BackendState]:
 
 
 @asyncio_test
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
 async def test_the_judge_reads_differences_and_resets_nothing(
-    redis_url: str, pool_name: str
+    request: pytest.FixtureRequest, cluster: bool, pool_name: str
 ) -> None:
-    store = RegistryStore.from_url(redis_url)
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    store = RegistryStore.from_url(url, cluster=cluster)
     try:
         _, ids = await _pool(store, pool_name, 1)
         bid = ids[0]
