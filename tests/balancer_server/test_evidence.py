@@ -17,8 +17,12 @@ import grpc
 import pytest
 
 from balancer_server import metrics
+from client_lib import LookasideChannel
+from lookaside.certs import Issued, issue
 from lookaside.proto.lb.v1 import backend_stats_pb2 as bs
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.registry import keys
 from lookaside.registry.model import PoolConfig
 from tests.support import (
@@ -187,3 +191,64 @@ def test_anonymous_reports_are_shown_but_never_eject_where_credentials_are_requi
         e for e in balancer.run(balancer.store.events(pool_name)) if e["kind"] == "ejected"
     )
     assert "reported by 2 client streams" in ejected["detail"]
+
+
+@pytest.fixture(params=["token", "certificate"])
+def tls_guarded_balancer(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path, pool_name: str
+) -> Iterator[tuple[BalancerHandle, Issued, str]]:
+    """A TLS balancer whose pool requires client credentials: a client
+    token (TLS, no client CA: anonymous clients get lists too), or a client
+    certificate (mTLS: grpcio verifies only certificates it requires)."""
+    certs = issue(tmp_path / "certs", client_name="client-1.lookaside.test")
+    policy = tmp_path / "policy.json"
+    rule = {
+        "client_tokens": [CLIENT_TOKEN],
+        "client_identities": ["client-*.lookaside.test"],
+        "require_client_credentials": True,
+    }
+    policy.write_text(json.dumps({"create_pools": True, "pools": {pool_name: rule}}))
+    mtls = {"tls_client_ca": str(certs.ca)} if request.param == "certificate" else {}
+    handle = BalancerHandle(
+        redis_url,
+        registration_policy=str(policy),
+        tls_cert=str(certs.server_cert),
+        tls_key=str(certs.server_key),
+        **mtls,
+    )
+    yield handle, certs, request.param
+    handle.stop()
+
+
+def test_thin_clients_bring_a_token_or_a_certificate_and_their_reports_count(
+    tls_guarded_balancer: tuple[BalancerHandle, Issued, str],
+    backends: list[RouteGuideBackend],
+    pool_name: str,
+    redis_client,  # type: ignore[no-untyped-def]
+) -> None:
+    balancer, certs, kind = tls_guarded_balancer
+    one = start_backends(backends, 1)
+    balancer.run(balancer.store.put_pool(PoolConfig.from_flat(pool_name, **FAST)))  # type: ignore[arg-type]
+    bid = register_all(balancer, pool_name, one)[one[0].port]
+    ca = certs.ca.read_bytes()
+    if kind == "token":
+        tls = grpc.ssl_channel_credentials(ca)
+        token = grpc.access_token_call_credentials(CLIENT_TOKEN)
+        cases = [(tls, False), (grpc.composite_channel_credentials(tls, token), True)]
+    else:
+        key, cert = certs.client_key.read_bytes(), certs.client_cert.read_bytes()
+        cases = [(grpc.ssl_channel_credentials(ca, key, cert), True)]
+
+    def counts() -> tuple[int, int]:
+        raw = redis_client.hgetall(keys.outcomes(pool_name))
+        return int(raw.get(f"{bid}:f", 0)), int(raw.get(f"{bid}:ef", 0))
+
+    for creds, counted in cases:
+        shown, evidence = counts()
+        with LookasideChannel(pool_name, balancer.address, balancer_credentials=creds) as channel:
+            assert channel.wait_for_list(10)
+            stub = rg_grpc.RouteGuideStub(channel)
+            for _ in range(5):
+                stub.GetFeature(rg.Point(), timeout=5)
+            wait_until(lambda: counts()[0] >= shown + 5, timeout=15)  # noqa: B023
+        assert (counts()[1] >= evidence + 5) is counted
