@@ -21,7 +21,7 @@ from lookaside.registry import keys
 from lookaside.registry.backend_ops import BackendOps
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.machine import HOLDS, TABLE, Actor, Event, Key, Outcome, key_of, stored
-from lookaside.registry.scripts import GUARD_STALE_MS
+from lookaside.registry.scripts import guard_stale_ms
 
 DEFAULT_GUARD_BOUND_MS = 180_000
 Record = dict[str, Any]
@@ -142,9 +142,10 @@ class ScriptTwins(BackendOps):
             self._moved(pool)
             return
         holding = False
+        stale = guard_stale_ms(p.config)
         for b in p.backends.values():
             if int(b.get("guard_since_ms") or 0) > 0:
-                if now - int(b.get("guard_seen_ms") or 0) <= GUARD_STALE_MS:
+                if now - int(b.get("guard_seen_ms") or 0) <= stale:
                     holding = True
                 else:
                     self._release(b)

@@ -11,6 +11,8 @@ slot) plus a pub/sub channel, which Redis Cluster allows. The pool keys
 arrive in the order of `POOL_KEYS`; ARGV[1] is the pool, ARGV[2] the actor.
 """
 
+import json
+
 from lookaside.registry import keys, machine
 
 # KEYS of every pool script, in this order.
@@ -26,8 +28,23 @@ POOL_KEYS = (
 )
 
 
-# A panic guard hold that no write asserted for this long is dropped.
+# A panic guard hold that no write asserted for this long (or for three of
+# the pool's health or outlier intervals, if longer) is dropped.
 GUARD_STALE_MS = 30_000
+
+
+def guard_stale_ms(config_json: str) -> int:
+    """The staleness bound of a pool's holds (the prelude's `stale_ms()`)."""
+    most = GUARD_STALE_MS
+    try:
+        cfg = json.loads(config_json)
+    except ValueError:
+        return most
+    for part in ("health_checks", "outlier_detection"):
+        sub = cfg.get(part) if isinstance(cfg, dict) else None
+        if isinstance(sub, dict) and isinstance(sub.get("interval_ms"), int | float):
+            most = max(most, 3 * int(sub["interval_ms"]))
+    return most
 
 
 def pool_keys(pool: str) -> list[str]:
@@ -77,8 +94,23 @@ local function save(id, b)
   redis.call('HSET', K_BACKENDS, id, cjson.encode(b))
 end
 -- A hold that no write has asserted for this long is dropped (its
--- cause went away without saying so: health checks turned off, say).
-local GUARD_STALE_MS = @GUARD_STALE_MS@
+-- cause went away without saying so: health checks turned off, say):
+-- GUARD_STALE_MS, or three of the pool's probe or judging intervals.
+local function stale_ms()
+  local most = @GUARD_STALE_MS@
+  local raw = redis.call('GET', K_CONFIG)
+  if raw then
+    local ok, cfg = pcall(cjson.decode, raw)
+    if ok and type(cfg) == 'table' then
+      for _, part in ipairs({'health_checks', 'outlier_detection'}) do
+        local sub = cfg[part]
+        local n = type(sub) == 'table' and tonumber(sub['interval_ms']) or nil
+        if n and 3 * n > most then most = 3 * n end
+      end
+    end
+  end
+  return most
+end
 -- A panic episode: K_PANIC holds {since_ms, held = [ids]} from the first
 -- hold (a 'panic' event) until no backend is held (a 'panic_end' event).
 local function episode()
@@ -126,10 +158,11 @@ local function panic_settle(now)
   end
   local all = redis.call('HGETALL', K_BACKENDS)
   local holding = false
+  local stale = stale_ms()
   for i = 1, #all, 2 do
     local b = cjson.decode(all[i + 1])
     if (tonumber(b['guard_since_ms']) or 0) > 0 then
-      if now - (tonumber(b['guard_seen_ms']) or 0) <= GUARD_STALE_MS then
+      if now - (tonumber(b['guard_seen_ms']) or 0) <= stale then
         holding = true
       else
         release(b)

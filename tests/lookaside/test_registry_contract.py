@@ -564,3 +564,26 @@ async def test_the_declared_state_marker_is_kept(port: Port, pool: str) -> None:
         assert not await port.store.has_state_marker()
     await port.store.set_state_marker("1")
     assert await port.store.has_state_marker()
+
+
+async def test_a_hold_no_one_asserts_any_more_goes_stale() -> None:
+    """In the twin only, whose clock moves at will (the prelude's stale_ms()
+    is the same rule; against Redis this would wait at least 30 s): a hold
+    not asserted for three health intervals is dropped and the episode
+    ends; one asserted every interval stays, up to the bound."""
+    clock = ManualClock()
+    store = MemoryStore(guard_bound_ms=600_000, clock=clock)
+    pool = "stale"
+    await store.put_pool(PoolConfig.from_flat(pool, health_interval_ms=20_000))
+    port = Port(store, clock)
+    held = (await _fail_three_of_four(port, pool, "10.0.7"))[2]
+    for _ in range(4):  # asserted every interval: held past GUARD_STALE_MS
+        clock.now += 20_000
+        result = await store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                  detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+        assert result.outcome == Outcome.HELD
+    clock.now += 60_001  # then no one asserts it for three intervals
+    await store.reap_expired(pool, 0.5)
+    snap = await store.snapshot(pool)
+    assert snap is not None and not any(b.held for b in snap.backends)
+    assert (await store.events(pool))[0]["kind"] == "panic_end"
