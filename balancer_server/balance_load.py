@@ -17,14 +17,14 @@ bytes too, so a malformed message gets a precise INVALID_ARGUMENT.
 
 Limits: open streams per client IP (RESOURCE_EXHAUSTED before the initial
 response), and reports checked by balancer_server.report_ingest before
-the sink counts them.
+the sink counts them. A stream whose name matches no pool waits for that
+pool, but is counted under pool="" and writes nothing to Redis.
 
 Evidence: a stream's reports count as outlier evidence (they may eject a
 backend, with the agreement of other streams) unless its pool requires
 client credentials and the stream brought none (balancer_server.auth:
 `client_principal`); those are counted for display only. A client token
-that is not the pool's is refused before the initial response. A stream whose name matches no pool waits for that
-pool, but is counted under pool="" and writes nothing to Redis.
+that is not the pool's is refused before the initial response.
 """
 
 from __future__ import annotations

@@ -130,20 +130,20 @@ def backend_rows(stats: lb.ClientStats) -> list[tuple[str, int, int, int, int]]:
         finished = entry.num_calls_finished
         if not _BACKEND_ID.fullmatch(backend_id) or finished <= 0:
             continue
-
-        def clamp(n: int, most: int = finished) -> int:
-            return min(max(n, 0), most)
-
         out.append(
             (
                 backend_id,
                 finished,
-                clamp(entry.num_calls_finished_known_received),
-                clamp(entry.num_calls_finished_with_client_failed_to_send),
-                clamp(entry.num_calls_finished_with_deadline_exceeded),
+                _clamp(entry.num_calls_finished_known_received, finished),
+                _clamp(entry.num_calls_finished_with_client_failed_to_send, finished),
+                _clamp(entry.num_calls_finished_with_deadline_exceeded, finished),
             )
         )
     return out
+
+
+def _clamp(n: int, most: int) -> int:
+    return min(max(n, 0), most)
 
 
 class LoadReportSink:
