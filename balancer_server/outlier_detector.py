@@ -103,7 +103,9 @@ class OutlierDetector:
                 verdicts += [
                     v for v in judge_latency(snapshot, config) if v.backend_id not in judged
                 ]
-                passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
+                # A backend refused for want of agreement did not pass either.
+                passed = set(qualified(outcomes, config)) - judged - set(refused)
+                passed -= {v.backend_id for v in verdicts}
         if verdicts is None and not _ejection_due(snapshot, time.time() * 1000):
             return
         result = await self.outliers.sweep(
