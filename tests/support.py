@@ -235,7 +235,13 @@ class LbStream:
     """A BalanceLoad stream opened by a stock grpcio stub; responses are read
     into a queue by a thread, so tests wait on them with a bound."""
 
-    def __init__(self, address: str, name: str | None = None, first: Any = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        name: str | None = None,
+        first: Any = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> None:
         import queue
 
         from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
@@ -250,7 +256,7 @@ class LbStream:
         if first is not None:
             self.requests.put(first)
         self.call = lb_grpc.LoadBalancerStub(self.channel).BalanceLoad(
-            iter(self.requests.get, STOP)
+            iter(self.requests.get, STOP), metadata=metadata
         )
         self.error: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)

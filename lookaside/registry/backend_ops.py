@@ -168,6 +168,8 @@ class BackendOps:
             keys.streams(pool),
             keys.load_total(pool),
             keys.outcomes(pool),
+            keys.outcomes_judged(pool),
+            keys.accusers(pool),
             keys.signals(pool),
             keys.backend_tokens(pool),
         ]

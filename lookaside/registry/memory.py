@@ -24,7 +24,7 @@ from lookaside.registry import load, signals
 from lookaside.registry.load import LoadWindow, ReplicaStreams
 from lookaside.registry.memory_scripts import ScriptTwins
 from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
-from lookaside.registry.outlier import Outcomes, parse_outcomes
+from lookaside.registry.outlier import ACCUSERS_KEEP_MS, Outcomes, count_accusers, parse_outcomes
 from lookaside.registry.signals import CallRate
 from lookaside.registry.tokens import BackendToken, TokenOps, token_digest
 
@@ -127,6 +127,7 @@ class MemoryStore(ScriptTwins, TokenOps):
         bucket: int,
         fields: Mapping[str, int],
         outcomes: Mapping[str, int] | None = None,
+        accusers: Iterable[str] = (),
     ) -> bool:
         self._check()
         marker = f"{pool}|{batch_id}"
@@ -140,7 +141,17 @@ class MemoryStore(ScriptTwins, TokenOps):
         p.buckets.setdefault(bucket, Counter()).update(counts)
         p.total.update(counts)
         p.outcomes.update({f: n for f, n in (outcomes or {}).items() if n})
+        now = self.clock()
+        for member in accusers:
+            p.accusers[member] = now
+        for member in [m for m, at in p.accusers.items() if at < now - ACCUSERS_KEEP_MS]:
+            del p.accusers[member]
         return True
+
+    async def accusers_since(self, pool: str, since_ms: int) -> dict[str, int]:
+        self._check()
+        p = self._pools.get(pool)
+        return count_accusers(m for m, at in (p.accusers if p else {}).items() if at > since_ms)
 
     async def set_stream_counts(self, replica: str, counts: Mapping[str, int]) -> None:
         self._check()

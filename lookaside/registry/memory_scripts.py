@@ -21,6 +21,7 @@ from lookaside.registry import keys
 from lookaside.registry.backend_ops import BackendOps
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.machine import HOLDS, TABLE, Actor, Event, Key, Outcome, key_of, stored
+from lookaside.registry.scripts import guard_stale_ms
 
 DEFAULT_GUARD_BOUND_MS = 180_000
 Record = dict[str, Any]
@@ -32,10 +33,11 @@ class _Pool:
     backends: dict[str, Record] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
-    panic_until: int = 0
+    panic: dict[str, Any] | None = None  # the open panic episode
     buckets: dict[int, Counter[str]] = field(default_factory=dict)
     total: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    accusers: dict[str, int] = field(default_factory=dict)  # member -> stamped ms
     streams: dict[str, str] = field(default_factory=dict)
 
 
@@ -49,6 +51,10 @@ def _foreign(b: Record, owner: str, now: int | None) -> bool:
     if not owner or not held or held == owner:
         return False
     return now is None or int(b.get("lease_expires_ms") or 0) > now
+
+
+def _release(b: Record) -> None:
+    b.update(guard_since_ms=0, guard_seen_ms=0, guard_for="")
 
 
 def _shown(key: Key) -> str:
@@ -77,6 +83,7 @@ class ScriptTwins(BackendOps):
         self._signals: dict[str, dict[str, str]] = {}  # the dashboard history per pool
         self._tokens: dict[str, dict[str, str]] = {}  # per-backend tokens: digest -> record
         self._subscribers: list[asyncio.Queue[str]] = []
+        self._holds_moved = False  # the scripts' HOLDS_MOVED
 
     def _check(self) -> None:
         if not self.available:
@@ -119,21 +126,67 @@ class ScriptTwins(BackendOps):
                           "detail": detail, "version": v})  # fmt: skip
         del events[keys.EVENTS_MAX :]
 
-    def _panic(self, pool: str, now: int, backend: str, actor: str, detail: str) -> None:
+    def _panic_hold(self, pool: str, now: int, bid: str, actor: str, detail: str) -> None:
         p = self._pools[pool]
-        if now >= p.panic_until:
-            p.panic_until = now + 30_000
-            self._log(pool, now, "panic", backend, actor, detail, self._versions[pool])
+        if p.panic is None:
+            p.panic = {"since_ms": now, "held": []}
+            self._log(pool, now, "panic", bid, actor, detail, self._versions[pool])
+        if bid not in p.panic["held"]:
+            p.panic["held"].append(bid)
+            self._holds_moved = True
 
-    def _guard(self, b: Record, now: int, over: bool, exempt: bool) -> bool:
+    def _release(self, b: Record) -> None:
+        if int(b.get("guard_since_ms") or 0) > 0:
+            self._holds_moved = True
+        _release(b)
+
+    def _moved(self, pool: str) -> None:
+        """Bumps the version when the held backends changed (the script's
+        `moved()`)."""
+        if self._holds_moved:
+            self._holds_moved = False
+            self._versions[pool] += 1
+            for q in self._subscribers:
+                q.put_nowait(pool)
+
+    def _panic_settle(self, pool: str, now: int, actor: str) -> None:
+        p = self._pools[pool]
+        if p.panic is None:
+            self._moved(pool)
+            return
+        holding = False
+        stale = guard_stale_ms(p.config)
+        for b in p.backends.values():
+            if int(b.get("guard_since_ms") or 0) > 0:
+                if now - int(b.get("guard_seen_ms") or 0) <= stale:
+                    holding = True
+                else:
+                    self._release(b)
+        if holding:
+            self._moved(pool)
+            return
+        self._holds_moved = True
+        self._moved(pool)
+        held = p.panic["held"]
+        span = now - p.panic["since_ms"]
+        text = (
+            f"panic guard released after {span} ms; held {len(held)} backend(s): {','.join(held)}"
+        )
+        self._log(pool, now, "panic_end", ",".join(held), actor, text, self._versions[pool])
+        p.panic = None
+
+    def _guard(self, b: Record, now: int, over: bool, exempt: bool, why: str) -> bool:
         if not over or exempt:
-            b["guard_since_ms"] = 0
+            self._release(b)
             return False
         since = int(b.get("guard_since_ms") or 0)
         if since <= 0:
-            b["guard_since_ms"] = now
-            return True
-        return now - since < self.guard_bound_ms
+            since = now
+        elif now - since >= self.guard_bound_ms:
+            self._release(b)
+            return False
+        b.update(guard_since_ms=since, guard_seen_ms=now, guard_for=why)
+        return True
 
     def _step(self, pool: str, bid: str, b: Record, event: Event, now: int, actor: str,
               detail: str, over: bool) -> tuple[str, int, str]:  # fmt: skip
@@ -144,11 +197,11 @@ class ScriptTwins(BackendOps):
             return Outcome.REFUSED, 0, cur
         if to is cur:
             return Outcome.UNCHANGED, self._versions[pool], cur
-        if rule.guarded and self._guard(b, now, over, False):
+        if rule.guarded and self._guard(b, now, over, False, event.value):
             if event is Event.HEALTH_FAIL:
                 b["health_failing"] = True
             bound = self.guard_bound_ms
-            self._panic(
+            self._panic_hold(
                 pool,
                 now,
                 bid,
@@ -161,7 +214,7 @@ class ScriptTwins(BackendOps):
             p.leases.pop(bid, None)
         else:
             b["state"], b["hold"] = stored(to)
-            b["guard_since_ms"] = 0
+            self._release(b)
         holds = self._holds.setdefault(pool, {})
         if to in HOLDS:
             holds[bid] = to.value
@@ -204,7 +257,11 @@ class ScriptTwins(BackendOps):
         p.leases[bid] = now + ttl_ms
         kind = "reregistered" if old is not None else "registered"
         text = f"{_shown(cur)}->{_shown(to)}: {b['ip']}:{b['port']}"
-        return [Outcome.CHANGED, self._changed(pool, now, kind, bid, actor, text), ttl_ms, now]
+        v = self._changed(pool, now, kind, bid, actor, text)
+        if old is not None and int(old.get("guard_since_ms") or 0) > 0:
+            self._holds_moved = True
+            self._panic_settle(pool, now, actor)
+        return [Outcome.CHANGED, v, ttl_ms, now]
 
     def _script_heartbeat(self, pool: str, a: list[str]) -> list[Any]:
         bid, lease, raw_load = a[2:5]
@@ -221,7 +278,11 @@ class ScriptTwins(BackendOps):
             return [Outcome.LEASE_REFUSED, 0]
         now = self.clock()
         ttl = int(b["lease_ttl_ms"])
-        b.update(last_heard_ms=now, lease_expires_ms=now + ttl, guard_since_ms=0)
+        b.update(last_heard_ms=now, lease_expires_ms=now + ttl)
+        # A heartbeat ends a hold of its lease's expiry only.
+        released = b.get("guard_for") == Event.EXPIRE.value
+        if released:
+            self._release(b)
         if raw_load:
             figures = json.loads(raw_load)
             b["load"] = figures
@@ -239,6 +300,8 @@ class ScriptTwins(BackendOps):
                     for q in self._subscribers:
                         q.put_nowait(pool)
         p.leases[bid] = now + ttl
+        if released:
+            self._panic_settle(pool, now, a[1])
         return [Outcome.CHANGED, ttl]
 
     def _script_step(self, pool: str, a: list[str]) -> list[Any]:
@@ -274,7 +337,12 @@ class ScriptTwins(BackendOps):
             if event is Event.HEALTH_PASS:
                 b["health_failing"] = False
             b["health_detail"] = a[5]
-        return list(self._step(pool, bid, b, event, now, actor, detail, over))
+        result = self._step(pool, bid, b, event, now, actor, detail, over)
+        if result[0] == Outcome.UNCHANGED and event is Event.HEALTH_PASS:
+            if b.get("guard_for") == Event.HEALTH_FAIL.value:
+                self._release(b)
+        self._panic_settle(pool, now, actor)
+        return list(result)
 
     def _script_put_hold(self, pool: str, a: list[str]) -> list[Any]:
         actor, bid, hold = a[1:4]
@@ -300,6 +368,7 @@ class ScriptTwins(BackendOps):
         if p is None:
             return [[], []]
         due = sorted(bid for bid, deadline in p.leases.items() if deadline <= upto)
+        held: list[str] = []
         cands = []
         for bid in due:
             b = p.backends.get(bid)
@@ -308,6 +377,7 @@ class ScriptTwins(BackendOps):
             else:
                 cands.append(bid)
         if not cands:
+            self._panic_settle(pool, now, a[1])
             return [[], []]
         total = len(p.backends)
 
@@ -319,19 +389,20 @@ class ScriptTwins(BackendOps):
 
         guarded = sum(not exempt(bid) for bid in cands)
         over = guarded > 1 and guarded * 1000 > share * total
-        removed, held = [], []
+        removed: list[str] = []
         for bid in cands:
-            if self._guard(p.backends[bid], now, over, exempt(bid)):
+            if self._guard(p.backends[bid], now, over, exempt(bid), Event.EXPIRE.value):
                 held.append(bid)
             else:
                 del p.backends[bid]
                 p.leases.pop(bid, None)
                 removed.append(bid)
-        if held:
-            self._panic(pool, now, ",".join(held), "lease", f"{len(cands)} of {total} leases expired "
-                        f"at once; kept listed for at most {self.guard_bound_ms} ms")  # fmt: skip
+        for bid in held:
+            self._panic_hold(pool, now, bid, a[1], f"{len(cands)} of {total} leases expired "
+                             f"at once; kept listed for at most {self.guard_bound_ms} ms")  # fmt: skip
         if removed:
-            self._changed(pool, now, "expired", ",".join(removed), "lease", "")
+            self._changed(pool, now, "expired", ",".join(removed), a[1], "")
+        self._panic_settle(pool, now, a[1])
         return [removed, held]
 
     def _script_update_backend(self, pool: str, a: list[str]) -> list[Any]:

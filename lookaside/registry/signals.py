@@ -155,6 +155,6 @@ class SignalOps:
 
     @guarded
     async def outcome_counts(self, pool: str) -> dict[str, Outcomes]:
-        """The pool's outcome counters per backend, read and not reset
-        (outlier detection owns the reset: OutlierStore.take_outcomes)."""
+        """The pool's outcome totals per backend (every report's, for
+        display). No reader resets them: each takes its own differences."""
         return parse_outcomes(await self._signals_redis.hgetall(keys.outcomes(pool)))
