@@ -139,9 +139,7 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     if any(len(t) < 16 for t in client_tokens):
         raise PolicyError(f"{where}: every client token needs at least 16 characters")
     try:
-        client_identities = tuple(
-            IdentityPattern(str(i)) for i in raw.get("client_identities", [])
-        )
+        client_identities = tuple(IdentityPattern(str(i)) for i in raw.get("client_identities", []))
     except IdentityPatternError as exc:
         raise PolicyError(f"{where}: client_identities: {exc}") from None
     require = raw.get("require_client_credentials", False)
