@@ -73,6 +73,9 @@ def test_policy_files_json_and_yaml(tmp_path: Path) -> None:
         RegistrationPolicy.from_file(str(tmp_path / "bad.json"))
 
 
+LOOPBACK = "ipv4:127.0.0.1:5000"  # a trusted network: tokens in plaintext are fine
+
+
 def test_pool_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """token_env: a container gets its pool's token as a variable from a
     secret; an unset one stops the balancer at start with its name."""
@@ -86,14 +89,17 @@ def test_pool_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("RG_REGISTRATION_TOKEN", TOKEN + "\n")
     auth = RegistrationAuth(RegistrationPolicy.from_data(data))
     bearer = [("authorization", f"Bearer {TOKEN}")]
-    assert auth.authorize("rg", bearer).principal.startswith("pool-token:rg#")
+    assert auth.authorize("rg", bearer, peer=LOOPBACK).principal.startswith("pool-token:rg#")
     with pytest.raises(AuthError) as info:
-        auth.authorize("other", bearer)
+        auth.authorize("other", bearer, peer=LOOPBACK)
     assert info.value.code is grpc.StatusCode.PERMISSION_DENIED  # a token, of another pool
 
 
 def test_client_credentials_decide_whose_reports_may_eject() -> None:
-    ident = {"peer_dns": [b"client-1.lookaside.test"]}
+    ident = {
+        "peer_dns": [b"client-1.lookaside.test"],
+        "x509_subject_alternative_name": [b"client-1.lookaside.test"],
+    }
     policy = RegistrationPolicy.from_data(
         {
             "pools": {
