@@ -39,8 +39,8 @@ WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 # The Lua side of Redis's script environment. `dispatch` runs one command
 # (its arguments already strings); a failed command raises into the script,
 # as redis.call does, or comes back as {err = ...} from redis.pcall.
-_ENVIRONMENT = """
-local dispatch, encode, decode = ...
+_ENVIRONMENT = r"""
+local dispatch, decode = ...
 redis = {}
 redis.call = function(...) return dispatch(...) end
 redis.pcall = function(...)
@@ -52,7 +52,75 @@ redis.error_reply = function(msg) return {err = msg} end
 redis.status_reply = function(msg) return {ok = msg} end
 redis.log = function() end
 redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
-cjson = {encode = encode, decode = decode, null = newproxy(false)}
+local null = newproxy(false)
+-- cjson.encode as lua-cjson 2.1 writes: numbers as %.14g, "/" escaped, a
+-- table whose keys are 1..n an array (holes as null), any other table an
+-- object, the empty table {}.
+local escapes = {['"'] = '\\"', ['\\'] = '\\\\', ['/'] = '\\/', ['\b'] = '\\b',
+  ['\f'] = '\\f', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t'}
+local function quote(s)
+  return '"' .. (string.gsub(s, '[%c"\\/]', function(c)
+    return escapes[c] or string.format('\\u%04x', string.byte(c))
+  end)) .. '"'
+end
+local function number(n)
+  if n ~= n or n == math.huge or n == -math.huge then
+    error('Cannot serialise number: must not be NaN or Inf')
+  end
+  return string.format('%.14g', n)
+end
+local function put(v, out, depth)
+  local t = type(v)
+  if t == 'string' then out[#out + 1] = quote(v)
+  elseif t == 'number' then out[#out + 1] = number(v)
+  elseif t == 'boolean' then out[#out + 1] = tostring(v)
+  elseif v == nil or v == null then out[#out + 1] = 'null'
+  elseif t == 'table' then
+    if depth > 1000 then error('Cannot serialise, excessive nesting (1001)') end
+    local most, items, array = 0, 0, true
+    for k in pairs(v) do
+      items = items + 1
+      if array and type(k) == 'number' and k >= 1 and math.floor(k) == k then
+        if k > most then most = k end
+      else
+        array = false
+      end
+    end
+    if array and most > 10 and most > 2 * items then
+      error('Cannot serialise table: excessively sparse array')
+    end
+    if array and most > 0 then
+      out[#out + 1] = '['
+      for i = 1, most do
+        if i > 1 then out[#out + 1] = ',' end
+        put(v[i], out, depth + 1)
+      end
+      out[#out + 1] = ']'
+    else
+      out[#out + 1] = '{'
+      local first = true
+      for k, x in pairs(v) do
+        if type(k) == 'number' then k = number(k)
+        elseif type(k) ~= 'string' then
+          error('Cannot serialise table: table key must be a number or string')
+        end
+        if not first then out[#out + 1] = ',' end
+        first = false
+        out[#out + 1] = quote(k) .. ':'
+        put(x, out, depth + 1)
+      end
+      out[#out + 1] = '}'
+    end
+  else
+    error('Cannot serialise ' .. t .. ': type not supported')
+  end
+end
+cjson = {null = null, decode = decode}
+cjson.encode = function(v)
+  local out = {}
+  put(v, out, 0)
+  return table.concat(out)
+end
 io, os, debug, dofile, loadfile = nil, nil, nil, nil, nil
 local loadstring = loadstring
 return function(source) return assert(loadstring(source, '@user_script')) end
@@ -112,13 +180,6 @@ def _below(score: float, bound: tuple[float, bool]) -> bool:
     return score < bound[0] if bound[1] else score <= bound[0]
 
 
-def _number(value: float) -> str:
-    """A number as cjson writes it ("%.14g")."""
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError("Cannot serialise number: must not be NaN or Inf")
-    return format(value, ".14g")
-
-
 class LuaKeyspace:
     """Redis keys in a dict, and the Lua scripts that change them."""
 
@@ -138,7 +199,7 @@ class LuaKeyspace:
             register_eval=False,
             register_builtins=False,
         )
-        self._compile = self._lua.execute(_ENVIRONMENT, self._dispatch, self._encode, self._decode)
+        self._compile = self._lua.execute(_ENVIRONMENT, self._dispatch, self._decode)
         self._null = self._lua.eval("cjson.null")  # what JSON null decodes to
         self._globals = self._lua.globals()
         self._compiled: dict[str, Any] = {}
@@ -234,12 +295,15 @@ class LuaKeyspace:
     def scores(self, key: str) -> dict[str, float]:
         return dict(self._get_zset(key))
 
-    # -- cjson, as Redis's Lua has it -----------------------------------------
+    # -- cjson.decode, as Redis's Lua has it (encode is Lua, above) ------------
 
     def _decode(self, text: Any) -> Any:
         if not isinstance(text, str):
             raise ValueError("bad argument #1 to 'decode' (string expected)")
-        return self._lua_of(json.loads(text))
+        value = json.loads(text)
+        if "null" not in text:
+            return self._lua.table_from(value, recursive=True) if isinstance(value, list | dict) else value
+        return self._lua_of(value)
 
     def _lua_of(self, value: Any) -> Any:
         if value is None:
@@ -249,62 +313,6 @@ class LuaKeyspace:
         if isinstance(value, list):
             return self._lua.table_from([self._lua_of(v) for v in value])
         return value
-
-    def _encode(self, value: Any) -> str:
-        return "".join(self._json(value))
-
-    def _json(self, value: Any) -> list[str]:
-        if value is None:
-            return ["null"]
-        if value is True or value is False:
-            return ["true" if value else "false"]
-        if isinstance(value, int | float):
-            return [_number(float(value))]
-        if isinstance(value, str):
-            return [self._string(value)]
-        kind = self._lua_type(value)
-        if kind == "userdata":  # cjson.null, the only userdata a script holds
-            return ["null"]
-        if kind != "table":
-            raise ValueError(f"Cannot serialise {kind}: type not supported")
-        items = list(value.items())
-        length = self._array_length(items)
-        if length > 0:
-            out = ["["]
-            for i in range(1, length + 1):
-                if i > 1:
-                    out.append(",")
-                out.extend(self._json(value[i]))
-            out.append("]")
-            return out
-        out = ["{"]
-        for n, (k, v) in enumerate(items):
-            if isinstance(k, int | float) and not isinstance(k, bool):
-                k = _number(float(k))
-            elif not isinstance(k, str):
-                raise ValueError("Cannot serialise table: table key must be a number or string")
-            out.extend(("," if n else "") + self._string(k) + ":")
-            out.extend(self._json(v))
-        out.append("}")
-        return out
-
-    @staticmethod
-    def _array_length(items: list[tuple[Any, Any]]) -> int:
-        """cjson's test for an array: every key a positive whole number, and
-        not excessively sparse. 0 means an object (an empty table is `{}`)."""
-        most = 0
-        for k, _ in items:
-            if isinstance(k, bool) or not isinstance(k, int | float) or k < 1 or k != int(k):
-                return 0
-            most = max(most, int(k))
-        if most > 10 and most > 2 * len(items):
-            raise ValueError("Cannot serialise table: excessively sparse array")
-        return most
-
-    @staticmethod
-    def _string(text: str) -> str:
-        # cjson also escapes "/" and DEL.
-        return json.dumps(text, ensure_ascii=False).replace("/", "\\/").replace("\x7f", "\\u007f")
 
     # -- the keys -------------------------------------------------------------
 
