@@ -302,7 +302,11 @@ class LuaKeyspace:
             raise ValueError("bad argument #1 to 'decode' (string expected)")
         value = json.loads(text)
         if "null" not in text:
-            return self._lua.table_from(value, recursive=True) if isinstance(value, list | dict) else value
+            return (
+                self._lua.table_from(value, recursive=True)
+                if isinstance(value, list | dict)
+                else value
+            )
         return self._lua_of(value)
 
     def _lua_of(self, value: Any) -> Any:

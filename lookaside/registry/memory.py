@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from lookaside.registry import keys, load, reports, scripts, signals
+from lookaside.registry import keys, load, lua, reports, scripts, signals
 from lookaside.registry.backend_ops import BackendOps
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.load import LoadWindow, ReplicaStreams
@@ -48,11 +48,14 @@ _READ_POOL = scripts.compose(scripts.READ_POOL)
 _RESERVE_POOL = scripts.compose(scripts.RESERVE_POOL, prelude=False)
 
 
-class _Script:
-    """A script over the store's keyspace, called as lua.Script is."""
+class _Script(lua.Script):
+    """A script of ReportOps or SignalOps, run over the store's keyspace."""
+
+    __slots__ = ("store",)
 
     def __init__(self, store: MemoryStore, source: str) -> None:
-        self.store, self.source = store, source
+        super().__init__(None, source)
+        self.store = store
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         return self.store._eval(self.source, keys, args)
@@ -176,7 +179,9 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
         return self.keyspace.hash(keys.holds(pool))
 
     async def prune_index(self) -> list[str]:
-        gone = sorted(p for p in await self.list_pools() if not self._call("EXISTS", keys.config(p)))
+        gone = sorted(
+            p for p in await self.list_pools() if not self._call("EXISTS", keys.config(p))
+        )
         for pool in gone:
             await self._unindex(pool)
         return gone
@@ -246,7 +251,8 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
         numbers = signals.call_rate_buckets(time.time() if now is None else now, seconds)
         rows = [self.keyspace.hash(keys.load_bucket(pool, n)) for n in numbers]
         return signals.call_rates(
-            (n, row.get("finished"), row.get("reports")) for n, row in zip(numbers, rows, strict=True)
+            (n, row.get("finished"), row.get("reports"))
+            for n, row in zip(numbers, rows, strict=True)
         )
 
     async def outcome_counts(self, pool: str) -> dict[str, Outcomes]:

@@ -87,7 +87,9 @@ def test_a_decoded_and_encoded_record_reads_the_same(real: redis.Redis) -> None:
     record = {"id": "b1", "ip": "10.0.0.1", "port": 80, "weight": 1.25, "tags": [],
               "meta": {}, "static": False, "load": {"latency_ms": 12.5}, "none": None,
               "text": "é/\t\u0001", "big": 1_700_000_000_123}  # fmt: skip
-    source = "local t = cjson.decode(ARGV[1]) t['added'] = {x = 1, [2] = 'y'} return cjson.encode(t)"
+    source = (
+        "local t = cjson.decode(ARGV[1]) t['added'] = {x = 1, [2] = 'y'} return cjson.encode(t)"
+    )
     twin = LuaKeyspace(lambda: NOW_MS)
     want = _run_real(real, source, [], [json.dumps(record)])
     got = twin.eval(source, [], [json.dumps(record)])
@@ -102,7 +104,12 @@ def test_time_is_the_twins_clock() -> None:
 
 def test_publish_reaches_the_callback() -> None:
     seen: list[tuple[str, str]] = []
-    twin = LuaKeyspace(lambda: NOW_MS, lambda c, m: seen.append((c, m)) or 1)
+
+    def publish(channel: str, message: str) -> int:
+        seen.append((channel, message))
+        return 1
+
+    twin = LuaKeyspace(lambda: NOW_MS, publish)
     assert twin.eval("return redis.call('PUBLISH', 'ch', ARGV[1])", [], ["pool-a"]) == 1
     assert seen == [("ch", "pool-a")]
 
