@@ -121,8 +121,19 @@ cjson.encode = function(v)
   put(v, out, 0)
   return table.concat(out)
 end
-io, os, debug, dofile, loadfile = nil, nil, nil, nil, nil
+io, os, dofile, loadfile = nil, nil, nil, nil  -- lupa itself needs debug
 local loadstring = loadstring
+KEYS, ARGV = {}, {}
+-- Redis's globals protection: a script may neither create nor read an
+-- unknown global.
+setmetatable(_G, {
+  __newindex = function(_, name)
+    error('Script attempted to create global variable \'' .. tostring(name) .. '\'', 2)
+  end,
+  __index = function(_, name)
+    error('Script attempted to access nonexistent global variable \'' .. tostring(name) .. '\'', 2)
+  end,
+})
 return function(source) return assert(loadstring(source, '@user_script')) end
 """
 

@@ -55,6 +55,8 @@ FAILING = [
     "return {err = 'my error'}",
     "return cjson.encode({[1] = 1, [40] = 2})",
     "return cjson.decode('{bad')",
+    "counter = 1 return counter",
+    "return no_such_global",
 ]
 
 
