@@ -115,7 +115,27 @@ local function put(v, out, depth)
     error('Cannot serialise ' .. t .. ': type not supported')
   end
 end
-cjson = {null = null, decode = decode}
+-- cjson.decode is Python's json (see _decode). The prelude decodes the
+-- same large constant (the state machine) on every call: a large text is
+-- decoded once and each call gets its own copy, which is faster.
+local decoded, cached = {}, 0
+local function copy(v)
+  if type(v) ~= 'table' then return v end
+  local c = {}
+  for k, x in pairs(v) do c[k] = copy(x) end
+  return c
+end
+cjson = {null = null}
+cjson.decode = function(text)
+  if type(text) ~= 'string' or #text < 1024 then return decode(text) end
+  local hit = decoded[text]
+  if hit == nil then
+    if cached >= 32 then decoded, cached = {}, 0 end
+    hit = decode(text)
+    decoded[text], cached = hit, cached + 1
+  end
+  return copy(hit)
+end
 cjson.encode = function(v)
   local out = {}
   put(v, out, 0)

@@ -122,3 +122,20 @@ def test_a_failing_script_fails_as_in_redis(real: redis.Redis, source: str) -> N
         _run_real(real, source, _keys(), [])
     with pytest.raises(ScriptError):
         LuaKeyspace(lambda: NOW_MS).eval(source, _keys(), [])
+
+
+def test_each_decode_of_a_large_text_is_a_table_of_its_own(real: redis.Redis) -> None:
+    """The twin decodes a large text once and hands out copies: a script
+    that changes one sees none of it in the next."""
+    text = json.dumps({"rows": {f"k{n}": {"to": n, "list": [n, "x"]} for n in range(60)}})
+    assert len(text) > 1024
+    source = (
+        "local a = cjson.decode(ARGV[1]) a['rows']['k1']['to'] = 'changed'"
+        " table.insert(a['rows']['k2']['list'], 'more') a['new'] = 1"
+        " local b = cjson.decode(ARGV[1])"
+        " return {tostring(b['rows']['k1']['to']), #b['rows']['k2']['list'], tostring(b['new'])}"
+    )
+    twin = LuaKeyspace(lambda: NOW_MS)
+    want = _run_real(real, source, [], [text])
+    assert twin.eval(source, [], [text]) == want == ["1", 2, "nil"]
+    assert twin.eval(source, [], [text]) == want
