@@ -85,8 +85,8 @@ def check_load(load: dict[str, float] | None) -> dict[str, float] | None:
 
 class BackendOps:
     """The write operations, over the registry's scripts: mixed into
-    RegistryStore (Lua in Redis) and MemoryStore (the same scripts in
-    Python), which provide _run, _index, _unindex and guard_bound_ms. Both
+    RegistryStore (Lua in Redis) and MemoryStore (the same Lua scripts in
+    an embedded interpreter), which provide _run, _index, _unindex and guard_bound_ms. Both
     therefore take the same arguments and raise the same errors."""
 
     guard_bound_ms: int

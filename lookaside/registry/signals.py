@@ -1,6 +1,6 @@
 """The admin's golden-signal history and what it reads to take a sample:
 stored samples, client-reported call rates and outcome counters. Part of
-RegistryStore (MemoryStore has the same operations).
+RegistryStore and MemoryStore.
 
 A sample is a JSON object with a `ts_ms`; what else it holds is the
 sampler's business (admin_api.signals). Samples are kept per pool in the
