@@ -367,14 +367,16 @@ return {done, ended, held}
 # writes outcomes:judged: other readers keep their own previous reading.
 JUDGE_READ = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- ms with the microseconds as a fraction, as accusations are stamped
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local cur = redis.call('HGETALL', KEYS[1])
 local before = redis.call('HGETALL', KEYS[2])
 local since = now - tonumber(ARGV[1])
 for i = 1, #before, 2 do
   if before[i] == '@JUDGED_AT@' then since = tonumber(before[i + 1]) end
 end
-local accused = redis.call('ZRANGEBYSCORE', KEYS[3], since, '+inf')
+-- strictly after the previous judgement (%.3f: Lua's tostring keeps 14 digits)
+local accused = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. string.format('%.3f', since), '+inf')
 local keep, gone = {}, {}
 for i = 1, #cur, 2 do
   local bid = string.match(cur[i], '^(.*):[^:]*$')
@@ -389,7 +391,7 @@ for i = 1, #gone, 500 do
   redis.call('HDEL', KEYS[1], unpack(gone, i, math.min(i + 499, #gone)))
 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], '@JUDGED_AT@', now)
+redis.call('HSET', KEYS[2], '@JUDGED_AT@', string.format('%.3f', now))
 for i = 1, #keep, 500 do
   redis.call('HSET', KEYS[2], unpack(keep, i, math.min(i + 499, #keep)))
 end

@@ -44,8 +44,10 @@ if next(outcomes) ~= nil then
 end
 local accused = cjson.decode(ARGV[6] or '[]')
 if #accused > 0 then
+  -- stamped in ms with the microseconds as a fraction: the judge reads
+  -- after its previous reading, so two scripts must never share a stamp
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
   for _, m in ipairs(accused) do redis.call('ZADD', KEYS[5], now, m) end
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[7]))
   redis.call('EXPIRE', KEYS[5], tonumber(ARGV[2]))
