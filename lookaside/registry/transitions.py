@@ -51,7 +51,7 @@ class TransitionResult:
 
 
 class BackendTransitions:
-    """Runs operator Transitions against one RegistryStore."""
+    """Runs operator Transitions against one store."""
 
     def __init__(self, store: TransitionPort) -> None:
         self.store = store
