@@ -1,5 +1,6 @@
 """The admin REST API and dashboard over the Lookaside registry.
 
-It talks only to Redis, through lookaside.registry.RegistryStore; the
-balancers pick its writes up from there.
+It talks only to the registry, through its port (lookaside.registry.port.
+AdminPort: RegistryStore in Redis); the balancers pick its writes up from
+there.
 """

@@ -18,6 +18,7 @@ from admin_api.gate import TokenGate
 from admin_api.limits import BodyLimit
 from admin_api.routes import api_router, dashboard, health
 from admin_api.settings import AdminSettings
+from lookaside.registry.port import AdminPort
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.transitions import BackendTransitions
 
@@ -38,11 +39,13 @@ def operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name.rstrip('_').replace('_', '-')}"
 
 
-def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> FastAPI:
-    """The app. Without `store`, one is made from settings.redis_url (no
-    connection is opened until the first request) and closed on shutdown."""
+def create_app(settings: AdminSettings, store: AdminPort | None = None) -> FastAPI:
+    """The app over `store` (either adapter of the registry port). Without
+    one, a RegistryStore is made from settings.redis_url (no connection is
+    opened until the first request) and closed on shutdown."""
     owned = store is None
-    store = store or RegistryStore.from_url(settings.redis_url, cluster=settings.redis_cluster)
+    if store is None:
+        store = RegistryStore.from_url(settings.redis_url, cluster=settings.redis_cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

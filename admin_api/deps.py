@@ -1,6 +1,6 @@
 """Dependencies of the routes, as `Annotated` aliases.
 
-StoreDep        the process's RegistryStore
+StoreDep        the app's registry store (lookaside.registry.port.AdminPort)
 WriterDep       the actor of a mutating call; 401 without the right token
 ReaderDep       the same for reads, unless public_reads is set
 PoolPath        a pool name from the path, checked like the registry does
@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from admin_api.settings import AdminSettings
 from lookaside.registry import validation as v
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import AdminPort
 from lookaside.registry.transitions import BackendTransitions
 
 BACKEND_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -35,8 +35,8 @@ def get_settings(request: Request) -> AdminSettings:
     return settings
 
 
-def get_store(request: Request) -> RegistryStore:
-    store: RegistryStore = request.app.state.store
+def get_store(request: Request) -> AdminPort:
+    store: AdminPort = request.app.state.store
     return store
 
 
@@ -46,7 +46,7 @@ def get_transitions(request: Request) -> BackendTransitions:
 
 
 SettingsDep = Annotated[AdminSettings, Depends(get_settings)]
-StoreDep = Annotated[RegistryStore, Depends(get_store)]
+StoreDep = Annotated[AdminPort, Depends(get_store)]
 TransitionsDep = Annotated[BackendTransitions, Depends(get_transitions)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 

@@ -40,8 +40,8 @@ from admin_api.metrics import BACKEND_CALLS
 from lookaside.registry.load import BUCKET_SECONDS
 from lookaside.registry.model import PoolSnapshot
 from lookaside.registry.outlier import Outcomes, differences
+from lookaside.registry.port import SignalPort
 from lookaside.registry.signals import SLOT_SECONDS, slot_of
-from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.admin")
 
@@ -81,7 +81,7 @@ class Sampler:
     """Takes samples; keeps its own recent readings of the outcome totals
     per pool to turn them into counts over a sample and over a window."""
 
-    store: RegistryStore
+    store: SignalPort
     _readings: dict[str, deque[tuple[float, dict[str, Outcomes]]]] = field(default_factory=dict)
 
     def _outcomes(

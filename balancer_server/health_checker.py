@@ -30,7 +30,7 @@ from lookaside.registry.errors import Unavailable
 from lookaside.registry.health import HealthStore
 from lookaside.registry.machine import Outcome
 from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import HealthPort
 from lookaside.registry.watcher import RegistryWatcher
 
 log = logging.getLogger("lookaside.health")
@@ -158,7 +158,7 @@ class Prober:
 class HealthChecker:
     def __init__(
         self,
-        store: RegistryStore,
+        store: HealthPort,
         watcher: RegistryWatcher,
         replicas: ReplicaSet,
         *,

@@ -38,8 +38,8 @@ from lookaside.proto.lb.v1 import backend_stats_pb2
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.outlier import outcome_fields
+from lookaside.registry.port import ReportPort
 from lookaside.registry.reports import bucket_of
-from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -152,9 +152,7 @@ class LoadReportSink:
     failed flush is retried with the same id, which the registry counts
     once even when the failed attempt had reached it."""
 
-    def __init__(
-        self, store: RegistryStore, *, replica_id: str, flush_interval: float = 1.0
-    ) -> None:
+    def __init__(self, store: ReportPort, *, replica_id: str, flush_interval: float = 1.0) -> None:
         self.store = store
         self.replica_id = replica_id
         self.flush_interval = flush_interval

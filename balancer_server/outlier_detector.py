@@ -22,8 +22,8 @@ from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import BackendState, PoolSnapshot
-from lookaside.registry.outlier import OutlierStore, judge, judge_latency, qualified, unagreed
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.outlier import judge, judge_latency, qualified, unagreed
+from lookaside.registry.port import OutlierPort
 from lookaside.registry.watcher import RegistryWatcher
 
 log = logging.getLogger("lookaside.outlier")
@@ -38,14 +38,14 @@ def _ejection_due(snapshot: PoolSnapshot, now_ms: float) -> bool:
 class OutlierDetector:
     def __init__(
         self,
-        store: RegistryStore,
+        outliers: OutlierPort,
         watcher: RegistryWatcher,
         replicas: ReplicaSet,
         *,
         max_share: float = 0.5,
         tick: float = 0.5,
     ) -> None:
-        self.outliers = OutlierStore(store)
+        self.outliers = outliers
         self.watcher = watcher
         self.replicas = replicas
         self.max_share = max_share

@@ -30,7 +30,7 @@ from lookaside.registry import validation as v
 from lookaside.registry.errors import Conflict, NotOwner, PoolFull, TooManyPools, Unavailable
 from lookaside.registry.hosts import resolve_host
 from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import RegistrationPort
 
 log = logging.getLogger("lookaside.registry")
 
@@ -42,7 +42,7 @@ def _duration_ms(d: Any) -> int:
 
 
 class RegistryService(pb_grpc.RegistryServicer):
-    def __init__(self, store: RegistryStore, auth: RegistrationAuth | None = None) -> None:
+    def __init__(self, store: RegistrationPort, auth: RegistrationAuth | None = None) -> None:
         self.store = store
         self.auth = auth or RegistrationAuth()
         self._refusal_log = RateLimitedLog(log)

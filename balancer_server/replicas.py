@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.errors import Unavailable
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import ReplicaPort
 
 log = logging.getLogger("lookaside.replicas")
 
@@ -32,7 +32,7 @@ def owner(key: str, replicas: list[str]) -> str:
 
 
 class ReplicaSet:
-    def __init__(self, store: RegistryStore, replica_id: str, *, interval: float = 1.0) -> None:
+    def __init__(self, store: ReplicaPort, replica_id: str, *, interval: float = 1.0) -> None:
         self.store = store
         self.replica_id = replica_id
         self.interval = interval

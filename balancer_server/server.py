@@ -35,6 +35,8 @@ from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.metrics_http import serve_metrics
 from lookaside.proto.lb.v1 import load_balancer_pb2
 from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside.registry.outlier import OutlierStore
+from lookaside.registry.port import BalancerPort, OutlierPort
 from lookaside.registry.reaper import reap_forever
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
@@ -129,15 +131,24 @@ def _epoch() -> str:
 
 
 class BalancerServer:
-    def __init__(self, settings: BalancerSettings) -> None:
+    """The balancer over `store`, either adapter of the registry port.
+    Outlier detection runs when `outliers` is given (OutlierStore: its sweep
+    exists over Redis only). The store is closed at stop() when
+    `owns_store`. from_settings() builds both over the settings' Redis."""
+
+    def __init__(
+        self,
+        settings: BalancerSettings,
+        store: BalancerPort,
+        *,
+        outliers: OutlierPort | None = None,
+        owns_store: bool = False,
+    ) -> None:
         self.settings = settings
         self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.epoch = _epoch()
-        self.store = RegistryStore.from_url(
-            settings.redis_url,
-            cluster=settings.redis_cluster,
-            guard_bound_ms=int(settings.panic_guard_bound * 1000),
-        )
+        self.store = store
+        self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
         self.watcher = RegistryWatcher(
             self.store,
@@ -162,8 +173,12 @@ class BalancerServer:
             max_share=settings.max_eject_share,
             tls=self.backend_tls,
         )
-        self.outliers = OutlierDetector(
-            self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
+        self.outliers = (
+            None
+            if outliers is None
+            else OutlierDetector(
+                outliers, self.watcher, self.replicas, max_share=settings.max_eject_share
+            )
         )
         self.auth = registration_auth(settings)
         self.credentials = server_credentials(
@@ -174,11 +189,25 @@ class BalancerServer:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
 
+    @classmethod
+    def from_settings(cls, settings: BalancerSettings) -> BalancerServer:
+        """The balancer over a RegistryStore on settings.redis_url (its own,
+        closed at stop()), with outlier detection."""
+        store = RegistryStore.from_url(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            guard_bound_ms=int(settings.panic_guard_bound * 1000),
+        )
+        return cls(settings, store, outliers=OutlierStore(store), owns_store=True)
+
     async def start(self) -> int:
         await self.watcher.start()
         self.sink.start()
         self.replicas.start()
-        self.outliers.start()
+        if self.outliers is not None:
+            self.outliers.start()
+        else:
+            log.info("outlier detection is off: no outlier store was given")
         if self.settings.health_checks:
             self.checker.start()
             self.checker.reconcile_all()
@@ -268,11 +297,13 @@ class BalancerServer:
                 log.warning("gRPC server did not stop within %.0fs; going on", grace + 5.0)
         await cancel_and_wait(self._tasks)
         await self.checker.stop()
-        await self.outliers.stop()
+        if self.outliers is not None:
+            await self.outliers.stop()
         await self.replicas.stop()
         await self.sink.stop()
         await self.watcher.stop()
-        await self.store.close()
+        if self.owns_store:
+            await self.store.close()
 
 
 # Garbage collector thresholds for the balancer process. With thousands of
@@ -289,7 +320,7 @@ async def serve(settings: BalancerSettings) -> None:
     serve_metrics(settings.metrics_listen, metrics.REGISTRY, settings.tls_cert, settings.tls_key)
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        balancer = BalancerServer(settings)
+        balancer = BalancerServer.from_settings(settings)
     except (PolicyError, TlsConfigError) as exc:
         raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()

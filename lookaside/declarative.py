@@ -32,7 +32,7 @@ from admin_api.schemas.backends import BackendCreate
 from admin_api.schemas.pools import PoolNameStr, PoolSettings
 from lookaside.registry import transitions as t
 from lookaside.registry.model import Backend, BackendState, backend_id_for
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import StatePort
 from lookaside.settings import split_host_port
 
 
@@ -141,7 +141,7 @@ async def _ip(host: str) -> str:
 
 
 async def _apply_static(
-    store: RegistryStore, pool: str, spec: BackendCreate, current: dict[str, Backend], actor: str
+    store: StatePort, pool: str, spec: BackendCreate, current: dict[str, Backend], actor: str
 ) -> str | None:
     want = spec.to_backend(pool, await _ip(spec.host))
     have = current.get(want.id)
@@ -170,7 +170,7 @@ def _keep(have: Backend, want: Backend) -> dict[str, Any]:
     return data
 
 
-async def apply(store: RegistryStore, doc: StateDocument, *, actor: str = "apply") -> ApplyResult:
+async def apply(store: StatePort, doc: StateDocument, *, actor: str = "apply") -> ApplyResult:
     result = ApplyResult()
     transitions = t.BackendTransitions(store)
     for pool in doc.pools:
@@ -197,7 +197,7 @@ async def apply(store: RegistryStore, doc: StateDocument, *, actor: str = "apply
     return result
 
 
-async def export(store: RegistryStore) -> StateDocument:
+async def export(store: StatePort) -> StateDocument:
     pools = []
     for name in await store.list_pools():
         snap = await store.snapshot(name)

@@ -19,7 +19,7 @@ import time
 from lookaside import declarative as d
 from lookaside.asyncutil import cancelling
 from lookaside.registry.errors import Unavailable
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import StatePort
 
 log = logging.getLogger("lookaside.state")
 
@@ -28,7 +28,7 @@ PENDING_HOLD_LIMIT = 600.0  # seconds a hold waits for its backend
 
 class StateKeeper:
     def __init__(
-        self, store: RegistryStore, doc: d.StateDocument, *, interval: float = 2.0, actor: str = ""
+        self, store: StatePort, doc: d.StateDocument, *, interval: float = 2.0, actor: str = ""
     ) -> None:
         self.store = store
         self.declared = doc
@@ -106,7 +106,7 @@ class StateKeeper:
             await cancel_and_wait([self._task])
 
 
-def keeper_from_file(store: RegistryStore, path: str, actor: str) -> StateKeeper | None:
+def keeper_from_file(store: StatePort, path: str, actor: str) -> StateKeeper | None:
     """A started keeper for `path` (empty: None); StateError for a bad file."""
     if not path:
         return None

@@ -20,6 +20,7 @@ import grpc
 from balancer_server.server import BalancerServer
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside.registry.port import BalancerPort
 from lookaside.settings import BalancerSettings
 
 T = TypeVar("T")
@@ -43,10 +44,14 @@ class LoopThread:
 
 
 class BalancerHandle:
-    """A real BalancerServer on 127.0.0.1:<free port>, on its own loop."""
+    """A real BalancerServer on 127.0.0.1:<free port>, on its own loop: over
+    a RegistryStore on `redis_url`, or over `store` when given (an adapter
+    of the registry port, such as MemoryStore; no outlier detection)."""
 
-    def __init__(self, redis_url: str, **overrides: Any) -> None:
-        settings = dict(
+    def __init__(
+        self, redis_url: str, *, store: BalancerPort | None = None, **overrides: Any
+    ) -> None:
+        settings: dict[str, Any] = dict(
             listen="127.0.0.1:0",
             redis_url=redis_url,
             metrics_listen="",
@@ -62,7 +67,11 @@ class BalancerHandle:
         settings.update(overrides)
         self.settings = BalancerSettings(**settings)
         self.loop = LoopThread("balancer")
-        self.server = BalancerServer(self.settings)
+        self.server = (
+            BalancerServer.from_settings(self.settings)
+            if store is None
+            else BalancerServer(self.settings, store)
+        )
         self.port = self.loop.run(self.server.start())
         self.address = f"127.0.0.1:{self.port}"
         self.stopped = False

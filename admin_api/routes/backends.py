@@ -23,7 +23,7 @@ from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
 from lookaside.registry import transitions as t
 from lookaside.registry.hosts import resolve_host
 from lookaside.registry.model import Backend
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import PoolReads
 from lookaside.registry.validation import NotFoundError
 
 log = logging.getLogger("lookaside.admin")
@@ -33,7 +33,7 @@ router = APIRouter(
 )
 
 
-async def _backend(store: RegistryStore, pool: str, backend_id: str) -> Backend:
+async def _backend(store: PoolReads, pool: str, backend_id: str) -> Backend:
     snap = await load_pool(store, pool)
     for b in snap.backends:
         if b.id == backend_id:
@@ -44,7 +44,7 @@ async def _backend(store: RegistryStore, pool: str, backend_id: str) -> Backend:
     )
 
 
-async def _out(store: RegistryStore, pool: str, backend_id: str) -> BackendOut:
+async def _out(store: PoolReads, pool: str, backend_id: str) -> BackendOut:
     return BackendOut.from_backend(await _backend(store, pool, backend_id))
 
 
@@ -111,7 +111,7 @@ async def set_weight(
 
 async def _transition(
     transitions: t.BackendTransitions,
-    store: RegistryStore,
+    store: PoolReads,
     pool: str,
     backend_id: str,
     transition: t.Transition,

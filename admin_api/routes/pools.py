@@ -20,14 +20,14 @@ from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
 from admin_api.schemas.pools import PoolCreate, PoolList, PoolOut, PoolPatch, PoolSettings
 from lookaside.registry.errors import NotFound
 from lookaside.registry.model import PoolSnapshot
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import PoolReads
 
 log = logging.getLogger("lookaside.admin")
 
 router = APIRouter(prefix="/pools", tags=["pools"], responses=COMMON)
 
 
-async def load_pool(store: RegistryStore, pool: str) -> PoolSnapshot:
+async def load_pool(store: PoolReads, pool: str) -> PoolSnapshot:
     """The pool's snapshot, or NotFoundError (404)."""
     snap = await store.snapshot(pool)
     if snap is None:
@@ -35,7 +35,7 @@ async def load_pool(store: RegistryStore, pool: str) -> PoolSnapshot:
     return snap
 
 
-async def _saved(store: RegistryStore, pool: str) -> PoolOut:
+async def _saved(store: PoolReads, pool: str) -> PoolOut:
     return PoolOut.from_snapshot(await load_pool(store, pool))
 
 

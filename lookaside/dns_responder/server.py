@@ -40,6 +40,7 @@ from lookaside.dns_responder.records import (
 )
 from lookaside.dns_responder.settings import DnsSettings
 from lookaside.registry.model import PoolSnapshot
+from lookaside.registry.port import DnsPort
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
 from lookaside.settings import split_host_port
@@ -85,15 +86,17 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 class DnsResponder:
     """Serves the zone on settings.listen (port 0 picks a free port that is
-    free for both UDP and TCP). start() returns the bound port."""
+    free for both UDP and TCP). start() returns the bound port. The pools
+    come from `store` (either adapter of the registry port), or without
+    one from a RegistryStore on settings.redis_url, closed at stop()."""
 
-    def __init__(self, settings: DnsSettings, store: RegistryStore | None = None) -> None:
+    def __init__(self, settings: DnsSettings, store: DnsPort | None = None) -> None:
         self.settings = settings
         self.zone = settings.zone
-        self.store = store or RegistryStore.from_url(
+        self._own_store = store is None
+        self.store: DnsPort = store or RegistryStore.from_url(
             settings.redis_url, cluster=settings.redis_cluster
         )
-        self._own_store = store is None
         self.watcher = RegistryWatcher(
             self.store, resync_interval=settings.resync_interval, hooks=[self._on_change]
         )

@@ -1,8 +1,9 @@
 """The backend registry: pools, backends and leases, kept in Redis.
 
 This package is the registry's closed port: only it talks to Redis, and
-callers catch its errors (lookaside.registry.errors). RegistryStore keeps
-the registry in Redis, MemoryStore in memory, with the same operations;
+callers catch its errors (lookaside.registry.errors). Its operations are
+typed per consumer in lookaside.registry.port (`Registry` is all of them);
+RegistryStore keeps the registry in Redis, MemoryStore in memory;
 every backend state change follows one table (lookaside.registry.machine).
 Nothing in this package knows the grpclb wire format. The balancer turns the
 snapshots it produces into server lists; another front end (xDS, DNS, the
@@ -31,6 +32,7 @@ from lookaside.registry.model import (
     PoolConfig,
     PoolSnapshot,
 )
+from lookaside.registry.port import Registry
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.validation import RegistryError
 
@@ -52,6 +54,7 @@ __all__ = [
     "PoolFull",
     "TooManyPools",
     "RefusedByHold",
+    "Registry",
     "RegistryError",
     "RegistryFailure",
     "RegistryStore",

@@ -18,8 +18,8 @@ Redis or connection failure into `Unavailable`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import redis.exceptions
 
@@ -95,7 +95,7 @@ class Unavailable(RegistryFailure):
     """Redis did not answer or failed; retry later."""
 
 
-def guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turns Redis and connection failures of a store method into Unavailable."""
 
     @functools.wraps(fn)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from lookaside.registry.errors import NotFound
 from lookaside.registry.machine import Event, Outcome
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import HealthPort
 
 
 class HealthStore:
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: HealthPort) -> None:
         self.store = store
 
     async def set_health(

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from lookaside.asyncutil import cancelling
 from lookaside.registry.errors import Unavailable
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import ReaperPort
 
 log = logging.getLogger("lookaside.registry")
 
@@ -32,7 +32,7 @@ PRUNE_EVERY = 20
 
 
 async def reap_forever(
-    store: RegistryStore,
+    store: ReaperPort,
     *,
     interval: float = 0.5,
     max_share: float = 0.5,

@@ -1,5 +1,6 @@
-"""RegistryStore: the registry's port. Every read and write of pools and
-backends, in Redis; nothing outside lookaside.registry talks to Redis.
+"""RegistryStore: the registry's port (lookaside.registry.port) in Redis.
+Every read and write of pools and backends; nothing outside
+lookaside.registry talks to Redis.
 
 Results are typed, and every failure is a lookaside.registry.errors error:
 a Redis or connection failure is `Unavailable`, never a Redis exception.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from lookaside.registry.errors import TransitionRefused
 from lookaside.registry.machine import TABLE, Event
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import TransitionPort
 
 __all__ = [
     "DISABLE",
@@ -51,9 +51,9 @@ class TransitionResult:
 
 
 class BackendTransitions:
-    """Runs operator Transitions against one RegistryStore."""
+    """Runs operator Transitions against one store."""
 
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(self, store: TransitionPort) -> None:
         self.store = store
 
     async def apply(

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.errors import RegistryFailure, Unavailable
 from lookaside.registry.model import PoolSnapshot
-from lookaside.registry.store import RegistryStore
+from lookaside.registry.port import WatchPort
 
 log = logging.getLogger("lookaside.registry")
 
@@ -40,7 +40,7 @@ ChangeHook = Callable[[str, PoolSnapshot | None], None]
 class RegistryWatcher:
     def __init__(
         self,
-        store: RegistryStore,
+        store: WatchPort,
         *,
         resync_interval: float = 1.0,
         hooks: list[ChangeHook] | None = None,

@@ -26,7 +26,7 @@ async def memory() -> MemoryStore:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def api(memory: MemoryStore) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings("redis://127.0.0.1:1/0"), store=memory)  # type: ignore[arg-type]
+    app = create_app(make_settings("redis://127.0.0.1:1/0"), store=memory)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.7", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as client:
         yield client
@@ -65,7 +65,7 @@ async def test_signals_over_the_memory_port(api: httpx.AsyncClient, memory: Memo
     assert r.status_code == 201, r.text
     lease = await memory.register(pool="sig", host="h", ip="127.0.0.1", port=82)
     await memory.heartbeat("sig", lease.backend_id, lease.lease_id, {"qps": 4.0, "latency_ms": 2.0})
-    sampler = Sampler(memory)  # type: ignore[arg-type]
+    sampler = Sampler(memory)
     snap = await memory.snapshot("sig")
     assert snap is not None
     now = time.time()

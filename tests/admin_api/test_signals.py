@@ -174,7 +174,7 @@ async def test_the_sampler_logs_a_lost_registry_once_and_keeps_going(
     await memory.put_pool(PoolConfig(name="sampled"))
     memory.available = False
     caplog.set_level(logging.INFO, logger="lookaside.admin")
-    sampler = Sampler(memory)  # type: ignore[arg-type]
+    sampler = Sampler(memory)
     task = asyncio.create_task(_sample_forever(sampler, period=0.02))
     try:
 
@@ -211,7 +211,7 @@ async def test_a_steady_load_reads_steady_and_its_success_rate_is_always_known()
     await memory.put_pool(PoolConfig(name=pool, report_interval_ms=10_000))
     lease = await memory.register(pool=pool, host="h", ip="10.1.0.1", port=80)
     bid = lease.backend_id
-    samplers = [Sampler(memory), Sampler(memory)]  # type: ignore[arg-type]
+    samplers = [Sampler(memory), Sampler(memory)]
     start = (time.time() // 10) * 10 - 600
     phases = (1.3, 4.7, 8.2)
     reports = sorted(start + p + 10 * k for p in phases for k in range(60))

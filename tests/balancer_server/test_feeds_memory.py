@@ -46,7 +46,7 @@ async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-unt
 async def test_streams_follow_pools_and_keep_lists_while_the_registry_is_away() -> None:
     store = MemoryStore()
     hub = FeedHub("epoch1")
-    watcher = RegistryWatcher(store, resync_interval=0.05, hooks=[hub.on_change])  # type: ignore[arg-type]
+    watcher = RegistryWatcher(store, resync_interval=0.05, hooks=[hub.on_change])
     await watcher.start()
     try:
         await store.register(pool="svc", host="h", ip="10.0.0.1", port=80)
