@@ -192,6 +192,6 @@ def test_tls_key_not_the_certificates_is_named_not_a_port_in_use(
         err = capsys.readouterr().err
         assert f"TLS key {key!r} does not go with certificate {cert!r}" in err, err
         assert "in use" not in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit) as stopped:
         serve_metrics(f"127.0.0.1:{free_port()}", CollectorRegistry(), cert, key)
-    assert str(exc.value).startswith("cannot serve /metrics over HTTPS: TLS key")
+    assert str(stopped.value).startswith("cannot serve /metrics over HTTPS: TLS key")
