@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from lookaside.settings import check_backend_tls
+from lookaside.settings import check_backend_tls, check_key_pair
 
 
 class TlsConfigError(ValueError):
@@ -55,6 +55,10 @@ def server_credentials(
     if require_client_cert and not client_ca:
         raise TlsConfigError("--require-client-cert needs --tls-client-ca to verify them with")
     pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
+    try:
+        check_key_pair(cert, key)
+    except ValueError as exc:
+        raise TlsConfigError(str(exc)) from None
     roots = _read(client_ca, "client CA") if client_ca else None
     return grpc.ssl_server_credentials(
         [pair], root_certificates=roots, require_client_auth=roots is not None

@@ -17,9 +17,12 @@ import argparse
 import datetime
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lookaside.dns_responder.settings import check_dns_name
 
 DEFAULT_ZONE = "lookaside.test"
 DEFAULT_CLIENT = f"backend.{DEFAULT_ZONE}"
@@ -205,17 +208,50 @@ def existing(out: str | Path) -> Issued | None:
 
 def _run(args: argparse.Namespace) -> int:
     kept = existing(args.out) if args.keep else None
-    issued = kept or issue(
-        args.out,
-        zone=args.zone,
-        names=tuple(args.name or ()),
-        client_name=args.client_name,
-        days=args.days,
-    )
+    try:
+        issued = kept or issue(
+            args.out,
+            zone=args.zone,
+            names=tuple(args.name or ()),
+            client_name=args.client_name,
+            days=args.days,
+        )
+    except OSError as exc:
+        print(
+            f"lookaside certs: cannot write to --out {args.out}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     for path in (issued.ca, issued.server_cert, issued.server_key, issued.client_cert,
                  issued.client_key):  # fmt: skip
         print(path)
     return 0
+
+
+MAX_DAYS = 3650
+
+
+def _dns_name(value: str) -> str:
+    try:
+        return check_dns_name(value, "name")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _san(value: str) -> str:
+    """A DNS name, or a wildcard one (*.<name>) for the server certificate."""
+    wild = value.strip().startswith("*.")
+    return "*." + _dns_name(value.strip()[2:]) if wild else _dns_name(value)
+
+
+def _days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of days in 1..{MAX_DAYS}")
+    return days
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -223,12 +259,25 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "certs", help="make a local CA and TLS certificates", description=__doc__.splitlines()[0]
     )
     p.add_argument("--out", required=True, help="directory to write the PEM files to")
-    p.add_argument("--zone", default=DEFAULT_ZONE, help="DNS zone the server certificate covers")
-    p.add_argument("--name", action="append", help="another DNS name for the server certificate")
     p.add_argument(
-        "--client-name", default=DEFAULT_CLIENT, help="identity (CN, DNS SAN) of the client cert"
+        "--zone",
+        type=_dns_name,
+        default=DEFAULT_ZONE,
+        help="DNS zone the server certificate covers",
     )
-    p.add_argument("--days", type=int, default=30, help="validity in days")
+    p.add_argument(
+        "--name",
+        type=_san,
+        action="append",
+        help="another DNS name (or *.name) for the server certificate",
+    )
+    p.add_argument(
+        "--client-name",
+        type=_dns_name,
+        default=DEFAULT_CLIENT,
+        help="identity (CN, DNS SAN) of the client cert",
+    )
+    p.add_argument("--days", type=_days, default=30, help=f"validity in days (1..{MAX_DAYS})")
     p.add_argument(
         "--keep",
         action="store_true",

@@ -6,6 +6,8 @@ import logging
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from lookaside.settings import check_key_pair
+
 log = logging.getLogger("lookaside")
 
 
@@ -18,6 +20,11 @@ def serve_metrics(listen: str, registry: CollectorRegistry, cert: str = "", key:
     if not listen:
         return
     host, _, port = listen.rpartition(":")
+    if cert:
+        try:
+            check_key_pair(cert, key)
+        except ValueError as exc:
+            raise SystemExit(f"cannot serve /metrics over HTTPS: {exc}") from None
     try:
         start_http_server(
             int(port),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import ssl
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -154,6 +155,20 @@ def check_backend_tls(ca: str, cert: str, key: str, server_name: str) -> None:
             "give both --backend-tls-cert and --backend-tls-key (or neither, when the "
             "backends ask for no client certificate)"
         )
+
+
+def check_key_pair(cert: str, key: str) -> None:
+    """A ValueError when the PEM key file is not the certificate's (or
+    either cannot be loaded): grpcio would only fail to add the port, which
+    reads as a port in use."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=b"")
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise ValueError(
+            f"TLS key {key!r} does not go with certificate {cert!r} ({reason}); "
+            "give the key the certificate was made for"
+        ) from None
 
 
 def _optional_file(value: str) -> str:

@@ -30,6 +30,7 @@ from lookaside.demo.interceptor import FaultInterceptor
 from lookaside.demo.settings import ServerSettings, read_bytes
 from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside.settings import check_key_pair
 
 log = logging.getLogger("lookaside.demo.server")
 
@@ -178,6 +179,7 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     if not settings.tls_cert:
         return None
     pair = (read_bytes(settings.tls_key, "TLS key"), read_bytes(settings.tls_cert, "TLS cert"))
+    check_key_pair(settings.tls_cert, settings.tls_key)
     client_ca = read_bytes(settings.tls_client_ca, "client CA") if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [pair], root_certificates=client_ca, require_client_auth=client_ca is not None

@@ -51,6 +51,7 @@ TCP_IDLE_TIMEOUT = 10.0
 NAME_REFRESH_INTERVAL = 30.0
 NAME_RESOLVE_TIMEOUT = 2.0
 BIND_ATTEMPTS = 20
+MAX_NAME_BYTES = 255  # a name's wire length (RFC 1035 3.1)
 
 
 def _is_ip(host: str) -> bool:
@@ -136,6 +137,9 @@ class DnsResponder:
         `truncate`, the question alone with TC set. Never raises."""
         try:
             request = DNSRecord.parse(data)
+            for q in request.questions:  # dnslib parses names it cannot write back
+                if sum(len(label) + 1 for label in q.qname.label) + 1 > MAX_NAME_BYTES:
+                    raise ValueError(f"question name over {MAX_NAME_BYTES} bytes")
         except Exception as exc:  # noqa: BLE001 - dnslib raises several types on garbage
             metrics.MALFORMED.labels(transport).inc()
             log.debug(

@@ -3,9 +3,11 @@ one TCP connection."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 
+import pytest
 from dnslib import EDNS0, DNSRecord
 
 from lookaside.registry.model import PoolConfig
@@ -63,6 +65,21 @@ def test_malformed_packets_get_formerr_or_nothing_and_do_no_harm(
     dns.run(dns.store.put_pool(PoolConfig(name=pool_name)))
     wait_until(lambda: rcode(dns.query(f"{pool_name}.{ZONE}", "A")) == "NOERROR")
     assert rcode(dns.query(f"{pool_name}.{ZONE}", "A", tcp=True)) == "NOERROR"
+
+
+def test_question_name_over_255_bytes_is_formerr_without_an_error_logged(
+    dns: DnsHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Labels of 63 bytes each parse, but five make a name no DNS message
+    may carry (RFC 1035 3.1): FORMERR, as for any malformed query, and no
+    traceback per packet in the log."""
+    name = b"".join(b"\x3f" + b"a" * 63 for _ in range(5)) + b"\x00"
+    query = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+    with caplog.at_level(logging.INFO, logger="lookaside.dns"):
+        reply = udp_exchange(dns.port, query)
+    assert reply is not None
+    assert struct.unpack("!HH", reply[:4]) == (0x4242, 0x8101)  # a response, FORMERR
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_several_queries_on_one_tcp_connection(dns: DnsHandle, pool_name: str) -> None:

@@ -53,3 +53,43 @@ def test_keep_leaves_existing_certificates_alone(
     assert main(["certs", "--out", str(tmp_path), "--keep"]) == 0
     assert (tmp_path / "ca.pem").read_bytes() != ca
     assert main(["certs", "--out", str(tmp_path)]) == 0  # without --keep: new ones
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--days", "0"], "argument --days: '0' is not a number of days in 1..3650"),
+        (["--days", "-5"], "argument --days: '-5' is not a number of days"),
+        (["--days", "99999999"], "argument --days: '99999999' is not a number of days"),
+        (["--zone", "bad zone!"], "argument --zone: name 'bad zone!' is not a DNS name"),
+        (["--name", ""], "argument --name: name '' is not a DNS name"),
+        (["--name", "a.*.b"], "argument --name: name 'a.*.b' is not a DNS name"),
+        (["--client-name", "x\x00y"], "argument --client-name: name 'x\\x00y' is not a DNS name"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_flag(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["certs", "--out", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "ca.pem").exists()
+
+
+def test_wildcard_name_is_a_server_san(tmp_path: Path) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--name", "*.pool.example"]) == 0
+    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "*.pool.example" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_out_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert main(["certs", "--out", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"lookaside certs: cannot write to --out {taken}: File exists\n"

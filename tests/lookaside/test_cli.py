@@ -5,10 +5,14 @@ environment variable, before anything starts; a port it cannot bind exits
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from lookaside.certs import issue
 from lookaside.cli import main
+from lookaside.metrics_http import serve_metrics
 from lookaside.redis_process import free_port
 
 
@@ -149,3 +153,45 @@ def test_dns_default_port_is_not_mdns_and_docs_agree() -> None:
         text = (root / doc).read_text()
         assert ":5353" not in text, doc
         assert f":{port}" in text, doc
+
+
+@pytest.mark.parametrize("flag", ["--balancer-port", "--metrics-port", "--admin-port"])
+@pytest.mark.parametrize("port", ["0", "70000"])
+def test_lab_port_out_of_range_exits_2_naming_the_flag(
+    flag: str, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["up", flag, port])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} (env LOOKASIDE_LAB_" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def mismatched_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A server certificate and a key that is not its own (the client's)."""
+    certs = issue(tmp_path_factory.mktemp("certs"))
+    return str(certs.server_cert), str(certs.client_key)
+
+
+def test_tls_key_not_the_certificates_is_named_not_a_port_in_use(
+    redis_url: str, mismatched_pair: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = mismatched_pair
+    tls = ["--tls-cert", cert, "--tls-key", key]
+    listen = ["--listen", f"127.0.0.1:{free_port()}"]
+    balancer = ["balancer", *listen, "--redis-url", redis_url, "--metrics-listen", "", *tls]
+    backend = ["routeguide", "server", *listen, "--balancer", "127.0.0.1:1", *tls]
+    for argv in (balancer, backend):
+        try:
+            code: object = main(argv)
+        except SystemExit as exc:  # a message exits 1 with it on stderr
+            code = 1 if isinstance(exc.code, str) else exc.code
+            print(exc.code, file=sys.stderr)
+        assert code == 1
+        err = capsys.readouterr().err
+        assert f"TLS key {key!r} does not go with certificate {cert!r}" in err, err
+        assert "in use" not in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stopped:
+        serve_metrics(f"127.0.0.1:{free_port()}", CollectorRegistry(), cert, key)
+    assert str(stopped.value).startswith("cannot serve /metrics over HTTPS: TLS key")
