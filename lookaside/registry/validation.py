@@ -117,7 +117,8 @@ def check_drop_token(token: str) -> str:
 
 
 def parse_ip(value: str) -> str | None:
-    """The canonical text of an IP address, or None when it is not one.
+    """The canonical text of an IP address, or None when it is not one;
+    an IPv4-mapped IPv6 address is its IPv4 address.
     An IPv6 scope id ("fe80::1%eth0") is refused: it names an interface of
     the sender's own host, and its free text ended up in logs and DNS."""
     text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
@@ -126,9 +127,12 @@ def parse_ip(value: str) -> str | None:
             f"host {value[:64]!r} carries an IPv6 scope id (%...); give a global address"
         )
     try:
-        return str(ipaddress.ip_address(text))
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # An IPv4-mapped IPv6 address is its IPv4 address (as a caller's is).
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def address_problem(ip: str) -> str | None:

@@ -275,6 +275,9 @@ def test_a_backend_token_registers_its_one_address(
     base = f"/api/v1/pools/{pool_name}/backend-tokens"
     r = admin(redis_url, "POST", base, json={"address": "backend.example:9600"})
     assert r.status_code == 422 and "not a name" in r.text
+    # An IPv4-mapped address is its IPv4 address, as the caller's is.
+    r = admin(redis_url, "POST", base, json={"address": "[::ffff:127.0.0.2]:9600"})
+    assert r.status_code == 201 and r.json()["address"] == "127.0.0.2:9600", r.text
     r = admin(redis_url, "POST", base, json={"address": "127.0.0.2:9600"})
     assert r.status_code == 201, r.text
     minted = r.json()
