@@ -64,16 +64,23 @@ def _missing(pool: str, backend_id: str) -> NotFound:
     return NotFound(f"backend {backend_id} is not registered in pool {pool!r}")
 
 
+# No load figure means anything past this (11 days of latency, a billion
+# calls a second); a larger one would only skew least_loaded's weights.
+LOAD_MAX = 1e9
+
+
 def check_load(load: dict[str, float] | None) -> dict[str, float] | None:
-    """Load figures must be finite and not negative, except utilization,
-    where a negative value means unknown (BackendLoad in registry.proto) and
-    is stored as -1."""
+    """Load figures must be finite, at most LOAD_MAX and not negative,
+    except utilization, where a negative value means unknown (BackendLoad
+    in registry.proto) and is stored as -1."""
     if not load:
         return load
     checked = dict(load)
     for name, value in load.items():
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise InvalidInput(f"load.{name} is {value!r}: give a finite number")
+        if value > LOAD_MAX:
+            raise InvalidInput(f"load.{name} is {value!r}: give a finite number up to {LOAD_MAX:g}")
         if value < 0:
             if name != "utilization":
                 raise InvalidInput(

@@ -198,7 +198,7 @@ def test_redis_down_gives_unavailable_and_keeps_lists(pool_name: str) -> None:
         own.stop()
 
 
-@pytest.mark.parametrize("latency", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("latency", [float("nan"), float("inf"), -1.0, 1e308])
 def test_heartbeat_with_a_latency_that_is_not_a_finite_number_is_invalid(
     registry, pool_name: str, latency: float
 ) -> None:  # type: ignore[no-untyped-def]
