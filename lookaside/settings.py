@@ -4,6 +4,7 @@ helper that turns one into argparse flags (every flag reads its variable)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
@@ -65,6 +66,23 @@ def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
     if port == 0 and not port_zero:
         raise ValueError(f"{what} {value!r}: port 0 is only allowed for --listen")
     return value.strip()
+
+
+class FieldProblem(ValueError):
+    """A check across fields that blames one of them: settings_or_exit names
+    that field's flag (or variable) as it names a field's own errors."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def blaming(field: str, check: Callable[..., str], *args: str) -> str:
+    """check(*args), a ValueError from it blamed on `field` (FieldProblem)."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise FieldProblem(field, str(exc)) from None
 
 
 def read_secret(path: str, what: str) -> str:
@@ -137,7 +155,9 @@ class BalancerSettings(BaseSettings):
     listen: str = Field(
         "0.0.0.0:50051", description="host:port for BalanceLoad, registration, health"
     )
-    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field(
+        "", description="the registry's Redis, e.g. redis://HOST:6379/0 (required)"
+    )
     redis_url_file: str = Field(
         "", description="file holding the Redis URL (keeps a password out of ps and env)"
     )
@@ -217,7 +237,8 @@ class BalancerSettings(BaseSettings):
     @model_validator(mode="after")
     def _secret_files(self) -> BalancerSettings:
         if self.redis_url_file:
-            self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
+            url = blaming("redis_url_file", read_secret, self.redis_url_file, "Redis URL file")
+            self.redis_url = blaming("redis_url_file", check_redis_url, url)
         return self
 
     @field_validator("metrics_listen")
@@ -272,14 +293,37 @@ def settings_or_exit(
     try:
         return settings_from_args(model, args)
     except ValidationError as exc:
-        prefix = model.model_config.get("env_prefix", "")
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            where = f"--{field.replace('_', '-')} (env {prefix}{field.upper()}): " if field else ""
-            problems.append(where + err["msg"].removeprefix("Value error, "))
+        problems = [f"{_source(model, args, _field(err))}{_message(err)}" for err in exc.errors()]
         # One line, no usage text: the message names the flag to fix.
         import sys
 
         print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _field(err: Any) -> str:
+    problem = (err.get("ctx") or {}).get("error")
+    if isinstance(problem, FieldProblem):
+        return problem.field
+    return str(err["loc"][0]) if err["loc"] else ""
+
+
+def _message(err: Any) -> str:
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _source(model: type[BaseSettings], args: argparse.Namespace, field: str) -> str:
+    """What gave `field` its value, as the prefix of an error: the flag when
+    it was on the command line, the variable when it came from there, both
+    when neither (the default)."""
+    import os
+
+    if not field:
+        return ""
+    flag = f"--{field.replace('_', '-')}"
+    env = f"{model.model_config.get('env_prefix', '')}{field.upper()}"
+    if getattr(args, field, None) is not None:
+        return f"{flag}: "
+    if env in os.environ:
+        return f"env {env}: "
+    return f"{flag} (env {env}): "
