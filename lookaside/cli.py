@@ -79,7 +79,7 @@ def _service_command(
             # No built-in Redis: a default would silently share someone else's.
             print(
                 f"{parser.prog}: error: no Redis given: pass --redis-url (env {env}), "
-                "for example redis://127.0.0.1:6379/0",
+                "for example redis://HOST:6379/0",
                 file=sys.stderr,
             )
             return 2

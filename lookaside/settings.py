@@ -144,7 +144,8 @@ def _optional_file(value: str) -> str:
 
 
 # Setting types with their checks, shared by every component's settings.
-RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
+# Empty: not given (the command refuses to start without one; no default).
+RedisUrl = Annotated[str, AfterValidator(lambda v: check_redis_url(v) if v.strip() else "")]
 StateFile = Annotated[str, AfterValidator(check_state_file)]
 OptionalFile = Annotated[str, AfterValidator(_optional_file)]
 
