@@ -136,6 +136,34 @@ def issue(
     )
 
 
+def kept_or_issued(out: str | Path, *, zone: str = DEFAULT_ZONE) -> Issued:
+    """The certificates already under `out` when they are all there, name
+    `zone` and stay valid for another day (so clients keep trusting the same
+    CA across restarts of the lab); otherwise new ones (issue())."""
+    from cryptography import x509
+
+    out = Path(out)
+    kept = Issued(
+        ca=out / "ca.pem",
+        server_cert=out / "server.pem",
+        server_key=out / "server-key.pem",
+        client_cert=out / "client.pem",
+        client_key=out / "client-key.pem",
+    )
+    try:
+        cert = x509.load_pem_x509_certificate(kept.server_cert.read_bytes())
+        x509.load_pem_x509_certificate(kept.ca.read_bytes())
+        if not all(p.exists() for p in (kept.server_key, kept.client_cert, kept.client_key)):
+            raise ValueError("incomplete")
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+        if zone in sans.get_values_for_type(x509.DNSName) and cert.not_valid_after_utc > tomorrow:
+            return kept
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        pass
+    return issue(out, zone=zone)
+
+
 def _run(args: argparse.Namespace) -> int:
     issued = issue(
         args.out,

@@ -249,3 +249,63 @@ def test_lab_with_tls_serves_the_balancer_admin_and_backends_over_tls() -> None:
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(60)
+
+
+def lookaside(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command with no flag naming the lab: only the context does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOKASIDE_ADMIN_", "LOOKASIDE_WATCH_", "LOOKASIDE_STATE_"))}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lookaside", *args],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+def stop_lab(lab: subprocess.Popen[str]) -> None:
+    os.killpg(lab.pid, signal.SIGINT)
+    try:
+        lab.wait(60)
+    except subprocess.TimeoutExpired:
+        lab.kill()
+        raise
+
+
+@pytest.mark.timeout(300)
+def test_lab_writes_a_context_and_keeps_its_token_and_ca(context_file: str) -> None:
+    import json
+
+    ports = lab_ports()
+    lab = start_lab(ports, "--tls", "--backends", "1")
+    try:
+        text = "\n".join(read_until(lab, "Ctrl-C stops everything"))
+        assert "Lookaside lab is up" in text, text
+        context = json.loads(Path(context_file).read_text())
+        admin_url = f"https://127.0.0.1:{ports['admin']}"
+        assert context["admin_url"] == admin_url
+        assert context["balancer"] == f"127.0.0.1:{ports['balancer']}"
+        token = Path(context["token_file"]).read_text().strip()
+        ca = Path(context["ca"]).read_bytes()
+        assert f"{admin_url}/#token={token}" in text  # the dashboard link, logged in
+        assert f"context    {context_file}" in text
+
+        done = lookaside("ctl", "pools", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        [pool] = [p for p in json.loads(done.stdout)["pools"] if p["name"] == "routeguide"]
+        assert pool["report_interval_ms"] == 1000  # short, so a short demo run shows up
+        done = lookaside("export")
+        assert done.returncode == 0 and "name: routeguide" in done.stdout, done.stderr
+        done = lookaside("watch", "routeguide", "--count", "1", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.splitlines()[1])["length"] == 1
+    finally:
+        stop_lab(lab)
+
+    lab = start_lab(ports, "--tls", "--backends", "1")
+    try:
+        text = "\n".join(read_until(lab, "Ctrl-C stops everything"))
+        assert "Lookaside lab is up" in text, text
+        context = json.loads(Path(context_file).read_text())
+        assert Path(context["token_file"]).read_text().strip() == token  # kept
+        assert Path(context["ca"]).read_bytes() == ca  # the same CA: clients still trust it
+        assert lookaside("ctl", "pools").returncode == 0
+    finally:
+        stop_lab(lab)
