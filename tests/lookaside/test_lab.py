@@ -19,6 +19,7 @@ import pytest
 from lookaside.cli import main
 from lookaside.demo.report import parse_summary
 from lookaside.redis_process import free_port
+from tests.support import wait_until
 
 
 def client(*args: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -296,6 +297,21 @@ def test_lab_writes_a_context_and_keeps_its_token_and_ca(context_file: str) -> N
         done = lookaside("watch", "routeguide", "--count", "1", "-o", "json")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout.splitlines()[1])["length"] == 1
+
+        # The README's 15-call run shows in `ctl load` (the last report is
+        # sent when the client closes; the balancer writes reports each second).
+        target = f"routeguide.lookaside.test:{ports['balancer']}"
+        client(
+            "--lb", "lookaside", "--balancer", f"127.0.0.1:{ports['balancer']}",
+            "--target", target, "--mode", "repeatn", "-n", "15", "--tls-ca", context["ca"],
+        )  # fmt: skip
+
+        def started() -> int:
+            done = lookaside("ctl", "load", "routeguide", "-o", "json")
+            assert done.returncode == 0, done.stderr
+            return int(json.loads(done.stdout)["windows"][0]["counts"]["started"])
+
+        wait_until(lambda: started() == 15, timeout=30, interval=0.5)
     finally:
         stop_lab(lab)
 
