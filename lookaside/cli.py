@@ -12,7 +12,9 @@
     lookaside chaos         faults under load, and a table of lost calls
     lookaside apply -f F    make the registry hold a declared state; `export` prints it
 
-Every flag also reads an environment variable (shown in --help).
+Every flag also reads an environment variable (shown in --help); ctl,
+watch, export and apply also read the context that `lookaside up` writes
+(lookaside.context). Bad arguments: one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
