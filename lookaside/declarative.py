@@ -13,9 +13,8 @@ apply() makes the registry hold what the document declares, through the
 registry's own store and transition scripts, and writes nothing that is
 already so (applying twice changes nothing). It merges: a pool's `config`
 is a JSON merge patch (RFC 7386) over the pool's current settings, so only
-the keys it names change (nested objects merge key by key; a key set to
-null goes back to its default), and static backends and holds are added or
-updated. Nothing the document leaves out is removed unless `prune` is
+the keys it names change (nested objects merge key by key), and static
+backends and holds are added or updated. Nothing the document leaves out is removed unless `prune` is
 given: then each pool named is made exactly as declared (settings not named
 go back to their defaults, unlisted static backends are removed, unlisted
 holds are lifted). Pools the document does not name are never touched.
@@ -33,15 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from admin_api.schemas.backends import BackendCreate
 from admin_api.schemas.pools import PoolNameStr, PoolSettings
@@ -89,47 +80,15 @@ class PoolState(BaseModel):
     name: PoolNameStr
     config: PoolSettings = Field(
         default_factory=lambda: PoolSettings.model_validate({}),
-        description="a JSON merge patch (RFC 7386) over the pool's settings: only the keys "
-        "named change, nested objects merge, null resets a key to its default",
+        description="merged over the pool's settings as a JSON merge patch (RFC 7386): only "
+        "the keys named change and nested objects merge; apply with prune to reset the rest",
     )
     static_backends: list[BackendCreate] = Field(default_factory=list, max_length=MAX_ITEMS)
     holds: list[Hold] = Field(default_factory=list, max_length=MAX_ITEMS)
-    # Dotted config keys given as null (back to their defaults).
-    _reset: tuple[str, ...] = PrivateAttr(default=())
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _nulls(cls, data: Any, handler: Any) -> PoolState:
-        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-            return handler(data)  # type: ignore[no-any-return]
-        nulls: list[str] = []
-        state: PoolState = handler({**data, "config": _without_nulls(data["config"], "", nulls)})
-        state._reset = tuple(nulls)
-        return state
 
     def patch(self) -> dict[str, Any]:
-        """The config as the merge patch it was written as: the keys named,
-        and None for those given as null."""
-        patch = _named(self.config)
-        for dotted in self._reset:
-            *outer, last = dotted.split(".")
-            node = patch
-            for key in outer:
-                node = node.setdefault(key, {})
-            node[last] = None
-        return patch
-
-
-def _without_nulls(obj: dict[str, Any], prefix: str, nulls: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if value is None:
-            nulls.append(prefix + str(key))
-        elif isinstance(value, dict):
-            out[key] = _without_nulls(value, f"{prefix}{key}.", nulls)
-        else:
-            out[key] = value
-    return out
+        """The config as the merge patch it was written as: the keys named."""
+        return _named(self.config)
 
 
 def _named(model: BaseModel) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         help="make the registry hold a declared state (merges; idempotent)",
         description="Applies pools, settings, static backends and holds from a YAML or JSON "
         "file (the format `lookaside export` writes). Merges: a partial config changes only "
-        "the keys it names (JSON merge patch; null resets a key). Prints every change, "
+        "the keys it names (JSON merge patch). Prints every change, "
         "old -> new. Removes nothing unless --prune.",
     )
     p.add_argument("-f", "--file", required=True, help="the state file")

@@ -249,8 +249,8 @@ pools:
     assert after["report_interval_ms"] == 5000
     assert after["health_checks"]["interval_ms"] == 500  # type: ignore[index]
     assert after["health_checks"]["timeout_ms"] == 300  # type: ignore[index]
-    # null resets one key to its default (RFC 7386), and only that key.
-    reset = d.parse(f"pools: [{{name: {pool_name}, config: {{report_interval_ms: null}}}}]")
+    # Naming a key with its default value is how one setting goes back.
+    reset = d.parse(f"pools: [{{name: {pool_name}, config: {{report_interval_ms: 10000}}}}]")
     result = await d.apply(store, reset)
     assert result.changes == [f"pool {pool_name}: report_interval_ms: 5000 -> 10000"]
     assert (await settings_of(store, pool_name))["policy"] == "least_loaded"
