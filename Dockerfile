@@ -27,12 +27,17 @@ RUN groupadd --system --gid 10001 lookaside \
  && useradd --system --uid 10001 --gid lookaside --home-dir /nonexistent --shell /usr/sbin/nologin lookaside
 COPY --from=build /opt/lookaside /opt/lookaside
 COPY deploy/compose/pools.json /etc/lookaside/pools.json
+COPY deploy/compose/registration-policy.json /etc/lookaside/registration-policy.json
+# Where the certificates live (a volume in compose, a Secret in Kubernetes);
+# owned by the runtime user, so a fresh volume is writable by `lookaside certs`.
+RUN install -d -o 10001 -g 10001 -m 0700 /var/lib/lookaside/tls
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50051 9464 8053/udp 8053/tcp 8080 8081
-# The balancer's grpc.health.v1 status. Other services override the test
+# The balancer's grpc.health.v1 status, over TLS with the CA of the
+# production profile (docs/security.md). Other services override the test
 # (compose `healthcheck:`, Kubernetes probes) with the same subcommand.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["lookaside", "health-probe", "127.0.0.1:50051"]
+  CMD ["lookaside", "health-probe", "127.0.0.1:50051", "--tls-ca", "/var/lib/lookaside/tls/ca.pem"]
 ENTRYPOINT ["lookaside"]
 CMD ["--help"]

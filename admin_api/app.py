@@ -12,8 +12,9 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 import lookaside
-from admin_api import errors, metrics
+from admin_api import docs, errors, metrics
 from admin_api.deps import reject_unknown_query
+from admin_api.gate import TokenGate
 from admin_api.limits import BodyLimit
 from admin_api.routes import api_router, dashboard, health
 from admin_api.settings import AdminSettings
@@ -55,7 +56,7 @@ def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> F
         description=DESCRIPTION,
         generate_unique_id_function=operation_id,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served from local files below, when installed
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -68,6 +69,9 @@ def create_app(settings: AdminSettings, store: RegistryStore | None = None) -> F
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC_DIR), name="static")
-    # Outermost: the body's size is checked before routing, auth or parsing.
+    docs.install(app)
+    # The body's size is checked before routing or parsing; before that,
+    # outermost, the token (no body is read for a request without it).
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(TokenGate, settings=settings)
     return app

@@ -60,12 +60,27 @@ def _actor(request: Request) -> str:
     return f"admin:token@{client}"
 
 
+MISSING_TOKEN = "missing bearer token: send 'Authorization: Bearer <admin token>'"
+WRONG_TOKEN = "wrong bearer token"
+
+
+def token_problem(settings: AdminSettings, authorization: bytes | None) -> str | None:
+    """Why an Authorization header value does not carry the admin token, or
+    None when it does (compared in constant time)."""
+    scheme, _, given = (authorization or b"").strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not given.strip():
+        return MISSING_TOKEN
+    if not secrets.compare_digest(given.strip(), settings.token.encode()):
+        return WRONG_TOKEN
+    return None
+
+
 def check_token(settings: AdminSettings, credentials: HTTPAuthorizationCredentials | None) -> None:
     if credentials is None:
-        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <admin token>'")
+        raise _unauthorized(MISSING_TOKEN)
     given = credentials.credentials.encode("utf-8", "surrogateescape")
     if not secrets.compare_digest(given, settings.token.encode()):
-        raise _unauthorized("wrong bearer token")
+        raise _unauthorized(WRONG_TOKEN)
 
 
 def require_writer(request: Request, settings: SettingsDep, credentials: Credentials) -> str:

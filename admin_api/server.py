@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from admin_api.app import create_app
+from admin_api.connections import ConnectionLimits, uvicorn_options
 from admin_api.settings import AdminSettings
 from lookaside.state_keeper import keeper_from_file
 
@@ -43,6 +44,15 @@ def build_server(settings: AdminSettings) -> uvicorn.Server:
         server_header=False,
         ssl_certfile=settings.tls_cert or None,
         ssl_keyfile=settings.tls_key or None,
+        **uvicorn_options(
+            ConnectionLimits(
+                header_timeout=settings.header_timeout,
+                body_timeout=settings.body_timeout,
+                max_connections=settings.max_connections,
+                max_connections_per_address=settings.max_connections_per_address,
+            ),
+            settings.keep_alive_timeout,
+        ),
     )
     return _Server(config)
 

@@ -80,7 +80,8 @@ class AdminSettings(BaseSettings):
     token: str = Field(
         "",
         description="bearer token for the API (required; e.g. `python -c 'import secrets; "
-        "print(secrets.token_urlsafe(32))'`)",
+        "print(secrets.token_urlsafe(32))'`); UNSAFE as a flag (shows in ps): use "
+        "--token-file or the environment",
         repr=False,
     )
     dev: bool = Field(
@@ -101,6 +102,20 @@ class AdminSettings(BaseSettings):
     tls_key: OptionalFile = Field("", description="PEM private key of --tls-cert")
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body, refused with 413 before parsing"
+    )
+    # Connections nobody may hold (admin_api.connections).
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds a connection gets to send a complete request head"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="seconds a request gets to send its body after its head"
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="seconds an idle connection is kept open after a response"
+    )
+    max_connections: int = Field(1000, ge=1, description="open connections in all")
+    max_connections_per_address: int = Field(
+        32, ge=1, description="open connections from one client address"
     )
 
     _token_generated: bool = PrivateAttr(False)

@@ -6,8 +6,13 @@ A caller of Register, Heartbeat, Drain or Deregister proves itself with
   (call credentials over TLS, plain metadata over plaintext): the global
   token (`--registration-token`) admits every pool, a pool's own tokens
   (from the policy file) admit that pool only; or
-- an mTLS client certificate whose SAN or CN matches one of the pool's
-  identity patterns (the policy file; needs `--tls-client-ca`).
+- an mTLS client certificate whose DNS or URI SAN matches one of the pool's
+  identity patterns (the policy file; needs `--tls-client-ca`). What counts
+  as an identity and how patterns match is in balancer_server/identity.py.
+
+A token is refused over plaintext unless the caller's address is in the
+trusted networks (`--trusted-networks`, loopback by default): whoever can
+read the wire would otherwise read the token on every heartbeat.
 
 Tokens are compared with hmac.compare_digest. No credential (or a token
 that is no token of ours) is UNAUTHENTICATED; a credential that is valid
@@ -20,28 +25,46 @@ The policy file (JSON, or YAML when PyYAML is installed):
     {"create_pools": false,
      "pools": {
        "routeguide": {"tokens": ["..."], "token_files": ["/run/secrets/rg"],
-                      "identities": ["routeguide-*.lookaside.test"],
+                      "token_env": ["ROUTEGUIDE_REGISTRATION_TOKEN"],
+                      "identities": ["routeguide-*.lookaside.test",
+                                     "spiffe://lookaside.test/ns/routeguide/*"],
                       "create": true, "allow_special_addresses": false,
                       "max_backends": 100}}}
 
 Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
+`token_env` names environment variables that hold the pool's tokens (as a
+container gets a secret); an unset or empty one is an error.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hmac
+import ipaddress
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from balancer_server.identity import (
+    IdentityPattern,
+    IdentityPatternError,
+    admitted,
+    peer_names,
+)
+from balancer_server.limits import peer_ip
 from lookaside import settings
+from lookaside.registry.tokens import token_id
+from lookaside.settings import parse_networks
 
 DEFAULT_MAX_BACKENDS = 1000
 DEFAULT_MAX_POOLS = 1000
+# Peers that may send a registration token over plaintext.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class AuthError(Exception):
@@ -70,7 +93,7 @@ def read_secret(path: str, what: str) -> str:
 class PoolRule:
     pattern: str
     tokens: tuple[bytes, ...] = ()
-    identities: tuple[str, ...] = ()
+    identities: tuple[IdentityPattern, ...] = ()
     create: bool = False
     allow_special_addresses: bool = False
     max_backends: int = DEFAULT_MAX_BACKENDS
@@ -82,22 +105,31 @@ class PoolRule:
 def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected an object, got {type(raw).__name__}")
-    known = {"tokens", "token_files", "identities", "create", "allow_special_addresses",
-             "max_backends"}  # fmt: skip
+    known = {"tokens", "token_files", "token_env", "identities", "create",
+             "allow_special_addresses", "max_backends"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise PolicyError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
     tokens = [str(t) for t in raw.get("tokens", [])]
     tokens += [read_secret(p, f"{where} token") for p in raw.get("token_files", [])]
+    for name in raw.get("token_env", []):
+        value = os.environ.get(str(name), "").strip()
+        if not value:
+            raise PolicyError(f"{where}: environment variable {name} (token_env) is not set")
+        tokens.append(value)
     if any(len(t) < 16 for t in tokens):
         raise PolicyError(f"{where}: every token needs at least 16 characters")
     max_backends = raw.get("max_backends", DEFAULT_MAX_BACKENDS)
     if not isinstance(max_backends, int) or max_backends < 1:
         raise PolicyError(f"{where}: max_backends must be a positive integer")
+    try:
+        identities = tuple(IdentityPattern(str(i)) for i in raw.get("identities", []))
+    except IdentityPatternError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
     return PoolRule(
         pattern=pattern,
         tokens=tuple(t.encode() for t in tokens),
-        identities=tuple(str(i) for i in raw.get("identities", [])),
+        identities=identities,
         create=bool(raw.get("create", False)),
         allow_special_addresses=bool(raw.get("allow_special_addresses", False)),
         max_backends=max_backends,
@@ -158,6 +190,9 @@ class Grant:
     create: bool
     allow_special_addresses: bool
     max_backends: int = DEFAULT_MAX_BACKENDS
+    # "ip:port" a per-backend token is bound to: the only address it may
+    # register (in place of the pool's address_policy).
+    address: str = ""
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
@@ -178,16 +213,6 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | 
     return None
 
 
-def peer_identities(auth_context: Mapping[str, Iterable[bytes]] | None) -> list[str]:
-    """The verified client certificate's SANs and CN (empty without mTLS)."""
-    if not auth_context:
-        return []
-    out: list[str] = []
-    for key in ("x509_subject_alternative_name", "x509_common_name"):
-        out += [v.decode("utf-8", "replace") for v in auth_context.get(key, ())]
-    return out
-
-
 def _any_equal(token: bytes, candidates: Sequence[bytes]) -> bool:
     # Every candidate is compared, in constant time each.
     found = False
@@ -203,10 +228,33 @@ class RegistrationAuth:
         global_tokens: Sequence[str] = (),
         *,
         insecure: bool = False,
+        trusted_networks: Sequence[Network] | None = None,
     ) -> None:
         self.policy = policy or RegistrationPolicy()
         self.global_tokens = tuple(t.encode() for t in global_tokens if t)
         self.insecure = insecure
+        self.trusted_networks = tuple(
+            parse_networks(LOOPBACK) if trusted_networks is None else trusted_networks
+        )
+
+    def _check_transport(
+        self, auth_context: Mapping[str, Iterable[bytes]] | None, peer: str
+    ) -> None:
+        """A token over plaintext is refused unless the peer is trusted."""
+        if b"ssl" in (auth_context or {}).get("transport_security_type", ()):
+            return
+        if peer.startswith("unix:"):
+            return  # a local socket
+        ip = peer_ip(peer)
+        if ip is not None and any(ip in net for net in self.trusted_networks):
+            return
+        raise AuthError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"registration tokens are refused over plaintext from {ip or 'an unknown peer'}: "
+            "connect over TLS, or "
+            "have the operator list this network in the balancer's --trusted-networks",
+            "token_over_plaintext",
+        )
 
     @property
     def has_credentials(self) -> bool:
@@ -221,20 +269,35 @@ class RegistrationAuth:
             max_backends=rule.max_backends if rule else policy.max_backends,
         )
 
+    def backend_token_grant(self, pool: str, token_id_: str, address: str) -> Grant:
+        """The grant of a per-backend token of `pool` (lookaside.registry.
+        tokens), found by the caller after `authorize` did not know it."""
+        rule = self.policy.rule_for(pool)
+        return Grant(
+            principal=f"backend-token:{token_id_}",
+            create=False,
+            allow_special_addresses=False,
+            max_backends=rule.max_backends if rule else self.policy.max_backends,
+            address=address,
+        )
+
     def authorize(
         self,
         pool: str,
         metadata: Iterable[tuple[str, str | bytes]] | None,
         auth_context: Mapping[str, Iterable[bytes]] | None = None,
+        peer: str = "",
     ) -> Grant:
-        """The grant for a call into `pool`, or AuthError."""
+        """The grant for a call into `pool` from `peer` (grpc's peer string),
+        or AuthError."""
         rule = self.policy.rule_for(pool)
         token = bearer_token(metadata)
         if token is not None:
+            self._check_transport(auth_context, peer)
             if rule is not None and _any_equal(token, rule.tokens):
-                return self._grant(f"pool-token:{rule.pattern}", rule)
+                return self._grant(f"pool-token:{rule.pattern}#{token_id(token)}", rule)
             if _any_equal(token, self.global_tokens):
-                return self._grant("global-token", rule)
+                return self._grant(f"global-token#{token_id(token)}", rule)
             others = [t for r in self.policy.rules if r is not rule for t in r.tokens]
             if _any_equal(token, others):
                 raise AuthError(
@@ -247,17 +310,21 @@ class RegistrationAuth:
                 "the registration token is not valid; check --registration-token on both sides",
                 "bad_token",
             )
-        identities = peer_identities(auth_context)
-        if identities:
-            patterns = rule.identities if rule else ()
-            for identity in identities:
-                if any(fnmatch.fnmatchcase(identity, p) for p in patterns):
-                    return self._grant(f"mtls:{identity[:128]}", rule)
+        names = peer_names(auth_context)
+        if names or (auth_context or {}).get("x509_subject"):
+            identity = admitted(rule.identities if rule else (), names)
+            if identity is not None:
+                return self._grant(f"mtls:{identity[:128]}", rule)
             if not self.insecure:
+                shown = (
+                    f"client certificate {names.shown()!r}"
+                    if names
+                    else "a client certificate without a DNS or URI SAN"
+                )
                 raise AuthError(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"client certificate {identities[0][:128]!r} is not allowed for pool "
-                    f"{pool!r}; add it to the pool's identities in the registration policy",
+                    f"{shown} is not allowed for pool {pool!r}; add its DNS or URI SAN to the "
+                    "pool's identities in the registration policy",
                     "identity_not_for_pool",
                 )
         if self.insecure:
@@ -278,6 +345,7 @@ __all__ = [
     "RegistrationAuth",
     "RegistrationPolicy",
     "bearer_token",
-    "peer_identities",
+    "parse_networks",
     "read_secret",
+    "token_id",
 ]

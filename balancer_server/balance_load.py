@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 
 from balancer_server import lists, metrics
 from balancer_server.feeds import FeedHub, PoolFeed
-from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddress, peer_address
+from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddress, client_network
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import StreamReports
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
@@ -228,14 +228,15 @@ class BalanceLoadService:
         return name
 
     async def balance_load(self, request_iterator: Any, context: Any) -> None:
-        address = peer_address(context.peer())
+        address = client_network(context.peer())
         if not self.per_address.acquire(address):
             metrics.LIMIT_REFUSALS.labels("streams_per_address").inc()
             await self._refuse(
                 context,
                 "streams_per_address",
                 f"too many BalanceLoad streams from {address[:64]}: at most "
-                f"{self.per_address.limit} are allowed per client address",
+                f"{self.per_address.limit} are allowed per client address (an IPv4 address "
+                "or an IPv6 /64)",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             )
             return

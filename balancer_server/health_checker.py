@@ -8,7 +8,8 @@ the registry (lookaside.registry.health), so every replica's lists agree.
 
 A probe is a Check on the pool's interval with its timeout (which catches
 a frozen backend), plus a Watch stream where the backend supports it, so a
-backend that turns NOT_SERVING leaves the lists at once.
+backend that turns NOT_SERVING leaves the lists at once. Probes dial the
+backends as balancer_server.tls.BackendTls says: plaintext, TLS or mTLS.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
+from balancer_server.tls import BackendTls
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.health import HealthStore
@@ -34,6 +36,23 @@ from lookaside.registry.watcher import RegistryWatcher
 log = logging.getLogger("lookaside.health")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def unavailable_detail(details: str, tls: BackendTls) -> str:
+    """A short health detail for a Check that got UNAVAILABLE, naming a TLS
+    mismatch, which the status code alone hides."""
+    if "andshake failed" in details:
+        reason = details.split("OPENSSL_internal:", 1)[-1].split(":", 1)[0]
+        return f"Check UNAVAILABLE: TLS handshake failed ({reason.strip()[:60]})"
+    if "Socket closed" in details:  # the backend hung up during the handshake
+        if tls.credentials is None:
+            hint = "a TLS backend? give the balancer --backend-tls-ca"
+        elif not tls.client_certificate:
+            hint = "a backend that requires mTLS? give the balancer --backend-tls-cert"
+        else:
+            hint = "is the balancer's client certificate one the backend trusts?"
+        return f"Check UNAVAILABLE: connection closed ({hint})"
+    return "Check UNAVAILABLE"
 
 
 class Prober:
@@ -65,6 +84,8 @@ class Prober:
                 timeout=self.config.health_checks.timeout_ms / 1000,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                return False, unavailable_detail(exc.details() or "", self.checker.tls)
             return False, f"Check {exc.code().name}"
         if reply.status != SERVING:
             return False, f"Check {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
@@ -87,7 +108,7 @@ class Prober:
 
     async def _run(self) -> None:
         cfg = self.config
-        channel = grpc.aio.insecure_channel(self.address)
+        channel = self.checker.tls.channel(self.address, self.pool)
         stub = health_pb2_grpc.HealthStub(channel)
         watch = asyncio.create_task(self._watch(stub))
         fails = oks = 0
@@ -139,8 +160,10 @@ class HealthChecker:
         replicas: ReplicaSet,
         *,
         max_share: float = 0.5,
+        tls: BackendTls | None = None,
     ) -> None:
         self.store = store
+        self.tls = tls or BackendTls()
         self.health = HealthStore(store)
         self.watcher = watcher
         self.replicas = replicas

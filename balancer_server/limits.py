@@ -3,15 +3,18 @@
 - RateLimitedLog: a log line per kind at most once per interval; the lines
   held back are counted into the next one. A client that sends garbage as
   fast as it can gets one line a few seconds, not one per message.
-- StreamsPerAddress: open BalanceLoad streams per client IP.
+- StreamsPerAddress: open BalanceLoad streams per client network
+  (`client_network`: an IPv4 address, an IPv6 /64).
 - ReportPacer: a stream's reports may come no faster than the interval the
   balancer asked for (with slack); faster ones are dropped and counted.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -59,12 +62,41 @@ class RateLimitedLog:
 
 
 def peer_address(peer: str) -> str:
-    """The IP of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"),
-    else the string itself (unix sockets and the like share one bucket)."""
+    """The IP of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5",
+    grpc also writes "ipv6:%5B::1%5D:5"), else the string's scheme (unix
+    sockets and the like share one bucket)."""
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
-        return rest.rsplit(":", 1)[0].strip("[]")
+        return urllib.parse.unquote(rest).rsplit(":", 1)[0].strip("[]")
     return kind
+
+
+IPV6_CLIENT_PREFIX = 64
+
+
+def peer_ip(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a gRPC peer string, an IPv4-mapped IPv6 address as its
+    IPv4 address (no zone id); None for a peer that is no IP (a unix socket)."""
+    try:
+        ip = ipaddress.ip_address(peer_address(peer).partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def client_network(peer: str) -> str:
+    """What one client is, for limits by address: an IPv4 address (an
+    IPv4-mapped IPv6 address is its IPv4 address), or the /64 of an IPv6
+    address (one host usually holds a whole /64, so counting addresses
+    apart would let it open as many streams as it likes)."""
+    ip = peer_ip(peer)
+    if ip is None:
+        return peer_address(peer)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 class StreamsPerAddress:

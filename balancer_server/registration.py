@@ -4,6 +4,12 @@ Every call is authorized first (balancer_server.auth): no credential is
 UNAUTHENTICATED, a credential for another pool PERMISSION_DENIED, and each
 refusal is counted and logged with the caller's address (never a secret).
 Heartbeat, Drain and Deregister need the lease id Register returned.
+
+What a registration may claim is the pool's (balancer_server.address_policy):
+an address outside its address_policy is PERMISSION_DENIED, a weight or a
+lease above its caps INVALID_ARGUMENT. A live lease is its registrant's:
+another principal's Register of the address, Heartbeat, Drain or Deregister
+is PERMISSION_DENIED (the registry decides it in the write itself).
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from typing import Any, TypeVar
 import grpc
 
 from balancer_server import metrics
-from balancer_server.auth import AuthError, Grant, RegistrationAuth
+from balancer_server.address_policy import AddressRefused, bind_address, check_asks
+from balancer_server.auth import AuthError, Grant, RegistrationAuth, bearer_token
 from balancer_server.limits import RateLimitedLog
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import validation as v
-from lookaside.registry.errors import Conflict, PoolFull, Unavailable
+from lookaside.registry.errors import Conflict, NotOwner, PoolFull, TooManyPools, Unavailable
 from lookaside.registry.hosts import resolve_host
+from lookaside.registry.model import PoolConfig
 from lookaside.registry.store import RegistryStore
 
 log = logging.getLogger("lookaside.registry")
@@ -46,9 +54,13 @@ class RegistryService(pb_grpc.RegistryServicer):
     async def _authorize(self, context: Any, method: str, pool: str) -> Grant:
         """The caller's grant for `pool`, or the call ends UNAUTHENTICATED or
         PERMISSION_DENIED (counted, and logged without the credential)."""
+        metadata = context.invocation_metadata()
         try:
-            return self.auth.authorize(pool, context.invocation_metadata(), context.auth_context())
+            return self.auth.authorize(pool, metadata, context.auth_context(), context.peer())
         except AuthError as exc:
+            grant = await self._backend_token(context, method, exc, pool, metadata)
+            if grant is not None:
+                return grant
             metrics.AUTH_REFUSALS.labels(method, exc.code.name, exc.reason).inc()
             self._refusal_log.warning(
                 f"auth:{exc.reason}",
@@ -58,6 +70,24 @@ class RegistryService(pb_grpc.RegistryServicer):
             await self._fail(context, method, exc.code, exc.details)
         raise AssertionError("unreachable: abort raises")
 
+    async def _backend_token(
+        self, context: Any, method: str, exc: AuthError, pool: str, metadata: Any
+    ) -> Grant | None:
+        """The grant of a per-backend token of `pool` that the policy does
+        not know (lookaside.registry.tokens), or None."""
+        if exc.reason != "bad_token" or not v.POOL_NAME_RE.fullmatch(pool):
+            return None
+        token = bearer_token(metadata)
+        try:
+            record = await self.store.backend_token(pool, token) if token else None
+        except Unavailable as err:
+            await self._fail(
+                context, method, grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {err}"
+            )
+        if record is None:
+            return None
+        return self.auth.backend_token_grant(pool, record.id, record.address)
+
     async def _refuse_limit(self, context: Any, limit: str, details: str) -> None:
         metrics.LIMIT_REFUSALS.labels(limit).inc()
         self._refusal_log.warning(
@@ -66,22 +96,20 @@ class RegistryService(pb_grpc.RegistryServicer):
         )  # fmt: skip
         await self._fail(context, "Register", grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
-    async def _check_room(self, context: Any, grant: Grant, pool: str) -> bool:
-        """Whether the pool exists; refuses a registration that would create
-        a pool past the limit on pools. (The limit on a pool's backends is
-        checked by the registry in the same script as the write; pools are
-        counted by a read first, since the pools index lives apart from any
-        one pool's keys, so concurrent creations may pass it by a few.)"""
-        # Through the store's public reads (registration is not a hot path).
-        exists = await self.store.snapshot(pool) is not None
+    async def _check_room(self, context: Any, grant: Grant, pool: str, exists: bool) -> bool:
+        """Whether the pool exists; a registration that may create it first
+        reserves its name in the pools index, which counts the pools and adds
+        the name in one atomic step (the limit on a pool's backends is
+        checked in the registration's own script)."""
         if exists or not grant.create:
             return exists
-        pools = len(await self.store.list_pools())
-        if pools >= self.auth.policy.max_pools:
+        try:
+            await self.store.reserve_pool(pool, self.auth.policy.max_pools)
+        except TooManyPools as exc:
             await self._refuse_limit(
                 context,
                 "pools",
-                f"registration refused: there are {pools} pools, the most the registration "
+                f"registration refused: there are {exc.pools} pools, the most the registration "
                 "policy allows; remove unused pools or raise max_pools",
             )
         return False
@@ -115,6 +143,15 @@ class RegistryService(pb_grpc.RegistryServicer):
             )
         except v.NotFoundError as exc:
             await self._fail(context, method, grpc.StatusCode.NOT_FOUND, f"{exc}{not_found_hint}")
+        except NotOwner as exc:
+            metrics.AUTH_REFUSALS.labels(method, "PERMISSION_DENIED", "not_owner").inc()
+            self._refusal_log.warning(
+                "auth:not_owner", "registration refused method=%s reason=not_owner peer=%s: %s",
+                method, context.peer(), exc,
+            )  # fmt: skip
+            await self._fail(
+                context, method, grpc.StatusCode.PERMISSION_DENIED, f"{verb} refused: {exc}"
+            )
         except Conflict as exc:
             await self._fail(
                 context, method, grpc.StatusCode.FAILED_PRECONDITION, f"{verb} refused: {exc}"
@@ -130,8 +167,10 @@ class RegistryService(pb_grpc.RegistryServicer):
 
     async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:  # noqa: N802
         grant = await self._authorize(context, "Register", request.pool)
+        config: PoolConfig | None = None
 
         async def validate() -> tuple[str, int, int, str, dict[str, str], int, str]:
+            nonlocal config
             pool = v.check_pool_name(request.pool)
             port = v.check_port(request.port)
             weight = v.check_weight(request.weight or 1)
@@ -140,9 +179,14 @@ class RegistryService(pb_grpc.RegistryServicer):
             ttl_ms = 0
             if request.HasField("lease_ttl"):
                 ttl_ms = v.check_lease_ttl_ms(_duration_ms(request.lease_ttl))
-            ip = await resolve_host(
-                request.host, context.peer(), allow_special=grant.allow_special_addresses
-            )
+            # A pool that registration creates takes the defaults.
+            config = await self.store.get_pool(pool)
+            rules = (config or PoolConfig(name=pool)).registration
+            ip = await bind_address(
+                rules, pool, request.host, port, context.peer(), context.auth_context(),
+                allow_special=grant.allow_special_addresses, bound=grant.address,
+            )  # fmt: skip
+            check_asks(rules, pool, weight, ttl_ms)
             return pool, port, weight, zone, metadata, ttl_ms, ip
 
         try:
@@ -155,15 +199,28 @@ class RegistryService(pb_grpc.RegistryServicer):
                 f"registration refused: {exc}",
             )
             raise AssertionError("unreachable: abort raises") from None
+        except AddressRefused as exc:
+            metrics.AUTH_REFUSALS.labels("Register", "PERMISSION_DENIED", "address_policy").inc()
+            self._refusal_log.warning(
+                "auth:address_policy", "registration refused reason=address_policy peer=%s: %s",
+                context.peer(), exc,
+            )  # fmt: skip
+            await self._fail(context, "Register", grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise AssertionError("unreachable: abort raises") from None
+        except Unavailable as exc:
+            await self._fail(
+                context, "Register", grpc.StatusCode.UNAVAILABLE, f"registry unavailable: {exc}"
+            )
+            raise AssertionError("unreachable: abort raises") from None
 
         async def register():  # type: ignore[no-untyped-def]
-            exists = await self._check_room(context, grant, pool)
+            exists = await self._check_room(context, grant, pool, config is not None)
             try:
                 return await self.store.register(
                     pool=pool, host=request.host or ip, ip=ip, port=port, weight=weight,
                     zone=zone, metadata=metadata, lease_ttl_ms=ttl_ms,
                     create_pool=exists or grant.create, actor=f"registration:{grant.principal}",
-                    max_backends=grant.max_backends,
+                    max_backends=grant.max_backends, owner=grant.principal,
                 )  # fmt: skip
             except PoolFull as exc:
                 await self._refuse_limit(
@@ -173,6 +230,10 @@ class RegistryService(pb_grpc.RegistryServicer):
                     "its registration policy allows (max_backends)",
                 )
                 raise AssertionError("unreachable: abort raises") from None
+            except Exception:
+                if not exists:  # give back the name reserved for the new pool
+                    await self.store.release_pool(pool)
+                raise
 
         lease = await self._run(
             context,
@@ -194,7 +255,7 @@ class RegistryService(pb_grpc.RegistryServicer):
         return response
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
-        await self._authorize(context, "Heartbeat", request.pool)
+        grant = await self._authorize(context, "Heartbeat", request.pool)
         await self._require_lease(context, "Heartbeat", request.lease_id)
         load = None
         if request.HasField("load"):
@@ -208,7 +269,7 @@ class RegistryService(pb_grpc.RegistryServicer):
         async def beat() -> int:
             v.check_pool_name(request.pool)
             return await self.store.heartbeat(
-                request.pool, request.backend_id, request.lease_id, load
+                request.pool, request.backend_id, request.lease_id, load, owner=grant.principal
             )
 
         ttl = await self._run(context, "Heartbeat", "heartbeat", beat, "; register again")
@@ -229,6 +290,7 @@ class RegistryService(pb_grpc.RegistryServicer):
                 request.backend_id,
                 request.lease_id,
                 actor=f"registration:{grant.principal}",
+                owner=grant.principal,
             )
 
         await self._run(context, "Deregister", "deregistration", leave)
@@ -246,6 +308,7 @@ class RegistryService(pb_grpc.RegistryServicer):
                 request.backend_id,
                 request.lease_id,
                 actor=f"registration:{grant.principal}",
+                owner=grant.principal,
             )
 
         if await self._run(context, "Drain", "drain", drain):

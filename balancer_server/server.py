@@ -15,7 +15,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from balancer_server import metrics
-from balancer_server.auth import PolicyError, RegistrationAuth, RegistrationPolicy, read_secret
+from balancer_server.auth import (
+    PolicyError,
+    RegistrationAuth,
+    RegistrationPolicy,
+    parse_networks,
+    read_secret,
+)
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
 from balancer_server.feeds import FeedHub
@@ -24,7 +30,7 @@ from balancer_server.load_reports import LoadReportSink
 from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
-from balancer_server.tls import TlsConfigError, server_credentials
+from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
 from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.metrics_http import serve_metrics
 from lookaside.proto.lb.v1 import load_balancer_pb2
@@ -89,7 +95,12 @@ def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
         if settings.registration_policy
         else None
     )
-    auth = RegistrationAuth(policy, tokens, insecure=settings.insecure_registration)
+    auth = RegistrationAuth(
+        policy,
+        tokens,
+        insecure=settings.insecure_registration,
+        trusted_networks=parse_networks(settings.trusted_networks),
+    )
     metrics.INSECURE_REGISTRATION.set(1 if auth.insecure else 0)
     if auth.insecure:
         log.warning(
@@ -99,8 +110,9 @@ def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
         )
     elif not auth.has_credentials:
         log.warning(
-            "no registration token or policy is configured: every Register, Heartbeat, Drain "
-            "and Deregister will be refused (set --registration-token or --registration-policy)"
+            "no registration token or policy is configured: only per-backend tokens (admin API "
+            "/api/v1/pools/{pool}/backend-tokens) admit Register, Heartbeat, Drain and "
+            "Deregister (set --registration-token or --registration-policy)"
         )
     return auth
 
@@ -137,8 +149,16 @@ class BalancerServer:
         )
         self.health = health.aio.HealthServicer()
         self.replicas = ReplicaSet(self.store, self.replica_id)
+        self.backend_tls = BackendTls.from_files(
+            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
+            settings.backend_tls_server_name,
+        )  # fmt: skip
         self.checker = HealthChecker(
-            self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
+            self.store,
+            self.watcher,
+            self.replicas,
+            max_share=settings.max_eject_share,
+            tls=self.backend_tls,
         )
         self.outliers = OutlierDetector(
             self.store, self.watcher, self.replicas, max_share=settings.max_eject_share
@@ -218,10 +238,11 @@ class BalancerServer:
         for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "balancer listening on %s (port %d, %s) replica=%s epoch=%s",
+            "balancer listening on %s (port %d, %s; backends probed over %s) replica=%s epoch=%s",
             self.settings.listen,
             self.port,
             "plaintext" if self.credentials is None else "TLS",
+            self.backend_tls.mode,
             self.replica_id,
             self.epoch,
         )
@@ -261,7 +282,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def serve(settings: BalancerSettings) -> None:
-    serve_metrics(settings.metrics_listen, metrics.REGISTRY)
+    # With --tls-cert, /metrics is HTTPS with the same certificate.
+    serve_metrics(settings.metrics_listen, metrics.REGISTRY, settings.tls_cert, settings.tls_key)
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         balancer = BalancerServer(settings)

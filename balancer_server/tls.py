@@ -1,4 +1,5 @@
-"""Server credentials for the balancer's port from PEM files.
+"""TLS for the balancer, from PEM files: the server credentials of its own
+port, and the channel credentials it dials its backends with.
 
 --tls-cert and --tls-key serve TLS; --tls-client-ca adds mutual TLS. grpcio
 can only verify client certificates that it also requires, so
@@ -6,6 +7,13 @@ can only verify client certificates that it also requires, so
 from every client, as does --require-client-cert (which without
 --tls-client-ca is an error). Registration identities (SAN or CN) come
 from the verified certificate.
+
+--backend-tls-ca makes the balancer's own connections to backends (its
+grpc.health.v1 probes) TLS, verified with that CA; --backend-tls-server-name
+is the name the backends' certificates are checked against (default: the
+address dialled), where `{pool}` stands for the pool's name; and
+--backend-tls-cert/--backend-tls-key are the client certificate for
+backends that require mutual TLS.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import grpc.aio
+
+from lookaside.settings import check_backend_tls
 
 
 class TlsConfigError(ValueError):
@@ -48,3 +59,49 @@ def server_credentials(
     return grpc.ssl_server_credentials(
         [pair], root_certificates=roots, require_client_auth=roots is not None
     )
+
+
+class BackendTls:
+    """How the balancer dials the backends it probes: plaintext, or TLS with
+    a CA (and a client certificate for mTLS) and an optional server name."""
+
+    def __init__(
+        self,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
+        client_certificate: bool = False,
+    ) -> None:
+        self.credentials = credentials
+        self.server_name = server_name
+        self.client_certificate = client_certificate
+
+    @classmethod
+    def from_files(
+        cls, ca: str = "", cert: str = "", key: str = "", server_name: str = ""
+    ) -> BackendTls:
+        try:
+            check_backend_tls(ca, cert, key, server_name)
+        except ValueError as exc:
+            raise TlsConfigError(str(exc)) from None
+        if not ca:
+            return cls()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(ca, "backend CA"),
+            private_key=_read(key, "backend client key") if key else None,
+            certificate_chain=_read(cert, "backend client certificate") if cert else None,
+        )
+        return cls(credentials, server_name.strip(), client_certificate=bool(cert))
+
+    @property
+    def mode(self) -> str:
+        return "plaintext" if self.credentials is None else "TLS"
+
+    def channel(self, address: str, pool: str) -> grpc.aio.Channel:
+        """A channel to one backend of `pool` at `address` (host:port)."""
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(address)
+        options = []
+        if self.server_name:
+            name = self.server_name.replace("{pool}", pool)
+            options.append(("grpc.ssl_target_name_override", name))
+        return grpc.aio.secure_channel(address, self.credentials, options=options)

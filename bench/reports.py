@@ -30,7 +30,7 @@ from _lab import BenchLab, RawStreams
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
 from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside.registry.model import PoolConfig, RegistrationRules
 
 POOL = "reports"
 
@@ -86,7 +86,13 @@ def main() -> None:
 
     # Clients report only what this script sends (report_interval_ms 0 is
     # for the balancer's advice; these raw clients ignore it anyway).
-    pools = {POOL: PoolConfig.from_flat(POOL, report_interval_ms=0, health_checks=False)}
+    # The registration names an address other than this process's own.
+    rules = RegistrationRules(address_policy="any")
+    pools = {
+        POOL: PoolConfig.from_flat(
+            POOL, report_interval_ms=0, health_checks=False, registration=rules
+        )
+    }
     # These clients report as fast as they can, which the balancer would
     # drop after a burst (reports faster than the interval): measure
     # ingestion with the burst set out of reach.

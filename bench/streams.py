@@ -36,7 +36,7 @@ import psutil
 from _lab import BenchLab, RawStreams, percentile
 
 from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from lookaside.registry.model import PoolConfig
+from lookaside.registry.model import PoolConfig, RegistrationRules
 
 POOL = "fanout"
 
@@ -81,8 +81,10 @@ def main() -> None:
 
     # Hour-long leases: the backends registered here send no heartbeats,
     # and an expiry would be one more list that no one asked for.
+    # The registrations name addresses other than this process's own.
+    rules = RegistrationRules(address_policy="any", max_lease_ttl_ms=3_600_000)
     config = PoolConfig.from_flat(
-        POOL, report_interval_ms=0, lease_ttl_ms=3_600_000, health_checks=False
+        POOL, report_interval_ms=0, lease_ttl_ms=3_600_000, health_checks=False, registration=rules
     )
     with BenchLab({POOL: config}, metrics=True) as lab:
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))

@@ -1,7 +1,8 @@
 """Lookaside's thin client: channels that balance over a grpclb balancer's
 list (round robin over READY backends, a pick queue, transparent retry,
 several balancers, fallback), and the helper with which a backend registers
-itself. Needs only grpcio and protobuf.
+itself. Needs only grpcio, protobuf and grpcio-health-checking (for the
+grpc.health.v1 service the registration helper adds to a backend).
 
     from client_lib import LookasideChannel            # grpc.Channel
     from client_lib.aio import LookasideChannel        # grpc.aio.Channel

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -15,7 +15,7 @@ import grpc.aio
 from client_lib._lb_proto import BALANCE_LOAD, lb
 from client_lib._sync_link import FINAL_REPORT_WAIT, report_request
 from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
-from client_lib.channel import server_name_options
+from client_lib.channel import LOCAL_POOL, server_name_options
 from client_lib.core import IDLE, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, ChannelViews
 from client_lib.picker import CallCounters, FailedCall, Pick
 from client_lib.retry import RetryConfig
@@ -60,6 +60,10 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
         )
         self._watchers: set[asyncio.Task[None]] = set()
+        # Sub-channels retired by a new list, closed after the grace by their
+        # timer or at close(); nothing of this channel outlives close().
+        self._retiring: dict[asyncio.TimerHandle, list[SubChannel]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # short ones, awaited by close()
         self._call: Any = None  # the BalanceLoad stream open now
         self._reporter: asyncio.Task[None] | None = None  # its load reports
         self._task = self._loop.create_task(self._run(), name=f"lookaside-balancer-{target}")
@@ -72,7 +76,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             return grpc.aio.secure_channel(
                 address, self._balancer_credentials, options=self._options
             )
-        return grpc.aio.insecure_channel(address)
+        return grpc.aio.insecure_channel(address, options=[LOCAL_POOL])
 
     async def _run(self) -> None:
         step = self._session.start(self._loop.time())
@@ -172,7 +176,9 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             task.add_done_callback(self._watchers.discard)
             sub.watcher = task
         if retired:
-            self._loop.call_later(self._retire_grace, self._retire, retired)
+            batch = list(retired)
+            handle = self._loop.call_later(self._retire_grace, self._retire_due, batch)
+            self._retiring[handle] = batch
 
     async def _watch(self, sub: SubChannel) -> None:
         """Follows one sub-channel's connectivity; asks an IDLE one to
@@ -186,15 +192,25 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             if state is IDLE:
                 state = channel.get_state(try_to_connect=True)
 
-    def _retire(self, subs: list[SubChannel]) -> None:
-        self._loop.create_task(self._close_subs(subs))
+    def _retire_due(self, batch: list[SubChannel]) -> None:
+        for handle, subs in list(self._retiring.items()):
+            if subs is batch:
+                del self._retiring[handle]
+        self.background(self._close_subs(batch))
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs `coro` as a task of this channel's, which close() awaits."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     async def _close_subs(subs: list[SubChannel], grace: float | None = None) -> None:
-        for s in subs:
-            if s.watcher is not None:
-                s.watcher.cancel()
-            await s.channel.close(grace)
+        watchers = [s.watcher for s in subs if s.watcher is not None]
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await asyncio.gather(*(s.channel.close(grace) for s in subs))
 
     def _new_subchannel(self, address: str) -> SubChannel:
         ch = (
@@ -246,7 +262,11 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         self._fallback.cancel()
         await self._final_report()
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        for handle, retired in self._retiring.items():
+            handle.cancel()
+            subs += retired
+        self._retiring.clear()
+        await asyncio.gather(self._task, *self._tasks, return_exceptions=True)
         await self._close_subs(subs, grace)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:

@@ -17,6 +17,7 @@ import grpc
 import grpc.aio
 
 from client_lib.calls import _metadata
+from client_lib.hedging import Hedge, HedgingPolicy
 from client_lib.picker import DROP_DETAILS, FailedCall, Pick, never_sent
 from client_lib.retry import Attempts
 
@@ -100,7 +101,9 @@ class _Pending:
         self.token = ""
         self.address = ""
 
-    def start(self, p: Pick) -> Any:
+    def launch(self, p: Pick) -> Any:
+        """Starts an attempt on the pick `p` (counted as started) and
+        returns its call; a drop is counted and raised."""
         target = p.target
         channel = self.channel
         if target is None:
@@ -111,9 +114,7 @@ class _Pending:
             timeout = max(self.deadline - channel.loop_time(), 0.0)  # type: ignore[operator]
         mc = target.methods.get(self.key) or target.multicallable(self.key, self.registered)
         channel.counters.call_started()
-        self.token = p.token
-        self.address = target.address
-        self.call = call = mc(
+        return mc(
             self.request,
             timeout=timeout,
             metadata=_call_metadata(self.metadata, p.metadata),
@@ -121,6 +122,11 @@ class _Pending:
             wait_for_ready=self.wait_for_ready,
             compression=self.compression,
         )
+
+    def start(self, p: Pick) -> Any:
+        self.call = call = self.launch(p)
+        self.token = p.token
+        self.address = p.target.address
         return call
 
     async def started(self) -> Any:
@@ -135,17 +141,26 @@ class UnaryCall:
     outcome is counted for ClientStats when it is awaited or cancelled; a
     call that is neither stays counted as started only."""
 
-    __slots__ = ("_p", "_counted", "_retries", "_attempts")
+    __slots__ = ("_p", "_counted", "_retries", "_attempts", "_hedging")
 
-    def __init__(self, pending: _Pending, retries: int, attempts: Attempts | None) -> None:
+    def __init__(
+        self,
+        pending: _Pending,
+        retries: int,
+        attempts: Attempts | None,
+        hedging: HedgingPolicy | None = None,
+    ) -> None:
         self._p = pending
         self._counted = False
         self._retries = retries
         self._attempts = attempts  # gRFC A6 configured retries, if a policy applies
+        self._hedging = hedging  # or gRFC A6 hedging
 
     def __await__(self) -> Any:
         # A generator, not a coroutine: awaiting the call costs no extra
         # coroutine object, on the path every unary call takes.
+        if self._hedging is not None:
+            return (yield from self._hedged(self._hedging).__await__())
         p = self._p
         while True:
             call = p.call
@@ -182,6 +197,75 @@ class UnaryCall:
             if self._attempts is not None:
                 self._attempts.succeeded()
             return response
+
+    async def _hedged(self, policy: HedgingPolicy) -> Any:
+        """A hedged call (client_lib.hedging decides; this starts the
+        attempts, waits for their ends and cancels the losers)."""
+        p = self._p
+        ch = p.channel
+        counters = ch.counters
+        self._counted = True  # every attempt is counted here
+        if p.call is None:
+            await p.started()  # the first attempt, on the usual pick
+        hedge = Hedge(policy, ch.retry.throttle, p.deadline)
+        live: dict[asyncio.Future[Any], tuple[Any, str]] = {}
+
+        def track(call: Any, token: str, address: str) -> None:
+            live[asyncio.ensure_future(_settle(call))] = (call, token)
+            hedge.started(address, ch.loop_time())
+
+        def launch(q: Pick) -> None:
+            track(p.launch(q), q.token, q.target.address)
+
+        track(p.call, p.token, p.address)
+        try:
+            while True:
+                wake = hedge.wake_at()
+                wait = None if wake is None else max(wake - ch.loop_time(), 0.0)
+                done: set[asyncio.Future[Any]] = set()
+                if live:
+                    done, _ = await asyncio.wait(
+                        set(live), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
+                elif wait:
+                    await asyncio.sleep(wait)  # a server's pushback
+                if not done:
+                    now = ch.loop_time()
+                    if hedge.due(now):
+                        q = hedge.choose(ch._core.ready_picks())
+                        if q is None and hedge.in_flight:
+                            hedge.postpone(now)
+                        else:
+                            wfr = bool(p.wait_for_ready)
+                            launch(q or await ch._wait_for_pick(p.deadline, wfr))
+                    continue
+                task = done.pop()
+                call, token = live.pop(task)
+                if task.cancelled():  # this call was cancelled: every attempt with it
+                    counters.finish_with(grpc.StatusCode.CANCELLED, False, token)
+                    raise asyncio.CancelledError
+                result = task.result()
+                now = ch.loop_time()
+                if isinstance(result, grpc.aio.AioRpcError):
+                    code, has_md = result.code(), _has_metadata(result)
+                    counters.finish_with(code, has_md, token)
+                    sent = not never_sent(code, result.details(), has_md)
+                    end = hedge.ended(code, result.trailing_metadata(), now, not sent)
+                else:
+                    counters.call_finished(True, False, token)
+                    end = hedge.ended(grpc.StatusCode.OK, (), now)
+                if end:
+                    break
+        finally:
+            for other, other_token in live.values():  # the losers (or all, when cancelled)
+                other.cancel()
+                counters.finish_with(grpc.StatusCode.CANCELLED, False, other_token)
+            await asyncio.gather(*live, return_exceptions=True)
+        p.call, p.token = call, token  # code(), details() and the rest: the winner's
+        self._hedging, self._retries, self._attempts = None, 0, None  # awaited again: the winner
+        if isinstance(result, grpc.aio.AioRpcError):
+            raise result
+        return result
 
     def _retry_delay(self, exc: grpc.aio.AioRpcError) -> float | None:
         attempts, p = self._attempts, self._p
@@ -237,6 +321,14 @@ class UnaryCall:
         call = self._p.call
         if call is not None:
             call.add_done_callback(lambda _: callback(self))
+
+
+async def _settle(call: Any) -> Any:
+    """One hedged attempt's response, or its error."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
 
 
 class DeferredStreamCall:
@@ -309,7 +401,7 @@ async def _count_stream(channel: LookasideAioChannel, call: Any, token: str) -> 
 
 
 class MultiCallable:
-    __slots__ = ("_channel", "_key", "_registered", "_unary", "_retries", "_policy")
+    __slots__ = ("_channel", "_key", "_registered", "_unary", "_retries", "_policy", "_hedging")
 
     def __init__(
         self,
@@ -326,6 +418,7 @@ class MultiCallable:
         self._unary = kind.endswith("_unary")
         self._retries = 1 if kind == "unary_unary" else 0  # only its request can go again
         self._policy = channel.retry.policy(method) if self._retries else None
+        self._hedging = channel.retry.hedging(method) if self._retries else None
 
     def __call__(
         self,
@@ -359,12 +452,12 @@ class MultiCallable:
                 pending.start(p)
             policy = self._policy
             attempts = None if policy is None else ch.retry.attempts(policy)
-            return UnaryCall(pending, self._retries, attempts)
+            return UnaryCall(pending, self._retries, attempts, self._hedging)
         if p is None:
             return DeferredStreamCall(pending)
         call = pending.start(p)
         token = pending.token
-        call.add_done_callback(lambda c: asyncio.ensure_future(_count_stream(ch, c, token)))
+        call.add_done_callback(lambda c: ch.background(_count_stream(ch, c, token)))
         return call
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from client_lib.hedging import Hedge
 from client_lib.picker import (
     DROP_DETAILS,
     LOCAL_CODES,
@@ -127,7 +128,7 @@ def _retry_delay(
 
 
 class _Base:
-    __slots__ = ("_channel", "_key", "_registered", "_counters", "_policy")
+    __slots__ = ("_channel", "_key", "_registered", "_counters", "_policy", "_hedging")
     _kind = ""
     _retries = 0  # transparent retries: only where the request can be sent again
 
@@ -138,8 +139,10 @@ class _Base:
         self._key = (self._kind, method, ser, deser)
         self._registered = registered
         self._counters = channel.counters
-        # gRFC A6 configured retries: unary-unary only (its request can go again)
+        # gRFC A6 configured retries or hedging: unary-unary only (its
+        # request can go again)
         self._policy = channel.retry.policy(method) if self._retries else None
+        self._hedging = channel.retry.hedging(method) if self._retries else None
 
     def _start(
         self,
@@ -218,6 +221,10 @@ class _UnaryResponse(_Base):
         p = picker.pick() if picker is not None else None
         if p is None or p.target is None:
             p = channel._picked(p, timeout, wait_for_ready)
+        if self._hedging is not None:
+            return self._hedged(
+                p, with_call, request, timeout, metadata, credentials, wait_for_ready, compression
+            )
         counters = self._counters
         retries = self._retries
         policy = self._policy
@@ -259,6 +266,74 @@ class _UnaryResponse(_Base):
             if attempts is not None:
                 attempts.succeeded()
             return result
+
+    def _hedged(
+        self,
+        p: Pick,
+        with_call: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        """A hedged unary call (client_lib.hedging decides; this thread
+        starts the attempts as futures and waits for their ends)."""
+        channel, counters, key = self._channel, self._counters, self._key
+        deadline = None if timeout is None else time.monotonic() + timeout
+        hedge = Hedge(self._hedging, channel.retry.throttle, deadline)  # type: ignore[arg-type]
+        ends: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        live: dict[Any, Pick] = {}
+
+        def start(q: Pick) -> None:
+            mc = q.target.methods.get(key) or q.target.multicallable(key, self._registered)
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            counters.call_started()
+            future = mc.future(
+                request,
+                left,
+                _metadata(metadata, q.metadata),
+                credentials,
+                wait_for_ready,
+                compression,
+            )
+            live[future] = q
+            hedge.started(q.target.address, time.monotonic())
+            future.add_done_callback(ends.put)
+
+        start(p)
+        try:
+            while True:
+                wake = hedge.wake_at()
+                try:
+                    future = ends.get(
+                        timeout=None if wake is None else max(wake - time.monotonic(), 0.0)
+                    )
+                except queue.Empty:
+                    now = time.monotonic()
+                    if hedge.due(now):
+                        q = hedge.choose(channel._core.ready_picks())
+                        if q is not None:
+                            start(q)
+                        elif hedge.in_flight:
+                            hedge.postpone(now)
+                        else:
+                            left = None if deadline is None else max(deadline - now, 0.0)
+                            start(channel._pick(left, wait_for_ready))
+                    continue
+                q = live.pop(future)
+                code, details, has_md = _outcome(future)
+                counters.finish_with(code, has_md, q.token)
+                trailing = future.trailing_metadata() if code is not grpc.StatusCode.OK else ()
+                if hedge.ended(code, trailing, time.monotonic(), never_sent(code, details, has_md)):
+                    break
+        finally:
+            for other, q in live.items():  # the losers (or all, on an error here)
+                other.cancel()
+                other.add_done_callback(_finish_callback(counters, q.token))
+        response = future.result()  # raises the attempt's error
+        return (response, future) if with_call else response
 
     def __call__(
         self,

@@ -37,14 +37,63 @@ log = logging.getLogger("lookaside.client")
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
+# Every channel a thin channel opens has sub-channels of its own: in gRPC's
+# global pool, channels to one address share one sub-channel, so a balancer
+# or backend channel could inherit another's connection backoff (a refused
+# port reused by a new server reads as TRANSIENT_FAILURE at once), and one
+# left open anywhere keeps the connection of all.
+LOCAL_POOL = ("grpc.use_local_subchannel_pool", 1)
+
+# grpc's connectivity poller (sync channels) checks its channel once more
+# within 0.2 s of a subscribe: a channel closed before that makes it raise.
+POLL_QUIET = 0.25
+
+
 def server_name_options(options: ChannelOptions, server_name_override: str | None) -> list[Any]:
-    """The options of the channels a thin channel opens (to backends and to
-    balancers): the user's, less the service config, whose retry policy the
-    thin channel applies itself (client_lib.retry)."""
-    out = subchannel_options(options)
+    """The options of the channels a thin channel opens to backends (and, with
+    TLS, to balancers): the user's, less the service config, whose retry and
+    hedging policies the thin channel applies itself (client_lib.retry), with
+    a local subchannel pool."""
+    out = [o for o in subchannel_options(options) if o[0] != LOCAL_POOL[0]]
+    out.append(LOCAL_POOL)
     if server_name_override:
         out.append(("grpc.ssl_target_name_override", server_name_override))
     return out
+
+
+class _Watch:
+    """A sync sub-channel's connectivity subscription. An IDLE sub-channel
+    (its connection went away) connects again only when asked: it asks, as
+    round_robin does."""
+
+    __slots__ = ("sub", "core", "asked_at", "stopped")
+
+    def __init__(self, sub: SubChannel, core: ChannelCore) -> None:
+        self.sub = sub
+        self.core = core
+        self.asked_at = time.monotonic()
+        self.stopped = False
+        sub.watcher = self
+        sub.channel.subscribe(self.on_state, try_to_connect=True)
+
+    def on_state(self, state: grpc.ChannelConnectivity) -> None:
+        if self.stopped:
+            return
+        self.core.set_state(self.sub, state)
+        if state is IDLE and not self.core.closed:
+            self.asked_at = time.monotonic()
+            self.sub.channel.subscribe(self.kick, try_to_connect=True)
+
+    def kick(self, _: grpc.ChannelConnectivity) -> None:
+        self.sub.channel.unsubscribe(self.kick)
+
+    def stop(self) -> float:
+        """Unsubscribes; returns the seconds to wait before the channel may
+        be closed (grpc's poller may still look at it once)."""
+        self.stopped = True
+        self.sub.channel.unsubscribe(self.on_state)
+        self.sub.channel.unsubscribe(self.kick)
+        return max(0.0, self.asked_at + POLL_QUIET - time.monotonic())
 
 
 class LookasideChannel(ChannelViews, grpc.Channel):
@@ -77,6 +126,10 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         self._credentials = credentials
         self._balancer_credentials = balancer_credentials
         self._retire_grace = retire_grace
+        # Sub-channels retired by a new list, each batch closed by its timer
+        # after the grace, or by close(), whichever comes first.
+        self._retiring: dict[threading.Timer, list[SubChannel]] = {}
+        self._retire_lock = threading.Lock()
         self._callbacks: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._reported = grpc.ChannelConnectivity.IDLE
         self.counters = CallCounters()
@@ -98,7 +151,7 @@ class LookasideChannel(ChannelViews, grpc.Channel):
     def _make_balancer_channel(self, address: str) -> grpc.Channel:
         if self._balancer_credentials is not None:
             return grpc.secure_channel(address, self._balancer_credentials, options=self._options)
-        return grpc.insecure_channel(address)
+        return grpc.insecure_channel(address, options=[LOCAL_POOL])
 
     def _new_subchannel(self, address: str) -> SubChannel:
         if self._credentials is not None:
@@ -113,38 +166,38 @@ class LookasideChannel(ChannelViews, grpc.Channel):
     def _on_actions(self, actions: list[Action]) -> None:
         added, retired = self._core.run(actions)
         for sub in added:
-            self._watch(sub)
+            _Watch(sub, self._core)
         if retired:
-            timer = threading.Timer(self._retire_grace, self._close_subchannels, (retired,))
-            timer.daemon = True
-            timer.start()
+            self._retire(retired)
 
-    def _watch(self, sub: SubChannel) -> None:
-        channel, core = sub.channel, self._core
+    def _retire(self, subs: list[SubChannel]) -> None:
+        """Closes `subs` after the grace (in-flight calls finish), or at
+        close(); the timer is the channel's until then."""
+        with self._retire_lock:
+            if not self._core.closed:
+                timer = threading.Timer(self._retire_grace, self._retire_due)
+                timer.args = (timer,)
+                timer.name = f"lookaside-retire-{self.target}"
+                timer.daemon = True
+                self._retiring[timer] = subs
+                timer.start()
+                return
+        self._close_subchannels(subs)
 
-        def kick(_: grpc.ChannelConnectivity) -> None:
-            channel.unsubscribe(kick)
-
-        def on_state(state: grpc.ChannelConnectivity) -> None:
-            core.set_state(sub, state)
-            if state is IDLE and not core.closed:
-                # An IDLE sub-channel (its connection went away) connects
-                # again only when asked: ask, as round_robin does.
-                channel.subscribe(kick, try_to_connect=True)
-
-        sub.watcher = on_state
-        channel.subscribe(on_state, try_to_connect=True)
+    def _retire_due(self, timer: threading.Timer) -> None:
+        with self._retire_lock:
+            subs = self._retiring.pop(timer, None)
+        if subs:
+            self._close_subchannels(subs)
 
     @staticmethod
     def _close_subchannels(subs: list[SubChannel]) -> None:
+        waits = [s.watcher.stop() for s in subs if s.watcher is not None]
+        quiet = max(waits, default=0.0)
+        if quiet:
+            time.sleep(quiet)
         for s in subs:
-            if s.watcher is not None:
-                s.channel.unsubscribe(s.watcher)
-        # grpc's connectivity poller checks its channel once more within
-        # 0.2 s of the last unsubscribe; closing after that keeps it quiet.
-        timer = threading.Timer(0.5, lambda: [s.channel.close() for s in subs])
-        timer.daemon = True
-        timer.start()
+            s.channel.close()
 
     def _changed(self) -> None:
         """Called by the core, under its lock, after every change."""
@@ -274,7 +327,15 @@ class LookasideChannel(ChannelViews, grpc.Channel):
             return
         subs = self._core.close()
         self._link.stop()
+        with self._retire_lock:
+            timers, self._retiring = self._retiring, {}
+        for timer, retired in timers.items():
+            timer.cancel()
+            subs += retired
         self._close_subchannels(subs)
+        for timer in timers:
+            if timer is not threading.current_thread():
+                timer.join()  # one closing its batch right now
         self._link.join(5)
 
     def __enter__(self) -> LookasideChannel:

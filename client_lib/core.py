@@ -198,6 +198,11 @@ class ChannelCore:
         others = [p for p in picker.ready if p.target.address != address]
         return random.choice(others) if others else None
 
+    def ready_picks(self) -> tuple[Pick, ...]:
+        """The picks whose backend is READY now (for a hedged attempt)."""
+        picker = self.picker
+        return picker.ready if picker is not None else ()
+
     def backends(self) -> list[tuple[str, str]]:
         picker = self.picker
         return picker.describe() if picker is not None else []

@@ -2,7 +2,10 @@
 
     meter = LoadMeter()                      # optional: measures the server's calls
     server = grpc.server(..., interceptors=[meter.interceptor()])
-    with Registration("balancer:50051", pool="routeguide", port=8081, meter=meter):
+    port = server.add_insecure_port("[::]:8081")
+    server.start()
+    with Registration("balancer:50051", pool="routeguide", port=port, meter=meter,
+                      server=server):
         server.wait_for_termination()
 
 It registers (retrying with backoff while no balancer answers; a refusal
@@ -14,6 +17,15 @@ in-flight calls to end, then deregisters. Several balancer addresses may
 be given. `token=` is sent as `authorization: Bearer <token>` on every
 call. AsyncRegistration does the same on asyncio. Both drive one
 LeaseKeeper (client_lib.lease), which decides what to call and when.
+
+Given `server=`, the helper owns that server's health and stop (see
+client_lib.serving): it adds grpc.health.v1 to it (SERVING from start(),
+NOT_SERVING for good once draining starts), stops it last, and by default
+(in the main thread) takes SIGTERM and SIGINT to run that graceful stop:
+health NOT_SERVING and Drain, wait drain_delay and for in-flight calls (at
+most drain_timeout), Deregister, then stop the server with drain_timeout as
+its grace. This is the order a Kubernetes pod stops in; keep the pod's
+terminationGracePeriodSeconds above drain_delay + 2 x drain_timeout.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from client_lib.lease import (
     lease_spec,
 )
 from client_lib.load import LoadMeter
+from client_lib.serving import SERVING, StopSignals, add_health, wants_signals
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 
@@ -46,7 +59,10 @@ __all__ = ["AsyncRegistration", "Registration", "RegistrationRefused"]
 
 
 class _Base:
-    """What both drivers share: arguments, the keeper, channel options."""
+    """What both drivers share: arguments, the keeper, channel options, the
+    server and its health."""
+
+    _aio = False
 
     def __init__(
         self,
@@ -66,6 +82,9 @@ class _Base:
         token: str = "",
         credentials: grpc.ChannelCredentials | None = None,
         server_name_override: str | None = None,
+        server: Any = None,
+        health: Any = None,
+        handle_signals: bool | None = None,
     ) -> None:
         self.spec = lease_spec(
             balancers, pool, port, host=host, weight=weight, zone=zone,
@@ -80,6 +99,12 @@ class _Base:
             else []
         )
         self._address = ""
+        self.server = server
+        # grpc_health.v1 HealthServicer (its aio twin for AsyncRegistration).
+        self.health = add_health(server, health, self._aio)
+        self._handle_signals = wants_signals(handle_signals, server)
+        self._signals: StopSignals | None = None
+        self._stopped_all = False
 
     @property
     def backend_id(self) -> str:
@@ -110,7 +135,10 @@ class Registration(_Base):
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.RegistryStub | None = None
         self._stop = threading.Event()
+        self._hurry = threading.Event()
+        self._stop_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopper: threading.Thread | None = None
 
     def _stub_for(self, address: str) -> pb_grpc.RegistryStub:
         if self._stub is None or address != self._address:
@@ -128,6 +156,8 @@ class Registration(_Base):
         """Runs one step; False when stop() came first."""
         if step.delay and self._stop.wait(step.delay):
             return False
+        if self._stop.is_set():
+            return False
         try:
             method = getattr(self._stub_for(step.address), step.method)
             response = method(
@@ -144,9 +174,19 @@ class Registration(_Base):
     def start(self) -> Registration:
         """Registers (waiting for a balancer as long as it takes, or until
         stop()), then keeps the lease in a thread."""
-        while not self.keeper.leased and self._do(self.keeper.next_step()):
-            pass
-        if self.keeper.leased:
+        if self.health is not None:
+            self.health.set("", SERVING)
+        if self._handle_signals and self._signals is None:
+            self._signals = StopSignals(self._stop_in_background, self._stop_now)
+            self._signals.install()
+        try:
+            while not self.keeper.leased and self._do(self.keeper.next_step()):
+                pass
+        except RegistrationRefused:
+            if self._signals is not None:
+                self._signals.restore()
+            raise
+        if self.keeper.leased and not self._stop.is_set():
             self._thread = threading.Thread(
                 target=self._keep, name=f"lookaside-lease-{self.spec.pool}", daemon=True
             )
@@ -163,9 +203,11 @@ class Registration(_Base):
         )
 
     def drain(self) -> None:
-        """Leaves every list but keeps the lease; waits until clients have
-        had time to get the new list and in-flight calls (as counted by the
-        meter) have ended, at most drain_timeout."""
+        """Reports NOT_SERVING and leaves every list but keeps the lease;
+        waits until clients have had time to get the new list and in-flight
+        calls (as counted by the meter) have ended, at most drain_timeout."""
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
         if not self.lease_id:
             return
         try:
@@ -174,13 +216,25 @@ class Registration(_Base):
             log.warning("pool=%s: drain failed (%s); deregistering", self.spec.pool, exc.details())
             return
         self._drain_log()
-        time.sleep(self.spec.drain_delay)
+        if self._hurry.wait(self.spec.drain_delay):
+            return
         deadline = time.monotonic() + self.spec.drain_timeout
         while self.spec.in_flight() > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+            if self._hurry.wait(0.02):
+                return
 
     def stop(self, drain: bool = True) -> None:
-        """Drains (unless drain=False), stops heartbeats, and deregisters."""
+        """Drains (unless drain=False), stops heartbeats, deregisters, and
+        stops the server it was given. Runs once; a second caller waits for
+        the first."""
+        with self._stop_lock:
+            if not self._stopped_all:
+                self._stopped_all = True
+                self._stop_all(drain)
+        if self._signals is not None:
+            self._signals.restore()
+
+    def _stop_all(self, drain: bool) -> None:
         if drain:
             self.drain()
         self._stop.set()
@@ -194,6 +248,24 @@ class Registration(_Base):
                 log.warning("pool=%s: deregistration failed: %s", self.spec.pool, exc.details())
         if self._channel is not None:
             self._channel.close()
+        if self.server is not None:
+            grace = 0.0 if self._hurry.is_set() else self.spec.drain_timeout
+            self.server.stop(grace).wait()
+
+    def _stop_in_background(self, signum: int) -> None:
+        # A signal handler runs in the main thread, between its bytecodes:
+        # the stop runs in a thread of its own so the main thread goes on
+        # (server.wait_for_termination() returns once the server stopped).
+        self._stopper = threading.Thread(
+            target=self.stop, name=f"lookaside-stop-{self.spec.pool}", daemon=True
+        )
+        self._stopper.start()
+
+    def _stop_now(self, signum: int) -> None:
+        self._hurry.set()
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop(0)
 
     def __enter__(self) -> Registration:
         return self.start()
@@ -205,12 +277,18 @@ class Registration(_Base):
 class AsyncRegistration(_Base):
     """Registration on asyncio: `async with AsyncRegistration(...)`."""
 
+    _aio = True
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.RegistryStub | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._stop_lock = asyncio.Lock()
+        self._stopper: asyncio.Task[None] | None = None
+        self._server_stops: list[asyncio.Task[None]] = []
 
     async def _stub_for(self, address: str) -> pb_grpc.RegistryStub:
         if self._stub is None or address != self._address:
@@ -225,12 +303,8 @@ class AsyncRegistration(_Base):
         return self._stub
 
     async def _do(self, step: Step) -> bool:
-        if step.delay:
-            try:
-                await asyncio.wait_for(self._stopped.wait(), step.delay)
-                return False
-            except TimeoutError:
-                pass
+        if step.delay and await _wait(self._stopped, step.delay):
+            return False
         if self._stopped.is_set():
             return False
         try:
@@ -239,6 +313,8 @@ class AsyncRegistration(_Base):
                 step.request(), timeout=RPC_TIMEOUT, metadata=self.spec.call_metadata()
             )
         except grpc.aio.AioRpcError as exc:
+            if self._stopped.is_set():
+                return False
             self.keeper.failed(exc.code(), exc.details() or "")
             return True
         self.keeper.succeeded(response)
@@ -247,9 +323,21 @@ class AsyncRegistration(_Base):
     async def start(self) -> AsyncRegistration:
         """Registers (waiting for a balancer as long as it takes, or until
         stop()), then keeps the lease in a task."""
-        while not self.keeper.leased and await self._do(self.keeper.next_step()):
-            pass
-        if self.keeper.leased:
+        if self.health is not None:
+            await self.health.set("", SERVING)
+        if self._handle_signals and self._signals is None:
+            self._signals = StopSignals(
+                self._stop_in_background, self._stop_now, asyncio.get_running_loop()
+            )
+            self._signals.install()
+        try:
+            while not self.keeper.leased and await self._do(self.keeper.next_step()):
+                pass
+        except RegistrationRefused:
+            if self._signals is not None:
+                self._signals.restore()
+            raise
+        if self.keeper.leased and not self._stopped.is_set():
             self._task = asyncio.create_task(self._keep())
         return self
 
@@ -265,6 +353,8 @@ class AsyncRegistration(_Base):
 
     async def drain(self) -> None:
         """As Registration.drain, on asyncio."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         if not self.lease_id:
             return
         try:
@@ -273,12 +363,23 @@ class AsyncRegistration(_Base):
             log.warning("pool=%s: drain failed (%s); deregistering", self.spec.pool, exc.details())
             return
         self._drain_log()
-        await asyncio.sleep(self.spec.drain_delay)
+        if await _wait(self._hurry, self.spec.drain_delay):
+            return
         deadline = time.monotonic() + self.spec.drain_timeout
-        while self.spec.in_flight() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        while self.spec.in_flight() > 0 and time.monotonic() < deadline:
+            if await _wait(self._hurry, 0.02):
+                return
 
     async def stop(self, drain: bool = True) -> None:
+        """As Registration.stop, on asyncio."""
+        async with self._stop_lock:
+            if not self._stopped_all:
+                self._stopped_all = True
+                await self._stop_all(drain)
+        if self._signals is not None:
+            self._signals.restore()
+
+    async def _stop_all(self, drain: bool) -> None:
         if drain:
             await self.drain()
         self._stopped.set()
@@ -293,9 +394,29 @@ class AsyncRegistration(_Base):
                 log.warning("pool=%s: deregistration failed: %s", self.spec.pool, exc.details())
         if self._channel is not None:
             await self._channel.close()
+        if self.server is not None:
+            await self.server.stop(0.0 if self._hurry.is_set() else self.spec.drain_timeout)
+
+    def _stop_in_background(self, signum: int) -> None:
+        self._stopper = asyncio.get_running_loop().create_task(self.stop())
+
+    def _stop_now(self, signum: int) -> None:
+        self._hurry.set()
+        self._stopped.set()
+        if self.server is not None:
+            self._server_stops.append(asyncio.get_running_loop().create_task(self.server.stop(0)))
 
     async def __aenter__(self) -> AsyncRegistration:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """True when `event` is set within `seconds`."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True

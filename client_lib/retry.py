@@ -1,6 +1,7 @@
 """Configured retries (gRFC A6), read from the service config that a stock
 grpcio channel takes in its `grpc.service_config` option: each method's
-`retryPolicy` and the channel's `retryThrottling`. I/O-free: the sync and
+`retryPolicy` (or `hedgingPolicy`: client_lib.hedging) and the channel's
+`retryThrottling`. I/O-free: the sync and
 asyncio calls ask it whether and when a failed attempt goes again, and do
 the waiting and the new pick themselves.
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,40 +39,17 @@ from typing import Any
 
 import grpc
 
-__all__ = ["Attempts", "RetryConfig", "RetryPolicy", "Throttle"]
+from client_lib.hedging import HedgingPolicy
+from client_lib.service_config import (
+    ServiceConfigError,
+    duration,
+    max_attempts,
+    name_key,
+    pushback_seconds,
+    status_code,
+)
 
-MAX_ATTEMPTS = 5  # gRFC A6: larger values are treated as 5
-PUSHBACK = "grpc-retry-pushback-ms"
-
-_DURATION = re.compile(r"^(\d{1,9})(?:\.(\d{1,9}))?s$")
-_CODES = {c.name: c for c in grpc.StatusCode}
-_CODES_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
-
-
-class ServiceConfigError(ValueError):
-    """The `grpc.service_config` option is not a valid service config."""
-
-
-def _duration(value: Any, where: str) -> float:
-    """A google.protobuf.Duration in its JSON form ("0.1s"), > 0."""
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise ServiceConfigError(f'{where} must be a duration like "0.1s", not {value!r}')
-    seconds = int(m.group(1)) + (int(m.group(2).ljust(9, "0")) / 1e9 if m.group(2) else 0.0)
-    if seconds <= 0:
-        raise ServiceConfigError(f"{where} must be above 0s")
-    return seconds
-
-
-def _status(value: Any, where: str) -> grpc.StatusCode:
-    code = None
-    if isinstance(value, str):
-        code = _CODES.get(value.upper())
-    elif isinstance(value, int) and not isinstance(value, bool):
-        code = _CODES_BY_NUMBER.get(value)
-    if code is None or code is grpc.StatusCode.OK:
-        raise ServiceConfigError(f"{where}: {value!r} is not a status code that can be retried")
-    return code
+__all__ = ["Attempts", "RetryConfig", "RetryPolicy", "ServiceConfigError", "Throttle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +64,7 @@ class RetryPolicy:
     def parse(cls, raw: Any, where: str) -> RetryPolicy:
         if not isinstance(raw, dict):
             raise ServiceConfigError(f"{where} must be an object")
-        attempts = raw.get("maxAttempts")
-        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 2:
-            raise ServiceConfigError(f"{where}.maxAttempts must be an integer of at least 2")
+        attempts = max_attempts(raw, where)
         multiplier = raw.get("backoffMultiplier")
         if (
             not isinstance(multiplier, int | float)
@@ -101,11 +76,11 @@ class RetryPolicy:
         if not isinstance(codes, list) or not codes:
             raise ServiceConfigError(f"{where}.retryableStatusCodes must be a non-empty list")
         return cls(
-            max_attempts=min(attempts, MAX_ATTEMPTS),
-            initial_backoff=_duration(raw.get("initialBackoff"), f"{where}.initialBackoff"),
-            max_backoff=_duration(raw.get("maxBackoff"), f"{where}.maxBackoff"),
+            max_attempts=attempts,
+            initial_backoff=duration(raw.get("initialBackoff"), f"{where}.initialBackoff"),
+            max_backoff=duration(raw.get("maxBackoff"), f"{where}.maxBackoff"),
             multiplier=float(multiplier),
-            codes=frozenset(_status(c, f"{where}.retryableStatusCodes") for c in codes),
+            codes=frozenset(status_code(c, f"{where}.retryableStatusCodes") for c in codes),
         )
 
     def backoff(self, retry: int) -> float:
@@ -124,6 +99,11 @@ class Throttle:
         self.token_ratio = token_ratio
         self.tokens = float(max_tokens)
         self._lock = threading.Lock()
+
+    def allows(self) -> bool:
+        """Whether a retry (or a hedged attempt) may start now."""
+        with self._lock:
+            return self.tokens > self.max_tokens / 2
 
     def failure(self) -> bool:
         """Records a retryable failure; True if a retry is still allowed."""
@@ -170,7 +150,7 @@ class Attempts:
         not end before the call's deadline, `time_left` seconds away)."""
         if code not in self.policy.codes:
             return None
-        pushback = _pushback(trailing_metadata)
+        pushback = pushback_seconds(trailing_metadata)
         if self.throttle is not None and not self.throttle.failure():
             return None
         if pushback is not None and pushback < 0:
@@ -185,23 +165,37 @@ class Attempts:
         return delay
 
 
-def _pushback(trailing_metadata: Iterable[Any] | None) -> float | None:
-    """The server's grpc-retry-pushback-ms in seconds; -1 when present but
-    not a non-negative integer (gRPC then does not retry); None if absent."""
-    for key, value in trailing_metadata or ():
-        if key == PUSHBACK:
-            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-            return int(text) / 1000 if text.isdigit() and len(text) < 10 else -1.0
-    return None
+@dataclass(frozen=True, slots=True)
+class MethodPolicy:
+    """What a method config says of attempts: a retry policy or a hedging
+    policy (gRFC A6: never both)."""
+
+    retry: RetryPolicy | None = None
+    hedging: HedgingPolicy | None = None
+
+    @classmethod
+    def parse(cls, mc: dict[str, Any], where: str) -> MethodPolicy | None:
+        """None for a method config with neither policy."""
+        if "retryPolicy" in mc and "hedgingPolicy" in mc:
+            raise ServiceConfigError(
+                f"{where} has both retryPolicy and hedgingPolicy: gRFC A6 allows one of "
+                "them per method config (drop one, or give the methods separate configs)"
+            )
+        if "retryPolicy" in mc:
+            return cls(retry=RetryPolicy.parse(mc["retryPolicy"], f"{where}.retryPolicy"))
+        if "hedgingPolicy" in mc:
+            return cls(hedging=HedgingPolicy.parse(mc["hedgingPolicy"], f"{where}.hedgingPolicy"))
+        return None
 
 
 class RetryConfig:
-    """The retry part of a service config: a policy per method name."""
+    """The attempts part of a service config: a retry or hedging policy per
+    method name, and the channel's retry throttle."""
 
     def __init__(
-        self, policies: dict[str, RetryPolicy] | None = None, throttle: Throttle | None = None
+        self, methods: dict[str, MethodPolicy] | None = None, throttle: Throttle | None = None
     ) -> None:
-        self.policies = policies or {}
+        self.methods = methods or {}
         self.throttle = throttle
 
     @classmethod
@@ -217,55 +211,53 @@ class RetryConfig:
             raise ServiceConfigError(f"grpc.service_config is not JSON: {exc}") from None
         if not isinstance(config, dict):
             raise ServiceConfigError("grpc.service_config must be a JSON object")
-        policies: dict[str, RetryPolicy] = {}
+        methods: dict[str, MethodPolicy] = {}
         method_configs = config.get("methodConfig", [])
         if not isinstance(method_configs, list):
             raise ServiceConfigError("methodConfig must be a list")
         for i, mc in enumerate(method_configs):
             if not isinstance(mc, dict):
                 raise ServiceConfigError(f"methodConfig[{i}] must be an object")
-            if "retryPolicy" not in mc:
+            policy = MethodPolicy.parse(mc, f"methodConfig[{i}]")
+            if policy is None:
                 continue
-            policy = RetryPolicy.parse(mc["retryPolicy"], f"methodConfig[{i}].retryPolicy")
             names = mc.get("name", [])
             if not isinstance(names, list):
                 raise ServiceConfigError(f"methodConfig[{i}].name must be a list")
             for name in names:
-                key = _name_key(name, f"methodConfig[{i}].name")
-                if key in policies:
+                key = name_key(name, f"methodConfig[{i}].name")
+                if key in methods:
                     raise ServiceConfigError(f"methodConfig: {key or 'the default'} is named twice")
-                policies[key] = policy
+                methods[key] = policy
         throttle = None
         if "retryThrottling" in config:
             throttle = Throttle.parse(config["retryThrottling"])
-        return cls(policies, throttle)
+        return cls(methods, throttle)
 
-    def policy(self, method: str) -> RetryPolicy | None:
-        """The policy for a full method name ("/pkg.Service/Method"): the
+    def _lookup(self, method: str) -> MethodPolicy | None:
+        """The policies for a full method name ("/pkg.Service/Method"): the
         method's own, its service's, or the default."""
-        if not self.policies:
+        if not self.methods:
             return None
         service, _, name = method.lstrip("/").partition("/")
         return (
-            self.policies.get(f"{service}/{name}")
-            or self.policies.get(f"{service}/")
-            or self.policies.get("")
+            self.methods.get(f"{service}/{name}")
+            or self.methods.get(f"{service}/")
+            or self.methods.get("")
         )
+
+    def policy(self, method: str) -> RetryPolicy | None:
+        """The method's retry policy, if its method config has one."""
+        found = self._lookup(method)
+        return found.retry if found is not None else None
+
+    def hedging(self, method: str) -> HedgingPolicy | None:
+        """The method's hedging policy, if its method config has one."""
+        found = self._lookup(method)
+        return found.hedging if found is not None else None
 
     def attempts(self, policy: RetryPolicy | None) -> Attempts | None:
         return None if policy is None else Attempts(policy, self.throttle)
-
-
-def _name_key(name: Any, where: str) -> str:
-    """ "service/method", "service/" for a whole service, "" for the default."""
-    if not isinstance(name, dict):
-        raise ServiceConfigError(f"{where} entries must be objects")
-    service, method = name.get("service", ""), name.get("method", "")
-    if not isinstance(service, str) or not isinstance(method, str):
-        raise ServiceConfigError(f"{where}: service and method must be strings")
-    if method and not service:
-        raise ServiceConfigError(f"{where}: a method needs its service")
-    return f"{service}/{method}" if service else ""
 
 
 def subchannel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:

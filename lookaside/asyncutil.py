@@ -34,12 +34,19 @@ async def cancel_and_wait(tasks: list[asyncio.Task[None]], limit: float = 3.0) -
         )
 
 
-async def until_signalled() -> None:
-    """Returns on the first SIGINT or SIGTERM (the process's stop request)."""
+def stop_requested() -> asyncio.Event:
+    """An event set by the first SIGINT or SIGTERM (the process's stop
+    request). The handlers are in place when this returns: call it before
+    serving, so that no signal in between kills the process unhandled."""
     import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def until_signalled() -> None:
+    """Returns on the first SIGINT or SIGTERM (the process's stop request)."""
+    await stop_requested().wait()

@@ -19,6 +19,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_ZONE = "lookaside.test"
 DEFAULT_CLIENT = f"backend.{DEFAULT_ZONE}"
@@ -41,39 +42,107 @@ def _write(path: Path, data: bytes, private: bool = False) -> Path:
     return path
 
 
+def _PEM() -> Any:  # noqa: N802 - the encoding constant, imported late
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.PEM
+
+
+def _key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(k: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _name(cn: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+
+
+def _leaf(
+    ca: Any, ca_key: Any, cn: str, sans: list[Any], usage: Any, days: int
+) -> tuple[bytes, bytes]:
+    """A certificate signed by `ca` and its key, both PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = datetime.datetime.now(datetime.UTC)
+    k = _key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(k.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(_PEM()), _pem_key(k)
+
+
+def issue_client(
+    ca_dir: str | Path,
+    name: str,
+    *,
+    cn: str = "",
+    dns: tuple[str, ...] = (),
+    uris: tuple[str, ...] = (),
+    emails: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+    days: int = 30,
+) -> tuple[Path, Path]:
+    """Another client certificate from the CA that `issue` wrote to
+    `ca_dir`, with exactly the CN and SANs given: `<name>.pem` and
+    `<name>-key.pem` in `ca_dir`. Tests use it for certificates that try to
+    pass for someone else."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca_dir = Path(ca_dir)
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), None)
+    sans: list[Any] = [x509.DNSName(d) for d in dns]
+    sans += [x509.UniformResourceIdentifier(u) for u in uris]
+    sans += [x509.RFC822Name(e) for e in emails]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    cert, key = _leaf(ca, ca_key, cn, sans, ExtendedKeyUsageOID.CLIENT_AUTH, days)
+    return _write(ca_dir / f"{name}.pem", cert), _write(ca_dir / f"{name}-key.pem", key, True)
+
+
 def issue(
     out: str | Path,
     *,
     zone: str = DEFAULT_ZONE,
     names: tuple[str, ...] = (),
     client_name: str = DEFAULT_CLIENT,
+    client_ips: tuple[str, ...] = (),
     days: int = 30,
 ) -> Issued:
     """Makes the CA and both certificates under `out` (overwriting)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     out = Path(out)
     now = datetime.datetime.now(datetime.UTC)
     until = now + datetime.timedelta(days=days)
-
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = key()
-    ca_name = name("Lookaside lab CA")
+    ca_key = _key()
+    ca_name = _name("Lookaside lab CA")
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -100,40 +169,38 @@ def issue(
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(
-        cn: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier
-    ) -> tuple[bytes, bytes]:
-        k = key()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(ca_name)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), pem_key(k)
+    def leaf(cn: str, sans: list[Any], usage: Any) -> tuple[bytes, bytes]:
+        return _leaf(ca, ca_key, cn, sans, usage, days)
 
     dns_names = ["localhost", zone, f"*.{zone}", *names]
     server_sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(dns_names)]
     server_sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     server_pem, server_key = leaf(f"lb.{zone}", server_sans, ExtendedKeyUsageOID.SERVER_AUTH)
-    client_pem, client_key = leaf(
-        client_name, [x509.DNSName(client_name)], ExtendedKeyUsageOID.CLIENT_AUTH
-    )
-    _write(out / "ca-key.pem", pem_key(ca_key), private=True)
+    client_sans: list[x509.GeneralName] = [x509.DNSName(client_name)]
+    client_sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in client_ips]
+    client_pem, client_key = leaf(client_name, client_sans, ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write(out / "ca-key.pem", _pem_key(ca_key), private=True)
     return Issued(
-        ca=_write(out / "ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
+        ca=_write(out / "ca.pem", ca.public_bytes(_PEM())),
         server_cert=_write(out / "server.pem", server_pem),
         server_key=_write(out / "server-key.pem", server_key, private=True),
         client_cert=_write(out / "client.pem", client_pem),
         client_key=_write(out / "client-key.pem", client_key, private=True),
     )
+
+
+def existing(out: str | Path) -> Issued | None:
+    """The certificates under `out` when all of them are there."""
+    out = Path(out)
+    found = Issued(
+        ca=out / "ca.pem",
+        server_cert=out / "server.pem",
+        server_key=out / "server-key.pem",
+        client_cert=out / "client.pem",
+        client_key=out / "client-key.pem",
+    )
+    files = (found.ca, found.server_cert, found.server_key, found.client_cert, found.client_key)
+    return found if all(f.is_file() for f in files) else None
 
 
 def kept_or_issued(out: str | Path, *, zone: str = DEFAULT_ZONE) -> Issued:
@@ -142,30 +209,25 @@ def kept_or_issued(out: str | Path, *, zone: str = DEFAULT_ZONE) -> Issued:
     CA across restarts of the lab); otherwise new ones (issue())."""
     from cryptography import x509
 
-    out = Path(out)
-    kept = Issued(
-        ca=out / "ca.pem",
-        server_cert=out / "server.pem",
-        server_key=out / "server-key.pem",
-        client_cert=out / "client.pem",
-        client_key=out / "client-key.pem",
-    )
+    kept = existing(out)
     try:
-        cert = x509.load_pem_x509_certificate(kept.server_cert.read_bytes())
-        x509.load_pem_x509_certificate(kept.ca.read_bytes())
-        if not all(p.exists() for p in (kept.server_key, kept.client_cert, kept.client_key)):
-            raise ValueError("incomplete")
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
-        if zone in sans.get_values_for_type(x509.DNSName) and cert.not_valid_after_utc > tomorrow:
-            return kept
+        if kept is not None:
+            cert = x509.load_pem_x509_certificate(kept.server_cert.read_bytes())
+            x509.load_pem_x509_certificate(kept.ca.read_bytes())
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+            if zone in sans.get_values_for_type(x509.DNSName) and (
+                cert.not_valid_after_utc > tomorrow
+            ):
+                return kept
     except (OSError, ValueError, x509.ExtensionNotFound):
         pass
     return issue(out, zone=zone)
 
 
 def _run(args: argparse.Namespace) -> int:
-    issued = issue(
+    kept = existing(args.out) if args.keep else None
+    issued = kept or issue(
         args.out,
         zone=args.zone,
         names=tuple(args.name or ()),
@@ -189,4 +251,10 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "--client-name", default=DEFAULT_CLIENT, help="identity (CN, DNS SAN) of the client cert"
     )
     p.add_argument("--days", type=int, default=30, help="validity in days")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the certificates already in --out (a container's init step); make them "
+        "only when some are missing",
+    )
     p.set_defaults(func=_run)

@@ -244,6 +244,13 @@ def _given(flag: str | None, env: str) -> tuple[str, str]:
 def client_from_args(args: argparse.Namespace) -> AdminClient:
     """The admin API to talk to: flags, else their environment variables,
     else the context (whose token and CA go only to its own URL)."""
+    if args.token is not None:
+        print(
+            "lookaside ctl: warning: --token on the command line is visible to every user in "
+            "`ps` and stays in shell history; use --token-file or env LOOKASIDE_ADMIN_TOKEN "
+            "instead",
+            file=sys.stderr,
+        )
     url, url_from = _given(args.url, "LOOKASIDE_ADMIN_URL")
     url_from = url_from or "--url"
     ca, ca_from = _given(args.ca, "LOOKASIDE_ADMIN_CA")
@@ -359,7 +366,11 @@ def _common() -> argparse.ArgumentParser:
         help="admin API URL; http:// is assumed, https:// with --ca "
         "[env LOOKASIDE_ADMIN_URL, else the context]",
     )
-    common.add_argument("--token", help="[env LOOKASIDE_ADMIN_TOKEN]")
+    common.add_argument(
+        "--token",
+        help="the admin token; UNSAFE: visible in `ps`, prefer --token-file "
+        "[env LOOKASIDE_ADMIN_TOKEN]",
+    )
     common.add_argument(
         "--token-file",
         help="a file holding the admin token [env LOOKASIDE_ADMIN_TOKEN_FILE, else the context]",

@@ -15,12 +15,18 @@ both outlive a restart; and it writes the context (lookaside.context) that
 `ctl`, `watch`, `export` and `apply` use when no flag names a lab. Its pool
 gets a short report interval (--report-interval-ms) when the lab creates it,
 so that a short demo run shows up in `ctl load` and the dashboard.
+
+With --tls it runs the production profile of docs/security.md: TLS on the
+balancer, the admin API, the backends and /metrics with a lab CA, the
+balancer's health checks over TLS to the backends, and a registration token
+of the pool's own (a registration policy) instead of --insecure-registration.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -59,9 +65,16 @@ class LabSettings(BaseSettings):
     backends: int = Field(3, ge=0, le=20, description="routeguide backends to start")
     pool: str = Field("routeguide", description="pool the backends join")
     zone: str = Field("lookaside.test", description="DNS zone")
-    admin_token: str = Field("", description="admin API token; generated when empty")
+    admin_token: str = Field(
+        "",
+        description="admin API token; generated when empty (as a flag it shows in ps: prefer "
+        "the environment)",
+        repr=False,
+    )
     tls: bool = Field(
-        False, description="TLS on the balancer, admin API and backends (a lab CA, lookaside certs)"
+        False,
+        description="the production profile: TLS on the balancer, admin API and backends "
+        "(health checks too; a lab CA), a registration token for the pool",
     )
     ready_timeout: float = Field(30.0, description="seconds to wait for each process")
     restart_backends: bool = Field(False, description="start a backend again when it dies")
@@ -176,6 +189,47 @@ class Lab:
             args += ["--balancer-tls-ca", str(self.certs.ca)]
         return args
 
+    def _dns_tls_args(self) -> list[str]:
+        """The DNS responder's /metrics over HTTPS (DNS itself has no TLS)."""
+        cert_key = self._tls_args()
+        if not cert_key:
+            return []
+        return ["--metrics-tls-cert", cert_key[1], "--metrics-tls-key", cert_key[3]]
+
+    def _registration_token_file(self) -> Path:
+        """The pool's registration token (made on first use, mode 0600)."""
+        import secrets
+
+        path = self.dir / "secrets" / f"registration-token-{self.s.pool}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        return path
+
+    def _balancer_security_args(self) -> list[str]:
+        """With --tls, the production profile (docs/security.md): backends
+        register with the pool's own token (a registration policy), and
+        the health checks dial them over TLS with the lab CA. Without it,
+        registrations need no credential (loudly: the balancer warns, and
+        its metric says so)."""
+        if not self.s.tls:
+            return ["--insecure-registration"]
+        policy = self.dir / "registration-policy.json"
+        rule = {"token_files": [str(self._registration_token_file())], "create": True}
+        policy.write_text(json.dumps({"pools": {self.s.pool: rule}}, indent=2) + "\n")
+        return [
+            *self._tls_args(),
+            "--registration-policy", str(policy),
+            "--backend-tls-ca", str(self.certs.ca),
+        ]  # fmt: skip
+
+    def _backend_registration_args(self) -> list[str]:
+        if not self.s.tls:
+            return []
+        return ["--registration-token-file", str(self._registration_token_file())]
+
     def start(self) -> None:
         s = self.s
         preflight_ports(s.host, {flag: getattr(s, flag) for flag in PORT_FLAGS}, PORT_FLAGS)
@@ -199,15 +253,14 @@ class Lab:
             "balancer",
             ["balancer", "--listen", lb_addr, "--redis-url", url,
              "--metrics-listen", f"{s.host}:{s.metrics_port}", "--replica-id", "lab-balancer",
-             # The lab's backends register without a credential (loudly: the
-             # balancer warns, and its metric says so).
-             "--insecure-registration", *self._tls_args(), *state],
+             *self._balancer_security_args(), *state],
             s.balancer_port,
         ).wait_ready(s.ready_timeout)  # fmt: skip
         self._proc(
             "dns",
             ["dns", "--listen", f"{s.host}:{s.dns_port}", "--redis-url", url, "--zone", s.zone,
-             "--balancers", lb_addr, "--metrics-listen", f"{s.host}:{s.dns_metrics_port}"],
+             "--balancers", lb_addr, "--metrics-listen", f"{s.host}:{s.dns_metrics_port}",
+             *self._dns_tls_args()],
             s.dns_port,
         ).wait_ready(s.ready_timeout)  # fmt: skip
         self._proc(
@@ -231,7 +284,8 @@ class Lab:
             self._proc(
                 f"routeguide-{i + 1}",
                 ["routeguide", "server", "--listen", f"{s.host}:{port}", "--balancer", lb_addr,
-                 "--pool", s.pool, "--advertise-host", s.host, *self._backend_tls_args()],
+                 "--pool", s.pool, "--advertise-host", s.host, *self._backend_tls_args(),
+                 *self._backend_registration_args()],
                 port,
                 backend=True,
             )  # fmt: skip
@@ -315,10 +369,11 @@ class Lab:
         redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
+        web = "https" if s.tls else "http"
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
-            f"  balancer   {lb_addr}   metrics http://{s.host}:{s.metrics_port}/metrics",
+            f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
             f"  admin      {self.admin_url}/   token in {self.token_file}",
             f"  dashboard  {self.admin_url}/#token={self.token}   (opens logged in)",
@@ -327,7 +382,10 @@ class Lab:
             f"  pids       {pids}",
             f"  logs       {self.dir}/logs ({logs})",
             *(
-                [f"  tls        CA {self.certs.ca} (one credential for balancer and backends)"]
+                [
+                    f"  tls        CA {self.certs.ca} (one credential for balancer and backends)",
+                    f"  register   pool {s.pool}: token in {self._registration_token_file()}",
+                ]
                 if self.certs
                 else []
             ),

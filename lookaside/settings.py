@@ -4,7 +4,8 @@ helper that turns one into argparse flags (every flag reads its variable)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
@@ -98,6 +99,24 @@ def read_secret(path: str, what: str) -> str:
     return text
 
 
+def parse_networks(
+    text: str | Sequence[str], what: str = "trusted networks"
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs from a comma-separated string or a list; ValueError naming the bad one."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{what}: {item!r} is not a network; write CIDRs such as 10.0.0.0/8 or fd00::/8"
+            ) from None
+    return tuple(out)
+
+
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -139,6 +158,21 @@ def redacted_url(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
+def check_backend_tls(ca: str, cert: str, key: str, server_name: str) -> None:
+    """A ValueError when the balancer's TLS-to-backends settings do not go
+    together (balancer_server.tls.BackendTls)."""
+    if not ca and (cert or key or server_name.strip()):
+        raise ValueError(
+            "--backend-tls-cert, --backend-tls-key and --backend-tls-server-name need "
+            "--backend-tls-ca (the CA that signed the backends' certificates)"
+        )
+    if bool(cert) != bool(key):
+        raise ValueError(
+            "give both --backend-tls-cert and --backend-tls-key (or neither, when the "
+            "backends ask for no client certificate)"
+        )
+
+
 def _optional_file(value: str) -> str:
     return readable_file(value, "file") if value.strip() else ""
 
@@ -166,7 +200,8 @@ class BalancerSettings(BaseSettings):
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
     metrics_listen: str = Field(
-        "127.0.0.1:9464", description="host:port for Prometheus /metrics; empty to disable"
+        "127.0.0.1:9464",
+        description="host:port for Prometheus /metrics (HTTPS with --tls-cert); empty to disable",
     )
     replica_id: str = Field("", description="name of this replica; default host-pid")
     resync_interval: float = Field(1.0, gt=0, description="seconds between version checks")
@@ -202,7 +237,10 @@ class BalancerSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error")
     # Registration credentials (balancer_server.auth, docs/security.md).
     registration_token: str = Field(
-        "", description="global registration token (admits every pool)", repr=False
+        "",
+        description="global registration token (admits every pool); UNSAFE as a flag (shows "
+        "in ps): use --registration-token-file or the environment",
+        repr=False,
     )
     registration_token_file: OptionalFile = Field("", description="file holding the global token")
     registration_policy: OptionalFile = Field(
@@ -211,14 +249,32 @@ class BalancerSettings(BaseSettings):
     insecure_registration: bool = Field(
         False, description="DEVELOPMENT ONLY: admit registrations that carry no credential"
     )
+    trusted_networks: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="comma-separated CIDRs from which registration tokens may come over "
+        "plaintext; from elsewhere they need TLS (0.0.0.0/0,::/0 trusts every network)",
+    )
     # TLS (balancer_server.tls).
     tls_cert: OptionalFile = Field("", description="PEM certificate chain: serve TLS on --listen")
     tls_key: OptionalFile = Field("", description="PEM private key of --tls-cert")
     tls_client_ca: OptionalFile = Field("", description="PEM CA bundle: verify client certificates")
     require_client_cert: bool = Field(False, description="refuse clients without a certificate")
+    # TLS to the backends, for the balancer's own probes (balancer_server.tls).
+    backend_tls_ca: OptionalFile = Field(
+        "", description="PEM CA bundle: probe backends over TLS verified with it (empty: plaintext)"
+    )
+    backend_tls_server_name: str = Field(
+        "",
+        description="name the backends' certificates must carry ({pool} is the pool's name); "
+        "default the backend's address",
+    )
+    backend_tls_cert: OptionalFile = Field(
+        "", description="PEM client certificate for backends that require mTLS"
+    )
+    backend_tls_key: OptionalFile = Field("", description="PEM private key of --backend-tls-cert")
     # Limits against abuse (balancer_server.limits).
     max_streams_per_address: int = Field(
-        1000, ge=1, description="open BalanceLoad streams per client IP"
+        1000, ge=1, description="open BalanceLoad streams per client IPv4 address or IPv6 /64"
     )
     max_stream_age: float = Field(
         0.0, ge=0, description="seconds after which a connection is told to go away (0: never)"
@@ -242,10 +298,24 @@ class BalancerSettings(BaseSettings):
             self.redis_url = blaming("redis_url_file", check_redis_url, url)
         return self
 
+    @model_validator(mode="after")
+    def _backend_tls(self) -> BalancerSettings:
+        check_backend_tls(
+            self.backend_tls_ca, self.backend_tls_cert, self.backend_tls_key,
+            self.backend_tls_server_name,
+        )  # fmt: skip
+        return self
+
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen(cls, v: str) -> str:
         return host_port(v, "metrics listen", port_zero=True) if v.strip() else ""
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _trusted_networks(cls, v: str) -> str:
+        parse_networks(v, "trusted networks")
+        return v.strip()
 
 
 def add_settings_arguments(
@@ -292,7 +362,7 @@ def settings_or_exit(
     from pydantic import ValidationError
 
     try:
-        return settings_from_args(model, args)
+        settings = settings_from_args(model, args)
     except ValidationError as exc:
         problems = [f"{_source(model, args, _field(err))}{_message(err)}" for err in exc.errors()]
         # One line, no usage text: the message names the flag to fix.
@@ -300,6 +370,8 @@ def settings_or_exit(
 
         print(f"{parser.prog}: error: {'; '.join(problems)}", file=sys.stderr)
         raise SystemExit(2) from None
+    warn_secret_flags(parser, model, args)
+    return settings
 
 
 def _field(err: Any) -> str:
@@ -328,3 +400,32 @@ def _source(model: type[BaseSettings], args: argparse.Namespace, field: str) -> 
     if env in os.environ:
         return f"env {env}: "
     return f"{flag} (env {env}): "
+
+
+def warn_secret_flags(
+    parser: argparse.ArgumentParser, model: type[BaseSettings], args: argparse.Namespace
+) -> list[str]:
+    """Warns (stderr) about each secret given as a flag: the command line is
+    visible to every user of the machine in `ps` and stays in shell
+    history. Secrets are the fields declared with repr=False; the warning
+    names the file flag or variable to use instead. Returns the flags."""
+    import sys
+
+    prefix = model.model_config.get("env_prefix", "")
+    warned = []
+    for name, field in model.model_fields.items():
+        if field.repr or getattr(args, name, None) is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        instead = (
+            f"{flag}-file or env {prefix}{name.upper()}_FILE"
+            if f"{name}_file" in model.model_fields
+            else f"env {prefix}{name.upper()}"
+        )
+        print(
+            f"{parser.prog}: warning: {flag} on the command line is visible to every user in "
+            f"`ps` and stays in shell history; use {instead} instead",
+            file=sys.stderr,
+        )
+        warned.append(flag)
+    return warned

@@ -131,7 +131,9 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         for note in request_iterator:
             yield rg.RouteNote(location=note.location, message=f"{self.name}:{note.message}")
 
-    def start(self) -> RouteGuideBackend:
+    def start(self, credentials: grpc.ServerCredentials | None = None) -> RouteGuideBackend:
+        """Serves on 127.0.0.1:<free port>, plaintext or with `credentials`
+        (TLS, or mTLS when they require client certificates)."""
         from grpc_health.v1 import health, health_pb2_grpc
 
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8))
@@ -139,7 +141,10 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
         # grpc.health.v1, SERVING until a test says otherwise (set_serving).
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         if not self.name:
             self.name = f"127.0.0.1:{self.port}"
         self.server.start()
@@ -262,3 +267,28 @@ def register_all(
         )
         ids[b.port] = lease.backend_id
     return ids
+
+
+def require_tool(name: str) -> str:
+    """The path of the command `name`. When it is missing the test skips,
+    or fails under LOOKASIDE_STRICT=1 (what CI sets), so a check can never
+    pass in CI by not running."""
+    import shutil
+
+    path = shutil.which(name)
+    require(path is not None, f"{name} not found on PATH")
+    return str(path)
+
+
+def require(present: bool, missing: str) -> None:
+    """Skips the test with `missing` as the reason unless `present`; under
+    LOOKASIDE_STRICT=1 fails instead."""
+    import os
+
+    import pytest
+
+    if present:
+        return
+    if os.environ.get("LOOKASIDE_STRICT", "") not in ("", "0"):
+        pytest.fail(f"{missing}, and LOOKASIDE_STRICT is set: install it")
+    pytest.skip(missing)

@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from admin_api.routes import backends, events, load, pools, signals, state
+from admin_api.routes import backend_tokens, backends, events, load, pools, signals, state
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(pools.router)
 api_router.include_router(backends.router)
+api_router.include_router(backend_tokens.router)
 api_router.include_router(load.router)
 api_router.include_router(events.router)
 api_router.include_router(signals.router)

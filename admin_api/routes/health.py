@@ -1,6 +1,8 @@
 """/healthz (the process is alive), /readyz (Redis answers) and /metrics.
 
-None of them needs the token: probes and scrapers carry none.
+The probes need no token (probes carry none); /metrics needs the token
+(a reader's: public with public_reads), as every other read does:
+Prometheus sends it with `authorization: {credentials_file: ...}`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from admin_api import metrics
-from admin_api.deps import StoreDep
+from admin_api.deps import ReaderDep, StoreDep
 from lookaside.registry.errors import Unavailable
 
 log = logging.getLogger("lookaside.admin")
@@ -52,5 +54,5 @@ async def ready(store: StoreDep) -> Status | JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus() -> Response:
+async def prometheus(_reader: ReaderDep) -> Response:
     return metrics.metrics_response()

@@ -16,6 +16,7 @@ from lookaside.registry.model import (
     OutlierDetection,
     PoolConfig,
     PoolSnapshot,
+    RegistrationRules,
 )
 
 Policy = Literal["round_robin", "least_loaded"]
@@ -140,10 +141,46 @@ class OutlierDetectionSettings(BaseModel):
     ) = 20
 
 
+Network = Annotated[
+    str,
+    Field(max_length=64, description="a network in CIDR notation", examples=["10.0.0.0/8"]),
+    AfterValidator(v.check_network),
+]
+
+
+class RegistrationSettings(BaseModel):
+    """What a backend's own registration (the Registry API) may claim.
+    Operators' static backends are not bound by these."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    address_policy: Literal["peer", "certificate", "cidr", "any"] = Field(
+        "peer",
+        description="peer: the registered host must be the caller's own address (or a name "
+        "that resolves to it); certificate: an IP or DNS SAN of the caller's client "
+        "certificate; cidr: an address in `networks`; any: whatever the registrant says "
+        "(registrars that register others)",
+    )
+    networks: list[Network] = Field(
+        default_factory=list,
+        max_length=v.NETWORKS_MAX,
+        description="the networks addresses must be in (address_policy cidr)",
+    )
+    max_weight: _int(  # type: ignore[valid-type]
+        v.WEIGHT_MIN, v.WEIGHT_MAX, "the highest weight a registration may ask for"
+    ) = 100
+    max_lease_ttl_ms: _int(  # type: ignore[valid-type]
+        v.LEASE_TTL_MIN_MS,
+        v.LEASE_TTL_MAX_MS,
+        "the longest lease a registration may ask for, in ms (and at least lease_ttl_ms)",
+    ) = 600_000
+
+
 # The nested settings, one to one with PoolConfig's nested objects.
 _NESTED: dict[str, type[BaseModel]] = {
     "health_checks": HealthCheckSettings,
     "outlier_detection": OutlierDetectionSettings,
+    "registration": RegistrationSettings,
 }
 
 
@@ -163,6 +200,14 @@ def _partial(model: type[BaseModel]) -> Any:
 
 HealthCheckPatch = _partial(HealthCheckSettings)
 OutlierDetectionPatch = _partial(OutlierDetectionSettings)
+RegistrationPatch = _partial(RegistrationSettings)
+
+
+def _plain(settings: Any) -> dict[str, Any]:
+    """A nested settings dataclass as the API's values (tuples as lists)."""
+    return {
+        k: list(x) if isinstance(x, tuple) else x for k, x in dataclasses.asdict(settings).items()
+    }
 
 
 class PoolSettings(BaseModel):
@@ -180,10 +225,18 @@ class PoolSettings(BaseModel):
     fallback: bool = Field(False, description="tell clients to use their fallback backends")
     health_checks: HealthCheckSettings = Field(default_factory=HealthCheckSettings)
     outlier_detection: OutlierDetectionSettings = Field(default_factory=OutlierDetectionSettings)
+    registration: RegistrationSettings = Field(
+        default_factory=lambda: RegistrationSettings.model_validate({})
+    )
 
     def to_config(self, name: str, base: PoolConfig | None = None) -> PoolConfig:
         """These settings over `base` (the pool's current config): fields
-        this API does not manage keep their values."""
+        this API does not manage keep their values. InvalidInput (422) when
+        the registration rules do not fit together."""
+        rules = self.registration
+        v.check_registration_rules(
+            rules.address_policy, rules.networks, self.lease_ttl_ms, rules.max_lease_ttl_ms
+        )
         return dataclasses.replace(
             base or PoolConfig(name=name),
             name=name,
@@ -194,12 +247,13 @@ class PoolSettings(BaseModel):
             fallback=self.fallback,
             health_checks=HealthChecks(**self.health_checks.model_dump()),
             outlier_detection=OutlierDetection(**self.outlier_detection.model_dump()),
+            registration=RegistrationRules(**rules.model_dump()),
         )
 
     @classmethod
     def from_config(cls, config: PoolConfig) -> PoolSettings:
         nested: dict[str, Any] = {
-            attr: model.model_construct(**dataclasses.asdict(getattr(config, attr)))
+            attr: model.model_construct(**_plain(getattr(config, attr)))
             for attr, model in _NESTED.items()
         }
         return cls.model_construct(
@@ -233,6 +287,7 @@ class PoolPatch(BaseModel):
     fallback: bool | None = None
     health_checks: HealthCheckPatch | None = None  # type: ignore[valid-type]
     outlier_detection: OutlierDetectionPatch | None = None  # type: ignore[valid-type]
+    registration: RegistrationPatch | None = None  # type: ignore[valid-type]
 
     def apply(self, config: PoolConfig) -> PoolSettings:
         current = PoolSettings.from_config(config)
@@ -278,6 +333,7 @@ class PoolOut(BaseModel):
     fallback: bool
     health_checks: HealthCheckSettings
     outlier_detection: OutlierDetectionSettings
+    registration: RegistrationSettings
     backends: BackendCounts
 
     @classmethod
@@ -298,6 +354,7 @@ class PoolOut(BaseModel):
             fallback=c.fallback,
             health_checks=settings.health_checks,
             outlier_detection=settings.outlier_detection,
+            registration=settings.registration,
             backends=BackendCounts(total=len(snap.backends), **counts),
         )
 

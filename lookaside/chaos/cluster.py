@@ -1,11 +1,19 @@
 """The chaos suite's lab, as local processes on loopback: Redis (append-only),
 two balancer replicas (the first reaches Redis through a TcpProxy the suite
 controls), the DNS responder advertising both, routeguide backends that
-register with both, and load clients of every kind."""
+register with both, and load clients of every kind.
+
+It runs the production profile (docs/security.md): TLS on the balancers and
+backends with a lab CA (the balancers' health checks reach the backends
+over TLS, the clients verify both), every pool with its own registration
+token (a registration policy), health checks and outlier detection on.
+`tls=False` runs it in plaintext."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -13,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from lookaside.certs import Issued, issue
 from lookaside.chaos.proxy import TcpProxy
 from lookaside.lab_procs import LabError, Proc
 from lookaside.redis_cluster import RedisClusterProcesses
@@ -52,6 +61,7 @@ class ChaosLab:
         state_file: str = "",
         workdir: str = "",
         retries: bool = True,
+        tls: bool = True,
     ) -> None:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="lookaside-chaos-"))
         self._owns_dir = not workdir
@@ -63,9 +73,11 @@ class ChaosLab:
         self.call_timeout = call_timeout
         self.retries = retries  # the clients' retryPolicy on GetFeature
         self.state_file = state_file
-        # Registration needs a credential: one token for the lab's replicas
-        # and backends, passed in the environment (not in `ps`).
-        self.registration_token = __import__("secrets").token_urlsafe(24)
+        # Registration needs a credential: each pool its own token (the
+        # registration policy), passed to backends in the environment.
+        self.tokens = {name: secrets.token_urlsafe(24) for name in (pool, f"{pool}-burst")}
+        self.registration_token = self.tokens[pool]
+        self.certs: Issued | None = issue(self.dir / "certs", zone=ZONE) if tls else None
         self.redis = RedisProcess(host=HOST, persist=True, data_dir=str(self.dir / "redis"))
         self.proxy: TcpProxy | None = None
         self.balancers: list[Proc] = []
@@ -125,21 +137,45 @@ class ChaosLab:
         finally:
             client.close()
 
+    def _policy(self) -> str:
+        """The registration policy: each pool admits its own token only."""
+        path = self.dir / "registration-policy.json"
+        if not path.exists():
+            env = {pool: f"CHAOS_TOKEN_{i}" for i, pool in enumerate(self.tokens)}
+            rules = {pool: {"token_env": [env[pool]], "create": True} for pool in self.tokens}
+            path.write_text(json.dumps({"pools": rules}, indent=2))
+        return str(path)
+
+    def _policy_env(self) -> dict[str, str]:
+        return {f"CHAOS_TOKEN_{i}": token for i, token in enumerate(self.tokens.values())}
+
+    def _tls_flags(self) -> list[str]:
+        if self.certs is None:
+            return []
+        return ["--tls-cert", str(self.certs.server_cert), "--tls-key", str(self.certs.server_key)]
+
+    @property
+    def ca(self) -> str:
+        """The lab CA's file, or "" in plaintext."""
+        return str(self.certs.ca) if self.certs else ""
+
     def balancer(self, i: int, redis_url: str) -> Proc:
         port = free_port(HOST)
         args = ["balancer", "--listen", f"{HOST}:{port}", *self.redis_flags(redis_url),
-                "--metrics-listen", "", "--replica-id", f"chaos-{i + 1}", "--log-level", "warning"]  # fmt: skip
+                "--metrics-listen", "", "--replica-id", f"chaos-{i + 1}", "--log-level", "warning",
+                "--registration-policy", self._policy(), *self._tls_flags(),
+                *(["--backend-tls-ca", self.ca] if self.ca else [])]  # fmt: skip
         if self.state_file:
             args += ["--state-file", self.state_file]
-        env = {"LOOKASIDE_BALANCER_REGISTRATION_TOKEN": self.registration_token}
-        return self._proc(f"balancer-{i + 1}", args, port, env=env)
+        return self._proc(f"balancer-{i + 1}", args, port, env=self._policy_env())
 
     def backend(self, name: str, *flags: str) -> Proc:
         port = free_port(HOST)
         return self._proc(
             name,
             ["routeguide", "server", "--listen", f"{HOST}:{port}", "--balancer",
-             self.balancer_addrs, "--pool", self.pool, "--log-level", "warning", *flags],
+             self.balancer_addrs, "--pool", self.pool, "--log-level", "warning",
+             *self._tls_flags(), *(["--balancer-tls-ca", self.ca] if self.ca else []), *flags],
             port,
             backend=True,
             env={"LOOKASIDE_ROUTEGUIDE_REGISTRATION_TOKEN": self.registration_token},
@@ -202,7 +238,8 @@ class ChaosLab:
                 "--balancers", self.balancer_addrs, "--dns", f"{HOST}:{self.dns.port}",
                 "--target", target, "--rate", str(self.rate),
                 "--timeout", str(self.call_timeout),
-                *([] if self.retries else ["--no-retries"])]  # fmt: skip
+                *([] if self.retries else ["--no-retries"]),
+                *(["--tls-ca", self.ca] if self.ca else [])]  # fmt: skip
         return self._proc(f"client-{kind}", args, module="lookaside.chaos.load").start()
 
     def calls_file(self, kind: str) -> Path:

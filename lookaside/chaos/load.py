@@ -102,21 +102,31 @@ def _code(exc: grpc.RpcError) -> str:
     return code.name if code is not None else type(exc).__name__
 
 
+def credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS verified with --tls-ca (one credential for balancers and backends)."""
+    if not args.tls_ca:
+        return None
+    with open(args.tls_ca, "rb") as f:
+        return grpc.ssl_channel_credentials(f.read())
+
+
 def run_sync(args: argparse.Namespace, rec: Recorder) -> None:
     channel: Any
+    creds = credentials(args)
     if args.kind == "thin-sync":
         from client_lib import LookasideChannel
 
         channel = LookasideChannel(
-            args.pool, args.balancers.split(","), options=service_config(args.retries)
-        )
+            args.pool, args.balancers.split(","), options=service_config(args.retries),
+            credentials=creds, balancer_credentials=creds,
+        )  # fmt: skip
     else:
-        channel = grpc.insecure_channel(
-            f"dns://{args.dns}/{args.target}",
-            options=[
-                ("grpc.dns_enable_srv_queries", 1),
-                *service_config(args.retries, grpclb=True),
-            ],
+        target = f"dns://{args.dns}/{args.target}"
+        options = [("grpc.dns_enable_srv_queries", 1), *service_config(args.retries, grpclb=True)]
+        channel = (
+            grpc.secure_channel(target, creds, options=options)
+            if creds is not None
+            else grpc.insecure_channel(target, options=options)
         )
     stub = rg_grpc.RouteGuideStub(channel)
     interval = args.concurrency / args.rate
@@ -148,9 +158,11 @@ def run_sync(args: argparse.Namespace, rec: Recorder) -> None:
 async def run_aio(args: argparse.Namespace, rec: Recorder) -> None:
     from client_lib.aio import LookasideAioChannel
 
+    creds = credentials(args)
     channel = LookasideAioChannel(
-        args.pool, args.balancers.split(","), options=service_config(args.retries)
-    )
+        args.pool, args.balancers.split(","), options=service_config(args.retries),
+        credentials=creds, balancer_credentials=creds,
+    )  # fmt: skip
     await asyncio.wait_for(channel.channel_ready(), 60)
     stub = rg_grpc.RouteGuideStub(channel)
     interval = args.concurrency / args.rate
@@ -199,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="no retryPolicy for GetFeature (a call in flight on a dying backend is lost)",
     )
+    p.add_argument("--tls-ca", default="", help="PEM CA: TLS to balancers and backends")
     args = p.parse_args(argv)
     rec = Recorder(args.out)
     try:

@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from lookaside.chaos.cluster import ChaosLab, ClusterChaosLab
 from lookaside.registry import keys
@@ -128,18 +129,28 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
     import grpc.aio
 
     from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-    from lookaside.registry.model import PoolConfig
+    from lookaside.registry.model import PoolConfig, RegistrationRules
 
     refused: Counter[str] = Counter()
+    ca = Path(lab.ca).read_bytes() if lab.ca else None
 
     async def burst() -> int:
         # The pool exists first (pools are made by operators, not by
-        # registration), and every call carries the lab's token.
+        # registration), and every call carries that pool's own token. This
+        # is a registrar registering addresses other than its own:
+        # address_policy any.
         store = lab.store()
-        await store.put_pool(PoolConfig(name=f"{lab.pool}-burst"), actor="chaos")
+        rules = RegistrationRules(address_policy="any")
+        await store.put_pool(
+            PoolConfig(name=f"{lab.pool}-burst", registration=rules), actor="chaos"
+        )
         await store.close()
-        metadata = (("authorization", f"Bearer {lab.registration_token}"),)
-        channel = grpc.aio.insecure_channel(lab.balancer_addrs.split(",")[0])
+        metadata = (("authorization", f"Bearer {lab.tokens[f'{lab.pool}-burst']}"),)
+        address = lab.balancer_addrs.split(",")[0]
+        if ca is not None:
+            channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca))
+        else:
+            channel = grpc.aio.insecure_channel(address)
         stub = registry_pb2_grpc.RegistryStub(channel)
         sem = asyncio.Semaphore(50)
         ok = 0

@@ -39,8 +39,9 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
     creds = channel_credentials(settings)
     if settings.lb == "lookaside":
         return LookasideChannel(
-            settings.target, settings.balancers, credentials=creds, balancer_credentials=creds
-        )
+            settings.target, settings.balancers, credentials=creds, balancer_credentials=creds,
+            server_name_override=settings.server_name or None,
+        )  # fmt: skip
     if settings.lb == "grpclb-dns":
         target = f"dns://{settings.dns}/{settings.target}"
         options = [
@@ -52,6 +53,8 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
             raise ValueError("--lb none needs --server host:port (the one server to call)")
         target, options = settings.server, []
     if creds is not None:
+        if settings.server_name:
+            options.append(("grpc.ssl_target_name_override", settings.server_name))
         return grpc.secure_channel(target, creds, options=options)
     return grpc.insecure_channel(target, options=options)
 

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client_lib import AsyncRegistration, LoadMeter, RegistrationRefused
-from lookaside.asyncutil import until_signalled
+from lookaside.asyncutil import stop_requested
 from lookaside.demo.features import FeatureDb, LatLng, haversine_m, load_db
 from lookaside.demo.interceptor import FaultInterceptor
 from lookaside.demo.settings import ServerSettings, read_bytes
@@ -194,6 +194,7 @@ def make_registration(settings: ServerSettings, server: RouteGuideServer) -> Asy
         weight=settings.weight,
         metadata={"served_by": server.name},
         meter=server.meter,
+        health=server.health,  # NOT_SERVING from the start of the drain
         token=settings.token(),
         credentials=grpc.ssl_channel_credentials(read_bytes(ca, "balancer CA")) if ca else None,
     )
@@ -203,10 +204,11 @@ async def serve(settings: ServerSettings) -> int:
     """Runs until SIGTERM or SIGINT; returns the process exit code. With a
     balancer it serves at once and registers as soon as a balancer answers
     (retrying with backoff for as long as it takes)."""
+    stop = stop_requested()  # from here on SIGTERM and Ctrl-C stop in order
     server = RouteGuideServer(settings)
     await server.start()
     registration: AsyncRegistration | None = None
-    signalled = asyncio.create_task(until_signalled())
+    signalled = asyncio.create_task(stop.wait())
     if settings.balancers:
         registration = make_registration(settings, server)
         registering = asyncio.create_task(registration.start())

@@ -65,7 +65,10 @@ class ServerSettings(BaseSettings):
     db: str = Field("", description="features JSON file; default the one shipped with lookaside")
     grace: float = Field(2.0, ge=0, description="seconds in-flight calls get on shutdown")
     registration_token: str = Field(
-        "", description="token sent as 'authorization: Bearer' when registering"
+        "",
+        description="token sent as 'authorization: Bearer' when registering (unsafe on the "
+        "command line: use --registration-token-file)",
+        repr=False,
     )
     registration_token_file: str = Field(
         "", description="file holding the registration token (instead of --registration-token)"
@@ -142,6 +145,11 @@ class ClientSettings(BaseSettings):
     )
     tls_cert: str = Field("", description="PEM client certificate for mTLS (needs --tls-key)")
     tls_key: str = Field("", description="PEM private key of --tls-cert")
+    server_name: str = Field(
+        "",
+        description="name the balancer's and backends' certificates must carry (with --tls-ca); "
+        "default the address dialled",
+    )
     log_level: str = Field("warning", description="debug, info, warning or error")
 
     @field_validator("balancer")
@@ -168,6 +176,8 @@ class ClientSettings(BaseSettings):
         _pair(self.tls_cert, self.tls_key)
         if self.tls_cert and not self.tls_ca:
             raise ValueError("--tls-cert needs --tls-ca (a client certificate is sent over TLS)")
+        if self.server_name and not self.tls_ca:
+            raise ValueError("--server-name needs --tls-ca (it is the name TLS verifies)")
         return self
 
     @property

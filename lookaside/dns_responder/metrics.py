@@ -29,6 +29,12 @@ TRUNCATED = Counter(
     "UDP replies too large for the asker, sent with TC set",
     registry=REGISTRY,
 )
+RATE_LIMITED = Counter(
+    "lookaside_dns_rate_limited",
+    "UDP queries over their source network's rate: dropped, or slipped (a truncated reply)",
+    ["action"],
+    registry=REGISTRY,
+)
 POOLS = Gauge(
     "lookaside_dns_pools",
     "Pools known to the responder (each has an SRV record)",
@@ -41,6 +47,7 @@ REDIS_UP = Gauge(
 )
 
 
-def start_metrics(listen: str) -> None:
-    """Serves /metrics on host:port; an empty string disables it."""
-    serve_metrics(listen, REGISTRY)
+def start_metrics(listen: str, cert: str = "", key: str = "") -> None:
+    """Serves /metrics on host:port (HTTPS with cert and key); an empty
+    string disables it."""
+    serve_metrics(listen, REGISTRY, cert, key)

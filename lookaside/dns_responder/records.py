@@ -23,14 +23,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSHeader, DNSLabel, DNSRecord
+from dnslib.dns import RD
 
 from lookaside.registry.model import PoolSnapshot
 
 CLASS_IN = 1
 CLASS_ANY = 255
 UDP_MIN = 512
-UDP_MAX = 4096
+# The most we send over UDP whatever EDNS size the asker offers (the DNS
+# flag day 2020 size: no fragmentation, and little to amplify); larger
+# answers go out truncated, and the asker retries over TCP.
+UDP_MAX = 1232
 TCP_MAX = 65535
+# RFC 8482: ANY is answered with one synthesized HINFO record, not every
+# record at the name (which made a 51 B query a 911 B answer).
+ANY_HINFO = b"\x07RFC8482\x00"
 EDNS_UDP_SIZE = 1232  # the size we advertise, as most resolvers now do
 TXT_CHUNK = 255
 
@@ -199,7 +206,10 @@ def answer(request: DNSRecord, view: ZoneView) -> DNSRecord:
         reply.add_auth(soa_rr(view))
         return reply
     qtype = question.qtype
-    matching = [r for r in node.records if qtype == QTYPE.ANY or r.rtype == qtype]
+    if qtype == QTYPE.ANY and node.records:
+        reply.add_answer(RR(question.qname, QTYPE.HINFO, rdata=RD(ANY_HINFO), ttl=view.ttl))
+        return reply
+    matching = [r for r in node.records if r.rtype == qtype]
     if not matching:
         reply.add_auth(soa_rr(view))
         return reply
@@ -210,7 +220,8 @@ def answer(request: DNSRecord, view: ZoneView) -> DNSRecord:
 
 
 def udp_limit(request: DNSRecord | None) -> int:
-    """The largest UDP reply the asker accepts: 512, or its EDNS size."""
+    """The largest UDP reply we send the asker: 512, or its EDNS size up to
+    UDP_MAX."""
     if request is not None:
         for r in request.ar:
             if r.rtype == QTYPE.OPT:

@@ -4,6 +4,11 @@ A RegistryWatcher keeps a snapshot of every pool (pub/sub nudges plus
 version polling), and every query is answered from those snapshots by
 records.answer; nothing on the query path touches Redis. While Redis is
 down the last snapshots are served.
+
+Nothing here amplifies a forged query much: UDP answers are at most 1,232
+bytes (larger ones go out truncated and are served whole over TCP), ANY is
+answered with one HINFO record (RFC 8482), and UDP answers to one source
+network are rate-limited (lookaside.dns_responder.ratelimit).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.dns_responder import metrics
+from lookaside.dns_responder.ratelimit import ResponseRateLimit, Verdict
 from lookaside.dns_responder.records import (
     TCP_MAX,
     Target,
@@ -63,7 +69,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        out = self.responder.handle(data, "udp", addr)
+        verdict = self.responder.rate_limit.admit(str(addr[0]))
+        if verdict is Verdict.DROP:
+            metrics.RATE_LIMITED.labels("dropped").inc()
+            return
+        if verdict is Verdict.SLIP:
+            metrics.RATE_LIMITED.labels("slipped").inc()
+        out = self.responder.handle(data, "udp", addr, truncate=verdict is Verdict.SLIP)
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
 
@@ -95,6 +107,9 @@ class DnsResponder:
         self._tcp: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.rate_limit = ResponseRateLimit(
+            settings.rate_limit, settings.rate_limit_burst, settings.rate_limit_slip
+        )
 
     # -- answering -----------------------------------------------------------
 
@@ -111,8 +126,11 @@ class DnsResponder:
             ready=self._ever_synced,
         )
 
-    def handle(self, data: bytes, transport: str, peer: Any) -> bytes | None:
-        """The reply bytes for one message, or None to stay silent. Never raises."""
+    def handle(
+        self, data: bytes, transport: str, peer: Any, *, truncate: bool = False
+    ) -> bytes | None:
+        """The reply bytes for one message, or None to stay silent; with
+        `truncate`, the question alone with TC set. Never raises."""
         try:
             request = DNSRecord.parse(data)
         except Exception as exc:  # noqa: BLE001 - dnslib raises several types on garbage
@@ -125,7 +143,7 @@ class DnsResponder:
             return None  # a response, not a query
         try:
             reply = answer(request, self.view())
-            limit = udp_limit(request) if transport == "udp" else TCP_MAX
+            limit = 0 if truncate else udp_limit(request) if transport == "udp" else TCP_MAX
             out = encode(reply, limit)
         except Exception:
             log.exception("dns %s: failed to answer %s from %s", transport, request.q, peer)
@@ -282,7 +300,9 @@ class DnsResponder:
 
 async def serve(settings: DnsSettings) -> None:
     """Runs the responder until SIGINT or SIGTERM."""
-    metrics.start_metrics(settings.metrics_listen)
+    metrics.start_metrics(
+        settings.metrics_listen, settings.metrics_tls_cert, settings.metrics_tls_key
+    )
     responder = DnsResponder(settings)
     await responder.start()
     await until_signalled()

@@ -6,10 +6,10 @@ import ipaddress
 import json
 import re
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import RedisUrl, split_host_port
+from lookaside.settings import OptionalFile, RedisUrl, split_host_port
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 
@@ -70,6 +70,25 @@ class DnsSettings(BaseSettings):
     metrics_listen: str = Field(
         "127.0.0.1:9465", description="host:port for Prometheus /metrics; empty to disable"
     )
+    # Response-rate limiting over UDP (lookaside.dns_responder.ratelimit).
+    rate_limit: float = Field(
+        100.0,
+        ge=0,
+        description="UDP answers a second per source network (IPv4 /24, IPv6 /56); 0: no limit",
+    )
+    rate_limit_burst: float = Field(
+        200.0, ge=1, description="UDP answers a source network may get at once"
+    )
+    rate_limit_slip: int = Field(
+        2,
+        ge=0,
+        description="every Nth query over the limit gets a truncated reply (retry over TCP); "
+        "0: drop them all",
+    )
+    metrics_tls_cert: OptionalFile = Field(
+        "", description="PEM certificate chain: serve /metrics over HTTPS"
+    )
+    metrics_tls_key: OptionalFile = Field("", description="PEM private key of --metrics-tls-cert")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("listen")
@@ -104,6 +123,12 @@ class DnsSettings(BaseSettings):
                 'service_config must be a JSON object, like {"loadBalancingConfig":[...]}'
             )
         return json.dumps(parsed, separators=(",", ":"))
+
+    @model_validator(mode="after")
+    def _metrics_tls(self) -> DnsSettings:
+        if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key):
+            raise ValueError("give both --metrics-tls-cert and --metrics-tls-key, or neither")
+        return self
 
     def balancer_addresses(self) -> list[tuple[str, int]]:
         return parse_balancers(self.balancers)

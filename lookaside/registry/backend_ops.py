@@ -16,8 +16,10 @@ from lookaside.registry.errors import (
     InvalidInput,
     LeaseRefused,
     NotFound,
+    NotOwner,
     PoolFull,
     RefusedByHold,
+    TooManyPools,
     TransitionRefused,
     VersionConflict,
     guarded,
@@ -101,6 +103,27 @@ class BackendOps:
         """Removes the pool from the index unless it exists again."""
         raise NotImplementedError
 
+    async def _reserve(self, pool: str, max_pools: int) -> Any:
+        """Runs RESERVE_POOL (lookaside.registry.scripts) on the pools index."""
+        raise NotImplementedError
+
+    @guarded
+    async def reserve_pool(self, pool: str, max_pools: int) -> None:
+        """Enters a pool about to be created into the pools index, if it is
+        there already or the index holds fewer than `max_pools` names, in one
+        atomic step; TooManyPools otherwise. Give the name back with
+        `release_pool` when the creation does not happen."""
+        status, count = await self._reserve(check_pool_name(pool), max_pools)
+        if Outcome(_text(status)) is Outcome.CONFLICT:
+            raise TooManyPools(
+                f"there are {count} pools, the most allowed ({max_pools})", int(count)
+            )
+
+    @guarded
+    async def release_pool(self, pool: str) -> None:
+        """Drops a reserved name from the pools index unless the pool exists."""
+        await self._unindex(pool)
+
     @guarded
     async def put_pool(
         self,
@@ -146,6 +169,7 @@ class BackendOps:
             keys.load_total(pool),
             keys.outcomes(pool),
             keys.signals(pool),
+            keys.backend_tokens(pool),
         ]
         status, live = await self._run("DELETE_POOL", pool, [actor, "1" if force else "0"], extra)
         outcome = Outcome(_text(status))
@@ -174,16 +198,19 @@ class BackendOps:
         actor: str = "registration",
         create_pool: bool = True,
         max_backends: int = 0,
+        owner: str = "",
     ) -> Lease:
         """Registers a backend with a lease. The pool is created with
         defaults when `create_pool`; otherwise a missing pool is NotFound.
         A static backend at the address is RefusedByHold. With
         `max_backends`, a new backend (not a re-registration) into a pool
         that holds that many already is PoolFull, decided in the same
-        script as the write. Inputs must already be validated."""
+        script as the write. `owner` is the registrant's principal: while
+        the backend's lease is live, a registration of the address by
+        another principal is NotOwner. Inputs must already be validated."""
         backend = Backend(
             id=backend_id_for(ip, port), pool=pool, host=host, ip=ip, port=port, weight=weight,
-            zone=zone, metadata=dict(metadata or {}), lease_id=secrets.token_hex(8),
+            zone=zone, metadata=dict(metadata or {}), lease_id=secrets.token_hex(8), owner=owner,
         )  # fmt: skip
         status, version, ttl, _now = await self._run(
             "REGISTER",
@@ -204,6 +231,11 @@ class BackendOps:
                 f"{ip}:{port} is a static backend of pool {pool!r}; an operator manages it",
                 "static",
             )
+        if outcome is Outcome.OWNER_REFUSED:
+            raise NotOwner(
+                f"{ip}:{port} in pool {pool!r} holds a live lease taken by another registrant; "
+                "only that registrant may replace it (or an operator remove it)"
+            )
         await self._index(pool)
         return Lease(backend.id, backend.lease_id, int(ttl), int(version))
 
@@ -219,18 +251,30 @@ class BackendOps:
             raise RefusedByHold(
                 f"backend {backend_id} in pool {pool!r} is static; it has no lease", "static"
             )
+        if outcome is Outcome.OWNER_REFUSED:
+            raise NotOwner(
+                f"backend {backend_id} in pool {pool!r} was registered by another registrant; "
+                "only that registrant may renew, drain or deregister it (or an operator)"
+            )
 
     @guarded
     async def heartbeat(
-        self, pool: str, backend_id: str, lease_id: str, load: dict[str, float] | None = None
+        self,
+        pool: str,
+        backend_id: str,
+        lease_id: str,
+        load: dict[str, float] | None = None,
+        *,
+        owner: str = "",
     ) -> int:
         """Renews a lease and returns its TTL in ms. LeaseRefused when the
-        lease id is not the current one, NotFound when the backend is gone."""
+        lease id is not the current one, NotFound when the backend is gone,
+        NotOwner when `owner` is not the registrant that took it."""
         load = check_load(load)
         status, ttl = await self._run(
             "HEARTBEAT",
             pool,
-            ["registration", backend_id, lease_id, json.dumps(load) if load else ""],
+            ["registration", backend_id, lease_id, json.dumps(load) if load else "", owner],
         )
         self._lease_errors(Outcome(_text(status)), pool, backend_id)
         return int(ttl)
@@ -246,32 +290,50 @@ class BackendOps:
         lease_id: str = "",
         detail: str = "",
         max_share: float = 0.5,
+        owner: str = "",
     ) -> StepResult:
         """Applies one state machine event to one backend. Raises NotFound,
-        LeaseRefused or RefusedByHold; returns REFUSED, HELD, UNCHANGED or
+        LeaseRefused, NotOwner (a self event by another registrant than
+        `owner`) or RefusedByHold; returns REFUSED, HELD, UNCHANGED or
         CHANGED results."""
         status, version, previous = await self._run(
             "STEP",
             pool,
             [actor, backend_id, event.value, lease_id, detail[:200], int(max_share * 1000),
-             self.guard_bound_ms],
+             self.guard_bound_ms, owner],
         )  # fmt: skip
         outcome = Outcome(_text(status))
         self._lease_errors(outcome, pool, backend_id)
         return StepResult(outcome, int(version), _text(previous))
 
     async def deregister(
-        self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
+        self,
+        pool: str,
+        backend_id: str,
+        lease_id: str,
+        *,
+        actor: str = "registration",
+        owner: str = "",
     ) -> None:
         """The backend leaves (its lease id is required); an operator's hold stays."""
-        await self.step(pool, backend_id, Event.DEREGISTER, actor=actor, lease_id=lease_id)
+        await self.step(
+            pool, backend_id, Event.DEREGISTER, actor=actor, lease_id=lease_id, owner=owner
+        )
 
     async def drain(
-        self, pool: str, backend_id: str, lease_id: str, *, actor: str = "registration"
+        self,
+        pool: str,
+        backend_id: str,
+        lease_id: str,
+        *,
+        actor: str = "registration",
+        owner: str = "",
     ) -> bool:
         """Takes a backend out of the lists, keeping its lease (graceful
         shutdown). Returns False when it was already out (draining or held)."""
-        result = await self.step(pool, backend_id, Event.DRAIN, actor=actor, lease_id=lease_id)
+        result = await self.step(
+            pool, backend_id, Event.DRAIN, actor=actor, lease_id=lease_id, owner=owner
+        )
         return result.changed
 
     async def operate(self, pool: str, backend_id: str, event: Event, *, actor: str) -> StepResult:

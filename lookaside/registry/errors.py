@@ -7,6 +7,7 @@ Redis or connection failure into `Unavailable`.
       InvalidInput           an input was refused (also ValueError)
       NotFound               a pool, backend or lease does not exist (also LookupError)
         LeaseRefused         the call did not carry the backend's current lease id
+      NotOwner               a live lease belongs to another registrant
       Conflict               valid, but clashes with the current state
         VersionConflict      a compare-and-set lost to a concurrent change
         TransitionRefused    the state machine does not allow the change
@@ -42,6 +43,12 @@ class LeaseRefused(NotFound):
     """Heartbeat, Drain or Deregister without the lease id Register returned."""
 
 
+class NotOwner(RegistryFailure):
+    """A self-registration call (Register of a leased address, Heartbeat,
+    Drain, Deregister) by a principal other than the one that holds the
+    backend's live lease."""
+
+
 class Conflict(RegistryFailure):
     """The request is valid but clashes with the registry's current state."""
 
@@ -61,6 +68,15 @@ class PoolFull(Conflict):
     def __init__(self, message: str, backends: int) -> None:
         super().__init__(message)
         self.backends = backends
+
+
+class TooManyPools(Conflict):
+    """A pool that would be created past the limit on pools (counted in the
+    same atomic step that reserves the new name in the pools index)."""
+
+    def __init__(self, message: str, pools: int) -> None:
+        super().__init__(message)
+        self.pools = pools
 
 
 class TransitionRefused(Conflict):

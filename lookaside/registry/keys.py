@@ -38,6 +38,11 @@ def events(pool: str) -> str:
     return pool_key(pool, "events")
 
 
+def backend_tokens(pool: str) -> str:
+    """HASH sha256(token) -> JSON BackendToken: registration tokens bound to one address."""
+    return pool_key(pool, "backend_tokens")
+
+
 def load_bucket(pool: str, bucket: int) -> str:
     return pool_key(pool, f"load:{bucket}")
 

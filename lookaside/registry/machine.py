@@ -15,6 +15,10 @@ registers again.
 Rules that are not a plain row:
 - Self-registration (actor SELF) never touches a static backend, and
   Heartbeat, Drain and Deregister must carry the lease id Register returned.
+- A live lease belongs to the registrant that took it (its `owner`): a
+  Register of the same address, a Heartbeat, Drain or Deregister by
+  another principal is refused while the lease lasts. Operators are not
+  bound by it.
 - Lease expiry never applies to static backends (they have no lease).
 - Guarded events (a removal because of a fault) go through the panic guard:
   when too much of the pool would be out, the change is held, for at most
@@ -83,6 +87,7 @@ class Outcome(enum.StrEnum):
     HELD = "held"  # the panic guard kept the backend as it was
     CONFLICT = "conflict"  # exists already / still live / version moved
     FULL = "full"  # the pool has the most backends a registration may add to
+    OWNER_REFUSED = "owner"  # a live lease taken by another registrant
 
 
 @dataclass(frozen=True, slots=True)

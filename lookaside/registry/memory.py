@@ -26,11 +26,12 @@ from lookaside.registry.memory_scripts import ScriptTwins
 from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
 from lookaside.registry.outlier import Outcomes, parse_outcomes
 from lookaside.registry.signals import CallRate
+from lookaside.registry.tokens import BackendToken, TokenOps, token_digest
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(ScriptTwins):
+class MemoryStore(ScriptTwins, TokenOps):
     """The registry port in memory (see the module docstring)."""
 
     async def changes(self) -> AsyncIterator[str | None]:
@@ -101,6 +102,16 @@ class MemoryStore(ScriptTwins):
         gone = sorted(self._index_set - set(self._pools))
         self._index_set -= set(gone)
         return gone
+
+    async def backend_token(self, pool: str, token: str | bytes) -> BackendToken | None:
+        self._check()
+        raw = self._tokens.get(pool, {}).get(token_digest(token))
+        return BackendToken.from_json(raw) if raw else None
+
+    async def backend_tokens(self, pool: str) -> list[BackendToken]:
+        self._check()
+        records = (BackendToken.from_json(r) for r in self._tokens.get(pool, {}).values())
+        return sorted(records, key=lambda t: (t.created_ms, t.id))
 
     async def events(self, pool: str, limit: int = 100) -> list[dict[str, Any]]:
         self._check()

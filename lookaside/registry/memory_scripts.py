@@ -43,6 +43,14 @@ def _key(b: Record | None) -> Key:
     return Key.ABSENT if b is None else key_of(b.get("state", "serving"), b.get("hold", ""))
 
 
+def _foreign(b: Record, owner: str, now: int | None) -> bool:
+    """The owner rule of the Lua prelude's foreign()."""
+    held = b.get("owner") or ""
+    if not owner or not held or held == owner:
+        return False
+    return now is None or int(b.get("lease_expires_ms") or 0) > now
+
+
 def _shown(key: Key) -> str:
     return "absent" if key is Key.ABSENT else stored(key)[0]
 
@@ -67,6 +75,7 @@ class ScriptTwins(BackendOps):
         self._batches: set[str] = set()
         self._replicas: dict[str, int] = {}
         self._signals: dict[str, dict[str, str]] = {}  # the dashboard history per pool
+        self._tokens: dict[str, dict[str, str]] = {}  # per-backend tokens: digest -> record
         self._subscribers: list[asyncio.Queue[str]] = []
 
     def _check(self) -> None:
@@ -82,6 +91,10 @@ class ScriptTwins(BackendOps):
     async def _index(self, pool: str) -> None:
         self._check()
         self._index_set.add(pool)
+
+    async def _reserve(self, pool: str, max_pools: int) -> Any:
+        self._check()
+        return self._script_reserve_pool(pool, [pool, str(max_pools)])
 
     async def _unindex(self, pool: str) -> None:
         self._check()
@@ -170,10 +183,12 @@ class ScriptTwins(BackendOps):
         old = p.backends.get(bid)
         if old is not None and old.get("static"):
             return [Outcome.STATIC_REFUSED, 0, 0, now]
+        b = json.loads(raw)
+        if old is not None and _foreign(old, b.get("owner") or "", now):
+            return [Outcome.OWNER_REFUSED, 0, 0, now]
         if old is None and int(most) > 0 and len(p.backends) >= int(most):
             return [Outcome.FULL, len(p.backends), 0, now]
         cur = _key(old) if old is not None else Key(self._holds.get(pool, {}).get(bid, "absent"))
-        b = json.loads(raw)
         if old is not None:
             for name, default_ in (
                 ("ejections", 0),
@@ -193,12 +208,15 @@ class ScriptTwins(BackendOps):
 
     def _script_heartbeat(self, pool: str, a: list[str]) -> list[Any]:
         bid, lease, raw_load = a[2:5]
+        owner = a[5] if len(a) > 5 else ""
         p = self._pools.get(pool)
         b = p.backends.get(bid) if p else None
         if p is None or b is None:
             return [Outcome.NOT_FOUND, 0]
         if b.get("static"):
             return [Outcome.STATIC_REFUSED, 0]
+        if _foreign(b, owner, None):
+            return [Outcome.OWNER_REFUSED, 0]
         if not lease or b.get("lease_id") != lease:
             return [Outcome.LEASE_REFUSED, 0]
         now = self.clock()
@@ -241,6 +259,8 @@ class ScriptTwins(BackendOps):
         if TABLE[event].actor is Actor.SELF:
             if b.get("static"):
                 return [Outcome.STATIC_REFUSED, 0, _key(b)]
+            if _foreign(b, a[8] if len(a) > 8 else "", None):
+                return [Outcome.OWNER_REFUSED, 0, _key(b)]
             if not lease or b.get("lease_id") != lease:
                 return [Outcome.LEASE_REFUSED, 0, _key(b)]
         over = False
@@ -353,6 +373,15 @@ class ScriptTwins(BackendOps):
         v = self._changed(pool, self.clock(), "pool_configured", "", actor, raw)
         return [Outcome.CHANGED, self._config_versions[pool], v]
 
+    def _script_reserve_pool(self, pool: str, a: list[str]) -> list[Any]:
+        if pool in self._index_set:
+            return [Outcome.CHANGED, 0]
+        n = len(self._index_set)
+        if n >= int(a[1]):
+            return [Outcome.CONFLICT, n]
+        self._index_set.add(pool)
+        return [Outcome.CHANGED, n + 1]
+
     def _script_delete_pool(self, pool: str, a: list[str]) -> list[Any]:
         p = self._pools.get(pool)
         if p is None:
@@ -364,9 +393,32 @@ class ScriptTwins(BackendOps):
             return [Outcome.CONFLICT, live]
         del self._pools[pool]
         self._holds.pop(pool, None)
+        self._tokens.pop(pool, None)
         self._signals.pop(pool, None)
         self._config_versions[pool] += 1
         self._versions[pool] += 1
         for q in self._subscribers:
             q.put_nowait(pool)
         return [Outcome.CHANGED, live]
+
+    def _script_mint_token(self, pool: str, a: list[str]) -> list[Any]:
+        actor, digest, raw = a[1:4]
+        if pool not in self._pools:
+            return [Outcome.POOL_NOT_FOUND]
+        self._tokens.setdefault(pool, {})[digest] = raw
+        t = json.loads(raw)
+        self._log(pool, self.clock(), "backend_token_minted", "", actor,
+                  f"{t['id']} for {t['address']}", self._versions[pool])  # fmt: skip
+        return [Outcome.CHANGED]
+
+    def _script_revoke_token(self, pool: str, a: list[str]) -> list[Any]:
+        actor, token_id = a[1:3]
+        tokens = self._tokens.get(pool, {})
+        for digest, raw in list(tokens.items()):
+            t = json.loads(raw)
+            if t["id"] == token_id:
+                del tokens[digest]
+                self._log(pool, self.clock(), "backend_token_revoked", "", actor,
+                          f"{t['id']} for {t['address']}", self._versions[pool])  # fmt: skip
+                return [Outcome.CHANGED]
+        return [Outcome.NOT_FOUND]

@@ -78,6 +78,28 @@ class OutlierDetection:
     request_volume: int = 20
 
 
+@dataclass(frozen=True, slots=True)
+class RegistrationRules:
+    """What a self-registration into the pool may claim (the Registry API;
+    operators' static backends are not bound by it).
+
+    `address_policy` binds the registered address to the caller: `peer`
+    (the caller's own address, or a name that resolves to it), `certificate`
+    (an IP or DNS SAN of the caller's client certificate), `cidr` (an
+    address in one of `networks`) or `any` (registrars that register
+    others). `max_weight` and `max_lease_ttl_ms` cap what a registration
+    asks for."""
+
+    address_policy: str = "peer"
+    networks: tuple[str, ...] = ()
+    max_weight: int = 100
+    max_lease_ttl_ms: int = 600_000
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; the config compares equal whichever it came from.
+        object.__setattr__(self, "networks", tuple(self.networks))
+
+
 # Keys of the flat layout that stored configs had before the nested one.
 _FLAT_HEALTH = {
     "health_checks": "enabled",
@@ -105,6 +127,7 @@ class PoolConfig:
     fallback: bool = False
     health_checks: HealthChecks = field(default_factory=HealthChecks)
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
+    registration: RegistrationRules = field(default_factory=RegistrationRules)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -145,8 +168,10 @@ class PoolConfig:
         drops = tuple(DropRate(**d) for d in data.pop("drops", ()))
         health = _nested(HealthChecks, data.pop("health_checks", None))
         outlier = _nested(OutlierDetection, data.pop("outlier_detection", None))
+        registration = _nested(RegistrationRules, data.pop("registration", None))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(drops=drops, health_checks=health, outlier_detection=outlier, **known)
+        return cls(drops=drops, health_checks=health, outlier_detection=outlier,
+                   registration=registration, **known)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +207,10 @@ class Backend:
     # whether health checking failed it meanwhile.
     guard_since_ms: int = 0
     health_failing: bool = False
+    # Who took the lease (a registration's principal: "pool-token:<pool>#<token
+    # id>", "mtls:<identity>", ...): only it may replace, heartbeat, drain or
+    # deregister the backend while the lease is live. Empty for static ones.
+    owner: str = ""
 
     @property
     def serving(self) -> bool:

@@ -152,6 +152,15 @@ local function step(id, b, event, now, detail, over, exempt, hold_ms)
   if text == '' then text = shown(cur) .. '->' .. shown(to) end
   return 'changed', changed(now, rule['kind'], id, text), cur
 end
+-- The owner rule: whether `owner` is another principal than the one that
+-- took b's lease, and (with `now`) that lease is still live. `owner` ''
+-- (internal callers that carry the lease id) checks nothing; a record
+-- without an owner (written before owners were kept) has none to defend.
+local function foreign(b, owner, now)
+  local held = b['owner'] or ''
+  if owner == '' or held == '' or held == owner then return false end
+  return now == nil or (tonumber(b['lease_expires_ms']) or 0) > now
+end
 """
 
 # ARGV: pool. A consistent read: version, config, backends (flat), config version.
@@ -160,8 +169,8 @@ return {redis.call('GET', K_VERSION) or '0', redis.call('GET', K_CONFIG) or '',
   redis.call('HGETALL', K_BACKENDS), redis.call('GET', K_CFGVER) or '0'}
 """
 
-# ARGV: pool, actor, id, backend json, ttl_ms (0 = pool default),
-#       default config json, create_pool ('1'|'0')
+# ARGV: pool, actor, id, backend json (with its owner), ttl_ms (0 = pool
+#       default), default config json, create_pool ('1'|'0'), max backends
 REGISTER = """
 local id = ARGV[3]
 local now = now_ms()
@@ -174,6 +183,8 @@ local ttl = tonumber(ARGV[5])
 if ttl == 0 then ttl = tonumber(cjson.decode(redis.call('GET', K_CONFIG))['lease_ttl_ms']) end
 local old = load(id)
 if old and old['static'] then return {'static', 0, 0, now} end
+local b = cjson.decode(ARGV[4])
+if old and foreign(old, b['owner'] or '', now) then return {'owner', 0, 0, now} end
 local most = tonumber(ARGV[8]) or 0
 if not old and most > 0 then
   local n = redis.call('HLEN', K_BACKENDS)
@@ -181,7 +192,6 @@ if not old and most > 0 then
 end
 local cur = key_of(old)
 if not old then cur = redis.call('HGET', K_HOLDS, id) or 'absent' end
-local b = cjson.decode(ARGV[4])
 if old then
   -- A running ejection survives re-registration, and so does the
   -- ejection count that lengthens the next one.
@@ -202,7 +212,7 @@ local v = changed(now, kind, id, cur .. '->' .. key_of(b) .. ': ' .. b['ip'] .. 
 return {'changed', v, ttl, now}
 """
 
-# ARGV: pool, actor, id, lease id, load json or ''
+# ARGV: pool, actor, id, lease id, load json or '', owner ('' = not checked)
 # A heartbeat that carries a latency keeps an EWMA of it. In a
 # least_loaded pool, when the EWMA has moved more than 20% from the value
 # lists were last built with, that value is republished and the version
@@ -212,6 +222,7 @@ local id = ARGV[3]
 local b = load(id)
 if not b then return {'not_found', 0} end
 if b['static'] then return {'static', 0} end
+if foreign(b, ARGV[6] or '', nil) then return {'owner', 0} end
 if ARGV[4] == '' or b['lease_id'] ~= ARGV[4] then return {'lease', 0} end
 local now = now_ms()
 local ttl = tonumber(b['lease_ttl_ms'])
@@ -248,7 +259,8 @@ return {'changed', ttl}
 
 # One event on one backend.
 # ARGV: pool, actor, id, event, lease id (self events), detail,
-#       max eject share (per-mille), guard bound ms
+#       max eject share (per-mille), guard bound ms, owner (self events;
+#       '' = not checked)
 STEP = """
 local id, event, detail = ARGV[3], ARGV[4], ARGV[6]
 local now = now_ms()
@@ -262,6 +274,7 @@ if not b then
 end
 if rule['actor'] == 'self' then
   if b['static'] then return {'static', 0, key_of(b)} end
+  if foreign(b, ARGV[9] or '', nil) then return {'owner', 0, key_of(b)} end
   if ARGV[5] == '' or b['lease_id'] ~= ARGV[5] then return {'lease', 0, key_of(b)} end
 end
 local over = false
@@ -393,6 +406,17 @@ cv = redis.call('INCR', K_CFGVER)
 return {'changed', cv, changed(now_ms(), 'pool_configured', '', ARGV[3])}
 """
 
+# KEYS: the pools index only (no pool keys, no prelude). ARGV: pool, the most
+# pools there may be. Counts and adds in one step, so pools created at the
+# same moment cannot pass the limit; a name already indexed always passes.
+RESERVE_POOL = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'changed', 0} end
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return {'conflict', n} end
+redis.call('SADD', KEYS[1], ARGV[1])
+return {'changed', n + 1}
+"""
+
 # ARGV: pool, actor, force ('1'|'0'). KEYS: the pool keys, then the other
 # keys to delete. Refuses while a backend is live unless forced; the
 # version keys are kept and bumped so watchers and compare-and-sets notice.
@@ -411,4 +435,30 @@ redis.call('INCR', K_CFGVER)
 redis.call('INCR', K_VERSION)
 redis.call('PUBLISH', '@CHANGES@', POOL)
 return {'changed', live}
+"""
+
+# ARGV: pool, actor, token digest, token record json. KEYS: the pool keys,
+# then the pool's backend tokens. A token is minted only into a pool that
+# exists; the event log names it by id, never by the token.
+MINT_TOKEN = """
+if redis.call('EXISTS', K_CONFIG) == 0 then return {'pool_not_found'} end
+redis.call('HSET', KEYS[9], ARGV[3], ARGV[4])
+local t = cjson.decode(ARGV[4])
+log_event(now_ms(), 'backend_token_minted', '', t['id'] .. ' for ' .. t['address'], version())
+return {'changed'}
+"""
+
+# ARGV: pool, actor, token id. KEYS: the pool keys, then the pool's backend
+# tokens. Removes the token whose id it is.
+REVOKE_TOKEN = """
+local flat = redis.call('HGETALL', KEYS[9])
+for i = 1, #flat, 2 do
+  local t = cjson.decode(flat[i + 1])
+  if t['id'] == ARGV[3] then
+    redis.call('HDEL', KEYS[9], flat[i])
+    log_event(now_ms(), 'backend_token_revoked', '', t['id'] .. ' for ' .. t['address'], version())
+    return {'changed'}
+  end
+end
+return {'not_found'}
 """

@@ -26,6 +26,7 @@ from lookaside.registry.errors import (
 from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
 from lookaside.registry.reports import ReportOps
 from lookaside.registry.signals import SignalOps
+from lookaside.registry.tokens import BackendToken, TokenOps, token_digest
 
 # How long the panic guard holds a removal at most (ms), unless told.
 DEFAULT_GUARD_BOUND_MS = 180_000
@@ -35,7 +36,7 @@ SUBSCRIBE_TIMEOUT = 2.0
 __all__ = ["DEFAULT_GUARD_BOUND_MS", "Lease", "ReapResult", "RegistryStore", "StepResult"]
 
 
-class RegistryStore(BackendOps, ReportOps, SignalOps):
+class RegistryStore(BackendOps, TokenOps, ReportOps, SignalOps):
     """Async access to the registry. One instance per process is enough."""
 
     def __init__(
@@ -47,11 +48,13 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
             name: lua.Script(redis, scripts.compose(getattr(scripts, name)))
             for name in (
                 "REGISTER", "HEARTBEAT", "STEP", "REAP", "UPDATE_BACKEND",
-                "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL", "PUT_HOLD",
+                "PUT_STATIC", "PUT_CONFIG", "DELETE_POOL", "PUT_HOLD", "MINT_TOKEN",
+                "REVOKE_TOKEN",
             )
         }  # fmt: skip
         # A script, not a MULTI: atomic on a single Redis and under Cluster.
         self._read_pool = lua.Script(redis, scripts.compose(scripts.READ_POOL))
+        self._reserve_pool = lua.Script(redis, scripts.compose(scripts.RESERVE_POOL, prelude=False))
         ReportOps.__init__(self, redis)
         SignalOps.__init__(self, redis)
 
@@ -183,6 +186,9 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
     async def _index(self, pool: str) -> None:
         await self.redis.sadd(keys.POOLS, pool)
 
+    async def _reserve(self, pool: str, max_pools: int) -> Any:
+        return await self._reserve_pool(keys=[keys.POOLS], args=[pool, max_pools])
+
     async def _unindex(self, pool: str) -> None:
         # Every write that creates a pool adds it to the index after its
         # script, and this removal checks again after it: a pool created
@@ -240,6 +246,18 @@ class RegistryStore(BackendOps, ReportOps, SignalOps):
         the backend's registration."""
         raw = await self.redis.hgetall(keys.pool_key(pool, "holds"))
         return {_text(k): _text(v) for k, v in raw.items()}
+
+    @guarded
+    async def backend_token(self, pool: str, token: str | bytes) -> BackendToken | None:
+        """The record of a per-backend token of `pool`, or None."""
+        raw = await self.redis.hget(keys.backend_tokens(pool), token_digest(token))
+        return BackendToken.from_json(raw) if raw else None
+
+    @guarded
+    async def backend_tokens(self, pool: str) -> list[BackendToken]:
+        """The pool's per-backend tokens (records only), oldest first."""
+        raw = await self.redis.hvals(keys.backend_tokens(pool))
+        return sorted((BackendToken.from_json(r) for r in raw), key=lambda t: (t.created_ms, t.id))
 
     @guarded
     async def events(self, pool: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -171,3 +171,39 @@ def check_hostname_syntax(host: str) -> str:
     if not HOSTNAME_RE.fullmatch(host):
         raise RegistryError(f"host {host[:64]!r} is neither an IP address nor a valid host name")
     return host
+
+
+ADDRESS_POLICIES = ("peer", "certificate", "cidr", "any")
+NETWORKS_MAX = 64
+
+
+def check_network(text: str) -> str:
+    """A network in CIDR notation (canonical text); host bits must be clear."""
+    try:
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError as exc:
+        raise RegistryError(
+            f"network {text[:64]!r} is not a network in CIDR notation ({exc}); "
+            "write it as 10.0.0.0/8 or fd00::/8"
+        ) from None
+
+
+def check_registration_rules(
+    address_policy: str, networks: tuple[str, ...] | list[str], lease_ttl_ms: int,
+    max_lease_ttl_ms: int,
+) -> None:  # fmt: skip
+    """A pool's registration rules taken together: `cidr` needs networks,
+    and the pool's default lease fits under its max_lease_ttl_ms."""
+    if address_policy not in ADDRESS_POLICIES:
+        raise RegistryError(
+            f"address_policy {address_policy[:32]!r} is not one of: {', '.join(ADDRESS_POLICIES)}"
+        )
+    if address_policy == "cidr" and not networks:
+        raise RegistryError(
+            "address_policy cidr needs networks: give registration.networks, e.g. ['10.0.0.0/8']"
+        )
+    if lease_ttl_ms > max_lease_ttl_ms:
+        raise RegistryError(
+            f"lease_ttl_ms {lease_ttl_ms} is above registration.max_lease_ttl_ms "
+            f"{max_lease_ttl_ms}; raise the maximum or shorten the default lease"
+        )

@@ -76,7 +76,8 @@ async def test_metrics_count_requests_by_route(client: httpx.AsyncClient, pool: 
     await client.get(f"/api/v1/pools/{pool}", headers=AUTH)
     await client.get("/api/v1/pools/nope-" + pool, headers=AUTH)
     await client.get("/no/such/path")
-    r = await client.get("/metrics")
+    assert (await client.get("/metrics")).status_code == 401
+    r = await client.get("/metrics", headers=AUTH)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lookaside.registry.model import PoolConfig
+from lookaside.registry.model import PoolConfig, RegistrationRules
 from lookaside.registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 
@@ -206,7 +206,7 @@ def _with_every_field_changed(config: Any) -> Any:
     changes: dict[str, object] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in ("name", "policy", "drops"):
+        if f.name in ("name", "policy", "drops", "address_policy", "networks"):
             continue
         if dataclasses.is_dataclass(value):
             changes[f.name] = _with_every_field_changed(value)
@@ -218,6 +218,8 @@ def _with_every_field_changed(config: Any) -> Any:
             changes[f.name] = value + "x"
     if isinstance(config, PoolConfig):
         changes["policy"] = "least_loaded"
+    if isinstance(config, RegistrationRules):
+        changes.update(address_policy="cidr", networks=("10.0.0.0/8", "fd00::/8"))
     return dataclasses.replace(config, **changes)
 
 

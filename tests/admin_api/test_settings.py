@@ -23,6 +23,11 @@ def test_every_field_is_described() -> None:
         "tls_cert",
         "tls_key",
         "max_body_bytes",
+        "header_timeout",
+        "body_timeout",
+        "keep_alive_timeout",
+        "max_connections",
+        "max_connections_per_address",
     }
     for name, field in AdminSettings.model_fields.items():
         assert field.description, name

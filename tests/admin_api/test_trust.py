@@ -18,6 +18,7 @@ import schemathesis
 from admin_api.openapi import openapi_document
 from lookaside.redis_process import RedisProcess
 from lookaside.registry import keys
+from tests.admin_api.conftest import AUTH, TOKEN
 from tests.admin_api.test_schemathesis import AdminServer
 
 MAX_EXAMPLES = 8
@@ -87,6 +88,7 @@ def test_large_body_is_refused_before_it_is_read(admin_server: AdminServer) -> N
     with socket.create_connection(("127.0.0.1", admin_server.port), timeout=5) as sock:
         sock.sendall(
             b"POST /api/v1/pools HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
             b'Content-Length: 104857600\r\n\r\n{"name":"x'
         )
         data = b""
@@ -108,11 +110,11 @@ def test_chunked_body_is_cut_off_at_the_limit(admin_server: AdminServer) -> None
     response = requests.post(
         f"{admin_server.url}/api/v1/pools",
         data=chunks(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **AUTH},
         timeout=10,
     )
     assert response.status_code == 413
-    metrics = requests.get(f"{admin_server.url}/metrics", timeout=5).text
+    metrics = requests.get(f"{admin_server.url}/metrics", headers=AUTH, timeout=5).text
     assert "lookaside_admin_bodies_refused_total" in metrics
 
 
@@ -122,7 +124,7 @@ def test_admin_api_over_https(redis_url: str, tmp_path) -> None:  # type: ignore
     from admin_api.server import build_server
     from lookaside.certs import issue
     from lookaside.redis_process import free_port
-    from tests.admin_api.conftest import AUTH, TOKEN, make_settings
+    from tests.admin_api.conftest import make_settings
     from tests.support import LoopThread, wait_until
 
     certs = issue(tmp_path)

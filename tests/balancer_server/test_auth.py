@@ -12,7 +12,13 @@ import grpc
 import pytest
 
 from balancer_server import metrics
-from balancer_server.auth import AuthError, PolicyError, RegistrationAuth, RegistrationPolicy
+from balancer_server.auth import (
+    AuthError,
+    PolicyError,
+    RegistrationAuth,
+    RegistrationPolicy,
+    token_id,
+)
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import keys
@@ -58,16 +64,64 @@ def test_policy_files_json_and_yaml(tmp_path: Path) -> None:
         RegistrationPolicy.from_file(str(tmp_path / "bad.json"))
 
 
+def test_pool_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """token_env: a container gets its pool's token as a variable from a
+    secret; an unset one stops the balancer at start with its name."""
+    data = {"pools": {"rg": {"token_env": ["RG_REGISTRATION_TOKEN"]}}}
+    monkeypatch.delenv("RG_REGISTRATION_TOKEN", raising=False)
+    with pytest.raises(PolicyError, match="RG_REGISTRATION_TOKEN .token_env. is not set"):
+        RegistrationPolicy.from_data(data)
+    monkeypatch.setenv("RG_REGISTRATION_TOKEN", "short")
+    with pytest.raises(PolicyError, match="at least 16 characters"):
+        RegistrationPolicy.from_data(data)
+    monkeypatch.setenv("RG_REGISTRATION_TOKEN", TOKEN + "\n")
+    auth = RegistrationAuth(RegistrationPolicy.from_data(data))
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    assert auth.authorize("rg", bearer).principal == "pool-token:rg"
+    with pytest.raises(AuthError) as info:
+        auth.authorize("other", bearer)
+    assert info.value.code is grpc.StatusCode.PERMISSION_DENIED  # a token, of another pool
+
+
 def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> None:
     auth = RegistrationAuth(RegistrationPolicy(), [TOKEN], insecure=True)
     grant = auth.authorize("new-pool", [])
     assert grant.principal == "insecure" and grant.create
-    assert auth.authorize("new-pool", [("authorization", f"Bearer {TOKEN}")]).principal == (
-        "global-token"
+    peer = "ipv4:127.0.0.1:5000"
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    assert auth.authorize("new-pool", bearer, peer=peer).principal == (
+        f"global-token#{token_id(TOKEN.encode())}"
     )
     with pytest.raises(AuthError) as info:
-        auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")])
+        auth.authorize("new-pool", [("authorization", "Bearer wrong-wrong-wrong-wrong")], peer=peer)
     assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        ("ipv4:127.0.0.1:5000", True),
+        ("ipv6:%5B::1%5D:5000", True),
+        ("ipv6:[::ffff:127.0.0.9]:5000", True),
+        ("unix:/run/lookaside.sock", True),
+        ("ipv4:10.1.2.3:5000", False),
+        ("ipv6:[fd00::2]:5000", False),
+        ("", False),
+        ("garbage", False),
+    ],
+)
+def test_tokens_over_plaintext_only_from_trusted_networks(peer: str, trusted: bool) -> None:
+    auth = RegistrationAuth(RegistrationPolicy(), [TOKEN])
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    if trusted:
+        assert auth.authorize("p", bearer, peer=peer).principal.startswith("global-token#")
+        return
+    with pytest.raises(AuthError) as info:
+        auth.authorize("p", bearer, peer=peer)
+    assert info.value.reason == "token_over_plaintext"
+    # Over TLS the same token from the same peer is fine.
+    tls = {"transport_security_type": [b"ssl"]}
+    assert auth.authorize("p", bearer, tls, peer=peer).principal.startswith("global-token#")
 
 
 def test_insecure_balancer_says_so(

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from balancer_server import metrics
+from balancer_server.limits import StreamsPerAddress, client_network
 from tests.support import STOP, BalancerHandle, LbStream, wait_until
 
 
@@ -40,6 +41,61 @@ def test_streams_per_client_address_are_limited(redis_url: str, pool_name: str) 
         again = LbStream(balancer.address, pool_name)
         assert again.next().HasField("initial_response")
         again.close()
+    finally:
+        for s in streams:
+            s.close()
+        balancer.stop()
+
+
+@pytest.mark.parametrize(
+    ("peer", "network"),
+    [
+        ("ipv4:127.0.0.1:5000", "127.0.0.1"),
+        ("ipv6:[::ffff:127.0.0.2]:5000", "127.0.0.2"),
+        ("ipv6:%5B::ffff:7f00:2%5D:5000", "127.0.0.2"),
+        ("ipv6:%5B2001:db8:1:2::1%5D:5000", "2001:db8:1:2::/64"),
+        ("ipv6:[2001:db8:1:2:ffff:ffff:ffff:ffff]:5000", "2001:db8:1:2::/64"),
+        ("ipv6:[2001:db8:1:3::1]:5000", "2001:db8:1:3::/64"),
+        ("ipv6:[fe80::1%25eth0]:5000", "fe80::/64"),
+        ("unix:/tmp/s", "unix"),
+    ],
+)
+def test_client_networks(peer: str, network: str) -> None:
+    assert client_network(peer) == network
+
+
+def test_a_whole_ipv6_64_and_mapped_ipv4_count_as_one_client() -> None:
+    # What the servicer does with each stream's peer: 2^64 addresses of one
+    # /64 are one client, and so are 127.0.0.2 and ::ffff:127.0.0.2.
+    limit = StreamsPerAddress(3)
+    taken = [f"ipv6:%5B2001:db8:0:7::{i:x}%5D:{40000 + i}" for i in range(1, 4)]
+    assert all(limit.acquire(client_network(p)) for p in taken)
+    assert not limit.acquire(client_network("ipv6:[2001:db8:0:7:dead:beef::1]:1"))
+    assert limit.acquire(client_network("ipv6:[2001:db8:0:8::1]:1"))
+    assert limit.acquire(client_network("ipv4:127.0.0.2:1"))
+    assert limit.acquire(client_network("ipv6:[::ffff:127.0.0.2]:2"))
+    assert limit.acquire(client_network("ipv4:127.0.0.2:3"))
+    assert not limit.acquire(client_network("ipv6:[::ffff:127.0.0.2]:4"))
+
+
+def test_streams_over_ipv4_and_ipv4_mapped_share_the_limit(redis_url: str, pool_name: str) -> None:
+    # A dual-stack listener: the same client through 127.0.0.1 and through
+    # ::ffff:127.0.0.1 is one client.
+    balancer = BalancerHandle(redis_url, listen="[::]:0", max_streams_per_address=2)
+    port = balancer.port
+    streams = [
+        LbStream(f"127.0.0.1:{port}", pool_name),
+        LbStream(f"[::ffff:127.0.0.1]:{port}", pool_name),
+    ]
+    try:
+        for stream in streams:
+            assert stream.next().HasField("initial_response")
+        extra = LbStream(f"[::ffff:127.0.0.1]:{port}", pool_name)
+        with pytest.raises(grpc.RpcError) as info:
+            extra.next()
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "from 127.0.0.1" in info.value.details()
+        extra.close()
     finally:
         for s in streams:
             s.close()

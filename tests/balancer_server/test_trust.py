@@ -12,10 +12,11 @@ import pytest
 import redis
 
 from balancer_server import metrics
+from balancer_server.auth import token_id
 from lookaside.proto.registry.v1 import registry_pb2 as pb
 from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
 from lookaside.registry import keys
-from lookaside.registry.model import Backend, PoolConfig, backend_id_for
+from lookaside.registry.model import Backend, PoolConfig, RegistrationRules, backend_id_for
 from tests.support import BalancerHandle
 
 GLOBAL = "global-registration-token-0123456789"
@@ -48,8 +49,10 @@ def secure(redis_url: str, tmp_path: Path, pool_name: str) -> Iterator[BalancerH
         registration_token=GLOBAL,
         registration_policy=write_policy(tmp_path, pool_name),
     )
-    for name in (pool_name, f"{pool_name}-special"):
-        handle.run(handle.store.put_pool(PoolConfig(name=name)))
+    handle.run(handle.store.put_pool(PoolConfig(name=pool_name)))
+    # Special addresses are not the caller's: that pool lets any be claimed.
+    anywhere = RegistrationRules(address_policy="any")
+    handle.run(handle.store.put_pool(PoolConfig(f"{pool_name}-special", registration=anywhere)))
     yield handle
     handle.stop()
 
@@ -131,8 +134,8 @@ def test_pool_token_and_global_token_register(stub, redis_client, pool_name: str
     assert redis_client.hlen(keys.backends(pool_name)) == 2
     events = [json.loads(e) for e in redis_client.lrange(keys.events(pool_name), 0, -1)]
     actors = {e.get("actor") for e in events}
-    assert f"registration:pool-token:{pool_name}" in actors
-    assert "registration:global-token" in actors
+    assert f"registration:pool-token:{pool_name}#{token_id(POOL_TOKEN.encode())}" in actors
+    assert f"registration:global-token#{token_id(GLOBAL.encode())}" in actors
     # A pool's token is for that pool only.
     other = f"{pool_name}-special"
     error = refused(stub.Register, register(other), auth(POOL_TOKEN))
@@ -194,6 +197,39 @@ def test_registrations_per_pool_are_limited(stub, redis_client, pool_name: str) 
     assert redis_client.hlen(keys.backends(pool_name)) == 3
     # Registering again an address that is there is no new registration.
     stub.Register(register(pool_name, port=9013), metadata=auth(POOL_TOKEN), timeout=5)
+
+
+def test_pools_created_at_once_stop_at_the_limit(tmp_path: Path, pool_name: str) -> None:
+    # 80 registrations into 80 new pools at once, 25 allowed: the count and
+    # the reservation of the name are one atomic step, so exactly 25 exist.
+    from lookaside.redis_process import RedisProcess
+
+    own = RedisProcess().start()
+    handle = BalancerHandle(
+        own.url,
+        insecure_registration=False,
+        registration_policy=write_policy(tmp_path, pool_name, max_pools=25),
+        registration_token=GLOBAL,
+    )
+    client = redis.Redis.from_url(own.url, decode_responses=True)
+    try:
+        with grpc.insecure_channel(handle.address) as channel:
+            stub = pb_grpc.RegistryStub(channel)
+            calls = [
+                stub.Register.future(
+                    register(f"{pool_name}-open-{i}"), metadata=auth(GLOBAL), timeout=30
+                )
+                for i in range(80)
+            ]
+            codes = [c.code() for c in calls]
+        assert codes.count(Status.OK) == 25
+        assert codes.count(Status.RESOURCE_EXHAUSTED) == 55
+        assert client.scard(keys.POOLS) == 25
+        assert len(client.keys("lookaside:{*}:config")) == 25
+    finally:
+        client.close()
+        handle.stop()
+        own.stop()
 
 
 def test_pools_created_are_limited(tmp_path: Path, pool_name: str) -> None:
@@ -292,7 +328,13 @@ def test_random_registrations_end_precisely_and_store_only_valid_backends(
 
     from lookaside.registry import validation as v
 
-    codes = {Status.OK, Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.RESOURCE_EXHAUSTED}
+    codes = {
+        Status.OK,
+        Status.INVALID_ARGUMENT,
+        Status.NOT_FOUND,
+        Status.RESOURCE_EXHAUSTED,
+        Status.PERMISSION_DENIED,  # an address not the caller's (address_policy peer)
+    }
     requests = st.builds(
         pb.RegisterRequest,
         pool=st.one_of(st.just(pool_name), st.text(max_size=40)),
@@ -320,6 +362,7 @@ def test_random_registrations_end_precisely_and_store_only_valid_backends(
     for raw in redis_client.hgetall(keys.backends(pool_name)).values():
         stored = Backend.from_json(raw)
         assert v.address_problem(stored.ip) is None
-        assert 1 <= stored.port <= 65535 and 1 <= stored.weight <= 1000
+        assert stored.ip == "127.0.0.1"  # the caller's own address only
+        assert 1 <= stored.port <= 65535 and 1 <= stored.weight <= 100  # max_weight
         v.check_zone(stored.zone)
         v.check_metadata(stored.metadata)

@@ -37,6 +37,40 @@ def failures(outcomes: dict[str, Outcome]) -> dict[str, dict[str, int]]:
     return {k: dict(o.codes) for k, o in outcomes.items() if o.failed}
 
 
+@pytest.mark.timeout(60)
+def test_the_lab_runs_the_production_profile(lab: ChaosLab) -> None:
+    """TLS on the balancers and backends (plaintext refused), health checks
+    that reach the TLS backends (none ever unhealthy), registration with
+    the pool's own token, health checks and outlier detection on."""
+    import json
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    assert lab.ca
+    request = health_pb2.HealthCheckRequest()
+    for proc in [*lab.balancers, *lab.backends]:
+        address = f"127.0.0.1:{proc.port}"
+        with grpc.insecure_channel(address) as channel:
+            with pytest.raises(grpc.RpcError):
+                health_pb2_grpc.HealthStub(channel).Check(request, timeout=3)
+        creds = grpc.ssl_channel_credentials(open(lab.ca, "rb").read())  # noqa: SIM115
+        with grpc.secure_channel(address, creds) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, proc.name
+    client = redis.Redis.from_url(lab.redis.url, decode_responses=True)
+    try:
+        events = [json.loads(e) for e in client.lrange(keys.events(lab.pool), 0, -1)]
+        config = PoolConfig.from_json(client.get(keys.config(lab.pool)))
+    finally:
+        client.close()
+    registered = {e["actor"] for e in events if e["kind"] == "registered"}
+    assert registered == {f"registration:pool-token:{lab.pool}"}, registered
+    assert not [e for e in events if e["kind"] == "unhealthy"], events
+    assert config.health_checks.enabled and config.outlier_detection.enabled
+    assert lab.serving_count() == 3
+
+
 @pytest.mark.timeout(90)
 def test_redis_paused_loses_no_call(lab: ChaosLab) -> None:
     pid = lab.redis.pid

@@ -65,7 +65,7 @@ def server(port: int, token: str = "", drop: bool = False, ip: bytes = b"\x7f\x0
 
 
 class ScriptedBalancer:
-    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0) -> None:
         self.streams: queue.Queue[Stream] = queue.Queue()
         self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=16))
         handler = grpc.stream_stream_rpc_method_handler(
@@ -81,9 +81,9 @@ class ScriptedBalancer:
             )
         )
         if credentials is None:
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         else:
-            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         self.address = f"127.0.0.1:{self.port}"
         self.server.start()
 
@@ -181,7 +181,7 @@ class Client:
     def close(self) -> None:
         if self.loop is None:
             self.channel.close()
-        else:
+        elif not self.loop.loop.is_closed():
             self.loop.run(self.channel.close())
             self.loop.close()
 

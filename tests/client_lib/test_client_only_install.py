@@ -1,6 +1,8 @@
 """The thin client installs alone: a fresh virtualenv gets `pip install .`
-(no extra), which brings grpcio and protobuf and none of the server parts,
-and that client balances calls over a real balancer's list. The process
+(no extra), which brings grpcio, protobuf and grpcio-health-checking and
+none of the server parts, and that client balances calls over a real
+balancer's list; a backend registered with the helper, given its server,
+serves grpc.health.v1 from that install and is called through the pool. The process
 first loads another copy of grpc.lb.v1 into protobuf's default pool, as an
 application with its own generated grpclb modules would: the client's
 private copy must not clash with it."""
@@ -58,7 +60,28 @@ with LookasideChannel(pool, balancer) as channel:
         time.sleep(0.02)
     stub = rg_grpc.RouteGuideStub(channel)
     names = [stub.GetFeature(rg.Point(), timeout=5).name for _ in range(30)]
-print(json.dumps({"present": absent, "names": names}))
+
+# A backend from the README: a stock server, the helper given that server.
+import concurrent.futures
+from client_lib import Registration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+class Own(rg_grpc.RouteGuideServicer):
+    def GetFeature(self, request, context):
+        return rg.Feature(name="self-registered")
+
+server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+rg_grpc.add_RouteGuideServicer_to_server(Own(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+with Registration(balancer, pool + "-own", port, server=server, drain_delay=0):
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as direct:
+        health = health_pb2_grpc.HealthStub(direct).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    with LookasideChannel(pool + "-own", balancer) as channel:
+        channel.wait_for_list(20)
+        own = rg_grpc.RouteGuideStub(channel).GetFeature(rg.Point(), timeout=10).name
+print(json.dumps({"present": absent, "names": names, "own": own,
+                  "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status)}))
 """
 
 
@@ -91,7 +114,7 @@ def test_client_alone_installs_and_balances(
         [str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True
     )
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert {"grpcio", "protobuf", "lookaside"} <= installed
+    assert {"grpcio", "protobuf", "grpcio-health-checking", "lookaside"} <= installed
     assert not installed & {"fastapi", "redis", "uvicorn", "pydantic", "dnslib"}
     # The command needs the server parts and says which extra brings them.
     command = subprocess.run(
@@ -113,4 +136,5 @@ def test_client_alone_installs_and_balances(
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["present"] == []
     assert sorted(result["names"].count(b.name) for b in three) == [10, 10, 10]
+    assert (result["own"], result["health"]) == ("self-registered", "SERVING")
     assert sys.executable != str(python)

@@ -5,6 +5,7 @@ with each status, a balancer that never answers, switching balancers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 
@@ -156,14 +157,24 @@ def test_switching_between_two_balancers(kind, backends, clients) -> None:  # ty
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_refused_first_balancer_moves_on_without_backoff(kind, lb_peer, backends, clients) -> None:  # type: ignore[no-untyped-def]
-    (one,) = start_backends(backends, 1)
-    c = client(clients, kind, [f"127.0.0.1:{free_port()}", lb_peer.address])
+def test_refused_first_balancer_moves_on_without_backoff(
+    kind, lb_peer, backends, clients, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    one, spare = start_backends(backends, 2)
+    refused = f"127.0.0.1:{free_port()}"
+    caplog.set_level(logging.INFO, logger="lookaside.client")
+    c = client(clients, kind, [refused, lb_peer.address], fallback_targets=[address_of(spare.port)])
     lb_peer.next_stream().initial().servers(server(one.port))
     assert c.call() == one.name
-    # One failed stream, then this one: no backoff step was taken.
-    assert c.channel.session.streams_opened == 2
-    assert c.channel.session.backoff._current == 0.0
+    # The refused stream is the only one that ended, and the client went on
+    # to the next balancer at once: no backoff, no fallback.
+    logged = [r.getMessage() for r in caplog.records]
+    ended = [m for m in logged if "balancer stream to" in m]
+    assert len(ended) == 1, logged
+    assert f"stream to {refused} ended (UNAVAILABLE" in ended[0]
+    assert ended[0].endswith(f"next {lb_peer.address} in 0.00s")
+    assert not [m for m in logged if "entering fallback" in m]
+    assert spare.calls == 0
 
 
 def test_bad_arguments_are_refused_in_the_constructor() -> None:

@@ -149,3 +149,15 @@ def test_ctrl_c_ends_the_firehose_with_a_summary(
     for s in servers:
         s.signal(signal.SIGTERM)
         assert s.wait(30) == 0, s.stderr()
+
+
+def test_a_stop_signal_right_after_the_banner_stops_in_order(processes: Processes) -> None:
+    """The handlers are in place before the server serves: SIGTERM or
+    Ctrl-C sent the moment the banner appears ends the process cleanly
+    (exit 0, no traceback), never killed by the default action."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+        server = processes("server", "--listen", "127.0.0.1:0")
+        server.signal(sig)
+        assert server.wait(30) == 0, server.stderr()
+        assert "stopped server" in server.stderr()
+        assert "Traceback" not in server.stderr()

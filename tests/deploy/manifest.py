@@ -4,9 +4,12 @@ environment variables), checked against the package itself."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 KUBERNETES_DIR = REPO / "deploy" / "kubernetes"
 DOCKERFILE = REPO / "Dockerfile"
+# Where compose (a volume) and Kubernetes (a Secret) put the certificates.
+TLS_DIR = "/var/lib/lookaside/tls"
 # Values for the secrets the compose file requires (`${VAR:?...}`).
 SECRETS = {
     "LOOKASIDE_ADMIN_TOKEN": "compose-admin-token-9f8e7d6c5b4a",
@@ -42,6 +47,31 @@ CONTRACT_VARIABLES = frozenset(
 CTL_VARIABLES = frozenset(
     {"LOOKASIDE_ADMIN_URL", "LOOKASIDE_ADMIN_TOKEN", "LOOKASIDE_ADMIN_TOKEN_FILE"}
 )
+
+
+def image_files() -> dict[str, str]:
+    """Paths the Dockerfile copies into the image -> the repository's files."""
+    out = {}
+    for src, dst in re.findall(r"^COPY (?!--from)(\S+) (/\S+)$", DOCKERFILE.read_text(), re.M):
+        out[dst] = str(REPO / src)
+    return out
+
+
+@functools.cache
+def local_certs() -> str:
+    """A folder with the files `lookaside certs` makes, standing in for TLS_DIR."""
+    from lookaside.certs import issue
+
+    folder = tempfile.mkdtemp(prefix="lookaside-deploy-certs-")
+    issue(folder)
+    return folder
+
+
+def local_paths(value: str) -> str:
+    """A deployment's paths -> files here: the image's, and the certificates."""
+    for dst, src in image_files().items():
+        value = value.replace(dst, src)
+    return value.replace(TLS_DIR, local_certs())
 
 
 def docker_compose() -> str | None:
@@ -195,7 +225,7 @@ def _values_problems(process: Process, cls: type[BaseSettings]) -> list[str]:
 
     args = build_parser().parse_args(process.argv)
     env = {
-        k: v.replace("$(POD_IP)", "10.1.2.3").replace("$(POD_NAME)", "routeguide-abc")
+        k: local_paths(v.replace("$(POD_IP)", "10.1.2.3").replace("$(POD_NAME)", "routeguide-abc"))
         for k, v in process.env.items()
         if k.startswith("LOOKASIDE_") and v != "<from valueFrom>"
     }

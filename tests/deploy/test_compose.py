@@ -105,3 +105,51 @@ def test_the_check_catches_a_wrong_name(services: dict[str, dict[str, Any]]) -> 
     process.env.pop("LOOKASIDE_ROUTEGUIDE_FAULT_PERCENTS")
     process.argv.append("--no-such-flag")
     assert problems(process)
+
+
+TLS = "/var/lib/lookaside/tls"
+
+
+def test_it_runs_the_production_profile(services: dict[str, dict[str, Any]]) -> None:
+    """docs/security.md's profile: TLS on every gRPC port and the admin API,
+    health checks over TLS to the backends, the pool's own registration
+    token (no global token, no insecure switch), health checks and outlier
+    detection on, Redis append-only (test_redis_persists_append_only)."""
+    import json
+
+    from tests.deploy.manifest import REPO
+
+    for name in ("balancer-1", "balancer-2"):
+        env = services[name]["environment"]
+        assert env["LOOKASIDE_BALANCER_TLS_CERT"].startswith(TLS), name
+        assert env["LOOKASIDE_BALANCER_BACKEND_TLS_CA"] == f"{TLS}/ca.pem"
+        assert "{pool}" in env["LOOKASIDE_BALANCER_BACKEND_TLS_SERVER_NAME"]
+        assert "LOOKASIDE_BALANCER_REGISTRATION_TOKEN" not in env
+        assert "LOOKASIDE_BALANCER_INSECURE_REGISTRATION" not in env
+        policy = json.loads((REPO / "deploy/compose/registration-policy.json").read_text())
+        for rule in policy["pools"].values():
+            for variable in rule["token_env"]:
+                assert env[variable] == SECRETS["LOOKASIDE_REGISTRATION_TOKEN"]
+        assert env["LOOKASIDE_BALANCER_REGISTRATION_POLICY"] == (
+            "/etc/lookaside/registration-policy.json"
+        )
+    for name in ("backend", "backend-faulty"):
+        env = services[name]["environment"]
+        assert env["LOOKASIDE_ROUTEGUIDE_TLS_CERT"].startswith(TLS)
+        assert env["LOOKASIDE_ROUTEGUIDE_BALANCER_TLS_CA"] == f"{TLS}/ca.pem"
+    assert services["admin"]["environment"]["LOOKASIDE_ADMIN_TLS_CERT"].startswith(TLS)
+    assert services["dns"]["environment"]["LOOKASIDE_DNS_METRICS_TLS_CERT"].startswith(TLS)
+    assert services["setup"]["environment"]["LOOKASIDE_ADMIN_URL"].startswith("https://")
+    for name in ("firehose", "stock-client"):
+        assert (
+            services[name]["environment"]["LOOKASIDE_ROUTEGUIDE_CLIENT_TLS_CA"] == f"{TLS}/ca.pem"
+        )
+    # Every gRPC and HTTP health check speaks TLS.
+    for name in ("balancer-1", "balancer-2", "backend", "backend-faulty", "admin", "dns"):
+        test = services[name]["healthcheck"]["test"]
+        assert "--tls-ca" in test, (name, test)
+    pools = json.loads((REPO / "deploy/compose/pools.json").read_text())["pools"]
+    for pool in pools:
+        assert pool["config"]["health_checks"]["enabled"]
+        assert pool["config"]["outlier_detection"]["enabled"]
+    assert services["certs"]["command"][:2] == ["certs", "--out"]

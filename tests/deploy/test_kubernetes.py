@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from lookaside.cli import build_parser
 from tests.deploy.manifest import (
     KUBERNETES_DIR,
+    TLS_DIR,
     kubernetes_documents,
     kubernetes_processes,
     problems,
@@ -54,7 +56,11 @@ def test_balancer_is_two_replicas_probed_over_grpc_health() -> None:
     assert deployment["spec"]["replicas"] == 2
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == 50051
+        # Kubernetes' own gRPC probe has no TLS: the CLI's probe, over TLS.
+        command = container[probe]["exec"]["command"]
+        assert command[:3] == ["lookaside", "health-probe", "127.0.0.1:50051"]
+        assert command[3:] == ["--tls-ca", f"{TLS_DIR}/ca.pem"]
+        build_parser().parse_args(command[1:])
     pdb = docs[("PodDisruptionBudget", "balancer")]
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
     assert pdb["spec"]["minAvailable"] == 1
@@ -96,3 +102,51 @@ def test_commands_and_variables_exist() -> None:
     assert {p.argv[0] for p in processes} >= {"balancer", "admin", "routeguide", "ctl"}
     found = [p for process in processes for p in problems(process)]
     assert not found, "\n".join(found)
+
+
+def _containers() -> dict[str, dict[str, Any]]:
+    out = {}
+    for _, doc in kubernetes_documents():
+        spec = doc.get("spec", {})
+        template = spec.get("template") or {}
+        for container in template.get("spec", {}).get("containers", []):
+            if container["image"] == "lookaside":
+                out[f"{doc['kind']}/{doc['metadata']['name']}"] = {
+                    **container,
+                    "_volumes": template["spec"].get("volumes", []),
+                }
+    return out
+
+
+def test_it_runs_the_production_profile() -> None:
+    """docs/security.md's profile: TLS on every gRPC port and the admin API
+    (certificates from the Secret lookaside-tls), health checks over TLS to
+    the backends, the pool's own registration token, no insecure switch."""
+    containers = _containers()
+    for where, container in containers.items():
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        assert mounts.get(TLS_DIR) == "tls", where
+        [volume] = [v for v in container["_volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == "lookaside-tls"
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert "LOOKASIDE_BALANCER_INSECURE_REGISTRATION" not in env, where
+    balancer = {e["name"]: e for e in containers["Deployment/balancer"]["env"]}
+    assert balancer["LOOKASIDE_BALANCER_TLS_CERT"]["value"] == f"{TLS_DIR}/server.pem"
+    assert balancer["LOOKASIDE_BALANCER_BACKEND_TLS_CA"]["value"] == f"{TLS_DIR}/ca.pem"
+    assert "{pool}" in balancer["LOOKASIDE_BALANCER_BACKEND_TLS_SERVER_NAME"]["value"]
+    assert "LOOKASIDE_BALANCER_REGISTRATION_TOKEN" not in balancer  # per pool only
+    assert balancer["LOOKASIDE_BALANCER_REGISTRATION_POLICY"]["value"].startswith("/etc/lookaside/")
+    assert "secretKeyRef" in balancer["ROUTEGUIDE_REGISTRATION_TOKEN"]["valueFrom"]
+    backend = {e["name"]: e.get("value") for e in containers["Deployment/routeguide"]["env"]}
+    assert backend["LOOKASIDE_ROUTEGUIDE_TLS_CERT"] == f"{TLS_DIR}/server.pem"
+    assert backend["LOOKASIDE_ROUTEGUIDE_BALANCER_TLS_CA"] == f"{TLS_DIR}/ca.pem"
+    admin = containers["Deployment/admin"]
+    assert {e["name"] for e in admin["env"]} >= {
+        "LOOKASIDE_ADMIN_TLS_CERT",
+        "LOOKASIDE_ADMIN_TLS_KEY",
+    }
+    assert admin["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    setup = {e["name"]: e.get("value") for e in containers["Job/setup"]["env"]}
+    assert setup["LOOKASIDE_ADMIN_URL"].startswith("https://")
+    for name in ("client-plain", "client-lookaside", "client-stock"):
+        assert "--tls-ca" in containers[f"Job/{name}"]["args"], name

@@ -1,6 +1,8 @@
 """The compose topology run as local processes (tests/deploy/topology.py):
 started in a shuffled order, both clients, the thin-client firehose and
-the stock grpcio client through DNS SRV, spread over every backend."""
+the stock grpcio client through DNS SRV, spread over every backend. It is
+the production profile: TLS on every gRPC port and the admin API, health
+checks over TLS, the pool's own registration token."""
 
 from __future__ import annotations
 
@@ -75,10 +77,15 @@ def test_compose_topology_comes_up_and_both_clients_spread(
             return sum(int(json.loads(v)["streams"]) for v in raw)
 
         until(lambda: streams() >= 2, 60, topo)  # both clients hold a BalanceLoad stream
+        # The clients' tables count every call since they started, and some
+        # were made while fewer backends served (a backend restarted until
+        # the certificates were there): at least as many calls again with
+        # all three serving, so the spread shows whatever came before.
         base = finished()
-        until(lambda: finished() >= base + 600, 90, topo)
+        until(lambda: finished() >= 2 * base + 600, 90, topo)
         [thin] = topo.stop_service("firehose")
         [stock] = topo.stop_service("stock-client")
+        check_production_profile(topo, client)
     finally:
         topo.stop()
         client.close()
@@ -91,3 +98,34 @@ def test_compose_topology_comes_up_and_both_clients_spread(
         assert len(served) == 3, f"{name} reached {per_server}\n{details}"
         # Spread, not stuck on one (the faulty one may be ejected for a while).
         assert max(served.values()) < 0.8 * sum(served.values()), f"{name}: {per_server}"
+
+
+def check_production_profile(topo: Topology, client: redis.Redis) -> None:
+    """TLS on the balancers and admin API (plaintext is refused), backends
+    registered with the pool's token, and never failed by health checks
+    (which dial them over TLS)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ca = Path(topo.files["/var/lib/lookaside/tls"]) / "ca.pem"
+    balancer = topo.address("balancer-1", 50051)
+    creds = grpc.ssl_channel_credentials(ca.read_bytes())
+    with grpc.secure_channel(balancer, creds) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(balancer) as channel:
+        with pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+    import ssl
+
+    import httpx
+
+    admin = topo.address("admin", 8080)
+    verify = ssl.create_default_context(cafile=str(ca))
+    assert httpx.get(f"https://{admin}/readyz", verify=verify, timeout=10).status_code == 200
+    events = [json.loads(e) for e in client.lrange(keys.events(POOL), 0, -1)]
+    registered = {e.get("actor") for e in events if e.get("kind") == "registered"}
+    assert registered == {"registration:pool-token:routeguide"}, registered
+    assert not [e for e in events if e.get("kind") == "unhealthy"], topo.describe()

@@ -3,7 +3,9 @@ runs it: the same commands and environment (service names and ports
 remapped to 127.0.0.1 and free ports, Redis the test's own), replicas,
 `depends_on` conditions checked with the services' own healthcheck
 commands, and restart policies (a process that exits is started again).
-Services whose dependencies are met start in a shuffled order."""
+Named volumes are folders under the logs' parent, shared by the services
+that mount them. Services whose dependencies are met start in a shuffled
+order."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from lookaside.redis_process import free_port
-from tests.deploy.manifest import COMPOSE_FILE, DOCKERFILE, REPO, SECRETS
+from tests.deploy.manifest import COMPOSE_FILE, REPO, SECRETS, image_files
 
 HOST_PORT = re.compile(r"\b(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d{2,5})\b")
 REDIS_URL = "redis://redis:6379/0"
@@ -43,11 +45,15 @@ def load_services() -> dict[str, dict[str, Any]]:
     return services
 
 
-def image_files() -> dict[str, str]:
-    """Paths the Dockerfile copies into the image -> the repository's files."""
+def named_volumes(services: dict[str, dict[str, Any]], root: Path) -> dict[str, str]:
+    """Mount points of named volumes -> a local folder per volume."""
     out = {}
-    for src, dst in re.findall(r"^COPY (?!--from)(\S+) (/\S+)$", DOCKERFILE.read_text(), re.M):
-        out[dst] = str(REPO / src)
+    for svc in services.values():
+        for volume in svc.get("volumes") or []:
+            source, _, rest = str(volume).partition(":")
+            target = rest.split(":")[0]
+            if target and not source.startswith((".", "/", "~")):
+                out[target] = str(root / "volumes" / source)
     return out
 
 
@@ -92,6 +98,11 @@ class Topology:
         self.services = {k: v for k, v in load_services().items() if k not in skip}
         self.ports: dict[tuple[str, int, int], int] = {}
         self.files = image_files()
+        # Redis is the test's own; every other volume is a local folder.
+        lookaside_services = {k: v for k, v in self.services.items() if k != "redis"}
+        self.files.update(named_volumes(lookaside_services, logs.parent))
+        for folder in set(named_volumes(lookaside_services, logs.parent).values()):
+            Path(folder).mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(seed)
         self.instances: list[Instance] = []
         self.order: list[str] = []

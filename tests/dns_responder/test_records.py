@@ -74,7 +74,7 @@ def test_a_long_service_config_is_split_into_255_byte_strings() -> None:
     assert json.loads(joined.removeprefix("grpc_config="))[0]["serviceConfig"] == json.loads(config)
 
 
-def test_any_query_returns_every_record_of_the_name() -> None:
+def test_any_query_is_answered_with_one_hinfo_record() -> None:
     backend = Backend(id="b", pool="p", host="h", ip="10.0.0.1", port=1)
     v6 = Backend(id="c", pool="p", host="h", ip="fd00::1", port=1)
     view = ZoneView(
@@ -84,7 +84,11 @@ def test_any_query_returns_every_record_of_the_name() -> None:
         pools={"p": PoolSnapshot("p", 1, PoolConfig("p"), (backend, v6))},
     )
     reply = answer(DNSRecord.question("p.z.test", "ANY"), view)
-    assert sorted(QTYPE.get(r.rtype) for r in reply.rr) == ["A", "AAAA"]
+    # RFC 8482: not every record of the name (an amplifier's dream), one HINFO.
+    assert [QTYPE.get(r.rtype) for r in reply.rr] == ["HINFO"]
+    assert reply.rr[0].rdata.data == b"\x07RFC8482\x00"
+    # A name that does not exist is still NXDOMAIN.
+    assert answer(DNSRecord.question("q.z.test", "ANY"), view).header.rcode == RCODE.NXDOMAIN
     not_ready = ZoneView(zone="z.test", ttl=3, targets=view.targets, pools={}, ready=False)
     assert answer(DNSRecord.question("p.z.test", "A"), not_ready).header.rcode == RCODE.SERVFAIL
 

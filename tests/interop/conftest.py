@@ -93,3 +93,12 @@ def stock_channel() -> Iterator[Callable[..., grpc.Channel]]:
     yield open_channel
     for channel in channels:
         channel.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The combination matrix's figures, when it ran (test_matrix.py)."""
+    import sys
+
+    matrix = sys.modules.get("tests.interop.test_matrix")
+    for line in matrix.summary() if matrix is not None else []:
+        terminalreporter.write_line(line)

@@ -295,3 +295,42 @@ def test_thin_client_with_a_client_certificate_balances_through_an_mtls_balancer
     finally:
         for b in two:
             b.stop()
+
+
+def test_tokens_over_plaintext_are_refused_from_untrusted_networks(
+    redis_url: str, certs: Issued, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    # Loopback is trusted by default (the lab); here only 10.0.0.0/8 is, so
+    # this test's 127.0.0.1 stands for a client on another network.
+    request = pb.RegisterRequest(pool=pool_name, host="127.0.0.1", port=9510)
+    metadata = [("authorization", f"Bearer {TOKEN}")]
+    plain = BalancerHandle(
+        redis_url, insecure_registration=False, registration_token=TOKEN,
+        trusted_networks="10.0.0.0/8",
+    )  # fmt: skip
+    tls = BalancerHandle(
+        redis_url, insecure_registration=False, registration_token=TOKEN,
+        trusted_networks="10.0.0.0/8", tls_cert=str(certs.server_cert),
+        tls_key=str(certs.server_key),
+    )  # fmt: skip
+    try:
+        plain.run(plain.store.put_pool(PoolConfig(name=pool_name)))
+        with grpc.insecure_channel(plain.address) as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.RegistryStub(channel).Register(request, metadata=metadata, timeout=5)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "over plaintext from 127.0.0.1" in info.value.details()
+        assert "--trusted-networks" in info.value.details()
+        assert redis_client.hlen(keys.backends(pool_name)) == 0
+        # The same token over TLS is fine.
+        with grpc.secure_channel(tls.address, registration_credentials(certs)) as channel:
+            assert pb_grpc.RegistryStub(channel).Register(request, timeout=5).lease_id
+        assert redis_client.hlen(keys.backends(pool_name)) == 1
+    finally:
+        plain.stop()
+        tls.stop()
+
+
+def test_trusted_networks_must_be_networks(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="'10.0.0.300/8' is not a network"):
+        BalancerHandle(redis_url, trusted_networks="127.0.0.0/8, 10.0.0.300/8")

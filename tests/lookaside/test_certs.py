@@ -38,3 +38,18 @@ def test_certs_command_writes_a_ca_and_both_certificates(
     }  # fmt: skip
     client_sans = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert client_sans.get_values_for_type(x509.DNSName) == ["backend.lookaside.test"]
+
+
+def test_keep_leaves_existing_certificates_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--keep: an init step run on every start keeps the CA that running
+    processes and clients already trust."""
+    assert main(["certs", "--out", str(tmp_path), "--keep"]) == 0
+    ca = (tmp_path / "ca.pem").read_bytes()
+    assert main(["certs", "--out", str(tmp_path), "--keep"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() == ca
+    (tmp_path / "client.pem").unlink()  # incomplete: all are made again
+    assert main(["certs", "--out", str(tmp_path), "--keep"]) == 0
+    assert (tmp_path / "ca.pem").read_bytes() != ca
+    assert main(["certs", "--out", str(tmp_path)]) == 0  # without --keep: new ones

@@ -20,6 +20,11 @@ from lookaside.redis_process import free_port
         (["balancer", "--listen", "nope"], "listen 'nope' is not host:port"),
         (["balancer", "--metrics-listen", "x:y"], "--metrics-listen: "),
         (["balancer", "--max-eject-share", "2"], "--max-eject-share"),
+        (
+            ["balancer", "--trusted-networks", "10.0.0.0/8,nope"],
+            "--trusted-networks: trusted networks: "
+            "'nope' is not a network",
+        ),
     ],
 )
 def test_bad_flags_exit_2_and_say_why(
@@ -46,6 +51,35 @@ def test_balancer_that_cannot_bind_exits_1(
         taken.close()
     assert code == 1
     assert f"cannot listen on {address}: the address is in use" in capsys.readouterr().err
+
+
+def test_secrets_given_as_flags_are_warned_about(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
+    token = "a-registration-token-0123456789"
+    try:
+        for argv in (
+            ["balancer", "--registration-token", token, "--metrics-listen", ""],
+            ["admin", "--token", token],
+        ):
+            try:  # the port is taken, so each stops at once (uvicorn exits 3)
+                code = main([*argv, "--listen", address, "--redis-url", redis_url])
+            except SystemExit as exc:
+                code = exc.code  # type: ignore[assignment]
+            assert code in (1, 3)
+            err = capsys.readouterr().err
+            flag = argv[1]
+            assert f"warning: {flag} on the command line is visible to every user in `ps`" in err
+            assert f"use {flag}-file or env LOOKASIDE_" in err
+            assert token not in err
+    finally:
+        taken.close()
+    assert main(["ctl", "pools", "--url", "http://127.0.0.1:1", "--token", token]) != 0
+    assert "warning: --token on the command line" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["balancer", "dns", "admin"])

@@ -212,15 +212,21 @@ def test_lab_with_an_unreachable_redis_exits_1_naming_the_flag(
     assert "--redis-url (env LOOKASIDE_LAB_REDIS_URL)" in err
 
 
-@pytest.mark.timeout(120)
-def test_lab_with_tls_serves_the_balancer_admin_and_backends_over_tls() -> None:
+@pytest.mark.timeout(180)
+def test_lab_with_tls_runs_the_production_profile() -> None:
+    """`lookaside up --tls`: TLS on the balancer, admin API and backends;
+    backends registered with the pool's own token; the balancer's health
+    checks reach the TLS backends, so every backend stays SERVING (they
+    all failed their checks when the checks dialled plaintext)."""
+    import re
+
     import grpc
     import requests
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     ports = {name: free_port() for name in ("balancer", "metrics", "dns", "dns_metrics", "admin")}
     lab = subprocess.Popen(
-        [sys.executable, "-m", "lookaside", "up", "--tls", "--backends", "1",
+        [sys.executable, "-m", "lookaside", "up", "--tls", "--backends", "2",
          "--balancer-port", str(ports["balancer"]), "--metrics-port", str(ports["metrics"]),
          "--dns-port", str(ports["dns"]), "--dns-metrics-port", str(ports["dns_metrics"]),
          "--admin-port", str(ports["admin"])],
@@ -238,8 +244,9 @@ def test_lab_with_tls_serves_the_balancer_admin_and_backends_over_tls() -> None:
         text = "\n".join(banner)
         assert "Lookaside lab is up" in text, text
         ca = next(line.split()[2] for line in banner if line.strip().startswith("tls"))
-        assert f"https://127.0.0.1:{ports['admin']}/" in text
-        health = requests.get(f"https://127.0.0.1:{ports['admin']}/healthz", verify=ca, timeout=5)
+        token = re.search(r"token (\S+)$", next(ln for ln in banner if "admin" in ln)).group(1)  # type: ignore[union-attr]
+        admin = f"https://127.0.0.1:{ports['admin']}"
+        health = requests.get(f"{admin}/healthz", verify=ca, timeout=5)
         assert health.status_code == 200
         creds = grpc.ssl_channel_credentials(open(ca, "rb").read())  # noqa: SIM115
         with grpc.secure_channel(f"127.0.0.1:{ports['balancer']}", creds) as channel:
@@ -247,6 +254,35 @@ def test_lab_with_tls_serves_the_balancer_admin_and_backends_over_tls() -> None:
                 health_pb2.HealthCheckRequest(), timeout=10
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        def probes(result: str) -> float:
+            metrics = requests.get(
+                f"https://127.0.0.1:{ports['metrics']}/metrics", verify=ca, timeout=5
+            )
+            found = re.search(
+                rf'health_probes_total{{pool="routeguide",result="{result}"}} (\S+)', metrics.text
+            )
+            return float(found.group(1)) if found else 0.0
+
+        # Each backend probed a few times (2 s apart by default) ...
+        deadline = time.monotonic() + 60
+        while probes("ok") + probes("fail") < 6 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert probes("ok") >= 6, f"ok {probes('ok')}, fail {probes('fail')}"
+        assert probes("fail") == 0
+        dns_metrics = f"https://127.0.0.1:{ports['dns_metrics']}/metrics"
+        assert requests.get(dns_metrics, verify=ca, timeout=5).status_code == 200
+        # ... and all serving, registered with the pool's token.
+        api = {"Authorization": f"Bearer {token}"}
+        listed = requests.get(
+            f"{admin}/api/v1/pools/routeguide/backends", headers=api, verify=ca, timeout=5
+        ).json()
+        assert [b["state"] for b in listed["backends"]] == ["serving", "serving"], listed
+        events = requests.get(
+            f"{admin}/api/v1/pools/routeguide/events", headers=api, verify=ca, timeout=5
+        ).json()
+        actors = {e["actor"] for e in events["events"] if e["kind"] == "registered"}
+        assert actors == {"registration:pool-token:routeguide"}, events
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(60)

@@ -10,7 +10,7 @@ from lookaside.demo.server import RouteGuideServer
 from lookaside.demo.settings import ServerSettings
 from tests.admin_api.conftest import TOKEN
 from tests.admin_api.process import AdminProcess, clean_env
-from tests.support import BalancerHandle, LoopThread
+from tests.support import BalancerHandle, LoopThread, wait_until
 
 
 def probe(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -53,3 +53,36 @@ def test_http_and_bad_targets(redis_url: str, capsys: pytest.CaptureFixture[str]
         admin.stop()
     code, text = probe(capsys, "localhost")
     assert code == 2 and "no port" in text
+
+
+def test_grpc_and_https_over_tls(
+    redis_url: str, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from lookaside.certs import issue
+
+    certs = issue(tmp_path / "certs")
+    tls = BalancerHandle(redis_url, tls_cert=str(certs.server_cert), tls_key=str(certs.server_key))
+    try:
+        code, text = probe(capsys, tls.address, "--tls-ca", str(certs.ca))
+        assert code == 0 and "SERVING" in text
+        code, text = probe(
+            capsys, tls.address, "--tls-ca", str(certs.ca), "--server-name", "x.lookaside.test"
+        )
+        assert code == 0 and "SERVING" in text
+        assert probe(capsys, tls.address)[0] == 1  # plaintext to a TLS port
+        code, text = probe(capsys, tls.address, "--server-name", "x.lookaside.test")
+        assert code == 2 and "need --tls-ca" in text
+    finally:
+        tls.stop()
+    admin = AdminProcess(
+        redis_url,
+        *("--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)),
+        env=clean_env(LOOKASIDE_ADMIN_TOKEN=TOKEN),
+    )
+    url = f"https://127.0.0.1:{admin.port}/readyz"
+    try:
+        wait_until(lambda: probe(capsys, url, "--tls-ca", str(certs.ca))[0] == 0, timeout=30)
+        code, text = probe(capsys, url)  # the system's roots do not know the lab CA
+        assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in text, text
+    finally:
+        admin.stop()

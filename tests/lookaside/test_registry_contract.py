@@ -21,6 +21,7 @@ from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_
 from lookaside.registry.outlier import Outcomes, outcome_fields
 from lookaside.registry.signals import HISTORY_SECONDS, SLOT_SECONDS, CallRate, slot_of
 from lookaside.registry.store import RegistryStore
+from lookaside.registry.tokens import token_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -127,6 +128,65 @@ async def test_heartbeat_drain_deregister_need_the_current_lease(port: Port, poo
     await port.store.deregister(pool, bid, newer.lease_id)
     with pytest.raises(errors.NotFound):
         await port.store.heartbeat(pool, bid, newer.lease_id)
+
+
+async def test_a_live_lease_belongs_to_the_registrant_that_took_it(port: Port, pool: str) -> None:
+    mine = await _register(port, pool, "10.0.0.9", owner="pool-token:p#aaaa", lease_ttl_ms=1_000)
+    bid = mine.backend_id
+    # Another principal, even with the lease id in hand, changes nothing.
+    with pytest.raises(errors.NotOwner):
+        await _register(port, pool, "10.0.0.9", owner="pool-token:p#bbbb", weight=1000)
+    with pytest.raises(errors.NotOwner):
+        await port.store.heartbeat(pool, bid, mine.lease_id, owner="pool-token:p#bbbb")
+    with pytest.raises(errors.NotOwner):
+        await port.store.drain(pool, bid, mine.lease_id, owner="mtls:other")
+    with pytest.raises(errors.NotOwner):
+        await port.store.deregister(pool, bid, mine.lease_id, owner="mtls:other")
+    snap = await port.store.snapshot(pool)
+    (b,) = snap.backends
+    assert (b.lease_id, b.owner, b.weight, b.state) == (
+        mine.lease_id, "pool-token:p#aaaa", 1, BackendState.SERVING
+    )  # fmt: skip
+    # The owner renews and re-registers; an operator is not bound.
+    assert await port.store.heartbeat(pool, bid, mine.lease_id, owner="pool-token:p#aaaa") > 0
+    again = await _register(port, pool, "10.0.0.9", owner="pool-token:p#aaaa", lease_ttl_ms=1_000)
+    await port.store.operate(pool, bid, Event.OPERATOR_DISABLE, actor="api")
+    await port.store.remove_backend(pool, bid, actor="api")
+    assert await _states(port, pool) == {}
+    # Once a lease has ended, the address is anyone's to take.
+    await _register(port, pool, "10.0.0.9", owner="pool-token:p#aaaa", lease_ttl_ms=1_000)
+    await port.pass_ms(1_100)
+    taken = await _register(port, pool, "10.0.0.9", owner="mtls:other")
+    assert taken.lease_id not in (mine.lease_id, again.lease_id)
+    (b,) = (await port.store.snapshot(pool)).backends
+    assert b.owner == "mtls:other"
+
+
+async def test_backend_tokens_are_kept_by_digest_and_go_with_their_pool(
+    port: Port, pool: str
+) -> None:
+    with pytest.raises(errors.NotFound):
+        await port.store.mint_backend_token(pool, "10.0.0.1:80")
+    await port.store.put_pool(PoolConfig(name=pool))
+    token, record = await port.store.mint_backend_token(pool, "10.0.0.1:80", actor="admin:t")
+    other, _ = await port.store.mint_backend_token(pool, "[fd00::1]:80")
+    assert len(token) >= 40 and token != other and record.id == token_id(token)
+    assert await port.store.backend_token(pool, token) == record
+    assert await port.store.backend_token(pool, token + "x") is None
+    assert await port.store.backend_token(f"{pool}-other", token) is None
+    listed = await port.store.backend_tokens(pool)
+    assert {t.address for t in listed} == {"10.0.0.1:80", "[fd00::1]:80"}
+    assert all(token not in str(t) for t in listed)
+    events = await port.store.events(pool)
+    assert {e["kind"] for e in events} >= {"backend_token_minted"}
+    assert all(token not in str(e) for e in events)
+    await port.store.revoke_backend_token(pool, record.id)
+    assert await port.store.backend_token(pool, token) is None
+    with pytest.raises(errors.NotFound):
+        await port.store.revoke_backend_token(pool, record.id)
+    await port.store.delete_pool(pool)
+    await port.store.put_pool(PoolConfig(name=pool))
+    assert await port.store.backend_tokens(pool) == []
 
 
 async def test_self_registration_never_touches_a_static_backend(port: Port, pool: str) -> None:
@@ -251,6 +311,30 @@ async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, 
     with pytest.raises(errors.PoolFull, match="has 5 backends"):
         await _register(port, pool, "10.0.9.200", max_backends=5)
     assert len((await port.store.snapshot(pool)).backends) == 5  # type: ignore[union-attr]
+
+
+async def test_pools_reserved_at_once_stop_at_the_limit(port: Port, pool: str) -> None:
+    # 12 new names at once where 5 more pools may exist: counting and adding
+    # are one step, so exactly 5 are reserved.
+    limit = len(await port.store.list_pools()) + 5
+    names = [f"{pool}-r{i}" for i in range(12)]
+    results = await asyncio.gather(
+        *(port.store.reserve_pool(n, limit) for n in names), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, errors.TooManyPools)]
+    assert len(refused) == 7 and all(r.pools == limit for r in refused), results
+    reserved = [n for n, r in zip(names, results, strict=True) if r is None]
+    assert len(reserved) == 5 and set(reserved) <= set(await port.store.list_pools())
+    # A name already in the index passes whatever the count.
+    await port.store.reserve_pool(reserved[0], 0)
+    # A reservation given back leaves no name behind; one whose pool was
+    # created meanwhile stays.
+    await port.store.put_pool(PoolConfig(name=reserved[1]))
+    for name in reserved:
+        await port.store.release_pool(name)
+    left = set(await port.store.list_pools())
+    assert reserved[1] in left and not (set(reserved) - {reserved[1]}) & left
+    await port.store.delete_pool(reserved[1])
 
 
 async def test_writes_at_once_after_redis_lost_its_scripts_all_land(port: Port, pool: str) -> None:
