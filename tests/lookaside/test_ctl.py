@@ -276,7 +276,10 @@ def test_usage_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
 
 
 def test_https_admin_with_ca_and_a_url_without_scheme(
-    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from lookaside.certs import issue
     from tests.support import wait_until
@@ -306,10 +309,11 @@ def test_https_admin_with_ca_and_a_url_without_scheme(
 
     try:
         wait_until(up, timeout=30)
+        monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", TOKEN)
         capsys.readouterr()
-        assert main(["ctl", "pools", "--url", bare, "--ca", str(certs.ca), "--token", TOKEN]) == 0
+        assert main(["ctl", "pools", "--url", bare, "--ca", str(certs.ca)]) == 0
         assert capsys.readouterr().out.startswith("POOL")
-        assert main(["ctl", "pools", "--url", f"https://{bare}", "--token", TOKEN]) == 2
+        assert main(["ctl", "pools", "--url", f"https://{bare}"]) == 2
         err = capsys.readouterr().err
         assert "give its CA with --ca (env LOOKASIDE_ADMIN_CA)" in err
         assert len(err.strip().splitlines()) == 1
