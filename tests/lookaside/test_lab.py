@@ -244,7 +244,8 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
         text = "\n".join(banner)
         assert "Lookaside lab is up" in text, text
         ca = next(line.split()[2] for line in banner if line.strip().startswith("tls"))
-        token = re.search(r"token (\S+)$", next(ln for ln in banner if "admin" in ln)).group(1)  # type: ignore[union-attr]
+        admin_line = next(ln for ln in banner if ln.strip().startswith("admin"))
+        token = Path(admin_line.split("token in ")[1].strip()).read_text().strip()
         admin = f"https://127.0.0.1:{ports['admin']}"
         health = requests.get(f"{admin}/healthz", verify=ca, timeout=5)
         assert health.status_code == 200
