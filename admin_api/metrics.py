@@ -48,6 +48,14 @@ ACTIONS = Counter(
     registry=REGISTRY,
 )
 
+BACKEND_CALLS = Counter(
+    "lookaside_admin_backend_calls",
+    "calls that thin clients reported finishing per backend, by result (received, lost), as "
+    "this admin process's sampler read them from the running totals",
+    ["pool", "backend", "result"],
+    registry=REGISTRY,
+)
+
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 

@@ -7,19 +7,24 @@ how it is stored). A sample holds, per backend and for the pool:
 
 - calls per second: what the backend's heartbeat says it served (health
   probes are not counted, see client_lib.load); for the pool, the calls
-  clients reported finishing over the last 10 s when clients report, else
-  the sum over backends;
-- success rate: of the calls thin clients finished on a backend since the
-  previous sample, the share known to have reached it (their per-backend
-  outcomes, lookaside.lb.v1.ClientStatsExtension). None when no thin
-  client reported calls for it;
+  clients reported finishing in the last closed 10 s load buckets (at
+  least two, and at least twice the pool's report interval, so a steady
+  load reads steady whatever the phase of reports and samples), else the
+  sum over backends;
+- success rate: of the calls thin clients finished on a backend over the
+  last twice the report interval (at least two samples), the share known
+  to have reached it (their per-backend outcomes,
+  lookaside.lb.v1.ClientStatsExtension). None when no thin client reported
+  calls for it in that window; `finished` and `received` are the calls
+  since the previous sample;
 - latency: the mean the backend's heartbeat reports. Heartbeats carry a
   mean per interval, not a histogram, so p50 and p99 are taken over the
   stored samples of a window, weighted by calls.
 
 A value that is not known is None (the dashboard shows "—"), never a
-made-up 0 or -1. Outcome counters are read, never reset: outlier
-detection owns the reset, and a drop between two samples means it reset.
+made-up 0 or -1. Outcome counters are running totals that no reader
+resets; the sampler keeps its own recent readings and takes differences
+(a total that went down was started again: the hash expired).
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from admin_api.metrics import BACKEND_CALLS
+from lookaside.registry.load import BUCKET_SECONDS
 from lookaside.registry.model import PoolSnapshot
-from lookaside.registry.outlier import Outcomes
+from lookaside.registry.outlier import Outcomes, differences
 from lookaside.registry.signals import SLOT_SECONDS, slot_of
 from lookaside.registry.store import RegistryStore
 
@@ -39,6 +47,15 @@ log = logging.getLogger("lookaside.admin")
 
 # One sample per slot of the stored history.
 SAMPLE_SECONDS = SLOT_SECONDS
+# A load bucket counts as closed this long after it ended (balancers flush
+# reports about once a second).
+CLOSE_DELAY_SECONDS = 2.0
+
+
+def window_seconds(report_interval_ms: int) -> float:
+    """What a sample looks back over: twice the report interval, at least
+    two samples and two load buckets."""
+    return max(2 * report_interval_ms / 1000, 2 * SAMPLE_SECONDS, 2 * BUCKET_SECONDS)
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -61,40 +78,52 @@ def percentile(values: list[tuple[float, float]], q: float) -> float | None:
 
 @dataclass
 class Sampler:
-    """Takes samples; keeps the previous outcome counters per pool in
-    memory to turn the running counters into per-sample counts."""
+    """Takes samples; keeps its own recent readings of the outcome totals
+    per pool to turn them into counts over a sample and over a window."""
 
     store: RegistryStore
-    _outcomes: dict[str, dict[str, Outcomes]] = field(default_factory=dict)
+    _readings: dict[str, deque[tuple[float, dict[str, Outcomes]]]] = field(default_factory=dict)
 
-    def _delta(self, pool: str, now: dict[str, Outcomes]) -> dict[str, Outcomes]:
-        before = self._outcomes.get(pool)
-        self._outcomes[pool] = now
-        if before is None:
-            return {}
-        out = {}
-        for bid, o in now.items():
-            b = before.get(bid, Outcomes())
-            if o.finished < b.finished:  # reset by outlier detection since
-                out[bid] = o
-            else:
-                out[bid] = Outcomes(
-                    o.finished - b.finished,
-                    o.received - b.received,
-                    o.failed_to_send - b.failed_to_send,
-                )
-        return out
+    def _outcomes(
+        self, pool: str, now: float, totals: dict[str, Outcomes], window: float
+    ) -> tuple[dict[str, Outcomes], dict[str, Outcomes]]:
+        """(calls since the previous sample, calls over the window)."""
+        readings = self._readings.setdefault(pool, deque())
+        previous = readings[-1][1] if readings else None
+        while readings and readings[0][0] < now - window - SAMPLE_SECONDS / 2:
+            readings.popleft()
+        # The first reading has no past: the window is all there is so far.
+        base = readings[0][1] if readings else {}
+        readings.append((now, totals))
+        return differences(totals, totals if previous is None else previous), differences(
+            totals, base
+        )
+
+    async def _pool_calls(self, pool: str, now: float, window: float) -> float | None:
+        """Calls per second clients reported over the closed load buckets of
+        the window; None when none of them holds a report."""
+        buckets = math.ceil(window / BUCKET_SECONDS)
+        seconds = buckets * BUCKET_SECONDS
+        rates = await self.store.reported_call_rates(pool, now - CLOSE_DELAY_SECONDS, seconds)
+        if not rates:
+            return None
+        return round(sum(r.calls_per_s for r in rates) / buckets, 3)
 
     async def sample(self, snap: PoolSnapshot, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
         pool = snap.name
+        window = window_seconds(snap.config.report_interval_ms)
         windows = await self.store.load_windows(pool, now)
-        outcomes = self._delta(pool, await self.store.outcome_counts(pool))
+        step, recent = self._outcomes(pool, now, await self.store.outcome_counts(pool), window)
+        for bid, o in step.items():
+            BACKEND_CALLS.labels(pool, bid, "received").inc(o.received)
+            BACKEND_CALLS.labels(pool, bid, "lost").inc(o.lost)
         backends: dict[str, dict[str, Any]] = {}
         for b in snap.backends:
             load = b.load or {}
             qps = load.get("qps")
-            o = outcomes.get(b.id, Outcomes())
+            o = step.get(b.id, Outcomes())
+            w = recent.get(b.id, Outcomes())
             backends[b.id] = {
                 "qps": round(qps, 3) if qps is not None else None,
                 "latency_ms": round(load["latency_ms"], 3)
@@ -104,16 +133,15 @@ class Sampler:
                 "utilization": load["utilization"] if load.get("utilization", -1) >= 0 else None,
                 "finished": o.finished,
                 "received": o.received,
-                "success_rate": _ratio(o.received, o.finished),
+                "success_rate": _ratio(w.received, w.finished),
             }
         ten = windows[0]
         heard = [v["qps"] for v in backends.values() if v["qps"] is not None]
-        if ten.counts.get("reports", 0) > 0:
-            calls: float | None = round(ten.rate("finished"), 3)
-        else:
-            calls = round(sum(heard), 3) if heard else None
-        finished = sum(v["finished"] for v in backends.values())
-        received = sum(v["received"] for v in backends.values())
+        calls = await self._pool_calls(pool, now, window)
+        if calls is None and heard:
+            calls = round(sum(heard), 3)
+        finished = sum(w.finished for bid, w in recent.items() if bid in backends)
+        received = sum(w.received for bid, w in recent.items() if bid in backends)
         latencies = [
             (v["latency_ms"], v["qps"]) for v in backends.values() if v["latency_ms"] is not None
         ]

@@ -34,6 +34,15 @@ The policy file (JSON, or YAML when PyYAML is installed):
 Pool keys may be fnmatch globs ("team-a-*"); an exact name wins over a glob.
 `token_env` names environment variables that hold the pool's tokens (as a
 container gets a secret); an unset or empty one is an error.
+
+Clients of a pool (BalanceLoad streams) may bring a credential too, the
+same two ways: `authorization: Bearer <client token>` or an mTLS client
+certificate matching the pool's `client_identities`. The rule's
+`client_tokens` / `client_token_files` / `client_identities` name them, and
+`require_client_credentials: true` makes the pool count the reports of
+streams without one for display only: they never eject a backend
+(docs/security.md). A token that is not one of the pool's client tokens is
+refused (UNAUTHENTICATED) before the stream's initial response.
 """
 
 from __future__ import annotations
@@ -97,6 +106,9 @@ class PoolRule:
     create: bool = False
     allow_special_addresses: bool = False
     max_backends: int = DEFAULT_MAX_BACKENDS
+    client_tokens: tuple[bytes, ...] = ()
+    client_identities: tuple[IdentityPattern, ...] = ()
+    require_client_credentials: bool = False
 
     def matches(self, pool: str) -> bool:
         return fnmatch.fnmatchcase(pool, self.pattern)
@@ -106,7 +118,8 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected an object, got {type(raw).__name__}")
     known = {"tokens", "token_files", "token_env", "identities", "create",
-             "allow_special_addresses", "max_backends"}  # fmt: skip
+             "allow_special_addresses", "max_backends", "client_tokens", "client_token_files",
+             "client_identities", "require_client_credentials"}  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
         raise PolicyError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
@@ -119,6 +132,24 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
         tokens.append(value)
     if any(len(t) < 16 for t in tokens):
         raise PolicyError(f"{where}: every token needs at least 16 characters")
+    client_tokens = [str(t) for t in raw.get("client_tokens", [])]
+    client_tokens += [
+        read_secret(p, f"{where} client token") for p in raw.get("client_token_files", [])
+    ]
+    if any(len(t) < 16 for t in client_tokens):
+        raise PolicyError(f"{where}: every client token needs at least 16 characters")
+    try:
+        client_identities = tuple(IdentityPattern(str(i)) for i in raw.get("client_identities", []))
+    except IdentityPatternError as exc:
+        raise PolicyError(f"{where}: client_identities: {exc}") from None
+    require = raw.get("require_client_credentials", False)
+    if not isinstance(require, bool):
+        raise PolicyError(f"{where}: require_client_credentials must be true or false")
+    if require and not (client_tokens or client_identities):
+        raise PolicyError(
+            f"{where}: require_client_credentials needs client_tokens, client_token_files "
+            "or client_identities"
+        )
     max_backends = raw.get("max_backends", DEFAULT_MAX_BACKENDS)
     if not isinstance(max_backends, int) or max_backends < 1:
         raise PolicyError(f"{where}: max_backends must be a positive integer")
@@ -133,6 +164,9 @@ def _rule(pattern: str, raw: Any, where: str) -> PoolRule:
         create=bool(raw.get("create", False)),
         allow_special_addresses=bool(raw.get("allow_special_addresses", False)),
         max_backends=max_backends,
+        client_tokens=tuple(t.encode() for t in client_tokens),
+        client_identities=client_identities,
+        require_client_credentials=require,
     )
 
 
@@ -335,6 +369,36 @@ class RegistrationAuth:
             "token>' or connect with an allowed client certificate",
             "no_credential",
         )
+
+    def client_principal(
+        self,
+        pool: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        auth_context: Mapping[str, Iterable[bytes]] | None = None,
+    ) -> str | None:
+        """Who a BalanceLoad stream into `pool` is, for its reports'
+        weight: "client-token:<pool rule>" or "mtls:<identity>" with a client
+        credential of the pool, "anonymous" without one where the pool does
+        not require it, None where it does (its reports are shown, never
+        evidence). AuthError for a token that is not a client token of the
+        pool (or a malformed authorization entry)."""
+        rule = self.policy.rule_for(pool)
+        if rule is None or not (rule.client_tokens or rule.client_identities):
+            return "anonymous"
+        token = bearer_token(metadata)
+        if token is not None:
+            if _any_equal(token, rule.client_tokens):
+                return f"client-token:{rule.pattern}"
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the client token is not valid for pool {pool!r}; check the token the "
+                "client sends on BalanceLoad",
+                "bad_client_token",
+            )
+        identity = admitted(rule.client_identities, peer_names(auth_context))
+        if identity is not None:
+            return f"mtls:{identity[:128]}"
+        return None if rule.require_client_credentials else "anonymous"
 
 
 __all__ = [

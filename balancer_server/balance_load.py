@@ -21,6 +21,12 @@ the sink counts them. A stream whose name matches no pool waits for that
 pool, but is counted under pool="" and writes nothing to Redis; its
 initial metadata carries `lookaside-unknown-pool: NAME` (which clients
 ignore) so that a person watching it can be told.
+
+Evidence: a stream's reports count as outlier evidence (they may eject a
+backend, with the agreement of other streams) unless its pool requires
+client credentials and the stream brought none (balancer_server.auth:
+`client_principal`); those are counted for display only. A client token
+that is not the pool's is refused before the initial response.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from balancer_server import lists, metrics
+from balancer_server.auth import AuthError, RegistrationAuth
 from balancer_server.feeds import FeedHub, PoolFeed
 from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddress, client_network
 from balancer_server.load_reports import LoadReportSink
@@ -61,7 +68,7 @@ class _Stream:
 
     __slots__ = (
         "context", "feed", "sent", "writing", "joined", "closed", "sent_counter", "reports",
-        "label", "on_move",
+        "label", "on_move", "key", "principals",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +92,10 @@ class _Stream:
         # in the fan-out metric.
         self.joined = feed.generation
         self.closed = False
+        # The stream's name among accusers (set by the service), and who it
+        # is per pool (None: its reports are shown, never evidence).
+        self.key = ""
+        self.principals: dict[str, str | None] = {}
 
     def offer(self) -> None:
         if self.writing is not None or self.closed:
@@ -146,8 +157,12 @@ class BalanceLoadService:
         initial_request_timeout: float = 30.0,
         max_streams_per_address: int = DEFAULT_MAX_STREAMS_PER_ADDRESS,
         report_burst: int = REPORT_BURST,
+        auth: RegistrationAuth | None = None,
+        replica_id: str = "",
     ) -> None:
         self.report_burst = report_burst
+        self.auth = auth
+        self.replica_id = replica_id
         self.hub = hub
         hub.on_appear = self._appeared
         self.sink = sink
@@ -253,6 +268,11 @@ class BalanceLoadService:
         # A name of no pool gets no series (and no Redis keys) of its own.
         known = feed.exists
         label = feed.name if known else ""
+        try:
+            principal = self._principal(context, feed.name)
+        except AuthError as exc:
+            await self._refuse(context, exc.reason, exc.details, exc.code)
+            return
         self._stream_ids += 1
         stream_id = self._stream_ids
         if not known:
@@ -260,6 +280,8 @@ class BalanceLoadService:
             await context.send_initial_metadata(((UNKNOWN_POOL_KEY, name),))
         await context.write(lists.initial_payload(feed.report_interval_ms))
         stream = _Stream(context, feed, label, self.report_burst, self._moved)
+        stream.key = f"{self.replica_id}/{stream_id}"
+        stream.principals[feed.name] = principal
         feed.subscribe(stream)
         metrics.STREAMS_OPEN.labels(label).inc()
         if known:
@@ -305,6 +327,27 @@ class BalanceLoadService:
                 self.sink.set_stream_count(feed.name, feed.streams)
         log.debug("stream moved from pool=%s to pool=%s", old.name, new.name)
 
+    def _principal(self, context: Any, pool: str) -> str | None:
+        """Who the stream is in `pool` (see RegistrationAuth.client_principal)."""
+        if self.auth is None:
+            return "anonymous"
+        return self.auth.client_principal(
+            pool, context.invocation_metadata(), context.auth_context()
+        )
+
+    def _evidence_key(self, stream: _Stream, pool: str) -> str:
+        """The stream's accuser name when its reports into `pool` may eject,
+        else "" (counted for display only)."""
+        if pool not in stream.principals:  # it moved to another pool
+            try:
+                stream.principals[pool] = self._principal(stream.context, pool)
+            except AuthError:
+                stream.principals[pool] = None
+        if stream.principals[pool] is None:
+            metrics.REPORTS_DISPLAY_ONLY.labels(pool).inc()
+            return ""
+        return stream.key
+
     async def _read_reports(self, request_iterator: Any, stream: _Stream) -> None:
         async for raw in request_iterator:
             try:
@@ -324,4 +367,4 @@ class BalanceLoadService:
                 continue
             stats = stream.reports.check(request.client_stats, feed.report_interval_ms)
             if stats is not None:
-                self.sink.add(feed.name, stats)
+                self.sink.add(feed.name, stats, self._evidence_key(stream, feed.name))

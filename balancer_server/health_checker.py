@@ -139,7 +139,10 @@ class Prober:
                 elif (
                     ok
                     and oks >= cfg.health_checks.healthy_threshold
-                    and state is BackendState.UNHEALTHY
+                    and (
+                        state is BackendState.UNHEALTHY
+                        or self.checker.held_for_health(self.pool, self.backend.id)
+                    )
                 ):
                     await self.checker.write(self.pool, self.backend.id, True, detail)
                 self._kick.clear()
@@ -188,6 +191,14 @@ class HealthChecker:
             if b.id == backend_id:
                 return b.state
         return None
+
+    def held_for_health(self, pool: str, backend_id: str) -> bool:
+        """Whether the panic guard holds a health failure of the backend (a
+        passed check then ends the hold)."""
+        snap = self.watcher.get(pool)
+        return snap is not None and any(
+            b.id == backend_id and b.held and b.guard_for == "health_fail" for b in snap.backends
+        )
 
     async def write(self, pool: str, backend_id: str, healthy: bool, detail: str) -> None:
         try:

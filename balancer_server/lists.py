@@ -59,9 +59,16 @@ def interleave(counts: Sequence[tuple[T, int]]) -> list[T]:
 
 
 def _largest_remainder(total: int, weights: Sequence[int]) -> list[int]:
+    """`total` slots shared in proportion to `weights`, each at least one:
+    the sum is `total`, or len(weights) when that is more."""
     wsum = sum(weights)
     exact = [total * w / wsum for w in weights]
     counts = [max(1, math.floor(x)) for x in exact]
+    # The floor of one slot for tiny shares can overshoot: take the excess
+    # back from those furthest above their exact share.
+    while sum(counts) > max(total, len(counts)):
+        i = max((j for j, c in enumerate(counts) if c > 1), key=lambda j: counts[j] - exact[j])
+        counts[i] -= 1
     order = sorted(range(len(weights)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
     i = 0
     while sum(counts) < total and order:
@@ -102,6 +109,11 @@ def slot_counts(
         return [x * per_unit for x in w], [a * k for a in per_round_drops]
     drop_slots = [round(max_len * p / 1000) for p in drops]
     keep_slots = max(len(w), max_len - sum(drop_slots))
+    if keep_slots + sum(drop_slots) > max_len:
+        # Every backend needs its slot: the drops share what is left.
+        rates = [p for p in drops if p]
+        shares = iter(_largest_remainder(max_len - keep_slots, rates))
+        drop_slots = [next(shares) if p else 0 for p in drops]
     return _largest_remainder(keep_slots, w), drop_slots
 
 

@@ -13,8 +13,11 @@ known_received, reports, and drop:<token> per drop reason.
 
 Reports from the Lookaside thin client also carry call outcomes per backend
 (lookaside.lb.v1.ClientStatsExtension, inside the ClientStats). Those are
-added to the pool's outcome counts, which outlier detection reads and resets once
-per interval.
+added to the pool's outcome totals, which no reader resets (outlier
+detection, the dashboard and the metrics each take their own differences):
+every report's as display counts, and the reports of streams that may eject
+(BalanceLoadService decides: docs/security.md) also as evidence, with the
+stream named as an accuser of each backend it reported lost calls against.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class PoolSums:
         "known_received",
         "drops",
         "outcomes",
+        "accusers",
     )
 
     def __init__(self) -> None:
@@ -67,8 +71,12 @@ class PoolSums:
         self.drops: Counter[str] = Counter()
         # per-backend outcome fields (lookaside.registry.outlier)
         self.outcomes: Counter[str] = Counter()
+        # "<backend id>|<stream>": evidence streams that reported lost calls
+        self.accusers: set[str] = set()
 
-    def add(self, stats: lb.ClientStats) -> None:
+    def add(self, stats: lb.ClientStats, stream: str = "") -> None:
+        """Counts a report; with `stream` (the id of a stream whose reports
+        may eject), its outcomes count as evidence too."""
         self.reports += 1
         self.started += stats.num_calls_started
         self.finished += stats.num_calls_finished
@@ -77,13 +85,20 @@ class PoolSums:
         for per_token in stats.calls_finished_with_drop:
             self.drops[per_token.load_balance_token] += per_token.num_calls
         if len(UnknownFieldSet(stats)):
-            self.outcomes.update(backend_outcomes(stats))
+            for bid, *counts in backend_rows(stats):
+                self.outcomes.update(outcome_fields(bid, *counts))
+                if stream:
+                    self.outcomes.update(outcome_fields(bid, *counts, evidence=True))
+                    finished, received, _, deadline = counts
+                    if finished > received or deadline > 0:
+                        self.accusers.add(f"{bid}|{stream}")
 
     def merge(self, other: PoolSums) -> None:
         for name in ("reports", "started", "finished", "failed_to_send", "known_received"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.drops.update(other.drops)
         self.outcomes.update(other.outcomes)
+        self.accusers |= other.accusers
 
     def load_fields(self) -> dict[str, int]:
         """The load bucket fields: the counters and drop:<token>."""
@@ -98,26 +113,37 @@ class PoolSums:
         return out
 
 
-def backend_outcomes(stats: lb.ClientStats) -> Counter[str]:
-    """The per-backend outcome increments a report carries in its
-    extension. Entries whose token names no backend are skipped."""
-    out: Counter[str] = Counter()
+def backend_rows(stats: lb.ClientStats) -> list[tuple[str, int, int, int, int]]:
+    """The per-backend outcomes a report carries in its extension: (backend
+    id, finished, received, failed to send, deadline exceeded), each count
+    clamped to what finished. Entries whose token names no backend are
+    skipped."""
     try:
         ext = backend_stats_pb2.ClientStatsExtension.FromString(stats.SerializeToString())
     except DecodeError:
         # Field 1001 that is not our extension: the rest of the report counts.
         metrics.REPORTS_MALFORMED.inc()
-        return out
+        return []
+    out = []
     for entry in ext.calls_per_backend[:MAX_BACKENDS_PER_REPORT]:
         backend_id = entry.load_balance_token.partition(".")[0]
-        if not _BACKEND_ID.fullmatch(backend_id) or entry.num_calls_finished <= 0:
+        finished = entry.num_calls_finished
+        if not _BACKEND_ID.fullmatch(backend_id) or finished <= 0:
             continue
-        received = min(max(entry.num_calls_finished_known_received, 0), entry.num_calls_finished)
-        failed = min(
-            max(entry.num_calls_finished_with_client_failed_to_send, 0), entry.num_calls_finished
+        out.append(
+            (
+                backend_id,
+                finished,
+                _clamp(entry.num_calls_finished_known_received, finished),
+                _clamp(entry.num_calls_finished_with_client_failed_to_send, finished),
+                _clamp(entry.num_calls_finished_with_deadline_exceeded, finished),
+            )
         )
-        out.update(outcome_fields(backend_id, entry.num_calls_finished, received, failed))
     return out
+
+
+def _clamp(n: int, most: int) -> int:
+    return min(max(n, 0), most)
 
 
 class LoadReportSink:
@@ -137,11 +163,13 @@ class LoadReportSink:
         self._stream_counts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, pool: str, stats: lb.ClientStats) -> None:
+    def add(self, pool: str, stats: lb.ClientStats, stream: str = "") -> None:
+        """Counts a report of `pool`; `stream` names a stream whose reports
+        may eject (see PoolSums.add)."""
         sums = self._pending.get(pool)
         if sums is None:
             sums = self._pending[pool] = PoolSums()
-        sums.add(stats)
+        sums.add(stats, stream)
 
     def set_stream_count(self, pool: str, count: int) -> None:
         self._stream_counts[pool] = count
@@ -183,7 +211,7 @@ class LoadReportSink:
             for pool in list(batch.pools):
                 sums = batch.pools[pool]
                 await self.store.add_reports(
-                    pool, batch.id, batch.bucket, sums.load_fields(), sums.outcomes
+                    pool, batch.id, batch.bucket, sums.load_fields(), sums.outcomes, sums.accusers
                 )
                 del batch.pools[pool]
                 metrics.REPORTS_INGESTED.labels(pool).inc(sums.reports)

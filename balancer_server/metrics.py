@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lookaside.registry.model import PoolSnapshot
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 STREAMS_OPEN = Gauge(
@@ -54,10 +56,12 @@ REDIS_UP = Gauge(
 )
 PANIC_HELD = Gauge(
     "lookaside_balancer_panic_held_backends",
-    "Backends the panic guard keeps listed right now (last sweep), per source",
+    "Backends the panic guard keeps listed right now, per source (lease, health, outlier)",
     ["pool", "source"],
     registry=REGISTRY,
 )
+# The event a panic guard hold is for -> the gauge's source label.
+PANIC_SOURCES = {"expire": "lease", "health_fail": "health", "eject": "outlier"}
 PANICS = Counter(
     "lookaside_balancer_panic_total",
     "Times the panic guard kept backends listed that would have been removed",
@@ -72,6 +76,20 @@ HEALTH_PROBES = Counter(
 )
 HEALTH_PROBERS = Gauge(
     "lookaside_balancer_health_probers", "Backends this replica probes", registry=REGISTRY
+)
+OUTLIER_UNAGREED = Counter(
+    "lookaside_balancer_outlier_unagreed_total",
+    "Backends that reported outcomes would have ejected, refused because fewer than the "
+    "pool's outlier_min_reporters client streams accused them",
+    ["pool"],
+    registry=REGISTRY,
+)
+REPORTS_DISPLAY_ONLY = Counter(
+    "lookaside_balancer_load_reports_display_only_total",
+    "ClientStats counted for display but not as outlier evidence (the stream brought no "
+    "client credential and its pool requires one)",
+    ["pool"],
+    registry=REGISTRY,
 )
 OUTLIER_EJECTIONS = Counter(
     "lookaside_balancer_outlier_ejections_total",
@@ -106,7 +124,25 @@ INSECURE_REGISTRATION = Gauge(
 REPORTS_REFUSED = Counter(
     "lookaside_balancer_load_reports_refused_total",
     "ClientStats not counted, by reason (too_fast, negative, too_large, unknown_drop_token, "
-    "unknown_backend_token, malformed, no_pool)",
+    "unknown_backend_token, malformed, no_pool; over_share: a backend's claims cut to the "
+    "stream's plausible share)",
     ["reason"],
     registry=REGISTRY,
 )
+
+
+def panic_held_gauge(pool: str, snapshot: PoolSnapshot | None) -> None:
+    """A registry watcher hook: the held backends of the pool's snapshot,
+    per source (every replica sees the same snapshot)."""
+    counts = dict.fromkeys(PANIC_SOURCES.values(), 0)
+    for b in snapshot.backends if snapshot is not None else ():
+        if b.held:
+            source = PANIC_SOURCES.get(b.guard_for, "lease")
+            counts[source] += 1
+    for source, n in counts.items():
+        if n or (pool, source) in _HELD_SERIES:
+            PANIC_HELD.labels(pool, source).set(n)
+            _HELD_SERIES.add((pool, source))
+
+
+_HELD_SERIES: set[tuple[str, str]] = set()

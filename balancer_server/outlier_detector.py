@@ -4,9 +4,11 @@ replica owns.
 Each pool is judged by one replica at a time, its owner by rendezvous
 hashing over the live replicas. One loop per process wakes twice a second:
 it ends ejections that are due, and at the end of each pool's interval
-takes the pool's outcome counts from Redis and ejects its outliers. Nothing
-runs per stream. While Redis is unreachable nothing is judged, ejected or
-let back.
+reads the evidence added since the previous judgement (the running totals
+are not reset: OutlierStore.read_interval) and who accused whom, and
+ejects the outliers that enough client streams agree on, and the backends
+whose own latency stands out. Nothing runs per stream. While Redis is
+unreachable nothing is judged, ejected or let back.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from balancer_server.replicas import ReplicaSet
 from lookaside.asyncutil import cancel_and_wait, cancelling
 from lookaside.registry.errors import Unavailable
 from lookaside.registry.model import BackendState, PoolSnapshot
-from lookaside.registry.outlier import OutlierStore, judge, qualified
+from lookaside.registry.outlier import OutlierStore, judge, judge_latency, qualified, unagreed
 from lookaside.registry.store import RegistryStore
 from lookaside.registry.watcher import RegistryWatcher
 
@@ -83,12 +85,27 @@ class OutlierDetector:
         passed: set[str] = set()
         if now >= due:
             self._due[pool] = now + interval
-            # Taken even when the pool is not judged, so counts of
-            # backends long gone do not pile up.
-            outcomes = await self.outliers.take_outcomes(pool)
+            # Read even when the pool is not judged, so the judged totals
+            # stay current and counters of backends long gone are dropped.
+            reading = await self.outliers.read_interval(pool, config.outlier_detection.interval_ms)
             if config.outlier_detection.enabled:
-                verdicts = judge(outcomes, config)
-                passed = set(qualified(outcomes, config)) - {v.backend_id for v in verdicts}
+                outcomes, accusers = reading.evidence, reading.accusers
+                verdicts = judge(outcomes, config, accusers)
+                refused = unagreed(outcomes, config, accusers)
+                if refused:
+                    metrics.OUTLIER_UNAGREED.labels(pool).inc(len(refused))
+                    log.info(
+                        "outlier pool=%s: not ejecting %s: fewer than %d client streams "
+                        "reported lost calls against it",
+                        pool, ",".join(refused), config.outlier_detection.min_reporters,
+                    )  # fmt: skip
+                judged = {v.backend_id for v in verdicts}
+                verdicts += [
+                    v for v in judge_latency(snapshot, config) if v.backend_id not in judged
+                ]
+                # A backend refused for want of agreement did not pass either.
+                passed = set(qualified(outcomes, config)) - judged - set(refused)
+                passed -= {v.backend_id for v in verdicts}
         if verdicts is None and not _ejection_due(snapshot, time.time() * 1000):
             return
         result = await self.outliers.sweep(

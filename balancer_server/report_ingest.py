@@ -15,15 +15,23 @@ A stream's ClientStats reach the load report sink only if
 - drop counts name drop tokens this stream was sent (the pool's configured
   drops), and per-backend outcomes (ClientStatsExtension, field 1001) name
   backend tokens this stream was sent. Entries naming other tokens are
-  removed (`unknown_drop_token`, `unknown_backend_token`), the rest counts.
+  removed (`unknown_drop_token`, `unknown_backend_token`), the rest counts;
+- a backend's outcomes claim no more calls than the stream was plausibly
+  handed for it: its share of the list's entries (the larger of the last
+  two lists) times SHARE_SLACK, of the calls the report says finished, plus
+  SHARE_FLOOR. Claims beyond are cut to that (`over_share`), so one stream
+  cannot outweigh the pool's other reports on a backend by inflating what
+  it says of that backend alone.
 
 Each refusal is counted in lookaside_balancer_load_reports_refused_total.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -42,19 +50,26 @@ MIN_ELAPSED_S = 1.0
 MAX_ELAPSED_S = 3600.0
 MAX_DROP_ENTRIES = 64
 MAX_BACKEND_ENTRIES = 1000
+# A client spreads calls over the backends it can reach, which may be fewer
+# than the list holds (some still connecting): its share of one may reach
+# a few times the list's share.
+SHARE_SLACK = 3.0
+SHARE_FLOOR = 10
 
 
 class ListTokens:
     """The backend and drop tokens of a serialized server list, parsed once
     per payload (payloads are shared by every stream of a pool)."""
 
-    __slots__ = ("backends", "drops")
+    __slots__ = ("backends", "drops", "shares")
 
     def __init__(self, payload: bytes) -> None:
         response = lb.LoadBalanceResponse.FromString(payload)
         servers = response.server_list.servers
         self.backends = frozenset(s.load_balance_token for s in servers if not s.drop)
         self.drops = frozenset(s.load_balance_token for s in servers if s.drop)
+        entries = Counter(s.load_balance_token for s in servers if not s.drop)
+        self.shares = {t: n / len(servers) for t, n in entries.items()}
 
 
 EMPTY = ListTokens(b"")
@@ -83,6 +98,22 @@ COUNTERS = (
     "num_calls_finished_with_client_failed_to_send",
     "num_calls_finished_known_received",
 )
+
+
+def _scaled(entry: Any, most: int) -> Any:
+    """`entry` with its calls cut to `most`, each count in proportion."""
+    ratio = most / entry.num_calls_finished
+    return backend_stats_pb2.BackendCallStats(
+        load_balance_token=entry.load_balance_token,
+        num_calls_finished=most,
+        num_calls_finished_known_received=round(entry.num_calls_finished_known_received * ratio),
+        num_calls_finished_with_client_failed_to_send=round(
+            entry.num_calls_finished_with_client_failed_to_send * ratio
+        ),
+        num_calls_finished_with_deadline_exceeded=round(
+            entry.num_calls_finished_with_deadline_exceeded * ratio
+        ),
+    )
 
 
 class StreamReports:
@@ -140,6 +171,11 @@ class StreamReports:
             clean = self._clean_extension(clean, bound)
         return clean
 
+    def _handed(self, token: str, finished: int) -> int:
+        """The most calls of `finished` this stream plausibly sent to `token`."""
+        share = max(self.current.shares.get(token, 0.0), self.previous.shares.get(token, 0.0))
+        return math.ceil(finished * min(1.0, share * SHARE_SLACK)) + SHARE_FLOOR
+
     def _clean_extension(self, stats: lb.ClientStats, bound: int) -> lb.ClientStats:
         raw = stats.SerializeToString()
         try:
@@ -148,17 +184,27 @@ class StreamReports:
             _refuse("malformed")
             ext = backend_stats_pb2.ClientStatsExtension()
         kept = []
+        claimed: Counter[str] = Counter()  # per token, over the report's entries
         for entry in ext.calls_per_backend[:MAX_BACKEND_ENTRIES]:
             counts = (
                 entry.num_calls_finished,
                 entry.num_calls_finished_with_client_failed_to_send,
                 entry.num_calls_finished_known_received,
+                entry.num_calls_finished_with_deadline_exceeded,
             )
             if not self._known(entry.load_balance_token, False):
                 _refuse("unknown_backend_token")
             elif min(counts) < 0 or max(counts) > bound:
                 _refuse("too_large" if max(counts) > bound else "negative")
             else:
+                token = entry.load_balance_token
+                most = self._handed(token, stats.num_calls_finished) - claimed[token]
+                if entry.num_calls_finished > most:
+                    _refuse("over_share")
+                    if most <= 0:
+                        continue
+                    entry = _scaled(entry, most)
+                claimed[token] += entry.num_calls_finished
                 kept.append(entry)
         base = lb.ClientStats()
         base.CopyFrom(stats)

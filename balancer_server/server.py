@@ -140,7 +140,9 @@ class BalancerServer:
         )
         self.hub = FeedHub(self.epoch)
         self.watcher = RegistryWatcher(
-            self.store, resync_interval=settings.resync_interval, hooks=[self.hub.on_change]
+            self.store,
+            resync_interval=settings.resync_interval,
+            hooks=[self.hub.on_change, metrics.panic_held_gauge],
         )
         self.sink = LoadReportSink(
             self.store,
@@ -187,7 +189,6 @@ class BalancerServer:
         def panic(pool: str, ids: list[str]) -> None:
             if ids:
                 metrics.PANICS.labels(pool, "lease").inc()
-            metrics.PANIC_HELD.labels(pool, "lease").set(len(ids))
 
         self._tasks.append(
             asyncio.create_task(
@@ -208,6 +209,8 @@ class BalancerServer:
             self.sink,
             max_streams_per_address=self.settings.max_streams_per_address,
             report_burst=self.settings.report_burst,
+            auth=self.auth,
+            replica_id=self.replica_id,
         )
         server.add_generic_rpc_handlers((self.balance_load.handler(),))
         registry_pb2_grpc.add_RegistryServicer_to_server(

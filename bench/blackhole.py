@@ -47,9 +47,12 @@ def main() -> None:
     parser.add_argument("--timeout-ms", type=int, default=250)
     args = parser.parse_args()
 
-    # Reports every second and a judgement every 2 s; everything else is
-    # the pool defaults (a first ejection lasts 30 s).
-    base = PoolConfig.from_flat("", report_interval_ms=1000, outlier_interval_ms=2000)
+    # Reports every second and a judgement every 2 s; one client, so its
+    # reports alone may eject (min_reporters 1); everything else is the
+    # pool defaults (a first ejection lasts 30 s).
+    base = PoolConfig.from_flat(
+        "", report_interval_ms=1000, outlier_interval_ms=2000, outlier_min_reporters=1
+    )
     pools = {
         "off": base.updated(name="off", outlier_detection=False),
         "on": dataclasses.replace(base, name="on"),

@@ -160,8 +160,8 @@ class CallCounters:
     A drop counts as started and finished, and under its token.
 
     Finished calls are also counted per backend token (finished,
-    failed_to_send, known_received) and reported in the ClientStats
-    extension that outlier detection reads.
+    failed_to_send, known_received, deadline_exceeded) and reported in the
+    ClientStats extension that outlier detection reads.
     """
 
     def __init__(self) -> None:
@@ -178,12 +178,14 @@ class CallCounters:
         with self._lock:
             self.started += 1
 
-    def call_finished(self, known_received: bool, failed_to_send: bool, token: str) -> None:
+    def call_finished(
+        self, known_received: bool, failed_to_send: bool, token: str, timed_out: bool = False
+    ) -> None:
         with self._lock:
             self.finished += 1
             row = self.per_backend.get(token)
             if row is None:
-                row = self.per_backend[token] = [0, 0, 0]
+                row = self.per_backend[token] = [0, 0, 0, 0]
             row[0] += 1
             if known_received:
                 self.known_received += 1
@@ -191,6 +193,8 @@ class CallCounters:
             if failed_to_send:
                 self.failed_to_send += 1
                 row[1] += 1
+            if timed_out:
+                row[3] += 1
 
     def call_dropped(self, token: str) -> None:
         with self._lock:
@@ -214,7 +218,8 @@ class CallCounters:
             return
         known = has_metadata or code not in LOCAL_CODES
         unavailable = code is grpc.StatusCode.UNAVAILABLE or code == 14
-        self.call_finished(known, unavailable and not known, token)
+        timed_out = code is grpc.StatusCode.DEADLINE_EXCEEDED or code == 4
+        self.call_finished(known, unavailable and not known, token, timed_out)
 
     def take_report(self, timestamp_ns: int) -> lb.ClientStats | None:
         """The deltas since the last report, or None when this report and the
@@ -245,6 +250,7 @@ class CallCounters:
                 num_calls_finished=row[0],
                 num_calls_finished_with_client_failed_to_send=row[1],
                 num_calls_finished_known_received=row[2],
+                num_calls_finished_with_deadline_exceeded=row[3],
             )
             for token, row in sorted(per_backend.items())
             if token

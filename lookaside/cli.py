@@ -33,7 +33,7 @@ try:
 except ModuleNotFoundError as exc:  # a client-only install (no server extra)
     raise SystemExit(
         f"lookaside: the {exc.name!r} module is missing: the lookaside command runs the "
-        "server parts, which come with the extra: pip install 'lookaside[server]'"
+        "server parts, which come with the extra: pip install 'lookaside-grpclb[server]'"
     ) from None
 
 

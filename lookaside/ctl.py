@@ -138,6 +138,7 @@ def _pools_table(body: dict[str, Any]) -> str:
             p["policy"],
             str(p["backends"]["total"]),
             str(p["backends"]["serving"]),
+            str(p["backends"].get("held", 0)),
             str(p["backends"]["draining"]),
             str(p["backends"]["disabled"]),
             str(p["backends"]["unhealthy"] + p["backends"]["ejected"]),
@@ -146,7 +147,8 @@ def _pools_table(body: dict[str, Any]) -> str:
         ]
         for p in body["pools"]
     ]
-    head = ["POOL", "POLICY", "BACKENDS", "SERVING", "DRAINING", "DISABLED", "OUT", "FALLBACK"]
+    head = ["POOL", "POLICY", "BACKENDS", "SERVING", "HELD", "DRAINING", "DISABLED", "OUT"]
+    head.append("FALLBACK")
     return table([*head, "VERSION"], rows)
 
 

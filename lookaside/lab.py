@@ -391,6 +391,7 @@ class Lab:
             ),
             "",
             "Try, from another terminal:",
+            # URL, token and CA from the context (no token on a command line).
             f"  {cmd} ctl pools",
             f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15{tls}",

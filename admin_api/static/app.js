@@ -257,12 +257,15 @@ function updateRow(pool, r, b, sig) {
   r.addr.textContent = b.host && b.host !== b.ip ? `${b.address} (${b.host})` : b.address;
   r.bid.textContent = b.id;
   r.zone.textContent = b.zone || "—";
-  r.state.textContent = b.state;
-  r.state.className = `badge ${b.state}`;
-  r.stateMini.textContent = b.state;
-  r.stateMini.className = `mini-badge ${b.state}`;
+  // A backend the panic guard keeps listed is shown as held, not serving.
+  const shown = b.held ? "held" : b.state;
+  r.state.textContent = shown;
+  r.state.className = `badge ${shown}`;
+  r.stateMini.textContent = shown;
+  r.stateMini.className = `mini-badge ${shown}`;
   const why = b.state === "ejected" ? `${b.detail} · until ${new Date(b.ejected_until_ms).toLocaleTimeString()}` : b.detail;
-  r.state.title = b.state === "unhealthy" || b.state === "ejected" ? why : "";
+  const heldWhy = `panic guard holds its removal (${b.held_for}) since ${new Date(b.held_since_ms).toLocaleTimeString()}`;
+  r.state.title = b.held ? `${heldWhy}${b.detail ? `: ${b.detail}` : ""}` : b.state === "unhealthy" || b.state === "ejected" ? why : "";
   if (document.activeElement !== r.weight && !r.weight.dataset.dirty) r.weight.value = b.weight;
   r.qps.textContent = loadNumber(b.load, "qps");
   r.inflight.textContent = loadNumber(b.load, "in_flight", 0);
@@ -300,6 +303,7 @@ function updateCard(refs, pool, backends, load, signals, events) {
     el("span", { class: "chip" }, pool.policy.replace("_", " ")),
     el("span", { class: "chip" }, `v${pool.version}`),
     el("span", { class: "chip" }, `${pool.backends.serving}/${pool.backends.total} serving`),
+    ...(pool.backends.held ? [el("span", { class: "chip warn" }, `${pool.backends.held} held by the panic guard`)] : []),
     ...(pool.backends.ejected ? [el("span", { class: "chip error" }, `${pool.backends.ejected} ejected`)] : []),
     ...(pool.fallback ? [el("span", { class: "chip warn" }, "fallback")] : []),
     ...pool.drops.filter((d) => d.per_mille > 0).map((d) => el("span", { class: "chip" }, `drop ${d.token} ${d.per_mille}‰`)),

@@ -85,8 +85,8 @@ def check_load(load: dict[str, float] | None) -> dict[str, float] | None:
 
 class BackendOps:
     """The write operations, over the registry's scripts: mixed into
-    RegistryStore (Lua in Redis) and MemoryStore (the same scripts in
-    Python), which provide _run, _index, _unindex and guard_bound_ms. Both
+    RegistryStore (Lua in Redis) and MemoryStore (the same Lua scripts in
+    an embedded interpreter), which provide _run, _index, _unindex and guard_bound_ms. Both
     therefore take the same arguments and raise the same errors."""
 
     guard_bound_ms: int
@@ -168,6 +168,8 @@ class BackendOps:
             keys.streams(pool),
             keys.load_total(pool),
             keys.outcomes(pool),
+            keys.outcomes_judged(pool),
+            keys.accusers(pool),
             keys.signals(pool),
             keys.backend_tokens(pool),
         ]

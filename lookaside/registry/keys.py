@@ -63,6 +63,14 @@ def outcomes(pool: str) -> str:
     return pool_key(pool, "outcomes")
 
 
+def outcomes_judged(pool: str) -> str:
+    return pool_key(pool, "outcomes:judged")
+
+
+def accusers(pool: str) -> str:
+    return pool_key(pool, "accusers")
+
+
 def signals(pool: str) -> str:
     return pool_key(pool, "signals")
 

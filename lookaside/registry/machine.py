@@ -2,8 +2,8 @@
 actor, is a row of one table.
 
 The table is written once, here. `lua_table()` renders it for the Lua
-prelude (lookaside.registry.scripts) that every Redis write runs, and the
-in-memory twin and the docs read the same `TABLE`. docs/state-machine.md
+prelude (lookaside.registry.scripts) that every registry write runs, in
+Redis and in the in-memory twin alike, and the docs read the same `TABLE`. docs/state-machine.md
 shows it as states x actors.
 
 A backend is in one of the `Key` states. DRAINED is DRAINING set by an

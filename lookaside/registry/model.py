@@ -76,6 +76,12 @@ class OutlierDetection:
     # part; with fewer than `min_hosts` of them, no one is ejected.
     min_hosts: int = 3
     request_volume: int = 20
+    # A verdict from reported outcomes ejects only when at least this many
+    # distinct client streams reported lost calls against the backend.
+    min_reporters: int = 2
+    # Eject a backend whose own mean latency exceeds this many times the
+    # median of the pool's other backends; 0 turns the check off.
+    latency_factor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +209,13 @@ class Backend:
     ejections: int = 0
     # An operator's hold ("drained" or "disabled"; lookaside.registry.machine).
     hold: str = ""
-    # The panic guard: when it first held a removal of this backend, and
-    # whether health checking failed it meanwhile.
+    # The panic guard: when it first held a removal of this backend, when
+    # a write last asserted the hold, the event it holds ("expire",
+    # "health_fail", "eject"; "" when not held), and whether health
+    # checking failed it meanwhile.
     guard_since_ms: int = 0
+    guard_seen_ms: int = 0
+    guard_for: str = ""
     health_failing: bool = False
     # Who took the lease (a registration's principal: "pool-token:<pool>#<token
     # id>", "mtls:<identity>", ...): only it may replace, heartbeat, drain or
@@ -215,6 +225,11 @@ class Backend:
     @property
     def serving(self) -> bool:
         return self.state is BackendState.SERVING
+
+    @property
+    def held(self) -> bool:
+        """Listed only because the panic guard holds its removal."""
+        return self.guard_since_ms > 0 and self.state is BackendState.SERVING
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -17,14 +17,19 @@ import redis.asyncio as aioredis
 from lookaside.registry import keys, load, lua
 from lookaside.registry.errors import guarded
 from lookaside.registry.load import BUCKET_SECONDS, LoadWindow, ReplicaStreams
+from lookaside.registry.outlier import ACCUSERS_KEEP_MS, count_accusers
 
 BUCKET_TTL_SECONDS = 16 * 60
 OUTCOMES_TTL_SECONDS = 10 * 60
 # A retried batch is recognised for this long.
 BATCH_MARKER_TTL_SECONDS = 15 * 60
 
-# KEYS: marker, bucket, total, outcomes
-# ARGV: bucket ttl s, outcomes ttl s, load fields json, outcome fields json, marker ttl s
+# KEYS: marker, bucket, total, outcomes, accusers
+# ARGV: bucket ttl s, outcomes ttl s, load fields json, outcome fields json, marker ttl s,
+#       accusers json ["<backend id>|<stream>", ...], accusers kept ms
+# Outcomes are running totals: added to, never reset by a reader. An
+# accusation (a stream that reported lost calls against a backend) is
+# stamped with the server's time; older ones than `kept` are dropped.
 ADD_REPORTS = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[5])) then return 0 end
 for f, n in pairs(cjson.decode(ARGV[3])) do
@@ -36,6 +41,14 @@ local outcomes = cjson.decode(ARGV[4])
 if next(outcomes) ~= nil then
   for f, n in pairs(outcomes) do redis.call('HINCRBY', KEYS[4], f, n) end
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
+end
+local accused = cjson.decode(ARGV[6] or '[]')
+if #accused > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for _, m in ipairs(accused) do redis.call('ZADD', KEYS[5], now, m) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[7]))
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[2]))
 end
 return 1
 """
@@ -76,9 +89,11 @@ class ReportOps:
         bucket: int,
         fields: Mapping[str, int],
         outcomes: Mapping[str, int] | None = None,
+        accusers: Iterable[str] = (),
     ) -> bool:
-        """Adds one batch of a pool's summed reports to its bucket and total
-        (and outcomes). False when this batch id was added before."""
+        """Adds one batch of a pool's summed reports to its bucket and total,
+        its outcomes to the running totals, and stamps its accusations
+        ("<backend id>|<stream>"). False when this batch id was added before."""
         marker = keys.pool_key(pool, f"batch:{batch_id}")
         done = await self._add_reports(
             keys=[
@@ -86,6 +101,7 @@ class ReportOps:
                 keys.load_bucket(pool, bucket),
                 keys.load_total(pool),
                 keys.outcomes(pool),
+                keys.accusers(pool),
             ],
             args=[
                 BUCKET_TTL_SECONDS,
@@ -93,9 +109,18 @@ class ReportOps:
                 json.dumps({f: n for f, n in fields.items() if n}),
                 json.dumps({f: n for f, n in (outcomes or {}).items() if n}),
                 BATCH_MARKER_TTL_SECONDS,
+                json.dumps(sorted(accusers)),
+                ACCUSERS_KEEP_MS,
             ],
         )
         return bool(done)
+
+    @guarded
+    async def accusers_since(self, pool: str, since_ms: int) -> dict[str, int]:
+        """Distinct streams per backend that reported lost calls against it
+        after since_ms (Redis server time)."""
+        members = await self._redis.zrangebyscore(keys.accusers(pool), f"({since_ms}", "+inf")
+        return count_accusers(m for m in members if isinstance(m, bytes | str))
 
     @guarded
     async def set_stream_counts(self, replica: str, counts: Mapping[str, int]) -> None:

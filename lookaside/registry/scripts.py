@@ -11,6 +11,8 @@ slot) plus a pub/sub channel, which Redis Cluster allows. The pool keys
 arrive in the order of `POOL_KEYS`; ARGV[1] is the pool, ARGV[2] the actor.
 """
 
+import json
+
 from lookaside.registry import keys, machine
 
 # KEYS of every pool script, in this order.
@@ -26,6 +28,25 @@ POOL_KEYS = (
 )
 
 
+# A panic guard hold that no write asserted for this long (or for three of
+# the pool's health or outlier intervals, if longer) is dropped.
+GUARD_STALE_MS = 30_000
+
+
+def guard_stale_ms(config_json: str) -> int:
+    """The staleness bound of a pool's holds (the prelude's `stale_ms()`)."""
+    most = GUARD_STALE_MS
+    try:
+        cfg = json.loads(config_json)
+    except ValueError:
+        return most
+    for part in ("health_checks", "outlier_detection"):
+        sub = cfg.get(part) if isinstance(cfg, dict) else None
+        if isinstance(sub, dict) and isinstance(sub.get("interval_ms"), int | float):
+            most = max(most, 3 * int(sub["interval_ms"]))
+    return most
+
+
 def pool_keys(pool: str) -> list[str]:
     return [keys.pool_key(pool, part) for part in POOL_KEYS]
 
@@ -37,6 +58,7 @@ def compose(body: str, *, prelude: bool = True) -> str:
         text.replace("@EVENTS_MAX@", str(keys.EVENTS_MAX))
         .replace("@CHANGES@", keys.CHANGES)
         .replace("@MACHINE@", machine.lua_table())
+        .replace("@GUARD_STALE_MS@", str(GUARD_STALE_MS))
     )
 
 
@@ -63,12 +85,6 @@ end
 local function version()
   return tonumber(redis.call('GET', K_VERSION) or '0')
 end
--- A 'panic' event, at most every 30 s per pool.
-local function panic_event(now, backend, detail)
-  if redis.call('SET', K_PANIC, now, 'NX', 'PX', 30000) then
-    log_event(now, 'panic', backend, detail, version())
-  end
-end
 local function load(id)
   local raw = redis.call('HGET', K_BACKENDS, id)
   if raw then return cjson.decode(raw) end
@@ -76,6 +92,95 @@ local function load(id)
 end
 local function save(id, b)
   redis.call('HSET', K_BACKENDS, id, cjson.encode(b))
+end
+-- A hold that no write has asserted for this long is dropped (its
+-- cause went away without saying so: health checks turned off, say):
+-- GUARD_STALE_MS, or three of the pool's probe or judging intervals.
+local function stale_ms()
+  local most = @GUARD_STALE_MS@
+  local raw = redis.call('GET', K_CONFIG)
+  if raw then
+    local ok, cfg = pcall(cjson.decode, raw)
+    if ok and type(cfg) == 'table' then
+      for _, part in ipairs({'health_checks', 'outlier_detection'}) do
+        local sub = cfg[part]
+        local n = type(sub) == 'table' and tonumber(sub['interval_ms']) or nil
+        if n and 3 * n > most then most = 3 * n end
+      end
+    end
+  end
+  return most
+end
+-- A panic episode: K_PANIC holds {since_ms, held = [ids]} from the first
+-- hold (a 'panic' event) until no backend is held (a 'panic_end' event).
+local function episode()
+  local raw = redis.call('GET', K_PANIC)
+  if not raw then return nil end
+  local ok, ep = pcall(cjson.decode, raw)
+  if ok and type(ep) == 'table' and ep['since_ms'] then return ep end
+  return nil
+end
+-- Whether this script changed which backends are held: the version is
+-- then bumped (by panic_settle, which every such script ends with), so
+-- watchers see it, though the lists do not change.
+local HOLDS_MOVED = false
+local function panic_hold(now, id, detail)
+  local ep = episode()
+  if not ep then
+    ep = {since_ms = now, held = {}}
+    log_event(now, 'panic', id, detail, version())
+  end
+  for _, h in ipairs(ep['held']) do
+    if h == id then return end
+  end
+  table.insert(ep['held'], id)
+  redis.call('SET', K_PANIC, cjson.encode(ep))
+  HOLDS_MOVED = true
+end
+local function release(b)
+  if (tonumber(b['guard_since_ms']) or 0) > 0 then HOLDS_MOVED = true end
+  b['guard_since_ms'], b['guard_seen_ms'], b['guard_for'] = 0, 0, ''
+end
+-- Ends the episode once no backend is held (stale holds are dropped first).
+local function moved()
+  if HOLDS_MOVED then
+    HOLDS_MOVED = false
+    redis.call('INCR', K_VERSION)
+    redis.call('PUBLISH', '@CHANGES@', POOL)
+  end
+end
+local function panic_settle(now)
+  local ep = episode()
+  if not ep then
+    redis.call('DEL', K_PANIC)
+    moved()
+    return
+  end
+  local all = redis.call('HGETALL', K_BACKENDS)
+  local holding = false
+  local stale = stale_ms()
+  for i = 1, #all, 2 do
+    local b = cjson.decode(all[i + 1])
+    if (tonumber(b['guard_since_ms']) or 0) > 0 then
+      if now - (tonumber(b['guard_seen_ms']) or 0) <= stale then
+        holding = true
+      else
+        release(b)
+        save(all[i], b)
+      end
+    end
+  end
+  if holding then
+    moved()
+    return
+  end
+  HOLDS_MOVED = true
+  moved()
+  local held = ep['held']
+  local span = now - tonumber(ep['since_ms'])
+  log_event(now, 'panic_end', table.concat(held, ','), 'panic guard released after ' .. span ..
+    ' ms; held ' .. #held .. ' backend(s): ' .. table.concat(held, ','), version())
+  redis.call('DEL', K_PANIC)
 end
 local function key_of(b)
   if not b then return 'absent' end
@@ -107,19 +212,25 @@ local function faulty_count()
 end
 -- The panic guard. `over`: the change would take more of the pool out
 -- than allowed. Returns true when the change must wait. It waits at most
--- hold_ms from the first time it was held, and never for a backend that
--- fails its health checks (`exempt`).
-local function guard(b, now, over, exempt, hold_ms)
+-- hold_ms from the first time it was held, heartbeats or not, and never
+-- for a backend that fails its health checks (`exempt`). `why` is the
+-- event held; the hold ends when its cause does (a heartbeat for an
+-- expiry, a passed check for a health failure, an interval without
+-- verdict for an ejection), when the change goes through, or when stale.
+local function guard(b, now, over, exempt, hold_ms, why)
   if (not over) or exempt then
-    b['guard_since_ms'] = 0
+    release(b)
     return false
   end
   local since = tonumber(b['guard_since_ms'] or 0) or 0
   if since <= 0 then
-    b['guard_since_ms'] = now
-    return true
+    since = now
+  elseif now - since >= hold_ms then
+    release(b)
+    return false
   end
-  return now - since < hold_ms
+  b['guard_since_ms'], b['guard_seen_ms'], b['guard_for'] = since, now, why
+  return true
 end
 -- Applies `event` to backend `id` (record b, may be nil). Guarded events
 -- take `over`/`exempt`/`hold_ms`. Returns outcome, version, previous key.
@@ -129,10 +240,10 @@ local function step(id, b, event, now, detail, over, exempt, hold_ms)
   local to = rule['rows'][cur]
   if to == nil then return 'refused', 0, cur end
   if to == cur then return 'unchanged', version(), cur end
-  if rule['guarded'] and guard(b, now, over, exempt, hold_ms) then
+  if rule['guarded'] and guard(b, now, over, exempt, hold_ms, event) then
     if event == 'health_fail' then b['health_failing'] = true end
     save(id, b)
-    panic_event(now, id, detail .. '; kept listed (panic guard, for at most ' .. hold_ms .. ' ms)')
+    panic_hold(now, id, detail .. '; kept listed (panic guard, for at most ' .. hold_ms .. ' ms)')
     return 'held', 0, cur
   end
   if to == 'absent' then
@@ -140,7 +251,7 @@ local function step(id, b, event, now, detail, over, exempt, hold_ms)
     redis.call('ZREM', K_LEASES, id)
   else
     put_key(b, to)
-    b['guard_since_ms'] = 0
+    release(b)
     save(id, b)
   end
   if to == 'drained' or to == 'disabled' then
@@ -209,6 +320,10 @@ redis.call('ZADD', K_LEASES, now + ttl, id)
 local kind = 'registered'
 if old then kind = 'reregistered' end
 local v = changed(now, kind, id, cur .. '->' .. key_of(b) .. ': ' .. b['ip'] .. ':' .. tostring(b['port']))
+if old and (tonumber(old['guard_since_ms']) or 0) > 0 then
+  HOLDS_MOVED = true
+  panic_settle(now)
+end
 return {'changed', v, ttl, now}
 """
 
@@ -228,7 +343,10 @@ local now = now_ms()
 local ttl = tonumber(b['lease_ttl_ms'])
 b['last_heard_ms'] = now
 b['lease_expires_ms'] = now + ttl
-b['guard_since_ms'] = 0
+-- A heartbeat ends a hold of its lease's expiry, not of a health failure
+-- or an ejection: those stay bounded by the guard.
+local released = b['guard_for'] == 'expire'
+if released then release(b) end
 local bump = false
 if ARGV[5] ~= '' then
   local load_ = cjson.decode(ARGV[5])
@@ -250,6 +368,7 @@ if ARGV[5] ~= '' then
 end
 save(id, b)
 redis.call('ZADD', K_LEASES, now + ttl, id)
+if released then panic_settle(now) end
 if bump then
   redis.call('INCR', K_VERSION)
   redis.call('PUBLISH', '@CHANGES@', POOL)
@@ -290,9 +409,11 @@ if event == 'health_fail' or event == 'health_pass' then
   b['health_detail'] = ARGV[6]
 end
 local outcome, v, cur = step(id, b, event, now, detail, over, false, tonumber(ARGV[8]))
-if outcome == 'unchanged' and event == 'health_pass' and b['health_failing'] == false then
+if outcome == 'unchanged' and event == 'health_pass' then
+  if b['guard_for'] == 'health_fail' then release(b) end
   save(id, b)
 end
+panic_settle(now)
 return {outcome, v, cur}
 """
 
@@ -327,7 +448,10 @@ local upto = now
 local before = tonumber(ARGV[5] or '0') or 0
 if before > 0 and before < upto then upto = before end
 local ids = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', upto)
-if #ids == 0 then return {{}, {}} end
+if #ids == 0 then
+  panic_settle(now)
+  return {{}, {}}
+end
 local total = redis.call('HLEN', K_BACKENDS)
 local cands, records = {}, {}
 for _, id in ipairs(ids) do
@@ -350,7 +474,7 @@ local bound = tonumber(ARGV[4])
 for _, id in ipairs(cands) do
   local b = records[id]
   local exempt = b['state'] == 'unhealthy' or (b['health_failing'] == true)
-  if guard(b, now, over, exempt, bound) then
+  if guard(b, now, over, exempt, bound, 'expire') then
     save(id, b)
     table.insert(held, id)
   else
@@ -359,13 +483,14 @@ for _, id in ipairs(cands) do
     table.insert(removed, id)
   end
 end
-if #held > 0 then
-  panic_event(now, table.concat(held, ','), #cands .. ' of ' .. total ..
+for _, id in ipairs(held) do
+  panic_hold(now, id, #cands .. ' of ' .. total ..
     ' leases expired at once; kept listed for at most ' .. bound .. ' ms')
 end
 if #removed > 0 then
   changed(now, 'expired', table.concat(removed, ','), '')
 end
+panic_settle(now)
 return {removed, held}
 """
 

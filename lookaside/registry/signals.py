@@ -1,6 +1,6 @@
 """The admin's golden-signal history and what it reads to take a sample:
 stored samples, client-reported call rates and outcome counters. Part of
-RegistryStore (MemoryStore has the same operations).
+RegistryStore and MemoryStore.
 
 A sample is a JSON object with a `ts_ms`; what else it holds is the
 sampler's business (admin_api.signals). Samples are kept per pool in the
@@ -155,6 +155,6 @@ class SignalOps:
 
     @guarded
     async def outcome_counts(self, pool: str) -> dict[str, Outcomes]:
-        """The pool's outcome counters per backend, read and not reset
-        (outlier detection owns the reset: OutlierStore.take_outcomes)."""
+        """The pool's outcome totals per backend (every report's, for
+        display). No reader resets them: each takes its own differences."""
         return parse_outcomes(await self._signals_redis.hgetall(keys.outcomes(pool)))

@@ -22,11 +22,11 @@ import pytest
 import redis
 
 from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside.registry.model import PoolConfig, backend_id_for
 from lookaside.registry.store import RegistryStore
 from tests.admin_api.conftest import TOKEN
 from tests.admin_api.process import AdminProcess, clean_env
-from tests.support import wait_until
+from tests.support import require_tool, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -41,10 +41,10 @@ CHROMIUM_ARGS = [
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DASHBOARD_DB = 3
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)",
-)
+
+@pytest.fixture(autouse=True)
+def _needs_chromium() -> None:
+    require_tool(str(CHROMIUM), "Debian's chromium: apt-get install -y chromium; `make test` does")
 
 
 @pytest.fixture
@@ -212,6 +212,19 @@ def test_dashboard_drains_a_backend(
             raw["state"] = "ejected"
             redis_client.hset(keys.backends(pool_name), ids[9402], json.dumps(raw))
             ejected.wait_for(timeout=10_000)
+            # A backend the panic guard holds shows as held, not serving.
+            held_id = backend_id_for("127.0.0.1", 9403)
+            held_raw = json.loads(redis_client.hget(keys.backends(pool_name), held_id))
+            now_ms = int(time.time() * 1000)
+            held_raw.update(guard_since_ms=now_ms, guard_seen_ms=now_ms, guard_for="health_fail")
+            redis_client.hset(keys.backends(pool_name), held_id, json.dumps(held_raw))
+            held = card.locator('tr[data-address="127.0.0.1:9403"] .badge.held')
+            held.wait_for(timeout=10_000)
+            assert held.text_content() == "held"
+            assert "panic guard holds its removal (health_fail)" in (
+                held.get_attribute("title") or ""
+            )
+            assert "1 held by the panic guard" in card.locator(".chips").inner_text()
             page.wait_for_timeout(300)  # let the toast settle for the picture
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard-actions.png"), full_page=True)

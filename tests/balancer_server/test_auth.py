@@ -37,6 +37,15 @@ TOKEN = "a-registration-token-0123456789"
         ({"pools": {"p": {"max_backends": 0}}}, "max_backends must be a positive integer"),
         ({"pools": {"p": {"token_files": ["/nonexistent/x"]}}}, "cannot be read"),
         ({"pools": ["p"]}, "'pools' must map pool names to rules"),
+        ({"pools": {"p": {"client_tokens": ["short"]}}}, "every client token needs at least 16"),
+        (
+            {"pools": {"p": {"require_client_credentials": True}}},
+            "require_client_credentials needs client_tokens",
+        ),
+        (
+            {"pools": {"p": {"client_tokens": [TOKEN], "require_client_credentials": "yes"}}},
+            "require_client_credentials must be true or false",
+        ),
     ],
 )
 def test_bad_policies_say_what_is_wrong(data: object, message: str) -> None:
@@ -64,6 +73,9 @@ def test_policy_files_json_and_yaml(tmp_path: Path) -> None:
         RegistrationPolicy.from_file(str(tmp_path / "bad.json"))
 
 
+LOOPBACK = "ipv4:127.0.0.1:5000"  # a trusted network: tokens in plaintext are fine
+
+
 def test_pool_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """token_env: a container gets its pool's token as a variable from a
     secret; an unset one stops the balancer at start with its name."""
@@ -77,10 +89,41 @@ def test_pool_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("RG_REGISTRATION_TOKEN", TOKEN + "\n")
     auth = RegistrationAuth(RegistrationPolicy.from_data(data))
     bearer = [("authorization", f"Bearer {TOKEN}")]
-    assert auth.authorize("rg", bearer).principal == "pool-token:rg"
+    assert auth.authorize("rg", bearer, peer=LOOPBACK).principal.startswith("pool-token:rg#")
     with pytest.raises(AuthError) as info:
-        auth.authorize("other", bearer)
+        auth.authorize("other", bearer, peer=LOOPBACK)
     assert info.value.code is grpc.StatusCode.PERMISSION_DENIED  # a token, of another pool
+
+
+def test_client_credentials_decide_whose_reports_may_eject() -> None:
+    ident = {
+        "peer_dns": [b"client-1.lookaside.test"],
+        "x509_subject_alternative_name": [b"client-1.lookaside.test"],
+    }
+    policy = RegistrationPolicy.from_data(
+        {
+            "pools": {
+                "strict": {
+                    "client_tokens": [TOKEN],
+                    "client_identities": ["client-*.lookaside.test"],
+                    "require_client_credentials": True,
+                },
+                "loose": {"client_tokens": [TOKEN]},
+                "open": {"tokens": [TOKEN]},
+            }
+        }
+    )
+    auth = RegistrationAuth(policy)
+    bearer = [("authorization", f"Bearer {TOKEN}")]
+    assert auth.client_principal("strict", bearer) == "client-token:strict"
+    assert auth.client_principal("strict", [], ident) == "mtls:client-1.lookaside.test"
+    assert auth.client_principal("strict", []) is None  # shown, never evidence
+    assert auth.client_principal("loose", []) == "anonymous"
+    # A pool with no client credentials: every stream counts, any token.
+    assert auth.client_principal("open", [("authorization", "Bearer whatever")]) == "anonymous"
+    with pytest.raises(AuthError) as info:
+        auth.client_principal("strict", [("authorization", "Bearer " + "x" * 20)])
+    assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_insecure_switch_admits_no_credential_but_still_checks_one_given() -> None:

@@ -7,6 +7,7 @@ ejection can only come from the reports."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import grpc
@@ -26,6 +27,8 @@ FAST = dict(
     outlier_base_ejection_ms=2000,
     outlier_min_hosts=3,
     outlier_request_volume=5,
+    # One client here: its reports alone may eject (the default asks two).
+    outlier_min_reporters=1,
 )
 
 
@@ -117,11 +120,12 @@ def test_reports_with_and_without_the_extension(
     )
     wait_until(lambda: redis_client.exists(keys.outcomes(pool_name)))
     raw = redis_client.hgetall(keys.outcomes(pool_name))
+    bid = ids[one[0].port]
+    # Display counts, and the same as evidence (this pool asks no credential).
     assert {k: int(v) for k, v in raw.items()} == {
-        f"{ids[one[0].port]}:f": 31,
-        f"{ids[one[0].port]}:r": 26,
-        f"{ids[one[0].port]}:s": 3,
-    }
+        f"{bid}:f": 31, f"{bid}:r": 26, f"{bid}:s": 3,
+        f"{bid}:ef": 31, f"{bid}:er": 26, f"{bid}:es": 3,
+    }  # fmt: skip
     assert int(redis_client.hget(keys.load_total(pool_name), "finished")) == 60
     # Field 1001 holding bytes that are no extension: the report still
     # counts, the outcomes are left alone, and the stream stays open.
@@ -134,3 +138,51 @@ def test_reports_with_and_without_the_extension(
     stream.send(_stats())
     wait_until(lambda: int(redis_client.hget(keys.load_total(pool_name), "finished") or 0) == 120)
     stream.close()
+
+
+def test_a_hanging_backend_is_ejected_below_the_request_volume(
+    balancer: BalancerHandle, backends, pool_name: str, redis_client
+) -> None:  # type: ignore[no-untyped-def]
+    """Two clients, each a few calls a second: the backend that holds every
+    call until its deadline never reaches request_volume (20) in an
+    interval, and is ejected all the same: all its calls time out."""
+    three = start_backends(backends, 3)
+    config = PoolConfig.from_flat(
+        pool_name, report_interval_ms=1000, outlier_interval_ms=1000, health_checks=False
+    )
+    assert config.outlier_detection.request_volume == 20
+    assert config.outlier_detection.min_reporters == 2
+    balancer.run(balancer.store.put_pool(config))
+    ids = register_all(balancer, pool_name, three)
+    sick = three[2]
+    sick.hang.set()
+    stop = threading.Event()
+    timeouts: list[int] = [0, 0]
+
+    def client(i: int) -> None:
+        with LookasideChannel(pool_name, balancer.address) as channel:
+            assert channel.wait_for_list(10)
+            stub = rg_grpc.RouteGuideStub(channel)
+            while not stop.is_set():
+                try:
+                    stub.GetFeature(rg.Point(), timeout=0.2)
+                except grpc.RpcError as exc:
+                    assert exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                    timeouts[i] += 1
+                stop.wait(0.2)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: state(redis_client, pool_name, ids[sick.port])["state"] == "ejected",
+                   timeout=30)  # fmt: skip
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    b = state(redis_client, pool_name, ids[sick.port])
+    assert "calls timed out" in b["health_detail"]
+    assert all(n < 20 * 30 for n in timeouts) and all(n > 0 for n in timeouts)
+    for healthy in three[:2]:
+        assert state(redis_client, pool_name, ids[healthy.port])["state"] == "serving"

@@ -16,7 +16,7 @@ import redis
 from lookaside.certs import Issued, issue
 from lookaside.redis_process import find_redis_server, free_port
 from lookaside.registry import keys
-from tests.support import BalancerHandle, LbStream
+from tests.support import BalancerHandle, LbStream, missing_tool
 
 PASSWORD = "acl-password-0123456789abcdef"
 # The ACL of docs/security.md: Lookaside's keys and channel, no dangerous
@@ -35,7 +35,7 @@ def redis_supports_tls() -> bool:
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Issued]]:
     if not redis_supports_tls():
-        pytest.skip("this redis-server was built without TLS")
+        missing_tool("needs a redis-server built with TLS (Debian's redis-server is)")
     certs = issue(tmp_path_factory.mktemp("redis-certs"))
     port = free_port()
     proc = subprocess.Popen(

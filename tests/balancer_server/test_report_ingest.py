@@ -246,3 +246,39 @@ def test_rate_limited_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixt
         assert limited.warning("k", "bad thing %s", 2)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["bad thing 1", "bad thing 2 (50 more like it not logged)"]
+
+
+def test_claims_on_a_backend_are_cut_to_the_streams_share() -> None:
+    """A backend with one of four list entries: a report of 100 finished
+    calls claims at most 100 x 1/4 x SHARE_SLACK + SHARE_FLOOR on it, over
+    all its entries for that token, each count cut in proportion."""
+    from balancer_server.report_ingest import SHARE_FLOOR, SHARE_SLACK
+
+    now = [100.0]
+    checks = StreamReports(clock=lambda: now[0])
+    servers = [lb.Server(ip_address=bytes([10, 0, 0, i]), port=80, load_balance_token=f"t{i}")
+               for i in range(4)]  # fmt: skip
+    checks.sent(
+        lb.LoadBalanceResponse(server_list=lb.ServerList(servers=servers)).SerializeToString()
+    )
+    now[0] += 1.0
+    most = int(100 * 0.25 * SHARE_SLACK) + SHARE_FLOOR
+    before = refused("over_share")
+    report = stats(
+        started=100,
+        finished=100,
+        outcomes=[
+            bs.BackendCallStats(load_balance_token="t0", num_calls_finished=25,
+                                num_calls_finished_known_received=25),
+            bs.BackendCallStats(load_balance_token="t1", num_calls_finished=1000,
+                                num_calls_finished_with_deadline_exceeded=1000),
+            bs.BackendCallStats(load_balance_token="t1", num_calls_finished=50),
+        ],
+    )  # fmt: skip
+    ok = checks.check(report.client_stats, 1000)
+    assert ok is not None
+    ext = bs.ClientStatsExtension.FromString(ok.SerializeToString())
+    rows = [(e.load_balance_token, e.num_calls_finished, e.num_calls_finished_with_deadline_exceeded)
+            for e in ext.calls_per_backend]  # fmt: skip
+    assert rows == [("t0", 25, 0), ("t1", most, most)]
+    assert refused("over_share") == before + 2

@@ -114,14 +114,14 @@ def test_client_alone_installs_and_balances(
         [str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True
     )
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert {"grpcio", "protobuf", "grpcio-health-checking", "lookaside"} <= installed
+    assert {"grpcio", "protobuf", "grpcio-health-checking", "lookaside-grpclb"} <= installed
     assert not installed & {"fastapi", "redis", "uvicorn", "pydantic", "dnslib"}
     # The command needs the server parts and says which extra brings them.
     command = subprocess.run(
         [str(env_dir / "bin" / "lookaside"), "--help"], capture_output=True, text=True
     )
     assert command.returncode != 0
-    assert "pip install 'lookaside[server]'" in command.stderr
+    assert "pip install 'lookaside-grpclb[server]'" in command.stderr
 
     three = start_backends(backends, 3)
     register_all(balancer, pool_name, three)

@@ -24,3 +24,25 @@ def test_both_copies_in_one_process_speak_the_same_bytes() -> None:
     )
     request = mine(initial_request=_lb_proto.lb.InitialLoadBalanceRequest(name="svc:443"))
     assert theirs.FromString(request.SerializeToString()).initial_request.name == "svc:443"
+
+
+def test_calls_that_time_out_are_reported_per_backend() -> None:
+    import grpc
+
+    from client_lib.picker import CallCounters
+
+    counters = CallCounters()
+    for code, metadata in (
+        (grpc.StatusCode.DEADLINE_EXCEEDED, False),
+        (4, True),  # grpc.aio's raw code, after headers: still a timeout
+        (grpc.StatusCode.OK, True),
+    ):
+        counters.call_started()
+        counters.finish_with(code, metadata, "b1.e")
+    stats = counters.take_report(0)
+    assert stats is not None
+    ext = backend_stats_pb2.ClientStatsExtension.FromString(stats.SerializeToString())
+    (entry,) = ext.calls_per_backend
+    assert entry.num_calls_finished == 3
+    assert entry.num_calls_finished_known_received == 2
+    assert entry.num_calls_finished_with_deadline_exceeded == 2

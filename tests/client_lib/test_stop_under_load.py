@@ -1,4 +1,4 @@
-"""A backend SIGSTOPped under load (calls with a 300 ms deadline): its
+"""A backend SIGSTOPped under load (calls with a 1 s deadline): its
 connection stays up, so no client can tell it from a slow one; calls to it
 time out until the balancer's health checks take it out of the list. After
 that no call fails. Each run prints a `stop-under-load:` row."""
@@ -20,16 +20,19 @@ from tests.demo.conftest import DemoServerProcess
 from tests.support import BalancerHandle, wait_until
 
 AFTER_REMOVAL = 400  # calls made once the stopped backend left the list
+CALL_DEADLINE_S = 1.0
 
 
 @pytest.fixture
 def three_backends(
     balancer: BalancerHandle, pool_name: str, tmp_path: Path
 ) -> Iterator[list[DemoServerProcess]]:
-    # Probes every 300 ms with a 200 ms timeout; two misses take a backend out.
+    # Probes every 500 ms with a 500 ms timeout; two misses take a backend
+    # out. Tenths of a second would fail healthy backends' probes and calls
+    # on a loaded machine.
     balancer.run(
         balancer.store.put_pool(
-            PoolConfig.from_flat(pool_name, health_interval_ms=300, health_timeout_ms=200)
+            PoolConfig.from_flat(pool_name, health_interval_ms=500, health_timeout_ms=500)
         )
     )
     with demo_backends(balancer.address, pool_name, tmp_path) as procs:
@@ -57,7 +60,7 @@ def test_stopped_backend_fails_calls_only_until_it_leaves_the_list(
             nonlocal failed_before, failed_after, calls, after
             while not done.is_set():
                 started = time.monotonic()
-                result = c.call(timeout=0.3)
+                result = c.call(timeout=CALL_DEADLINE_S)
                 with lock:
                     calls += 1
                     late = bool(removed_at) and started > removed_at[0]

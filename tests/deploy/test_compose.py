@@ -13,14 +13,15 @@ from tests.deploy.manifest import (
     compose_config,
     compose_processes,
     compose_services,
-    docker_compose,
     problems,
 )
+from tests.support import require_tool
 
-pytestmark = pytest.mark.skipif(
-    docker_compose() is None,
-    reason="needs docker-compose (apt-get install -y docker-compose; `make test` installs it)",
-)
+
+@pytest.fixture(autouse=True)
+def _needs_docker_compose() -> None:
+    require_tool("docker-compose", "Debian's docker-compose: apt-get install -y docker-compose")
+
 
 LONG_RUNNING = ("redis", "balancer-1", "balancer-2", "dns", "admin", "backend", "backend-faulty")
 

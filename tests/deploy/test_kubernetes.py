@@ -18,25 +18,28 @@ from tests.deploy.manifest import (
     kubernetes_processes,
     problems,
 )
+from tests.support import require_module
 
-kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate", reason="needs kubernetes-validate (pip install -e '.[dev]')"
-)
 K8S_VERSION = "1.30.0"
+
+
+@pytest.fixture(scope="module")
+def kubernetes_validate() -> Any:
+    return require_module("kubernetes_validate", "kubernetes-validate: pip install -e '.[dev]'")
 
 
 def _docs() -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for _, d in kubernetes_documents()}
 
 
-def test_every_manifest_validates() -> None:
+def test_every_manifest_validates(kubernetes_validate: Any) -> None:
     docs = kubernetes_documents()
     assert len(docs) >= 10
     for _path, doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def test_a_broken_manifest_is_caught() -> None:
+def test_a_broken_manifest_is_caught(kubernetes_validate: Any) -> None:
     doc = _docs()[("Deployment", "balancer")]
     broken = yaml.safe_load(yaml.safe_dump(doc))
     broken["spec"]["replicas"] = "two"

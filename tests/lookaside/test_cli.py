@@ -22,8 +22,7 @@ from lookaside.redis_process import free_port
         (["balancer", "--max-eject-share", "2"], "--max-eject-share"),
         (
             ["balancer", "--trusted-networks", "10.0.0.0/8,nope"],
-            "--trusted-networks: trusted networks: "
-            "'nope' is not a network",
+            "--trusted-networks: trusted networks: 'nope' is not a network",
         ),
     ],
 )

@@ -6,6 +6,7 @@ and no traceback in any log, after Ctrl-C."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -97,6 +98,13 @@ def test_lab_spreads_calls_and_leaves_nothing_behind(tmp_path: Path) -> None:
             "--target", target, "--mode", "repeatn", "-n", "60",
         )  # fmt: skip
         assert len(per_server) == 3 and sum(per_server.values()) == 60
+
+        # The banner's ctl line works as printed (the venv's `lookaside`; the
+        # URL and token from the context the lab wrote).
+        [ctl_line] = [line for line in banner if line.endswith(" ctl pools")]
+        ctl = subprocess.run(shlex.split(ctl_line), capture_output=True, text=True, timeout=60)
+        assert ctl.returncode == 0, (ctl_line, ctl.stderr)
+        assert "routeguide" in ctl.stdout and "3" in ctl.stdout, ctl.stdout
 
         # A second lab on the same ports is refused, naming the first.
         second = subprocess.run(
@@ -283,7 +291,16 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
             f"{admin}/api/v1/pools/routeguide/events", headers=api, verify=ca, timeout=5
         ).json()
         actors = {e["actor"] for e in events["events"] if e["kind"] == "registered"}
-        assert actors == {"registration:pool-token:routeguide"}, events
+        # the principal names the pool's token and its id: one token for both
+        assert len(actors) == 1, events
+        assert actors.pop().startswith("registration:pool-token:routeguide#"), events
+        # The banner's ctl line, as a shell runs it: the CA from the context.
+        [ctl_line] = [line for line in banner if line.endswith(" ctl pools")]
+        ctl = subprocess.run(
+            shlex.split(ctl_line), capture_output=True, text=True, timeout=60, check=False
+        )
+        assert ctl.returncode == 0, (ctl_line, ctl.stderr)
+        assert "routeguide" in ctl.stdout
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(60)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from lookaside.registry import BackendState, PoolConfig, RegistryStore, keys
+from lookaside.registry import BackendState, PoolConfig, RegistryStore
 from lookaside.registry.health import HealthStore
 from lookaside.registry.machine import Outcome
 from lookaside.registry.outlier import (
@@ -15,8 +15,10 @@ from lookaside.registry.outlier import (
     OutlierStore,
     Verdict,
     judge,
+    judge_latency,
     outcome_fields,
     parse_outcomes,
+    unagreed,
 )
 
 CFG = PoolConfig.from_flat("p", outlier_min_hosts=3, outlier_request_volume=10)
@@ -65,6 +67,50 @@ def test_volume_and_min_hosts_gate_every_judgement() -> None:
 def test_outcome_fields_round_trip() -> None:
     raw = {k.encode(): str(v).encode() for k, v in outcome_fields("abc123", 7, 5, 1).items()}
     assert parse_outcomes(raw) == {"abc123": Outcomes(7, 5, 1)}
+    evidence = outcome_fields("abc123", 9, 0, 0, 9, evidence=True)
+    raw.update({k.encode(): str(v).encode() for k, v in evidence.items()})
+    assert parse_outcomes(raw) == {"abc123": Outcomes(7, 5, 1)}
+    assert parse_outcomes(raw, evidence=True) == {"abc123": Outcomes(9, 0, 0, 9)}
+
+
+def test_a_backend_whose_calls_all_time_out_is_an_outlier_at_any_volume() -> None:
+    outcomes = {
+        "a": Outcomes(100, 100),
+        "b": Outcomes(100, 99),
+        "c": Outcomes(3, 0, deadline_exceeded=3),
+        "d": Outcomes(4, 1, deadline_exceeded=3),  # one call answered: not all
+    }
+    verdicts = judge(outcomes, CFG)
+    assert [v.backend_id for v in verdicts] == ["c"]
+    assert "all 3 calls timed out" in verdicts[0].detail
+    # Even with no other backend to compare with.
+    assert [v.backend_id for v in judge({"c": Outcomes(1, 0, 0, 1)}, CFG)] == ["c"]
+
+
+def test_reported_outcomes_eject_only_with_enough_accusing_streams() -> None:
+    outcomes = {"a": Outcomes(100, 100), "b": Outcomes(100, 100), "c": Outcomes(100, 0)}
+    cfg = CFG.updated(outlier_stdev_factor=0)
+    assert [v.backend_id for v in judge(outcomes, cfg)] == ["c"]
+    assert judge(outcomes, cfg, {"c": 1}) == []
+    assert unagreed(outcomes, cfg, {"c": 1}) == ["c"]
+    verdicts = judge(outcomes, cfg, {"c": 2})
+    assert [v.backend_id for v in verdicts] == ["c"]
+    assert "reported by 2 client streams" in verdicts[0].detail
+    assert judge(outcomes, cfg.updated(outlier_min_reporters=3), {"c": 2}) == []
+
+
+def test_latency_against_the_pool_is_judged_when_asked() -> None:
+    from lookaside.registry.model import Backend, PoolSnapshot
+
+    def backend(i: int, latency: float) -> Backend:
+        return Backend(id=f"b{i}", pool="p", host="h", ip=f"10.0.0.{i}", port=80,
+                       latency_ewma_ms=latency)  # fmt: skip
+
+    snap = PoolSnapshot("p", 1, CFG, tuple(backend(i, 5.0) for i in range(3)) + (backend(3, 80.0),))
+    assert judge_latency(snap, CFG) == []  # off by default
+    verdicts = judge_latency(snap, CFG.updated(outlier_latency_factor=10))
+    assert [v.backend_id for v in verdicts] == ["b3"]
+    assert judge_latency(snap, CFG.updated(outlier_latency_factor=20)) == []
 
 
 asyncio_test = pytest.mark.asyncio(loop_scope="session")
@@ -89,14 +135,32 @@ async def _states(store: RegistryStore, pool: str) -> dict[str, BackendState]:
 
 
 @asyncio_test
-async def test_take_outcomes_reads_and_resets(redis_url: str, pool_name: str) -> None:
-    store = RegistryStore.from_url(redis_url)
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "cluster"])
+async def test_the_judge_reads_differences_and_resets_nothing(
+    request: pytest.FixtureRequest, cluster: bool, pool_name: str
+) -> None:
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    store = RegistryStore.from_url(url, cluster=cluster)
     try:
-        for field, value in outcome_fields("abc", 10, 4, 2).items():
-            await store.redis.hincrby(keys.outcomes(pool_name), field, value)
+        _, ids = await _pool(store, pool_name, 1)
+        bid = ids[0]
+        both = {**outcome_fields(bid, 10, 4, 2), **outcome_fields(bid, 10, 4, 2, evidence=True)}
+        await store.add_reports(pool_name, "b1", 1, {}, both, [f"{bid}|s1", f"{bid}|s2"])
+        await store.add_reports(pool_name, "b2", 1, {}, outcome_fields("0123456789ab", 3, 3, 0))
         outliers = OutlierStore(store)
-        assert await outliers.take_outcomes(pool_name) == {"abc": Outcomes(10, 4, 2)}
-        assert await outliers.take_outcomes(pool_name) == {}
+        first = await outliers.read_interval(pool_name, 10_000)
+        assert first.evidence == {bid: Outcomes(10, 4, 2)} and first.accusers == {bid: 2}
+        # Nothing new since: nothing to judge, and no one accused since.
+        again = await outliers.read_interval(pool_name, 10_000)
+        assert again.evidence == {} and again.accusers == {}
+        await store.add_reports(
+            pool_name, "b3", 1, {}, outcome_fields(bid, 5, 0, 0, 5, evidence=True), [f"{bid}|s1"]
+        )
+        third = await outliers.read_interval(pool_name, 10_000)
+        assert third.evidence == {bid: Outcomes(5, 0, 0, 5)} and third.accusers == {bid: 1}
+        # The display totals are whole for every other reader; the counters
+        # of a backend that is gone were dropped.
+        assert await store.outcome_counts(pool_name) == {bid: Outcomes(10, 4, 2)}
     finally:
         await store.close()
 
@@ -117,8 +181,13 @@ async def test_max_ejection_percent_lets_one_go_and_holds_the_rest(
         assert states[ids[1]] is BackendState.SERVING
         events = await store.events(pool_name)
         assert any(
-            e["kind"] == "panic" and "already ejected (max 10%)" in e["detail"] for e in events
+            e["kind"] == "outlier_held" and "already ejected (max 10%)" in e["detail"]
+            for e in events
         )
+        # Judged again: no second event while the limit keeps it.
+        await outliers.sweep(config, [Verdict(ids[1], "lost")], max_share=0.5)
+        kinds = [e["kind"] for e in await store.events(pool_name)]
+        assert kinds.count("outlier_held") == 1
         assert any(e["kind"] == "ejected" and e["backend"] == ids[0] for e in events)
     finally:
         await store.close()
@@ -158,8 +227,10 @@ async def test_ejections_lengthen_with_repeats_and_end_on_time(
             pool_name,
             3,
             outlier_max_ejection_percent=50,
-            outlier_base_ejection_ms=300,
-            outlier_max_ejection_ms=500,
+            # Seconds, not tenths: "a sweep between intervals leaves it
+            # ejected" must hold on a loaded machine too.
+            outlier_base_ejection_ms=2000,
+            outlier_max_ejection_ms=3000,
         )
         outliers = OutlierStore(store)
         sick = ids[0]
@@ -170,7 +241,7 @@ async def test_ejections_lengthen_with_repeats_and_end_on_time(
             return {b.id: b for b in snap.backends}[sick]  # type: ignore[return-value]
 
         # base x 1, then base x 2 capped at max, then the cap again.
-        for n, span in ((1, 300), (2, 500), (3, 500)):
+        for n, span in ((1, 2000), (2, 3000), (3, 3000)):
             result = await outliers.sweep(config, [Verdict(sick, "lost")], max_share=0.5)
             assert result.ejected == [sick]
             assert (await backend()).ejections == n

@@ -337,9 +337,9 @@ async def test_pools_reserved_at_once_stop_at_the_limit(port: Port, pool: str) -
     await port.store.delete_pool(reserved[1])
 
 
+# Redis and Cluster only: the twin has no script cache to lose.
+@pytest.mark.parametrize("port", ["redis", "cluster"], indirect=True)
 async def test_writes_at_once_after_redis_lost_its_scripts_all_land(port: Port, pool: str) -> None:
-    if port.clock is not None:
-        pytest.skip("the twin has no script cache")
     await _register(port, pool, "10.0.8.1")
     # A restarted or flushed Redis has no scripts: the next calls, all at
     # once, meet NOSCRIPT together (on a Cluster, SCRIPT FLUSH reaches
@@ -434,6 +434,60 @@ async def test_a_heartbeat_renews_a_held_backend(port: Port, pool: str) -> None:
     assert snap is not None and all(b.guard_since_ms == 0 for b in snap.backends)
 
 
+async def _fail_three_of_four(port: Port, pool: str, net: str) -> list[Any]:
+    """Four backends; health checking fails three: two go, the third is held."""
+    leases = [await _register(port, pool, f"{net}.{i}", lease_ttl_ms=60_000) for i in range(1, 5)]
+    outcomes = [
+        (await port.store.step(pool, lease.backend_id, Event.HEALTH_FAIL, actor="health",
+                               detail="Check UNAVAILABLE", max_share=0.5)).outcome
+        for lease in leases[:3]
+    ]  # fmt: skip
+    assert outcomes == [Outcome.CHANGED, Outcome.CHANGED, Outcome.HELD]
+    return leases
+
+
+async def test_the_guard_bound_holds_for_a_backend_that_heartbeats(port: Port, pool: str) -> None:
+    leases = await _fail_three_of_four(port, pool, "10.0.5")
+    held = leases[2]
+    assert await port.store.heartbeat(pool, held.backend_id, held.lease_id) == 60_000
+    result = await port.store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                   detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+    assert result.outcome == Outcome.HELD  # within its bound
+    await port.pass_ms(BOUND_MS + 50)
+    assert await port.store.heartbeat(pool, held.backend_id, held.lease_id) == 60_000
+    # Heartbeats or not, the hold ends at the bound: the removal goes through.
+    result = await port.store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                   detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+    assert result.outcome == Outcome.CHANGED
+    assert (await _states(port, pool))[held.backend_id] is BackendState.UNHEALTHY
+
+
+async def test_a_panic_is_one_episode_with_a_start_and_an_end(port: Port, pool: str) -> None:
+    leases = await _fail_three_of_four(port, pool, "10.0.6")
+    held = leases[2]
+    for _ in range(3):
+        await port.pass_ms(20)
+        result = await port.store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                       detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+        assert result.outcome == Outcome.HELD
+    snap = await port.store.snapshot(pool)
+    assert snap is not None
+    assert [b.id for b in snap.backends if b.held] == [held.backend_id]
+    assert next(b for b in snap.backends if b.held).guard_for == "health_fail"
+    kinds = [e["kind"] for e in await port.store.events(pool)]
+    assert kinds.count("panic") == 1 and "panic_end" not in kinds
+    # The backend passes its checks again: the hold, and the episode, end.
+    await port.store.step(pool, held.backend_id, Event.HEALTH_PASS, actor="health",
+                          detail="", max_share=0.5)  # fmt: skip
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and not any(b.held for b in snap.backends)
+    events = await port.store.events(pool)
+    assert [e["kind"] for e in events].count("panic") == 1
+    end = events[0]
+    assert end["kind"] == "panic_end" and end["backend"] == held.backend_id
+    assert f"held 1 backend(s): {held.backend_id}" in end["detail"]
+
+
 async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     await port.store.put_pool(PoolConfig(name=pool))
     bucket = int(time.time() // 10)
@@ -519,6 +573,22 @@ async def test_outcome_counts_are_read_not_reset(port: Port, pool: str) -> None:
     assert await port.store.outcome_counts(pool) == expected
     await port.store.add_reports(pool, "o2", bucket, {"reports": 1}, outcome_fields("a", 5, 5, 0))
     assert (await port.store.outcome_counts(pool))["a"] == Outcomes(15, 13, 1)
+    # Evidence counts are kept apart from the display counts.
+    evidence = outcome_fields("a", 4, 0, 0, 4, evidence=True)
+    await port.store.add_reports(pool, "o3", bucket, {"reports": 1}, evidence)
+    assert (await port.store.outcome_counts(pool))["a"] == Outcomes(15, 13, 1)
+
+
+async def test_accusations_are_stamped_per_stream(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bucket = int(time.time() // 10)
+    before = await port.store.now_ms() - 1
+    await port.store.add_reports(pool, "a1", bucket, {"reports": 2}, {}, ["x|s1", "x|s2", "y|s1"])
+    await port.store.add_reports(pool, "a2", bucket, {"reports": 1}, {}, ["x|s1"])
+    assert await port.store.accusers_since(pool, before) == {"x": 2, "y": 1}
+    await port.pass_ms(20)
+    later = await port.store.now_ms()
+    assert await port.store.accusers_since(pool, later) == {}
 
 
 async def test_replica_membership(port: Port, pool: str) -> None:
@@ -578,3 +648,26 @@ async def test_the_declared_state_marker_is_kept(port: Port, pool: str) -> None:
         assert not await port.store.has_state_marker()
     await port.store.set_state_marker("1")
     assert await port.store.has_state_marker()
+
+
+async def test_a_hold_no_one_asserts_any_more_goes_stale() -> None:
+    """In the twin only, whose clock moves at will (the prelude's stale_ms()
+    is the same rule; against Redis this would wait at least 30 s): a hold
+    not asserted for three health intervals is dropped and the episode
+    ends; one asserted every interval stays, up to the bound."""
+    clock = ManualClock()
+    store = MemoryStore(guard_bound_ms=600_000, clock=clock)
+    pool = "stale"
+    await store.put_pool(PoolConfig.from_flat(pool, health_interval_ms=20_000))
+    port = Port(store, clock)
+    held = (await _fail_three_of_four(port, pool, "10.0.7"))[2]
+    for _ in range(4):  # asserted every interval: held past GUARD_STALE_MS
+        clock.now += 20_000
+        result = await store.step(pool, held.backend_id, Event.HEALTH_FAIL, actor="health",
+                                  detail="Check UNAVAILABLE", max_share=0.5)  # fmt: skip
+        assert result.outcome == Outcome.HELD
+    clock.now += 60_001  # then no one asserts it for three intervals
+    await store.reap_expired(pool, 0.5)
+    snap = await store.snapshot(pool)
+    assert snap is not None and not any(b.held for b in snap.backends)
+    assert (await store.events(pool))[0]["kind"] == "panic_end"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)lookaside/proto/lb/v1/backend_stats.proto\x12\x0flookaside.lb.v1\"U\n\x14\x43lientStatsExtension\x12=\n\x11\x63\x61lls_per_backend\x18\xe9\x07 \x03(\x0b\x32!.lookaside.lb.v1.BackendCallStats\"\xac\x01\n\x10\x42\x61\x63kendCallStats\x12\x1a\n\x12load_balance_token\x18\x01 \x01(\t\x12\x1a\n\x12num_calls_finished\x18\x02 \x01(\x03\x12\x35\n-num_calls_finished_with_client_failed_to_send\x18\x03 \x01(\x03\x12)\n!num_calls_finished_known_received\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)lookaside/proto/lb/v1/backend_stats.proto\x12\x0flookaside.lb.v1\"U\n\x14\x43lientStatsExtension\x12=\n\x11\x63\x61lls_per_backend\x18\xe9\x07 \x03(\x0b\x32!.lookaside.lb.v1.BackendCallStats\"\xdf\x01\n\x10\x42\x61\x63kendCallStats\x12\x1a\n\x12load_balance_token\x18\x01 \x01(\t\x12\x1a\n\x12num_calls_finished\x18\x02 \x01(\x03\x12\x35\n-num_calls_finished_with_client_failed_to_send\x18\x03 \x01(\x03\x12)\n!num_calls_finished_known_received\x18\x04 \x01(\x03\x12\x31\n)num_calls_finished_with_deadline_exceeded\x18\x05 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTSTATSEXTENSION']._serialized_start=62
   _globals['_CLIENTSTATSEXTENSION']._serialized_end=147
   _globals['_BACKENDCALLSTATS']._serialized_start=150
-  _globals['_BACKENDCALLSTATS']._serialized_end=322
+  _globals['_BACKENDCALLSTATS']._serialized_end=373
 # @@protoc_insertion_point(module_scope)
