@@ -14,7 +14,15 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import OptionalFile, RedisUrl, StateFile, check_redis_url, read_secret
+from lookaside.settings import (
+    FieldProblem,
+    OptionalFile,
+    RedisUrl,
+    StateFile,
+    blaming,
+    check_redis_url,
+    read_secret,
+)
 
 log = logging.getLogger("lookaside.admin")
 
@@ -63,7 +71,9 @@ class AdminSettings(BaseSettings):
     )
 
     listen: str = Field("127.0.0.1:8080", description="host:port for the admin API and dashboard")
-    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field(
+        "", description="the registry's Redis, e.g. redis://HOST:6379/0 (required)"
+    )
     redis_cluster: bool = Field(
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )
@@ -128,20 +138,22 @@ class AdminSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_token(self) -> AdminSettings:
         if self.token_file:
-            self.token = read_secret(self.token_file, "token file")
+            self.token = blaming("token_file", read_secret, self.token_file, "token file")
         if self.redis_url_file:
-            self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
+            url = blaming("redis_url_file", read_secret, self.redis_url_file, "Redis URL file")
+            self.redis_url = blaming("redis_url_file", check_redis_url, url)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("give both --tls-cert and --tls-key (or neither, for plain HTTP)")
         problem = token_problem(self.token)
         if problem is None:
             return self
         if not self.dev:
-            raise ValueError(
-                f"LOOKASIDE_ADMIN_TOKEN {problem}: set a random token of at least "
+            raise FieldProblem(
+                "token_file" if self.token_file else "token",
+                f"the admin token {problem}: set a random token of at least "
                 f"{TOKEN_MIN_LENGTH} characters (python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'), or run with --dev / "
-                "LOOKASIDE_ADMIN_DEV=1 to get a generated one"
+                "LOOKASIDE_ADMIN_DEV=1 to get a generated one",
             )
         if not self.token:
             self.token = secrets.token_urlsafe(32)

@@ -18,7 +18,9 @@ bytes too, so a malformed message gets a precise INVALID_ARGUMENT.
 Limits: open streams per client IP (RESOURCE_EXHAUSTED before the initial
 response), and reports checked by balancer_server.report_ingest before
 the sink counts them. A stream whose name matches no pool waits for that
-pool, but is counted under pool="" and writes nothing to Redis.
+pool, but is counted under pool="" and writes nothing to Redis; its
+initial metadata carries `lookaside-unknown-pool: NAME` (which clients
+ignore) so that a person watching it can be told.
 
 Evidence: a stream's reports count as outlier evidence (they may eject a
 backend, with the agreement of other streams) unless its pool requires
@@ -45,6 +47,8 @@ from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddre
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import StreamReports
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+
+UNKNOWN_POOL_KEY = "lookaside-unknown-pool"
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -271,6 +275,9 @@ class BalanceLoadService:
             return
         self._stream_ids += 1
         stream_id = self._stream_ids
+        if not known:
+            # Clients ignore it; `lookaside watch` says the pool does not exist.
+            await context.send_initial_metadata(((UNKNOWN_POOL_KEY, name),))
         await context.write(lists.initial_payload(feed.report_interval_ms))
         stream = _Stream(context, feed, label, self.report_burst, self._moved)
         stream.key = f"{self.replica_id}/{stream_id}"

@@ -3,7 +3,9 @@ daemon thread, and a timer thread for the fallback timeout.
 
 The request iterator that grpc consumes doubles as the load report timer:
 it waits on a queue with the report interval as its timeout, so nothing
-else has to tick.
+else has to tick. On stop, a stream that reports sends a last report of the
+calls since the previous one and half-closes (FINAL_REPORT_WAIT at most),
+so that a run shorter than the interval still shows in the balancer's load.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from client_lib.session import Action, BalancerSession, StartReports
 log = logging.getLogger("lookaside.client")
 
 _STOP = object()
+_FINAL = object()  # send the last report, then half-close
+FINAL_REPORT_WAIT = 1.0  # seconds stop() gives the last report to go out
 
 
 def report_request(counters: CallCounters) -> bytes | None:
@@ -52,15 +56,21 @@ class SyncBalancerLink(threading.Thread):
         self._stop_event = threading.Event()
         self._call: Any = None
         self._queue: queue.SimpleQueue[object] | None = None
+        self._interval: list[float] = [0.0]  # the current stream's report interval
         self._timer: threading.Timer | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
         if self._timer is not None:
             self._timer.cancel()
-        if self._queue is not None:
-            self._queue.put(_STOP)
         call = self._call
+        if self._queue is not None:
+            if call is not None and self._interval[0]:
+                ended = threading.Event()
+                call.add_done_callback(lambda _: ended.set())
+                self._queue.put(_FINAL)
+                ended.wait(FINAL_REPORT_WAIT)
+            self._queue.put(_STOP)
         if call is not None:
             call.cancel()
 
@@ -114,6 +124,11 @@ class SyncBalancerLink(threading.Thread):
                 item = None
             if item is _STOP:
                 return
+            if item is _FINAL:
+                report = report_request(self.counters)
+                if report is not None:
+                    yield report
+                return
             if item is None and interval[0]:
                 report = report_request(self.counters)
                 if report is not None:
@@ -122,7 +137,7 @@ class SyncBalancerLink(threading.Thread):
     def _run_stream(self, address: str) -> str:
         """Runs one stream to its end; returns the error ("" for a clean end)."""
         q: queue.SimpleQueue[object] = queue.SimpleQueue()
-        interval = [0.0]
+        interval = self._interval = [0.0]
         channel = self.make_channel(address)
         self._queue = q
         error = ""

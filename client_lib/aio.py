@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 
 from client_lib._lb_proto import BALANCE_LOAD, lb
-from client_lib._sync_link import report_request
+from client_lib._sync_link import FINAL_REPORT_WAIT, report_request
 from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
 from client_lib.channel import LOCAL_POOL, server_name_options
 from client_lib.core import IDLE, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, ChannelViews
@@ -65,6 +65,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         self._retiring: dict[asyncio.TimerHandle, list[SubChannel]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # short ones, awaited by close()
         self._call: Any = None  # the BalanceLoad stream open now
+        self._reporter: asyncio.Task[None] | None = None  # its load reports
         self._task = self._loop.create_task(self._run(), name=f"lookaside-balancer-{target}")
         self._fallback = self._loop.call_later(fallback_timeout, self._fallback_timer)
 
@@ -114,6 +115,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
                 for action in actions:
                     if isinstance(action, StartReports):
                         reporter = asyncio.create_task(self._report(call, action.interval))
+                        self._reporter = reporter
                 self._on_actions(actions)
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
@@ -128,9 +130,28 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             return f"{type(exc).__name__}: {exc}"
         finally:
             self._call = None
+            self._reporter = None
             if reporter is not None:
                 reporter.cancel()
             await channel.close()
+
+    async def _final_report(self) -> None:
+        """The calls since the last report, sent before the stream is closed
+        (then a half-close), so a run shorter than the interval still shows."""
+        call, reporter = self._call, self._reporter
+        if call is None or reporter is None:
+            return
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+        report = report_request(self.counters)
+        try:
+            async with asyncio.timeout(FINAL_REPORT_WAIT):
+                if report is not None:
+                    await call.write(report)
+                await call.done_writing()
+                await call.code()  # the balancer ends the stream on the half-close
+        except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
 
     async def _report(self, call: Any, interval: float) -> None:
         while True:
@@ -239,6 +260,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             return
         subs = self._core.close()
         self._fallback.cancel()
+        await self._final_report()
         self._task.cancel()
         for handle, retired in self._retiring.items():
             handle.cancel()

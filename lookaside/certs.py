@@ -206,6 +206,28 @@ def existing(out: str | Path) -> Issued | None:
     return found if all(f.is_file() for f in files) else None
 
 
+def kept_or_issued(out: str | Path, *, zone: str = DEFAULT_ZONE) -> Issued:
+    """The certificates already under `out` when they are all there, name
+    `zone` and stay valid for another day (so clients keep trusting the same
+    CA across restarts of the lab); otherwise new ones (issue())."""
+    from cryptography import x509
+
+    kept = existing(out)
+    try:
+        if kept is not None:
+            cert = x509.load_pem_x509_certificate(kept.server_cert.read_bytes())
+            x509.load_pem_x509_certificate(kept.ca.read_bytes())
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            tomorrow = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+            if zone in sans.get_values_for_type(x509.DNSName) and (
+                cert.not_valid_after_utc > tomorrow
+            ):
+                return kept
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        pass
+    return issue(out, zone=zone)
+
+
 def _run(args: argparse.Namespace) -> int:
     kept = existing(args.out) if args.keep else None
     try:

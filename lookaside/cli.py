@@ -12,7 +12,9 @@
     lookaside chaos         faults under load, and a table of lost calls
     lookaside apply -f F    make the registry hold a declared state; `export` prints it
 
-Every flag also reads an environment variable (shown in --help).
+Every flag also reads an environment variable (shown in --help); ctl,
+watch, export and apply also read the context that `lookaside up` writes
+(lookaside.context). Bad arguments: one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import importlib
 import logging
 import sys
+import typing
 from collections.abc import Callable
 
 try:
@@ -73,9 +76,17 @@ def _service_command(
     def run(args: argparse.Namespace) -> int:
         settings = settings_or_exit(parser, _load(settings_ref), args)  # type: ignore[arg-type]
         redis_url = getattr(settings, "redis_url", "")
+        env = f"{type(settings).model_config.get('env_prefix', '')}REDIS_URL"
+        if hasattr(settings, "redis_url") and not redis_url:
+            # No built-in Redis: a default would silently share someone else's.
+            print(
+                f"{parser.prog}: error: no Redis given: pass --redis-url (env {env}), "
+                "for example redis://HOST:6379/0",
+                file=sys.stderr,
+            )
+            return 2
         problem = redis_unreachable(redis_url) if redis_url else None
         if problem:
-            env = f"{type(settings).model_config.get('env_prefix', '')}REDIS_URL"
             print(
                 f"{parser.prog}: error: cannot reach Redis at {redacted_url(redis_url)} ({problem}); "
                 f"start it, or point --redis-url (env {env}) at a running one",
@@ -96,8 +107,16 @@ def _service_command(
     return run
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments get one line naming what to fix and exit status 2, not
+    the usage text (which --help prints). Subcommands inherit the class."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lookaside", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="lookaside", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, settings_ref, serve_ref) in SERVICES.items():
         settings_cls = _load(settings_ref)

@@ -9,10 +9,14 @@
     lookaside ctl apply -f pools.json            # declare pools (idempotent)
     lookaside ctl export > pools.json            # the current state, same format
 
-`-o json` prints the API's own JSON instead of a table. The admin URL and
-token come from --url / --token (or --token-file), else LOOKASIDE_ADMIN_URL
-and LOOKASIDE_ADMIN_TOKEN (or LOOKASIDE_ADMIN_TOKEN_FILE). Exit codes: 0 done,
-1 the API refused (its message is printed), 2 bad arguments or unreachable.
+`-o json` prints the API's own JSON instead of a table. The admin URL,
+token and CA come from --url, --token (or --token-file) and --ca, else
+LOOKASIDE_ADMIN_URL, LOOKASIDE_ADMIN_TOKEN (or LOOKASIDE_ADMIN_TOKEN_FILE)
+and LOOKASIDE_ADMIN_CA, else the context `lookaside up` wrote
+(lookaside.context; its token and CA only go to its own admin URL). A URL
+without a scheme is http://, or https:// when a CA is given. Exit codes:
+0 done, 1 the API refused (its message is printed), 2 bad arguments or
+unreachable.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -27,9 +32,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lookaside import context as ctx
+from lookaside.settings import read_secret
 from lookaside.tables import age, ms_time, number, table
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 TRANSITIONS = ("drain", "undrain", "disable", "enable", "reinstate")
 
 
@@ -44,10 +50,15 @@ class CtlError(Exception):
 class AdminClient:
     """The admin API over urllib (the image carries no HTTP client library)."""
 
-    def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 10.0, ca: str = "") -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.ca = ca
+        self.source = "--url"  # what named the URL, for the hint when it is unreachable
+        self.ssl = (
+            ssl.create_default_context(cafile=ca or None) if self.url.startswith("https:") else None
+        )
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -58,15 +69,24 @@ class AdminClient:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as reply:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                req, timeout=self.timeout, context=self.ssl
+            ) as reply:
                 raw = reply.read()
         except urllib.error.HTTPError as exc:
             raise CtlError(f"{method} {path}: HTTP {exc.code}: {_detail(exc.read())}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise CtlError(
+                    f"the admin API at {self.url} has a certificate this client does not trust "
+                    f"({reason.verify_message}); give its CA with --ca (env LOOKASIDE_ADMIN_CA)"
+                    + (f", not {self.ca}" if self.ca else ""),
+                    code=2,
+                ) from None
             raise CtlError(
-                f"cannot reach the admin API at {self.url} ({reason}); "
-                "give --url or LOOKASIDE_ADMIN_URL",
+                f"cannot reach the admin API at {self.url} ({reason}); it came from "
+                f"{self.source}: give the right one with --url (env LOOKASIDE_ADMIN_URL)",
                 code=2,
             ) from None
         return json.loads(raw) if raw else None
@@ -93,7 +113,10 @@ def _q(name: str) -> str:
 
 def load_document(path: str) -> Any:
     """A declarative state file: JSON, or YAML when PyYAML is installed."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise CtlError(f"cannot read -f {path}: {exc.strerror}", code=2) from None
     try:
         return json.loads(text)
     except ValueError:
@@ -193,41 +216,89 @@ def _backend_line(b: dict[str, Any]) -> str:
     return f"{b['pool']}/{b['id']} {b['address']}: {b['state']}, weight {b['weight']}"
 
 
-def apply_state(client: AdminClient, doc: Any) -> Any:
-    """POST /api/v1/state. An admin API that predates that endpoint (404
-    with no such route) gets each pool's settings instead: created with
-    POST, or replaced with PUT when it exists."""
+def http_url(value: str, named: str, tls: bool) -> str:
+    """`value` as an http(s) URL: without a scheme it is http://, or https://
+    when `tls` (a CA was given). CtlError (exit 2) naming `named` if bad."""
+    value = value.strip()
+    if "://" not in value:
+        value = ("https://" if tls else "http://") + value
     try:
-        return client.call("POST", "/api/v1/state", doc)
-    except CtlError as exc:
-        if "HTTP 404: Not Found" not in str(exc) or not isinstance(doc, dict):
-            raise
-    for pool in doc.get("pools", []):
-        name, config = pool["name"], pool.get("config", {})
-        try:
-            client.call("POST", "/api/v1/pools", {"name": name, **config})
-        except CtlError as exc:
-            if "HTTP 409" not in str(exc):
-                raise
-            client.call("PUT", f"/api/v1/pools/{_q(name)}", config)
-    return doc
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise CtlError(f"{named} {value!r} is not a URL ({exc})", code=2) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CtlError(
+            f"{named} {value!r} is not an http(s) URL; for example https://127.0.0.1:8080",
+            code=2,
+        )
+    return value
 
 
-def run(args: argparse.Namespace) -> int:
-    token = args.token
-    if token is not None:
+def _given(flag: str | None, env: str) -> tuple[str, str]:
+    """(value, what named it) from a flag, else its environment variable."""
+    if flag:
+        return flag, ""
+    value = os.environ.get(env, "").strip()
+    return value, (f"env {env}" if value else "")
+
+
+def client_from_args(args: argparse.Namespace) -> AdminClient:
+    """The admin API to talk to: flags, else their environment variables,
+    else the context (whose token and CA go only to its own URL)."""
+    if args.token is not None:
         print(
             "lookaside ctl: warning: --token on the command line is visible to every user in "
             "`ps` and stays in shell history; use --token-file or env LOOKASIDE_ADMIN_TOKEN "
             "instead",
             file=sys.stderr,
         )
-    else:
-        token = os.environ.get("LOOKASIDE_ADMIN_TOKEN", "")
-    if not token and args.token_file:
-        token = Path(args.token_file).read_text().strip()
-    client = AdminClient(args.url, token or "")
+    url, url_from = _given(args.url, "LOOKASIDE_ADMIN_URL")
+    url_from = url_from or "--url"
+    ca, ca_from = _given(args.ca, "LOOKASIDE_ADMIN_CA")
+    token, _ = _given(args.token, "LOOKASIDE_ADMIN_TOKEN")
+    token_file, token_file_from = _given(args.token_file, "LOOKASIDE_ADMIN_TOKEN_FILE")
+    token_file_from = token_file_from or "--token-file"
     try:
+        context = ctx.load()
+    except ctx.ContextError as exc:
+        raise CtlError(str(exc), code=2) from None
+    if context is not None and context.admin_url:
+        given = urllib.parse.urlsplit(url if "://" in url else "//" + url)
+        have = urllib.parse.urlsplit(context.admin_url)
+        same = not url or (given.netloc, given.scheme or have.scheme) == (have.netloc, have.scheme)
+        if same:
+            if not url:
+                url, url_from = context.admin_url, context.describe()
+            if not ca and context.ca:
+                ca, ca_from = context.ca, context.describe()
+            if not token and not token_file and context.token_file:
+                token_file = context.token_file
+                token_file_from = f"the token file of {context.describe()}"
+    if not url:
+        raise CtlError(ctx.missing("admin API", "--url", "LOOKASIDE_ADMIN_URL"), code=2)
+    url = http_url(url, url_from, bool(ca))
+    if ca:
+        try:
+            ssl.create_default_context(cafile=ca)
+        except (OSError, ssl.SSLError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise CtlError(
+                f"{ca_from or '--ca'} {ca!r} is not a readable CA file ({why})", code=2
+            ) from None
+    if not token and token_file:
+        try:
+            token = read_secret(token_file, token_file_from)
+        except ValueError as exc:
+            raise CtlError(str(exc), code=2) from None
+    client = AdminClient(url, token, ca=ca)
+    client.source = url_from
+    return client
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        client = client_from_args(args)
         out = dispatch(client, args)
     except CtlError as exc:
         print(f"lookaside ctl: {exc}", file=sys.stderr)
@@ -238,6 +309,21 @@ def run(args: argparse.Namespace) -> int:
     if out:
         print(out)
     return 0
+
+
+def plan_text(body: dict[str, Any], source: str, dry_run: bool) -> str:
+    """The changes an apply made (or, with --dry-run, would make)."""
+    verb = "would change" if dry_run else "changed"
+    lines = [f"{verb}  {change}" for change in body.get("changes", [])]
+    lines += [
+        f"pending  pool {h['pool']}: hold on {h['address']} (not registered yet)"
+        for h in body.get("pending_holds", [])
+    ]
+    if not body.get("changes"):
+        lines.append(f"nothing to change: the registry already holds {source}")
+    elif dry_run:
+        lines.append("dry run: nothing was written")
+    return "\n".join(lines)
 
 
 def dispatch(client: AdminClient, args: argparse.Namespace) -> str:
@@ -264,11 +350,11 @@ def dispatch(client: AdminClient, args: argparse.Namespace) -> str:
         return json.dumps(body, indent=2) if as_json else _backend_line(body)
     if cmd == "apply":
         doc = load_document(args.file)
-        body = apply_state(client, doc)
-        if as_json:
-            return json.dumps(body, indent=2)
-        names = [p.get("name", "?") for p in doc.get("pools", [])] if isinstance(doc, dict) else []
-        return f"applied {len(names)} pool(s): {', '.join(names)}"
+        query = urllib.parse.urlencode(
+            {"dry_run": str(args.dry_run).lower(), "prune": str(args.prune).lower()}
+        )
+        body = client.call("POST", f"/api/v1/state?{query}", doc)
+        return json.dumps(body, indent=2) if as_json else plan_text(body, args.file, args.dry_run)
     if cmd == "export":
         return json.dumps(client.call("GET", "/api/v1/state"), indent=2)
     raise CtlError(f"unknown command {cmd!r}", code=2)
@@ -277,22 +363,24 @@ def dispatch(client: AdminClient, args: argparse.Namespace) -> str:
 def _common() -> argparse.ArgumentParser:
     """The flags every ctl command takes (after the command, kubectl style)."""
     common = argparse.ArgumentParser(add_help=False)
-    env = os.environ.get
     common.add_argument(
         "--url",
-        default=env("LOOKASIDE_ADMIN_URL") or DEFAULT_URL,
-        help=f"admin API URL [env LOOKASIDE_ADMIN_URL, default {DEFAULT_URL}]",
+        help="admin API URL; http:// is assumed, https:// with --ca "
+        "[env LOOKASIDE_ADMIN_URL, else the context]",
     )
     common.add_argument(
         "--token",
-        default=None,
         help="the admin token; UNSAFE: visible in `ps`, prefer --token-file "
         "[env LOOKASIDE_ADMIN_TOKEN]",
     )
     common.add_argument(
         "--token-file",
-        default=env("LOOKASIDE_ADMIN_TOKEN_FILE", ""),
-        help="a file holding the admin token [env LOOKASIDE_ADMIN_TOKEN_FILE]",
+        help="a file holding the admin token [env LOOKASIDE_ADMIN_TOKEN_FILE, else the context]",
+    )
+    common.add_argument(
+        "--ca",
+        help="PEM CA bundle that signed the admin API's certificate "
+        "[env LOOKASIDE_ADMIN_CA, else the context]",
     )
     common.add_argument(
         "-o", "--output", choices=("table", "json"), default="table", help="output format"
@@ -327,7 +415,19 @@ def add_subcommand(subparsers: Any) -> None:
     w.add_argument("pool")
     w.add_argument("backend")
     w.add_argument("weight", type=int, help="1..1000")
-    a = command("apply", "declare pools from a file (POST /api/v1/state), idempotent")
+    a = command(
+        "apply",
+        "declare pools from a file (POST /api/v1/state): merges, idempotent, prints the plan",
+    )
     a.add_argument("-f", "--file", required=True, help="JSON or YAML file; - for stdin")
+    a.add_argument(
+        "--dry-run", action="store_true", help="print the plan (old -> new) and write nothing"
+    )
+    a.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove what the file leaves out of the pools it names: settings go back "
+        "to their defaults, unlisted static backends and holds are removed",
+    )
     command("export", "print the current state (GET /api/v1/state)")
     p.set_defaults(func=run)

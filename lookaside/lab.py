@@ -9,6 +9,13 @@ started again from its append-only file; a balancer, DNS responder or
 admin that dies stops the lab with exit status 1. Ctrl-C or SIGTERM stops
 everything, backends first so they deregister.
 
+The lab keeps its admin token and (with --tls) its CA in its state folder
+(--state-dir; default the folder of the context file, lookaside/lab), so
+both outlive a restart; and it writes the context (lookaside.context) that
+`ctl`, `watch`, `export` and `apply` use when no flag names a lab. Its pool
+gets a short report interval (--report-interval-ms) when the lab creates it,
+so that a short demo run shows up in `ctl load` and the dashboard.
+
 With --tls it runs the production profile of docs/security.md: TLS on the
 balancer, the admin API, the backends and /metrics with a lab CA, the
 balancer's health checks over TLS to the backends, and a registration token
@@ -21,7 +28,7 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
+import secrets
 import shutil
 import signal
 import sys
@@ -34,6 +41,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookaside import context
 from lookaside.lab_procs import LabError, Proc, exit_reason, lab_lock, preflight_ports
 from lookaside.redis_process import RedisProcess, free_port, redis_unreachable
 from lookaside.settings import (
@@ -75,6 +83,18 @@ class LabSettings(BaseSettings):
     )
     log_dir: str = Field(
         "", description="keep the logs here; default a temporary folder, removed on a clean stop"
+    )
+    state_dir: str = Field(
+        "",
+        description="the admin token and the TLS CA, kept across restarts; default lab/ next "
+        "to the context file (LOOKASIDE_CONTEXT, ~/.config/lookaside/context.json)",
+    )
+    report_interval_ms: int = Field(
+        1000,
+        ge=0,
+        le=3_600_000,
+        description="how often the lab pool's clients report load, set when the lab creates "
+        "the pool (the default for other pools is 10000)",
     )
 
     @field_validator("admin_token")
@@ -123,8 +143,27 @@ class Lab:
         self.redis_url = settings.redis_url
         self.procs: list[Proc] = []
         self.backend_ports: list[int] = []
-        self.token = settings.admin_token or __import__("secrets").token_urlsafe(18)
+        self.state_dir = Path(settings.state_dir or context.location().parent / "lab").resolve()
+        self.token_file = self.state_dir / "admin-token"
+        self.token = settings.admin_token or self._kept_token()
         self.certs: Any = None
+        self.context_path: Path | None = None
+
+    def _kept_token(self) -> str:
+        """The token of an earlier run from the state folder, else a new one."""
+        try:
+            kept = self.token_file.read_text().strip()
+        except OSError:
+            kept = ""
+        from admin_api.settings import token_problem
+
+        return kept if kept and token_problem(kept) is None else secrets.token_urlsafe(18)
+
+    def _keep_token(self) -> None:
+        self.token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token + "\n")
 
     def _proc(self, name: str, args: list[str], port: int = 0, **kw: object) -> Proc:
         proc = Proc(name, args, self.dir / "logs" / f"{name}.log", port=port, **kw)  # type: ignore[arg-type]
@@ -136,10 +175,10 @@ class Lab:
         children also trust the lab CA as their default roots."""
         if not self.s.tls:
             return []
-        from lookaside.certs import issue
+        from lookaside.certs import kept_or_issued
 
         if self.certs is None:
-            self.certs = issue(self.dir / "certs", zone=self.s.zone)
+            self.certs = kept_or_issued(self.state_dir / "certs", zone=self.s.zone)
             os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(self.certs.ca)
         return ["--tls-cert", str(self.certs.server_cert), "--tls-key", str(self.certs.server_key)]
 
@@ -194,6 +233,7 @@ class Lab:
     def start(self) -> None:
         s = self.s
         preflight_ports(s.host, {flag: getattr(s, flag) for flag in PORT_FLAGS}, PORT_FLAGS)
+        self._keep_token()
         if self.redis_url:
             problem = redis_unreachable(self.redis_url)
             if problem:
@@ -237,6 +277,7 @@ class Lab:
             s.admin_port,
             env={"LOOKASIDE_ADMIN_TOKEN": self.token},
         ).wait_ready(s.ready_timeout)
+        self._short_reports()
         for i in range(s.backends):
             port = free_port(s.host)
             self.backend_ports.append(port)
@@ -252,6 +293,41 @@ class Lab:
             if proc.backend:
                 proc.wait_ready(s.ready_timeout)
         self._wait_registered(s.backends)
+        self.context_path = context.save(self.as_context())
+
+    @property
+    def admin_url(self) -> str:
+        return f"{'https' if self.s.tls else 'http'}://{self.s.host}:{self.s.admin_port}"
+
+    def as_context(self) -> context.Context:
+        """Where the client commands find this lab."""
+        return context.Context(
+            admin_url=self.admin_url,
+            token_file=str(self.token_file),
+            ca=str(self.certs.ca) if self.certs else "",
+            balancer=f"{self.s.host}:{self.s.balancer_port}",
+            redis_url=self.redis_url,
+            written_by="lookaside up",
+        )
+
+    def _short_reports(self) -> None:
+        """The lab's pool, when the lab creates it, has clients report every
+        --report-interval-ms (a pool a state file declared is left alone)."""
+        from lookaside.registry.model import PoolConfig
+        from lookaside.registry.store import RegistryStore
+
+        async def create() -> None:
+            store = RegistryStore.from_url(self.redis_url)
+            try:
+                if await store.get_pool(self.s.pool) is None:
+                    config = PoolConfig(
+                        name=self.s.pool, report_interval_ms=self.s.report_interval_ms
+                    )
+                    await store.put_pool(config, actor="lookaside up")
+            finally:
+                await store.close()
+
+        asyncio.run(create())
 
     def _registered(self) -> int:
         """Backends of the lab's pool in the registry (0 while it is away)."""
@@ -294,17 +370,14 @@ class Lab:
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
         web = "https" if s.tls else "http"
-        admin_url = f"{web}://{s.host}:{s.admin_port}"
-        # ctl trusts the lab's CA through the standard variable of Python's ssl.
-        ctl = (f"SSL_CERT_FILE={self.certs.ca} " if self.certs else "") + (
-            f"{cmd} ctl pools --url {admin_url} --token {shlex.quote(self.token)}"
-        )
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
             f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics",
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
-            f"  admin      {admin_url}/   token {self.token}",
+            f"  admin      {self.admin_url}/   token in {self.token_file}",
+            f"  dashboard  {self.admin_url}/#token={self.token}   (opens logged in)",
+            f"  context    {self.context_path}   (ctl, watch, export and apply use it)",
             f"  backends   {', '.join(f'{s.host}:{p}' for p in self.backend_ports)}   pool {s.pool}",
             f"  pids       {pids}",
             f"  logs       {self.dir}/logs ({logs})",
@@ -318,10 +391,11 @@ class Lab:
             ),
             "",
             "Try, from another terminal:",
+            # URL, token and CA from the context (no token on a command line).
+            f"  {cmd} ctl pools",
             f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb grpclb-dns --dns {s.host}:{s.dns_port} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
-            f"  {ctl}",
             "",
             "Ctrl-C stops everything.",
         ]

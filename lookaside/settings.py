@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
@@ -68,6 +68,23 @@ def host_port(value: str, what: str, *, port_zero: bool = False) -> str:
     if port == 0 and not port_zero:
         raise ValueError(f"{what} {value!r}: port 0 is only allowed for --listen")
     return value.strip()
+
+
+class FieldProblem(ValueError):
+    """A check across fields that blames one of them: settings_or_exit names
+    that field's flag (or variable) as it names a field's own errors."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def blaming(field: str, check: Callable[..., str], *args: str) -> str:
+    """check(*args), a ValueError from it blamed on `field` (FieldProblem)."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise FieldProblem(field, str(exc)) from None
 
 
 def read_secret(path: str, what: str) -> str:
@@ -176,7 +193,8 @@ def _optional_file(value: str) -> str:
 
 
 # Setting types with their checks, shared by every component's settings.
-RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
+# Empty: not given (the command refuses to start without one; no default).
+RedisUrl = Annotated[str, AfterValidator(lambda v: check_redis_url(v) if v.strip() else "")]
 StateFile = Annotated[str, AfterValidator(check_state_file)]
 OptionalFile = Annotated[str, AfterValidator(_optional_file)]
 
@@ -187,7 +205,9 @@ class BalancerSettings(BaseSettings):
     listen: str = Field(
         "0.0.0.0:50051", description="host:port for BalanceLoad, registration, health"
     )
-    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field(
+        "", description="the registry's Redis, e.g. redis://HOST:6379/0 (required)"
+    )
     redis_url_file: str = Field(
         "", description="file holding the Redis URL (keeps a password out of ps and env)"
     )
@@ -289,7 +309,8 @@ class BalancerSettings(BaseSettings):
     @model_validator(mode="after")
     def _secret_files(self) -> BalancerSettings:
         if self.redis_url_file:
-            self.redis_url = check_redis_url(read_secret(self.redis_url_file, "Redis URL file"))
+            url = blaming("redis_url_file", read_secret, self.redis_url_file, "Redis URL file")
+            self.redis_url = blaming("redis_url_file", check_redis_url, url)
         return self
 
     @model_validator(mode="after")
@@ -358,12 +379,7 @@ def settings_or_exit(
     try:
         settings = settings_from_args(model, args)
     except ValidationError as exc:
-        prefix = model.model_config.get("env_prefix", "")
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else ""
-            where = f"--{field.replace('_', '-')} (env {prefix}{field.upper()}): " if field else ""
-            problems.append(where + err["msg"].removeprefix("Value error, "))
+        problems = [f"{_source(model, args, _field(err))}{_message(err)}" for err in exc.errors()]
         # One line, no usage text: the message names the flag to fix.
         import sys
 
@@ -371,6 +387,34 @@ def settings_or_exit(
         raise SystemExit(2) from None
     warn_secret_flags(parser, model, args)
     return settings
+
+
+def _field(err: Any) -> str:
+    problem = (err.get("ctx") or {}).get("error")
+    if isinstance(problem, FieldProblem):
+        return problem.field
+    return str(err["loc"][0]) if err["loc"] else ""
+
+
+def _message(err: Any) -> str:
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _source(model: type[BaseSettings], args: argparse.Namespace, field: str) -> str:
+    """What gave `field` its value, as the prefix of an error: the flag when
+    it was on the command line, the variable when it came from there, both
+    when neither (the default)."""
+    import os
+
+    if not field:
+        return ""
+    flag = f"--{field.replace('_', '-')}"
+    env = f"{model.model_config.get('env_prefix', '')}{field.upper()}"
+    if getattr(args, field, None) is not None:
+        return f"{flag}: "
+    if env in os.environ:
+        return f"env {env}: "
+    return f"{flag} (env {env}): "
 
 
 def warn_secret_flags(

@@ -6,8 +6,9 @@ means Redis lost its data (restarted empty, or a different Redis): the
 keeper applies the last state it saw (exported while the marker was there,
 so operator changes made through the admin API since the start survive),
 or the file when it saw none. Holds whose backend has not registered again
-yet are retried on every tick until it has. Applying is idempotent, so
-several replicas keeping the same state do no harm.
+yet are retried on every tick until it has. Applying merges (a partial
+`config:` changes only the keys it names; see lookaside.declarative) and
+is idempotent, so several replicas keeping the same state do no harm.
 """
 
 from __future__ import annotations
@@ -73,10 +74,7 @@ class StateKeeper:
             if doc is None or time.monotonic() - since > PENDING_HOLD_LIMIT:
                 self.pending.pop((pool, address), None)
                 continue
-            # Only the hold: the pool's settings are already in place.
-            snap_config = await self.store.get_pool(pool)
-            if snap_config is not None:
-                doc.pools[0].config = d.PoolSettings.from_config(snap_config)
+            # Only the hold: its config names no key, so the settings stay.
             result = await d.apply(self.store, doc, actor=self.actor)
             if not result.pending:
                 self.pending.pop((pool, address), None)

@@ -8,8 +8,14 @@ fallback responses. Each update is stamped with the time it arrived, and
 what changed since the previous one is marked (+ added, - gone, ~ weight
 changed; in colour on a terminal).
 
+    lookaside watch routeguide                       # the balancer of the context
     lookaside watch routeguide --balancer 127.0.0.1:50051
-    lookaside watch routeguide --balancer b1:50051 --count 1 -o json
+    lookaside watch routeguide --balancer b1:50051 --ca ca.pem --count 1 -o json
+
+The balancer and its CA come from --balancer and --ca, else
+LOOKASIDE_WATCH_BALANCER and LOOKASIDE_WATCH_CA, else the context that
+`lookaside up` wrote (lookaside.context). A pool the balancer does not know
+ends the watch with exit status 1, unless --wait asks to wait for it.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class Update:
     """One message of the stream, as clients would apply it."""
 
     at: float  # time.time() when it arrived
-    kind: str  # "list", "fallback" or "initial"
+    kind: str  # "list", "fallback", "initial", or "unknown" (no such pool)
     # (address, token) -> repetitions; drop token -> slots
     servers: dict[tuple[str, str], int] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
@@ -138,11 +144,22 @@ def _requests(name: str, stop: threading.Event) -> Iterator[lb.LoadBalanceReques
 
 
 def stream_updates(
-    balancer: str, name: str, stop: threading.Event, timeout: float | None = None
+    balancer: str,
+    name: str,
+    stop: threading.Event,
+    timeout: float | None = None,
+    ca: bytes | None = None,
 ) -> Iterator[Update]:
-    """Updates from one BalanceLoad stream until `stop` is set or it ends.
+    """Updates from one BalanceLoad stream until `stop` is set or it ends
+    (TLS when `ca`, the PEM roots to trust, is given); after the initial
+    one, an "unknown" update when the balancer knows no such pool.
     grpc.RpcError when the stream fails."""
-    channel = grpc.insecure_channel(balancer)
+    from balancer_server.balance_load import UNKNOWN_POOL_KEY
+
+    if ca is not None:
+        channel = grpc.secure_channel(balancer, grpc.ssl_channel_credentials(ca))
+    else:
+        channel = grpc.insecure_channel(balancer)
     try:
         stub = lb_grpc.LoadBalancerStub(channel)
         call = stub.BalanceLoad(_requests(name, stop), timeout=timeout)
@@ -150,7 +167,12 @@ def stream_updates(
         stop_watcher.start()
         try:
             for reply in call:
-                yield to_update(reply, time.time())
+                update = to_update(reply, time.time())
+                yield update
+                if update.kind == "initial" and any(
+                    key == UNKNOWN_POOL_KEY for key, _ in call.initial_metadata() or ()
+                ):
+                    yield Update(update.at, "unknown")
         except grpc.RpcError as exc:
             if not stop.is_set():
                 raise
@@ -164,6 +186,7 @@ def watch(args: argparse.Namespace, out: TextIO) -> int:
     stop = threading.Event()
     colour = args.output == "table" and out.isatty() and not os.environ.get("NO_COLOR")
     name = args.name or args.pool
+    ca = getattr(args, "ca_pem", None)
     if args.output == "table":
         print(f"watching {name!r} on {args.balancer} (Ctrl-C ends)", file=out, flush=True)
     previous: Update | None = None
@@ -172,7 +195,7 @@ def watch(args: argparse.Namespace, out: TextIO) -> int:
 
     def pump() -> None:
         try:
-            for update in stream_updates(args.balancer, name, stop):
+            for update in stream_updates(args.balancer, name, stop, ca=ca):
                 updates.put(update)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             updates.put(exc)
@@ -187,10 +210,25 @@ def watch(args: argparse.Namespace, out: TextIO) -> int:
             if isinstance(item, grpc.RpcError):
                 code = item.code().name if hasattr(item, "code") else "UNKNOWN"
                 details = item.details() if hasattr(item, "details") else str(item)
-                print(f"lookaside watch: stream ended: {code}: {details}", file=sys.stderr)
+                hint = ""
+                if "CERTIFICATE_VERIFY_FAILED" in details or "handshake" in details.lower():
+                    hint = "; give the balancer's CA with --ca (env LOOKASIDE_WATCH_CA)"
+                print(f"lookaside watch: stream ended: {code}: {details}{hint}", file=sys.stderr)
                 return 1
             if isinstance(item, BaseException):
                 raise item
+            if item.kind == "unknown":
+                where = f"pool {name!r} does not exist on {args.balancer}"
+                if not getattr(args, "wait", False):
+                    print(
+                        f"lookaside watch: {where}; `lookaside ctl pools` lists the pools, "
+                        "and --wait waits for this one to be created",
+                        file=sys.stderr,
+                    )
+                    return 1
+                if args.output == "table":
+                    print(f"{where} yet; waiting for it", file=out, flush=True)
+                continue
             if args.output == "json":
                 print(json.dumps(item.as_json()), file=out, flush=True)
             else:
@@ -211,9 +249,35 @@ def watch(args: argparse.Namespace, out: TextIO) -> int:
         stop.set()
 
 
+def resolve(args: argparse.Namespace) -> None:
+    """Fills args.balancer and args.ca_pem from the flags, their variables,
+    else the context (whose CA goes only to its own balancer); ValueError
+    with the one line to print."""
+    from lookaside import context as ctx
+
+    balancer = args.balancer or os.environ.get("LOOKASIDE_WATCH_BALANCER", "").strip()
+    ca = args.ca or os.environ.get("LOOKASIDE_WATCH_CA", "").strip()
+    ca_from = "--ca" if args.ca else "env LOOKASIDE_WATCH_CA"
+    context = ctx.load()
+    if context is not None and context.balancer and balancer in ("", context.balancer):
+        balancer = context.balancer
+        if not ca and context.ca:
+            ca, ca_from = context.ca, f"the CA of {context.describe()}"
+    if not balancer:
+        raise ValueError(ctx.missing("balancer", "--balancer", "LOOKASIDE_WATCH_BALANCER"))
+    args.balancer = host_port(balancer, "balancer")
+    args.ca_pem = None
+    if ca:
+        try:
+            with open(ca, "rb") as f:
+                args.ca_pem = f.read()
+        except OSError as exc:
+            raise ValueError(f"{ca_from} {ca!r} cannot be read: {exc.strerror}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        host_port(args.balancer, "balancer")
+        resolve(args)
     except ValueError as exc:
         print(f"lookaside watch: {exc}", file=sys.stderr)
         return 2
@@ -229,10 +293,14 @@ def add_subcommand(subparsers: Any) -> None:
     )
     p.add_argument("pool", help="the pool (or service name) to ask the balancer for")
     p.add_argument(
-        "--balancer",
-        default=os.environ.get("LOOKASIDE_WATCH_BALANCER", "127.0.0.1:50051"),
-        help="balancer host:port [env LOOKASIDE_WATCH_BALANCER, default 127.0.0.1:50051]",
+        "--balancer", help="balancer host:port [env LOOKASIDE_WATCH_BALANCER, else the context]"
     )
+    p.add_argument(
+        "--ca",
+        help="PEM CA bundle: talk TLS to the balancer, trusting it "
+        "[env LOOKASIDE_WATCH_CA, else the context]",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for a pool that does not exist yet")
     p.add_argument("--name", default="", help="the name sent in the initial request; default POOL")
     p.add_argument("--count", type=int, default=0, help="exit after this many lists (0: never)")
     p.add_argument(

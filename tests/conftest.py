@@ -13,6 +13,15 @@ from lookaside.redis_process import RedisProcess
 from tests.support import BalancerHandle, RouteGuideBackend
 
 
+@pytest.fixture(autouse=True)
+def context_file(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test (and every process it starts) has a context file of its
+    own, missing until written: never the user's (lookaside.context)."""
+    path = tmp_path_factory.mktemp("context") / "context.json"
+    monkeypatch.setenv("LOOKASIDE_CONTEXT", str(path))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def redis_proc() -> Iterator[RedisProcess]:
     proc = RedisProcess().start()

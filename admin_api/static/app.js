@@ -17,6 +17,19 @@ let blockedOnToken = false;
 // -- token and API -------------------------------------------------------------
 const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
 
+// A link such as `lookaside up` prints, /#token=..., opens logged in: the
+// fragment never reaches the server; the token is stored as the dialog
+// would store it, and the fragment is cleared from the address bar.
+function takeTokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const given = (params.get("token") || "").trim();
+  if (!params.has("token")) return;
+  if (given) sessionStorage.setItem(TOKEN_KEY, given);
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
+}
+
 function renderTokenButton() {
   $("token-button").textContent = token() ? "Token set ✓" : "Set token";
   $("token-button").title = token() ? "Click to change or forget the token" : "";
@@ -395,6 +408,7 @@ async function loop() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  takeTokenFromFragment();
   renderTokenButton();
   $("token-cancel").addEventListener("click", () => $("token-dialog").close("cancel"));
   $("token-forget").addEventListener("click", () => $("token-dialog").close("forget"));

@@ -50,7 +50,9 @@ class DnsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_DNS_", extra="ignore")
 
     listen: str = Field("127.0.0.1:8053", description="host:port for DNS over UDP and TCP")
-    redis_url: RedisUrl = Field("redis://127.0.0.1:6379/0", description="the registry's Redis")
+    redis_url: RedisUrl = Field(
+        "", description="the registry's Redis, e.g. redis://HOST:6379/0 (required)"
+    )
     redis_cluster: bool = Field(
         False, description="--redis-url names a node of a Redis Cluster (any one)"
     )

@@ -323,3 +323,34 @@ def test_dashboard_golden_signals(
         finally:
             browser.close()
     assert ids and (ARTIFACTS / f"dashboard-signals-{width}.png").stat().st_size > 10_000
+
+
+def test_dashboard_opens_logged_in_from_the_token_fragment(
+    admin: AdminProcess,
+    dash_redis_url: str,
+    dash_redis: redis.Redis,
+    pool_name: str,
+) -> None:
+    """The link `lookaside up` prints: /#token=... stores the token as the
+    dialog would, clears it from the address bar, and actions need no prompt."""
+    from playwright.sync_api import sync_playwright
+
+    ids = _seed(admin, dash_redis_url, pool_name, dash_redis)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{admin.url}/#token={TOKEN}")
+            card = page.locator(f'section.pool[data-pool="{pool_name}"]')
+            card.wait_for(timeout=15_000)
+            assert "token" not in page.url  # the fragment is cleared
+            assert page.locator("#token-button").inner_text() == "Token set ✓"
+            target = card.locator('tr[data-address="127.0.0.1:9401"]')
+            target.locator('button[data-action="drain"]').click()
+            wait_until(lambda: _state(dash_redis, pool_name, ids[9401]) == "draining", timeout=10)
+            assert not page.locator("#token-dialog").is_visible()
+            assert not any(TOKEN in url for url in requested)  # never sent in a URL
+        finally:
+            browser.close()

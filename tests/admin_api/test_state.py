@@ -27,7 +27,7 @@ async def test_apply_then_export(client: httpx.AsyncClient, pool_name: str) -> N
     r = await client.post("/api/v1/state", json=body(pool_name), headers=AUTH)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert f"pool {pool_name}: settings" in out["changes"]
+    assert f"pool {pool_name}: lease_ttl_ms: 10000 -> 4000" in out["changes"]
     assert out["pending_holds"] == [{"pool": pool_name, "address": "127.0.0.1:7102"}]
 
     again = await client.post("/api/v1/state", json=body(pool_name), headers=AUTH)
@@ -54,3 +54,27 @@ async def test_state_needs_the_token_and_a_valid_document(
     r = await client.post("/api/v1/state", json=bad, headers=AUTH)
     assert r.status_code == 422
     assert "policy" in r.text
+
+
+async def test_apply_merges_and_dry_run_writes_nothing(
+    client: httpx.AsyncClient, pool_name: str
+) -> None:
+    await client.post("/api/v1/state", json=body(pool_name), headers=AUTH)
+    partial = {"pools": [{"name": pool_name, "config": {"report_interval_ms": 2000}}]}
+    r = await client.post("/api/v1/state?dry_run=true", json=partial, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["changes"] == [f"pool {pool_name}: report_interval_ms: 10000 -> 2000"]
+    pool = (await client.get(f"/api/v1/pools/{pool_name}", headers=AUTH)).json()
+    assert pool["report_interval_ms"] == 10000  # the dry run wrote nothing
+    r = await client.post("/api/v1/state", json=partial, headers=AUTH)
+    assert r.json()["changes"] == [f"pool {pool_name}: report_interval_ms: 10000 -> 2000"]
+    pool = (await client.get(f"/api/v1/pools/{pool_name}", headers=AUTH)).json()
+    assert (pool["policy"], pool["lease_ttl_ms"]) == ("least_loaded", 4000)  # not named: kept
+    assert pool["backends"]["total"] == 1  # the static backend stays without prune
+    r = await client.post("/api/v1/state?prune=true", json=partial, headers=AUTH)
+    changes = r.json()["changes"]
+    assert f"pool {pool_name}: policy: least_loaded -> round_robin" in changes
+    assert f"pool {pool_name}: static backend 127.0.0.1:7101: removed (pruned)" in changes
+    pool = (await client.get(f"/api/v1/pools/{pool_name}", headers=AUTH)).json()
+    assert (pool["policy"], pool["report_interval_ms"]) == ("round_robin", 2000)
+    assert pool["backends"]["total"] == 0

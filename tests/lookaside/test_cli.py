@@ -19,15 +19,14 @@ from lookaside.redis_process import free_port
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["up", "--admin-token", "short"], "--admin-token (env LOOKASIDE_LAB_ADMIN_TOKEN)"),
+        (["up", "--admin-token", "short"], "--admin-token: the admin token"),
         (["up", "--admin-token", "changethis-changethis"], "looks like a default"),
         (["balancer", "--listen", "nope"], "listen 'nope' is not host:port"),
-        (["balancer", "--metrics-listen", "x:y"], "--metrics-listen (env"),
+        (["balancer", "--metrics-listen", "x:y"], "--metrics-listen: "),
         (["balancer", "--max-eject-share", "2"], "--max-eject-share"),
         (
             ["balancer", "--trusted-networks", "10.0.0.0/8,nope"],
-            "--trusted-networks (env LOOKASIDE_BALANCER_TRUSTED_NETWORKS): trusted networks: "
-            "'nope' is not a network",
+            "--trusted-networks: trusted networks: 'nope' is not a network",
         ),
     ],
 )
@@ -107,8 +106,7 @@ def test_bad_redis_url_is_one_line_naming_flag_and_variable(
         )
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    env = f"LOOKASIDE_{command.upper()}_REDIS_URL"
-    assert f"--redis-url (env {env})" in err and message in err
+    assert f"--redis-url: {url!r}" in err and message in err  # the flag that was given
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
@@ -134,7 +132,7 @@ def test_state_file_that_does_not_exist_is_refused(
         main(["balancer", "--state-file", "/nonexistent/pools.yaml"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--state-file (env LOOKASIDE_BALANCER_STATE_FILE)" in err and "does not exist" in err
+    assert "--state-file: state file" in err and "does not exist" in err
 
 
 def test_dns_default_port_is_not_mdns_and_docs_agree() -> None:
@@ -195,3 +193,56 @@ def test_tls_key_not_the_certificates_is_named_not_a_port_in_use(
     with pytest.raises(SystemExit) as stopped:
         serve_metrics(f"127.0.0.1:{free_port()}", CollectorRegistry(), cert, key)
     assert str(stopped.value).startswith("cannot serve /metrics over HTTPS: TLS key")
+
+
+@pytest.mark.parametrize("command", ["balancer", "dns", "admin"])
+def test_no_redis_url_is_refused_not_defaulted(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(f"LOOKASIDE_{command.upper()}_REDIS_URL", raising=False)
+    argv = [command, "--listen", "127.0.0.1:0", "--metrics-listen", ""]
+    if command == "admin":
+        argv = [command, "--dev", "--listen", f"127.0.0.1:{free_port()}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"no Redis given: pass --redis-url (env LOOKASIDE_{command.upper()}_REDIS_URL)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_no_default_redis_url_anywhere() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for package in ("lookaside", "balancer_server", "admin_api", "client_lib"):
+        for path in (root / package).rglob("*.py"):
+            assert "127.0.0.1:6379" not in path.read_text(), path
+
+
+def test_a_weak_admin_token_names_what_gave_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN", raising=False)
+    weak = "a" * 30
+    with pytest.raises(SystemExit) as exc:
+        main(["admin", "--redis-url", "redis://127.0.0.1:1/0", "--token", weak])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--token: the admin token" in err and "LOOKASIDE_ADMIN_TOKEN" not in err
+    monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", weak)
+    with pytest.raises(SystemExit):
+        main(["admin", "--redis-url", "redis://127.0.0.1:1/0"])
+    assert "env LOOKASIDE_ADMIN_TOKEN: the admin token" in capsys.readouterr().err
+    monkeypatch.delenv("LOOKASIDE_ADMIN_TOKEN")
+    with pytest.raises(SystemExit):
+        main(["admin", "--redis-url", "redis://127.0.0.1:1/0", "--token-file", "/nonexistent"])
+    err = capsys.readouterr().err
+    assert "--token-file: token file '/nonexistent' cannot be read" in err
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["watch"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required: pool" in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err

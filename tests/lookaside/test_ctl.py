@@ -4,6 +4,7 @@ and backends registered through a real balancer."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,10 +161,12 @@ def test_apply_is_idempotent(
     }
     path = tmp_path / "pools.json"
     path.write_text(json.dumps(doc))
-    for _ in range(2):
-        code, out, err = ctl(admin, capsys, "apply", "-f", str(path))
-        assert code == 0, err
-        assert pool_name in out
+    code, out, err = ctl(admin, capsys, "apply", "-f", str(path))
+    assert code == 0, err
+    assert f"changed  pool {pool_name}: report_interval_ms: 10000 -> 3000" in out
+    code, out, err = ctl(admin, capsys, "apply", "-f", str(path))
+    assert code == 0, err
+    assert out.startswith("nothing to change")
     r = httpx.get(f"{admin.url}/api/v1/pools/{pool_name}", headers=AUTH)
     assert r.json()["report_interval_ms"] == 3000
     bad = tmp_path / "bad.json"
@@ -210,3 +213,136 @@ def test_load_shows_every_window(
     assert windows == ["10s", "1m", "15m"]
     assert "client streams: 0" in out
     assert sum(f"127.0.0.1:{port}" in out for port in lab) == 3
+
+
+def test_apply_merges_and_dry_run_shows_the_plan(
+    admin: AdminProcess, tmp_path: Path, pool_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = tmp_path / "full.json"
+    full.write_text(
+        json.dumps(
+            {"pools": [{"name": pool_name, "config": {"policy": "least_loaded",
+                                                      "report_interval_ms": 5000}}]}
+        )
+    )  # fmt: skip
+    assert ctl(admin, capsys, "apply", "-f", str(full))[0] == 0
+    partial = tmp_path / "drops.yaml"
+    partial.write_text(
+        f"pools: [{{name: {pool_name}, config: {{drops: [{{token: lb, per_mille: 20}}]}}}}]"
+    )
+    code, out, err = ctl(admin, capsys, "apply", "-f", str(partial), "--dry-run")
+    assert code == 0, err
+    assert f'would change  pool {pool_name}: drops: [] -> [{{"token":"lb","per_mille":20}}]' in out
+    assert "dry run: nothing was written" in out
+    r = httpx.get(f"{admin.url}/api/v1/pools/{pool_name}", headers=AUTH)
+    assert r.json()["drops"] == []
+    code, out, err = ctl(admin, capsys, "apply", "-f", str(partial))
+    assert code == 0, err
+    assert out.splitlines() == [
+        f'changed  pool {pool_name}: drops: [] -> [{{"token":"lb","per_mille":20}}]'
+    ]
+    pool = httpx.get(f"{admin.url}/api/v1/pools/{pool_name}", headers=AUTH).json()
+    assert (pool["policy"], pool["report_interval_ms"]) == ("least_loaded", 5000)  # kept
+    code, out, err = ctl(admin, capsys, "apply", "-f", str(partial), "--prune")
+    assert code == 0, err
+    assert f"changed  pool {pool_name}: policy: least_loaded -> round_robin" in out
+
+
+def test_no_admin_url_and_no_context_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], context_file: str
+) -> None:
+    assert main(["ctl", "pools"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lookaside ctl: no admin API given: pass --url (env LOOKASIDE_ADMIN_URL)")
+    assert context_file in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_context_gives_url_and_token_only_to_its_own_url(
+    admin: AdminProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lookaside import context
+
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(TOKEN + "\n")
+    context.save(context.Context(admin_url=admin.url, token_file=str(token_file)))
+    capsys.readouterr()
+    assert main(["ctl", "pools", "-o", "json"]) == 0
+    assert "pools" in json.loads(capsys.readouterr().out)
+    # The same URL without its scheme still uses the context's token.
+    assert main(["ctl", "pools", "--url", admin.url.removeprefix("http://")]) == 0
+    capsys.readouterr()
+    # Another URL given: the context's token is not sent there.
+    other = admin.url.replace("127.0.0.1", "localhost")
+    assert main(["ctl", "pools", "--url", other]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--token-file", "/nonexistent"], "--token-file '/nonexistent' cannot be read"),
+        (["--url", "ftp://127.0.0.1:1"], "--url 'ftp://127.0.0.1:1' is not an http(s) URL"),
+        (["--url", "127.0.0.1:99999"], "--url 'http://127.0.0.1:99999' is not a URL"),
+        (["--ca", "/nonexistent.pem"], "--ca '/nonexistent.pem' is not a readable CA file"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ctl", "pools", "--url", "http://127.0.0.1:9", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_usage_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["ctl", "weight", "pool", "backend", "heavy"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid int value: 'heavy'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_https_admin_with_ca_and_a_url_without_scheme(
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lookaside.certs import issue
+    from tests.support import wait_until
+
+    certs = issue(tmp_path / "certs")
+    process = AdminProcess(
+        redis_url,
+        "--tls-cert",
+        str(certs.server_cert),
+        "--tls-key",
+        str(certs.server_key),
+        env=clean_env(LOOKASIDE_ADMIN_TOKEN=TOKEN),
+    )
+    bare = f"127.0.0.1:{process.port}"
+
+    def up() -> bool:
+        try:
+            return (
+                httpx.get(
+                    f"https://{bare}/healthz",
+                    verify=ssl.create_default_context(cafile=str(certs.ca)),
+                ).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, timeout=30)
+        monkeypatch.setenv("LOOKASIDE_ADMIN_TOKEN", TOKEN)
+        capsys.readouterr()
+        assert main(["ctl", "pools", "--url", bare, "--ca", str(certs.ca)]) == 0
+        assert capsys.readouterr().out.startswith("POOL")
+        assert main(["ctl", "pools", "--url", f"https://{bare}"]) == 2
+        err = capsys.readouterr().err
+        assert "give its CA with --ca (env LOOKASIDE_ADMIN_CA)" in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        process.stop()

@@ -57,8 +57,9 @@ async def test_apply_is_idempotent_and_export_round_trips(
 ) -> None:
     doc = document(pool_name)
     first = await d.apply(store, doc)
-    assert f"pool {pool_name}: settings" in first.changes
-    assert f"pool {pool_name}: static backend 127.0.0.1:7001" in first.changes
+    assert f"pool {pool_name}: created" in first.changes
+    assert f"pool {pool_name}: policy: round_robin -> least_loaded" in first.changes
+    assert f"pool {pool_name}: static backend 127.0.0.1:7001: added (weight 3)" in first.changes
     assert first.pending == [(pool_name, "127.0.0.1:7002")]
     version = (await store.versions([pool_name]))[pool_name]
 
@@ -85,7 +86,7 @@ async def test_a_hold_waits_for_its_backend(store: RegistryStore, pool_name: str
     assert await backend(store, pool_name, 7002) is BackendState.SERVING
     result = await d.apply(store, doc)
     assert result.pending == []
-    assert result.changes == [f"pool {pool_name}: hold on 127.0.0.1:7002"]
+    assert result.changes == [f"pool {pool_name}: hold on 127.0.0.1:7002: serving -> disabled"]
     assert await backend(store, pool_name, 7002) is BackendState.DISABLED
     exported = {p.name: p for p in (await d.export(store)).pools}[pool_name]
     assert [h.address for h in exported.holds] == ["127.0.0.1:7002"]
@@ -193,7 +194,7 @@ def test_apply_and_export_commands(
     path = tmp_path / "pools.yaml"
     path.write_text(d.dump(document(pool_name)))
     assert main(["apply", "-f", str(path), "--redis-url", redis_url]) == 0
-    assert f"changed  pool {pool_name}: settings" in capsys.readouterr().out
+    assert f"changed  pool {pool_name}: lease_ttl_ms: 10000 -> 5000" in capsys.readouterr().out
     assert main(["apply", "-f", str(path), "--redis-url", redis_url]) == 0
     assert "nothing to change" in capsys.readouterr().out
     assert main(["export", "--format", "json", "--redis-url", redis_url]) == 0
@@ -204,3 +205,144 @@ def test_apply_and_export_commands(
     bad.write_text("pools: [{name: x, config: {policy: fastest}}]")
     assert main(["apply", "-f", str(bad), "--redis-url", redis_url]) == 2
     assert "pools.0.config.policy" in capsys.readouterr().err
+
+
+async def settings_of(store: RegistryStore, pool: str) -> dict[str, object]:
+    config = await store.get_pool(pool)
+    assert config is not None
+    return d.PoolSettings.from_config(config).model_dump(mode="json")
+
+
+@pytest.mark.asyncio
+async def test_a_partial_config_changes_only_the_keys_it_names(
+    store: RegistryStore, pool_name: str
+) -> None:
+    await d.apply(
+        store,
+        d.parse(
+            f"""
+pools:
+  - name: {pool_name}
+    config:
+      policy: least_loaded
+      report_interval_ms: 5000
+      health_checks: {{interval_ms: 500, timeout_ms: 400}}
+"""
+        ),
+    )
+    partial = d.parse(
+        f"""
+pools:
+  - name: {pool_name}
+    config:
+      drops: [{{token: overload, per_mille: 20}}]
+      health_checks: {{timeout_ms: 300}}
+"""
+    )
+    result = await d.apply(store, partial)
+    assert result.changes == [
+        f'pool {pool_name}: drops: [] -> [{{"token":"overload","per_mille":20}}]',
+        f"pool {pool_name}: health_checks.timeout_ms: 400 -> 300",
+    ]
+    after = await settings_of(store, pool_name)
+    assert after["policy"] == "least_loaded"  # not named: kept
+    assert after["report_interval_ms"] == 5000
+    assert after["health_checks"]["interval_ms"] == 500  # type: ignore[index]
+    assert after["health_checks"]["timeout_ms"] == 300  # type: ignore[index]
+    # Naming a key with its default value is how one setting goes back.
+    reset = d.parse(f"pools: [{{name: {pool_name}, config: {{report_interval_ms: 10000}}}}]")
+    result = await d.apply(store, reset)
+    assert result.changes == [f"pool {pool_name}: report_interval_ms: 5000 -> 10000"]
+    assert (await settings_of(store, pool_name))["policy"] == "least_loaded"
+
+
+@pytest.mark.asyncio
+async def test_dry_run_lists_the_plan_and_writes_nothing(
+    store: RegistryStore, pool_name: str
+) -> None:
+    await d.apply(store, document(pool_name))
+    version = (await store.versions([pool_name]))[pool_name]
+    change = d.parse(
+        f"""
+pools:
+  - name: {pool_name}
+    config: {{policy: round_robin}}
+    static_backends: [{{host: 127.0.0.1, port: 7001, weight: 5, zone: z1}}]
+"""
+    )
+    plan = await d.apply(store, change, dry_run=True)
+    assert plan.changes == [
+        f"pool {pool_name}: policy: least_loaded -> round_robin",
+        f"pool {pool_name}: static backend 127.0.0.1:7001: weight 3 -> 5",
+    ]
+    assert (await store.versions([pool_name]))[pool_name] == version
+    assert (await settings_of(store, pool_name))["policy"] == "least_loaded"
+    assert (await d.apply(store, change)).changes == plan.changes  # the plan is what happens
+
+
+@pytest.mark.asyncio
+async def test_prune_removes_only_what_the_named_pools_leave_out(
+    store: RegistryStore, pool_name: str
+) -> None:
+    other = f"{pool_name}-other"
+    await d.apply(store, document(pool_name))
+    await d.apply(store, document(other))
+    await store.register(pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=7002)
+    await d.apply(store, document(pool_name))  # the hold, now that 7002 registered
+    assert await backend(store, pool_name, 7002) is BackendState.DISABLED
+    lean = d.parse(f"pools: [{{name: {pool_name}, config: {{lease_ttl_ms: 5000}}}}]")
+    assert (await d.apply(store, lean)).changes == []  # without --prune: nothing removed
+    result = await d.apply(store, lean, prune=True)
+    assert f"pool {pool_name}: policy: least_loaded -> round_robin" in result.changes
+    assert f"pool {pool_name}: static backend 127.0.0.1:7001: removed (pruned)" in result.changes
+    assert f"pool {pool_name}: hold on 127.0.0.1:7002: lifted (pruned)" in result.changes
+    after = await settings_of(store, pool_name)
+    assert (after["policy"], after["lease_ttl_ms"], after["drops"]) == ("round_robin", 5000, [])
+    snap = await store.snapshot(pool_name)
+    assert snap is not None and [b.port for b in snap.backends] == [7002]
+    assert snap.backends[0].state is not BackendState.DISABLED
+    assert (await settings_of(store, other))["policy"] == "least_loaded"  # not named: untouched
+
+
+def test_apply_command_dry_run_and_prune(
+    redis_url: str, pool_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pools.yaml"
+    path.write_text(d.dump(document(pool_name)))
+    assert main(["apply", "-f", str(path), "--redis-url", redis_url]) == 0
+    lean = tmp_path / "lean.yaml"
+    lean.write_text(f"pools: [{{name: {pool_name}, config: {{lease_ttl_ms: 5000}}}}]")
+    capsys.readouterr()
+    argv = ["apply", "-f", str(lean), "--redis-url", redis_url, "--prune", "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"would change  pool {pool_name}: policy: least_loaded -> round_robin" in out
+    assert "dry run: nothing was written" in out
+    assert main(["apply", "-f", str(lean), "--redis-url", redis_url]) == 0
+    assert "nothing to change" in capsys.readouterr().out
+
+
+def test_apply_and_export_without_a_redis_refuse(
+    pool_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pools.yaml"
+    path.write_text(d.dump(document(pool_name)))
+    for argv in (["apply", "-f", str(path)], ["export"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "no Redis given: pass --redis-url (env LOOKASIDE_STATE_REDIS_URL)" in err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_export_uses_the_context(
+    redis_url: str, pool_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lookaside import context
+
+    context.save(context.Context(redis_url=redis_url))
+    path = tmp_path / "pools.yaml"
+    path.write_text(d.dump(document(pool_name)))
+    assert main(["apply", "-f", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["export"]) == 0
+    assert pool_name in [p.name for p in d.parse(capsys.readouterr().out).pools]

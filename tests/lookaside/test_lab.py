@@ -20,6 +20,7 @@ import pytest
 from lookaside.cli import main
 from lookaside.demo.report import parse_summary
 from lookaside.redis_process import free_port
+from tests.support import wait_until
 
 
 def client(*args: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -98,8 +99,9 @@ def test_lab_spreads_calls_and_leaves_nothing_behind(tmp_path: Path) -> None:
         )  # fmt: skip
         assert len(per_server) == 3 and sum(per_server.values()) == 60
 
-        # The banner's ctl line works as printed (the venv's `lookaside`, url and token).
-        [ctl_line] = [line for line in banner if " ctl pools " in line]
+        # The banner's ctl line works as printed (the venv's `lookaside`; the
+        # URL and token from the context the lab wrote).
+        [ctl_line] = [line for line in banner if line.endswith(" ctl pools")]
         ctl = subprocess.run(shlex.split(ctl_line), capture_output=True, text=True, timeout=60)
         assert ctl.returncode == 0, (ctl_line, ctl.stderr)
         assert "routeguide" in ctl.stdout and "3" in ctl.stdout, ctl.stdout
@@ -198,7 +200,7 @@ def test_lab_refuses_a_bad_redis_url(
         main(["up", "--redis-url", flag])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--redis-url (env LOOKASIDE_LAB_REDIS_URL)" in err and message in err
+    assert f"--redis-url: {flag!r}" in err and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -250,7 +252,8 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
         text = "\n".join(banner)
         assert "Lookaside lab is up" in text, text
         ca = next(line.split()[2] for line in banner if line.strip().startswith("tls"))
-        token = re.search(r"token (\S+)$", next(ln for ln in banner if "admin" in ln)).group(1)  # type: ignore[union-attr]
+        admin_line = next(ln for ln in banner if ln.strip().startswith("admin"))
+        token = Path(admin_line.split("token in ")[1].strip()).read_text().strip()
         admin = f"https://127.0.0.1:{ports['admin']}"
         health = requests.get(f"{admin}/healthz", verify=ca, timeout=5)
         assert health.status_code == 200
@@ -291,16 +294,88 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
         # the principal names the pool's token and its id: one token for both
         assert len(actors) == 1, events
         assert actors.pop().startswith("registration:pool-token:routeguide#"), events
-        # The banner's ctl line, as a shell runs it: the CA through SSL_CERT_FILE.
-        [ctl_line] = [line for line in banner if " ctl pools " in line]
-        env_var, *argv = shlex.split(ctl_line)
-        assert env_var == f"SSL_CERT_FILE={ca}"
+        # The banner's ctl line, as a shell runs it: the CA from the context.
+        [ctl_line] = [line for line in banner if line.endswith(" ctl pools")]
         ctl = subprocess.run(
-            argv, env={**os.environ, "SSL_CERT_FILE": ca}, capture_output=True, text=True,
-            timeout=60, check=False,
-        )  # fmt: skip
+            shlex.split(ctl_line), capture_output=True, text=True, timeout=60, check=False
+        )
         assert ctl.returncode == 0, (ctl_line, ctl.stderr)
         assert "routeguide" in ctl.stdout
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(60)
+
+
+def lookaside(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command with no flag naming the lab: only the context does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOKASIDE_ADMIN_", "LOOKASIDE_WATCH_", "LOOKASIDE_STATE_"))}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lookaside", *args],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+
+
+def stop_lab(lab: subprocess.Popen[str]) -> None:
+    os.killpg(lab.pid, signal.SIGINT)
+    try:
+        lab.wait(60)
+    except subprocess.TimeoutExpired:
+        lab.kill()
+        raise
+
+
+@pytest.mark.timeout(300)
+def test_lab_writes_a_context_and_keeps_its_token_and_ca(context_file: str) -> None:
+    import json
+
+    ports = lab_ports()
+    lab = start_lab(ports, "--tls", "--backends", "1")
+    try:
+        text = "\n".join(read_until(lab, "Ctrl-C stops everything"))
+        assert "Lookaside lab is up" in text, text
+        context = json.loads(Path(context_file).read_text())
+        admin_url = f"https://127.0.0.1:{ports['admin']}"
+        assert context["admin_url"] == admin_url
+        assert context["balancer"] == f"127.0.0.1:{ports['balancer']}"
+        token = Path(context["token_file"]).read_text().strip()
+        ca = Path(context["ca"]).read_bytes()
+        assert f"{admin_url}/#token={token}" in text  # the dashboard link, logged in
+        assert f"context    {context_file}" in text
+
+        done = lookaside("ctl", "pools", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        [pool] = [p for p in json.loads(done.stdout)["pools"] if p["name"] == "routeguide"]
+        assert pool["report_interval_ms"] == 1000  # short, so a short demo run shows up
+        done = lookaside("export")
+        assert done.returncode == 0 and "name: routeguide" in done.stdout, done.stderr
+        done = lookaside("watch", "routeguide", "--count", "1", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.splitlines()[1])["length"] == 1
+
+        # The README's 15-call run shows in `ctl load` (the last report is
+        # sent when the client closes; the balancer writes reports each second).
+        target = f"routeguide.lookaside.test:{ports['balancer']}"
+        client(
+            "--lb", "lookaside", "--balancer", f"127.0.0.1:{ports['balancer']}",
+            "--target", target, "--mode", "repeatn", "-n", "15", "--tls-ca", context["ca"],
+        )  # fmt: skip
+
+        def started() -> int:
+            done = lookaside("ctl", "load", "routeguide", "-o", "json")
+            assert done.returncode == 0, done.stderr
+            return int(json.loads(done.stdout)["windows"][0]["counts"]["started"])
+
+        wait_until(lambda: started() == 15, timeout=30, interval=0.5)
+    finally:
+        stop_lab(lab)
+
+    lab = start_lab(ports, "--tls", "--backends", "1")
+    try:
+        text = "\n".join(read_until(lab, "Ctrl-C stops everything"))
+        assert "Lookaside lab is up" in text, text
+        context = json.loads(Path(context_file).read_text())
+        assert Path(context["token_file"]).read_text().strip() == token  # kept
+        assert Path(context["ca"]).read_bytes() == ca  # the same CA: clients still trust it
+        assert lookaside("ctl", "pools").returncode == 0
+    finally:
+        stop_lab(lab)

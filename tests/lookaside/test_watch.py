@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import threading
+
+import pytest
 
 from lookaside.registry.model import DropRate, PoolConfig
 from lookaside.watch import Update, render, watch
@@ -79,3 +82,59 @@ def test_watch_json_and_a_bad_address(
     assert [u["kind"] for u in lines] == ["initial", "list"]
     assert lines[1]["servers"][0]["weight"] == 1 and lines[1]["length"] == 1
     assert main(["watch", pool_name, "--balancer", "nohostport"]) == 2
+
+
+def test_watch_on_an_unknown_pool_says_so(
+    balancer: BalancerHandle, pool_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lookaside.cli import main
+
+    code = main(["watch", pool_name, "--balancer", balancer.address, "--timeout", "60"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"pool {pool_name!r} does not exist on {balancer.address}" in err
+    assert "--wait" in err and len(err.strip().splitlines()) == 1
+
+
+def test_watch_with_wait_follows_a_pool_created_later(
+    balancer: BalancerHandle, backends: list[RouteGuideBackend], pool_name: str
+) -> None:
+    out = io.StringIO()
+    args = argparse.Namespace(
+        pool=pool_name,
+        balancer=balancer.address,
+        name="",
+        count=1,
+        timeout=20.0,
+        output="table",
+        wait=True,
+    )
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(watch(args, out)), daemon=True)
+    thread.start()
+    wait_until(lambda: "does not exist" in out.getvalue(), timeout=20)
+    register_all(balancer, pool_name, start_backends(backends, 1))  # creates the pool
+    thread.join(timeout=30)
+    assert codes == [0], out.getvalue()
+    assert "list of 1 entries" in out.getvalue()
+
+
+def test_watch_takes_the_balancer_from_the_context(
+    balancer: BalancerHandle,
+    backends: list[RouteGuideBackend],
+    pool_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lookaside import context
+    from lookaside.cli import main
+
+    assert main(["watch", pool_name, "--count", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no balancer given: pass --balancer (env LOOKASIDE_WATCH_BALANCER)" in err
+    register_all(balancer, pool_name, start_backends(backends, 1))
+    context.save(context.Context(balancer=balancer.address))
+    assert main(["watch", pool_name, "--count", "1", "-o", "json"]) == 0
+    kinds = [json.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()]
+    assert kinds == ["initial", "list"]
+    assert main(["watch", pool_name, "--ca", "/nonexistent.pem"]) == 2
+    assert "--ca '/nonexistent.pem' cannot be read" in capsys.readouterr().err
