@@ -162,7 +162,7 @@ def test_lab_port_out_of_range_exits_2_naming_the_flag(
         main(["up", flag, port])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert f"{flag} (env LOOKASIDE_LAB_" in err and "Traceback" not in err
+    assert f"lookaside up: error: {flag}: " in err and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
