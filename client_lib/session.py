@@ -22,6 +22,7 @@ Rules, as C-core's grpclb has them:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,13 @@ from client_lib.server_list import (
 )
 
 HOT_LOOP_WINDOW = 1.0  # a list-then-end stream within this of the last one is a failure
+
+
+class Fallback(enum.Enum):
+    """The one record of fallback: the channel's core reads it from here."""
+
+    OFF = "following the balancer"  # or waiting for its first list
+    ACTIVE = "in fallback"  # fallback targets serve, if any were given
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +110,7 @@ class BalancerSession:
         self.connected_to = ""  # the balancer whose stream answered, "" while none
         self.streams_opened = 0
         self.lists_received = 0
-        self.in_fallback = False
+        self.fallback = Fallback.OFF
         self.have_list = False
         self.report_interval = 0.0
         self._stream_answered = False
@@ -142,11 +150,11 @@ class BalancerSession:
             if first_on_stream and self.report_interval:
                 actions.append(StartReports(self.report_interval))
             raw = message.server_list.SerializeToString()
-            if raw != self._list_raw or self.in_fallback:
+            if raw != self._list_raw or self.fallback is Fallback.ACTIVE:
                 self._list_raw = raw
                 self.lists_received += 1
                 self.have_list = True
-                self.in_fallback = False
+                self.fallback = Fallback.OFF
                 self.fallback_deadline = None
                 actions.append(NewList(tuple(parse_server_list(message.server_list))))
         elif kind == "fallback_response":
@@ -194,13 +202,17 @@ class BalancerSession:
             return []
         return self._fallback("lost the balancer and every backend")
 
+    @property
+    def in_fallback(self) -> bool:
+        return self.fallback is Fallback.ACTIVE
+
     # -- helpers -----------------------------------------------------------------
 
     def _fallback(self, reason: str) -> list[Action]:
         self.fallback_deadline = None
-        if self.in_fallback:
+        if self.fallback is Fallback.ACTIVE:
             return []
-        self.in_fallback = True
+        self.fallback = Fallback.ACTIVE
         return [EnterFallback(reason)]
 
     def _next(self, delay: float) -> Connect:
