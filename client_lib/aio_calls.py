@@ -189,7 +189,11 @@ class UnaryCall(UnaryAttempts):
             except asyncio.CancelledError:
                 self._count_cancelled()
                 raise
-            self.succeeded(p.pick)
+            if self.policy is None and not self.counted:
+                self.counted = True  # succeeded(), inline on the path every call takes
+                self.picking.counters.call_finished(True, False, p.pick.token)
+            else:
+                self.succeeded(p.pick)
             return response
 
     async def _hedged(self, policy: HedgingPolicy) -> Any:
