@@ -45,6 +45,14 @@ class Fallback(enum.Enum):
     ACTIVE = "in fallback"  # fallback targets serve, if any were given
 
 
+class Stream(enum.Enum):
+    """The open BalanceLoad stream, as far as the session knows it."""
+
+    SILENT = "opened, no answer yet"  # also: no stream open
+    ANSWERED = "answered, no list yet"
+    LISTED = "delivered a list"
+
+
 @dataclass(frozen=True, slots=True)
 class Connect:
     """Open a BalanceLoad stream to `address` after `delay` seconds."""
@@ -113,8 +121,7 @@ class BalancerSession:
         self.fallback = Fallback.OFF
         self.have_list = False
         self.report_interval = 0.0
-        self._stream_answered = False
-        self._stream_had_list = False
+        self.stream = Stream.SILENT
         self.last_error = ""
 
     def initial_request(self) -> bytes:
@@ -130,21 +137,20 @@ class BalancerSession:
 
     def stream_opened(self, address: str) -> None:
         self.streams_opened += 1
-        self._stream_answered = False
-        self._stream_had_list = False
+        self.stream = Stream.SILENT
         self.report_interval = 0.0
 
     def response(self, message: lb.LoadBalanceResponse, address: str) -> list[Action]:
         kind = message.WhichOneof("load_balance_response_type")
         actions: list[Action] = []
-        if not self._stream_answered:
-            self._stream_answered = True
+        if self.stream is Stream.SILENT:
+            self.stream = Stream.ANSWERED
             self.connected_to = address
         if kind == "initial_response":
             self.report_interval = report_interval_seconds(message.initial_response)
         elif kind == "server_list":
-            first_on_stream = not self._stream_had_list
-            self._stream_had_list = True
+            first_on_stream = self.stream is not Stream.LISTED
+            self.stream = Stream.LISTED
             self._failures_in_row = 0
             self.backoff.reset()
             if first_on_stream and self.report_interval:
@@ -166,7 +172,7 @@ class BalancerSession:
         Returns where to connect next and any fallback to enter."""
         self.connected_to = ""
         self.last_error = error
-        good = self._stream_had_list
+        good = self.stream is Stream.LISTED
         if good and (self._last_good_end is None or now - self._last_good_end > HOT_LOOP_WINDOW):
             self._last_good_end = now
             self._failures_in_row = 0
@@ -193,7 +199,7 @@ class BalancerSession:
     @property
     def abandon_silent_stream(self) -> bool:
         """The open stream never answered and no list is in: give it up."""
-        return not self._stream_answered and not self.have_list
+        return self.stream is Stream.SILENT and not self.have_list
 
     def backends_unreachable(self) -> list[Action]:
         """Every listed backend is in TRANSIENT_FAILURE: with no balancer
