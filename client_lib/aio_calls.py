@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Sleep, UnaryAttempts
+from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Picking, Sleep, UnaryRules
 from client_lib.calls import _metadata
 from client_lib.hedging import HedgingPolicy
 from client_lib.picker import DROP_DETAILS, FailedCall, Pick
@@ -135,7 +135,7 @@ class _Pending:
         return self.call
 
 
-class UnaryCall(UnaryAttempts):
+class UnaryCall(UnaryRules):
     """A unary-response call (grpc.aio.UnaryUnaryCall's methods), attempt
     after attempt as client_lib.attempts says (this only starts, awaits and
     sleeps). Its outcome is counted for ClientStats when it is awaited or
@@ -150,11 +150,20 @@ class UnaryCall(UnaryAttempts):
         attempts: Attempts | None,
         hedging: HedgingPolicy | None = None,
     ) -> None:
-        # UnaryAttempts' fields, set here: no second frame on every call
-        self.picking, self.retries, self.policy = pending.channel.picking, retries, attempts
-        self.deadline, self.counted = pending.deadline, False
+        # UnaryRules' fields, set here: no second frame on every call
+        self.retries = retries
+        self.policy = attempts
+        self.counted = False
         self._p = pending
         self._hedging = hedging  # or gRFC A6 hedging
+
+    @property
+    def picking(self) -> Picking:
+        return self._p.channel.picking
+
+    @property
+    def deadline(self) -> float | None:
+        return self._p.deadline
 
     def __await__(self) -> Any:
         # A generator, not a coroutine: awaiting the call costs no extra
@@ -191,7 +200,7 @@ class UnaryCall(UnaryAttempts):
                 raise
             if self.policy is None and not self.counted:
                 self.counted = True  # succeeded(), inline on the path every call takes
-                self.picking.counters.call_finished(True, False, p.pick.token)
+                p.channel.counters.call_finished(True, False, p.pick.token)
             else:
                 self.succeeded(p.pick)
             return response

@@ -32,7 +32,15 @@ from client_lib.hedging import Hedge, HedgingPolicy
 from client_lib.picker import CallCounters, Pick, never_sent
 from client_lib.retry import Attempts
 
-__all__ = ["WAIT_FOR_PICK", "HedgedAttempts", "Picking", "Sleep", "Start", "UnaryAttempts"]
+__all__ = [
+    "WAIT_FOR_PICK",
+    "HedgedAttempts",
+    "Picking",
+    "Sleep",
+    "Start",
+    "UnaryAttempts",
+    "UnaryRules",
+]
 
 CANCELLED = grpc.StatusCode.CANCELLED
 
@@ -79,35 +87,40 @@ WAIT_FOR_PICK = _WaitForPick()
 Step = Start | Sleep | None
 
 
-class UnaryAttempts:
+class UnaryRules:
     """A unary call's attempts one after another: transparent retry, then
     the configured retry policy. The driver starts an attempt, counts it
     started (`counters.call_started()`), and reports its end: succeeded()
     or failed(), which returns the next step, or None when the call fails
-    with this attempt's error.
+    with this attempt's error. A subclass says where its `picking` and
+    `deadline` come from (UnaryAttempts holds them; the asyncio UnaryCall
+    reads them off its pending call, which spares a store on every call).
 
-    For speed a driver may make this only at a call's first failure (a call
-    with no retry policy that succeeds needs nothing of it but the counting
-    of succeeded(), which `counters.call_finished(True, False, token)` is)."""
+    For speed a driver may count a call that succeeds at its first attempt
+    with no retry policy itself: succeeded() is then only
+    `counters.call_finished(True, False, token)` (and the sync driver makes
+    its UnaryAttempts only at the first failure)."""
 
-    __slots__ = ("picking", "retries", "policy", "deadline", "counted")
+    __slots__ = ("retries", "policy", "counted")
 
-    def __init__(
-        self,
-        picking: Picking,
-        retries: int,
-        policy: Attempts | None,
-        deadline: float | None,
-    ) -> None:
-        self.picking = picking
+    def __init__(self, retries: int, policy: Attempts | None) -> None:
         self.retries = retries  # transparent retries left
         self.policy = policy  # gRFC A6 configured retries, if a policy applies
-        self.deadline = deadline  # on the driver's clock; None: none
         self.counted = False  # the call's outcome is in ClientStats
+
+    @property
+    def picking(self) -> Picking:
+        raise NotImplementedError
+
+    @property
+    def deadline(self) -> float | None:
+        """On the driver's clock; None: no deadline."""
+        raise NotImplementedError
 
     def time_left(self, now: float) -> float | None:
         """The timeout of the next attempt: what is left of the deadline."""
-        return None if self.deadline is None else max(self.deadline - now, 0.0)
+        deadline = self.deadline
+        return None if deadline is None else max(deadline - now, 0.0)
 
     def succeeded(self, p: Pick) -> None:
         if not self.counted:
@@ -136,7 +149,8 @@ class UnaryAttempts:
                 self.retries = 0
                 return Start(again)
         if self.policy is not None:
-            left = None if self.deadline is None else self.deadline - now
+            deadline = self.deadline
+            left = None if deadline is None else deadline - now
             delay = self.policy.retry_after(code, trailing_metadata, left)
             if delay is not None:
                 return Sleep(delay)
@@ -148,6 +162,27 @@ class UnaryAttempts:
         if not self.counted:
             self.counted = True
             self.picking.counters.finish_with(CANCELLED, False, p.token)
+
+
+class UnaryAttempts(UnaryRules):
+    """UnaryRules over a picking and a deadline of its own."""
+
+    __slots__ = ("_picking", "_deadline")
+
+    def __init__(
+        self, picking: Picking, retries: int, policy: Attempts | None, deadline: float | None
+    ) -> None:
+        super().__init__(retries, policy)
+        self._picking = picking
+        self._deadline = deadline
+
+    @property
+    def picking(self) -> Picking:
+        return self._picking
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
 
 
 class HedgedAttempts:
