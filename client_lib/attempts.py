@@ -17,7 +17,8 @@ decides the delay), hedging (client_lib.hedging decides when and where),
 and the ClientStats counting of every attempt's end.
 
 Calls reach their channel only through `Picking` (the channel's
-`picking`, its ChannelCore) and the channel's public `wait_for_pick`.
+`picking`, its ChannelCore) and the channel's public ready-wait
+(`wait_for_pick`; on the sync channel also `picked`).
 """
 
 from __future__ import annotations
