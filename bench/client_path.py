@@ -65,10 +65,13 @@ class _Sub:
         return self.mc
 
 
-class _Core:
-    def __init__(self, mc: Any) -> None:
+class _Picking:
+    """client_lib.attempts.Picking over one READY backend."""
+
+    def __init__(self, mc: Any, counters: CallCounters) -> None:
         pick = Pick(_Sub(mc), TOKEN, "0123456789ab")
-        self.picker = Picker([pick], (pick,))
+        self.counters = counters
+        self.pick = Picker([pick], (pick,)).pick
 
 
 class _Channel:
@@ -77,7 +80,7 @@ class _Channel:
     def __init__(self, mc: Any) -> None:
         self.counters = CallCounters()
         self.retry = RetryConfig()
-        self._core = _Core(mc)
+        self.picking = _Picking(mc, self.counters)
         self.loop_time = time.monotonic
 
 

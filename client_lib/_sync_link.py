@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 
 from client_lib._lb_proto import BALANCE_LOAD, lb
+from client_lib.core import ChannelCore, Effects
 from client_lib.picker import CallCounters
-from client_lib.session import Action, BalancerSession, StartReports
 
 log = logging.getLogger("lookaside.client")
 
@@ -38,21 +38,22 @@ def report_request(counters: CallCounters) -> bytes | None:
 
 
 class SyncBalancerLink(threading.Thread):
+    """Runs the core's balancer session (under the core's one lock) and
+    hands each event's Effects to `on_effects`, outside the lock."""
+
     def __init__(
         self,
-        session: BalancerSession,
+        core: ChannelCore,
         counters: CallCounters,
-        on_actions: Callable[[list[Action]], None],
+        on_effects: Callable[[Effects], None],
         make_channel: Callable[[str], grpc.Channel],
-        all_failed: Callable[[], bool] = lambda: False,
     ) -> None:
-        super().__init__(name=f"lookaside-balancer-{session.target}", daemon=True)
-        self.all_failed = all_failed  # every listed backend in TRANSIENT_FAILURE
-        self.session = session
+        super().__init__(name=f"lookaside-balancer-{core.target}", daemon=True)
+        self.core = core
+        self.session = core.session
         self.counters = counters
-        self.on_actions = on_actions
+        self.on_effects = on_effects
         self.make_channel = make_channel
-        self._lock = threading.Lock()  # guards the session: this thread and the timer
         self._stop_event = threading.Event()
         self._call: Any = None
         self._queue: queue.SimpleQueue[object] | None = None
@@ -74,23 +75,16 @@ class SyncBalancerLink(threading.Thread):
         if call is not None:
             call.cancel()
 
-    def backends_unreachable(self) -> list[Action]:
-        with self._lock:
-            return self.session.backends_unreachable()
-
     def _fallback_timer(self) -> None:
-        with self._lock:
-            actions = self.session.fallback_timer(time.monotonic())
-            silent = self.session.abandon_silent_stream
+        effects, silent = self.core.fallback_timer(time.monotonic())
         if not self._stop_event.is_set():
-            self.on_actions(actions)
+            self.on_effects(effects)
             call = self._call
             if silent and call is not None:
                 call.cancel()  # a balancer that never answers: try the next one
 
     def run(self) -> None:
-        with self._lock:
-            step = self.session.start(time.monotonic())
+        step = self.core.start(time.monotonic())
         self._timer = threading.Timer(self.session.fallback_timeout, self._fallback_timer)
         self._timer.daemon = True
         self._timer.start()
@@ -101,11 +95,8 @@ class SyncBalancerLink(threading.Thread):
             error = self._run_stream(address)
             if self._stop_event.is_set():
                 return
-            with self._lock:
-                step, actions = self.session.stream_ended(time.monotonic(), error)
-                if self.all_failed():
-                    actions += self.session.backends_unreachable()
-            self.on_actions(actions)
+            step, effects = self.core.stream_ended(time.monotonic(), error)
+            self.on_effects(effects)
             log.info(
                 "target=%s: balancer stream to %s ended (%s); next %s in %.2fs",
                 self.session.target,
@@ -145,20 +136,17 @@ class SyncBalancerLink(threading.Thread):
             balance_load = channel.stream_stream(
                 BALANCE_LOAD, response_deserializer=lb.LoadBalanceResponse.FromString
             )
-            with self._lock:
-                self.session.stream_opened(address)
+            self.core.stream_opened(address)
             call = balance_load(self._requests(q, interval))
             self._call = call
             if self._stop_event.is_set():
                 call.cancel()
             for response in call:
-                with self._lock:
-                    actions = self.session.response(response, address)
-                for action in actions:
-                    if isinstance(action, StartReports):
-                        interval[0] = action.interval
-                        q.put(False)  # wakes the iterator to take the interval
-                self.on_actions(actions)
+                effects = self.core.response(response, address)
+                if effects.report_interval:
+                    interval[0] = effects.report_interval
+                    q.put(False)  # wakes the iterator to take the interval
+                self.on_effects(effects)
         except grpc.RpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
             if not self._stop_event.is_set():

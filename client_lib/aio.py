@@ -15,12 +15,13 @@ import grpc.aio
 from client_lib._lb_proto import BALANCE_LOAD, lb
 from client_lib._sync_link import FINAL_REPORT_WAIT, report_request
 from client_lib.aio_calls import AioFailedCall, MultiCallable, rpc_error
+from client_lib.attempts import Picking
 from client_lib.channel import LOCAL_POOL, server_name_options
-from client_lib.core import IDLE, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, ChannelViews
+from client_lib.core import IDLE, SHUTDOWN, ChannelCore, ChannelViews, Effects
 from client_lib.picker import CallCounters, FailedCall, Pick
 from client_lib.retry import RetryConfig
 from client_lib.server_list import SubChannel
-from client_lib.session import Action, BalancerSession, StartReports
+from client_lib.session import BalancerSession
 
 log = logging.getLogger("lookaside.client")
 
@@ -57,8 +58,9 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         self.loop_time = self._loop.time
         self._event = asyncio.Event()
         self._core = ChannelCore(
-            target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
+            self._session, self._new_subchannel, fallback_targets, self.counters
         )
+        self.picking: Picking = self._core  # what calls pick with (client_lib.attempts)
         self._watchers: set[asyncio.Task[None]] = set()
         # Sub-channels retired by a new list, closed after the grace by their
         # timer or at close(); nothing of this channel outlives close().
@@ -79,16 +81,14 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         return grpc.aio.insecure_channel(address, options=[LOCAL_POOL])
 
     async def _run(self) -> None:
-        step = self._session.start(self._loop.time())
+        step = self._core.start(self._loop.time())
         while True:
             if step.delay:
                 await asyncio.sleep(step.delay)
             error = await self._stream(step.address)
             address = step.address
-            step, actions = self._session.stream_ended(self._loop.time(), error)
-            if self._core.connectivity() is TRANSIENT_FAILURE:
-                actions += self._session.backends_unreachable()
-            self._on_actions(actions)
+            step, effects = self._core.stream_ended(self._loop.time(), error)
+            self._on_effects(effects)
             log.info(
                 "target=%s: balancer stream to %s ended (%s); next %s in %.2fs",
                 self.target,
@@ -105,18 +105,17 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             call = self._call = channel.stream_stream(
                 BALANCE_LOAD, response_deserializer=lb.LoadBalanceResponse.FromString
             )()
-            self._session.stream_opened(address)
+            self._core.stream_opened(address)
             await call.write(self._session.initial_request())
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:
                     return ""
-                actions = self._session.response(response, address)
-                for action in actions:
-                    if isinstance(action, StartReports):
-                        reporter = asyncio.create_task(self._report(call, action.interval))
-                        self._reporter = reporter
-                self._on_actions(actions)
+                effects = self._core.response(response, address)
+                if effects.report_interval:
+                    reporter = asyncio.create_task(self._report(call, effects.report_interval))
+                    self._reporter = reporter
+                self._on_effects(effects)
         except grpc.aio.AioRpcError as exc:
             error = f"{exc.code().name}: {exc.details()}"
             log.info("target=%s: balancer %s: %s", self.target, address, error)
@@ -160,23 +159,23 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
             if report is not None:
                 await call.write(report)
 
-    def _unreachable(self) -> None:
-        self._on_actions(self._session.backends_unreachable())
-
     def _fallback_timer(self) -> None:
-        self._on_actions(self._session.fallback_timer(self._loop.time()))
-        if self._session.abandon_silent_stream and self._call is not None:
+        effects, silent = self._core.fallback_timer(self._loop.time())
+        self._on_effects(effects)
+        if silent and self._call is not None:
             self._call.cancel()  # a balancer that never answers: try the next one
 
-    def _on_actions(self, actions: list[Action]) -> None:
-        added, retired = self._core.run(actions)
-        for sub in added:
+    def _on_effects(self, effects: Effects) -> None:
+        """Runs what an event of the core's asks for (never under its lock)."""
+        if effects.changed:
+            self._changed()
+        for sub in effects.watch:
             task = self._loop.create_task(self._watch(sub))
             self._watchers.add(task)
             task.add_done_callback(self._watchers.discard)
             sub.watcher = task
-        if retired:
-            batch = list(retired)
+        if effects.retire:
+            batch = list(effects.retire)
             handle = self._loop.call_later(self._retire_grace, self._retire_due, batch)
             self._retiring[handle] = batch
 
@@ -186,7 +185,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         channel = sub.channel
         state = channel.get_state(try_to_connect=True)
         while state is not SHUTDOWN:
-            self._core.set_state(sub, state)
+            self._on_effects(self._core.set_state(sub, state))
             await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=True)
             if state is IDLE:
@@ -226,11 +225,14 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
 
     # -- the pick queue ---------------------------------------------------------------
 
-    async def _wait_for_pick(self, deadline: float | None, wait_for_ready: bool) -> Pick:
+    async def wait_for_pick(self, deadline: float | None, wait_for_ready: bool) -> Pick:
+        """The pick queue: a pick once a backend is READY; AioRpcError when
+        the deadline (on the loop's clock) passes or, fail-fast, the channel
+        is in TRANSIENT_FAILURE. A drop is returned as it is."""
         core = self._core
         while True:
             try:
-                p = core.queued_pick(wait_for_ready, self.counters)
+                p = core.queued_pick(wait_for_ready)
             except FailedCall as failed:
                 raise rpc_error(failed) from None
             if p is not None:
@@ -259,6 +261,7 @@ class LookasideAioChannel(ChannelViews, grpc.aio.Channel):
         if self._core.closed:
             return
         subs = self._core.close()
+        self._changed()
         self._fallback.cancel()
         await self._final_report()
         self._task.cancel()

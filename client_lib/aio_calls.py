@@ -3,9 +3,9 @@
 A call that finds a READY backend starts at once, as a grpc.aio call does.
 One that finds none waits in the channel's pick queue when it is awaited
 (or read, or written). Unary calls come back as a UnaryCall, which counts
-the outcome for ClientStats when awaited and retries once on another
-backend a call that never reached its own (gRFC A6). Streaming calls are
-grpc.aio's own call objects when they could start at once.
+the outcome for ClientStats when awaited and goes attempt after attempt as
+client_lib.attempts decides (the same machine as the sync calls'). Streaming
+calls are grpc.aio's own call objects when they could start at once.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Picking, Sleep, UnaryRules
 from client_lib.calls import _metadata
-from client_lib.hedging import Hedge, HedgingPolicy
-from client_lib.picker import DROP_DETAILS, FailedCall, Pick, never_sent
+from client_lib.hedging import HedgingPolicy
+from client_lib.picker import DROP_DETAILS, FailedCall, Pick
 from client_lib.retry import Attempts
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def _has_metadata(exc: grpc.aio.AioRpcError) -> bool:
 
 
 _NO_METADATA = grpc.aio.Metadata()
+_NO_PICK = Pick(None, ())
 _token_metadata: dict[tuple[tuple[str, str], ...], grpc.aio.Metadata] = {}
 
 
@@ -71,8 +73,7 @@ class _Pending:
         "compression",
         "deadline",
         "call",
-        "token",
-        "address",
+        "pick",
     )
 
     def __init__(
@@ -80,12 +81,12 @@ class _Pending:
         channel: LookasideAioChannel,
         key: Any,
         registered: bool,
-        request: Any,
         timeout: float | None,
         metadata: Any,
         credentials: Any,
         wait_for_ready: bool | None,
         compression: Any,
+        request: Any,
     ) -> None:
         self.channel = channel
         self.key = key
@@ -98,8 +99,7 @@ class _Pending:
         self.compression = compression
         self.deadline = None if timeout is None else channel.loop_time() + timeout
         self.call: Any = None
-        self.token = ""
-        self.address = ""
+        self.pick: Pick = _NO_PICK  # the pick of `call`
 
     def launch(self, p: Pick) -> Any:
         """Starts an attempt on the pick `p` (counted as started) and
@@ -125,23 +125,23 @@ class _Pending:
 
     def start(self, p: Pick) -> Any:
         self.call = call = self.launch(p)
-        self.token = p.token
-        self.address = p.target.address
+        self.pick = p
         return call
 
     async def started(self) -> Any:
         if self.call is None:
             wfr = bool(self.wait_for_ready)
-            self.start(await self.channel._wait_for_pick(self.deadline, wfr))
+            self.start(await self.channel.wait_for_pick(self.deadline, wfr))
         return self.call
 
 
-class UnaryCall:
-    """A unary-response call (grpc.aio.UnaryUnaryCall's methods). Its
-    outcome is counted for ClientStats when it is awaited or cancelled; a
-    call that is neither stays counted as started only."""
+class UnaryCall(UnaryRules):
+    """A unary-response call (grpc.aio.UnaryUnaryCall's methods), attempt
+    after attempt as client_lib.attempts says (this only starts, awaits and
+    sleeps). Its outcome is counted for ClientStats when it is awaited or
+    cancelled; a call that is neither stays counted as started only."""
 
-    __slots__ = ("_p", "_counted", "_retries", "_attempts", "_hedging")
+    __slots__ = ("_p", "_hedging")
 
     def __init__(
         self,
@@ -150,11 +150,20 @@ class UnaryCall:
         attempts: Attempts | None,
         hedging: HedgingPolicy | None = None,
     ) -> None:
+        # UnaryRules' fields, set here: no second frame on every call
+        self.retries = retries
+        self.policy = attempts
+        self.counted = False
         self._p = pending
-        self._counted = False
-        self._retries = retries
-        self._attempts = attempts  # gRFC A6 configured retries, if a policy applies
         self._hedging = hedging  # or gRFC A6 hedging
+
+    @property
+    def picking(self) -> Picking:
+        return self._p.channel.picking
+
+    @property
+    def deadline(self) -> float | None:
+        return self._p.deadline
 
     def __await__(self) -> Any:
         # A generator, not a coroutine: awaiting the call costs no extra
@@ -169,58 +178,52 @@ class UnaryCall:
             try:
                 response = yield from call.__await__()
             except grpc.aio.AioRpcError as exc:
-                has_md = _has_metadata(exc)
-                if not self._counted:
-                    p.channel.counters.finish_with(exc.code(), has_md, p.token)
-                again = (
-                    self._retries
-                    and never_sent(exc.code(), exc.details(), has_md)
-                    and p.channel._core.ready_except(p.address)
+                code = exc.code()
+                step = self.failed(
+                    p.pick,
+                    code,
+                    exc.details(),
+                    _has_metadata(exc),
+                    exc.trailing_metadata(),
+                    p.channel.loop_time(),
                 )
-                if again:
-                    self._retries = 0
-                    p.start(again)
-                    continue
-                delay = self._retry_delay(exc)
-                if delay is None:
-                    self._counted = True
+                if step is None:
                     raise
-                yield from asyncio.sleep(delay).__await__()
-                p.call = None  # the next attempt picks again
+                if type(step) is Sleep:
+                    yield from asyncio.sleep(step.delay).__await__()
+                    p.call = None  # the next attempt picks again
+                else:
+                    p.start(step.pick)  # type: ignore[union-attr]
                 continue
             except asyncio.CancelledError:
                 self._count_cancelled()
                 raise
-            if not self._counted:
-                self._counted = True
-                p.channel.counters.call_finished(True, False, p.token)
-            if self._attempts is not None:
-                self._attempts.succeeded()
+            if self.policy is None and not self.counted:
+                self.counted = True  # succeeded(), inline on the path every call takes
+                p.channel.counters.call_finished(True, False, p.pick.token)
+            else:
+                self.succeeded(p.pick)
             return response
 
     async def _hedged(self, policy: HedgingPolicy) -> Any:
-        """A hedged call (client_lib.hedging decides; this starts the
+        """A hedged call (client_lib.attempts decides; this starts the
         attempts, waits for their ends and cancels the losers)."""
         p = self._p
         ch = p.channel
-        counters = ch.counters
-        self._counted = True  # every attempt is counted here
+        self.counted = True  # every attempt is counted by the hedged run
         if p.call is None:
             await p.started()  # the first attempt, on the usual pick
-        hedge = Hedge(policy, ch.retry.throttle, p.deadline)
-        live: dict[asyncio.Future[Any], tuple[Any, str]] = {}
+        run = HedgedAttempts(self.picking, policy, ch.retry.throttle, p.deadline)
+        live: dict[asyncio.Future[Any], tuple[Any, Pick]] = {}
 
-        def track(call: Any, token: str, address: str) -> None:
-            live[asyncio.ensure_future(_settle(call))] = (call, token)
-            hedge.started(address, ch.loop_time())
+        def track(call: Any, q: Pick) -> None:
+            live[asyncio.ensure_future(_settle(call))] = (call, q)
+            run.started(q, ch.loop_time())
 
-        def launch(q: Pick) -> None:
-            track(p.launch(q), q.token, q.target.address)
-
-        track(p.call, p.token, p.address)
+        track(p.call, p.pick)
         try:
             while True:
-                wake = hedge.wake_at()
+                wake = run.wake_at()
                 wait = None if wake is None else max(wake - ch.loop_time(), 0.0)
                 done: set[asyncio.Future[Any]] = set()
                 if live:
@@ -230,54 +233,43 @@ class UnaryCall:
                 elif wait:
                     await asyncio.sleep(wait)  # a server's pushback
                 if not done:
-                    now = ch.loop_time()
-                    if hedge.due(now):
-                        q = hedge.choose(ch._core.ready_picks())
-                        if q is None and hedge.in_flight:
-                            hedge.postpone(now)
-                        else:
-                            wfr = bool(p.wait_for_ready)
-                            launch(q or await ch._wait_for_pick(p.deadline, wfr))
+                    step = run.timer(ch.loop_time())
+                    if step is WAIT_FOR_PICK:
+                        q = await ch.wait_for_pick(p.deadline, bool(p.wait_for_ready))
+                        track(p.launch(q), q)
+                    elif step is not None:
+                        track(p.launch(step.pick), step.pick)  # type: ignore[union-attr]
                     continue
                 task = done.pop()
-                call, token = live.pop(task)
+                call, q = live.pop(task)
                 if task.cancelled():  # this call was cancelled: every attempt with it
-                    counters.finish_with(grpc.StatusCode.CANCELLED, False, token)
+                    run.abandoned(q)
                     raise asyncio.CancelledError
                 result = task.result()
                 now = ch.loop_time()
                 if isinstance(result, grpc.aio.AioRpcError):
                     code, has_md = result.code(), _has_metadata(result)
-                    counters.finish_with(code, has_md, token)
-                    sent = not never_sent(code, result.details(), has_md)
-                    end = hedge.ended(code, result.trailing_metadata(), now, not sent)
+                    end = run.ended(
+                        q, code, result.details(), has_md, result.trailing_metadata(), now
+                    )
                 else:
-                    counters.call_finished(True, False, token)
-                    end = hedge.ended(grpc.StatusCode.OK, (), now)
+                    end = run.ended(q, grpc.StatusCode.OK, "", False, (), now)
                 if end:
                     break
         finally:
-            for other, other_token in live.values():  # the losers (or all, when cancelled)
+            for other, other_pick in live.values():  # the losers (or all, when cancelled)
                 other.cancel()
-                counters.finish_with(grpc.StatusCode.CANCELLED, False, other_token)
+                run.abandoned(other_pick)
             await asyncio.gather(*live, return_exceptions=True)
-        p.call, p.token = call, token  # code(), details() and the rest: the winner's
-        self._hedging, self._retries, self._attempts = None, 0, None  # awaited again: the winner
+        p.call, p.pick = call, q  # code(), details() and the rest: the winner's
+        self._hedging, self.retries, self.policy = None, 0, None  # awaited again: the winner
         if isinstance(result, grpc.aio.AioRpcError):
             raise result
         return result
 
-    def _retry_delay(self, exc: grpc.aio.AioRpcError) -> float | None:
-        attempts, p = self._attempts, self._p
-        if attempts is None:
-            return None
-        left = None if p.deadline is None else p.deadline - p.channel.loop_time()
-        return attempts.retry_after(exc.code(), exc.trailing_metadata(), left)
-
     def _count_cancelled(self) -> None:
-        if not self._counted and self._p.call is not None:
-            self._counted = True
-            self._p.channel.counters.finish_with(grpc.StatusCode.CANCELLED, False, self._p.token)
+        if self._p.call is not None:
+            self.cancelled_by_caller(self._p.pick)
 
     async def initial_metadata(self) -> Any:
         return await (await self._p.started()).initial_metadata()
@@ -429,21 +421,20 @@ class MultiCallable:
         credentials: Any = None,
         wait_for_ready: bool | None = None,
         compression: Any = None,
-    ) -> Any:
+    ) -> UnaryCall | DeferredStreamCall | AioFailedCall | grpc.aio.Call:
         ch = self._channel
         pending = _Pending(
             ch,
             self._key,
             self._registered,
-            request,
             timeout,
             metadata,
             credentials,
             wait_for_ready,
             compression,
+            request,
         )
-        picker = ch._core.picker
-        p = picker.pick() if picker is not None else None
+        p = ch.picking.pick()
         if p is not None and p.target is None:
             ch.counters.call_dropped(p.token)
             return AioFailedCall(DROP_DETAILS)
@@ -456,7 +447,7 @@ class MultiCallable:
         if p is None:
             return DeferredStreamCall(pending)
         call = pending.start(p)
-        token = pending.token
+        token = p.token
         call.add_done_callback(lambda c: ch.background(_count_stream(ch, c, token)))
         return call
 

@@ -3,8 +3,11 @@
 Each call picks a READY backend (or waits for one), finds (or makes, once)
 the sub-channel's own multi-callable for the method, adds the lb-token, and
 counts the call for ClientStats. The hot path is a pick, a dict lookup and
-a tuple concat. A unary call that failed before it reached its backend is
-retried once on another (gRFC A6 transparent retry).
+a tuple concat. A unary call's attempts after a failure (transparent
+retry, a configured retry or hedging) are client_lib.attempts' to decide;
+this module starts, waits and sleeps. Calls reach the channel only
+through its `picking` (client_lib.attempts.Picking), `wait_for_pick` and
+`picked`.
 """
 
 from __future__ import annotations
@@ -17,15 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client_lib.hedging import Hedge
-from client_lib.picker import (
-    DROP_DETAILS,
-    LOCAL_CODES,
-    CallCounters,
-    FailedCall,
-    Pick,
-    never_sent,
-)
+from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Sleep, UnaryAttempts
+from client_lib.picker import DROP_DETAILS, LOCAL_CODES, CallCounters, FailedCall, Pick
 from client_lib.queued import QueuedCall
 from client_lib.retry import Attempts
 
@@ -112,19 +108,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_outcome_thread)
 
 
-def _retry_delay(
-    attempts: Attempts | None, exc: grpc.RpcError, code: Any, deadline: float | None
-) -> float | None:
-    """Seconds before a configured retry of a failed attempt, or None when
-    the call ends with it (client_lib.retry decides)."""
-    if attempts is None:
-        return None
+def _trailing(exc: grpc.RpcError) -> Any:
     try:
-        trailing = exc.trailing_metadata()  # type: ignore[attr-defined]
+        return exc.trailing_metadata()  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - a local failure has none
-        trailing = None
-    left = None if deadline is None else deadline - time.monotonic()
-    return attempts.retry_after(code, trailing, left)
+        return None
 
 
 class _Base:
@@ -158,8 +146,7 @@ class _Base:
         returned at once, counted for ClientStats when it ends. With no
         READY backend it is a QueuedCall that starts once there is one."""
         channel = self._channel
-        picker = channel._core.picker
-        p = picker.pick() if picker is not None else None
+        p = channel.picking.pick()
         args = (future, request, metadata, credentials, wait_for_ready, compression)
         if p is None:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -169,7 +156,9 @@ class _Base:
                 return self._begin(q, left, *args)
 
             return QueuedCall(
-                lambda: channel._pick(timeout, wait_for_ready), begin, streaming=not future
+                lambda: channel.wait_for_pick(timeout, wait_for_ready),
+                begin,
+                streaming=not future,
             )
         if p.target is None:
             self._counters.call_dropped(p.token)
@@ -216,20 +205,21 @@ class _UnaryResponse(_Base):
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Any:
+        """A unary call, attempt after attempt as client_lib.attempts says;
+        this thread only starts them, waits and sleeps."""
         channel = self._channel
-        picker = channel._core.picker
-        p = picker.pick() if picker is not None else None
+        p = channel.picking.pick()
         if p is None or p.target is None:
-            p = channel._picked(p, timeout, wait_for_ready)
+            p = channel.picked(p, timeout, wait_for_ready)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._hedging is not None:
             return self._hedged(
-                p, with_call, request, timeout, metadata, credentials, wait_for_ready, compression
+                p, deadline, with_call, request, metadata, credentials, wait_for_ready, compression
             )
         counters = self._counters
-        retries = self._retries
         policy = self._policy
-        attempts = None if policy is None else channel.retry.attempts(policy)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # Made at the first failure: a call that succeeds needs only counting.
+        run = None if policy is None else self._attempts(channel.retry.attempts(policy), deadline)
         key = self._key
         while True:
             target = p.target
@@ -245,44 +235,43 @@ class _UnaryResponse(_Base):
                     compression,
                 )
             except grpc.RpcError as exc:
-                code, details, has_md = _outcome(exc)
-                counters.finish_with(code, has_md, p.token)
-                again = retries and never_sent(code, details, has_md) and channel._retry_pick(p)
-                if again:
-                    # gRFC A6: it never left this process; once more elsewhere.
-                    retries, p = 0, again
-                    if deadline is not None:
-                        timeout = max(deadline - time.monotonic(), 0.0)
-                    continue
-                delay = _retry_delay(attempts, exc, code, deadline)
-                if delay is None:
+                if run is None:
+                    run = self._attempts(None, deadline)
+                step = run.failed(p, *_outcome(exc), _trailing(exc), time.monotonic())
+                if step is None:
                     raise
-                time.sleep(delay)
-                if deadline is not None:
-                    timeout = max(deadline - time.monotonic(), 0.0)
-                p = channel._pick(timeout, wait_for_ready)
+                if type(step) is Sleep:
+                    time.sleep(step.delay)
+                    timeout = run.time_left(time.monotonic())
+                    p = channel.wait_for_pick(timeout, wait_for_ready)
+                else:
+                    p = step.pick  # type: ignore[union-attr]
+                    timeout = run.time_left(time.monotonic())
                 continue
-            counters.call_finished(True, False, p.token)
-            if attempts is not None:
-                attempts.succeeded()
+            if run is None:
+                counters.call_finished(True, False, p.token)
+            else:
+                run.succeeded(p)
             return result
+
+    def _attempts(self, policy: Attempts | None, deadline: float | None) -> UnaryAttempts:
+        return UnaryAttempts(self._channel.picking, self._retries, policy, deadline)
 
     def _hedged(
         self,
         p: Pick,
+        deadline: float | None,
         with_call: bool,
         request: Any,
-        timeout: float | None,
         metadata: Any,
         credentials: Any,
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Any:
-        """A hedged unary call (client_lib.hedging decides; this thread
+        """A hedged unary call (client_lib.attempts decides; this thread
         starts the attempts as futures and waits for their ends)."""
         channel, counters, key = self._channel, self._counters, self._key
-        deadline = None if timeout is None else time.monotonic() + timeout
-        hedge = Hedge(self._hedging, channel.retry.throttle, deadline)  # type: ignore[arg-type]
+        run = HedgedAttempts(channel.picking, self._hedging, channel.retry.throttle, deadline)  # type: ignore[arg-type]
         ends: queue.SimpleQueue[Any] = queue.SimpleQueue()
         live: dict[Any, Pick] = {}
 
@@ -299,34 +288,30 @@ class _UnaryResponse(_Base):
                 compression,
             )
             live[future] = q
-            hedge.started(q.target.address, time.monotonic())
+            run.started(q, time.monotonic())
             future.add_done_callback(ends.put)
 
         start(p)
         try:
             while True:
-                wake = hedge.wake_at()
+                wake = run.wake_at()
                 try:
                     future = ends.get(
                         timeout=None if wake is None else max(wake - time.monotonic(), 0.0)
                     )
                 except queue.Empty:
                     now = time.monotonic()
-                    if hedge.due(now):
-                        q = hedge.choose(channel._core.ready_picks())
-                        if q is not None:
-                            start(q)
-                        elif hedge.in_flight:
-                            hedge.postpone(now)
-                        else:
-                            left = None if deadline is None else max(deadline - now, 0.0)
-                            start(channel._pick(left, wait_for_ready))
+                    step = run.timer(now)
+                    if step is WAIT_FOR_PICK:
+                        left = None if deadline is None else max(deadline - now, 0.0)
+                        start(channel.wait_for_pick(left, wait_for_ready))
+                    elif step is not None:
+                        start(step.pick)  # type: ignore[union-attr]
                     continue
                 q = live.pop(future)
                 code, details, has_md = _outcome(future)
-                counters.finish_with(code, has_md, q.token)
                 trailing = future.trailing_metadata() if code is not grpc.StatusCode.OK else ()
-                if hedge.ended(code, trailing, time.monotonic(), never_sent(code, details, has_md)):
+                if run.ended(q, code, details, has_md, trailing, time.monotonic()):
                     break
         finally:
             for other, q in live.items():  # the losers (or all, on an error here)

@@ -26,11 +26,12 @@ import grpc
 
 from client_lib import calls
 from client_lib._sync_link import SyncBalancerLink
-from client_lib.core import IDLE, TRANSIENT_FAILURE, ChannelCore, ChannelViews
+from client_lib.attempts import Picking
+from client_lib.core import IDLE, ChannelCore, ChannelViews, Effects
 from client_lib.picker import DROP_DETAILS, CallCounters, FailedCall, Pick
 from client_lib.retry import RetryConfig, subchannel_options
 from client_lib.server_list import SubChannel
-from client_lib.session import Action, BalancerSession
+from client_lib.session import BalancerSession
 
 log = logging.getLogger("lookaside.client")
 
@@ -66,11 +67,11 @@ class _Watch:
     (its connection went away) connects again only when asked: it asks, as
     round_robin does."""
 
-    __slots__ = ("sub", "core", "asked_at", "stopped")
+    __slots__ = ("sub", "channel", "asked_at", "stopped")
 
-    def __init__(self, sub: SubChannel, core: ChannelCore) -> None:
+    def __init__(self, sub: SubChannel, channel: LookasideChannel) -> None:
         self.sub = sub
-        self.core = core
+        self.channel = channel
         self.asked_at = time.monotonic()
         self.stopped = False
         sub.watcher = self
@@ -79,8 +80,9 @@ class _Watch:
     def on_state(self, state: grpc.ChannelConnectivity) -> None:
         if self.stopped:
             return
-        self.core.set_state(self.sub, state)
-        if state is IDLE and not self.core.closed:
+        channel = self.channel
+        channel._on_effects(channel._core.set_state(self.sub, state))
+        if state is IDLE and not channel._core.closed:
             self.asked_at = time.monotonic()
             self.sub.channel.subscribe(self.kick, try_to_connect=True)
 
@@ -134,15 +136,12 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         self._reported = grpc.ChannelConnectivity.IDLE
         self.counters = CallCounters()
         self._core = ChannelCore(
-            target, self._new_subchannel, fallback_targets, self._changed, self._unreachable
+            self._session, self._new_subchannel, fallback_targets, self.counters
         )
+        self.picking: Picking = self._core  # what calls pick with (client_lib.attempts)
         self._cond = threading.Condition(self._core.lock)
         self._link = SyncBalancerLink(
-            self._session,
-            self.counters,
-            self._on_actions,
-            self._make_balancer_channel,
-            lambda: self._core.connectivity() is TRANSIENT_FAILURE,
+            self._core, self.counters, self._on_effects, self._make_balancer_channel
         )
         self._link.start()
 
@@ -160,15 +159,14 @@ class LookasideChannel(ChannelViews, grpc.Channel):
             ch = grpc.insecure_channel(address, options=self._options)
         return SubChannel(address, ch)
 
-    def _unreachable(self) -> None:
-        self._on_actions(self._link.backends_unreachable())
-
-    def _on_actions(self, actions: list[Action]) -> None:
-        added, retired = self._core.run(actions)
-        for sub in added:
-            _Watch(sub, self._core)
-        if retired:
-            self._retire(retired)
+    def _on_effects(self, effects: Effects) -> None:
+        """Runs what an event of the core's asks for (never under its lock)."""
+        for sub in effects.watch:
+            _Watch(sub, self)
+        if effects.retire:
+            self._retire(effects.retire)
+        if effects.changed:
+            self._changed()
 
     def _retire(self, subs: list[SubChannel]) -> None:
         """Closes `subs` after the grace (in-flight calls finish), or at
@@ -200,49 +198,51 @@ class LookasideChannel(ChannelViews, grpc.Channel):
             s.channel.close()
 
     def _changed(self) -> None:
-        """Called by the core, under its lock, after every change."""
-        self._cond.notify_all()
-        if self._callbacks:
+        """After a change: wakes the pick queue, tells subscribers of a new
+        connectivity state (read under the core's lock, so never stale)."""
+        with self._cond:
+            self._cond.notify_all()
+            if not self._callbacks:
+                return
             state = self._core.connectivity()
-            if state is not self._reported:
-                self._reported = state
-                for cb in list(self._callbacks):
-                    threading.Thread(target=cb, args=(state,), daemon=True).start()
+            if state is self._reported:
+                return
+            self._reported = state
+            callbacks = list(self._callbacks)
+        for cb in callbacks:
+            threading.Thread(target=cb, args=(state,), daemon=True).start()
 
     # -- picking -------------------------------------------------------------
 
-    def _pick(self, timeout: float | None, wait_for_ready: bool | None) -> Pick:
-        picker = self._core.picker
-        p = picker.pick() if picker is not None else None
-        return self._picked(p, timeout, wait_for_ready)
+    def wait_for_pick(self, timeout: float | None, wait_for_ready: bool | None) -> Pick:
+        """A pick for a call (client_lib.attempts.Picking's ready-wait): now,
+        or from the pick queue as picked() says."""
+        return self.picked(self.picking.pick(), timeout, wait_for_ready)
 
-    def _picked(self, p: Pick | None, timeout: float | None, wait_for_ready: bool | None) -> Pick:
-        """The pick a call goes with, from the picker's answer `p`: waits in
-        the pick queue for none; raises FailedCall for a drop."""
+    def picked(self, p: Pick | None, timeout: float | None, wait_for_ready: bool | None) -> Pick:
+        """The pick a call goes with, from the picker's answer `p`: for None,
+        waits in the pick queue until a backend is READY, the call's deadline
+        passes, or (fail-fast) the channel is in TRANSIENT_FAILURE; raises
+        FailedCall for those and for a drop (counted)."""
         if p is None:
-            p = self._wait_for_pick(timeout, bool(wait_for_ready))
+            p = self._queued(timeout, bool(wait_for_ready))
         if p.target is None:
             self.counters.call_dropped(p.token)
             raise FailedCall(grpc.StatusCode.UNAVAILABLE, DROP_DETAILS)
         return p
 
-    def _wait_for_pick(self, timeout: float | None, wait_for_ready: bool) -> Pick:
-        """The pick queue: waits until a backend is READY, the call's
-        deadline passes, or (fail-fast) the channel is in TRANSIENT_FAILURE."""
+    def _queued(self, timeout: float | None, wait_for_ready: bool) -> Pick:
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
         with self._cond:
             while True:
-                p = core.queued_pick(wait_for_ready, self.counters)
+                p = core.queued_pick(wait_for_ready)
                 if p is not None:
                     return p
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise core.deadline_passed()
                 self._cond.wait(remaining)
-
-    def _retry_pick(self, failed: Pick) -> Pick | None:
-        return self._core.ready_except(failed.target.address)
 
     def wait_for_list(self, timeout: float | None = None) -> bool:
         """Blocks until a backend is READY (or the list has only drops);
@@ -326,6 +326,7 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         if self._core.closed:
             return
         subs = self._core.close()
+        self._changed()
         self._link.stop()
         with self._retire_lock:
             timers, self._retiring = self._retiring, {}

@@ -1,26 +1,39 @@
-"""What both channels share and no I/O touches: the current list, the
-sub-channels and their connectivity, the picker, fallback, and the verdict
-on a call that found no READY backend.
+"""What both channels share and no I/O touches: the balancer session, the
+current list, the sub-channels and their connectivity, the picker,
+fallback, and the verdict on a call that found no READY backend.
 
-The drivers (client_lib.channel, client_lib.aio) make and close the
-sub-channels, watch their connectivity and report it here with
-set_state(); every change swaps the picker whole and calls `on_change`
-(the driver wakes its queued calls), so picks never lock.
+One owner, as grpc-go's grpclb has it: ChannelCore holds the session and
+everything above under one (non-reentrant) lock, and every event method
+returns an `Effects` that the driver (client_lib.channel, client_lib.aio)
+runs after the lock is released: sub-channels to watch or to retire, the
+pick queue to wake, load reports to start. Nothing here calls back into a
+driver. Every change swaps the picker whole, so picks never lock.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
+from client_lib._lb_proto import lb
 from client_lib.picker import CallCounters, FailedCall, Pick, Picker
 from client_lib.server_list import ListEntry, SubChannel, rebuild
-from client_lib.session import Action, EnterFallback, NewList
+from client_lib.session import (
+    Action,
+    BalancerSession,
+    Connect,
+    EnterFallback,
+    Fallback,
+    NewList,
+    StartReports,
+)
 
 log = logging.getLogger("lookaside.client")
 
@@ -33,106 +46,178 @@ SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
+class Phase(enum.Enum):
+    """Where the channel stands before (and after) its backends count."""
+
+    WAITING = "waiting for the first list"  # calls wait for it
+    NO_LIST = "no list, failing fast"  # fallback with no targets before any list
+    SERVING = "serving a list"  # from the balancer or the fallback targets
+    CLOSED = "closed"
+
+
+_PHASE_STATES = {
+    Phase.WAITING: CONNECTING,
+    Phase.NO_LIST: TRANSIENT_FAILURE,
+    Phase.CLOSED: SHUTDOWN,
+}
+
+
+@dataclass(slots=True)
+class Effects:
+    """What the driver does once the lock is released."""
+
+    watch: list[SubChannel] = field(default_factory=list)  # new: connect and follow
+    retire: list[SubChannel] = field(default_factory=list)  # close after the grace
+    changed: bool = False  # wake the pick queue (and report connectivity)
+    report_interval: float = 0.0  # start load reports at this interval
+
+    def __bool__(self) -> bool:
+        return bool(self.watch or self.retire or self.changed or self.report_interval)
+
+
+def _no_pick() -> Pick | None:
+    return None  # no list yet, or the channel is closed
+
+
 class ChannelCore:
     def __init__(
         self,
-        target: str,
+        session: BalancerSession,
         make_subchannel: Callable[[str], SubChannel],
         fallback_targets: Sequence[str] = (),
-        on_change: Callable[[], None] = lambda: None,
-        on_unreachable: Callable[[], None] = lambda: None,
+        counters: CallCounters | None = None,
     ) -> None:
-        self.target = target
+        self.session = session
+        self.target = session.target
         self.make_subchannel = make_subchannel
         self.fallback_entries = tuple(ListEntry(a, "", False) for a in fallback_targets)
-        self.on_change = on_change
-        self.on_unreachable = on_unreachable  # every backend in TRANSIENT_FAILURE
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()  # guards everything here, the session included
         self.subchannels: dict[str, SubChannel] = {}
         self.picks: tuple[Pick, ...] = ()
         self.picker: Picker | None = None  # None until a list (or fallback) is in
-        self.in_fallback = False
+        # client_lib.attempts.Picking: the current picker's pick, swapped with it
+        self.pick: Callable[[], Pick | None] = _no_pick
+        self.counters = counters if counters is not None else CallCounters()
+        self.phase = Phase.WAITING
         self.no_list_reason = ""  # why fail-fast calls fail before any list
-        self.closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    @property
+    def in_fallback(self) -> bool:
+        """Serving the fallback targets (the session's fallback, with targets
+        to fall back to): one source, the session's state."""
+        return self.session.fallback is Fallback.ACTIVE and bool(self.fallback_entries)
+
+    # -- the balancer session's events -------------------------------------------------
+
+    def start(self, now: float) -> Connect:
+        with self.lock:
+            return self.session.start(now)
+
+    def stream_opened(self, address: str) -> None:
+        with self.lock:
+            self.session.stream_opened(address)
+
+    def response(self, message: lb.LoadBalanceResponse, address: str) -> Effects:
+        with self.lock:
+            return self._run(self.session.response(message, address))
+
+    def stream_ended(self, now: float, error: str) -> tuple[Connect, Effects]:
+        """The stream ended: where to connect next, and the effects (with
+        every backend unreachable too, fallback)."""
+        with self.lock:
+            step, actions = self.session.stream_ended(now, error)
+            if self.connectivity() is TRANSIENT_FAILURE:
+                actions += self.session.backends_unreachable()
+            return step, self._run(actions)
+
+    def fallback_timer(self, now: float) -> tuple[Effects, bool]:
+        """The fallback timeout: the effects, and whether the driver should
+        end the open stream (it never answered)."""
+        with self.lock:
+            effects = self._run(self.session.fallback_timer(now))
+            return effects, self.session.abandon_silent_stream
 
     # -- inputs ------------------------------------------------------------------
 
-    def run(self, actions: Sequence[Action]) -> tuple[list[SubChannel], list[SubChannel]]:
-        """Applies the session's list and fallback actions: returns (new
-        sub-channels to watch, retired ones to close after a grace)."""
-        added: list[SubChannel] = []
-        retired: list[SubChannel] = []
-        for action in actions:
-            if isinstance(action, NewList):
-                new, old = self.apply(action.entries)
-            elif isinstance(action, EnterFallback):
-                new, old = self.enter_fallback(action.reason)
-            else:
-                continue
-            added = [s for s in added if s not in old] + new
-            retired += old
-        return added, retired
-
-    def apply(self, entries: Sequence[ListEntry]) -> tuple[list[SubChannel], list[SubChannel]]:
-        """A new list from the balancer: returns (new sub-channels to watch,
-        retired ones to close after a grace)."""
+    def set_state(self, sub: SubChannel, state: grpc.ChannelConnectivity) -> Effects:
         with self.lock:
-            self.in_fallback = False
-            return self._apply(entries)
-
-    def enter_fallback(self, reason: str) -> tuple[list[SubChannel], list[SubChannel]]:
-        with self.lock:
-            if self.fallback_entries:
-                log.warning(
-                    "target=%s: entering fallback (%s): %d fallback backends",
-                    self.target,
-                    reason,
-                    len(self.fallback_entries),
-                )
-                self.in_fallback = True
-                return self._apply(self.fallback_entries)
-            if self.picker is None:
-                self.no_list_reason = reason
-                self.on_change()
-            log.warning(
-                "target=%s: fallback (%s), but no fallback targets were given: %s",
-                self.target,
-                reason,
-                "keeping the current list" if self.picker is not None else "calls fail fast",
-            )
-            return [], []
-
-    def set_state(self, sub: SubChannel, state: grpc.ChannelConnectivity) -> None:
-        with self.lock:
+            effects = Effects()
             if sub.state is state:
-                return
+                return effects
             was_ready = sub.state is READY
             sub.state = state
             if self.subchannels.get(sub.address) is not sub:
-                return
+                return effects
             if was_ready or state is READY:
                 self._swap_picker()
-            else:
-                self.on_change()
+            effects.changed = True
             if state is TRANSIENT_FAILURE and self.connectivity() is TRANSIENT_FAILURE:
-                self.on_unreachable()
+                # every backend unreachable: with no balancer either, fallback
+                self._apply_actions(self.session.backends_unreachable(), effects)
+            return effects
 
     def close(self) -> list[SubChannel]:
+        """Closes the core: returns the sub-channels to close (the driver
+        then wakes the pick queue, where every call fails CANCELLED)."""
         with self.lock:
-            self.closed = True
+            self.phase = Phase.CLOSED
             subs, self.subchannels = list(self.subchannels.values()), {}
             self.picker, self.picks = None, ()  # later calls fail with CANCELLED
-            self.on_change()
+            self.pick = _no_pick
             return subs
+
+    def _run(self, actions: Sequence[Action]) -> Effects:
+        effects = Effects()
+        self._apply_actions(actions, effects)
+        return effects
+
+    def _apply_actions(self, actions: Sequence[Action], effects: Effects) -> None:
+        """Applies the session's actions (under the lock) into `effects`."""
+        for action in actions:
+            if isinstance(action, NewList):
+                new, old = self._apply(action.entries)
+            elif isinstance(action, EnterFallback):
+                new, old = self._enter_fallback(action.reason)
+            elif isinstance(action, StartReports):
+                effects.report_interval = action.interval
+                continue
+            else:
+                continue
+            effects.changed = True
+            effects.watch = [s for s in effects.watch if s not in old] + new
+            effects.retire += old
+
+    def _enter_fallback(self, reason: str) -> tuple[list[SubChannel], list[SubChannel]]:
+        if self.fallback_entries:
+            log.warning(
+                "target=%s: entering fallback (%s): %d fallback backends",
+                self.target,
+                reason,
+                len(self.fallback_entries),
+            )
+            return self._apply(self.fallback_entries)
+        if self.picker is None and not self.closed:
+            self.phase = Phase.NO_LIST
+            self.no_list_reason = reason
+        log.warning(
+            "target=%s: fallback (%s), but no fallback targets were given: %s",
+            self.target,
+            reason,
+            "keeping the current list" if self.picker is not None else "calls fail fast",
+        )
+        return [], []
 
     # -- outputs -------------------------------------------------------------------
 
     def connectivity(self) -> grpc.ChannelConnectivity:
         """The channel's state, as gRPC aggregates round_robin's."""
-        if self.closed:
-            return SHUTDOWN
-        if self.picker is None:
-            return TRANSIENT_FAILURE if self.no_list_reason else CONNECTING
+        phase = self.phase
+        if phase is not Phase.SERVING:
+            return _PHASE_STATES[phase]
         states = [s.state for s in self.subchannels.values()]
         if READY in states:
             return READY
@@ -147,9 +232,9 @@ class ChannelCore:
             return FailedCall(grpc.StatusCode.CANCELLED, "the channel was closed")
         if wait_for_ready:
             return None
-        if self.picker is None:
-            if not self.no_list_reason:
-                return None
+        if self.phase is Phase.WAITING:
+            return None
+        if self.phase is Phase.NO_LIST:
             return FailedCall(
                 UNAVAILABLE,
                 f"no server list from the balancer for {self.target!r} yet: {self.no_list_reason}",
@@ -167,17 +252,16 @@ class ChannelCore:
             )
         return None
 
-    def queued_pick(self, wait_for_ready: bool, counters: CallCounters) -> Pick | None:
+    def queued_pick(self, wait_for_ready: bool) -> Pick | None:
         """One turn of the pick queue: a pick, None to keep waiting, or
         FailedCall raised (and counted as not sent) per verdict()."""
-        picker = self.picker
-        p = picker.pick() if picker is not None else None
+        p = self.pick()
         if p is not None:
             return p
         failed = self.verdict(wait_for_ready)
         if failed is not None:
             if not self.closed:
-                counters.call_not_sent()
+                self.counters.call_not_sent()
             raise failed
         return None
 
@@ -188,7 +272,7 @@ class ChannelCore:
             f"{self.target!r} ({self.connectivity().name})",
         )
 
-    def ready_except(self, address: str) -> Pick | None:
+    def pick_other(self, address: str) -> Pick | None:
         """A READY pick on another backend than `address` (transparent retry)."""
         picker = self.picker
         if picker is None:
@@ -215,6 +299,7 @@ class ChannelCore:
     def _apply(self, entries: Sequence[ListEntry]) -> tuple[list[SubChannel], list[SubChannel]]:
         if self.closed:
             return [], []
+        self.phase = Phase.SERVING
         before = set(self.subchannels)
         new, picks, retired = rebuild(list(entries), self.subchannels, self.make_subchannel)
         self.subchannels = new
@@ -226,8 +311,8 @@ class ChannelCore:
 
     def _swap_picker(self) -> None:
         ready = tuple(p for p in self.picks if p.target is not None and p.target.state is READY)
-        self.picker = Picker(self.picks, ready)
-        self.on_change()
+        self.picker = picker = Picker(self.picks, ready)
+        self.pick = picker.pick
 
 
 class ChannelViews:
@@ -246,6 +331,8 @@ class ChannelViews:
 
     @property
     def in_fallback(self) -> bool:
+        """Whether the fallback targets serve (the session's fallback state,
+        `session.fallback`, with fallback targets given)."""
         return self._core.in_fallback
 
     @property

@@ -1,8 +1,9 @@
 """Hedged calls (gRFC A6 `hedgingPolicy`), I/O-free: the policy read from a
 method config of the `grpc.service_config` channel option, and one call's
 decisions: when the next attempt starts, on which backend, and which
-outcome ends the call. The sync and asyncio drivers (client_lib.calls,
-client_lib.aio_calls) start, wait for and cancel the attempts; nothing
+outcome ends the call. client_lib.attempts.HedgedAttempts runs it for
+the sync and asyncio drivers (client_lib.calls, client_lib.aio_calls),
+which start, wait for and cancel the attempts; nothing
 here sleeps, reads a clock or touches a socket.
 
     "methodConfig": [{

@@ -22,6 +22,7 @@ Rules, as C-core's grpclb has them:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,21 @@ from client_lib.server_list import (
 )
 
 HOT_LOOP_WINDOW = 1.0  # a list-then-end stream within this of the last one is a failure
+
+
+class Fallback(enum.Enum):
+    """The one record of fallback: the channel's core reads it from here."""
+
+    OFF = "following the balancer"  # or waiting for its first list
+    ACTIVE = "in fallback"  # fallback targets serve, if any were given
+
+
+class Stream(enum.Enum):
+    """The open BalanceLoad stream, as far as the session knows it."""
+
+    SILENT = "opened, no answer yet"  # also: no stream open
+    ANSWERED = "answered, no list yet"
+    LISTED = "delivered a list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +118,10 @@ class BalancerSession:
         self.connected_to = ""  # the balancer whose stream answered, "" while none
         self.streams_opened = 0
         self.lists_received = 0
-        self.in_fallback = False
+        self.fallback = Fallback.OFF
         self.have_list = False
         self.report_interval = 0.0
-        self._stream_answered = False
-        self._stream_had_list = False
+        self.stream = Stream.SILENT
         self.last_error = ""
 
     def initial_request(self) -> bytes:
@@ -122,31 +137,30 @@ class BalancerSession:
 
     def stream_opened(self, address: str) -> None:
         self.streams_opened += 1
-        self._stream_answered = False
-        self._stream_had_list = False
+        self.stream = Stream.SILENT
         self.report_interval = 0.0
 
     def response(self, message: lb.LoadBalanceResponse, address: str) -> list[Action]:
         kind = message.WhichOneof("load_balance_response_type")
         actions: list[Action] = []
-        if not self._stream_answered:
-            self._stream_answered = True
+        if self.stream is Stream.SILENT:
+            self.stream = Stream.ANSWERED
             self.connected_to = address
         if kind == "initial_response":
             self.report_interval = report_interval_seconds(message.initial_response)
         elif kind == "server_list":
-            first_on_stream = not self._stream_had_list
-            self._stream_had_list = True
+            first_on_stream = self.stream is not Stream.LISTED
+            self.stream = Stream.LISTED
             self._failures_in_row = 0
             self.backoff.reset()
             if first_on_stream and self.report_interval:
                 actions.append(StartReports(self.report_interval))
             raw = message.server_list.SerializeToString()
-            if raw != self._list_raw or self.in_fallback:
+            if raw != self._list_raw or self.fallback is Fallback.ACTIVE:
                 self._list_raw = raw
                 self.lists_received += 1
                 self.have_list = True
-                self.in_fallback = False
+                self.fallback = Fallback.OFF
                 self.fallback_deadline = None
                 actions.append(NewList(tuple(parse_server_list(message.server_list))))
         elif kind == "fallback_response":
@@ -158,7 +172,7 @@ class BalancerSession:
         Returns where to connect next and any fallback to enter."""
         self.connected_to = ""
         self.last_error = error
-        good = self._stream_had_list
+        good = self.stream is Stream.LISTED
         if good and (self._last_good_end is None or now - self._last_good_end > HOT_LOOP_WINDOW):
             self._last_good_end = now
             self._failures_in_row = 0
@@ -185,7 +199,7 @@ class BalancerSession:
     @property
     def abandon_silent_stream(self) -> bool:
         """The open stream never answered and no list is in: give it up."""
-        return not self._stream_answered and not self.have_list
+        return self.stream is Stream.SILENT and not self.have_list
 
     def backends_unreachable(self) -> list[Action]:
         """Every listed backend is in TRANSIENT_FAILURE: with no balancer
@@ -194,13 +208,17 @@ class BalancerSession:
             return []
         return self._fallback("lost the balancer and every backend")
 
+    @property
+    def in_fallback(self) -> bool:
+        return self.fallback is Fallback.ACTIVE
+
     # -- helpers -----------------------------------------------------------------
 
     def _fallback(self, reason: str) -> list[Action]:
         self.fallback_deadline = None
-        if self.in_fallback:
+        if self.fallback is Fallback.ACTIVE:
             return []
-        self.in_fallback = True
+        self.fallback = Fallback.ACTIVE
         return [EnterFallback(reason)]
 
     def _next(self, delay: float) -> Connect:

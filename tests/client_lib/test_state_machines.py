@@ -7,10 +7,17 @@ import grpc
 import pytest
 
 from client_lib._lb_proto import lb
+from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Sleep, Start, UnaryAttempts
 from client_lib.backoff import Backoff
+from client_lib.core import CONNECTING, READY, SHUTDOWN, TRANSIENT_FAILURE, ChannelCore, Phase
+from client_lib.hedging import HedgingPolicy
 from client_lib.lease import LeaseKeeper, RegistrationRefused, lease_spec
-from client_lib.session import BalancerSession, EnterFallback, NewList, StartReports
+from client_lib.retry import Attempts, RetryPolicy
+from client_lib.server_list import SubChannel
+from client_lib.session import BalancerSession, EnterFallback, Fallback, NewList, StartReports
 from lookaside.proto.registry.v1 import registry_pb2 as pb
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 def no_jitter() -> Backoff:
@@ -156,3 +163,117 @@ def test_lease_keeper_registers_again_after_a_refused_lease_and_never_raises_lat
     k.failed(grpc.StatusCode.PERMISSION_DENIED, "token not allowed")
     step = k.next_step()
     assert (step.method, step.delay) == ("Register", 1.0)
+
+
+# -- the channel's core: one owner, effects out ---------------------------------------
+
+
+def serving_core(*ports: int, fallback: tuple[str, ...] = ()) -> ChannelCore:
+    """A core over no sockets, with the list of `ports` in and every
+    backend READY (its sub-channels carry no channel)."""
+    core = ChannelCore(
+        BalancerSession("svc", "lb:1"), lambda a: SubChannel(a, None), fallback_targets=fallback
+    )
+    core.stream_opened("lb:1")
+    effects = core.response(server_list(*ports), "lb:1")
+    assert [s.address for s in effects.watch] == [f"10.0.0.1:{p}" for p in ports]
+    for sub in effects.watch:
+        core.set_state(sub, READY)
+    return core
+
+
+def test_losing_balancer_and_backends_enters_fallback_as_effects_not_callbacks() -> None:
+    core = serving_core(80, 81, fallback=("10.9.9.9:1",))
+    core.stream_ended(1.0, "UNAVAILABLE: balancer gone")  # a backend still READY: no fallback
+    assert not core.in_fallback and core.session.fallback is Fallback.OFF
+    subs = list(core.subchannels.values())
+    assert core.set_state(subs[0], TRANSIENT_FAILURE).watch == []
+    effects = core.set_state(subs[1], TRANSIENT_FAILURE)
+    # The core's one lock is free again, and what the driver must do is
+    # handed back: watch the fallback backend, retire the listed ones.
+    assert core.lock.acquire(blocking=False)
+    core.lock.release()
+    assert [s.address for s in effects.watch] == ["10.9.9.9:1"]
+    assert sorted(s.address for s in effects.retire) == ["10.0.0.1:80", "10.0.0.1:81"]
+    assert effects.changed and core.in_fallback and core.session.fallback is Fallback.ACTIVE
+    # A new list from a balancer leaves fallback: one record, the session's.
+    core.stream_opened("lb:1")
+    back = core.response(server_list(80), "lb:1")
+    assert [s.address for s in back.retire] == ["10.9.9.9:1"]
+    assert not core.in_fallback and core.session.fallback is Fallback.OFF
+
+
+def test_fallback_with_no_targets_fails_fast_from_one_record() -> None:
+    core = ChannelCore(BalancerSession("svc", "lb:1"), lambda a: SubChannel(a, None))
+    assert core.phase is Phase.WAITING and core.connectivity() is CONNECTING
+    assert core.verdict(wait_for_ready=False) is None  # waits for the first list
+    core.start(0.0)
+    effects, silent = core.fallback_timer(10.0)
+    assert silent and effects.changed and not effects.watch
+    assert core.session.fallback is Fallback.ACTIVE  # the balancer is given up on...
+    assert not core.in_fallback  # ...but there is nothing to fall back to
+    assert core.phase is Phase.NO_LIST and core.connectivity() is TRANSIENT_FAILURE
+    failed = core.verdict(wait_for_ready=False)
+    assert failed is not None and "no server list within 10s" in failed.details()
+    core.stream_opened("lb:1")
+    core.response(server_list(80), "lb:1")
+    assert core.phase is Phase.SERVING and core.session.fallback is Fallback.OFF
+    core.close()
+    assert core.phase is Phase.CLOSED and core.connectivity() is SHUTDOWN
+
+
+# -- a unary call's attempts ------------------------------------------------------------
+
+CONNECT_FAILED = "failed to connect to all addresses"
+
+
+def test_an_attempt_that_never_left_goes_once_more_on_another_backend() -> None:
+    core = serving_core(80, 81)
+    run = UnaryAttempts(core, 1, None, deadline=None)
+    p = core.pick()
+    assert p is not None
+    core.counters.call_started()
+    step = run.failed(p, UNAVAILABLE, CONNECT_FAILED, False, None, 0.0)
+    assert isinstance(step, Start) and step.pick.target.address != p.target.address
+    core.counters.call_started()
+    assert run.failed(step.pick, UNAVAILABLE, CONNECT_FAILED, False, None, 0.0) is None  # once
+    run.cancelled_by_caller(step.pick)  # counted already: not again
+    report = core.counters.take_report(0)
+    assert report is not None
+    assert report.num_calls_started == 2 and report.num_calls_finished == 2
+    assert report.num_calls_finished_with_client_failed_to_send == 2
+
+
+def test_a_configured_retry_sleeps_then_picks_again_within_the_deadline() -> None:
+    core = serving_core(80)
+    policy = RetryPolicy(3, 0.01, 0.1, 2.0, frozenset({UNAVAILABLE}))
+    run = UnaryAttempts(core, 1, Attempts(policy, None), deadline=1.0)
+    p = core.pick()
+    assert p is not None
+    # Sent, then failed: no transparent retry; the policy's backoff.
+    step = run.failed(p, UNAVAILABLE, "reset", True, None, 0.0)
+    assert isinstance(step, Sleep) and 0 <= step.delay < 0.01
+    pushback = (("grpc-retry-pushback-ms", "500"),)
+    assert run.failed(p, UNAVAILABLE, "reset", True, pushback, 0.1) == Sleep(0.5)
+    assert run.time_left(0.7) == pytest.approx(0.3)
+    assert run.failed(p, UNAVAILABLE, "reset", True, None, 0.7) is None  # attempts used up
+    assert run.failed(p, grpc.StatusCode.INTERNAL, "x", True, None, 0.0) is None
+    again = UnaryAttempts(core, 0, Attempts(policy, None), deadline=1.0)
+    assert again.failed(p, UNAVAILABLE, "reset", True, pushback, 0.6) is None  # past deadline
+
+
+def test_hedged_attempts_start_on_a_new_backend_or_wait_for_a_pick() -> None:
+    core = serving_core(80, 81)
+    run = HedgedAttempts(core, HedgingPolicy(3, 0.05, frozenset({UNAVAILABLE})), None, 10.0)
+    first = core.pick()
+    assert first is not None
+    run.started(first, 0.0)
+    assert run.wake_at() == 0.05 and run.timer(0.01) is None
+    step = run.timer(0.05)
+    assert isinstance(step, Start) and step.pick.target.address != first.target.address
+    run.started(step.pick, 0.05)
+    assert not run.ended(first, UNAVAILABLE, "reset", True, None, 0.06)  # non-fatal: go on
+    assert not run.ended(step.pick, UNAVAILABLE, "reset", True, None, 0.07)
+    for sub in list(core.subchannels.values()):
+        core.set_state(sub, TRANSIENT_FAILURE)
+    assert run.timer(0.07) is WAIT_FOR_PICK  # none READY, none in flight
