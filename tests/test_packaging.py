@@ -5,6 +5,7 @@ test` adds the dev tools."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -41,9 +42,12 @@ def test_the_readme_installs_this_distribution() -> None:
 
 def _make_n(target: str, tmp_path: Path) -> list[str]:
     """The commands `make TARGET` runs on a fresh clone (no venv yet), not run."""
+    # Run as a make of its own, also when the suite runs under `make test`
+    # (a sub-make would print its directory changes among the commands).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
+        ["make", "--no-print-directory", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=True, env=env,
     )  # fmt: skip
     return done.stdout.splitlines()
 
