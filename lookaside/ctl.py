@@ -388,6 +388,19 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+def add_plan_flags(parser: argparse.ArgumentParser) -> None:
+    """--dry-run and --prune, for `ctl apply` and `lookaside apply` alike."""
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan (old -> new) and write nothing"
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove what the file leaves out of the pools it names: settings go back "
+        "to their defaults, unlisted static backends and holds are removed",
+    )
+
+
 def add_subcommand(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "ctl",
@@ -420,14 +433,6 @@ def add_subcommand(subparsers: Any) -> None:
         "declare pools from a file (POST /api/v1/state): merges, idempotent, prints the plan",
     )
     a.add_argument("-f", "--file", required=True, help="JSON or YAML file; - for stdin")
-    a.add_argument(
-        "--dry-run", action="store_true", help="print the plan (old -> new) and write nothing"
-    )
-    a.add_argument(
-        "--prune",
-        action="store_true",
-        help="also remove what the file leaves out of the pools it names: settings go back "
-        "to their defaults, unlisted static backends and holds are removed",
-    )
+    add_plan_flags(a)
     command("export", "print the current state (GET /api/v1/state)")
     p.set_defaults(func=run)

@@ -18,6 +18,7 @@ import sys
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lookaside.ctl import add_plan_flags
 from lookaside.redis_process import redis_unreachable
 from lookaside.settings import (
     add_settings_arguments,
@@ -135,15 +136,7 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "old -> new. Removes nothing unless --prune.",
     )
     p.add_argument("-f", "--file", required=True, help="the state file")
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the plan (old -> new) and write nothing"
-    )
-    p.add_argument(
-        "--prune",
-        action="store_true",
-        help="also remove what the file leaves out of the pools it names: settings go back "
-        "to their defaults, unlisted static backends and holds are removed",
-    )
+    add_plan_flags(p)
     add_settings_arguments(p, StateSettings)
     p.set_defaults(func=_runner(p, "apply"))
     e = sub.add_parser("export", help="print the registry's operator state as YAML or JSON")
