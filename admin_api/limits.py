@@ -1,7 +1,8 @@
 """Request body size, checked before anything parses the body.
 
 A pure ASGI middleware: a Content-Length above the limit is answered 413
-at once, without reading a byte of the body and before authentication;
+at once, without reading a byte of the body (a request without a valid
+token is refused 401 before it, by admin_api.gate);
 a body without a length (chunked) is counted as it arrives and cut off
 with 413 as soon as it passes the limit. Either way the process holds at
 most `limit` bytes of one request.

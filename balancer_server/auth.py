@@ -272,7 +272,10 @@ class RegistrationAuth:
         )
 
     def _check_transport(
-        self, auth_context: Mapping[str, Iterable[bytes]] | None, peer: str
+        self,
+        auth_context: Mapping[str, Iterable[bytes]] | None,
+        peer: str,
+        kind: str = "registration",
     ) -> None:
         """A token over plaintext is refused unless the peer is trusted."""
         if b"ssl" in (auth_context or {}).get("transport_security_type", ()):
@@ -284,7 +287,7 @@ class RegistrationAuth:
             return
         raise AuthError(
             grpc.StatusCode.UNAUTHENTICATED,
-            f"registration tokens are refused over plaintext from {ip or 'an unknown peer'}: "
+            f"{kind} tokens are refused over plaintext from {ip or 'an unknown peer'}: "
             "connect over TLS, or "
             "have the operator list this network in the balancer's --trusted-networks",
             "token_over_plaintext",
@@ -375,6 +378,7 @@ class RegistrationAuth:
         pool: str,
         metadata: Iterable[tuple[str, str | bytes]] | None,
         auth_context: Mapping[str, Iterable[bytes]] | None = None,
+        peer: str = "",
     ) -> str | None:
         """Who a BalanceLoad stream into `pool` is, for its reports'
         weight: "client-token:<pool rule>" or "mtls:<identity>" with a client
@@ -387,6 +391,7 @@ class RegistrationAuth:
             return "anonymous"
         token = bearer_token(metadata)
         if token is not None:
+            self._check_transport(auth_context, peer, "client")
             if _any_equal(token, rule.client_tokens):
                 return f"client-token:{rule.pattern}"
             raise AuthError(

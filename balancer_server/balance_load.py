@@ -332,7 +332,7 @@ class BalanceLoadService:
         if self.auth is None:
             return "anonymous"
         return self.auth.client_principal(
-            pool, context.invocation_metadata(), context.auth_context()
+            pool, context.invocation_metadata(), context.auth_context(), context.peer()
         )
 
     def _evidence_key(self, stream: _Stream, pool: str) -> str:

@@ -115,14 +115,22 @@ def test_client_credentials_decide_whose_reports_may_eject() -> None:
     )
     auth = RegistrationAuth(policy)
     bearer = [("authorization", f"Bearer {TOKEN}")]
-    assert auth.client_principal("strict", bearer) == "client-token:strict"
+    assert auth.client_principal("strict", bearer, peer=LOOPBACK) == "client-token:strict"
+    # A client token over plaintext from an untrusted network is refused, as
+    # a registration token is.
+    with pytest.raises(AuthError) as plain:
+        auth.client_principal("strict", bearer, peer="ipv4:10.1.2.3:5000")
+    assert plain.value.reason == "token_over_plaintext" and "client tokens" in str(plain.value)
     assert auth.client_principal("strict", [], ident) == "mtls:client-1.lookaside.test"
     assert auth.client_principal("strict", []) is None  # shown, never evidence
     assert auth.client_principal("loose", []) == "anonymous"
     # A pool with no client credentials: every stream counts, any token.
-    assert auth.client_principal("open", [("authorization", "Bearer whatever")]) == "anonymous"
+    assert (
+        auth.client_principal("open", [("authorization", "Bearer whatever")], peer=LOOPBACK)
+        == "anonymous"
+    )
     with pytest.raises(AuthError) as info:
-        auth.client_principal("strict", [("authorization", "Bearer " + "x" * 20)])
+        auth.client_principal("strict", [("authorization", "Bearer " + "x" * 20)], peer=LOOPBACK)
     assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
 
 
