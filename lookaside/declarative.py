@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from admin_api.schemas.backends import BackendCreate
 from admin_api.schemas.pools import PoolNameStr, PoolSettings
 from lookaside.registry import transitions as t
+from lookaside.registry.hosts import resolve_host
 from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_id_for
 from lookaside.registry.port import StatePort
 from lookaside.settings import split_host_port
@@ -219,8 +220,6 @@ def wanted_settings(pool: PoolState, current: PoolConfig | None, prune: bool) ->
 
 
 async def _ip(host: str) -> str:
-    from balancer_server.registration import resolve_host
-
     return await resolve_host(host, "")
 
 
