@@ -132,8 +132,11 @@ class RawStreams:
 
 
 class BenchLab:
-    def __init__(self, pools: dict[str, PoolConfig], *, metrics: bool = False) -> None:
+    def __init__(
+        self, pools: dict[str, PoolConfig], *, metrics: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
         self.pools = pools
+        self.args = args  # more flags for the balancer
         self.procs: list[subprocess.Popen[bytes]] = []
         self.redis_process = RedisProcess()
         self.balancer = ""
@@ -149,7 +152,7 @@ class BenchLab:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "lookaside", "balancer", "--listen", self.balancer,
                  "--redis-url", url, "--metrics-listen", self.metrics, "--log-level", "warning",
-                 "--insecure-registration"],
+                 "--insecure-registration", *self.args],
             ))  # fmt: skip
 
             async def configure() -> None:

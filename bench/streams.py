@@ -86,7 +86,10 @@ def main() -> None:
     config = PoolConfig.from_flat(
         POOL, report_interval_ms=0, lease_ttl_ms=3_600_000, health_checks=False, registration=rules
     )
-    with BenchLab({POOL: config}, metrics=True) as lab:
+    # Every client process dials from 127.0.0.1: the per-address limit, a
+    # guard against one abusive host, is raised past the streams measured.
+    limit = ("--max-streams-per-address", str(args.streams + 1000))
+    with BenchLab({POOL: config}, metrics=True, args=limit) as lab:
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
         registry.Register(registry_pb2.RegisterRequest(pool=POOL, host="10.0.0.1", port=1))
         balancer = psutil.Process(lab.procs[0].pid)

@@ -31,42 +31,68 @@ ALL = _load()
 # Outputs as the benchmarks print them (runs recorded in docs/benchmarks.md).
 OUTPUTS = {
     "client_overhead": """\
-5 rounds of 3s per mode, the modes taking turns (194 turns of sync sequential); median calls/s
-  sequential         plain 1,508 (1.000x, +0 us)   plain+token 1,467 (0.958x, +19 us)   thin-1 1,420 (0.966x, +41 us)   thin-3 1,229 (0.825x, +151 us)
-  64 in flight       plain 3,090 (1.000x, +0 us)   thin-1 3,007 (0.994x, +9 us)
-  aio sequential     plain 1,349 (1.000x, +0 us)   thin-1 1,322 (0.970x, +15 us)   thin-3 1,026 (0.766x, +233 us)
-  aio 64 in flight   plain 3,241 (1.000x, +0 us)   thin-1 3,221 (1.001x, +2 us)
+5 rounds of 3s per mode, the modes taking turns (249 turns of sync sequential); median calls/s of a block (median ratio to the plain block of the same turn, added microseconds per call)
+  sequential         plain 1,841 (1.000x, +0 us)   plain+token 1,786 (0.961x, +17 us)   thin-1 1,750 (0.937x, +28 us)   plain-rr3 1,469 (0.796x, +137 us)   thin-3 1,569 (0.842x, +94 us)
+  64 in flight       plain 3,630 (1.000x, +0 us)   plain+token 3,667 (1.014x, -3 us)   thin-1 3,570 (0.989x, +5 us)   plain-rr3 2,835 (0.787x, +77 us)   thin-3 3,247 (0.899x, +33 us)
+  aio sequential     plain 1,567 (1.000x, +0 us)   thin-1 1,513 (0.964x, +23 us)   thin-3 1,349 (0.861x, +103 us)
+  aio 64 in flight   plain 3,921 (1.000x, +0 us)   thin-1 3,925 (1.010x, -0 us)   thin-3 3,706 (0.940x, +15 us)
 """,
     "client_path": """\
-sync     bare 0.07 us   thin 0.87 us   added 0.80 us per call
-asyncio  bare 0.22 us   thin 1.87 us   added 1.64 us per call
+sync     bare 0.10 us   thin 1.25 us   added 1.15 us per call
+asyncio  bare 0.41 us   thin 2.81 us   added 2.39 us per call
 """,
     "slow_backend": """\
-  round_robin       7.19    53.84    22.07     362.0     7258         3
-  least_loaded      7.52    10.87     7.87    1016.8    20342       201
-  ratios (round_robin / least_loaded): p50 0.96x, p99 4.95x; throughput least_loaded / round_robin 2.81x
+least_loaded, 3 backends at 5 ms; one turns 50 ms at t=8s; 8 calls in flight
+  its share of the calls in the 2 s before: 33.3%
+      window s  its share   calls
+    0.0- 0.5      31.4%     191
+    0.5- 1.0      31.5%     197
+    1.0- 1.5       1.9%     482
+    1.5- 2.0       1.8%     490
+    2.0- 2.5       0.6%     542
+    2.5- 3.0       0.6%     545
+    3.0- 3.5       0.6%     545
+    3.5- 4.0       0.4%     535
+    4.0- 4.5       0.5%     551
+    4.5- 5.0       0.6%     533
+    5.0- 5.5       0.4%     544
+    5.5- 6.0       0.6%     532
+  its share fell below half of before within 1.5s of the switch
+3 backends, delay 5 ms, one at 50 ms; 8 calls in flight for 20s after 8s warm-up
+  policy          p50 ms   p99 ms  mean ms   calls/s    calls  list len
+  round_robin       6.43    52.90    21.47     372.1     7460         3
+  least_loaded      7.09    10.41     7.45    1073.3    21473       201
+  ratios (round_robin / least_loaded): p50 0.91x, p99 5.08x; throughput least_loaded / round_robin 2.88x
 """,
     "blackhole": """\
+4 backends, one black-holing every call; 8 calls in flight with a 250 ms deadline for 40s per pool
   outliers     lost  calls/s     ok/s  ok p99 ms   calls  ejected at end
-  off        25.00%    124.5     93.6       3.39    4992               0
-  on          0.11%   2461.2   2458.5       6.96   98452               1
-  ratios (on / off): lost share 0.005x, successful calls/s 26.27x
+  off        25.00%    124.9     94.2       2.81    5024               0
+  on          0.11%   2347.0   2344.5       6.82   93883               1
+  ratios (on / off): lost share 0.004x, successful calls/s 24.89x
 """,
     "streams:1000": """\
 1000 streams from 1 client processes, 100 per connection, all opened at once
-  opened 1000, refused 0, all first lists in 0.50 s
-  balancer RSS 60.1 MiB -> 84.9 MiB: 25.4 KiB per stream
+  opened 1000, refused 0, all first lists in 0.34 s
+  balancer RSS 68.1 MiB -> 92.7 MiB: 25.2 KiB per stream
   registration -> new list, 5 registrations one second apart:
-    #1: on 1000 of 1000 streams, p50 30 ms, p99 44 ms, max 50 ms
-    median of the rounds: p50 30 ms, p99 44 ms
+    #1: on 1000 of 1000 streams, p50 23 ms, p99 28 ms, max 28 ms
+    #2: on 1000 of 1000 streams, p50 26 ms, p99 34 ms, max 34 ms
+    #3: on 1000 of 1000 streams, p50 28 ms, p99 39 ms, max 39 ms
+    #4: on 1000 of 1000 streams, p50 24 ms, p99 33 ms, max 33 ms
+    #5: on 1000 of 1000 streams, p50 23 ms, p99 32 ms, max 35 ms
+    median of the rounds: p50 24 ms, p99 33 ms
+  balancer's own fan-out (new list -> last write, lookaside_balancer_fanout_seconds): mean 38 ms over 5 updates
 """,
     "reports": """\
-  sent 378106 reports in 10.01 s, all read by the balancer after 13.71 s: 27,587 reports/s
-  Redis calls started 378106, finished 378106 (each report carries 1 and 1): lost 0
+1000 streams from 2 client processes, reporting as fast as the balancer takes them for 10s
+  sent 624137 reports in 10.01 s, all read by the balancer after 20.12 s: 31,013 reports/s
+  balancer wrote 624137 (lookaside_balancer_load_reports_total); Redis holds 624137 reports
+  Redis calls started 624137, finished 624137 (each report carries 1 and 1): lost 0
 """,
     "client_first_call": """\
-sync  first call, first balancer refused: median 13.8 ms, worst 44.0 ms (7 runs)
-aio   first call, first balancer refused: median 7.4 ms, worst 12.2 ms (7 runs)
+sync  first call, first balancer refused: median 8.7 ms, worst 13.0 ms (7 runs)
+aio   first call, first balancer refused: median 6.6 ms, worst 9.0 ms (7 runs)
 """,
 }
 
