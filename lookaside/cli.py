@@ -50,7 +50,7 @@ SERVICES: dict[str, tuple[str, str, str]] = {
     "balancer": (
         "run the grpclb balancer and registration API",
         "lookaside.settings:BalancerSettings",
-        "balancer_server.server:serve",
+        "balancer_server.workers:run",
     ),
     "dns": (
         "run the DNS SRV responder for stock gRPC clients",
