@@ -218,7 +218,7 @@ class Supervisor:
         self.registry = CollectorRegistry()
         self.alive = Gauge(
             "lookaside_balancer_workers",
-            "Balancer worker processes running (serving or starting)",
+            "Balancer worker processes serving",
             registry=self.registry,
         )
         self.restarts = Counter(
@@ -292,8 +292,10 @@ class Supervisor:
         # supervisor is gone.
         slot.proc = proc
         slot.started = time.monotonic()
-        self.alive.set(sum(1 for s in self.slots if s.proc and s.proc.returncode is None))
         return proc
+
+    def _count(self) -> None:
+        self.alive.set(sum(1 for s in self.slots if s.ready.is_set()))
 
     async def _watch(self, slot: _Slot) -> None:
         """Keeps a worker in `slot` until the supervisor stops."""
@@ -306,12 +308,13 @@ class Supervisor:
                 if line.strip() == b"ready":
                     slot.served = True
                     slot.ready.set()
+                    self._count()
                 else:
                     sys.stdout.buffer.write(line)
                     sys.stdout.flush()
             code = await proc.wait()
             slot.ready.clear()
-            self.alive.set(sum(1 for s in self.slots if s.proc and s.proc.returncode is None))
+            self._count()
             if self.stopping:
                 return
             if not slot.served:
@@ -333,6 +336,8 @@ class Supervisor:
     async def _stop_all(self) -> int:
         self.stopping = True
         live = [s.proc for s in self.slots if s.proc is not None and s.proc.returncode is None]
+        # One still starting has no handler yet: SIGTERM ends it at once.
+        starting = {s.proc for s in self.slots if s.proc in live and not s.ready.is_set()}
         log.info("stopping %d workers (grace %gs)", len(live), self.settings.grace)
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
@@ -352,7 +357,13 @@ class Supervisor:
             if proc.stdin is not None:
                 proc.stdin.close()
         self.alive.set(0)
-        unclean = [p for p in live if p not in killed and p.returncode != 0]
+        unclean = [
+            p
+            for p in live
+            if p not in killed
+            and p.returncode != 0
+            and not (p in starting and p.returncode == -signal.SIGTERM)
+        ]
         if self.fatal:
             log.error("balancer stopped: %s (its message is above)", self.fatal)
             return 1
