@@ -2,10 +2,10 @@
 balancer takes, and whether every one arrives.
 
     .venv/bin/python bench/reports.py [--streams 1000] [--clients 2]
-        [--seconds 10]
+        [--seconds 10] [--workers 1]
 
-Starts a private Redis and one balancer process, and a pool with one
-backend. Client processes open their share of the streams (grpc.aio, raw
+Starts a private Redis and one balancer (`--workers N`: a supervisor and N
+worker processes on one port), and a pool with one backend. Client processes open their share of the streams (grpc.aio, raw
 bytes) and then send ClientStats on every stream as fast as the balancer
 takes them (each stream sends its next report once the previous one is
 written, so the balancer's flow control sets the pace) for a fixed time.
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--streams-per-connection", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="balancer worker processes")
     parser.add_argument("--client", metavar="BALANCER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -97,7 +98,7 @@ def main() -> None:
     # drop after a burst (reports faster than the interval): measure
     # ingestion with the burst set out of reach.
     os.environ["LOOKASIDE_BALANCER_REPORT_BURST"] = str(1 << 40)
-    with BenchLab(pools, metrics=True) as lab:
+    with BenchLab(pools, metrics=True, workers=args.workers) as lab:
         from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
 
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
@@ -151,7 +152,8 @@ def main() -> None:
 
     print(
         f"{args.streams} streams from {args.clients} client processes, "
-        f"reporting as fast as the balancer takes them for {args.seconds:g}s"
+        f"reporting as fast as the balancer takes them for {args.seconds:g}s; "
+        f"{args.workers} balancer worker{'s' if args.workers > 1 else ''}"
     )
     print(
         f"  sent {sent} reports in {seconds:.2f} s, all read by the balancer after "
