@@ -72,6 +72,24 @@ async def _client(balancer: str, streams: int, per_connection: int, seconds: flo
     await raw.close()
 
 
+def _cpu(pids: list[int], tree: bool = False) -> float:
+    """User and system CPU seconds of these processes (and their children)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        procs = [psutil.Process(pid)]
+        if tree:
+            procs += procs[0].children(recursive=True)
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
@@ -129,6 +147,10 @@ def main() -> None:
         ]
         for c in clients:
             assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+        # CPU seconds from "go" until every report is read: contention on a
+        # shared machine stretches the wall clock, much less these.
+        balancer = lab.procs[0].pid
+        cpu_before = _cpu([balancer], tree=True), _cpu([c.pid for c in clients])
         for c in clients:
             assert c.stdin is not None
             c.stdin.write("go\n")
@@ -139,6 +161,9 @@ def main() -> None:
             _, n, secs, until = c.stdout.readline().split()
             sent, seconds = sent + int(n), max(seconds, float(secs))
             read_by = max(read_by, float(until))
+        balancer_cpu = _cpu([balancer], tree=True) - cpu_before[0]
+        clients_cpu = _cpu([c.pid for c in clients]) - cpu_before[1]
+        for c in clients:
             c.wait(60)
         # The balancer writes its sums about once a second.
         deadline = time.monotonic() + 30
@@ -158,6 +183,10 @@ def main() -> None:
     print(
         f"  sent {sent} reports in {seconds:.2f} s, all read by the balancer after "
         f"{read_by:.2f} s: {sent / read_by:,.0f} reports/s"
+    )
+    print(
+        f"  CPU per report: balancer {balancer_cpu / sent * 1e6:.1f} us, "
+        f"clients {clients_cpu / sent * 1e6:.1f} us"
     )
     print(
         f"  balancer wrote {received:.0f} (lookaside_balancer_load_reports_total); "
