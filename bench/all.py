@@ -69,7 +69,9 @@ def streams(out: str) -> str:
 def reports(out: str) -> str:
     rate = _all(r": ([\d,]+) reports/s", out)
     lost = _all(r"lost (-?\d+)$", out)
-    return f"{rate[0][0]} reports/s, lost {lost[0][0]}" if rate and lost else ""
+    cpu = _all(r"CPU per report: balancer ([\d.]+) us", out)
+    per = f", balancer CPU {cpu[0][0]} us per report" if cpu else ""
+    return f"{rate[0][0]} reports/s, lost {lost[0][0]}{per}" if rate and lost else ""
 
 
 def first_call(out: str) -> str:
