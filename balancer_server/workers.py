@@ -58,11 +58,12 @@ from prometheus_client.samples import Sample
 from balancer_server import metrics
 from balancer_server.auth import PolicyError
 from balancer_server.server import GC_THRESHOLDS, BalancerServer, registration_auth, serve
+from balancer_server.settings import BalancerSettings
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
-from lookaside.asyncutil import stop_requested
-from lookaside.metrics_http import serve_metrics
-from lookaside.settings import BalancerSettings, split_host_port
-from lookaside.state_keeper import keeper_from_file
+from lookaside_registry.asyncutil import stop_requested
+from server_common.metrics_http import serve_metrics
+from server_common.settings import split_host_port
+from server_common.state_keeper import keeper_from_file
 
 log = logging.getLogger("lookaside.balancer")
 

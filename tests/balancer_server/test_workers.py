@@ -34,15 +34,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from balancer_server.workers import STOP_MARGIN
 from client_lib import LookasideChannel, Registration
 from lookaside.certs import Issued, issue
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
-from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.redis_process import free_port
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.store import RegistryStore
 from tests.support import RouteGuideBackend, wait_until
 
 WORKERS = 2

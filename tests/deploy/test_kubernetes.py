@@ -73,8 +73,8 @@ def test_balancer_workers_follow_the_cpu_request() -> None:
     """One worker per requested core (rounded up), never the node's cores;
     the pod's stop grace covers the balancer's grace and its workers' last
     flush (balancer_server.workers.STOP_MARGIN)."""
+    from balancer_server.settings import BalancerSettings
     from balancer_server.workers import STOP_MARGIN
-    from lookaside.settings import BalancerSettings
 
     deployment = _docs()[("Deployment", "balancer")]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
