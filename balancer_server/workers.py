@@ -301,7 +301,14 @@ class Supervisor:
     async def _watch(self, slot: _Slot) -> None:
         """Keeps a worker in `slot` until the supervisor stops."""
         while not self.stopping:
-            proc = await self._spawn(slot)
+            try:
+                proc = await self._spawn(slot)
+            except OSError as exc:  # no process could be started (fds, memory)
+                log.error("cannot start worker %d (%s); trying again in %.0fs", slot.index, exc,
+                          MAX_BACKOFF)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), MAX_BACKOFF)
+                continue
             if self.stopping:
                 proc.send_signal(signal.SIGTERM)
             assert proc.stdout is not None

@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -114,25 +115,12 @@ def _pool(name: str, health: bool) -> PoolConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def supervised(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
-    tmp = tmp_path_factory.mktemp("workers")
-    certs = issue(tmp / "certs")
-    pool = f"workers-{uuid.uuid4().hex[:8]}"
-    policy = tmp / "policy.json"
-    policy.write_text(
-        json.dumps({"pools": {p: {"tokens": [TOKEN]} for p in (pool, f"{pool}-reg")}})
-    )
-
-    async def configure() -> None:
-        store = RegistryStore.from_url(redis_url)
-        await store.put_pool(_pool(pool, health=True))
-        await store.put_pool(_pool(f"{pool}-reg", health=False))
-        await store.close()
-
-    asyncio.run(configure())
-    replica = f"wk-{uuid.uuid4().hex[:6]}"
-    metrics = f"127.0.0.1:{free_port()}"
+def _start(
+    redis_url: str, certs: Issued, policy: Path, replica: str, metrics: str
+) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`lookaside balancer --workers 2` on port 0 in the production profile;
+    returns once every worker serves: the process, its address, its log
+    lines so far (and to come)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lookaside", "balancer", "--workers", str(WORKERS),
          "--listen", "127.0.0.1:0", "--redis-url", redis_url, "--metrics-listen", metrics,
@@ -155,10 +143,36 @@ def supervised(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 listening.set()
 
     threading.Thread(target=read, daemon=True).start()
+    if not listening.wait(60):
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError("".join(log))
+    return proc, address[0], log
+
+
+@pytest.fixture(scope="module")
+def supervised(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+    tmp = tmp_path_factory.mktemp("workers")
+    certs = issue(tmp / "certs")
+    pool = f"workers-{uuid.uuid4().hex[:8]}"
+    policy = tmp / "policy.json"
+    policy.write_text(
+        json.dumps({"pools": {p: {"tokens": [TOKEN]} for p in (pool, f"{pool}-reg")}})
+    )
+
+    async def configure() -> None:
+        store = RegistryStore.from_url(redis_url)
+        await store.put_pool(_pool(pool, health=True))
+        await store.put_pool(_pool(f"{pool}-reg", health=False))
+        await store.close()
+
+    asyncio.run(configure())
+    replica = f"wk-{uuid.uuid4().hex[:6]}"
+    metrics = f"127.0.0.1:{free_port()}"
+    proc, address, log = _start(redis_url, certs, policy, replica, metrics)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        assert listening.wait(60), "".join(log)
-        yield Supervised(proc, address[0], metrics, replica, pool, certs, client, log)
+        yield Supervised(proc, address, metrics, replica, pool, certs, client, log)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -340,6 +354,32 @@ def test_sigterm_drains_and_stops_every_worker_within_the_grace_period(
     # Each worker left the replica set on its way out.
     live = s.redis.hgetall(keys.REPLICAS)
     assert not {f"{s.replica}-w{i}" for i in range(WORKERS)} & set(live)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(
+    redis_url: str, supervised: Supervised, tmp_path: Path
+) -> None:
+    """No worker outlives its supervisor, even a SIGKILLed one: the port
+    is free again."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"pools": {}}))
+    proc, address, log = _start(redis_url, supervised.certs, policy, "wk-orphans", "")
+    workers = [c.pid for c in psutil.Process(proc.pid).children()]
+    assert len(workers) == WORKERS
+    proc.kill()
+    proc.wait(10)
+
+    def gone(pid: int) -> bool:  # an orphan's zombie counts as gone
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in workers), timeout=GRACE + STOP_MARGIN + 20)
+    assert "the supervisor is gone; stopping" in "".join(log)
+    port = int(address.rpartition(":")[2])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # no listener left on it
 
 
 def test_bad_worker_counts_exit_2_with_one_line(tmp_path: Path) -> None:
