@@ -82,8 +82,10 @@ class PoolSums:
         self.finished += stats.num_calls_finished
         self.failed_to_send += stats.num_calls_finished_with_client_failed_to_send
         self.known_received += stats.num_calls_finished_known_received
-        for per_token in stats.calls_finished_with_drop:
-            self.drops[per_token.load_balance_token] += per_token.num_calls
+        drops = stats.calls_finished_with_drop
+        if drops:
+            for per_token in drops:
+                self.drops[per_token.load_balance_token] += per_token.num_calls
         if len(UnknownFieldSet(stats)):
             for bid, *counts in backend_rows(stats):
                 self.outcomes.update(outcome_fields(bid, *counts))
