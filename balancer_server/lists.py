@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import TypeVar
@@ -152,25 +152,44 @@ def load_aware_weights(backends: Sequence[Backend]) -> list[int]:
     return out
 
 
-def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LEN) -> list[Entry]:
-    """The list entries for a pool's serving backends and drop rates.
+def listed_backends(snapshot: PoolSnapshot) -> tuple[Backend, ...]:
+    """The backends a pool's lists are made of: the serving ones, or in
+    panic mode (Envoy's panic threshold: no backend looks healthy) the
+    unhealthy and ejected ones rather than none. Drained and disabled
+    backends stay out: an operator asked for that."""
+    serving = snapshot.serving
+    if not serving:
+        serving = tuple(b for b in snapshot.backends if b.state.faulty)
+    return serving
+
+
+def build_entries(
+    snapshot: PoolSnapshot,
+    epoch: str,
+    max_len: int = MAX_LIST_LEN,
+    subset: Collection[str] | None = None,
+) -> list[Entry]:
+    """The list entries for a pool's serving backends and drop rates; with
+    `subset` (backend ids), for those of them only (balancer_server.subsets),
+    their weights as in the whole pool's list.
 
     Backend tokens are "<backend id>.<epoch>": the epoch differs per balancer
     process, so a restarted balancer's lists never equal the old ones (a
     C-core client in fallback ignores a list equal to its last one).
     """
-    serving = snapshot.serving
-    if not serving:
-        # Panic mode (Envoy's panic threshold): when no backend looks
-        # healthy, list the unhealthy and ejected ones rather than none.
-        # Drained and disabled backends stay out: an operator asked for that.
-        serving = tuple(b for b in snapshot.backends if b.state.faulty)
+    serving = listed_backends(snapshot)
     if not serving:
         return []
     drops = [d for d in snapshot.config.drops if d.per_mille > 0]
     weights = [b.weight for b in serving]
     if snapshot.config.policy == "least_loaded":
         weights = load_aware_weights(serving)
+    if subset is not None:
+        kept = [(b, w) for b, w in zip(serving, weights, strict=True) if b.id in subset]
+        serving = tuple(b for b, _ in kept)
+        weights = [w for _, w in kept]
+        if not serving:
+            return []
     backend_slots, drop_slots = slot_counts(weights, [d.per_mille for d in drops], max_len)
     items: list[tuple[Entry, int]] = []
     for b, n in zip(serving, backend_slots, strict=True):
@@ -210,13 +229,16 @@ FALLBACK_PAYLOAD = lb.LoadBalanceResponse(
 ).SerializeToString()
 
 
-def pool_payload(snapshot: PoolSnapshot, epoch: str) -> bytes | None:
-    """The response to send for a pool version, or None when there is nothing
-    to send (no serving backend: clients keep the list they have, since an
-    empty list would fail every call)."""
+def pool_payload(
+    snapshot: PoolSnapshot, epoch: str, subset: Collection[str] | None = None
+) -> bytes | None:
+    """The response to send for a pool version (to a client with `subset`,
+    when given), or None when there is nothing to send (no serving backend:
+    clients keep the list they have, since an empty list would fail every
+    call)."""
     if snapshot.config.fallback:
         return FALLBACK_PAYLOAD
-    entries = build_entries(snapshot, epoch)
+    entries = build_entries(snapshot, epoch, subset=subset)
     if not entries:
         return None
     return server_list_payload(entries)
