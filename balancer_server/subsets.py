@@ -213,13 +213,16 @@ class SubsetTable:
         return self.window_at(anchor)
 
     def window_at(self, anchor: str) -> tuple[str, ...]:
-        """The subset of a client anchored at `anchor` (a listed backend)."""
+        """The subset of a client anchored at `anchor` (a listed backend), in
+        ring order from the ring's start, so that equal subsets are equal
+        tuples (when the pool is no bigger than a subset, every client's is
+        the whole ring)."""
         n = len(self.ring)
         i = bisect.bisect_left(self.keys, ring_key(anchor))
         w = self.window
         if i + w <= n:
             return tuple(self.ring[i : i + w])
-        return tuple(self.ring[i:] + self.ring[: i + w - n])
+        return tuple(self.ring[: i + w - n] + self.ring[i:])
 
     def loads(self) -> dict[str, int]:
         """Backend id -> how many clients have it in their subset."""
