@@ -17,7 +17,7 @@ from typing import TypeVar
 from google.protobuf.duration_pb2 import Duration
 
 from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import Backend, PoolSnapshot
+from lookaside.registry.model import Backend, DropRate, PoolSnapshot
 
 T = TypeVar("T", bound=Hashable)
 
@@ -163,6 +163,15 @@ def listed_backends(snapshot: PoolSnapshot) -> tuple[Backend, ...]:
     return serving
 
 
+def weighted_backends(snapshot: PoolSnapshot) -> list[tuple[Backend, int]]:
+    """The listed backends with the weight each has in the pool's list."""
+    serving = listed_backends(snapshot)
+    weights = [b.weight for b in serving]
+    if snapshot.config.policy == "least_loaded":
+        weights = load_aware_weights(serving)
+    return list(zip(serving, weights, strict=True))
+
+
 def build_entries(
     snapshot: PoolSnapshot,
     epoch: str,
@@ -177,22 +186,27 @@ def build_entries(
     process, so a restarted balancer's lists never equal the old ones (a
     C-core client in fallback ignores a list equal to its last one).
     """
-    serving = listed_backends(snapshot)
-    if not serving:
-        return []
-    drops = [d for d in snapshot.config.drops if d.per_mille > 0]
-    weights = [b.weight for b in serving]
-    if snapshot.config.policy == "least_loaded":
-        weights = load_aware_weights(serving)
+    weighted = weighted_backends(snapshot)
     if subset is not None:
-        kept = [(b, w) for b, w in zip(serving, weights, strict=True) if b.id in subset]
-        serving = tuple(b for b, _ in kept)
-        weights = [w for _, w in kept]
-        if not serving:
-            return []
+        weighted = [(b, w) for b, w in weighted if b.id in subset]
+    return entries_for(weighted, snapshot.config.drops, epoch, max_len)
+
+
+def entries_for(
+    weighted: Sequence[tuple[Backend, int]],
+    drop_rates: Sequence[DropRate],
+    epoch: str,
+    max_len: int = MAX_LIST_LEN,
+) -> list[Entry]:
+    """The list entries for these backends (with their weights) and drop
+    rates (see build_entries)."""
+    if not weighted:
+        return []
+    drops = [d for d in drop_rates if d.per_mille > 0]
+    weights = [w for _, w in weighted]
     backend_slots, drop_slots = slot_counts(weights, [d.per_mille for d in drops], max_len)
     items: list[tuple[Entry, int]] = []
-    for b, n in zip(serving, backend_slots, strict=True):
+    for (b, _), n in zip(weighted, backend_slots, strict=True):
         token = f"{b.id}.{epoch}"[:MAX_TOKEN_LEN]
         items.append((Entry(b.ip, b.port, token), n))
     for d, n in zip(drops, drop_slots, strict=True):

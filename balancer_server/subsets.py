@@ -31,12 +31,11 @@ balanced among themselves, and so the sum over processes is too.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from collections.abc import Hashable, Iterable
 
 from balancer_server import lists
-from lookaside.registry.model import PoolSnapshot
+from lookaside.registry.model import Backend, PoolSnapshot
 
 SUBSET_SIZE_MAX = 1000
 # Scores put the anchored clients above any window sum.
@@ -60,6 +59,7 @@ class SubsetTable:
 
     __slots__ = (
         "size", "ring", "keys", "anchors", "counts", "_load", "_sums", "_score", "_unplaced",
+        "_pos", "_windows",
     )  # fmt: skip
 
     def __init__(self, size: int) -> None:
@@ -82,6 +82,10 @@ class SubsetTable:
         self._score: list[int] = []
         # Clients that joined while the ring was empty.
         self._unplaced: set[Hashable] = set()
+        # Backend id -> ring position, and the windows read since the ring
+        # last changed, by anchor.
+        self._pos: dict[str, int] = {}
+        self._windows: dict[str, tuple[str, ...]] = {}
 
     @property
     def window(self) -> int:
@@ -142,7 +146,8 @@ class SubsetTable:
 
     def _rebuild(self) -> None:
         n = len(self.ring)
-        pos = {b: i for i, b in enumerate(self.ring)}
+        pos = self._pos = {b: i for i, b in enumerate(self.ring)}
+        self._windows = {}
         self.counts = [0] * n
         for anchor in self.anchors.values():
             self.counts[pos[anchor]] += 1
@@ -181,8 +186,7 @@ class SubsetTable:
         self._unplaced.discard(client)
         anchor = self.anchors.pop(client, None)
         if anchor is not None:
-            i = bisect.bisect_left(self.keys, ring_key(anchor))
-            self._shift(i, -1)
+            self._shift(self._pos[anchor], -1)
 
     def _shift(self, i: int, delta: int) -> None:
         """One client more (or fewer) anchored at ring position i."""
@@ -217,42 +221,66 @@ class SubsetTable:
         ring order from the ring's start, so that equal subsets are equal
         tuples (when the pool is no bigger than a subset, every client's is
         the whole ring)."""
+        window = self._windows.get(anchor)
+        if window is not None:
+            return window
         n = len(self.ring)
-        i = bisect.bisect_left(self.keys, ring_key(anchor))
+        i = self._pos[anchor]
         w = self.window
         if i + w <= n:
-            return tuple(self.ring[i : i + w])
-        return tuple(self.ring[: i + w - n] + self.ring[i:])
+            window = tuple(self.ring[i : i + w])
+        else:
+            window = tuple(self.ring[: i + w - n] + self.ring[i:])
+        self._windows[anchor] = window
+        return window
 
     def loads(self) -> dict[str, int]:
         """Backend id -> how many clients have it in their subset."""
         return dict(zip(self.ring, self._load, strict=True))
 
 
+# What a subset's response is made of: the pool's fallback flag and drop
+# rates, the epoch, and each member's id, address and weight.
+Inputs = tuple[object, ...]
+
+
 class SubsetPayloads:
     """The payloads of one pool's feed when the pool has a subset size:
     the table of its streams, and one serialized response per subset in use
     (streams with the same subset share the bytes). A subset whose response
-    is the same as before the last version keeps the same bytes object, so
-    its streams see nothing new and write nothing."""
+    is made of the same inputs as in the last version keeps the same bytes
+    object, without being built again: its streams see nothing new and
+    write nothing."""
 
-    __slots__ = ("table", "snapshot", "epoch", "_payloads", "_previous")
+    __slots__ = ("table", "snapshot", "epoch", "_weighted", "_pool", "_payloads", "_built",
+                 "_previous")  # fmt: skip
 
     def __init__(self, size: int) -> None:
         self.table = SubsetTable(size)
         self.snapshot: PoolSnapshot | None = None
         self.epoch = ""
+        # Backend id -> the backend and its weight in the pool's list.
+        self._weighted: dict[str, tuple[Backend, int]] = {}
+        self._pool: Inputs = ()
+        # This version's payloads by subset; payloads by their inputs, of
+        # this version and of the one before.
         self._payloads: dict[tuple[str, ...], bytes | None] = {}
-        self._previous: dict[tuple[str, ...], bytes | None] = {}
+        self._built: dict[Inputs, bytes | None] = {}
+        self._previous: dict[Inputs, bytes | None] = {}
 
     def update(self, snapshot: PoolSnapshot, epoch: str) -> None:
         """A new version of the pool: the table follows its listed backends."""
-        self.table.resize(snapshot.config.subset_size)
-        self.table.set_backends(b.id for b in lists.listed_backends(snapshot))
+        self.table.resize(min(snapshot.config.subset_size, SUBSET_SIZE_MAX))
+        weighted = lists.weighted_backends(snapshot)
+        self._weighted = {b.id: (b, w) for b, w in weighted}
+        self.table.set_backends(self._weighted)
         self.snapshot = snapshot
         self.epoch = epoch
-        self._previous = self._payloads
+        config = snapshot.config
+        self._pool = (config.fallback, config.drops, epoch)
         self._payloads = {}
+        self._previous = self._built
+        self._built = {}
 
     def join(self, client: Hashable) -> None:
         self.table.join(client)
@@ -270,14 +298,32 @@ class SubsetPayloads:
             return self._payloads[key]
         except KeyError:
             pass
-        payload = lists.pool_payload(snapshot, self.epoch, subset=key)
-        old = self._previous.get(key)
-        if old is not None and old == payload:
-            payload = old
+        weighted = self._weighted
+        inputs: Inputs = (
+            self._pool,
+            *((b, weighted[b][0].ip, weighted[b][0].port, weighted[b][1]) for b in key),
+        )
+        try:
+            payload = self._built[inputs]
+        except KeyError:
+            try:
+                payload = self._previous[inputs]
+            except KeyError:
+                payload = self._build(snapshot, key)
+            self._built[inputs] = payload
         self._payloads[key] = payload
         return payload
 
+    def _build(self, snapshot: PoolSnapshot, key: tuple[str, ...]) -> bytes | None:
+        """lists.pool_payload for a subset, from the weights of this version."""
+        if snapshot.config.fallback:
+            return lists.FALLBACK_PAYLOAD
+        entries = lists.entries_for(
+            [self._weighted[b] for b in key], snapshot.config.drops, self.epoch
+        )
+        return lists.server_list_payload(entries) if entries else None
+
     @property
     def distinct(self) -> int:
-        """Subsets whose response was built for the current version."""
+        """Subsets whose response was looked up for the current version."""
         return len(self._payloads)

@@ -1,7 +1,7 @@
 """Deterministic subsetting: connections per backend, and the bytes one
 backend's departure sends, with and without `subset_size`.
 
-    .venv/bin/python bench/subsetting.py [--backends 200] [--streams 2000]
+    .venv/bin/python bench/subsetting.py [--backends 200] [--streams 1000]
         [--subset-size 20] [--model-backends 1000] [--model-clients 10000]
 
 Two parts:
@@ -113,6 +113,23 @@ def model(backends: int, clients: int, size: int) -> None:
         f"  one backend joins: {len(moved):,} clients get a new subset (each gains it); "
         f"{spread(list(table.loads().values()))}"
     )
+    # Drift: churn with no client turnover moves load by 1/size per event;
+    # new streams go where the windows are lightest, so turnover heals it.
+    pool = [*(b for b in ids if b != gone), "newcomer"]
+    events = backends // 5
+    for e in range(events):
+        if rng.random() < 0.5:
+            pool.remove(rng.choice(pool))
+        else:
+            pool.append(f"churn{e}")
+        table.set_backends(pool)
+    print(f"  after {events:,} departures and arrivals: {spread(list(table.loads().values()))}")
+    turnover = clients * 3 // 10
+    for c in rng.sample(everyone, turnover):
+        table.leave(c)
+    for c in range(turnover):
+        table.join(("new", c))
+    print(f"  then {turnover:,} clients reconnect: {spread(list(table.loads().values()))}")
 
 
 async def _open(channel: grpc.aio.Channel, first: bytes) -> tuple[grpc.aio.StreamStreamCall, bytes]:
@@ -233,7 +250,7 @@ def run_balancer(args: argparse.Namespace, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", type=int, default=200)
-    parser.add_argument("--streams", type=int, default=2000)
+    parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--streams-per-connection", type=int, default=100)
     parser.add_argument("--subset-size", type=int, default=20)
     parser.add_argument("--model-backends", type=int, default=1000)
