@@ -32,7 +32,7 @@ balanced among themselves, and so the sum over processes is too.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 
 from balancer_server import lists
 from lookaside.registry.model import Backend, PoolSnapshot
@@ -69,7 +69,7 @@ class SubsetTable:
         self.ring: list[str] = []
         self.keys: list[tuple[int, str]] = []
         # Client -> the backend id it is anchored at.
-        self.anchors: dict[Hashable, str] = {}
+        self.anchors: dict[object, str] = {}
         # Per ring position: clients anchored there.
         self.counts: list[int] = []
         # Per ring position: clients whose window holds it (its load), and
@@ -81,7 +81,7 @@ class SubsetTable:
         # fewest anchored clients first, then the least loaded window.
         self._score: list[int] = []
         # Clients that joined while the ring was empty.
-        self._unplaced: set[Hashable] = set()
+        self._unplaced: set[object] = set()
         # Backend id -> ring position, and the windows read since the ring
         # last changed, by anchor.
         self._pos: dict[str, int] = {}
@@ -170,7 +170,7 @@ class SubsetTable:
 
     # -- clients ---------------------------------------------------------
 
-    def join(self, client: Hashable) -> None:
+    def join(self, client: object) -> None:
         """Anchors a new client where its window is least loaded."""
         if client in self.anchors or client in self._unplaced:
             return
@@ -182,7 +182,7 @@ class SubsetTable:
         self.anchors[client] = self.ring[i]
         self._shift(i, 1)
 
-    def leave(self, client: Hashable) -> None:
+    def leave(self, client: object) -> None:
         self._unplaced.discard(client)
         anchor = self.anchors.pop(client, None)
         if anchor is not None:
@@ -207,10 +207,10 @@ class SubsetTable:
 
     # -- reads -----------------------------------------------------------
 
-    def anchor(self, client: Hashable) -> str | None:
+    def anchor(self, client: object) -> str | None:
         return self.anchors.get(client)
 
-    def subset(self, client: Hashable) -> tuple[str, ...]:
+    def subset(self, client: object) -> tuple[str, ...]:
         anchor = self.anchors.get(client)
         if anchor is None:
             return ()
@@ -282,13 +282,13 @@ class SubsetPayloads:
         self._previous = self._built
         self._built = {}
 
-    def join(self, client: Hashable) -> None:
+    def join(self, client: object) -> None:
         self.table.join(client)
 
-    def leave(self, client: Hashable) -> None:
+    def leave(self, client: object) -> None:
         self.table.leave(client)
 
-    def payload_for(self, client: Hashable) -> bytes | None:
+    def payload_for(self, client: object) -> bytes | None:
         """The response `client` should have now (None: nothing to send)."""
         snapshot = self.snapshot
         if snapshot is None:

@@ -125,8 +125,8 @@ def model(backends: int, clients: int, size: int) -> None:
         table.set_backends(pool)
     print(f"  after {events:,} departures and arrivals: {spread(list(table.loads().values()))}")
     turnover = clients * 3 // 10
-    for c in rng.sample(everyone, turnover):
-        table.leave(c)
+    for old in rng.sample(everyone, turnover):
+        table.leave(old)
     for c in range(turnover):
         table.join(("new", c))
     print(f"  then {turnover:,} clients reconnect: {spread(list(table.loads().values()))}")

@@ -6,7 +6,8 @@ subset."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,11 +29,11 @@ def table(size: int, backends: int, clients: int) -> SubsetTable:
     return t
 
 
-def subsets(t: SubsetTable, clients: list[Hashable]) -> dict[Hashable, tuple[str, ...]]:
+def subsets(t: SubsetTable, clients: Sequence[Hashable]) -> dict[Hashable, tuple[str, ...]]:
     return {c: t.subset(c) for c in clients}
 
 
-def check_consistent(t: SubsetTable, clients: list[Hashable]) -> None:
+def check_consistent(t: SubsetTable, clients: Sequence[Hashable]) -> None:
     """Every client has min(size, backends) distinct listed backends, and
     the table's loads count exactly the subsets handed out."""
     listed = set(t.ring)
@@ -279,3 +280,64 @@ def test_fallback_and_panic_apply_to_subset_pools() -> None:
     )
     payloads.update(PoolSnapshot("p", 2, snap.config, sick), "e1")
     assert len(set(listed(payloads.payload_for("c")))) == 2
+
+
+class Recorder:
+    """A feed subscriber that writes at once: the payloads it was sent."""
+
+    def __init__(self) -> None:
+        self.feed: Any = None
+        self.sent: list[bytes] = []
+
+    def offer(self) -> None:
+        payload = self.feed.payload_for(self)
+        if payload is not None and (not self.sent or payload is not self.sent[-1]):
+            self.sent.append(payload)
+
+    def move(self, feed: Any) -> None:
+        raise AssertionError("not moved in these tests")
+
+
+def test_the_feed_switches_between_subsets_and_whole_lists() -> None:
+    from balancer_server.feeds import FeedHub
+
+    hub = FeedHub("e1")
+    hub.on_change("p", snapshot(8, subset_size=3))
+    feed = hub.feeds["p"]
+    streams = [Recorder() for _ in range(8)]
+    for s in streams:
+        s.feed = feed
+        feed.subscribe(s)
+    assert all(len(set(listed(s.sent[-1]))) == 3 for s in streams)
+    held = Counter(b for s in streams for b in set(listed(s.sent[-1])))
+    assert set(held.values()) == {3}  # 8 streams x 3 over 8 backends
+    # One backend drained: only its streams get a list, and the fan-out
+    # waits for those only.
+    gone = "id4"
+    had = [s for s in streams if gone in listed(s.sent[-1])]
+    counts = [len(s.sent) for s in streams]
+    drained = snapshot(8, version=2, subset_size=3)
+    drained = PoolSnapshot(
+        "p",
+        2,
+        drained.config,
+        tuple(
+            Backend(**{**b.to_dict(), "state": BackendState.DRAINING}) if b.id == gone else b  # type: ignore[arg-type]
+            for b in drained.backends
+        ),
+    )
+    hub.on_change("p", drained)
+    assert feed.pending == len(had) == 3
+    for s, n in zip(streams, counts, strict=True):
+        assert len(s.sent) == n + (1 if s in had else 0)
+        assert gone not in listed(s.sent[-1])
+    # Subsetting off: every stream gets the whole list.
+    hub.on_change("p", snapshot(8, version=3))
+    assert feed.subsets is None
+    assert all(len(set(listed(s.sent[-1]))) == 8 for s in streams)
+    # And on again.
+    hub.on_change("p", snapshot(8, version=4, subset_size=2))
+    assert all(len(set(listed(s.sent[-1]))) == 2 for s in streams)
+    for s in streams:
+        feed.unsubscribe(s)
+    assert feed.subsets is not None and len(feed.subsets.table) == 0
