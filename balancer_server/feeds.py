@@ -138,6 +138,11 @@ class PoolFeed:
         return None
 
 
+def _subsetting(snapshot: PoolSnapshot) -> bool:
+    size = snapshot.config.subset_size
+    return isinstance(size, int | float) and size > 0
+
+
 _PORT_RE = re.compile(r":\d{1,5}$")
 
 
@@ -233,7 +238,7 @@ class FeedHub:
         appeared = not feed.exists
         feed.exists = True
         feed.report_interval_ms = snapshot.config.report_interval_ms
-        if snapshot.config.subset_size > 0:
+        if _subsetting(snapshot):
             feed.publish_subsets(snapshot, self.epoch)
         else:
             if feed.subsets is not None:

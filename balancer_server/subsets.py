@@ -239,6 +239,15 @@ class SubsetTable:
         return dict(zip(self.ring, self._load, strict=True))
 
 
+def _usable(size: object) -> int:
+    """A stored subset size as the table takes it (the registry refuses
+    others on write; a config edited in Redis by hand is clamped)."""
+    try:
+        return min(max(int(size), 1), SUBSET_SIZE_MAX)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return SUBSET_SIZE_MAX
+
+
 # What a subset's response is made of: the pool's fallback flag and drop
 # rates, the epoch, and each member's id, address and weight.
 Inputs = tuple[object, ...]
@@ -256,7 +265,7 @@ class SubsetPayloads:
                  "_previous")  # fmt: skip
 
     def __init__(self, size: int) -> None:
-        self.table = SubsetTable(size)
+        self.table = SubsetTable(_usable(size))
         self.snapshot: PoolSnapshot | None = None
         self.epoch = ""
         # Backend id -> the backend and its weight in the pool's list.
@@ -270,7 +279,7 @@ class SubsetPayloads:
 
     def update(self, snapshot: PoolSnapshot, epoch: str) -> None:
         """A new version of the pool: the table follows its listed backends."""
-        self.table.resize(min(snapshot.config.subset_size, SUBSET_SIZE_MAX))
+        self.table.resize(_usable(snapshot.config.subset_size))
         weighted = lists.weighted_backends(snapshot)
         self._weighted = {b.id: (b, w) for b, w in weighted}
         self.table.set_backends(self._weighted)

@@ -341,3 +341,9 @@ def test_the_feed_switches_between_subsets_and_whole_lists() -> None:
     for s in streams:
         feed.unsubscribe(s)
     assert feed.subsets is not None and len(feed.subsets.table) == 0
+
+
+@pytest.mark.parametrize(("stored", "used"), [(5000, 1000), ("7", 7), (2.9, 2)])
+def test_a_hand_edited_subset_size_is_clamped_not_fatal(stored: object, used: int) -> None:
+    payloads = SubsetPayloads(stored)  # type: ignore[arg-type]
+    assert payloads.table.size == used
