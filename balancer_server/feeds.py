@@ -22,7 +22,7 @@ from typing import Protocol
 
 from balancer_server import lists
 from balancer_server.subsets import SubsetPayloads
-from lookaside.registry.model import PoolSnapshot
+from lookaside_registry.model import PoolSnapshot
 
 DEFAULT_REPORT_INTERVAL_MS = 10_000
 
