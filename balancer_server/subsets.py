@@ -35,7 +35,7 @@ import hashlib
 from collections.abc import Iterable
 
 from balancer_server import lists
-from lookaside.registry.model import Backend, PoolSnapshot
+from lookaside_registry.model import Backend, PoolSnapshot
 
 SUBSET_SIZE_MAX = 1000
 # Scores put the anchored clients above any window sum.

@@ -43,9 +43,9 @@ from _lab import BenchLab
 
 from balancer_server import lists
 from balancer_server.subsets import SubsetTable
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
-from lookaside.registry.store import RegistryStore
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.model import Backend, PoolConfig, PoolSnapshot
+from lookaside_registry.store import RegistryStore
 
 POOL = "subsets"
 METHOD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"

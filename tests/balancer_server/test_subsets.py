@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from balancer_server import lists
 from balancer_server.subsets import SubsetPayloads, SubsetTable
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
