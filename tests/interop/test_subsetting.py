@@ -3,7 +3,8 @@ a per-pool registration token, health checks and outlier detection on):
 thin clients (sync and asyncio) and unmodified grpcio channels (grpclb
 through the DNS responder) each call exactly `subset_size` backends, the
 backends are shared out evenly, and a backend that leaves changes only the
-lists of the clients that had it, each by that one member."""
+lists of the clients that had it, each by that one member. With a subset
+size past the serving backends, every client gets every one of them."""
 
 from __future__ import annotations
 
@@ -262,6 +263,13 @@ def test_each_client_gets_its_subset_and_a_departure_moves_only_its_clients(lab:
         # Only the clients that had it were sent a list, one each.
         time.sleep(0.5)
         assert sent._value.get() - lists_before == len(had)
+
+        # A subset size past the serving backends: every client gets all of
+        # them, as without subsetting.
+        config = lab.balancer.run(lab.balancer.store.get_pool(POOL))
+        lab.balancer.run(lab.balancer.store.put_pool(config.updated(subset_size=BACKENDS)))
+        serving = names - {gone}
+        wait_until(lambda: all(set(c.since(c.mark() - SAMPLE)) == serving for c in clients))
         errors = [w for c in clients for w in c.seen if w.startswith("error:")]
         assert not errors, Counter(errors)
     finally:
