@@ -41,7 +41,7 @@ __all__ = ["XdsStreamPublisher", "XdsStreamTable"]
 
 
 class _TypeState:
-    __slots__ = ("acked", "acked_at", "nacked", "nacked_at", "error", "acks", "nacks")
+    __slots__ = ("acked", "acked_at", "nacked", "nacked_at", "error", "acks", "nacks", "nacking")
 
     def __init__(self) -> None:
         self.acked: str | None = None
@@ -51,6 +51,8 @@ class _TypeState:
         self.error: str | None = None
         self.acks = 0
         self.nacks = 0
+        # The client's last word on this type was a NACK.
+        self.nacking = False
 
 
 class _Stream:
@@ -86,6 +88,7 @@ class _Stream:
                     "nacked_at": t.nacked_at,
                     "nack_error": t.error,
                     "nacks": t.nacks,
+                    "nacking": t.nacking,
                 }
                 for url, t in sorted(self.types.items())
             },
@@ -129,6 +132,7 @@ class XdsStreamTable:
         state.acked = _cut(version, MAX_TEXT)
         state.acked_at = self.clock()
         state.acks += 1
+        state.nacking = False
         self.generation += 1
 
     def nacked(self, stream_id: str, type_url: str, version: str, error: str) -> None:
@@ -140,6 +144,7 @@ class XdsStreamTable:
         state.nacked_at = self.clock()
         state.error = _cut(error, MAX_ERROR)
         state.nacks += 1
+        state.nacking = True
         self.generation += 1
 
     def closed(self, stream_id: str) -> None:
@@ -151,7 +156,8 @@ class XdsStreamTable:
         opened_at (Unix seconds) and `types`: per type URL the last ACKed
         version (acked_version, acked_at, acks), the last NACKed version
         with the client's error (nacked_version, nacked_at, nack_error,
-        nacks); None where the client has not yet ACKed or NACKed."""
+        nacks) and whether the client's last word on the type was a NACK
+        (nacking); None where the client has not yet ACKed or NACKed."""
         return [s.row() for s in sorted(self._streams.values(), key=lambda s: s.opened_at)]
 
     def published(self, most: int = MAX_PUBLISHED) -> list[dict[str, Any]]:

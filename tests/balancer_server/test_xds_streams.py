@@ -40,11 +40,13 @@ def test_each_stream_keeps_its_last_ack_and_nack_per_type() -> None:
     assert s1["types"][LDS]["nacked_version"] is None
     eds = s1["types"][EDS]
     assert (eds["acked_version"], eds["nacked_version"], eds["nacks"]) == ("3", "", 1)
+    assert not eds["nacking"]  # an ACK came after the NACK
     assert "load_balancing_weight 0" in eds["nack_error"]
     assert rows[1]["types"] == {}
     # NACKed streams are published first.
     assert [r["stream_id"] for r in table.published()] == ["s1", "s2"]
     table.nacked("s2", LDS, "", "bad")
+    assert table.snapshot()[1]["types"][LDS]["nacking"]
     assert [r["stream_id"] for r in table.published(1)] == ["s2"]
     table.closed("s1")
     table.closed("s1")
