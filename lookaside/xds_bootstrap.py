@@ -23,6 +23,12 @@ What it holds:
   list; and `xds_v3`, which older gRPC releases needed to speak v3 (newer
   ones ignore it). Nothing else: the balancer speaks the state-of-the-world
   protocol, the clients' default.
+- `call_creds` with --client-token-file: the pool's client token, sent
+  as `authorization: Bearer <token>` on the xDS stream (gRFC A97's
+  `jwt_token_file`). gRPC takes it only when the client runs with
+  GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true, only over TLS, and only
+  a token shaped as a JWT (it reads the expiry): the pool's client token
+  must then be one.
 - `node`: the id the balancer shows for the client's stream (admin API
   /api/v1/streams, `lookaside ctl streams`), and a locality when given.
 
@@ -61,6 +67,21 @@ def _readable(path: str, flag: str) -> str:
     return str(p.resolve())
 
 
+def _token_file(path: str) -> str:
+    p = Path(path).expanduser()
+    try:
+        token = p.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ValueError(f"--client-token-file {path!r} cannot be read: {why}") from None
+    if token.count(".") != 2:
+        raise ValueError(
+            f"--client-token-file {path!r} holds no JWT (header.claims.signature): gRPC's "
+            "jwt_token_file call credentials send only JWTs"
+        )
+    return str(p.resolve())
+
+
 def bootstrap(
     server: str,
     *,
@@ -70,6 +91,7 @@ def bootstrap(
     key: str = "",
     region: str = "",
     zone: str = "",
+    client_token_file: str = "",
 ) -> dict[str, Any]:
     """The bootstrap document; ValueError naming the flag that is wrong."""
     server = host_port(server, "--server")
@@ -77,6 +99,10 @@ def bootstrap(
         raise ValueError("--cert and --key go together (the client certificate and its key)")
     if cert and not ca:
         raise ValueError("--cert needs --ca (a client certificate is sent over TLS)")
+    if client_token_file and not ca:
+        raise ValueError(
+            "--client-token-file needs --ca (gRPC sends call credentials over TLS only)"
+        )
     node_id = node_id.strip() or default_node_id()
     if len(node_id) > MAX_NODE_ID or not node_id.isprintable():
         raise ValueError(f"--node-id must be 1..{MAX_NODE_ID} printable characters")
@@ -87,20 +113,19 @@ def bootstrap(
             config["certificate_file"] = _readable(cert, "--cert")
             config["private_key_file"] = _readable(key, "--key")
         creds = {"type": "tls", "config": config}
+    server_doc: dict[str, Any] = {
+        "server_uri": server,
+        "channel_creds": [creds],
+        "server_features": list(SERVER_FEATURES),
+    }
+    if client_token_file:
+        token = _token_file(client_token_file)
+        server_doc["call_creds"] = [{"type": "jwt_token_file", "config": {"jwt_token_file": token}}]
     node: dict[str, Any] = {"id": node_id}
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
     if locality:
         node["locality"] = locality
-    return {
-        "xds_servers": [
-            {
-                "server_uri": server,
-                "channel_creds": [creds],
-                "server_features": list(SERVER_FEATURES),
-            }
-        ],
-        "node": node,
-    }
+    return {"xds_servers": [server_doc], "node": node}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
             key=args.key,
             region=args.region,
             zone=args.zone,
+            client_token_file=args.client_token_file,
         )
     except ValueError as exc:
         print(f"lookaside xds-bootstrap: {exc}", file=sys.stderr)
@@ -150,6 +176,12 @@ def add_subcommand(sub: Any) -> None:
         "--node-id",
         default="",
         help="the client's node id, shown beside its stream (default the hostname)",
+    )
+    p.add_argument(
+        "--client-token-file",
+        default="",
+        help="a file holding the pool's client token (a JWT), sent on the xDS stream "
+        "(needs --ca, and GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true in the client)",
     )
     p.add_argument("--region", default="", help="the client's locality: region")
     p.add_argument("--zone", default="", help="the client's locality: zone")

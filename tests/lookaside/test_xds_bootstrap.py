@@ -73,6 +73,7 @@ def test_mtls_bootstrap_names_absolute_files(
         (["--ca", "/nonexistent/ca.pem"], "--ca '/nonexistent/ca.pem' cannot be read"),
         (["--ca", "NOT_PEM"], "is not a PEM file"),
         (["--node-id", "x" * 200], "--node-id must be"),
+        (["--client-token-file", "t.jwt"], "--client-token-file needs --ca"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(
@@ -84,3 +85,20 @@ def test_bad_flags_are_one_line_and_exit_2(
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err, err
     assert err.startswith("lookaside xds-bootstrap: ")
+
+
+def test_a_client_token_file_becomes_jwt_call_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    issued = certs.issue(tmp_path / "certs")
+    token = tmp_path / "client.jwt"
+    token.write_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiJjIn0.c2ln\n")
+    code, out, err = run(capsys, "--ca", str(issued.ca), "--client-token-file", str(token))
+    assert code == 0, err
+    [server] = json.loads(out)["xds_servers"]
+    assert server["call_creds"] == [
+        {"type": "jwt_token_file", "config": {"jwt_token_file": str(token.resolve())}}
+    ]
+    token.write_text("not-a-jwt")
+    code, _, err = run(capsys, "--ca", str(issued.ca), "--client-token-file", str(token))
+    assert code == 2 and "holds no JWT" in err
