@@ -160,7 +160,8 @@ def test_lb_xds_dials_the_pool_with_a_bootstrap_from_the_balancer_flag(
     from lookaside.demo.settings import ClientSettings
 
     monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
-    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP_CONFIG", raising=False)
+    # Empty counts as unset; set here so that the test's own value is undone.
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
     issued = certs.issue(tmp_path)
     settings = ClientSettings(
         lb="xds",
@@ -182,3 +183,32 @@ def test_lb_xds_dials_the_pool_with_a_bootstrap_from_the_balancer_flag(
     monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "{}")
     use_bootstrap(settings)
     assert os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] == "{}"
+
+
+def test_lb_xds_spreads_calls_over_the_pools_backends(
+    balancer: BalancerHandle,
+    start_server: Start,
+    pool_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stock xDS client behind --lb xds, against the fixed ADS responder
+    of tests/interop/xds_fixture.py (the balancer's own ADS is tested with
+    it in tests/xds)."""
+    from tests.interop.xds_fixture import XdsFixture, resources
+
+    servers = [start_server() for _ in range(3)]
+    fixture = XdsFixture(balancer, resources(pool_name, [s.port for s in servers], {}))
+    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
+    try:
+        argv = ["routeguide", "client", "--lb", "xds", "--balancer", fixture.address]
+        assert main([*argv, "--target", f"xds:///{pool_name}", "-n", "30"]) == 0
+    finally:
+        fixture.stop()
+    per_server, codes = parse_summary(capsys.readouterr().out)
+    # Round robin over the assignment (the first calls go to whichever
+    # backend is READY first).
+    assert set(per_server) == {s.name for s in servers}
+    assert sum(per_server.values()) == 30 and min(per_server.values()) >= 7
+    assert codes == {}  # no call failed
