@@ -79,6 +79,14 @@ class _Stream:
             "peer": self.peer,
             "node_id": self.node_id,
             "opened_at": self.opened_at,
+            # The short forms: type URL -> last ACKed version, and type URL
+            # -> {version, error} of the last NACK.
+            "acked": {url: t.acked for url, t in self.types.items() if t.acked is not None},
+            "nacked": {
+                url: {"version": t.nacked, "error": t.error}
+                for url, t in self.types.items()
+                if t.nacked is not None
+            },
             "types": {
                 url: {
                     "acked_version": t.acked,
@@ -153,7 +161,9 @@ class XdsStreamTable:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every open stream, oldest first: stream_id, peer, node_id,
-        opened_at (Unix seconds) and `types`: per type URL the last ACKed
+        opened_at (Unix seconds), `acked` (type URL -> the last version
+        ACKed), `nacked` (type URL -> {version, error} of the last NACK),
+        and `types`, the whole record: per type URL the last ACKed
         version (acked_version, acked_at, acks), the last NACKed version
         with the client's error (nacked_version, nacked_at, nack_error,
         nacks) and whether the client's last word on the type was a NACK

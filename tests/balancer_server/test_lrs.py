@@ -302,3 +302,19 @@ def test_a_token_not_of_the_pool_ends_the_stream_and_counts_nothing(
     wait_until(lambda: total(redis_client, pool_name).get("xds:finished") == 5)
     time.sleep(0.5)  # a flush later, the refused report has still not counted
     assert total(redis_client, pool_name)["xds:reports"] == 2
+
+
+def test_lrs_streams_per_address_are_limited(redis_url: str, lrs_streams: list[LrsStream]) -> None:
+    handle = BalancerHandle(redis_url, max_streams_per_address=1)
+    try:
+        first = LrsStream(handle.address)
+        lrs_streams.append(first)
+        first.next()
+        second = LrsStream(handle.address)
+        lrs_streams.append(second)
+        with pytest.raises(grpc.RpcError) as info:
+            second.next()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many LRS streams from 127.0.0.1" in (info.value.details() or "")
+    finally:
+        handle.stop()

@@ -42,7 +42,9 @@ def test_each_stream_keeps_its_last_ack_and_nack_per_type() -> None:
     assert (eds["acked_version"], eds["nacked_version"], eds["nacks"]) == ("3", "", 1)
     assert not eds["nacking"]  # an ACK came after the NACK
     assert "load_balancing_weight 0" in eds["nack_error"]
-    assert rows[1]["types"] == {}
+    assert s1["acked"] == {LDS: "2", EDS: "3"}
+    assert s1["nacked"] == {EDS: {"version": "", "error": eds["nack_error"]}}
+    assert rows[1]["types"] == {} and rows[1]["acked"] == rows[1]["nacked"] == {}
     # NACKed streams are published first.
     assert [r["stream_id"] for r in table.published()] == ["s1", "s2"]
     table.nacked("s2", LDS, "", "bad")
