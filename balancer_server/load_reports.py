@@ -14,7 +14,7 @@ known_received, reports, and drop:<token> per drop reason.
 Reports that did not come over grpclb are counted a second time under
 their source: LRS load reports from xDS clients (balancer_server.lrs) also
 add to `xds:started`, `xds:finished`, ... and `xds:dropped`, so readers can
-tell the two apart (lookaside.registry.load: grpclb's share is the total
+tell the two apart (lookaside_registry.load: grpclb's share is the total
 less the other sources').
 
 Reports from the Lookaside thin client also carry call outcomes per backend
@@ -39,13 +39,13 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from balancer_server import metrics
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.proto.lb.v1 import backend_stats_pb2
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.outlier import outcome_fields
-from lookaside.registry.port import ReportPort
-from lookaside.registry.reports import bucket_of
+from lookaside_proto.lb.v1 import backend_stats_pb2
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.outlier import outcome_fields
+from lookaside_registry.port import ReportPort
+from lookaside_registry.reports import bucket_of
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -76,7 +76,7 @@ class PoolSums:
         self.reports = self.started = self.finished = 0
         self.failed_to_send = self.known_received = 0
         self.drops: Counter[str] = Counter()
-        # per-backend outcome fields (lookaside.registry.outlier)
+        # per-backend outcome fields (lookaside_registry.outlier)
         self.outcomes: Counter[str] = Counter()
         # "<backend id>|<stream>": evidence streams that reported lost calls
         self.accusers: set[str] = set()
@@ -86,7 +86,7 @@ class PoolSums:
     def add(self, stats: lb.ClientStats, stream: str = "", source: str = "") -> None:
         """Counts a report; with `stream` (the id of a stream whose reports
         may eject), its outcomes count as evidence too; with `source` (a
-        name in lookaside.registry.load.SOURCES), under that source too."""
+        name in lookaside_registry.load.SOURCES), under that source too."""
         if source:
             own = self.sources.get(source)
             if own is None:

@@ -74,8 +74,8 @@ from balancer_server.limits import (
 )
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import MAX_CALLS_PER_SECOND, MAX_ELAPSED_S, MIN_ELAPSED_S
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import PoolSnapshot
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.model import PoolSnapshot
 
 log = logging.getLogger("lookaside.balancer")
 

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.port import ReplicaPort
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.port import ReplicaPort
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -34,7 +34,7 @@ MAX_ERROR = 512
 MAX_TYPES = 16
 MAX_PUBLISHED = 200
 # An unchanged table is written again this often, so readers can tell a
-# live replica from a gone one (lookaside.registry.xds.STALE_MS).
+# live replica from a gone one (lookaside_registry.xds.STALE_MS).
 REFRESH_S = 5.0
 
 __all__ = ["XdsStreamPublisher", "XdsStreamTable"]

@@ -45,7 +45,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lookaside.settings import host_port
+from server_common.settings import host_port
 
 SERVER_FEATURES = ("ignore_resource_deletion", "xds_v3")
 MAX_NODE_ID = 128

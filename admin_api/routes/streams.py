@@ -14,7 +14,6 @@ import time
 from fastapi import APIRouter
 
 from admin_api.deps import ReaderDep, StoreDep
-from admin_api.schemas.common import COMMON
 from admin_api.schemas.streams import (
     GrpclbPoolStreams,
     GrpclbStreams,
@@ -23,6 +22,7 @@ from admin_api.schemas.streams import (
     XdsStreams,
     nacking,
 )
+from server_common.schemas.common import COMMON
 
 router = APIRouter(prefix="/streams", tags=["streams"], responses={**COMMON})
 

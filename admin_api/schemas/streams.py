@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from lookaside.registry.load import ReplicaStreams
-from lookaside.registry.xds import ReplicaXdsStreams
+from lookaside_registry.load import ReplicaStreams
+from lookaside_registry.xds import ReplicaXdsStreams
 
 
 class GrpclbPoolStreams(BaseModel):

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.model import PoolConfig
 from tests.admin_api.conftest import AUTH
 from tests.balancer_server.test_lrs import LrsStream, cluster
 from tests.support import BalancerHandle, LbStream

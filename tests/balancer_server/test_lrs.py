@@ -24,9 +24,9 @@ from envoy.service.load_stats.v3 import lrs_pb2, lrs_pb2_grpc
 from balancer_server import metrics
 from balancer_server.lrs import UNCATEGORIZED
 from balancer_server.report_ingest import MAX_CALLS_PER_SECOND
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import BalancerHandle, LbStream, wait_until
 
 CLIENT_TOKEN = "lrs-client-token-0123456789abcdef"

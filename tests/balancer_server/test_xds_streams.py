@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from balancer_server.xds_streams import MAX_ERROR, MAX_TEXT, MAX_TYPES, XdsStreamTable
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.store import RegistryStore
 from tests.support import BalancerHandle, wait_until
 
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"

@@ -23,11 +23,11 @@ import pytest
 from balancer_server import metrics
 from balancer_server.tls import server_credentials
 from lookaside import certs
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
 from lookaside.xds_bootstrap import bootstrap
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.interop.helpers import Backend
 from tests.interop.xds_fixture import XdsFixture, resources
 from tests.support import BalancerHandle, wait_until
