@@ -224,8 +224,9 @@ def test_reports_faster_than_the_interval_are_refused(
         )
     )
     reports = total(redis_client, pool_name)["reports"]
-    # The burst (5) and a refill or two while the 20 arrive.
-    assert 5 <= reports <= 8, reports
+    # The burst (5) and a refill every half interval while the 20 arrive
+    # (a few on a loaded machine).
+    assert 5 <= reports <= 12, reports
     assert refused("too_fast") == before + 20 - reports
 
 
