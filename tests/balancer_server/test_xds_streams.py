@@ -5,6 +5,7 @@ Redis for the admin API (and removed when the balancer stops)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from balancer_server.xds_streams import MAX_ERROR, MAX_TEXT, MAX_TYPES, XdsStreamTable
@@ -113,3 +114,32 @@ def test_a_balancer_publishes_its_streams_and_removes_them_at_stop(redis_url: st
             await store.close()
 
     assert replica not in asyncio.run(read())
+
+
+def test_entries_of_replicas_long_gone_are_removed_by_the_next_write(
+    redis_url: str, redis_client: Any
+) -> None:
+    from lookaside_registry import keys, xds
+
+    gone_ms = int(time.time() * 1000) - xds.FORGET_MS - 1000
+    stale_ms = int(time.time() * 1000) - xds.STALE_MS - 1000
+    redis_client.hset(keys.XDS_STREAMS, "replica-gone", xds.entry(2, [], gone_ms))
+    redis_client.hset(keys.XDS_STREAMS, "replica-stale", xds.entry(1, [], stale_ms))
+    redis_client.hset(keys.XDS_STREAMS, "replica-garbage", "not json")
+    store = RegistryStore.from_url(redis_url)
+
+    async def write_and_read() -> list[str]:
+        try:
+            await store.set_xds_streams("replica-now", [], 0)
+            return [r.replica for r in await store.xds_streams()]
+        finally:
+            await store.clear_xds_streams("replica-now")
+            await store.close()
+
+    live = asyncio.run(write_and_read())
+    assert "replica-now" in live
+    assert not {"replica-gone", "replica-stale", "replica-garbage"} & set(live)
+    kept = set(redis_client.hkeys(keys.XDS_STREAMS))
+    # Stale is left out but kept (it may come back); long gone and garbage are removed.
+    assert "replica-stale" in kept and not {"replica-gone", "replica-garbage"} & kept
+    redis_client.hdel(keys.XDS_STREAMS, "replica-stale")
