@@ -27,11 +27,14 @@ from balancer_server.balance_load import BalanceLoadService
 from balancer_server.feeds import FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
+from balancer_server.lrs import SERVICE as LRS_SERVICE
+from balancer_server.lrs import LoadReportingService
 from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
 from balancer_server.settings import BalancerSettings
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
+from balancer_server.xds_streams import XdsStreamPublisher, XdsStreamTable
 from lookaside_proto.lb.v1 import load_balancer_pb2
 from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from lookaside_registry.asyncutil import cancel_and_wait, until_signalled
@@ -162,6 +165,12 @@ class BalancerServer:
         )
         self.health = health.aio.HealthServicer()
         self.replicas = ReplicaSet(self.store, self.replica_id)
+        # The ADS service reports its streams here; the publisher writes
+        # them to the registry for the admin API.
+        self.xds_streams = XdsStreamTable()
+        self.xds_publisher = XdsStreamPublisher(
+            self.store, self.xds_streams, self.replica_id, interval=settings.report_flush_interval
+        )
         self.backend_tls = BackendTls.from_files(
             settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
             settings.backend_tls_server_name,
@@ -204,6 +213,7 @@ class BalancerServer:
         await self.watcher.start()
         self.sink.start()
         self.replicas.start()
+        self.xds_publisher.start()
         if self.outliers is not None:
             self.outliers.start()
         else:
@@ -241,7 +251,14 @@ class BalancerServer:
             auth=self.auth,
             replica_id=self.replica_id,
         )
-        server.add_generic_rpc_handlers((self.balance_load.handler(),))
+        self.lrs = LoadReportingService(
+            self.watcher.snapshots,
+            self.sink,
+            auth=self.auth,
+            max_streams_per_address=self.settings.max_streams_per_address,
+            report_burst=self.settings.report_burst,
+        )
+        server.add_generic_rpc_handlers((self.balance_load.handler(), self.lrs.handler()))
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryService(self.store, self.auth), server
         )
@@ -250,6 +267,7 @@ class BalancerServer:
             load_balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
             registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            LRS_SERVICE,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
@@ -300,6 +318,7 @@ class BalancerServer:
         if self.outliers is not None:
             await self.outliers.stop()
         await self.replicas.stop()
+        await self.xds_publisher.stop()
         await self.sink.stop()
         await self.watcher.stop()
         if self.owns_store:
