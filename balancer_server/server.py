@@ -31,6 +31,10 @@ from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
+from balancer_server.xds.ads import SERVICE as ADS_SERVICE
+from balancer_server.xds.ads import AdsService
+from balancer_server.xds.hub import XdsHub
+from balancer_server.xds_streams import XdsStreamTable
 from lookaside.asyncutil import cancel_and_wait, until_signalled
 from lookaside.metrics_http import serve_metrics
 from lookaside.proto.lb.v1 import load_balancer_pb2
@@ -150,10 +154,13 @@ class BalancerServer:
         self.store = store
         self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
+        # xDS (ADS) beside grpclb, from the same watcher.
+        self.xds_hub = XdsHub()
+        self.xds_streams = XdsStreamTable()
         self.watcher = RegistryWatcher(
             self.store,
             resync_interval=settings.resync_interval,
-            hooks=[self.hub.on_change, metrics.panic_held_gauge],
+            hooks=[self.hub.on_change, self.xds_hub.on_change, metrics.panic_held_gauge],
         )
         self.sink = LoadReportSink(
             self.store,
@@ -241,7 +248,14 @@ class BalancerServer:
             auth=self.auth,
             replica_id=self.replica_id,
         )
-        server.add_generic_rpc_handlers((self.balance_load.handler(),))
+        self.ads = AdsService(
+            self.xds_hub,
+            self.xds_streams,
+            auth=self.auth,
+            replica_id=self.replica_id,
+            max_streams_per_address=self.settings.max_streams_per_address,
+        )
+        server.add_generic_rpc_handlers((self.balance_load.handler(), self.ads.handler()))
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryService(self.store, self.auth), server
         )
@@ -250,6 +264,7 @@ class BalancerServer:
             load_balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
             registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            ADS_SERVICE,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
@@ -267,7 +282,7 @@ class BalancerServer:
             )
         await server.start()
         self.server = server
-        for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):
+        for service in ("", LB_SERVICE, ADS_SERVICE, "lookaside.registry.v1.Registry"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "balancer listening on %s (port %d, %s; backends probed over %s) replica=%s epoch=%s",

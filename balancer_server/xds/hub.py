@@ -1,0 +1,94 @@
+"""The xDS resources of every pool, and the streams that subscribe to them.
+
+A hook on the RegistryWatcher, as grpclb's FeedHub is: each pool version
+is turned into its resources once (balancer_server.xds.resources), and the
+streams subscribed to a resource whose bytes changed are told which type
+to send again. Streams subscribe by exact pool name; a name of no pool is
+held (with no resources) until that pool appears.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from balancer_server.xds import resources
+from balancer_server.xds.resources import Mutator, Resource
+from lookaside.registry.model import PoolSnapshot
+
+
+class Watcher(Protocol):
+    def changed(self, type_url: str) -> None:
+        """A resource of `type_url` the stream subscribes to has changed
+        (or appeared, or gone)."""
+
+
+class XdsPool:
+    __slots__ = ("name", "resources", "watchers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.resources: dict[str, Resource] = {}
+        # Streams by the types they subscribe to this pool's resource of.
+        self.watchers: dict[str, set[Watcher]] = {}
+
+    @property
+    def idle(self) -> bool:
+        return not self.resources and not any(self.watchers.values())
+
+
+class XdsHub:
+    """All pools' xDS resources in one balancer process."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, XdsPool] = {}
+        # Tests set it to make the next resources invalid (see resources.Mutator).
+        self.mutate: Mutator | None = None
+
+    def resource(self, type_url: str, name: str) -> Resource | None:
+        pool = self.pools.get(name)
+        return None if pool is None else pool.resources.get(type_url)
+
+    def watch(self, type_url: str, name: str, watcher: Watcher) -> None:
+        pool = self.pools.get(name)
+        if pool is None:
+            pool = self.pools[name] = XdsPool(name)
+        pool.watchers.setdefault(type_url, set()).add(watcher)
+
+    def unwatch(self, type_url: str, name: str, watcher: Watcher) -> None:
+        pool = self.pools.get(name)
+        if pool is None:
+            return
+        watchers = pool.watchers.get(type_url)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del pool.watchers[type_url]
+        if pool.idle:
+            del self.pools[name]
+
+    def on_change(self, name: str, snapshot: PoolSnapshot | None) -> None:
+        pool = self.pools.get(name)
+        if snapshot is None:
+            # Deleted: its resources go, and LDS/CDS responses leave it out.
+            if pool is None:
+                return
+            changed = list(pool.resources)
+            pool.resources.clear()
+        else:
+            if pool is None:
+                pool = self.pools[name] = XdsPool(name)
+            changed = []
+            for type_url, resource in resources.pool_resources(snapshot, self.mutate).items():
+                old = pool.resources.get(type_url)
+                if resource is None:
+                    if old is not None:
+                        del pool.resources[type_url]
+                        changed.append(type_url)
+                elif old is None or old.version != resource.version:
+                    pool.resources[type_url] = resource
+                    changed.append(type_url)
+        for type_url in changed:
+            for watcher in list(pool.watchers.get(type_url, ())):
+                watcher.changed(type_url)
+        if pool.idle:
+            del self.pools[name]
