@@ -90,3 +90,103 @@ class XdsClient:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+STOP = object()
+
+
+class AdsRaw:
+    """A raw ADS stream from a stock grpcio stub, for the protocol itself:
+    requests are sent as given, responses read into a queue by a thread."""
+
+    def __init__(self, address: str, node_id: str = "raw-node") -> None:
+        import queue
+
+        import grpc
+        from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+        self.pb = discovery_pb2
+        self.node_id = node_id
+        self.channel = grpc.insecure_channel(address)
+        self.requests: queue.Queue[Any] = queue.Queue()
+        self.responses: queue.Queue[Any] = queue.Queue()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+        self.call = stub.StreamAggregatedResources(iter(self.requests.get, STOP))
+        self.error: Any = None
+        self._first = True
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        import grpc
+
+        try:
+            for response in self.call:
+                self.responses.put(response)
+        except grpc.RpcError as exc:
+            self.error = exc
+        self.responses.put(STOP)
+
+    def request(
+        self,
+        type_url: str,
+        names: list[str],
+        version: str = "",
+        nonce: str = "",
+        error: str = "",
+    ) -> None:
+        request = self.pb.DiscoveryRequest(
+            type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
+        )
+        if self._first:
+            request.node.id = self.node_id
+            self._first = False
+        if error:
+            request.error_detail.code = 3
+            request.error_detail.message = error
+        self.requests.put(request)
+
+    def next(self, timeout: float = 10.0) -> Any:
+        item = self.responses.get(timeout=timeout)
+        if item is STOP:
+            self.responses.put(STOP)
+            if self.error is not None:
+                raise self.error
+            raise EOFError("stream ended")
+        return item
+
+    def quiet(self, seconds: float) -> bool:
+        """Whether nothing arrives for `seconds`."""
+        import queue
+
+        try:
+            item = self.responses.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        self.responses.put(item)
+        return False
+
+    def ack(self, response: Any, names: list[str]) -> None:
+        """Accepts `response` (its version and nonce) for `names`."""
+        self.request(response.type_url, names, response.version_info, response.nonce)
+
+    def close(self) -> None:
+        self.requests.put(STOP)
+        self.call.cancel()
+        self.channel.close()
+
+
+def unpack(type_url: str, resource: Any) -> Any:
+    """A response's resource (an Any) as its message."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.config.route.v3 import route_pb2
+
+    cls = {
+        "Listener": listener_pb2.Listener,
+        "RouteConfiguration": route_pb2.RouteConfiguration,
+        "Cluster": cluster_pb2.Cluster,
+        "ClusterLoadAssignment": endpoint_pb2.ClusterLoadAssignment,
+    }[type_url.rsplit(".", 1)[1]]
+    assert resource.type_url == type_url
+    return cls.FromString(resource.value)
