@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import itertools
 import logging
 from typing import Any
@@ -58,6 +57,10 @@ log = logging.getLogger("lookaside.balancer.xds")
 SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 METHOD = "StreamAggregatedResources"
 MAX_NAMES_PER_TYPE = 100
+# Metric children looked up once: labels() takes a lock, and these count
+# every response and every ACK.
+_SENT = {t: metrics.XDS_RESPONSES.labels(s) for t, s in SHORT.items()}
+_ACKS = {t: metrics.XDS_ACKS.labels(s) for t, s in SHORT.items()}
 DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
 
 
@@ -74,12 +77,11 @@ def _identity(b: bytes) -> bytes:
 
 
 class _TypeState:
-    __slots__ = ("names", "sent", "version", "nonce", "dirty", "force")
+    __slots__ = ("names", "version", "nonce", "dirty", "force")
 
     def __init__(self) -> None:
         self.names: frozenset[str] = frozenset()
-        # Resource versions by name in the last response.
-        self.sent: dict[str, str] = {}
+        # Of the last response: names a set of resource versions.
         self.version = ""
         self.nonce = ""
         self.dirty = False
@@ -125,39 +127,20 @@ class AdsStream:
 
     def _response(self, type_url: str, state: _TypeState) -> bytes | None:
         state.dirty = False
-        found = []
-        for name in sorted(state.names):
-            resource = self.hub.resource(type_url, name)
-            if resource is not None:
-                found.append((name, resource))
-        sent = {name: r.version for name, r in found}
-        if not state.force and sent == state.sent:
+        version, body = self.hub.response(type_url, state.names)
+        if not state.force and version == state.version:
             return None
         state.force = False
-        state.sent = sent
-        if len(found) == 1:
-            state.version = found[0][1].version
-        else:
-            digest = hashlib.blake2b(digest_size=6)
-            for name, r in found:
-                digest.update(f"{name}={r.version};".encode())
-            state.version = digest.hexdigest()
+        state.version = version
         state.nonce = str(next(self.nonces))
-        return b"".join(
-            (
-                field_bytes(1, state.version.encode()),
-                *(r.framed for _, r in found),
-                field_bytes(4, type_url.encode()),
-                field_bytes(5, state.nonce.encode()),
-            )
-        )
+        return body + field_bytes(5, state.nonce.encode())
 
     def _written(self, task: asyncio.Task[None], kind: str) -> None:
         self.writing = None
         if task.cancelled() or task.exception() is not None:
             self.close()
             return
-        metrics.XDS_RESPONSES.labels(SHORT[kind]).inc()
+        _SENT[kind].inc()
         self.offer()
 
     def close(self) -> None:
@@ -342,7 +325,7 @@ class AdsService:
                     request.version_info, error[:500],
                 )  # fmt: skip
             else:
-                metrics.XDS_ACKS.labels(short).inc()
+                _ACKS[type_url].inc()
                 self.table.acked(stream.stream_id, type_url, request.version_info)
         elif nonce and names == state.names:
             return  # answers an older response: the newer one is on its way

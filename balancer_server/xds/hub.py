@@ -9,11 +9,14 @@ held (with no resources) until that pool appears.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 from balancer_server.xds import resources
-from balancer_server.xds.resources import Mutator, Resource
+from balancer_server.xds.resources import Mutator, Resource, field_bytes
 from lookaside.registry.model import PoolSnapshot
+
+MAX_CACHED_RESPONSES = 10_000
 
 
 class Watcher(Protocol):
@@ -43,6 +46,42 @@ class XdsHub:
         self.pools: dict[str, XdsPool] = {}
         # Tests set it to make the next resources invalid (see resources.Mutator).
         self.mutate: Mutator | None = None
+        # Responses (without their nonce) by type and names, until a change.
+        self._responses: dict[tuple[str, frozenset[str]], tuple[str, bytes]] = {}
+
+    def response(self, type_url: str, names: frozenset[str]) -> tuple[str, bytes]:
+        """The version and the bytes (all but the nonce) of a response of
+        `type_url` for `names`: the resources of those that exist, in name
+        order. Built once per change for all the streams that subscribe to
+        the same names. The version is the resource's own for one resource,
+        else a digest of the names and their versions."""
+        key = (type_url, names)
+        cached = self._responses.get(key)
+        if cached is not None:
+            return cached
+        found = []
+        for name in sorted(names):
+            resource = self.resource(type_url, name)
+            if resource is not None:
+                found.append((name, resource))
+        if len(found) == 1:
+            version = found[0][1].version
+        else:
+            digest = hashlib.blake2b(digest_size=6)
+            for name, r in found:
+                digest.update(f"{name}={r.version};".encode())
+            version = digest.hexdigest()
+        body = b"".join(
+            (
+                field_bytes(1, version.encode()),
+                *(r.framed for _, r in found),
+                field_bytes(4, type_url.encode()),
+            )
+        )
+        if len(self._responses) >= MAX_CACHED_RESPONSES:
+            self._responses.clear()
+        self._responses[key] = (version, body)
+        return version, body
 
     def resource(self, type_url: str, name: str) -> Resource | None:
         pool = self.pools.get(name)
@@ -87,6 +126,8 @@ class XdsHub:
                 elif old is None or old.version != resource.version:
                     pool.resources[type_url] = resource
                     changed.append(type_url)
+        if changed:
+            self._responses.clear()
         for type_url in changed:
             for watcher in list(pool.watchers.get(type_url, ())):
                 watcher.changed(type_url)

@@ -190,3 +190,26 @@ def unpack(type_url: str, resource: Any) -> Any:
     }[type_url.rsplit(".", 1)[1]]
     assert resource.type_url == type_url
     return cls.FromString(resource.value)
+
+
+def plain_pool(balancer: Any, pool: str) -> None:
+    """Creates `pool` with health checks off: tests that count calls per
+    backend exactly must not see a probe that timed out on a loaded
+    machine take a backend out (the production-profile tests keep them on)."""
+    from lookaside.registry.model import PoolConfig
+
+    balancer.run(balancer.store.put_pool(PoolConfig.from_flat(pool, health_checks=False)))
+
+
+def wait_settled(balancer: Any, pool: str, backends: int) -> None:
+    """Waits until the balancer's watcher holds the pool's current version
+    in Redis, with `backends` backends: a stream opened then gets them all
+    in its first response."""
+    from tests.support import wait_until
+
+    def settled() -> bool:
+        snap = balancer.server.watcher.get(pool)
+        current = balancer.run(balancer.store.versions([pool]))[pool]
+        return snap is not None and snap.version == current and len(snap.backends) == backends
+
+    wait_until(settled, timeout=10)

@@ -15,7 +15,7 @@ import pytest
 from balancer_server.xds import metrics as xds_metrics
 from balancer_server.xds.resources import CLUSTER, ENDPOINTS, LISTENER, ROUTE
 from tests.support import BalancerHandle, RouteGuideBackend, register_all, start_backends
-from tests.xds.helpers import AdsRaw, unpack
+from tests.xds.helpers import AdsRaw, unpack, wait_settled
 
 
 @pytest.fixture
@@ -53,6 +53,7 @@ def test_resources_acks_not_answered_and_a_change_sent_once(
     balancer: BalancerHandle, ads: list[AdsRaw], pool_name: str, backends: list[RouteGuideBackend]
 ) -> None:
     register_all(balancer, pool_name, start_backends(backends, 3))
+    wait_settled(balancer, pool_name, 3)
     stream = open_stream(balancer, ads)
     got = subscribe_all(stream, pool_name)
     listener = unpack(LISTENER, got[LISTENER].resources[0])
@@ -91,6 +92,7 @@ def test_a_nack_is_logged_counted_recorded_and_not_answered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     register_all(balancer, pool_name, start_backends(backends, 2))
+    wait_settled(balancer, pool_name, 2)
     stream = open_stream(balancer, ads, "nacking-node")
     stream.request(ENDPOINTS, [pool_name])
     first = stream.next()
@@ -125,6 +127,7 @@ def test_resubscription_gets_the_current_state_at_once(
     balancer: BalancerHandle, ads: list[AdsRaw], pool_name: str, backends: list[RouteGuideBackend]
 ) -> None:
     register_all(balancer, pool_name, start_backends(backends, 2))
+    wait_settled(balancer, pool_name, 2)
     stream = open_stream(balancer, ads)
     got = subscribe_all(stream, pool_name)
     stream.close()
@@ -143,6 +146,7 @@ def test_names_of_no_pool_are_left_out_until_the_pool_appears(
     balancer: BalancerHandle, ads: list[AdsRaw], pool_name: str, backends: list[RouteGuideBackend]
 ) -> None:
     register_all(balancer, pool_name, start_backends(backends, 1))
+    wait_settled(balancer, pool_name, 1)
     later = f"{pool_name}-later"
     stream = open_stream(balancer, ads)
     stream.request(LISTENER, [pool_name, later])

@@ -60,6 +60,7 @@ def test_thin_grpclb_stock_grpclb_and_xds_clients_share_one_pool(
                 pool_name,
                 health_checks=True,
                 health_interval_ms=500,
+                health_timeout_ms=2000,
                 outlier_detection=True,
                 outlier_interval_ms=1000,
             )

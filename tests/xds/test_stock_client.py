@@ -23,7 +23,7 @@ from tests.support import (
     start_backends,
     wait_until,
 )
-from tests.xds.helpers import XdsClient, bootstrap
+from tests.xds.helpers import XdsClient, bootstrap, plain_pool
 
 
 @pytest.fixture
@@ -61,6 +61,7 @@ def test_calls_spread_evenly_and_a_registration_reaches_them(
     pool_name: str,
     clients: Callable[..., XdsClient],
 ) -> None:
+    plain_pool(balancer, pool_name)
     first = start_backends(backends, 3)
     register_all(balancer, pool_name, first)
     client = clients(pool_name, balancer.address)
@@ -78,6 +79,7 @@ def test_a_drain_and_an_ejection_leave_backends_out(
     pool_name: str,
     clients: Callable[..., XdsClient],
 ) -> None:
+    plain_pool(balancer, pool_name)
     four = start_backends(backends, 4)
     ids = register_all(balancer, pool_name, four)
     client = clients(pool_name, balancer.address)
@@ -105,12 +107,12 @@ def test_drops_are_applied(
     pool_name: str,
     clients: Callable[..., XdsClient],
 ) -> None:
-    balancer.run(balancer.store.put_pool(PoolConfig(pool_name)))
+    plain_pool(balancer, pool_name)
     three = start_backends(backends, 3)
     register_all(balancer, pool_name, three)
     client = clients(pool_name, balancer.address)
     warm(client, names(three))
-    config = PoolConfig(pool_name, drops=(DropRate("shed", 500),))
+    config = PoolConfig.from_flat(pool_name, health_checks=False, drops=(DropRate("shed", 500),))
     balancer.run(balancer.store.put_pool(config))
 
     def dropping() -> bool:
@@ -133,6 +135,7 @@ def test_the_client_keeps_its_endpoints_while_the_balancer_is_down(
 ) -> None:
     balancer = BalancerHandle(redis_url)
     try:
+        plain_pool(balancer, pool_name)
         three = start_backends(backends, 3)
         register_all(balancer, pool_name, three)
         client = clients(pool_name, balancer.address)
@@ -157,6 +160,7 @@ def test_a_refused_assignment_is_logged_and_the_last_good_one_kept(
     clients: Callable[..., XdsClient],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    plain_pool(balancer, pool_name)
     three = start_backends(backends, 3)
     register_all(balancer, pool_name, three)
     client = clients(pool_name, balancer.address, node_id="nack-test")

@@ -94,6 +94,7 @@ def setup(
                     pool,
                     health_checks=True,
                     health_interval_ms=500,
+                    health_timeout_ms=2000,
                     outlier_detection=True,
                     outlier_interval_ms=1000,
                 )
