@@ -183,6 +183,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--wait", type=float, default=60.0)
+    parser.add_argument(
+        "--xds-first", action="store_true", help="open the ADS streams before the BalanceLoad ones"
+    )
     parser.add_argument("--client", nargs=2, metavar=("KIND", "BALANCER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -219,13 +222,16 @@ def main() -> None:
             _, opened, _refused, secs = proc.stdout.readline().split()
             return proc, int(opened), float(secs)
 
-        rss = [balancer.memory_info().rss]
-        grpclb, lb_opened, lb_secs = client("grpclb")
-        time.sleep(1.0)
-        rss.append(balancer.memory_info().rss)
-        ads, ads_opened, ads_secs = client("xds")
-        time.sleep(1.0)
-        rss.append(balancer.memory_info().rss)
+        # RSS growth per kind, each measured as its streams open (the kind
+        # opened second may reuse memory the first one's growth left free).
+        opened: dict[str, tuple[subprocess.Popen[str], int, float, int]] = {}
+        for kind in ("xds", "grpclb") if args.xds_first else ("grpclb", "xds"):
+            before = balancer.memory_info().rss
+            proc, n, secs = client(kind)
+            time.sleep(1.0)
+            opened[kind] = (proc, n, secs, balancer.memory_info().rss - before)
+        grpclb, lb_opened, lb_secs, lb_rss = opened["grpclb"]
+        ads, ads_opened, ads_secs, ads_rss = opened["xds"]
 
         os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(
             {
@@ -269,14 +275,15 @@ def main() -> None:
     for b in backends:
         b.server.stop(0)
 
-    print(f"{args.streams} raw streams of each kind on one balancer, 100 per connection")
+    order = "xds first" if args.xds_first else "grpclb first"
+    print(f"{args.streams} raw streams of each kind on one balancer, 100 per connection ({order})")
     print(
         f"  grpclb: opened {lb_opened} in {lb_secs:.2f} s, RSS +"
-        f"{(rss[1] - rss[0]) / max(lb_opened, 1) / 1024:.1f} KiB per stream"
+        f"{lb_rss / max(lb_opened, 1) / 1024:.1f} KiB per stream"
     )
     print(
         f"  xds:    opened {ads_opened} in {ads_secs:.2f} s, RSS +"
-        f"{(rss[2] - rss[1]) / max(ads_opened, 1) / 1024:.1f} KiB per stream"
+        f"{ads_rss / max(ads_opened, 1) / 1024:.1f} KiB per stream"
     )
     print(f"  registration -> the new list/assignment on every stream, {args.rounds} rounds:")
     for kind, delays in stream_delays.items():

@@ -61,6 +61,8 @@ MAX_NAMES_PER_TYPE = 100
 # every response and every ACK.
 _SENT = {t: metrics.XDS_RESPONSES.labels(s) for t, s in SHORT.items()}
 _ACKS = {t: metrics.XDS_ACKS.labels(s) for t, s in SHORT.items()}
+TYPE_URLS = {t: t for t in TYPES}
+MAX_SHARED_NAME_SETS = 10_000
 DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
 
 
@@ -173,6 +175,7 @@ class AdsService:
         self.per_address = StreamsPerAddress(max_streams_per_address)
         self._ids = itertools.count(1)
         self._log = RateLimitedLog(log)
+        self._shared_names: dict[frozenset[str], frozenset[str]] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.stream_stream_rpc_method_handler(
@@ -204,35 +207,31 @@ class AdsService:
         stream = AdsStream(context, self.hub, f"{self.replica_id}/xds/{next(self._ids)}")
         opened = False
         try:
-            first = True
-            while True:
-                try:
-                    if first:
-                        raw = await asyncio.wait_for(
-                            anext(request_iterator, None), self.initial_request_timeout
-                        )
-                    else:
-                        raw = await anext(request_iterator, None)
-                except TimeoutError:
-                    raise StreamError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"no DiscoveryRequest within {self.initial_request_timeout:g}s",
-                        "timeout",
-                    ) from None
-                if raw is None:
-                    return
-                request = self._parse(raw)
-                if first:
-                    first = False
-                    stream.node = request.node.id
-                    self.table.opened(stream.stream_id, context.peer(), request.node.id)
-                    metrics.XDS_STREAMS_OPEN.inc()
-                    opened = True
-                    log.debug(
-                        "ADS stream open id=%s node=%s peer=%s",
-                        stream.stream_id, request.node.id, context.peer(),
-                    )  # fmt: skip
-                self._handle(stream, request, context)
+            try:
+                raw = await asyncio.wait_for(
+                    anext(request_iterator, None), self.initial_request_timeout
+                )
+            except TimeoutError:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"no DiscoveryRequest within {self.initial_request_timeout:g}s",
+                    "timeout",
+                ) from None
+            if raw is None:
+                return
+            request = self._parse(raw)
+            stream.node = request.node.id
+            self.table.opened(stream.stream_id, context.peer(), request.node.id)
+            metrics.XDS_STREAMS_OPEN.inc()
+            opened = True
+            log.debug(
+                "ADS stream open id=%s node=%s peer=%s",
+                stream.stream_id, request.node.id, context.peer(),
+            )  # fmt: skip
+            self._handle(stream, request, context)
+            del raw, request  # nothing of a request is held while the stream waits
+            async for raw in request_iterator:
+                self._handle(stream, self._parse(raw), context)
         except StreamError as exc:
             stream.close()
             await self._refuse(context, exc)
@@ -303,12 +302,23 @@ class AdsService:
         except AuthError as exc:
             raise StreamError(exc.code, exc.details, "credentials") from None
 
+    def _names(self, request: Any) -> frozenset[str]:
+        """The request's names, as one set shared by every stream that
+        subscribes to the same names (most streams name one pool)."""
+        names = frozenset(request.resource_names)
+        shared = self._shared_names.get(names)
+        if shared is None:
+            if len(self._shared_names) >= MAX_SHARED_NAME_SETS:
+                self._shared_names.clear()
+            shared = self._shared_names[names] = names
+        return shared
+
     def _handle(self, stream: AdsStream, request: Any, context: Any) -> None:
-        type_url = request.type_url
+        type_url = TYPE_URLS[request.type_url]  # the module's string, not the request's
         short = SHORT[type_url]
         state = stream.types.get(type_url)
         first = state is None
-        names = frozenset(request.resource_names)
+        names = self._names(request)
         self._check_names(type_url, names, first)
         if state is None:
             state = stream.types[type_url] = _TypeState()
