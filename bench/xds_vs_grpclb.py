@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -79,8 +80,13 @@ class RawAds:
             request.node.id = node
         return request.SerializeToString()
 
-    async def read_ack(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def read_ack(
+        self, call: grpc.aio.StreamStreamCall, arrived: Callable[[], None] | None = None
+    ) -> None:
+        """Reads a response and ACKs it; `arrived` is called in between."""
         response = self.pb.DiscoveryResponse.FromString(await call.read())
+        if arrived is not None:
+            arrived()
         await call.write(self._request(response.type_url, response.version_info, response.nonce))
 
     async def _open(self, i: int) -> grpc.aio.StreamStreamCall | None:
@@ -115,25 +121,27 @@ async def _client(kind: str, balancer: str, streams: int, rounds: int, wait: flo
         elapsed = await asyncio.wait_for(lb.open(), wait)
         calls, refused = lb.calls, sum(lb.refusals.values())
 
-        async def next_update(call: grpc.aio.StreamStreamCall) -> None:
+        async def next_update(call: grpc.aio.StreamStreamCall, arrived: Callable[[], None]) -> None:
             await call.read()
+            arrived()
     else:
         ads = RawAds(balancer, streams, 100)
         elapsed = await asyncio.wait_for(ads.open(), wait)
         calls, refused = ads.calls, ads.refused
 
-        async def next_update(call: grpc.aio.StreamStreamCall) -> None:
-            await ads.read_ack(call)
+        async def next_update(call: grpc.aio.StreamStreamCall, arrived: Callable[[], None]) -> None:
+            await ads.read_ack(call, arrived)  # the ACK is written after the arrival is noted
 
     print(f"ready {len(calls)} {refused} {elapsed:.3f}", flush=True)
     for _ in range(rounds):
         arrivals: list[float] = []
 
-        async def one(call: grpc.aio.StreamStreamCall) -> None:
-            await next_update(call)
-            arrivals.append(time.time())  # noqa: B023 - awaited within this iteration
+        def arrived() -> None:
+            arrivals.append(time.time())  # noqa: B023 - called within this iteration
 
-        await asyncio.wait([asyncio.create_task(one(c)) for c in calls], timeout=wait)
+        await asyncio.wait(
+            [asyncio.create_task(next_update(c, arrived)) for c in calls], timeout=wait
+        )
         print("arrivals " + json.dumps(arrivals), flush=True)
     await (lb.close() if kind == "grpclb" else ads.close())
 
