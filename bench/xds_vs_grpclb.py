@@ -41,10 +41,10 @@ import grpc.aio
 import psutil
 from _lab import BenchLab, RawStreams, percentile
 
-from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry.model import PoolConfig, RegistrationRules
+from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.model import PoolConfig, RegistrationRules
 
 POOL = "xdsbench"
 TYPES = (

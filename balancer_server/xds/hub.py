@@ -14,7 +14,7 @@ from typing import Protocol
 
 from balancer_server.xds import resources
 from balancer_server.xds.resources import Mutator, Resource, field_bytes
-from lookaside.registry.model import PoolSnapshot
+from lookaside_registry.model import PoolSnapshot
 
 MAX_CACHED_RESPONSES = 10_000
 

@@ -50,7 +50,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from balancer_server import lists
-from lookaside.registry.model import Backend, BackendState, PoolSnapshot
+from lookaside_registry.model import Backend, BackendState, PoolSnapshot
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"

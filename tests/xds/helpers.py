@@ -196,7 +196,7 @@ def plain_pool(balancer: Any, pool: str) -> None:
     """Creates `pool` with health checks off: tests that count calls per
     backend exactly must not see a probe that timed out on a loaded
     machine take a backend out (the production-profile tests keep them on)."""
-    from lookaside.registry.model import PoolConfig
+    from lookaside_registry.model import PoolConfig
 
     balancer.run(balancer.store.put_pool(PoolConfig.from_flat(pool, health_checks=False)))
 
@@ -213,3 +213,21 @@ def wait_settled(balancer: Any, pool: str, backends: int) -> None:
         return snap is not None and snap.version == current and len(snap.backends) == backends
 
     wait_until(settled, timeout=10)
+
+
+def steady_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999), so a
+    balancer can stop and start again on it: a freed ephemeral port may be
+    taken meanwhile as the source port of any outgoing connection."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")

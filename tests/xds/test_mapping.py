@@ -10,7 +10,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 
 from balancer_server import lists
 from balancer_server.xds.resources import CLUSTER, ENDPOINTS, pool_resources
-from lookaside.registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
+from lookaside_registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
 from tests.xds.helpers import unpack
 
 

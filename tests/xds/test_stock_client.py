@@ -14,8 +14,8 @@ import pytest
 
 from balancer_server.xds import metrics as xds_metrics
 from balancer_server.xds.resources import ENDPOINTS
-from lookaside.registry.machine import Event, Outcome
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_registry.machine import Event, Outcome
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import (
     BalancerHandle,
     RouteGuideBackend,
@@ -23,7 +23,7 @@ from tests.support import (
     start_backends,
     wait_until,
 )
-from tests.xds.helpers import XdsClient, bootstrap, plain_pool
+from tests.xds.helpers import XdsClient, bootstrap, plain_pool, steady_port
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_the_client_keeps_its_endpoints_while_the_balancer_is_down(
     pool_name: str,
     clients: Callable[..., XdsClient],
 ) -> None:
-    balancer = BalancerHandle(redis_url)
+    balancer = BalancerHandle(redis_url, listen=f"127.0.0.1:{steady_port()}")
     try:
         plain_pool(balancer, pool_name)
         three = start_backends(backends, 3)
@@ -142,13 +142,15 @@ def test_the_client_keeps_its_endpoints_while_the_balancer_is_down(
         warm(client, names(three))
         balancer.stop()
         time.sleep(1.0)
-        assert client.calls(90) == Counter({b.name: 30 for b in three})
+        down = client.calls(90)
+        assert down == Counter({b.name: 30 for b in three}), down
         balancer = BalancerHandle(redis_url, listen=balancer.address)
         (fourth,) = start_backends(backends, 1)
         register_all(balancer, pool_name, [fourth])
         # Reconnected (backoff of a second or a few) and updated.
         warm(client, {fourth.name}, timeout=60)
-        assert client.calls(120) == Counter({b.name: 30 for b in backends})
+        again = client.calls(120)
+        assert again == Counter({b.name: 30 for b in backends}), again
     finally:
         balancer.stop()
 

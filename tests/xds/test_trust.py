@@ -20,7 +20,7 @@ import pytest
 
 from balancer_server.xds import metrics as xds_metrics
 from lookaside.certs import Issued, issue
-from lookaside.registry.model import PoolConfig
+from lookaside_registry.model import PoolConfig
 from tests.support import (
     BalancerHandle,
     RouteGuideBackend,

@@ -17,8 +17,8 @@ from collections import Counter
 
 import grpc
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 
 def main() -> None:
