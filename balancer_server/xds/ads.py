@@ -319,7 +319,8 @@ class AdsService:
         state = stream.types.get(type_url)
         first = state is None
         names = self._names(request)
-        self._check_names(type_url, names, first)
+        if state is None or names is not state.names:  # an ACK's names were checked before
+            self._check_names(type_url, names, first)
         if state is None:
             state = stream.types[type_url] = _TypeState()
         nonce = request.response_nonce

@@ -203,3 +203,28 @@ def test_a_refused_assignment_is_logged_and_the_last_good_one_kept(
     register_all(balancer, pool_name, [good_one])
     warm(client, {bad.name, good_one.name})
     assert client.calls(150) == Counter({b.name: 30 for b in backends})
+
+
+def test_weights_are_followed_through_ring_hash(
+    balancer: BalancerHandle,
+    backends: list[RouteGuideBackend],
+    pool_name: str,
+    clients: Callable[..., XdsClient],
+) -> None:
+    """Unequal weights: the Cluster asks for RING_HASH (gRPC's ROUND_ROBIN
+    ignores endpoint weights), which with no hash policy picks a random
+    point per call, so shares follow the weights."""
+    plain_pool(balancer, pool_name)
+    light, heavy = start_backends(backends, 2)
+    for b, weight in ((light, 1), (heavy, 3)):
+        balancer.run(
+            balancer.store.register(
+                pool=pool_name, host="127.0.0.1", ip="127.0.0.1", port=b.port,
+                weight=weight, lease_ttl_ms=60_000,
+            )
+        )  # fmt: skip
+    client = clients(pool_name, balancer.address)
+    warm(client, names([light, heavy]))
+    seen = client.calls(400)
+    # 3/4 expected: 300 +- 5 standard deviations (about 43).
+    assert 257 <= seen[heavy.name] <= 343 and seen[light.name] + seen[heavy.name] == 400, seen
