@@ -188,3 +188,44 @@ def test_bad_subscriptions_get_a_clear_error(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in caught.value.details()
     assert xds_metrics.XDS_REFUSED.labels(reason)._value.get() == before + 1
+
+
+def test_replicas_give_equal_versions_for_equal_content(
+    redis_url: str,
+    balancer: BalancerHandle,
+    ads: list[AdsRaw],
+    pool_name: str,
+    backends: list[RouteGuideBackend],
+) -> None:
+    """A client that moves to another replica (or to a restarted one)
+    names versions that replica also gives to the same resources."""
+    register_all(balancer, pool_name, start_backends(backends, 2))
+    other = BalancerHandle(redis_url)
+    try:
+        versions = []
+        for replica in (balancer, other):
+            wait_settled(replica, pool_name, 2)
+            stream = open_stream(replica, ads)
+            versions.append(
+                {t: r.version_info for t, r in subscribe_all(stream, pool_name).items()}
+            )  # type: ignore[attr-defined]
+        assert versions[0] == versions[1]
+    finally:
+        other.stop()
+
+
+def test_a_deleted_pool_leaves_the_listener_and_cluster_responses(
+    balancer: BalancerHandle, ads: list[AdsRaw], pool_name: str, backends: list[RouteGuideBackend]
+) -> None:
+    register_all(balancer, pool_name, start_backends(backends, 1))
+    wait_settled(balancer, pool_name, 1)
+    stream = open_stream(balancer, ads)
+    subscribe_all(stream, pool_name)
+    balancer.run(balancer.store.delete_pool(pool_name, actor="test"))
+    emptied = {}
+    while len(emptied) < 2:
+        response = stream.next()
+        stream.ack(response, [pool_name])
+        if response.type_url in (LISTENER, CLUSTER):
+            emptied[response.type_url] = len(response.resources)
+    assert emptied == {LISTENER: 0, CLUSTER: 0}
