@@ -229,3 +229,18 @@ def test_a_deleted_pool_leaves_the_listener_and_cluster_responses(
         if response.type_url in (LISTENER, CLUSTER):
             emptied[response.type_url] = len(response.resources)
     assert emptied == {LISTENER: 0, CLUSTER: 0}
+
+
+def test_a_pool_in_fallback_has_no_assignment(
+    balancer: BalancerHandle, ads: list[AdsRaw], pool_name: str, backends: list[RouteGuideBackend]
+) -> None:
+    from lookaside_registry.model import PoolConfig
+
+    balancer.run(balancer.store.put_pool(PoolConfig(pool_name, fallback=True)))
+    register_all(balancer, pool_name, start_backends(backends, 1))
+    wait_settled(balancer, pool_name, 1)
+    stream = open_stream(balancer, ads)
+    stream.request(CLUSTER, [pool_name])
+    assert len(stream.next().resources) == 1
+    stream.request(ENDPOINTS, [pool_name])
+    assert len(stream.next().resources) == 0
