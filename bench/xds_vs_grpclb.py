@@ -207,7 +207,7 @@ def main() -> None:
     )
     limit = ("--max-streams-per-address", str(2 * args.streams + 1000))
     backends = [Backend()]
-    with BenchLab({POOL: config}, args=limit) as lab:
+    with BenchLab({POOL: config}, metrics=True, args=limit) as lab:
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
 
         def register(b: Backend) -> None:
@@ -280,6 +280,10 @@ def main() -> None:
         xds.close()
         for proc in (grpclb, ads):
             proc.wait(30)
+        fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=POOL)
+        fanout = lab.metric("lookaside_balancer_fanout_seconds_sum", pool=POOL)
+        xds_writes = lab.metric("lookaside_balancer_xds_update_seconds_count", type="eds")
+        xds_write = lab.metric("lookaside_balancer_xds_update_seconds_sum", type="eds")
     for b in backends:
         b.server.stop(0)
 
@@ -299,6 +303,13 @@ def main() -> None:
             f"    {kind:<7} p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
             f"p99 {percentile(delays, 0.99) * 1000:.0f} ms over {len(delays)} arrivals"
         )
+    print(
+        "  the balancer's own part: grpclb new list -> last write "
+        f"(lookaside_balancer_fanout_seconds) mean {fanout / max(fanouts, 1) * 1000:.0f} ms "
+        f"over {fanouts:.0f} updates; xDS change -> write, per stream "
+        f"(lookaside_balancer_xds_update_seconds) mean {xds_write / max(xds_writes, 1) * 1000:.0f}"
+        f" ms over {xds_writes:.0f} writes"
+    )
     print("  registration -> first call on the new backend, per round:")
     for name, delays in call_delays.items():
         shown = ", ".join(f"{d * 1000:.0f}" for d in delays)

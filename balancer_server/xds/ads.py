@@ -36,6 +36,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -61,6 +62,7 @@ MAX_NAMES_PER_TYPE = 100
 # every response and every ACK.
 _SENT = {t: metrics.XDS_RESPONSES.labels(s) for t, s in SHORT.items()}
 _ACKS = {t: metrics.XDS_ACKS.labels(s) for t, s in SHORT.items()}
+_UPDATE_SECONDS = {t: metrics.XDS_UPDATE_SECONDS.labels(s) for t, s in SHORT.items()}
 TYPE_URLS = {t: t for t in TYPES}
 MAX_SHARED_NAME_SETS = 10_000
 DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
@@ -120,11 +122,16 @@ class AdsStream:
             state = self.types.get(type_url)
             if state is None or not state.dirty:
                 continue
+            forced = state.force
             payload = self._response(type_url, state)
             if payload is None:
                 continue
+            # An update (not an answer to a subscription) is timed from the change.
+            since = None if forced else self.hub.changed_at(type_url, state.names)
             self.writing = asyncio.get_running_loop().create_task(self.context.write(payload))
-            self.writing.add_done_callback(functools.partial(self._written, kind=type_url))
+            self.writing.add_done_callback(
+                functools.partial(self._written, kind=type_url, since=since)
+            )
             return
 
     def _response(self, type_url: str, state: _TypeState) -> bytes | None:
@@ -137,12 +144,14 @@ class AdsStream:
         state.nonce = str(next(self.nonces))
         return body + field_bytes(5, state.nonce.encode())
 
-    def _written(self, task: asyncio.Task[None], kind: str) -> None:
+    def _written(self, task: asyncio.Task[None], kind: str, since: float | None) -> None:
         self.writing = None
         if task.cancelled() or task.exception() is not None:
             self.close()
             return
         _SENT[kind].inc()
+        if since is not None:
+            _UPDATE_SECONDS[kind].observe(time.perf_counter() - since)
         self.offer()
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ held (with no resources) until that pool appears.
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Protocol
 
 from balancer_server.xds import resources
@@ -26,10 +27,12 @@ class Watcher(Protocol):
 
 
 class XdsPool:
-    __slots__ = ("name", "resources", "watchers")
+    __slots__ = ("name", "resources", "watchers", "changed_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        # When its resource of each type last changed (time.perf_counter()).
+        self.changed_at: dict[str, float] = {}
         self.resources: dict[str, Resource] = {}
         # Streams by the types they subscribe to this pool's resource of.
         self.watchers: dict[str, set[Watcher]] = {}
@@ -87,6 +90,16 @@ class XdsHub:
         pool = self.pools.get(name)
         return None if pool is None else pool.resources.get(type_url)
 
+    def changed_at(self, type_url: str, names: frozenset[str]) -> float | None:
+        """When the latest change of a `type_url` resource of `names` was made."""
+        times = [
+            t
+            for name in names
+            if (pool := self.pools.get(name)) is not None
+            and (t := pool.changed_at.get(type_url)) is not None
+        ]
+        return max(times) if times else None
+
     def watch(self, type_url: str, name: str, watcher: Watcher) -> None:
         pool = self.pools.get(name)
         if pool is None:
@@ -128,6 +141,9 @@ class XdsHub:
                     changed.append(type_url)
         if changed:
             self._responses.clear()
+            now = time.perf_counter()
+            for type_url in changed:
+                pool.changed_at[type_url] = now
         for type_url in changed:
             for watcher in list(pool.watchers.get(type_url, ())):
                 watcher.changed(type_url)

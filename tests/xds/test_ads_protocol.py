@@ -74,6 +74,7 @@ def test_resources_acks_not_answered_and_a_change_sent_once(
     table = {s["node_id"]: s for s in balancer.server.xds_streams.snapshot()}
     assert table["raw-node"]["acked"] == {t: r.version_info for t, r in got.items()}
     # A registration: one EDS response (the other types did not change), then quiet after its ACK.
+    timed = xds_metrics.XDS_UPDATE_SECONDS.labels("eds")._sum.get()
     register_all(balancer, pool_name, start_backends(backends, 1))
     update = stream.next()
     assert update.type_url == ENDPOINTS
@@ -82,6 +83,8 @@ def test_resources_acks_not_answered_and_a_change_sent_once(
     assert len(unpack(ENDPOINTS, update.resources[0]).endpoints[0].lb_endpoints) == 4
     stream.ack(update, [pool_name])
     assert stream.quiet(1.0)
+    # The update's way through the balancer was timed.
+    assert xds_metrics.XDS_UPDATE_SECONDS.labels("eds")._sum.get() > timed
 
 
 def test_a_nack_is_logged_counted_recorded_and_not_answered(
