@@ -5,6 +5,12 @@ is turned into its resources once (balancer_server.xds.resources), and the
 streams subscribed to a resource whose bytes changed are told which type
 to send again. Streams subscribe by exact pool name; a name of no pool is
 held (with no resources) until that pool appears.
+
+A deleted pool's resources go with it: the next Listener and Cluster
+responses leave it out, and the clients drop it (xDS's meaning of a
+resource left out), where grpclb streams keep the list they have. A pool
+that is only unreachable (Redis down) keeps its resources: the watcher
+reports no deletion then.
 """
 
 from __future__ import annotations
