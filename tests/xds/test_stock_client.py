@@ -73,21 +73,28 @@ def test_calls_spread_evenly_and_a_registration_reaches_them(
     assert client.calls(400) == Counter({b.name: 100 for b in backends})
 
 
-def test_a_drain_and_an_ejection_leave_backends_out(
+def test_a_drain_a_failed_health_check_and_an_ejection_leave_backends_out(
     balancer: BalancerHandle,
     backends: list[RouteGuideBackend],
     pool_name: str,
     clients: Callable[..., XdsClient],
 ) -> None:
     plain_pool(balancer, pool_name)
-    four = start_backends(backends, 4)
-    ids = register_all(balancer, pool_name, four)
+    five = start_backends(backends, 5)
+    ids = register_all(balancer, pool_name, five)
     client = clients(pool_name, balancer.address)
-    warm(client, names(four))
-    drained, ejected, *rest = four
+    warm(client, names(five))
+    drained, failed, ejected, *rest = five
+    # DRAINING and UNHEALTHY endpoints, and an ejected one left out.
     balancer.run(
         balancer.store.operate(pool_name, ids[drained.port], Event.OPERATOR_DRAIN, actor="test")
     )
+    result = balancer.run(
+        balancer.store.step(
+            pool_name, ids[failed.port], Event.HEALTH_FAIL, actor="test", max_share=0.5
+        )
+    )
+    assert result.outcome is Outcome.CHANGED, result
     # An ejection as outlier detection makes one: for a while (ten minutes).
     until = balancer.run(balancer.store.now_ms()) + 600_000
     balancer.run(
