@@ -34,6 +34,9 @@ from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
 from balancer_server.settings import BalancerSettings
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
+from balancer_server.xds.ads import SERVICE as ADS_SERVICE
+from balancer_server.xds.ads import AdsService
+from balancer_server.xds.hub import XdsHub
 from balancer_server.xds_streams import XdsStreamPublisher, XdsStreamTable
 from lookaside_proto.lb.v1 import load_balancer_pb2
 from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -153,10 +156,12 @@ class BalancerServer:
         self.store = store
         self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
+        # xDS (ADS) beside grpclb, from the same watcher.
+        self.xds_hub = XdsHub()
         self.watcher = RegistryWatcher(
             self.store,
             resync_interval=settings.resync_interval,
-            hooks=[self.hub.on_change, metrics.panic_held_gauge],
+            hooks=[self.hub.on_change, self.xds_hub.on_change, metrics.panic_held_gauge],
         )
         self.sink = LoadReportSink(
             self.store,
@@ -258,7 +263,16 @@ class BalancerServer:
             max_streams_per_address=self.settings.max_streams_per_address,
             report_burst=self.settings.report_burst,
         )
-        server.add_generic_rpc_handlers((self.balance_load.handler(), self.lrs.handler()))
+        self.ads = AdsService(
+            self.xds_hub,
+            self.xds_streams,
+            auth=self.auth,
+            replica_id=self.replica_id,
+            max_streams_per_address=self.settings.max_streams_per_address,
+        )
+        server.add_generic_rpc_handlers(
+            (self.balance_load.handler(), self.ads.handler(), self.lrs.handler())
+        )
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryService(self.store, self.auth), server
         )
@@ -268,6 +282,7 @@ class BalancerServer:
             registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             LRS_SERVICE,
+            ADS_SERVICE,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
@@ -285,7 +300,7 @@ class BalancerServer:
             )
         await server.start()
         self.server = server
-        for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):
+        for service in ("", LB_SERVICE, ADS_SERVICE, "lookaside.registry.v1.Registry"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "balancer listening on %s (port %d, %s; backends probed over %s) replica=%s epoch=%s",
