@@ -152,24 +152,30 @@ def load_aware_weights(backends: Sequence[Backend]) -> list[int]:
     return out
 
 
-def listed_backends(snapshot: PoolSnapshot) -> tuple[Backend, ...]:
-    """The backends a pool's lists are made of: the serving ones, or in
-    panic mode (Envoy's panic threshold: no backend looks healthy) the
-    unhealthy and ejected ones rather than none. Drained and disabled
-    backends stay out: an operator asked for that."""
+def serving_set(snapshot: PoolSnapshot) -> tuple[Backend, ...]:
+    """The backends that take calls at this pool version, for every protocol
+    (grpclb lists, xDS assignments): the SERVING ones (including those the
+    panic guard holds), or in panic mode (Envoy's panic threshold), when no
+    backend looks healthy, the unhealthy and ejected ones rather than none.
+    Drained and disabled backends stay out: an operator asked for that."""
     serving = snapshot.serving
     if not serving:
         serving = tuple(b for b in snapshot.backends if b.state.faulty)
     return serving
 
 
-def weighted_backends(snapshot: PoolSnapshot) -> list[tuple[Backend, int]]:
-    """The listed backends with the weight each has in the pool's list."""
-    serving = listed_backends(snapshot)
-    weights = [b.weight for b in serving]
+def serving_weights(snapshot: PoolSnapshot, serving: Sequence[Backend]) -> list[int]:
+    """The weights of `serving` (from serving_set): as registered, or
+    load-aware for a least_loaded pool."""
     if snapshot.config.policy == "least_loaded":
-        weights = load_aware_weights(serving)
-    return list(zip(serving, weights, strict=True))
+        return load_aware_weights(serving)
+    return [b.weight for b in serving]
+
+
+def weighted_backends(snapshot: PoolSnapshot) -> list[tuple[Backend, int]]:
+    """The serving set with the weight each backend has in the pool's list."""
+    serving = serving_set(snapshot)
+    return list(zip(serving, serving_weights(snapshot, serving), strict=True))
 
 
 def build_entries(
