@@ -100,7 +100,7 @@ class _Stream:
     def offer(self) -> None:
         if self.writing is not None or self.closed:
             return
-        payload = self.feed.payload
+        payload = self.feed.payload_for(self)
         if payload is None or payload is self.sent:
             return
         generation = self.feed.generation
@@ -120,7 +120,7 @@ class _Stream:
         self.sent = payload
         feed = self.feed
         self.sent_counter.inc()
-        if generation > self.joined and payload is feed.payload:
+        if generation > self.joined and payload is feed.payload_for(self):
             self.joined = generation
             took = feed.delivered()
             if took is not None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from balancer_server import lists
+from balancer_server.subsets import SubsetPayloads
 from lookaside_registry.model import PoolSnapshot
 
 DEFAULT_REPORT_INTERVAL_MS = 10_000
@@ -48,6 +49,7 @@ class PoolFeed:
         "published_at",
         "pending",
         "generation",
+        "subsets",
     )
 
     def __init__(self, name: str) -> None:
@@ -61,6 +63,9 @@ class PoolFeed:
         self.published_at = 0.0
         self.pending = 0
         self.generation = 0
+        # Set while the pool has a subset size: each stream then has a
+        # payload of its own subset (payload_for), not `payload`.
+        self.subsets: SubsetPayloads | None = None
 
     @property
     def streams(self) -> int:
@@ -68,10 +73,47 @@ class PoolFeed:
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.add(subscriber)
+        if self.subsets is not None:
+            self.subsets.join(subscriber)
         subscriber.offer()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
+        if self.subsets is not None:
+            self.subsets.leave(subscriber)
+
+    def payload_for(self, subscriber: Subscriber) -> bytes | None:
+        """What `subscriber` should have written now."""
+        if self.subsets is None:
+            return self.payload
+        return self.subsets.payload_for(subscriber)
+
+    def publish_subsets(self, snapshot: PoolSnapshot, epoch: str) -> None:
+        """A new version of a pool with a subset size: each stream is offered
+        its own subset's payload; streams whose payload did not change write
+        nothing (and are not waited for in the fan-out metric)."""
+        subsets = self.subsets
+        if subsets is None:
+            subsets = self.subsets = SubsetPayloads(snapshot.config.subset_size)
+            for subscriber in self.subscribers:
+                subsets.join(subscriber)
+            before: dict[Subscriber, bytes | None] = {}
+        else:
+            before = {s: subsets.payload_for(s) for s in self.subscribers}
+        subsets.update(snapshot, epoch)
+        self.payload = None
+        changed = []
+        for s in self.subscribers:
+            payload = subsets.payload_for(s)
+            if payload is not None and payload is not before.get(s):
+                changed.append(s)
+        if not changed:
+            return
+        self.published_at = time.perf_counter()
+        self.pending = len(changed)
+        self.generation += 1
+        for subscriber in changed:
+            subscriber.offer()
 
     def publish(self, payload: bytes | None) -> None:
         """Sets a new payload and offers it to every stream. A payload equal
@@ -94,6 +136,11 @@ class PoolFeed:
         if self.pending == 0:
             return time.perf_counter() - self.published_at
         return None
+
+
+def _subsetting(snapshot: PoolSnapshot) -> bool:
+    size = snapshot.config.subset_size
+    return isinstance(size, int | float) and size > 0
 
 
 _PORT_RE = re.compile(r":\d{1,5}$")
@@ -191,7 +238,13 @@ class FeedHub:
         appeared = not feed.exists
         feed.exists = True
         feed.report_interval_ms = snapshot.config.report_interval_ms
-        feed.publish(lists.pool_payload(snapshot, self.epoch))
+        if _subsetting(snapshot):
+            feed.publish_subsets(snapshot, self.epoch)
+        else:
+            if feed.subsets is not None:
+                # Subsetting turned off: every stream takes the whole list.
+                feed.subsets = None
+            feed.publish(lists.pool_payload(snapshot, self.epoch))
         if appeared:
             if self.on_appear is not None:
                 self.on_appear(feed)

@@ -84,6 +84,19 @@ def first_call(out: str) -> str:
     )
 
 
+def subsetting(out: str) -> str:
+    goal = _all(r"^  subsetting\s+min ([\d,]+), max ([\d,]+), mean [\d.,]+, worst ([\d.]+)%", out)
+    moved = _all(r"^  one backend leaves: ([\d,]+) clients", out)
+    fanout = _all(r"^  its fan-out: [\d,]+ lists, ([\d,]+) bytes .*= ([\d,]+) bytes$", out)
+    if not (goal and moved and fanout):
+        return ""
+    (lo, hi, worst), ((n,),), ((sub, full),) = goal[0], moved[:1], fanout[:1]
+    return (
+        f"20 of 1,000 backends, 10,000 clients: {lo}-{hi} per backend ({worst}% off); "
+        f"a departure moves {n} clients, {sub} bytes (without subsetting {full})"
+    )
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -111,6 +124,7 @@ BENCHES = (
         streams,
     ),
     Bench("reports", "load reports into Redis", (), reports),
+    Bench("subsetting", "deterministic subsetting", (), subsetting),
     Bench("client_first_call", "first call, a balancer replica down", ("--runs", "7"), first_call),
 )
 
