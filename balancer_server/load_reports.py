@@ -4,8 +4,9 @@ Reports are added up in memory per pool and written to the registry once
 per flush (about once a second): RegistryStore.flush_reports, one pipeline
 of a script per pool and the stream counts, so thousands of reports per
 second cost one Redis round trip a second per balancer process. A failed
-write keeps the batch and retries it with the next flush under the same id: nothing is lost while Redis is briefly away, and
-nothing is counted twice when a write reached Redis but its reply did not.
+write keeps the batch and retries it with the next flush under the same
+id: nothing is lost while Redis is briefly away, and nothing is counted
+twice when a write reached Redis but its reply did not.
 
 The registry keeps, per pool, a bucket per 10 seconds and a running total
 (docs/redis-layout.md). Fields: started, finished, failed_to_send,
