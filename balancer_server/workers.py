@@ -377,8 +377,9 @@ class Supervisor:
             return 1
         if killed or unclean:
             log.error(
-                "balancer stopped uncleanly: %d workers killed after %.1fs, %d exited with an error",
-                len(killed), limit, len(unclean),
+                "balancer stopped uncleanly: killed %d of %d workers after %.1fs; "
+                "%d exited with an error",
+                len(killed), len(live), limit, len(unclean),
             )  # fmt: skip
             return 1
         log.info("every worker stopped cleanly")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -116,7 +117,7 @@ def _pool(name: str, health: bool) -> PoolConfig:
 
 
 def _start(
-    redis_url: str, certs: Issued, policy: Path, replica: str, metrics: str
+    redis_url: str, certs: Issued, policy: Path, replica: str, metrics: str, grace: float = GRACE
 ) -> tuple[subprocess.Popen[str], str, list[str]]:
     """`lookaside balancer --workers 2` on port 0 in the production profile;
     returns once every worker serves: the process, its address, its log
@@ -124,7 +125,7 @@ def _start(
     proc = subprocess.Popen(
         [sys.executable, "-m", "lookaside", "balancer", "--workers", str(WORKERS),
          "--listen", "127.0.0.1:0", "--redis-url", redis_url, "--metrics-listen", metrics,
-         "--replica-id", replica, "--grace", str(GRACE), "--registration-policy", str(policy),
+         "--replica-id", replica, "--grace", str(grace), "--registration-policy", str(policy),
          "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
          "--backend-tls-ca", str(certs.ca)],
         stderr=subprocess.PIPE, text=True,
@@ -380,6 +381,30 @@ def test_workers_stop_when_their_supervisor_is_killed(
     port = int(address.rpartition(":")[2])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))  # no listener left on it
+
+
+def test_a_worker_that_does_not_stop_is_killed_and_the_exit_status_says_so(
+    redis_url: str, supervised: Supervised, tmp_path: Path
+) -> None:
+    """A worker that cannot act on SIGTERM (stopped here with SIGSTOP) is
+    killed after the grace period and its margin; the supervisor's exit
+    status is then 1, and the other worker still stopped cleanly."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"pools": {}}))
+    grace = 0.5
+    proc, _, log = _start(redis_url, supervised.certs, policy, "wk-stuck", "", grace)
+    stuck, other = (c.pid for c in psutil.Process(proc.pid).children())
+    os.kill(stuck, signal.SIGSTOP)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(grace + STOP_MARGIN + 30)
+    took = time.monotonic() - started
+    assert code == 1, "".join(log)
+    assert grace + STOP_MARGIN <= took < grace + STOP_MARGIN + 10, took
+    text = "".join(log)
+    assert f"worker pid {stuck} did not stop within" in text
+    assert "killed 1 of 2 workers" in text and "0 exited with an error" in text
+    assert not psutil.pid_exists(stuck) and not psutil.pid_exists(other)
 
 
 def test_bad_worker_counts_exit_2_with_one_line(tmp_path: Path) -> None:
