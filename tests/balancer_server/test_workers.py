@@ -333,6 +333,23 @@ def test_a_killed_worker_is_started_again_and_clients_keep_their_lists(
     assert {f"{s.replica}-w{i}" for i in range(WORKERS)} <= set(live)
 
 
+def test_a_second_balancer_on_the_workers_port_fails_loudly(
+    supervised: Supervised, redis_url: str
+) -> None:
+    """The workers share their port with each other only: a second
+    balancer given it, with workers or without, exits 1 saying so."""
+    for workers in ("2", "1"):
+        done = subprocess.run(
+            [sys.executable, "-m", "lookaside", "balancer", "--workers", workers,
+             "--listen", supervised.address, "--redis-url", redis_url, "--metrics-listen", "",
+             "--insecure-registration"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1, done
+        assert f"cannot listen on {supervised.address}: the address is in use" in done.stderr
+    assert set(supervised.workers()) == set(range(WORKERS))
+
+
 def test_sigterm_drains_and_stops_every_worker_within_the_grace_period(
     supervised: Supervised, registered: list[RouteGuideBackend]
 ) -> None:
