@@ -196,18 +196,18 @@ def test_thin_grpclb_stock_grpclb_and_xds_clients_share_one_pool(
             return next(w for w in windows if w.name == "15m").by_source()
 
         def reported() -> bool:
-            got = by_source()
-            return all(got[s]["finished"] >= n for s, n in expected.items())
+            now = by_source()
+            return all(now[s]["finished"] >= n for s, n in expected.items())
 
         wait_until(reported, timeout=15)
-        got = by_source()
-        print({"made": made, "by_source": got})
+        load = by_source()
+        print({"made": made, "by_source": load})
         for source, n in expected.items():
-            assert got[source]["finished"] == n, (source, got)
-            assert got[source]["started"] == n, (source, got)
-            assert got[source]["known_received"] == n, (source, got)
-            assert got[source]["dropped"] == 0, (source, got)
-            assert got[source]["reports"] >= 1, (source, got)
+            assert load[source]["finished"] == n, (source, load)
+            assert load[source]["started"] == n, (source, load)
+            assert load[source]["known_received"] == n, (source, load)
+            assert load[source]["dropped"] == 0, (source, load)
+            assert load[source]["reports"] >= 1, (source, load)
     finally:
         xds.close()
         stock.close()
