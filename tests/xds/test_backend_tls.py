@@ -210,3 +210,41 @@ def test_a_backend_name_that_does_not_match_is_refused(
     finally:
         backend.stop()
         balancer.stop()
+
+
+def test_the_demo_client_reaches_tls_backends_over_xds(setup: Setup) -> None:
+    """`lookaside routeguide client --lb xds` with TLS flags as the lab
+    prints them (--server-name included): its
+    bootstrap carries the certificate providers, its channel xDS
+    credentials (a process of its own: gRPC reads a bootstrap once)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from lookaside.demo.report import parse_summary
+    from tests.xds.helpers import ROOT
+
+    mtls = setup.mode == "mtls"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_XDS_BOOTSTRAP")}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    client_cert = (
+        ["--tls-cert", str(setup.certs.client_cert), "--tls-key", str(setup.certs.client_key)]
+        if mtls
+        else []
+    )
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "lookaside", "routeguide", "client", "--lb", "xds",
+            "--balancer", setup.balancer.address, "--target", f"xds:///{setup.pool}",
+            "--mode", "repeatn", "--api", "GetFeature", "-n", "30",
+            "--tls-ca", str(setup.certs.ca), "--server-name", "localhost", *client_cert,
+        ],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    per_server, codes = parse_summary(done.stdout)
+    assert codes == {} and sum(per_server.values()) == 30, done.stdout
+    # The test backends answer with their name (they set no x-served-by).
+    answered = Counter(re.findall(r'name: "([^"]+)"', done.stdout))
+    assert set(answered) == {b.name for b in setup.backends}, done.stdout
