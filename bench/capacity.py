@@ -54,11 +54,13 @@ FRAMING_BYTES = 9 + 5 + 21
 class Costs:
     """Per-operation costs. CPU in microseconds of one core, memory in bytes."""
 
-    # The balancer: per stream and list written (grpc.aio's write, the
-    # loopback send, the bookkeeping), and per update whatever the streams
-    # (the registration RPC, the Redis script, the snapshot, the payload).
-    cpu_us_per_stream_update: float = 31.0
-    cpu_ms_per_update_fixed: float = 6.0
+    # The balancer: per stream and list written, one stream per connection
+    # as clients have them (grpc.aio's write, the send, which on loopback
+    # includes the receiver's side of TCP, the bookkeeping), and per update
+    # whatever the streams (the registration RPC, the Redis script, the
+    # snapshot, the payload).
+    cpu_us_per_stream_update: float = 56.0
+    cpu_ms_per_update_fixed: float = 11.0
     # Per client load report read, checked and summed (upper bound: one
     # balancer process's saturation rate in bench/reports.py, about 30,000
     # reports/s with the senders on the same cores).
@@ -70,7 +72,7 @@ class Costs:
     # And per client connection (HTTP/2 transport, its buffers): a client
     # has one connection for its one stream, where the benchmark puts 100
     # streams on each.
-    bytes_per_connection: float = 0.0
+    bytes_per_connection: float = 15.5 * 1024
     # A serialized server list: fixed part and per entry (IPv4, port, token
     # "<backend id>.<epoch>").
     list_bytes_fixed: float = 3.0
@@ -461,11 +463,12 @@ def _list_costs() -> dict[str, float]:
     return {"list_bytes_per_entry": per_entry, "list_bytes_fixed": small - 10 * per_entry}
 
 
-def _stream_costs(streams: int, clients: int) -> dict[str, float]:
+def _stream_costs(streams: int, per_connection: int) -> dict[str, float]:
+    clients = 1 if streams <= 2000 else 2
     done = subprocess.run(
         [sys.executable, str(BENCH / "streams.py"), "--streams", str(streams),
          "--clients", str(clients), "--updates", "3", "--wait", "600",
-         "--streams-per-connection", "100" if streams <= 10_000 else "500"],
+         "--streams-per-connection", str(per_connection)],
         capture_output=True, text=True, timeout=900, check=True, cwd=REPO,
     )  # fmt: skip
     out = done.stdout
@@ -479,6 +482,8 @@ def _stream_costs(streams: int, clients: int) -> dict[str, float]:
         raise SystemExit(f"bench/streams.py printed no figures:\n{out}\n{done.stderr[-2000:]}")
     return {
         "streams": streams,
+        "per_connection": per_connection,
+        "connections": -(-streams // per_connection),
         "refused": int(refused.group(1)),
         "kib_per_stream": float(kib.group(1)),
         "rss_before_mib": float(rss.group(1)),
@@ -503,18 +508,25 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def measure_costs(stream_sizes: list[int], backends: int = 500) -> dict[str, Any]:
+    """Every cost the model uses. The streams: at each size one stream per
+    connection, as clients have them (CPU per stream and update, memory per
+    client), and at the first size 100 streams per connection too (memory
+    per stream alone; the difference is the connection's)."""
     from lookaside.redis_process import RedisProcess
 
     with RedisProcess() as redis_process:
         measured: dict[str, Any] = asyncio.run(_redis_costs(redis_process.url, backends))
     measured.update(_list_costs())
-    runs = [_stream_costs(n, 1 if n <= 2000 else 2) for n in stream_sizes]
+    runs = [_stream_costs(n, 1) for n in stream_sizes]
+    shared = _stream_costs(stream_sizes[0], 100)
     a, b = fit([(r["streams"], r["cpu_ms_per_update"]) for r in runs])
     measured["cpu_ms_per_update_fixed"] = max(a, 0.0)
     measured["cpu_us_per_stream_update"] = b * 1000
-    measured["bytes_per_stream"] = max(r["kib_per_stream"] for r in runs) * 1024
+    per_client = max(r["kib_per_stream"] for r in runs) * 1024
+    measured["bytes_per_stream"] = shared["kib_per_stream"] * 1024
+    measured["bytes_per_connection"] = max(per_client - measured["bytes_per_stream"], 0.0)
     measured["bytes_per_process"] = min(r["rss_before_mib"] for r in runs) * 2**20
-    measured["stream_runs"] = runs
+    measured["stream_runs"] = [*runs, shared]
     return measured
 
 
@@ -532,16 +544,23 @@ def costs_from(measured: dict[str, Any], base: Costs = COSTS) -> Costs:
 # -- the model against a run ---------------------------------------------------
 
 
-def check(streams: int, costs: Costs = COSTS) -> dict[str, Any]:
+def check(streams: int, per_connection: int = 1, costs: Costs = COSTS) -> dict[str, Any]:
     """Runs bench/streams.py at `streams` and sets the model's predictions
-    for that size beside what it measured."""
-    run = _stream_costs(streams, 1 if streams <= 2000 else 2)
+    for that size beside what it measured. The model's CPU per stream is
+    that of one stream per connection; with many streams per connection
+    the transport sends several lists per write, and the figure is an upper
+    bound."""
+    run = _stream_costs(streams, per_connection)
     opened = streams - run["refused"]
-    predicted_mib = opened * costs.bytes_per_stream / 2**20
+    connections = -(-opened // per_connection)
+    predicted_mib = (
+        opened * costs.bytes_per_stream + connections * costs.bytes_per_connection
+    ) / 2**20
     measured_mib = run["rss_after_mib"] - run["rss_before_mib"]
     predicted_cpu = costs.cpu_ms_per_update_fixed + opened * costs.cpu_us_per_stream_update / 1e3
     return {
         "streams": streams,
+        "per_connection": per_connection,
         "opened": opened,
         "memory_mib": {"predicted": predicted_mib, "measured": measured_mib},
         "cpu_ms_per_update": {"predicted": predicted_cpu, "measured": run["cpu_ms_per_update"]},
@@ -577,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--json", type=Path, metavar="FILE")
     k = sub.add_parser("check", help="the model against one bench/streams.py run")
     k.add_argument("--streams", type=int, default=1000)
+    k.add_argument("--streams-per-connection", type=int, default=1)
     args = parser.parse_args(argv)
     if args.command == "plan":
         for name in ("clients", "backends", "pools", "cores"):
@@ -605,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(measured, indent=2) + "\n")
         return 0
-    print(json.dumps(check(args.streams), indent=2))
+    print(json.dumps(check(args.streams, args.streams_per_connection), indent=2))
     return 0
 
 
