@@ -37,7 +37,7 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from balancer_server import lists
-from lookaside.registry.model import PoolSnapshot
+from lookaside_registry.model import PoolSnapshot
 
 DEFAULT_REPORT_INTERVAL_MS = 10_000
 # The longest the garbage collector is held off for one fan-out.
