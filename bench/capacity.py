@@ -380,8 +380,8 @@ def _output_bytes(redis_client: Any) -> int:
 async def _redis_costs(url: str, backends: int) -> dict[str, float]:
     import redis
 
-    from lookaside.registry.model import PoolConfig
-    from lookaside.registry.store import RegistryStore
+    from lookaside_registry.model import PoolConfig
+    from lookaside_registry.store import RegistryStore
 
     sync = redis.Redis.from_url(url)
     store = RegistryStore.from_url(url)
