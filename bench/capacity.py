@@ -463,7 +463,7 @@ def _list_costs() -> dict[str, float]:
     return {"list_bytes_per_entry": per_entry, "list_bytes_fixed": small - 10 * per_entry}
 
 
-def _stream_costs(streams: int, per_connection: int) -> dict[str, float]:
+def _stream_costs(streams: int, per_connection: int) -> dict[str, Any]:
     clients = 1 if streams <= 2000 else 2
     done = subprocess.run(
         [sys.executable, str(BENCH / "streams.py"), "--streams", str(streams),
@@ -485,6 +485,9 @@ def _stream_costs(streams: int, per_connection: int) -> dict[str, float]:
         "per_connection": per_connection,
         "connections": -(-streams // per_connection),
         "refused": int(refused.group(1)),
+        "refusals": dict(
+            (why, int(n)) for n, why in re.findall(r"^    refused (\d+): (.*)$", out, re.M)
+        ),
         "kib_per_stream": float(kib.group(1)),
         "rss_before_mib": float(rss.group(1)),
         "rss_after_mib": float(rss.group(2)),
