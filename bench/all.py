@@ -148,6 +148,26 @@ def first_call(out: str) -> Figures:
     return text, values
 
 
+def capacity(out: str) -> Figures:
+    start = out.find("{")
+    try:
+        costs = json.loads(out[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        costs = None
+    if not isinstance(costs, dict) or "cpu_us_per_stream_update" not in costs:
+        return NONE
+    values = {k: round(float(v), 3) for k, v in costs.items() if isinstance(v, int | float)}
+    text = (
+        f"balancer CPU per stream and update {values['cpu_us_per_stream_update']:.1f} us, "
+        f"memory per stream {values['bytes_per_stream'] / 1024:.1f} KiB "
+        f"+ {values['bytes_per_connection'] / 1024:.1f} KiB per connection; Redis per "
+        f"registration {values['redis_cmds_per_registration']:.0f} commands / "
+        f"{values['redis_us_per_registration']:.0f} us, per heartbeat "
+        f"{values['redis_cmds_per_heartbeat']:.0f} / {values['redis_us_per_heartbeat']:.0f} us"
+    )
+    return text, values
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -217,6 +237,13 @@ BENCHES = (
         (),
         reports,
         ("--streams", "20", "--clients", "1", "--seconds", "1"),
+    ),
+    Bench(
+        "capacity",
+        "per-operation costs of the capacity model (docs/capacity.md)",
+        ("costs", "--streams", "1000", "10000"),
+        capacity,
+        ("costs", "--streams", "50", "100", "--backends", "20"),
     ),
     Bench(
         "client_first_call",
