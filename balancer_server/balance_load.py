@@ -115,8 +115,9 @@ class _Stream:
         payload = self.feed.payload_for(self.subset)
         if payload is None or payload is self.sent:
             return False
-        if generation:
+        if generation and self.owed != generation:
             self.owed = generation
+            self.feed.owe()
         if self.writing is None:
             # The tokens count as handed out from the moment the write
             # starts: a client can read the list and report on it before the

@@ -62,8 +62,9 @@ class Subscriber(Protocol):
     def offer(self, generation: int = 0) -> bool:
         """Start writing the feed's current payload for the stream's subset,
         unless it was already written or a write is under way. True when the
-        stream has yet to write it; `generation` (from the fan-out of that
-        generation) marks it as owed to that fan-out."""
+        stream has yet to write it. From the fan-out of `generation`, a
+        stream that has yet to write calls `feed.owe()` first, and
+        `feed.delivered()` once written (or gone)."""
 
     def move(self, feed: PoolFeed) -> None:
         """Leave the current feed for `feed` and send its payload."""
@@ -170,6 +171,7 @@ class PoolFeed:
         "exists",
         "published_at",
         "pending",
+        "publishing",
         "generation",
     )
 
@@ -186,6 +188,7 @@ class PoolFeed:
         # and how many of the streams that owed it have not written it yet.
         self.published_at = 0.0
         self.pending = 0
+        self.publishing = False
         self.generation = 0
 
     @property
@@ -233,20 +236,28 @@ class PoolFeed:
         self.published_at = time.perf_counter()
         generation = self.generation
         GC_HOLD.hold(self)
-        pending = 0
-        for subscriber in list(self.subscribers):
-            if subscriber.offer(generation):
-                pending += 1
-        self.pending = pending
-        if pending == 0:
+        self.pending = 0
+        self.publishing = True
+        try:
+            for subscriber in list(self.subscribers):
+                subscriber.offer(generation)
+        finally:
+            self.publishing = False
+        if self.pending <= 0:
+            self.pending = 0
             GC_HOLD.release(self)
+
+    def owe(self) -> None:
+        """Called by a stream that takes on the current version's fan-out
+        (from its `offer(generation)`): the fan-out waits for its write."""
+        self.pending += 1
 
     def delivered(self) -> float | None:
         """Called by a stream that owed the current version's payload, once
-        it has written it; the seconds the whole fan-out took when it was the
-        last."""
+        it has written it (or has gone); the seconds the whole fan-out took
+        when it was the last."""
         self.pending -= 1
-        if self.pending == 0:
+        if self.pending == 0 and not self.publishing:
             GC_HOLD.release(self)
             return time.perf_counter() - self.published_at
         return None

@@ -167,3 +167,44 @@ def test_installed_the_survivors_of_full_collections_are_frozen_and_thawed() -> 
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok ")
+
+
+class SlowStream(Stream):
+    """Owes the fan-out and writes when told; or fails at once."""
+
+    def __init__(self, feed: PoolFeed, fail: bool = False) -> None:
+        super().__init__(feed)
+        self.fail = fail
+        self.owing = 0
+
+    def offer(self, generation: int = 0) -> bool:
+        if generation:
+            self.owing = generation
+            self.feed.owe()
+            if self.fail:  # its RPC ended as the write started
+                self.feed.subscribers.discard(self)
+                self.feed.delivered()
+        return True
+
+    def finish(self) -> float | None:
+        return self.feed.delivered()
+
+
+def test_the_fanout_ends_with_its_last_write_even_when_a_stream_fails_inside_it() -> None:
+    feed = PoolFeed("svc")
+    failing = SlowStream(feed, fail=True)
+    slow = [SlowStream(feed) for _ in range(3)]
+    for s in [failing, *slow]:  # in whatever order the set gives
+        feed.subscribers.add(s)
+    gc_was = gc.isenabled()
+    try:
+        feed.publish(builder(1, []))
+        assert feed.pending == 3
+        assert not gc.isenabled()  # held: the fan-out is under way
+        assert slow[0].finish() is None and slow[1].finish() is None
+        took = slow[2].finish()
+        assert took is not None and took >= 0
+        assert gc.isenabled() == gc_was and feed.pending == 0
+    finally:
+        if gc_was:
+            gc.enable()
