@@ -2,20 +2,24 @@
 memory each costs, and how long one registration takes to reach all of them.
 
     .venv/bin/python bench/streams.py [--streams 10000] [--clients 2]
-        [--streams-per-connection 100]
+        [--streams-per-connection 100] [--updates 5] [--profile FILE]
 
 Starts a private Redis and one balancer process, and a pool with one
 backend. Client processes (grpc.aio, raw bytes, one HTTP/2 connection per
-`--streams-per-connection` streams) open their share of the streams all at
-once and wait for the first list on each. The script then reads the
-balancer's RSS, registers one more backend through the Registry API's
-Register RPC (five times, a second apart), and each client notes when
-every stream receives each new list. It prints: streams opened and refused, time to open, balancer RSS
-per stream, the registration-to-list delay (p50, p99, max) over all
-streams, and the balancer's own fan-out time from its /metrics (from the
-new list to its last write). Clients and balancer share this machine's cores, so the delays
-include the clients' own time to read 10,000 messages. No assertion: the
-numbers go to docs/benchmarks.md.
+`--streams-per-connection` streams; 1 is how clients have them) open their
+share of the streams all at once and wait for the first list on each. The
+script then reads the balancer's RSS, registers one more backend through
+the Registry API's Register RPC (`--updates` times, a second apart), and
+each client notes when every stream receives each new list. It prints:
+streams opened and refused, time to open, balancer RSS per stream, the
+registration-to-list delay (p50, p99, max) over all streams, the
+balancer's own fan-out time from its /metrics (from the new list to its
+last write), and the balancer's CPU per update (user + system, from the
+registration to its last write, less its idle rate). Clients and balancer
+share this machine's cores, so the delays include the clients' own time
+to read 10,000 messages. `--profile FILE` records the balancer with py-spy
+during the registrations. No assertion: the numbers go to
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -86,6 +91,9 @@ def main() -> None:
     )
     parser.add_argument("--client", metavar="BALANCER", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if args.profile and not Path(py_spy).exists():
+        parser.error("--profile needs py-spy (pip install py-spy; it is in the dev extra)")
     if args.client:
         asyncio.run(
             _client(args.client, args.streams, args.streams_per_connection, args.updates, args.wait)
@@ -138,9 +146,12 @@ def main() -> None:
 
         spy = None
         if args.profile:
+            # With PYSPY_NATIVE=1, C frames too (py-spy must then pause the
+            # process for each sample).
+            native = ["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]
             spy = subprocess.Popen(
-                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(balancer.pid), "--rate", "250", "--format", "raw",
-                 "--output", args.profile, "--threads", *(["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"])],
+                [py_spy, "record", "--pid", str(balancer.pid), "--rate", "250",
+                 "--format", "raw", "--output", args.profile, "--threads", *native],
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
         rounds = []
