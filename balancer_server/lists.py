@@ -152,6 +152,26 @@ def load_aware_weights(backends: Sequence[Backend]) -> list[int]:
     return out
 
 
+def serving_set(snapshot: PoolSnapshot) -> tuple[Backend, ...]:
+    """The backends that take calls at this pool version, for every protocol
+    (grpclb lists, xDS assignments): the SERVING ones (including those the
+    panic guard holds), or in panic mode (Envoy's panic threshold), when no
+    backend looks healthy, the unhealthy and ejected ones rather than none.
+    Drained and disabled backends stay out: an operator asked for that."""
+    serving = snapshot.serving
+    if not serving:
+        serving = tuple(b for b in snapshot.backends if b.state.faulty)
+    return serving
+
+
+def serving_weights(snapshot: PoolSnapshot, serving: Sequence[Backend]) -> list[int]:
+    """The weights of `serving` (from serving_set): as registered, or
+    load-aware for a least_loaded pool."""
+    if snapshot.config.policy == "least_loaded":
+        return load_aware_weights(serving)
+    return [b.weight for b in serving]
+
+
 def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LEN) -> list[Entry]:
     """The list entries for a pool's serving backends and drop rates.
 
@@ -159,18 +179,11 @@ def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LE
     process, so a restarted balancer's lists never equal the old ones (a
     C-core client in fallback ignores a list equal to its last one).
     """
-    serving = snapshot.serving
-    if not serving:
-        # Panic mode (Envoy's panic threshold): when no backend looks
-        # healthy, list the unhealthy and ejected ones rather than none.
-        # Drained and disabled backends stay out: an operator asked for that.
-        serving = tuple(b for b in snapshot.backends if b.state.faulty)
+    serving = serving_set(snapshot)
     if not serving:
         return []
     drops = [d for d in snapshot.config.drops if d.per_mille > 0]
-    weights = [b.weight for b in serving]
-    if snapshot.config.policy == "least_loaded":
-        weights = load_aware_weights(serving)
+    weights = serving_weights(snapshot, serving)
     backend_slots, drop_slots = slot_counts(weights, [d.per_mille for d in drops], max_len)
     items: list[tuple[Entry, int]] = []
     for b, n in zip(serving, backend_slots, strict=True):

@@ -201,14 +201,15 @@ def test_health_and_reflection_are_served(balancer: BalancerHandle) -> None:
     channel = grpc.insecure_channel(balancer.address)
     try:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "grpc.lb.v1.LoadBalancer"):
+        ads = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+        for service in ("", "grpc.lb.v1.LoadBalancer", ads):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(stub.ServerReflectionInfo(iter([request]), timeout=5))
         names = {s.name for s in reply.list_services_response.service}
-        assert {"grpc.lb.v1.LoadBalancer", "lookaside.registry.v1.Registry"} <= names
+        assert {"grpc.lb.v1.LoadBalancer", "lookaside.registry.v1.Registry", ads} <= names
     finally:
         channel.close()
 

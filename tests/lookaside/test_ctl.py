@@ -346,3 +346,44 @@ def test_https_admin_with_ca_and_a_url_without_scheme(
         assert len(err.strip().splitlines()) == 1
     finally:
         process.stop()
+
+
+def test_streams_show_grpclb_and_xds_with_their_versions(
+    admin: AdminProcess,
+    balancer: BalancerHandle,
+    lab: dict[int, str],
+    pool_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.support import LbStream, wait_until
+
+    eds = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    table = balancer.server.xds_streams
+
+    async def ads_events() -> None:  # as the ADS service reports them, on its loop
+        table.opened("ctl-1", "ipv4:127.0.0.1:5599", "node-ctl")
+        table.acked("ctl-1", eds, "5")
+        table.nacked("ctl-1", eds, "5", "endpoint weight 0 is not allowed")
+
+    grpclb = LbStream(balancer.address, pool_name)
+    try:
+        grpclb.next_list()
+        balancer.run(ads_events())
+
+        def shown() -> bool:
+            _, out, _ = ctl(admin, capsys, "streams")
+            return "node-ctl" in out and pool_name in out
+
+        wait_until(shown)
+        code, out, _ = ctl(admin, capsys, "streams")
+    finally:
+        grpclb.close()
+    assert code == 0
+    [pool_row] = [r.split() for r in out.splitlines() if r.startswith(pool_name)]
+    assert pool_row == [pool_name, "1"]
+    [row] = [r.split() for r in out.splitlines() if "node-ctl" in r]
+    assert row[1] == "ctl-1" and row[5:9] == ["EDS", "5", "5", "NACKING"]
+    assert "endpoint weight 0" in out
+    code, out, _ = ctl(admin, capsys, "streams", "-o", "json")
+    body = json.loads(out)
+    assert body["xds"]["streams_total"] >= 1

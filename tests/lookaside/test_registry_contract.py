@@ -507,6 +507,43 @@ async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     assert await port.store.replica_streams(pool) == []
 
 
+async def test_load_reports_by_source_are_apart_and_within_the_totals(
+    port: Port, pool: str
+) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bucket = int(time.time() // 10)
+    grpclb = {"reports": 1, "started": 10, "finished": 10, "drop:lb": 2}
+    xds = {"reports": 1, "started": 4, "finished": 3, "drop:lb": 1}
+    xds |= {"xds:reports": 1, "xds:started": 4, "xds:finished": 3, "xds:dropped": 1}
+    await port.store.add_reports(pool, "b-1", bucket, grpclb)
+    await port.store.add_reports(pool, "b-2", bucket, xds)
+    window = (await port.store.load_windows(pool))[0]
+    assert window.counts["finished"] == 13 and window.drops == {"lb": 3}
+    sources = window.by_source()
+    assert list(sources) == ["grpclb", "xds"]
+    assert sources["xds"] == {
+        "started": 4, "finished": 3, "failed_to_send": 0, "known_received": 0, "reports": 1,
+        "dropped": 1,
+    }  # fmt: skip
+    assert sources["grpclb"]["finished"] == 10 and sources["grpclb"]["dropped"] == 2
+    assert (await port.store.load_total(pool))["xds:finished"] == 3
+
+
+async def test_xds_streams_per_replica_fresh_ones_only(port: Port, pool: str) -> None:
+    a, b = f"{pool}-a", f"{pool}-b"
+    row = {"stream_id": "1", "peer": "ipv4:127.0.0.1:1", "node_id": "n", "types": {}}
+    await port.store.set_xds_streams(a, [row], 3)
+    await port.store.set_xds_streams(b, [], 0)
+    mine = [r for r in await port.store.xds_streams() if r.replica in (a, b)]
+    assert [(r.replica, r.total, r.streams) for r in mine] == [(a, 3, [row]), (b, 0, [])]
+    # An entry not refreshed within the staleness bound is left out.
+    later = int(time.time() * 1000) + 60_000
+    assert [r for r in await port.store.xds_streams(later) if r.replica in (a, b)] == []
+    await port.store.clear_xds_streams(a)
+    await port.store.clear_xds_streams(b)
+    assert [r for r in await port.store.xds_streams() if r.replica in (a, b)] == []
+
+
 async def test_signal_samples_one_per_slot_kept_for_the_history(port: Port, pool: str) -> None:
     await port.store.put_pool(PoolConfig(name=pool))
     slot = slot_of(time.time())
