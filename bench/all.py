@@ -168,6 +168,32 @@ def capacity(out: str) -> Figures:
     return text, values
 
 
+def xds_vs_grpclb(out: str) -> Figures:
+    rss = _all(r"^  (grpclb|xds):\s+opened (\d+) in [\d.]+ s, RSS \+([\d.]+) KiB per stream", out)
+    delays = _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms over", out)
+    calls = _all(r"^    (grpclb|xds) \((.*?)\)\s+p50 (\d+) ms, max (\d+) ms", out)
+    if not (rss and delays):
+        return NONE
+    values: dict[str, Any] = {}
+    for kind, n, kib in rss:
+        values[f"{kind}_streams"] = int(n)
+        values[f"{kind}_kib_per_stream"] = _num(kib)
+    for kind, p50, p99 in delays:
+        values[f"{kind}_registration_to_stream_p50_ms"] = _num(p50)
+        values[f"{kind}_registration_to_stream_p99_ms"] = _num(p99)
+    for kind, _, p50, top in calls:
+        values[f"{kind}_registration_to_call_p50_ms"] = _num(p50)
+        values[f"{kind}_registration_to_call_max_ms"] = _num(top)
+    text = (
+        ", ".join(f"{kind} {kib} KiB per stream" for kind, _, kib in rss)
+        + "; registration -> stream p99: "
+        + ", ".join(f"{kind} {p99} ms" for kind, _, p99 in delays)
+    )
+    if calls:
+        text += "; -> first call p50: " + ", ".join(f"{k} {p50} ms" for k, _, p50, _ in calls)
+    return text, values
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -237,6 +263,13 @@ BENCHES = (
         (),
         reports,
         ("--streams", "20", "--clients", "1", "--seconds", "1"),
+    ),
+    Bench(
+        "xds_vs_grpclb",
+        "xDS beside grpclb on one balancer",
+        (),
+        xds_vs_grpclb,
+        ("--streams", "20", "--rounds", "1"),
     ),
     Bench(
         "capacity",
