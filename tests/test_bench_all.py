@@ -161,7 +161,7 @@ def test_the_table_is_written_between_the_markers(tmp_path: Path) -> None:
     )
 
 
-QUICK = ("client_path", "streams", "reports", "client_first_call")
+QUICK = ("client_path", "streams:1000", "reports")
 
 
 def test_the_cheap_benchmarks_run_end_to_end_at_quick_sizes(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_the_cheap_benchmarks_run_end_to_end_at_quick_sizes(tmp_path: Path) -> N
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["machine"]["cpus"]
     names = [b["name"] for b in report["benchmarks"]]
-    assert names == ["client_path", "streams:1000", "streams:10000", "reports", "client_first_call"]
+    assert names == ["client_path", "streams:1000", "reports"]
     for b in report["benchmarks"]:
         assert b["exit_code"] == 0 and b["figures"] and b["values"], b["name"]
         assert b["output"] and b["seconds"] > 0
