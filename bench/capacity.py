@@ -328,7 +328,7 @@ def describe(p: Plan) -> str:
     f, h = p.fleet, p.host
     subset = f"subset_size {f.subset_size}" if f.subset_size else "no subsetting"
     lines = [
-        f"{f.clients:,} clients, {f.pools} pools of {f.backends_per_pool:,} backends, "
+        f"{f.clients:,} clients, {f.pools} pool{'s' if f.pools != 1 else ''} of {f.backends_per_pool:,} backends, "
         f"{f.churn_per_s:g} backend changes/s, {subset}; hosts of {h.cores} cores, "
         f"{h.memory_gib:g} GiB",
         f"  each client's list: {p.list_entries} entries, {p.bytes_per_list:,.0f} bytes; "
