@@ -24,7 +24,7 @@ from balancer_server.auth import (
 )
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
-from balancer_server.feeds import FeedHub
+from balancer_server.feeds import GC_HOLD, FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.lrs import SERVICE as LRS_SERVICE
@@ -360,6 +360,7 @@ async def serve(settings: BalancerSettings) -> None:
     except (PolicyError, TlsConfigError) as exc:
         raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()
+    GC_HOLD.install()
     keeper = keeper_from_file(balancer.store, settings.state_file, f"state:{balancer.replica_id}")
     await until_signalled()
     log.info("shutting down")

@@ -293,6 +293,22 @@ async def test_pool_updates_are_compare_and_sets(port: Port, pool: str) -> None:
         await port.store.put_pool(PoolConfig(name=f"{pool}-x"), only_if_exists=True)
 
 
+async def test_a_pools_subset_size_is_kept_and_checked(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool, subset_size=20))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 20
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and snap.config.subset_size == 20
+    for bad in (-1, 1001):
+        with pytest.raises(errors.InvalidInput, match=r"subset size .* out of range 0\.\.1000"):
+            await port.store.put_pool(PoolConfig(name=pool, subset_size=bad))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 20
+    await port.store.put_pool(PoolConfig(name=pool))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 0
+
+
 async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, pool: str) -> None:
     # 12 registrations of distinct addresses at once into a pool that may
     # hold 5: the check and the write are one step, so exactly 5 get in.
