@@ -156,8 +156,14 @@ class BalancerServer:
         self.store = store
         self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
+        # How the balancer dials the backends (its probes), and how xDS
+        # clients are told to.
+        self.backend_tls = BackendTls.from_files(
+            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
+            settings.backend_tls_server_name,
+        )  # fmt: skip
         # xDS (ADS) beside grpclb, from the same watcher.
-        self.xds_hub = XdsHub()
+        self.xds_hub = XdsHub(self.backend_tls)
         self.watcher = RegistryWatcher(
             self.store,
             resync_interval=settings.resync_interval,
@@ -176,10 +182,6 @@ class BalancerServer:
         self.xds_publisher = XdsStreamPublisher(
             self.store, self.xds_streams, self.replica_id, interval=settings.report_flush_interval
         )
-        self.backend_tls = BackendTls.from_files(
-            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
-            settings.backend_tls_server_name,
-        )  # fmt: skip
         self.checker = HealthChecker(
             self.store,
             self.watcher,
