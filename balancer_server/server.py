@@ -24,7 +24,7 @@ from balancer_server.auth import (
 )
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
-from balancer_server.feeds import FeedHub
+from balancer_server.feeds import GC_HOLD, FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.lrs import SERVICE as LRS_SERVICE
@@ -165,8 +165,14 @@ class BalancerServer:
         self.store = store
         self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
+        # How the balancer dials the backends (its probes), and how xDS
+        # clients are told to.
+        self.backend_tls = BackendTls.from_files(
+            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
+            settings.backend_tls_server_name,
+        )  # fmt: skip
         # xDS (ADS) beside grpclb, from the same watcher.
-        self.xds_hub = XdsHub()
+        self.xds_hub = XdsHub(self.backend_tls)
         self.watcher = RegistryWatcher(
             self.store,
             resync_interval=settings.resync_interval,
@@ -185,10 +191,6 @@ class BalancerServer:
         self.xds_publisher = XdsStreamPublisher(
             self.store, self.xds_streams, self.replica_id, interval=settings.report_flush_interval
         )
-        self.backend_tls = BackendTls.from_files(
-            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
-            settings.backend_tls_server_name,
-        )  # fmt: skip
         self.checker = HealthChecker(
             self.store,
             self.watcher,
@@ -370,6 +372,7 @@ async def serve(settings: BalancerSettings) -> None:
     except (PolicyError, TlsConfigError) as exc:
         raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()
+    GC_HOLD.install()
     keeper = keeper_from_file(balancer.store, settings.state_file, f"state:{balancer.replica_id}")
     await until_signalled()
     log.info("shutting down")

@@ -32,7 +32,7 @@ balanced among themselves, and so the sum over processes is too.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 from balancer_server import lists
 from lookaside_registry.model import Backend, PoolSnapshot
@@ -297,12 +297,19 @@ class SubsetPayloads:
     def leave(self, client: object) -> None:
         self.table.leave(client)
 
+    def key_for(self, client: object) -> tuple[str, ...]:
+        """`client`'s subset: the feed's key for its payload."""
+        return self.table.subset(client)
+
     def payload_for(self, client: object) -> bytes | None:
         """The response `client` should have now (None: nothing to send)."""
+        return self.payload_of(self.table.subset(client))
+
+    def payload_of(self, key: Hashable) -> bytes | None:
+        """The response of the subset `key` (a tuple of backend ids)."""
         snapshot = self.snapshot
-        if snapshot is None:
+        if snapshot is None or not isinstance(key, tuple):
             return None
-        key = self.table.subset(client)
         try:
             return self._payloads[key]
         except KeyError:

@@ -377,10 +377,14 @@ class Lab:
         redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
-        # Over xDS the backends are dialled by the pool's name: their
-        # certificates name the zone's hosts.
+        # Over xDS the lab's Clusters carry the backends' TLS (its balancer
+        # has --backend-tls-ca); --server-name serves the client's fallback
+        # credentials, which dial the backends by the pool's name (their
+        # certificates name the zone's hosts).
         xds_tls = f"{tls} --server-name {s.pool}.{s.zone}" if self.certs else ""
-        bootstrap_tls = f" --ca {self.certs.ca}" if self.certs else ""
+        # The lab's backends serve TLS from the same CA: the bootstrap
+        # defines it for them too (the Clusters ask for it).
+        bootstrap_tls = f" --ca {self.certs.ca} --backend-ca {self.certs.ca}" if self.certs else ""
         web = "https" if s.tls else "http"
         lines = [
             "Lookaside lab is up",
