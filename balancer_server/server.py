@@ -72,13 +72,17 @@ SERVER_OPTIONS = [
     # Metadata (headers) per call: registration metadata is small.
     ("grpc.max_metadata_size", 16 * 1024),
     ("grpc.max_receive_message_length", 1 << 20),
+    # Off for a single process, so that a second balancer on the same port
+    # fails loudly; workers (balancer_server.workers) turn it on to share it.
     ("grpc.so_reuseport", 0),
 ]
 MIN_TOKEN_LENGTH = 16
 
 
-def server_options(settings: BalancerSettings) -> list[tuple[str, int]]:
-    options = list(SERVER_OPTIONS)
+def server_options(settings: BalancerSettings, reuseport: bool = False) -> list[tuple[str, int]]:
+    options = [
+        (k, int(reuseport)) if k == "grpc.so_reuseport" else (k, v) for k, v in SERVER_OPTIONS
+    ]
     if settings.max_stream_age > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_stream_age * 1000)))
         # Its streams get the grace to finish, then are cancelled; the
@@ -88,8 +92,9 @@ def server_options(settings: BalancerSettings) -> list[tuple[str, int]]:
     return options
 
 
-def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
-    """The registration credentials the settings name (files read now)."""
+def registration_auth(settings: BalancerSettings, announce: bool = True) -> RegistrationAuth:
+    """The registration credentials the settings name (files read now);
+    `announce` logs the warnings and sets the metric (a process that serves)."""
     tokens = [settings.registration_token]
     if settings.registration_token_file:
         tokens.append(read_secret(settings.registration_token_file, "registration token"))
@@ -109,6 +114,8 @@ def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
         insecure=settings.insecure_registration,
         trusted_networks=parse_networks(settings.trusted_networks),
     )
+    if not announce:
+        return auth
     metrics.INSECURE_REGISTRATION.set(1 if auth.insecure else 0)
     if auth.insecure:
         log.warning(
@@ -149,8 +156,10 @@ class BalancerServer:
         *,
         outliers: OutlierPort | None = None,
         owns_store: bool = False,
+        reuseport: bool = False,
     ) -> None:
         self.settings = settings
+        self.reuseport = reuseport
         self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.epoch = _epoch()
         self.store = store
@@ -206,15 +215,18 @@ class BalancerServer:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_settings(cls, settings: BalancerSettings) -> BalancerServer:
+    def from_settings(cls, settings: BalancerSettings, reuseport: bool = False) -> BalancerServer:
         """The balancer over a RegistryStore on settings.redis_url (its own,
-        closed at stop()), with outlier detection."""
+        closed at stop()), with outlier detection; `reuseport` lets other
+        processes listen on the same port (workers)."""
         store = RegistryStore.from_url(
             settings.redis_url,
             cluster=settings.redis_cluster,
             guard_bound_ms=int(settings.panic_guard_bound * 1000),
         )
-        return cls(settings, store, outliers=OutlierStore(store), owns_store=True)
+        return cls(
+            settings, store, outliers=OutlierStore(store), owns_store=True, reuseport=reuseport
+        )
 
     async def start(self) -> int:
         await self.watcher.start()
@@ -249,7 +261,7 @@ class BalancerServer:
             )
         )
         self._tasks.append(asyncio.create_task(self._redis_gauge()))
-        server = grpc.aio.server(options=server_options(self.settings))
+        server = grpc.aio.server(options=server_options(self.settings, self.reuseport))
         self.balance_load = BalanceLoadService(
             self.hub,
             self.sink,

@@ -131,7 +131,12 @@ def reports(out: str) -> Figures:
     if not (rate and lost):
         return NONE
     text = f"{rate[0][0]} reports/s, lost {lost[0][0]}"
-    return text, {"reports_per_s": _num(rate[0][0]), "lost": int(lost[0][0])}
+    values: dict[str, Any] = {"reports_per_s": _num(rate[0][0]), "lost": int(lost[0][0])}
+    cpu = _all(r"CPU per report: balancer ([\d.]+) us", out)
+    if cpu:
+        text += f", balancer CPU {cpu[0][0]} us per report"
+        values["balancer_cpu_us_per_report"] = _num(cpu[0][0])
+    return text, values
 
 
 def first_call(out: str) -> Figures:

@@ -76,6 +76,13 @@ class LabSettings(BaseSettings):
         description="the production profile: TLS on the balancer, admin API and backends "
         "(health checks too; a lab CA), a registration token for the pool",
     )
+    balancer_workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="balancer worker processes (`lookaside balancer --workers`); the lab's "
+        "default 1 keeps one process and one log; production defaults to the cores",
+    )
     ready_timeout: float = Field(30.0, description="seconds to wait for each process")
     restart_backends: bool = Field(False, description="start a backend again when it dies")
     state_file: str = Field(
@@ -253,6 +260,7 @@ class Lab:
             "balancer",
             ["balancer", "--listen", lb_addr, "--redis-url", url,
              "--metrics-listen", f"{s.host}:{s.metrics_port}", "--replica-id", "lab-balancer",
+             "--workers", str(s.balancer_workers),
              *self._balancer_security_args(), *state],
             s.balancer_port,
         ).wait_ready(s.ready_timeout)  # fmt: skip
@@ -381,7 +389,8 @@ class Lab:
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
-            f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics",
+            f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics"
+            + (f"   {s.balancer_workers} workers" if s.balancer_workers > 1 else ""),
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
             f"  admin      {self.admin_url}/   token in {self.token_file}",
             f"  dashboard  {self.admin_url}/#token={self.token}   (opens logged in)",

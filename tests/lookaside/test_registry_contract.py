@@ -523,6 +523,25 @@ async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     assert await port.store.replica_streams(pool) == []
 
 
+async def test_a_flush_writes_every_pool_and_the_stream_counts_once(port: Port, pool: str) -> None:
+    other = f"{pool}-b"
+    for name in (pool, other):
+        await port.store.put_pool(PoolConfig(name=name))
+    bucket = int(time.time() // 10)
+    batch = {
+        pool: ({"reports": 2, "started": 5}, {"abc:f": 1}, ["abc|s1"]),
+        other: ({"reports": 1, "started": 7}, {}, []),
+    }
+    for _ in range(2):  # a retry of the same batch id counts once
+        await port.store.flush_reports("flush-1", bucket, batch, "replica-a", {pool: 3, other: 1})
+    assert (await port.store.load_total(pool))["reports"] == 2
+    assert (await port.store.load_total(other))["started"] == 7
+    assert await port.store.accusers_since(pool, 0) == {"abc": 1}
+    assert [(r.replica, r.streams) for r in await port.store.replica_streams(other)] == [
+        ("replica-a", 1)
+    ]
+
+
 async def test_load_reports_by_source_are_apart_and_within_the_totals(
     port: Port, pool: str
 ) -> None:
