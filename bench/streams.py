@@ -193,7 +193,15 @@ def main() -> None:
                 assert c.stdout is not None
                 line = c.stdout.readline()
                 delays += [t - t0 for t in json.loads(line.removeprefix("arrivals "))]
-            time.sleep(0.2)  # the balancer's last completions
+            # The balancer's last write completes after its list has
+            # arrived (its completions of thousands of writes): the window
+            # ends when every worker with streams has observed its fan-out.
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+                now = lab.per_worker("lookaside_balancer_fanout_seconds_count", pool=POOL)
+                if all(now.get(w, 0.0) > counts.get(w, 0.0) for w, n in held.items() if n):
+                    break
             cpu.append(balancer.cpu() - c0 - idle * (time.perf_counter() - p0))
             after = lab.per_worker("lookaside_balancer_fanout_seconds_sum", pool=POOL)
             slowest.append(max((v - sums.get(w, 0.0) for w, v in after.items()), default=0.0))
@@ -252,7 +260,7 @@ def main() -> None:
         print(
             "  slowest worker's fan-out per update: "
             + ", ".join(f"{s * 1000:.0f} ms" for s in slowest)
-            + f"; fan-outs per update {fanned}"
+            + f" (fan-outs per update, one per worker: {fanned})"
         )
     per_update = statistics.median(cpu)
     print(
