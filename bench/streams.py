@@ -223,6 +223,11 @@ def main() -> None:
         fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=POOL)
         fanout = lab.metric("lookaside_balancer_fanout_seconds_sum", pool=POOL)
         restarts = lab.metric("lookaside_balancer_worker_restarts_total")
+        # Its shutdown, the clients gone: SIGTERM, as an operator stops it.
+        s0 = time.perf_counter()
+        lab.procs[0].terminate()
+        stop_code = lab.procs[0].wait(60)
+        stop_seconds = time.perf_counter() - s0
 
     workers = f", balancer with {args.workers} workers" if args.workers > 1 else ""
     print(
@@ -262,6 +267,7 @@ def main() -> None:
             + ", ".join(f"{s * 1000:.0f} ms" for s in slowest)
             + f" (fan-outs per update, one per worker: {fanned})"
         )
+    print(f"  balancer stopped on SIGTERM in {stop_seconds:.1f} s, exit status {stop_code}")
     per_update = statistics.median(cpu)
     print(
         f"  balancer CPU per update (user+sys, registration to last write, idle subtracted): "
