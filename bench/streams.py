@@ -20,7 +20,8 @@ last write), and the balancer's CPU per update (user + system, from the
 registration to its last write, less its idle rate). With workers, RSS and
 CPU are those of the supervisor and all its workers together, the streams
 each worker holds are printed, and the fan-out time of an update is that of
-its slowest worker (each worker's own from the aggregated /metrics). Clients and balancer
+its slowest worker (each worker's own from the aggregated /metrics). Last,
+the time the balancer takes to stop on SIGTERM, and its exit status. Clients and balancer
 share this machine's cores, so the delays include the clients' own time
 to read 10,000 messages. `--profile FILE` records the balancer with py-spy
 during the registrations. No assertion: the numbers go to
