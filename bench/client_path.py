@@ -88,6 +88,7 @@ def _aio_mc(request: Any, **_: Any) -> _Done:
 
 class _Sub:
     address = "127.0.0.1:1"
+    parked = False  # client_lib._spin: nothing to keep
 
     def __init__(self, mc: Any) -> None:
         self.mc = mc
