@@ -15,7 +15,7 @@ alternates timed rounds of unary GetFeature calls:
   thin-3     LookasideChannel over a pool of 3 backends
   grpclb-3   stock grpclb over that pool
 sequential and with 64 calls in flight (sync futures), and the same two
-loads on grpc.aio (client_lib.aio; no plain+token nor plain-rr3 there).
+loads on grpc.aio (client_lib.aio; no plain+token there).
 The thin channels track every backend's connectivity (as they always do)
 and pick among READY ones. Prints the median calls/s per mode, the median
 ratio to the plain block of the same turn with its spread over the turns
@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -148,22 +149,41 @@ class TokenStub:
 AIO_LOOP = asyncio.new_event_loop()
 
 
+class _Rotating:
+    """plain-rr3 on grpc.aio: each call on the next of several stubs."""
+
+    def __init__(self, stubs: list[rg_grpc.RouteGuideStub]) -> None:
+        self.turn = itertools.cycle(stubs)
+
+    def GetFeature(self, request: rg.Point, **kw: Any) -> Any:  # noqa: N802
+        return next(self.turn).GetFeature(request, **kw)
+
+
+AioChannels = grpc.aio.Channel | list[grpc.aio.Channel]
+
+
 def aio_rates(
-    makers: dict[str, tuple[int, Callable[[], grpc.aio.Channel]]], seconds: float, inflight: int
+    makers: dict[str, tuple[int, Callable[[], AioChannels]]], seconds: float, inflight: int
 ) -> list[Cycle]:
     """interleaved() on grpc.aio: one call at a time (inflight 1) or in
     batches. Each block runs the loop until it is done; between blocks the
     loop rests, for every mode alike. makers: each mode's number of backends
-    and how to open its channel."""
+    and how to open its channel (or channels, taken in turn)."""
     point = rg.Point(latitude=1)
 
-    async def open_all() -> dict[str, tuple[grpc.aio.Channel, rg_grpc.RouteGuideStub]]:
+    async def open_all() -> dict[str, tuple[list[grpc.aio.Channel], rg_grpc.RouteGuideStub]]:
         opened = {}
         for mode, (backends, make) in makers.items():
-            channel = make()
-            if hasattr(channel, "channel_ready"):
-                await channel.channel_ready()
-            stub = rg_grpc.RouteGuideStub(channel)
+            made = make()
+            channels = made if isinstance(made, list) else [made]
+            for channel in channels:
+                if hasattr(channel, "channel_ready"):
+                    await channel.channel_ready()
+            stub: Any = (
+                _Rotating([rg_grpc.RouteGuideStub(c) for c in channels])
+                if len(channels) > 1
+                else rg_grpc.RouteGuideStub(channels[0])
+            )
             seen: set[str] = set()
             deadline = time.monotonic() + 30
             while len(seen) < backends and time.monotonic() < deadline:
@@ -172,7 +192,7 @@ def aio_rates(
                 raise SystemExit(f"{mode}: only {sorted(seen)} answered within 30s")
             for _ in range(50):
                 await stub.GetFeature(point)
-            opened[mode] = (channel, stub)
+            opened[mode] = (channels, stub)
         return opened
 
     async def block(stub: rg_grpc.RouteGuideStub) -> int:
@@ -191,8 +211,9 @@ def aio_rates(
     try:
         return interleaved({mode: blocking(stub) for mode, (_, stub) in opened.items()}, seconds)
     finally:
-        for channel, _ in opened.values():
-            AIO_LOOP.run_until_complete(channel.close())
+        for channels, _ in opened.values():
+            for channel in channels:
+                AIO_LOOP.run_until_complete(channel.close())
 
 
 ZONE = "lookaside.test"
@@ -378,9 +399,13 @@ def main() -> None:
                 )
                 if key in wanted_loads
             ]
-            aio_modes: dict[str, tuple[int, Callable[[], grpc.aio.Channel]]] = {
+            aio_modes: dict[str, tuple[int, Callable[[], AioChannels]]] = {
                 "plain": (1, lambda: grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}")),
                 "thin-1": (1, lambda: LookasideAioChannel("one", lb)),
+                "plain-rr3": (
+                    3,
+                    lambda: [grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ports],
+                ),
                 "thin-3": (3, lambda: LookasideAioChannel("three", lb)),
             }
             if not args.no_stock:
