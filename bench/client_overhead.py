@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -159,7 +159,7 @@ class _Rotating:
         return next(self.turn).GetFeature(request, **kw)
 
 
-AioChannels = grpc.aio.Channel | list[grpc.aio.Channel]
+AioChannels: TypeAlias = grpc.aio.Channel | list[grpc.aio.Channel]
 
 
 def aio_rates(
