@@ -10,10 +10,14 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
-COPY lookaside ./lookaside
+COPY lookaside_proto ./lookaside_proto
+COPY lookaside_registry ./lookaside_registry
+COPY server_common ./server_common
 COPY balancer_server ./balancer_server
-COPY client_lib ./client_lib
 COPY admin_api ./admin_api
+COPY dns_responder ./dns_responder
+COPY client_lib ./client_lib
+COPY lookaside ./lookaside
 COPY protos ./protos
 RUN python -m venv /opt/lookaside \
  && /opt/lookaside/bin/pip install --no-cache-dir ".[server]"

@@ -51,13 +51,13 @@ tools: install-dev
 
 go-toolchain: tools
 
-## regenerate lookaside/proto from protos/
+## regenerate lookaside_proto from protos/
 protos: install-dev
 	$(PY) -m lookaside.codegen
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy lookaside balancer_server client_lib admin_api
+	$(VENV)/bin/mypy lookaside_registry server_common balancer_server admin_api dns_responder client_lib lookaside
 
 ## every benchmark, then the table that opens docs/benchmarks.md (about 10 minutes)
 bench: install

@@ -6,21 +6,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-import lookaside
 from admin_api import docs, errors, metrics
 from admin_api.deps import reject_unknown_query
 from admin_api.gate import TokenGate
 from admin_api.limits import BodyLimit
 from admin_api.routes import api_router, dashboard, health
 from admin_api.settings import AdminSettings
-from lookaside.registry.port import AdminPort
-from lookaside.registry.store import RegistryStore
-from lookaside.registry.transitions import BackendTransitions
+from lookaside_registry.port import AdminPort
+from lookaside_registry.store import RegistryStore
+from lookaside_registry.transitions import BackendTransitions
 
 log = logging.getLogger("lookaside.admin")
 
@@ -31,6 +31,14 @@ Every write goes to Redis as one atomic script that bumps the pool's
 version and publishes the change; the balancers pick it up from there.
 Send the admin token as `Authorization: Bearer <token>`.
 """
+
+
+def _version() -> str:
+    """The installed distribution's version (the admin API's OpenAPI `version`)."""
+    try:
+        return version("lookaside-grpclb")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def operation_id(route: APIRoute) -> str:
@@ -55,7 +63,7 @@ def create_app(settings: AdminSettings, store: AdminPort | None = None) -> FastA
 
     app = FastAPI(
         title="Lookaside admin API",
-        version=lookaside.__version__,
+        version=_version(),
         description=DESCRIPTION,
         generate_unique_id_function=operation_id,
         lifespan=lifespan,

@@ -1,6 +1,6 @@
 """Dependencies of the routes, as `Annotated` aliases.
 
-StoreDep        the app's registry store (lookaside.registry.port.AdminPort)
+StoreDep        the app's registry store (lookaside_registry.port.AdminPort)
 WriterDep       the actor of a mutating call; 401 without the right token
 ReaderDep       the same for reads, unless public_reads is set
 PoolPath        a pool name from the path, checked like the registry does
@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from admin_api.settings import AdminSettings
-from lookaside.registry import validation as v
-from lookaside.registry.port import AdminPort
-from lookaside.registry.transitions import BackendTransitions
+from lookaside_registry import validation as v
+from lookaside_registry.port import AdminPort
+from lookaside_registry.transitions import BackendTransitions
 
 BACKEND_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from admin_api import metrics
-from lookaside.registry import errors as registry
+from lookaside_registry import errors as registry
 
 log = logging.getLogger("lookaside.admin")
 

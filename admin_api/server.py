@@ -17,7 +17,7 @@ import uvicorn
 from admin_api.app import create_app
 from admin_api.connections import ConnectionLimits, uvicorn_options
 from admin_api.settings import AdminSettings
-from lookaside.state_keeper import keeper_from_file
+from server_common.state_keeper import keeper_from_file
 
 log = logging.getLogger("lookaside.admin")
 

@@ -14,11 +14,11 @@ import secrets
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import (
+from server_common.declarative import StateFile
+from server_common.settings import (
     FieldProblem,
     OptionalFile,
     RedisUrl,
-    StateFile,
     blaming,
     check_redis_url,
     read_secret,

@@ -2,7 +2,7 @@
 
 Every SAMPLE_SECONDS the admin process takes one sample per pool and keeps
 it in the registry for half an hour, one per slot of SAMPLE_SECONDS, so two
-admin replicas writing the same slot agree (lookaside.registry.signals says
+admin replicas writing the same slot agree (lookaside_registry.signals says
 how it is stored). A sample holds, per backend and for the pool:
 
 - calls per second: what the backend's heartbeat says it served (health
@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from admin_api.metrics import BACKEND_CALLS
-from lookaside.registry.load import BUCKET_SECONDS
-from lookaside.registry.model import PoolSnapshot
-from lookaside.registry.outlier import Outcomes, differences
-from lookaside.registry.port import SignalPort
-from lookaside.registry.signals import SLOT_SECONDS, slot_of
+from lookaside_registry.load import BUCKET_SECONDS
+from lookaside_registry.model import PoolSnapshot
+from lookaside_registry.outlier import Outcomes, differences
+from lookaside_registry.port import SignalPort
+from lookaside_registry.signals import SLOT_SECONDS, slot_of
 
 log = logging.getLogger("lookaside.admin")
 

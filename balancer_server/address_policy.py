@@ -1,5 +1,5 @@
 """Which addresses a registration may claim, and what it may ask for: a
-pool's registration rules (lookaside.registry.model.RegistrationRules).
+pool's registration rules (lookaside_registry.model.RegistrationRules).
 
 A credential admits a caller into a pool; these rules bind what it
 registers to who it is:
@@ -20,9 +20,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from lookaside.registry import validation as v
-from lookaside.registry.hosts import candidates, peer_ip
-from lookaside.registry.model import RegistrationRules
+from lookaside_registry import validation as v
+from lookaside_registry.hosts import candidates, peer_ip
+from lookaside_registry.model import RegistrationRules
 
 
 class AddressRefused(Exception):

@@ -65,9 +65,9 @@ from balancer_server.identity import (
     peer_names,
 )
 from balancer_server.limits import peer_ip
-from lookaside import settings
-from lookaside.registry.tokens import token_id
-from lookaside.settings import parse_networks
+from lookaside_registry.tokens import token_id
+from server_common import settings
+from server_common.settings import parse_networks
 
 DEFAULT_MAX_BACKENDS = 1000
 DEFAULT_MAX_POOLS = 1000
@@ -307,7 +307,7 @@ class RegistrationAuth:
         )
 
     def backend_token_grant(self, pool: str, token_id_: str, address: str) -> Grant:
-        """The grant of a per-backend token of `pool` (lookaside.registry.
+        """The grant of a per-backend token of `pool` (lookaside_registry.
         tokens), found by the caller after `authorize` did not know it."""
         rule = self.policy.rule_for(pool)
         return Grant(

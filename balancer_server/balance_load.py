@@ -46,7 +46,7 @@ from balancer_server.feeds import FeedHub, PoolFeed
 from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddress, client_network
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import StreamReports
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
 
 UNKNOWN_POOL_KEY = "lookaside-unknown-pool"
 

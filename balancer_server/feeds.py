@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from balancer_server import lists
-from lookaside.registry.model import PoolSnapshot
+from lookaside_registry.model import PoolSnapshot
 
 DEFAULT_REPORT_INTERVAL_MS = 10_000
 

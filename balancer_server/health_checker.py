@@ -4,7 +4,7 @@ Each backend is probed by one balancer replica at a time: its owner by
 rendezvous hashing over the live replicas (balancer_server.replicas), so
 two replicas probe disjoint shares of a pool and a survivor takes over a
 dead replica's share within a few seconds. Health state is written to
-the registry (lookaside.registry.health), so every replica's lists agree.
+the registry (lookaside_registry.health), so every replica's lists agree.
 
 A probe is a Check on the pool's interval with its timeout (which catches
 a frozen backend), plus a Watch stream where the backend supports it, so a
@@ -25,13 +25,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
 from balancer_server.tls import BackendTls
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.health import HealthStore
-from lookaside.registry.machine import Outcome
-from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
-from lookaside.registry.port import HealthPort
-from lookaside.registry.watcher import RegistryWatcher
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.health import HealthStore
+from lookaside_registry.machine import Outcome
+from lookaside_registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
+from lookaside_registry.port import HealthPort
+from lookaside_registry.watcher import RegistryWatcher
 
 log = logging.getLogger("lookaside.health")
 

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import Backend, PoolSnapshot
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.model import Backend, PoolSnapshot
 
 T = TypeVar("T", bound=Hashable)
 

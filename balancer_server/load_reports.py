@@ -33,13 +33,13 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from balancer_server import metrics
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.proto.lb.v1 import backend_stats_pb2
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.outlier import outcome_fields
-from lookaside.registry.port import ReportPort
-from lookaside.registry.reports import bucket_of
+from lookaside_proto.lb.v1 import backend_stats_pb2
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.outlier import outcome_fields
+from lookaside_registry.port import ReportPort
+from lookaside_registry.reports import bucket_of
 
 log = logging.getLogger("lookaside.balancer")
 
@@ -69,7 +69,7 @@ class PoolSums:
         self.reports = self.started = self.finished = 0
         self.failed_to_send = self.known_received = 0
         self.drops: Counter[str] = Counter()
-        # per-backend outcome fields (lookaside.registry.outlier)
+        # per-backend outcome fields (lookaside_registry.outlier)
         self.outcomes: Counter[str] = Counter()
         # "<backend id>|<stream>": evidence streams that reported lost calls
         self.accusers: set[str] = set()

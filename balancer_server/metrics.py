@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lookaside.registry.model import PoolSnapshot
+from lookaside_registry.model import PoolSnapshot
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

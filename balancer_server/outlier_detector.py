@@ -1,4 +1,4 @@
-"""Runs outlier detection (lookaside.registry.outlier) for the pools this
+"""Runs outlier detection (lookaside_registry.outlier) for the pools this
 replica owns.
 
 Each pool is judged by one replica at a time, its owner by rendezvous
@@ -19,12 +19,12 @@ import time
 
 from balancer_server import metrics
 from balancer_server.replicas import ReplicaSet
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.model import BackendState, PoolSnapshot
-from lookaside.registry.outlier import judge, judge_latency, qualified, unagreed
-from lookaside.registry.port import OutlierPort
-from lookaside.registry.watcher import RegistryWatcher
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.model import BackendState, PoolSnapshot
+from lookaside_registry.outlier import judge, judge_latency, qualified, unagreed
+from lookaside_registry.port import OutlierPort
+from lookaside_registry.watcher import RegistryWatcher
 
 log = logging.getLogger("lookaside.outlier")
 

@@ -24,15 +24,15 @@ from balancer_server import metrics
 from balancer_server.address_policy import AddressRefused, bind_address, check_asks
 from balancer_server.auth import AuthError, Grant, RegistrationAuth, bearer_token
 from balancer_server.limits import RateLimitedLog
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import validation as v
-from lookaside.registry.errors import Conflict, NotOwner, PoolFull, TooManyPools, Unavailable
-from lookaside.registry.hosts import resolve_host
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.port import RegistrationPort
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import validation as v
+from lookaside_registry.errors import Conflict, NotOwner, PoolFull, TooManyPools, Unavailable
+from lookaside_registry.hosts import resolve_host
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.port import RegistrationPort
 
-log = logging.getLogger("lookaside.registry")
+log = logging.getLogger("lookaside_registry")
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class RegistryService(pb_grpc.RegistryServicer):
         self, context: Any, method: str, exc: AuthError, pool: str, metadata: Any
     ) -> Grant | None:
         """The grant of a per-backend token of `pool` that the policy does
-        not know (lookaside.registry.tokens), or None."""
+        not know (lookaside_registry.tokens), or None."""
         if exc.reason != "bad_token" or not v.POOL_NAME_RE.fullmatch(pool):
             return None
         token = bearer_token(metadata)

@@ -16,9 +16,9 @@ import hashlib
 import logging
 from collections.abc import Callable
 
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.port import ReplicaPort
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.port import ReplicaPort
 
 log = logging.getLogger("lookaside.replicas")
 

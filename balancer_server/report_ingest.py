@@ -38,8 +38,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from balancer_server import metrics
 from balancer_server.limits import REPORT_BURST, ReportPacer
-from lookaside.proto.lb.v1 import backend_stats_pb2
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.lb.v1 import backend_stats_pb2
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
 
 # A single client channel makes far fewer calls than this; a report that
 # claims more was not made by a client.

@@ -30,18 +30,18 @@ from balancer_server.load_reports import LoadReportSink
 from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
+from balancer_server.settings import BalancerSettings
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
-from lookaside.asyncutil import cancel_and_wait, until_signalled
-from lookaside.metrics_http import serve_metrics
-from lookaside.proto.lb.v1 import load_balancer_pb2
-from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from lookaside.registry.outlier import OutlierStore
-from lookaside.registry.port import BalancerPort, OutlierPort
-from lookaside.registry.reaper import reap_forever
-from lookaside.registry.store import RegistryStore
-from lookaside.registry.watcher import RegistryWatcher
-from lookaside.settings import BalancerSettings
-from lookaside.state_keeper import keeper_from_file
+from lookaside_proto.lb.v1 import load_balancer_pb2
+from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside_registry.asyncutil import cancel_and_wait, until_signalled
+from lookaside_registry.outlier import OutlierStore
+from lookaside_registry.port import BalancerPort, OutlierPort
+from lookaside_registry.reaper import reap_forever
+from lookaside_registry.store import RegistryStore
+from lookaside_registry.watcher import RegistryWatcher
+from server_common.metrics_http import serve_metrics
+from server_common.state_keeper import keeper_from_file
 
 log = logging.getLogger("lookaside.balancer")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from lookaside.settings import check_backend_tls, check_key_pair
+from server_common.settings import check_backend_tls, check_key_pair
 
 
 class TlsConfigError(ValueError):

@@ -13,8 +13,8 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 
 class Fast(rg_grpc.RouteGuideServicer):

@@ -26,12 +26,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg  # noqa: E402
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc  # noqa: E402
 from lookaside.redis_process import RedisProcess, free_port  # noqa: E402
-from lookaside.registry import keys  # noqa: E402
-from lookaside.registry.model import PoolConfig  # noqa: E402
-from lookaside.registry.store import RegistryStore  # noqa: E402
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg  # noqa: E402
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc  # noqa: E402
+from lookaside_registry import keys  # noqa: E402
+from lookaside_registry.model import PoolConfig  # noqa: E402
+from lookaside_registry.store import RegistryStore  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -92,7 +92,7 @@ class RawStreams:
     METHOD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"
 
     def __init__(self, balancer: str, pool: str, streams: int, per_connection: int) -> None:
-        from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+        from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
 
         self.first = lb.LoadBalanceRequest(
             initial_request=lb.InitialLoadBalanceRequest(name=pool)

@@ -25,8 +25,8 @@ import grpc
 from _lab import BenchLab, drive, percentile
 
 from client_lib import LookasideChannel
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 
 
 class Errors:

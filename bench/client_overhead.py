@@ -44,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client_lib import LookasideChannel  # noqa: E402
 from client_lib.aio import LookasideAioChannel  # noqa: E402
-from lookaside.proto.registry.v1 import registry_pb2 as pb  # noqa: E402
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc  # noqa: E402
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg  # noqa: E402
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc  # noqa: E402
 from lookaside.redis_process import RedisProcess, free_port  # noqa: E402
+from lookaside_proto.registry.v1 import registry_pb2 as pb  # noqa: E402
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc  # noqa: E402
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg  # noqa: E402
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

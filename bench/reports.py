@@ -28,9 +28,9 @@ from pathlib import Path
 import grpc.aio
 from _lab import BenchLab, RawStreams
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig, RegistrationRules
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig, RegistrationRules
 
 POOL = "reports"
 
@@ -98,7 +98,7 @@ def main() -> None:
     # ingestion with the burst set out of reach.
     os.environ["LOOKASIDE_BALANCER_REPORT_BURST"] = str(1 << 40)
     with BenchLab(pools, metrics=True) as lab:
-        from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
+        from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
         registry.Register(registry_pb2.RegisterRequest(pool=POOL, host="10.0.0.1", port=1))

@@ -35,10 +35,10 @@ import grpc
 from _lab import BenchLab, drive, percentile
 
 from client_lib import LookasideChannel
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.redis_process import free_port
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.model import PoolConfig
 
 SWITCHABLE = "switchable"  # the x-served-by name of the server that turns slow
 WINDOW = 0.5  # seconds per share sample

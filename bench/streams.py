@@ -35,8 +35,8 @@ import grpc.aio
 import psutil
 from _lab import BenchLab, RawStreams, percentile
 
-from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from lookaside.registry.model import PoolConfig, RegistrationRules
+from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside_registry.model import PoolConfig, RegistrationRules
 
 POOL = "fanout"
 

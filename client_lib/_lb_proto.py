@@ -6,7 +6,7 @@ balancer in the same process). Two files defining one symbol cannot share a
 pool, so the client builds its message classes in a pool of its own: they
 serialize to the same bytes and never clash.
 
-The serialized descriptors are those of lookaside/proto/lb/v1/*.proto;
+The serialized descriptors are those of lookaside_proto/lb/v1/*.proto;
 tests/client_lib/test_lb_proto.py fails when they drift from the generated code.
 """
 

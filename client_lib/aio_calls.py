@@ -11,19 +11,23 @@ calls are grpc.aio's own call objects when they could start at once.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
-from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Picking, Sleep, UnaryRules
+from client_lib.attempts import (
+    WAIT_FOR_PICK,
+    AioCallChannel,
+    HedgedAttempts,
+    Picking,
+    Sleep,
+    UnaryRules,
+)
 from client_lib.calls import _metadata
 from client_lib.hedging import HedgingPolicy
 from client_lib.picker import DROP_DETAILS, FailedCall, Pick
 from client_lib.retry import Attempts
-
-if TYPE_CHECKING:
-    from client_lib.aio import LookasideAioChannel
 
 
 def rpc_error(failed: FailedCall) -> grpc.aio.AioRpcError:
@@ -78,7 +82,7 @@ class _Pending:
 
     def __init__(
         self,
-        channel: LookasideAioChannel,
+        channel: AioCallChannel,
         key: Any,
         registered: bool,
         timeout: float | None,
@@ -386,7 +390,7 @@ class DeferredStreamCall:
             self._p.call.add_done_callback(lambda _: callback(self))
 
 
-async def _count_stream(channel: LookasideAioChannel, call: Any, token: str) -> None:
+async def _count_stream(channel: AioCallChannel, call: Any, token: str) -> None:
     code = await call.code()
     has_md = bool(await call.initial_metadata() or await call.trailing_metadata())
     channel.counters.finish_with(code, has_md, token)
@@ -397,7 +401,7 @@ class MultiCallable:
 
     def __init__(
         self,
-        channel: LookasideAioChannel,
+        channel: AioCallChannel,
         kind: str,
         method: str,
         ser: Any,

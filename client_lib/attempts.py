@@ -23,7 +23,7 @@ Calls reach their channel only through `Picking` (the channel's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ import grpc
 
 from client_lib.hedging import Hedge, HedgingPolicy
 from client_lib.picker import CallCounters, Pick, never_sent
-from client_lib.retry import Attempts
+from client_lib.retry import Attempts, RetryConfig
 
 __all__ = [
     "WAIT_FOR_PICK",
@@ -61,6 +61,36 @@ class Picking(Protocol):
 
     def ready_picks(self) -> tuple[Pick, ...]:
         """The picks whose backend is READY now."""
+
+
+class CallChannel(Protocol):
+    """What a sync call asks of its channel (LookasideChannel): the door
+    between client_lib.calls and client_lib.channel."""
+
+    counters: CallCounters
+    picking: Picking
+    retry: RetryConfig
+
+    def wait_for_pick(self, timeout: float | None, wait_for_ready: bool | None) -> Pick:
+        """A pick, waiting up to `timeout` for a READY backend."""
+
+    def picked(self, p: Pick | None, timeout: float | None, wait_for_ready: bool | None) -> Pick:
+        """`p`, or when it is None the pick that waiting gives."""
+
+
+class AioCallChannel(Protocol):
+    """What an asyncio call asks of its channel (LookasideAioChannel)."""
+
+    counters: CallCounters
+    picking: Picking
+    retry: RetryConfig
+    loop_time: Callable[[], float]
+
+    async def wait_for_pick(self, deadline: float | None, wait_for_ready: bool) -> Pick:
+        """A pick, waiting until `deadline` (loop time) for a READY backend."""
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs `coro` as a task the channel's close() awaits."""
 
 
 @dataclass(frozen=True, slots=True)

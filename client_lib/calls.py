@@ -16,19 +16,16 @@ import os
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from client_lib import _spin
-from client_lib.attempts import WAIT_FOR_PICK, HedgedAttempts, Sleep, UnaryAttempts
+from client_lib.attempts import WAIT_FOR_PICK, CallChannel, HedgedAttempts, Sleep, UnaryAttempts
 from client_lib.picker import DROP_DETAILS, LOCAL_CODES, CallCounters, FailedCall, Pick
 from client_lib.queued import QueuedCall
 from client_lib.retry import Attempts
 from client_lib.server_list import SubChannel
-
-if TYPE_CHECKING:
-    from client_lib.channel import LookasideChannel
 
 __all__ = ["DROP_DETAILS", "StreamStream", "StreamUnary", "UnaryStream", "UnaryUnary"]
 
@@ -134,7 +131,7 @@ class _Base:
     _retries = 0  # transparent retries: only where the request can be sent again
 
     def __init__(
-        self, channel: LookasideChannel, method: str, ser: Any, deser: Any, registered: bool
+        self, channel: CallChannel, method: str, ser: Any, deser: Any, registered: bool
     ) -> None:
         self._channel = channel
         self._key = (self._kind, method, ser, deser)

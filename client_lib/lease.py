@@ -27,7 +27,7 @@ import grpc
 from client_lib.backoff import Backoff
 from client_lib.load import LoadMeter
 from client_lib.picker import FailedCall
-from lookaside.proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger("lookaside.registration")
 

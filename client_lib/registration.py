@@ -50,8 +50,8 @@ from client_lib.lease import (
 )
 from client_lib.load import LoadMeter
 from client_lib.serving import SERVING, StopSignals, add_health, wants_signals
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
 
 log = logging.getLogger("lookaside.registration")
 

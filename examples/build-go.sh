@@ -26,8 +26,8 @@ done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 module=lookaside.example/$name
-registry=lookaside/proto/registry/v1/registry.proto
-routeguide=lookaside/proto/routeguide/v1/route_guide.proto
+registry=lookaside_proto/registry/v1/registry.proto
+routeguide=lookaside_proto/routeguide/v1/route_guide.proto
 # The protos carry no go_package: M options name each file's Go package.
 maps="M$registry=$module/registrypb,M$routeguide=$module/routeguidepb"
 mkdir -p "$work/src/$module"

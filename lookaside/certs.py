@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lookaside.dns_responder.settings import check_dns_name
+from dns_responder.settings import check_dns_name
 
 DEFAULT_ZONE = "lookaside.test"
 DEFAULT_CLIENT = f"backend.{DEFAULT_ZONE}"

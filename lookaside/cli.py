@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 try:
     from lookaside.redis_process import redis_unreachable
-    from lookaside.settings import add_settings_arguments, redacted_url, settings_or_exit
+    from server_common.settings import add_settings_arguments, redacted_url, settings_or_exit
 except ModuleNotFoundError as exc:  # a client-only install (no server extra)
     raise SystemExit(
         f"lookaside: the {exc.name!r} module is missing: the lookaside command runs the "
@@ -49,13 +49,13 @@ def setup_logging(level: str = "info") -> None:
 SERVICES: dict[str, tuple[str, str, str]] = {
     "balancer": (
         "run the grpclb balancer and registration API",
-        "lookaside.settings:BalancerSettings",
+        "balancer_server.settings:BalancerSettings",
         "balancer_server.server:serve",
     ),
     "dns": (
         "run the DNS SRV responder for stock gRPC clients",
-        "lookaside.dns_responder.settings:DnsSettings",
-        "lookaside.dns_responder.server:serve",
+        "dns_responder.settings:DnsSettings",
+        "dns_responder.server:serve",
     ),
     "admin": (
         "run the admin API and dashboard",

@@ -3,8 +3,8 @@
     python -m lookaside.codegen            # write into the source tree
     python -m lookaside.codegen --check    # exit 1 when checked-in code is stale
 
-The proto paths mirror the Python package (protos/lookaside/proto/... ->
-lookaside/proto/...), so generated imports are absolute imports that work
+The proto paths mirror the Python package (protos/lookaside_proto/... ->
+lookaside_proto/...), so generated imports are absolute imports that work
 from an installed package, and nothing lands in a top-level `grpc` package.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-OUT_PACKAGE = "lookaside/proto"
+OUT_PACKAGE = "lookaside_proto"
 
 
 def proto_files() -> list[Path]:
@@ -50,7 +50,7 @@ def generate(out_dir: Path) -> list[Path]:
     # Make every directory a regular package.
     for directory in {p.parent for p in generated}:
         d = directory
-        while d != out_dir / "lookaside":
+        while d != out_dir:
             init = d / "__init__.py"
             if not init.exists():
                 init.write_text("")

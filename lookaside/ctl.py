@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from lookaside import context as ctx
-from lookaside.settings import read_secret
 from lookaside.tables import age, ms_time, number, table
+from server_common.settings import read_secret
 
 TRANSITIONS = ("drain", "undrain", "disable", "enable", "reinstate")
 

@@ -44,10 +44,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lookaside import context
 from lookaside.lab_procs import LabError, Proc, exit_reason, lab_lock, preflight_ports
 from lookaside.redis_process import RedisProcess, free_port, redis_unreachable
-from lookaside.settings import (
+from server_common.declarative import check_state_file
+from server_common.settings import (
     add_settings_arguments,
     check_redis_url,
-    check_state_file,
     settings_or_exit,
 )
 
@@ -313,8 +313,8 @@ class Lab:
     def _short_reports(self) -> None:
         """The lab's pool, when the lab creates it, has clients report every
         --report-interval-ms (a pool a state file declared is left alone)."""
-        from lookaside.registry.model import PoolConfig
-        from lookaside.registry.store import RegistryStore
+        from lookaside_registry.model import PoolConfig
+        from lookaside_registry.store import RegistryStore
 
         async def create() -> None:
             store = RegistryStore.from_url(self.redis_url)
@@ -331,8 +331,8 @@ class Lab:
 
     def _registered(self) -> int:
         """Backends of the lab's pool in the registry (0 while it is away)."""
-        from lookaside.registry.errors import RegistryFailure
-        from lookaside.registry.store import RegistryStore
+        from lookaside_registry.errors import RegistryFailure
+        from lookaside_registry.store import RegistryStore
 
         async def count() -> int:
             store = RegistryStore.from_url(self.redis_url)

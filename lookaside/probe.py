@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from lookaside.settings import host_port
+from server_common.settings import host_port
 
 
 def _read(path: str, what: str) -> bytes:

@@ -1,5 +1,5 @@
 """`lookaside apply -f FILE` and `lookaside export`: declared operator state
-(lookaside.declarative) written to, or read from, a registry's Redis.
+(server_common.declarative) written to, or read from, a registry's Redis.
 
 apply merges (a partial `config:` changes only the keys it names) and
 prints every change, old -> new; --dry-run prints them and writes nothing;
@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lookaside.ctl import add_plan_flags
 from lookaside.redis_process import redis_unreachable
-from lookaside.settings import (
+from server_common.settings import (
     add_settings_arguments,
     check_redis_url,
     redacted_url,
@@ -45,8 +45,8 @@ class StateSettings(BaseSettings):
 
 
 async def _apply(settings: StateSettings, args: argparse.Namespace) -> int:
-    from lookaside import declarative as d
-    from lookaside.registry.store import RegistryStore
+    from lookaside_registry.store import RegistryStore
+    from server_common import declarative as d
 
     path = args.file
     doc = d.load(path)
@@ -70,8 +70,8 @@ async def _apply(settings: StateSettings, args: argparse.Namespace) -> int:
 
 
 async def _export(settings: StateSettings, fmt: str) -> int:
-    from lookaside import declarative as d
-    from lookaside.registry.store import RegistryStore
+    from lookaside_registry.store import RegistryStore
+    from server_common import declarative as d
 
     store = RegistryStore.from_url(settings.redis_url, cluster=settings.redis_cluster)
     try:
@@ -98,7 +98,7 @@ def _redis_from_context(settings: StateSettings) -> str:
 
 def _runner(parser: argparse.ArgumentParser, what: str) -> object:
     def run(args: argparse.Namespace) -> int:
-        from lookaside.declarative import StateError
+        from server_common.declarative import StateError
 
         settings = settings_or_exit(parser, StateSettings, args)
         try:

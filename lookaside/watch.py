@@ -35,9 +35,9 @@ from typing import Any, TextIO
 
 import grpc
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
-from lookaside.settings import host_port
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+from server_common.settings import host_port
 
 GREEN, RED, YELLOW, BOLD, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[1m", "\033[0m"
 

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import grpc
 
 from balancer_server.server import BalancerServer
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry.port import BalancerPort
-from lookaside.settings import BalancerSettings
+from balancer_server.settings import BalancerSettings
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.port import BalancerPort
 
 T = TypeVar("T")
 
@@ -253,8 +253,8 @@ class LbStream:
     ) -> None:
         import queue
 
-        from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-        from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+        from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+        from lookaside_proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
 
         self.lb = lb
         self.channel = grpc.insecure_channel(address)

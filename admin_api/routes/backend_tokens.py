@@ -1,5 +1,5 @@
 """/api/v1/pools/{pool}/backend-tokens: registration tokens bound to one
-backend address each (lookaside.registry.tokens), for registrars that
+backend address each (lookaside_registry.tokens), for registrars that
 register many backends. The holder of one may register that address only
 (whatever the pool's address_policy), and the leases it takes are its own.
 """
@@ -20,7 +20,7 @@ from admin_api.schemas.backend_tokens import (
     BackendTokenMinted,
     BackendTokenOut,
 )
-from admin_api.schemas.common import COMMON, NOT_FOUND
+from server_common.schemas.common import COMMON, NOT_FOUND
 
 log = logging.getLogger("lookaside.admin")
 

@@ -18,13 +18,13 @@ from fastapi import APIRouter, Response, status
 from admin_api import metrics
 from admin_api.deps import BackendPath, PoolPath, ReaderDep, StoreDep, TransitionsDep, WriterDep
 from admin_api.routes.pools import load_pool
-from admin_api.schemas.backends import BackendCreate, BackendList, BackendOut, WeightChange
-from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
-from lookaside.registry import transitions as t
-from lookaside.registry.hosts import resolve_host
-from lookaside.registry.model import Backend
-from lookaside.registry.port import PoolReads
-from lookaside.registry.validation import NotFoundError
+from lookaside_registry import transitions as t
+from lookaside_registry.hosts import resolve_host
+from lookaside_registry.model import Backend
+from lookaside_registry.port import PoolReads
+from lookaside_registry.validation import NotFoundError
+from server_common.schemas.backends import BackendCreate, BackendList, BackendOut, WeightChange
+from server_common.schemas.common import COMMON, CONFLICT, NOT_FOUND
 
 log = logging.getLogger("lookaside.admin")
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 
 from admin_api.deps import PoolPath, ReaderDep, StoreDep
 from admin_api.routes.pools import load_pool
-from admin_api.schemas.common import COMMON, NOT_FOUND
 from admin_api.schemas.events import EventList, EventOut
-from lookaside.registry import keys
+from lookaside_registry import keys
+from server_common.schemas.common import COMMON, NOT_FOUND
 
 router = APIRouter(
     prefix="/pools/{pool}/events", tags=["events"], responses={**COMMON, **NOT_FOUND}

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from admin_api import metrics
 from admin_api.deps import ReaderDep, StoreDep
-from lookaside.registry.errors import Unavailable
+from lookaside_registry.errors import Unavailable
 
 log = logging.getLogger("lookaside.admin")
 

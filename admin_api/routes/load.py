@@ -13,14 +13,14 @@ from fastapi import APIRouter
 
 from admin_api.deps import PoolPath, ReaderDep, StoreDep
 from admin_api.routes.pools import load_pool
-from admin_api.schemas.backends import BackendOut
-from admin_api.schemas.common import COMMON, NOT_FOUND
 from admin_api.schemas.load import (
     BackendLoadOut,
     LoadWindowOut,
     PoolLoad,
     ReplicaStreamsOut,
 )
+from server_common.schemas.backends import BackendOut
+from server_common.schemas.common import COMMON, NOT_FOUND
 
 router = APIRouter(prefix="/pools/{pool}/load", tags=["load"], responses={**COMMON, **NOT_FOUND})
 

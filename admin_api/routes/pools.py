@@ -16,11 +16,11 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from admin_api import metrics
 from admin_api.deps import PoolPath, ReaderDep, StoreDep, WriterDep
-from admin_api.schemas.common import COMMON, CONFLICT, NOT_FOUND
-from admin_api.schemas.pools import PoolCreate, PoolList, PoolOut, PoolPatch, PoolSettings
-from lookaside.registry.errors import NotFound
-from lookaside.registry.model import PoolSnapshot
-from lookaside.registry.port import PoolReads
+from lookaside_registry.errors import NotFound
+from lookaside_registry.model import PoolSnapshot
+from lookaside_registry.port import PoolReads
+from server_common.schemas.common import COMMON, CONFLICT, NOT_FOUND
+from server_common.schemas.pools import PoolCreate, PoolList, PoolOut, PoolPatch, PoolSettings
 
 log = logging.getLogger("lookaside.admin")
 

@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 
 from admin_api.deps import PoolPath, ReaderDep, StoreDep
 from admin_api.routes.pools import load_pool
-from admin_api.schemas.common import COMMON, NOT_FOUND
 from admin_api.signals import SAMPLE_SECONDS, Sampler, summarize
-from lookaside.asyncutil import cancel_and_wait, cancelling
-from lookaside.registry.errors import Unavailable
+from lookaside_registry.asyncutil import cancel_and_wait, cancelling
+from lookaside_registry.errors import Unavailable
+from server_common.schemas.common import COMMON, NOT_FOUND
 
 log = logging.getLogger("lookaside.admin")
 Number = float | None

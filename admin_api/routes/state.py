@@ -1,4 +1,4 @@
-"""/api/v1/state: the operator state as one document (lookaside.declarative).
+"""/api/v1/state: the operator state as one document (server_common.declarative).
 
 GET exports pools, their settings, static backends and holds; POST applies
 such a document: it merges (a pool's `config` is a JSON merge patch over its
@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 
 from admin_api import metrics
 from admin_api.deps import ReaderDep, StoreDep, WriterDep
-from admin_api.schemas.common import COMMON, CONFLICT
-from lookaside import declarative as d
+from server_common import declarative as d
+from server_common.schemas.common import COMMON, CONFLICT
 
 log = logging.getLogger("lookaside.admin")
 

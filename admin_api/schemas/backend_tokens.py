@@ -1,4 +1,4 @@
-"""Per-backend registration tokens (lookaside.registry.tokens)."""
+"""Per-backend registration tokens (lookaside_registry.tokens)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from lookaside.registry import validation as v
-from lookaside.registry.tokens import BackendToken
-from lookaside.settings import split_host_port
+from lookaside_registry import validation as v
+from lookaside_registry.tokens import BackendToken
+from server_common.settings import split_host_port
 
 
 def check_backend_address(text: str) -> str:

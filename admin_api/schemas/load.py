@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from lookaside.registry.load import LoadWindow
+from lookaside_registry.load import LoadWindow
 
 
 class LoadCounts(BaseModel):

@@ -26,9 +26,9 @@ from lookaside.chaos.proxy import TcpProxy
 from lookaside.lab_procs import LabError, Proc
 from lookaside.redis_cluster import RedisClusterProcesses
 from lookaside.redis_process import RedisProcess, free_port
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.store import RegistryStore
 
 
 def _text(value: bytes | str) -> str:
@@ -183,9 +183,9 @@ class ChaosLab:
 
     def _write_state_file(self) -> None:
         """The pool's settings as a state file for both replicas, so that a
-        Redis that comes back empty gets them back (lookaside.state_keeper)."""
-        from admin_api.schemas.pools import PoolSettings
-        from lookaside import declarative as d
+        Redis that comes back empty gets them back (server_common.state_keeper)."""
+        from server_common import declarative as d
+        from server_common.schemas.pools import PoolSettings
 
         doc = d.StateDocument(
             pools=[

@@ -34,8 +34,8 @@ from typing import Any
 
 import grpc
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 KINDS = ("thin-sync", "thin-aio", "grpcio-dns")
 POINT = rg.Point(latitude=409146138, longitude=-746188906)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lookaside.chaos.cluster import ChaosLab, ClusterChaosLab
-from lookaside.registry import keys
+from lookaside_registry import keys
 
 Scenario = Callable[[ChaosLab, float], str]
 
@@ -128,8 +128,8 @@ def registration_burst(lab: ChaosLab, seconds: float, count: int = 1000) -> str:
     """`count` registrations in another pool, 50 at a time, during the load."""
     import grpc.aio
 
-    from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-    from lookaside.registry.model import PoolConfig, RegistrationRules
+    from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+    from lookaside_registry.model import PoolConfig, RegistrationRules
 
     refused: Counter[str] = Counter()
     ca = Path(lab.ca).read_bytes() if lab.ca else None

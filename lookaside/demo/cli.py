@@ -16,8 +16,8 @@ from typing import Any
 
 from lookaside.cli import setup_logging
 from lookaside.demo.settings import ClientSettings, ServerSettings
-from lookaside.settings import add_settings_arguments as add_arguments
-from lookaside.settings import settings_or_exit
+from server_common.settings import add_settings_arguments as add_arguments
+from server_common.settings import settings_or_exit
 
 
 def _server_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

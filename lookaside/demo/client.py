@@ -27,8 +27,8 @@ from lookaside.demo.features import FeatureDb, load_db
 from lookaside.demo.interceptor import SERVED_BY
 from lookaside.demo.report import NO_SERVER, OK, CallResult, Tally, format_line, summary_table
 from lookaside.demo.settings import APIS, ClientSettings, read_bytes
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 GRPCLB_SERVICE_CONFIG = '{"loadBalancingConfig":[{"grpclb":{}}]}'
 

@@ -24,13 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client_lib import AsyncRegistration, LoadMeter, RegistrationRefused
-from lookaside.asyncutil import stop_requested
 from lookaside.demo.features import FeatureDb, LatLng, haversine_m, load_db
 from lookaside.demo.interceptor import FaultInterceptor
 from lookaside.demo.settings import ServerSettings, read_bytes
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.settings import check_key_pair
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.asyncutil import stop_requested
+from server_common.settings import check_key_pair
 
 log = logging.getLogger("lookaside.demo.server")
 

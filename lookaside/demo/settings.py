@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lookaside.settings import host_port
+from server_common.settings import host_port
 
 
 def read_text(path: str, what: str) -> str:

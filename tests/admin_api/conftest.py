@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from admin_api.app import create_app
 from admin_api.settings import AdminSettings
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.store import RegistryStore
 
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

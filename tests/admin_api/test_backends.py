@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from lookaside.registry.machine import Event
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.machine import Event
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 
 pytestmark = pytest.mark.asyncio

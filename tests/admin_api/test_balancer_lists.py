@@ -12,8 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
 from tests.admin_api.conftest import AUTH
 from tests.support import BalancerHandle
 

@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

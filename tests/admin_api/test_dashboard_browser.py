@@ -21,9 +21,9 @@ import httpx
 import pytest
 import redis
 
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig, backend_id_for
-from lookaside.registry.store import RegistryStore
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig, backend_id_for
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import TOKEN
 from tests.admin_api.process import AdminProcess, clean_env
 from tests.support import require_tool, wait_until

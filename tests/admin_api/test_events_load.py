@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from balancer_server.load_reports import LoadReportSink
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import keys
-from lookaside.registry.store import RegistryStore
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry import keys
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 
 pytestmark = pytest.mark.asyncio

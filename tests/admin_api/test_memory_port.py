@@ -12,8 +12,8 @@ import pytest_asyncio
 
 from admin_api.app import create_app
 from admin_api.signals import Sampler
-from lookaside.registry.memory import MemoryStore
-from lookaside.registry.outlier import outcome_fields
+from lookaside_registry.memory import MemoryStore
+from lookaside_registry.outlier import outcome_fields
 from tests.admin_api.conftest import AUTH, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

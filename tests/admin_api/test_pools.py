@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from lookaside.registry.model import PoolConfig, RegistrationRules
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.model import PoolConfig, RegistrationRules
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 
 pytestmark = pytest.mark.asyncio

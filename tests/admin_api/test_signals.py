@@ -19,16 +19,16 @@ from admin_api.metrics import REGISTRY
 from admin_api.routes.signals import _sample_forever
 from admin_api.signals import Sampler, percentile
 from client_lib import AsyncRegistration
-from lookaside.asyncutil import cancel_and_wait
 from lookaside.demo.server import RouteGuideServer
 from lookaside.demo.settings import ServerSettings
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.memory import MemoryStore
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.outlier import outcome_fields
-from lookaside.registry.store import RegistryStore
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.asyncutil import cancel_and_wait
+from lookaside_registry.memory import MemoryStore
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.outlier import outcome_fields
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH
 from tests.support import BalancerHandle, LoopThread, wait_until
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from client_lib.aio import LookasideChannel
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.admin_api.conftest import AUTH
 from tests.support import BalancerHandle, RouteGuideBackend
 

@@ -17,7 +17,7 @@ import schemathesis
 
 from admin_api.openapi import openapi_document
 from lookaside.redis_process import RedisProcess
-from lookaside.registry import keys
+from lookaside_registry import keys
 from tests.admin_api.conftest import AUTH, TOKEN
 from tests.admin_api.test_schemathesis import AdminServer
 

@@ -19,9 +19,9 @@ from balancer_server.auth import (
     RegistrationPolicy,
     token_id,
 )
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import keys
 from tests.support import BalancerHandle
 
 TOKEN = "a-registration-token-0123456789"

@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from lookaside.certs import Issued, issue
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 from tests.support import BalancerHandle, RouteGuideBackend, wait_until
 
 FAST = dict(

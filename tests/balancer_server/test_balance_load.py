@@ -7,8 +7,8 @@ import queue
 import grpc
 import pytest
 
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import STOP, BalancerHandle, LbStream, wait_until
 
 

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from balancer_server.feeds import FeedHub, PoolFeed
-from lookaside.registry.memory import MemoryStore
-from lookaside.registry.watcher import RegistryWatcher
+from lookaside_registry.memory import MemoryStore
+from lookaside_registry.watcher import RegistryWatcher
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

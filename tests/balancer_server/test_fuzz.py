@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer_server.report_ingest import MAX_CALLS_PER_SECOND
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import BalancerHandle, LbStream, wait_until
 
 METHOD = "/grpc.lb.v1.LoadBalancer/BalanceLoad"

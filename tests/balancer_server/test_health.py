@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from lookaside.redis_process import free_port
-from lookaside.registry import keys
-from lookaside.registry.model import BackendState, PoolConfig
+from lookaside_registry import keys
+from lookaside_registry.model import BackendState, PoolConfig
 from tests.support import BalancerHandle, LbStream, RouteGuideBackend, wait_until
 
 FAST = dict(
@@ -157,7 +157,7 @@ def test_health_checks_never_remove_more_than_half(
 
 def test_all_unhealthy_still_lists_them_rather_than_nothing(pool_name: str) -> None:
     from balancer_server.lists import build_entries
-    from lookaside.registry.model import Backend, PoolSnapshot
+    from lookaside_registry.model import Backend, PoolSnapshot
 
     backends = tuple(
         Backend(

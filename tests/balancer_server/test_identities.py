@@ -15,10 +15,10 @@ import pytest
 from balancer_server.auth import PolicyError, RegistrationPolicy
 from balancer_server.identity import IdentityPattern, PeerNames, peer_names
 from lookaside.certs import Issued, issue, issue_client
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 from tests.support import BalancerHandle
 
 ZONE = "lookaside.test"

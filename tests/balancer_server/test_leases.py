@@ -20,11 +20,11 @@ from admin_api.app import create_app
 from balancer_server import metrics
 from balancer_server.address_policy import dns_san_matches
 from lookaside.certs import Issued, issue
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
-from lookaside.registry.hosts import peer_ip
-from lookaside.registry.model import Backend, PoolConfig, RegistrationRules
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import keys
+from lookaside_registry.hosts import peer_ip
+from lookaside_registry.model import Backend, PoolConfig, RegistrationRules
 from tests.admin_api.conftest import AUTH, make_settings
 from tests.support import BalancerHandle, LbStream
 

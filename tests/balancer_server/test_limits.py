@@ -119,8 +119,8 @@ def test_streams_end_after_the_maximum_age(redis_url: str, pool_name: str) -> No
 def test_a_client_that_pings_too_often_is_sent_away(
     balancer: BalancerHandle, pool_name: str
 ) -> None:
-    from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-    from lookaside.proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
+    from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+    from lookaside_proto.lb.v1 import load_balancer_pb2_grpc as lb_grpc
 
     options = [
         ("grpc.keepalive_time_ms", 200),

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balancer_server.lists import build_entries, interleave, slot_counts
-from lookaside.registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
+from lookaside_registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
 
 
 def snapshot(weights: list[int], drops: tuple[DropRate, ...] = (), states=None) -> PoolSnapshot:  # type: ignore[no-untyped-def]

@@ -11,10 +11,10 @@ from collections import Counter
 import grpc
 
 from client_lib import LoadMeter, LookasideChannel, Registration
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 from tests.support import BalancerHandle, LbStream, RouteGuideBackend, wait_until
 
 

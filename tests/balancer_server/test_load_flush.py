@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from balancer_server.load_reports import LoadReportSink
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.store import RegistryStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import grpc
 
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry.memory import MemoryStore
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry.memory import MemoryStore
 from tests.support import BalancerHandle, LbStream
 
 # Nothing listens here: the balancer must not reach for the settings' Redis.

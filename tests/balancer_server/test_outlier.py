@@ -13,12 +13,12 @@ import time
 import grpc
 
 from client_lib import LookasideChannel
-from lookaside.proto.lb.v1 import backend_stats_pb2 as bs
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.lb.v1 import backend_stats_pb2 as bs
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 from tests.support import BalancerHandle, LbStream, register_all, start_backends, wait_until
 
 FAST = dict(

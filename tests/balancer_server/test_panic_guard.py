@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from admin_api.schemas.pools import BackendCounts, PoolOut
 from balancer_server import metrics
 from lookaside.redis_process import free_port
-from lookaside.registry.model import PoolConfig
+from lookaside_registry.model import PoolConfig
+from server_common.schemas.pools import BackendCounts, PoolOut
 from tests.support import (
     BalancerHandle,
     RouteGuideBackend,

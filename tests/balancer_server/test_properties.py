@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from balancer_server import lists
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import validation as v
-from lookaside.registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry import validation as v
+from lookaside_registry.model import Backend, BackendState, DropRate, PoolConfig, PoolSnapshot
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STRICT_POOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)

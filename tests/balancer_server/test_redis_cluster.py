@@ -15,13 +15,13 @@ import pytest
 from dnslib import QTYPE
 
 from admin_api.app import create_app
-from lookaside.dns_responder.settings import DnsSettings
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
-from lookaside.settings import BalancerSettings
+from balancer_server.settings import BalancerSettings
+from dns_responder.settings import DnsSettings
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.store import RegistryStore
 from tests.admin_api.conftest import AUTH, make_settings
 from tests.dns_responder.dns_handle import ZONE, DnsHandle
 from tests.support import BalancerHandle, LbStream, RouteGuideBackend, wait_until

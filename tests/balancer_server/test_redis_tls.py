@@ -15,7 +15,7 @@ import redis
 
 from lookaside.certs import Issued, issue
 from lookaside.redis_process import find_redis_server, free_port
-from lookaside.registry import keys
+from lookaside_registry import keys
 from tests.support import BalancerHandle, LbStream, missing_tool
 
 PASSWORD = "acl-password-0123456789abcdef"

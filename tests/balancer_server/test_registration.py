@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import keys
 from tests.support import BalancerHandle, LbStream, wait_until
 
 
@@ -262,7 +262,7 @@ def test_lease_calls_need_the_lease_and_static_backends_refuse_registration(
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
     assert "lease" in err.value.details()
 
-    from lookaside.registry.model import Backend, backend_id_for
+    from lookaside_registry.model import Backend, backend_id_for
 
     static = Backend(id=backend_id_for("127.0.0.1", 7402), pool=pool_name, host="127.0.0.1",
                      ip="127.0.0.1", port=7402)  # fmt: skip

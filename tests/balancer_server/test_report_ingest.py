@@ -13,10 +13,10 @@ import pytest
 from balancer_server import metrics
 from balancer_server.limits import REPORT_BURST, RateLimitedLog
 from balancer_server.report_ingest import MAX_CALLS_PER_SECOND, StreamReports
-from lookaside.proto.lb.v1 import backend_stats_pb2 as bs
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.lb.v1 import backend_stats_pb2 as bs
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import BalancerHandle, LbStream, wait_until
 
 INT64_MAX = 2**63 - 1

@@ -12,15 +12,15 @@ from collections.abc import Iterator
 import pytest
 
 from lookaside.redis_process import RedisProcess
-from lookaside.registry.model import (
+from lookaside_registry.model import (
     Backend,
     HealthChecks,
     OutlierDetection,
     PoolConfig,
     backend_id_for,
 )
-from lookaside.registry.reaper import reap_forever
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.reaper import reap_forever
+from lookaside_registry.store import RegistryStore
 from tests.support import BalancerHandle, LbStream, wait_until
 
 PORTS = (9701, 9702, 9703, 9704)

@@ -13,10 +13,10 @@ import redis
 
 from balancer_server import metrics
 from balancer_server.auth import token_id
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import Backend, PoolConfig, RegistrationRules, backend_id_for
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import Backend, PoolConfig, RegistrationRules, backend_id_for
 from tests.support import BalancerHandle
 
 GLOBAL = "global-registration-token-0123456789"
@@ -326,7 +326,7 @@ def test_random_registrations_end_precisely_and_store_only_valid_backends(
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from lookaside.registry import validation as v
+    from lookaside_registry import validation as v
 
     codes = {
         Status.OK,

@@ -11,7 +11,7 @@ import pytest
 
 from lookaside.chaos.cluster import ClusterChaosLab
 from lookaside.chaos.run import run_scenario
-from lookaside.registry import keys
+from lookaside_registry import keys
 from tests.chaos.labs import CLIENTS, running
 
 

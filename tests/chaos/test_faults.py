@@ -15,8 +15,8 @@ import redis
 from lookaside.chaos.cluster import ChaosLab, chaos_pool
 from lookaside.chaos.report import Outcome
 from lookaside.chaos.run import run_scenario
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 from tests.chaos.labs import CLIENTS, running
 
 

@@ -18,9 +18,9 @@ import grpc
 
 from client_lib import LookasideChannel
 from client_lib.aio import LookasideAioChannel
-from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.support import LoopThread
 
 _END = object()

@@ -9,10 +9,10 @@ import pytest
 
 from client_lib import AsyncRegistration
 from client_lib.aio import LookasideChannel
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import BalancerHandle, register_all, start_backends
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lookaside.registry import keys
+from lookaside_registry import keys
 from tests.support import BalancerHandle, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,8 +25,8 @@ SYNC = r"""
 import concurrent.futures, sys
 import grpc
 from client_lib import Registration
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 class RouteGuide(rg_grpc.RouteGuideServicer):
     def GetFeature(self, request, context):
@@ -47,8 +47,8 @@ AIO = r"""
 import asyncio, sys
 import grpc
 from client_lib import AsyncRegistration
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 class RouteGuide(rg_grpc.RouteGuideServicer):
     async def GetFeature(self, request, context):

@@ -9,12 +9,12 @@ import grpc
 import pytest
 
 from client_lib import LookasideChannel, Registration
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import BalancerHandle, register_all, start_backends, wait_until
 
 

@@ -47,8 +47,8 @@ GetMessageClass(descriptor_pool.Default().FindMessageTypeByName("grpc.lb.v1.Load
 
 import grpc
 from client_lib import LookasideChannel
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 pool, balancer = sys.argv[1], sys.argv[2]
 with LookasideChannel(pool, balancer) as channel:

@@ -24,8 +24,8 @@ from client_lib.aio import LookasideAioChannel
 from client_lib.hedging import Hedge, HedgingPolicy
 from client_lib.picker import Pick
 from client_lib.retry import RetryConfig, ServiceConfigError, Throttle
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.client_lib.scripted import client, server
 from tests.support import (
     BalancerHandle,

@@ -30,8 +30,8 @@ import pytest
 from client_lib import LookasideChannel
 from client_lib.aio import LookasideAioChannel
 from lookaside.chaos.load import RETRY_POLICY  # the same policy as the chaos clients
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.client_lib.scripted import demo_backends
 from tests.demo.conftest import DemoServerProcess
 from tests.interop.conftest import dns_factory, stock_channel  # noqa: F401 - fixtures

@@ -4,7 +4,7 @@ lives beside the default pool's copy in one process."""
 from __future__ import annotations
 
 from client_lib import _lb_proto
-from lookaside.proto.lb.v1 import backend_stats_pb2, load_balancer_pb2
+from lookaside_proto.lb.v1 import backend_stats_pb2, load_balancer_pb2
 
 
 def test_private_descriptors_match_the_generated_code() -> None:

@@ -15,9 +15,9 @@ import grpc
 import pytest
 
 from client_lib import AsyncRegistration, Registration, RegistrationRefused
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.registry import keys
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_registry import keys
 from tests.demo.conftest import DemoServerProcess
 from tests.support import BalancerHandle, LoopThread, wait_until
 

@@ -12,7 +12,7 @@ import threading
 import grpc
 import pytest
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 from tests.client_lib.scripted import Client, ScriptedBalancer, address_of, client, server
 from tests.support import RouteGuideBackend, start_backends, wait_until
 

@@ -15,7 +15,7 @@ from client_lib.lease import LeaseKeeper, RegistrationRefused, lease_spec
 from client_lib.retry import Attempts, RetryPolicy
 from client_lib.server_list import SubChannel
 from client_lib.session import BalancerSession, EnterFallback, Fallback, NewList, StartReports
-from lookaside.proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2 as pb
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 

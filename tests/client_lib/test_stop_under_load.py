@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lookaside.registry.model import PoolConfig
+from lookaside_registry.model import PoolConfig
 from tests.client_lib.scripted import Client, demo_backends
 from tests.demo.conftest import DemoServerProcess
 from tests.support import BalancerHandle, wait_until

@@ -24,8 +24,8 @@ import pytest
 
 import client_lib
 from client_lib.aio import LookasideAioChannel
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.client_lib.scripted import ScriptedBalancer, address_of, client, server
 from tests.support import LoopThread, start_backends, wait_until
 

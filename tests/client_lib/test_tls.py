@@ -73,8 +73,8 @@ def creds(pki: Path, client_cert: bool = False) -> grpc.ChannelCredentials:
 
 
 def call(channel: grpc.Channel) -> str | grpc.StatusCode:
-    from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-    from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+    from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+    from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
     try:
         _, c = rg_grpc.RouteGuideStub(channel).GetFeature.with_call(rg.Point(), timeout=5)

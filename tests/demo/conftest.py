@@ -19,7 +19,7 @@ import pytest
 
 from lookaside.demo.server import RouteGuideServer
 from lookaside.demo.settings import ServerSettings
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.support import LoopThread
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -56,7 +56,7 @@ def test_bad_environment_variable_exits_2(
 def test_flags_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from lookaside.cli import build_parser
     from lookaside.demo.settings import ClientSettings, ServerSettings
-    from lookaside.settings import settings_from_args
+    from server_common.settings import settings_from_args
 
     monkeypatch.setenv("LOOKASIDE_ROUTEGUIDE_FAULT_PERCENT", "0.5")
     monkeypatch.setenv("LOOKASIDE_ROUTEGUIDE_POOL", "from-env")

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import grpc
 
 from lookaside.demo.report import parse_summary
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry.model import backend_id_for
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.model import backend_id_for
 from tests.demo.conftest import ROOT, DemoProcess, DemoServerProcess, demo_env
 from tests.support import BalancerHandle, LbStream, wait_until
 

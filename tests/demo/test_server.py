@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lookaside.demo.client import NO_SERVER, served_by
 from lookaside.demo.features import load_db
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 from tests.demo.conftest import InProcessServer
 
 Start = Callable[..., InProcessServer]

@@ -150,9 +150,9 @@ def compose_processes(services: dict[str, dict[str, Any]]) -> list[Process]:
 
 def _settings_classes() -> list[tuple[str, type[BaseSettings]]]:
     from admin_api.settings import AdminSettings
+    from balancer_server.settings import BalancerSettings
+    from dns_responder.settings import DnsSettings
     from lookaside.demo.settings import ClientSettings, ServerSettings
-    from lookaside.dns_responder.settings import DnsSettings
-    from lookaside.settings import BalancerSettings
 
     classes: list[type[BaseSettings]] = [
         BalancerSettings,
@@ -221,7 +221,7 @@ def _values_problems(process: Process, cls: type[BaseSettings]) -> list[str]:
     """Builds the settings the way the CLI does (flags over environment)."""
     from pydantic import ValidationError
 
-    from lookaside.settings import settings_from_args
+    from server_common.settings import settings_from_args
 
     args = build_parser().parse_args(process.argv)
     env = {

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from lookaside.demo.report import NO_SERVER, parse_summary
-from lookaside.registry import keys
+from lookaside_registry import keys
 from tests.deploy.topology import Topology
 
 TOPOLOGY_DB = 6

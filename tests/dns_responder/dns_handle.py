@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from lookaside.dns_responder.server import DnsResponder
-from lookaside.dns_responder.settings import DnsSettings
-from lookaside.registry.store import RegistryStore
+from dns_responder.server import DnsResponder
+from dns_responder.settings import DnsSettings
+from lookaside_registry.store import RegistryStore
 from tests.support import LoopThread
 
 T = TypeVar("T")

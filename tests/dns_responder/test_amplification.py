@@ -13,8 +13,8 @@ import grpc
 import pytest
 from dnslib import EDNS0, QTYPE, DNSRecord
 
-from lookaside.dns_responder import metrics
-from lookaside.dns_responder.ratelimit import ResponseRateLimit, Verdict, source_network
+from dns_responder import metrics
+from dns_responder.ratelimit import ResponseRateLimit, Verdict, source_network
 from tests.dns_responder.dns_handle import ZONE, DnsHandle, answers
 from tests.support import wait_until
 
@@ -154,8 +154,8 @@ def test_a_stock_client_gets_a_truncated_answer_whole_over_tcp(
     # resolver gets TC over UDP, asks again over TCP and reaches the one
     # live backend among them (the others are loopback addresses where
     # nothing listens).
-    from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-    from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+    from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+    from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
     from tests.support import RouteGuideBackend
 
     live = RouteGuideBackend("live").start()

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from dnslib import QTYPE
 
-from lookaside.registry.machine import Event
-from lookaside.registry.model import PoolConfig
+from lookaside_registry.machine import Event
+from lookaside_registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle, answers, rcode
 from tests.support import wait_until
 

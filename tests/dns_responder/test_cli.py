@@ -9,8 +9,8 @@ import sys
 from dnslib import DNSRecord
 
 from lookaside.redis_process import free_port
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.store import RegistryStore
 from tests.dns_responder.dns_handle import ZONE, answers, rcode
 from tests.support import LoopThread, wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lookaside.redis_process import RedisProcess
-from lookaside.registry.model import PoolConfig
+from lookaside_registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle, answers, rcode
 from tests.support import wait_until
 

@@ -8,7 +8,7 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 from pydantic import ValidationError
 
-from lookaside.dns_responder.records import (
+from dns_responder.records import (
     Target,
     ZoneView,
     advertise,
@@ -16,8 +16,8 @@ from lookaside.dns_responder.records import (
     error_reply,
     grpc_config_txt,
 )
-from lookaside.dns_responder.settings import DnsSettings, parse_balancers
-from lookaside.registry.model import Backend, PoolConfig, PoolSnapshot
+from dns_responder.settings import DnsSettings, parse_balancers
+from lookaside_registry.model import Backend, PoolConfig, PoolSnapshot
 
 
 def test_parse_balancers_accepts_ips_and_names() -> None:

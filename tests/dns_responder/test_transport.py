@@ -10,7 +10,7 @@ import struct
 import pytest
 from dnslib import EDNS0, DNSRecord
 
-from lookaside.registry.model import PoolConfig
+from lookaside_registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle, answers, rcode
 from tests.support import wait_until
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from lookaside.proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.dns_responder.dns_handle import DnsHandle
 from tests.support import BalancerHandle, RouteGuideBackend, wait_until
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.model import PoolConfig
 from tests.dns_responder.dns_handle import DnsHandle
 from tests.interop.helpers import Backend, calls_until, get_feature, register
 from tests.support import BalancerHandle

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import grpc
 import redis
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import DropRate, PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.dns_responder.dns_handle import DnsHandle
 from tests.interop.helpers import Backend, get_feature, register
 from tests.support import BalancerHandle, wait_until

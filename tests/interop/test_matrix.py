@@ -28,9 +28,9 @@ import pytest
 
 from client_lib import Registration
 from lookaside.certs import Issued, issue
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry.model import BackendState, PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.model import BackendState, PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle
 from tests.interop.helpers import GRPCLB_CONFIG, wait_dns_caught_up
 from tests.support import BalancerHandle, RouteGuideBackend, wait_until

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import grpc
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from lookaside.redis_process import free_port
-from lookaside.registry.machine import Event
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry.machine import Event
+from lookaside_registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle
 from tests.interop.helpers import (
     Backend,

@@ -17,11 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lookaside.certs import Issued, issue
-from lookaside.proto.registry.v1 import registry_pb2 as pb
-from lookaside.proto.registry.v1 import registry_pb2_grpc as pb_grpc
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from lookaside.registry import keys
-from lookaside.registry.model import PoolConfig
+from lookaside_proto.registry.v1 import registry_pb2 as pb
+from lookaside_proto.registry.v1 import registry_pb2_grpc as pb_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_registry import keys
+from lookaside_registry.model import PoolConfig
 from tests.dns_responder.dns_handle import ZONE, DnsHandle
 from tests.interop.helpers import GRPCLB_CONFIG, Backend, calls_until, wait_dns_caught_up
 from tests.support import BalancerHandle
@@ -236,7 +236,7 @@ async def test_aio_thin_client_over_tls_registers_with_a_token_and_balances(
 
     from client_lib import AsyncRegistration
     from client_lib.aio import LookasideChannel
-    from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
+    from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 
     tls_balancer.run(tls_balancer.store.put_pool(PoolConfig(name=pool_name)))
     two = [TlsBackend(f"aio{i}", certs).start() for i in range(2)]

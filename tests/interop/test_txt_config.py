@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import grpc
 
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.dns_responder.dns_handle import DnsHandle
 from tests.interop.helpers import Backend, calls_until, get_feature, register
 from tests.support import BalancerHandle

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from lookaside.certs import issue
 from lookaside.cli import main
-from lookaside.metrics_http import serve_metrics
 from lookaside.redis_process import free_port
+from server_common.metrics_http import serve_metrics
 
 
 @pytest.mark.parametrize(
@@ -138,8 +138,8 @@ def test_state_file_that_does_not_exist_is_refused(
 def test_dns_default_port_is_not_mdns_and_docs_agree() -> None:
     from pathlib import Path
 
+    from dns_responder.settings import DnsSettings
     from lookaside.demo.settings import ClientSettings
-    from lookaside.dns_responder.settings import DnsSettings
     from lookaside.lab import LabSettings
 
     port = DnsSettings.model_fields["listen"].default.rpartition(":")[2]

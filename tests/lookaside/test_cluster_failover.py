@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from lookaside.redis_cluster import RedisClusterProcesses
-from lookaside.registry import keys
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.model import PoolConfig
-from lookaside.registry.store import RegistryStore
+from lookaside_registry import keys
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.model import PoolConfig
+from lookaside_registry.store import RegistryStore
 
 
 @pytest.fixture

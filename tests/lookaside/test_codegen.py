@@ -21,8 +21,10 @@ def test_check_detects_a_stale_file(tmp_path: Path, monkeypatch) -> None:  # typ
     fake_root = tmp_path / "root"
     (fake_root / "protos").parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-r", str(ROOT / "protos"), str(fake_root / "protos")], check=True)
-    subprocess.run(["cp", "-r", str(ROOT / "lookaside"), str(fake_root / "lookaside")], check=True)
-    target = fake_root / "lookaside/proto/lb/v1/load_balancer_pb2.py"
+    subprocess.run(
+        ["cp", "-r", str(ROOT / "lookaside_proto"), str(fake_root / "lookaside_proto")], check=True
+    )
+    target = fake_root / "lookaside_proto/lb/v1/load_balancer_pb2.py"
     target.write_text(target.read_text() + "\n# edited\n")
     monkeypatch.setattr(codegen, "ROOT", fake_root)
     monkeypatch.setattr(codegen, "PROTO_ROOT", fake_root / "protos")
@@ -30,7 +32,7 @@ def test_check_detects_a_stale_file(tmp_path: Path, monkeypatch) -> None:  # typ
 
 
 def test_wire_names_are_exact() -> None:
-    from lookaside.proto.lb.v1 import load_balancer_pb2 as lb
+    from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
 
     service = lb.DESCRIPTOR.services_by_name["LoadBalancer"]
     assert service.full_name == "grpc.lb.v1.LoadBalancer"
@@ -62,9 +64,9 @@ def test_wire_names_are_exact() -> None:
 
 def test_imports_work_outside_the_repo_and_keep_grpc_intact(tmp_path: Path) -> None:
     code = (
-        "import grpc, lookaside.proto.lb.v1.load_balancer_pb2_grpc as m;"
-        "import lookaside.proto.registry.v1.registry_pb2_grpc;"
-        "import lookaside.proto.routeguide.v1.route_guide_pb2_grpc;"
+        "import grpc, lookaside_proto.lb.v1.load_balancer_pb2_grpc as m;"
+        "import lookaside_proto.registry.v1.registry_pb2_grpc;"
+        "import lookaside_proto.routeguide.v1.route_guide_pb2_grpc;"
         "assert hasattr(grpc, 'insecure_channel'), grpc.__file__;"
         "print(m.LoadBalancerStub.__name__)"
     )

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from lookaside.cli import main
-from lookaside.registry.machine import Event, Outcome
+from lookaside_registry.machine import Event, Outcome
 from tests.admin_api.conftest import TOKEN
 from tests.admin_api.process import REPO, AdminProcess, clean_env
 from tests.support import BalancerHandle, RouteGuideBackend, register_all, start_backends

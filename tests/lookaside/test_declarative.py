@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from lookaside import declarative as d
 from lookaside.cli import main
 from lookaside.redis_process import RedisProcess
-from lookaside.registry.errors import Unavailable
-from lookaside.registry.model import BackendState
-from lookaside.registry.store import RegistryStore
-from lookaside.state_keeper import StateKeeper
+from lookaside_registry.errors import Unavailable
+from lookaside_registry.model import BackendState
+from lookaside_registry.store import RegistryStore
+from server_common import declarative as d
+from server_common.state_keeper import StateKeeper
 
 
 def document(pool: str) -> d.StateDocument:

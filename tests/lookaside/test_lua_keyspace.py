@@ -1,5 +1,5 @@
 """The in-memory keyspace that MemoryStore runs the registry's scripts in
-(lookaside.registry.lua_keyspace) answers as a real redis-server does: the
+(lookaside_registry.lua_keyspace) answers as a real redis-server does: the
 same script gives the same reply, the same cjson text and the same stored
 values on both."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from lookaside.registry.lua_keyspace import LuaKeyspace, ScriptError
+from lookaside_registry.lua_keyspace import LuaKeyspace, ScriptError
 
 NOW_MS = 1_700_000_000_123
 

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from lookaside.registry import BackendState, PoolConfig, RegistryStore
-from lookaside.registry.health import HealthStore
-from lookaside.registry.machine import Outcome
-from lookaside.registry.outlier import (
+from lookaside_registry import BackendState, PoolConfig, RegistryStore
+from lookaside_registry.health import HealthStore
+from lookaside_registry.machine import Outcome
+from lookaside_registry.outlier import (
     Outcomes,
     OutlierStore,
     Verdict,
@@ -100,7 +100,7 @@ def test_reported_outcomes_eject_only_with_enough_accusing_streams() -> None:
 
 
 def test_latency_against_the_pool_is_judged_when_asked() -> None:
-    from lookaside.registry.model import Backend, PoolSnapshot
+    from lookaside_registry.model import Backend, PoolSnapshot
 
     def backend(i: int, latency: float) -> Backend:
         return Backend(id=f"b{i}", pool="p", host="h", ip=f"10.0.0.{i}", port=80,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from admin_api.schemas.pools import HealthCheckSettings, OutlierDetectionSettings
-from lookaside.registry.model import HealthChecks, OutlierDetection, PoolConfig
+from lookaside_registry.model import HealthChecks, OutlierDetection, PoolConfig
+from server_common.schemas.pools import HealthCheckSettings, OutlierDetectionSettings
 
 
 def test_nested_settings_map_one_to_one_onto_the_admin_schema() -> None:

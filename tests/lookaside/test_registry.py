@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from lookaside.registry import BackendState, PoolConfig, RegistryStore
-from lookaside.registry.errors import Conflict
-from lookaside.registry.machine import Event
-from lookaside.registry.validation import NotFoundError
-from lookaside.registry.watcher import RegistryWatcher
+from lookaside_registry import BackendState, PoolConfig, RegistryStore
+from lookaside_registry.errors import Conflict
+from lookaside_registry.machine import Event
+from lookaside_registry.validation import NotFoundError
+from lookaside_registry.watcher import RegistryWatcher
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -86,7 +86,7 @@ async def test_watcher_sees_writes_from_another_client(redis_url: str, pool_name
 
 
 async def test_watcher_resync_catches_a_lost_nudge(redis_url: str, pool_name: str) -> None:
-    from lookaside.registry import keys
+    from lookaside_registry import keys
 
     store = RegistryStore.from_url(redis_url)
     watcher = RegistryWatcher(store, resync_interval=0.2)

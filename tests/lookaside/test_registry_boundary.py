@@ -1,4 +1,4 @@
-"""Only lookaside/registry/ knows Redis: no other module of the product
+"""Only lookaside_registry/ knows Redis: no other module of the product
 imports redis (the test harnesses that start and break Redis servers
 excepted), and none catches redis's exceptions by name."""
 
@@ -23,7 +23,7 @@ def _modules() -> list[Path]:
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             rel = path.relative_to(ROOT).as_posix()
-            if rel.startswith("lookaside/registry/") or rel in HARNESSES:
+            if rel.startswith("lookaside_registry/") or rel in HARNESSES:
                 continue
             if "/proto/" in rel:
                 continue
@@ -50,7 +50,7 @@ def test_no_module_outside_the_registry_knows_redis() -> None:
     modules = _modules()
     assert len(modules) > 50  # the scan really saw the code base
     uses = [use for path in modules for use in _redis_uses(path)]
-    assert uses == [], "Redis used outside lookaside/registry/: " + ", ".join(uses)
+    assert uses == [], "Redis used outside lookaside_registry/: " + ", ".join(uses)
 
 
 def test_the_scan_finds_a_redis_import() -> None:

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from lookaside.registry import errors
-from lookaside.registry.machine import Event, Key, Outcome
-from lookaside.registry.memory import MemoryStore
-from lookaside.registry.model import Backend, BackendState, PoolConfig, backend_id_for
-from lookaside.registry.outlier import Outcomes, outcome_fields
-from lookaside.registry.signals import HISTORY_SECONDS, SLOT_SECONDS, CallRate, slot_of
-from lookaside.registry.store import RegistryStore
-from lookaside.registry.tokens import token_id
+from lookaside_registry import errors
+from lookaside_registry.machine import Event, Key, Outcome
+from lookaside_registry.memory import MemoryStore
+from lookaside_registry.model import Backend, BackendState, PoolConfig, backend_id_for
+from lookaside_registry.outlier import Outcomes, outcome_fields
+from lookaside_registry.signals import HISTORY_SECONDS, SLOT_SECONDS, CallRate, slot_of
+from lookaside_registry.store import RegistryStore
+from lookaside_registry.tokens import token_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,6 +1,6 @@
 """Both adapters of the registry port implement it, as mypy sees them:
-lookaside/registry/port_check.py type-checks only while RegistryStore and
-MemoryStore have every method of lookaside.registry.port.Registry with a
+lookaside_registry/port_check.py type-checks only while RegistryStore and
+MemoryStore have every method of lookaside_registry.port.Registry with a
 compatible signature; the tests that hand a MemoryStore to the servers and
 their parts must type-check without an ignore. And the check can fail."""
 
@@ -14,7 +14,7 @@ from tests.support import require_module
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED = [
-    "lookaside/registry/port_check.py",
+    "lookaside_registry/port_check.py",
     "tests/balancer_server/test_memory_balancer.py",
     "tests/balancer_server/test_feeds_memory.py",
     "tests/admin_api/test_memory_port.py",
@@ -41,7 +41,7 @@ def test_an_adapter_that_lacks_a_method_fails_the_check(tmp_path: Path) -> None:
     # MemoryStore as it is but for one read it lost, and a store that has
     # the watcher's part of the port only: both are refused, so a missing
     # method cannot hide behind a port that mypy does not see.
-    source = (ROOT / "lookaside/registry/memory.py").read_text()
+    source = (ROOT / "lookaside_registry/memory.py").read_text()
     assert source.count("    async def events(") == 1
     (tmp_path / "drifted.py").write_text(
         source.replace("    async def events(", "    async def log(")
@@ -49,7 +49,7 @@ def test_an_adapter_that_lacks_a_method_fails_the_check(tmp_path: Path) -> None:
     check = tmp_path / "check.py"
     check.write_text(
         "from drifted import MemoryStore\n"
-        "from lookaside.registry.port import AdminPort, Registry, WatchPort\n"
+        "from lookaside_registry.port import AdminPort, Registry, WatchPort\n"
         "\n"
         "def drifted(store: MemoryStore) -> AdminPort:\n"
         "    return store\n"

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from lookaside.registry import PoolConfig, RegistryStore, keys
-from lookaside.registry import transitions as t
-from lookaside.registry.model import BackendState
+from lookaside_registry import PoolConfig, RegistryStore, keys
+from lookaside_registry import transitions as t
+from lookaside_registry.model import BackendState
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lookaside.registry import machine
+from lookaside_registry import machine
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "state-machine.md"
 
 
 def test_the_doc_shows_the_table_in_the_code() -> None:
     assert machine.markdown_table() in DOC.read_text(encoding="utf-8"), (
-        "docs/state-machine.md is stale: paste lookaside.registry.machine.markdown_table() into it"
+        "docs/state-machine.md is stale: paste lookaside_registry.machine.markdown_table() into it"
     )
 
 

@@ -23,11 +23,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from lookaside.registry import errors
-from lookaside.registry.machine import HOLDS, TABLE, Actor, Event, Key, Outcome, key_of
-from lookaside.registry.memory import MemoryStore
-from lookaside.registry.model import Backend, PoolConfig, backend_id_for
-from lookaside.registry.store import RegistryStore
+from lookaside_registry import errors
+from lookaside_registry.machine import HOLDS, TABLE, Actor, Event, Key, Outcome, key_of
+from lookaside_registry.memory import MemoryStore
+from lookaside_registry.model import Backend, PoolConfig, backend_id_for
+from lookaside_registry.store import RegistryStore
 
 BOUND_MS = 1_000
 SELF_IPS = [f"10.7.0.{i}" for i in range(1, 4)]

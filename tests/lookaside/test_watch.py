@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from lookaside.registry.model import DropRate, PoolConfig
 from lookaside.watch import Update, render, watch
+from lookaside_registry.model import DropRate, PoolConfig
 from tests.support import (
     BalancerHandle,
     RouteGuideBackend,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from lookaside.registry.errors import LeaseRefused
-from lookaside.registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
-from lookaside.registry.watcher import RegistryWatcher
+from lookaside_registry.errors import LeaseRefused
+from lookaside_registry.model import Backend, BackendState, PoolConfig, PoolSnapshot
+from lookaside_registry.watcher import RegistryWatcher
 
 POOL = "p"
 
