@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from client_lib import LookasideChannel, _spin
-from lookaside.proto.routeguide.v1 import route_guide_pb2 as rg
-from lookaside.proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
+from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
+from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 from tests.client_lib.scripted import ScriptedBalancer, address_of, server
 from tests.support import RouteGuideBackend, wait_until
 
