@@ -397,7 +397,7 @@ class RegistrationAuth:
             raise AuthError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the client token is not valid for pool {pool!r}; check the token the "
-                "client sends on BalanceLoad",
+                "client sends to the balancer (BalanceLoad, or the xDS bootstrap's call_creds)",
                 "bad_client_token",
             )
         identity = admitted(rule.client_identities, peer_names(auth_context))

@@ -11,6 +11,12 @@ The registry keeps, per pool, a bucket per 10 seconds and a running total
 (docs/redis-layout.md). Fields: started, finished, failed_to_send,
 known_received, reports, and drop:<token> per drop reason.
 
+Reports that did not come over grpclb are counted a second time under
+their source: LRS load reports from xDS clients (balancer_server.lrs) also
+add to `xds:started`, `xds:finished`, ... and `xds:dropped`, so readers can
+tell the two apart (lookaside_registry.load: grpclb's share is the total
+less the other sources').
+
 Reports from the Lookaside thin client also carry call outcomes per backend
 (lookaside.lb.v1.ClientStatsExtension, inside the ClientStats). Those are
 added to the pool's outcome totals, which no reader resets (outlier
@@ -63,6 +69,7 @@ class PoolSums:
         "drops",
         "outcomes",
         "accusers",
+        "sources",
     )
 
     def __init__(self) -> None:
@@ -73,10 +80,23 @@ class PoolSums:
         self.outcomes: Counter[str] = Counter()
         # "<backend id>|<stream>": evidence streams that reported lost calls
         self.accusers: set[str] = set()
+        # per source other than grpclb: its own share of the counters
+        self.sources: dict[str, Counter[str]] = {}
 
-    def add(self, stats: lb.ClientStats, stream: str = "") -> None:
+    def add(self, stats: lb.ClientStats, stream: str = "", source: str = "") -> None:
         """Counts a report; with `stream` (the id of a stream whose reports
-        may eject), its outcomes count as evidence too."""
+        may eject), its outcomes count as evidence too; with `source` (a
+        name in lookaside_registry.load.SOURCES), under that source too."""
+        if source:
+            own = self.sources.get(source)
+            if own is None:
+                own = self.sources[source] = Counter()
+            own["reports"] += 1
+            own["started"] += stats.num_calls_started
+            own["finished"] += stats.num_calls_finished
+            own["failed_to_send"] += stats.num_calls_finished_with_client_failed_to_send
+            own["known_received"] += stats.num_calls_finished_known_received
+            own["dropped"] += sum(d.num_calls for d in stats.calls_finished_with_drop)
         self.reports += 1
         self.started += stats.num_calls_started
         self.finished += stats.num_calls_finished
@@ -99,6 +119,8 @@ class PoolSums:
         self.drops.update(other.drops)
         self.outcomes.update(other.outcomes)
         self.accusers |= other.accusers
+        for source, counts in other.sources.items():
+            self.sources.setdefault(source, Counter()).update(counts)
 
     def load_fields(self) -> dict[str, int]:
         """The load bucket fields: the counters and drop:<token>."""
@@ -110,6 +132,8 @@ class PoolSums:
             "known_received": self.known_received,
         }
         out.update({f"drop:{token}": n for token, n in self.drops.items()})
+        for source, counts in self.sources.items():
+            out.update({f"{source}:{name}": n for name, n in counts.items()})
         return out
 
 
@@ -161,13 +185,13 @@ class LoadReportSink:
         self._stream_counts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, pool: str, stats: lb.ClientStats, stream: str = "") -> None:
+    def add(self, pool: str, stats: lb.ClientStats, stream: str = "", source: str = "") -> None:
         """Counts a report of `pool`; `stream` names a stream whose reports
-        may eject (see PoolSums.add)."""
+        may eject, `source` a source other than grpclb (see PoolSums.add)."""
         sums = self._pending.get(pool)
         if sums is None:
             sums = self._pending[pool] = PoolSums()
-        sums.add(stats, stream)
+        sums.add(stats, stream, source)
 
     def set_stream_count(self, pool: str, count: int) -> None:
         self._stream_counts[pool] = count

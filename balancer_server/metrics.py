@@ -146,3 +146,29 @@ def panic_held_gauge(pool: str, snapshot: PoolSnapshot | None) -> None:
 
 
 _HELD_SERIES: set[tuple[str, str]] = set()
+
+LRS_STREAMS_OPEN = Gauge(
+    "lookaside_balancer_lrs_streams_open",
+    "Open LRS (envoy.service.load_stats.v3) streams of xDS clients",
+    registry=REGISTRY,
+)
+LRS_STREAMS_REFUSED = Counter(
+    "lookaside_balancer_lrs_streams_refused_total",
+    "LRS streams ended with an error, by reason (timeout, malformed, streams_per_address, "
+    "bad_client_token, ...)",
+    ["reason"],
+    registry=REGISTRY,
+)
+LRS_REPORTS = Counter(
+    "lookaside_balancer_lrs_reports_total",
+    "Per-cluster LRS load reports counted into a pool's load (display only, never evidence)",
+    ["pool"],
+    registry=REGISTRY,
+)
+LRS_REPORTS_REFUSED = Counter(
+    "lookaside_balancer_lrs_reports_refused_total",
+    "Per-cluster LRS load reports (or parts of them) not counted, by reason (no_pool, "
+    "too_fast, too_large, unknown_drop_category, malformed)",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -74,7 +74,9 @@ class ListTokens:
 
 EMPTY = ListTokens(b"")
 _CACHE: OrderedDict[bytes, ListTokens] = OrderedDict()
-_CACHE_SIZE = 256
+# One entry per distinct list in use: a pool with subsetting has one per
+# subset (up to its number of backends), not one per version.
+_CACHE_SIZE = 4096
 
 
 def tokens_of(payload: bytes | None) -> ListTokens:

@@ -24,14 +24,20 @@ from balancer_server.auth import (
 )
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
-from balancer_server.feeds import FeedHub
+from balancer_server.feeds import GC_HOLD, FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
+from balancer_server.lrs import SERVICE as LRS_SERVICE
+from balancer_server.lrs import LoadReportingService
 from balancer_server.outlier_detector import OutlierDetector
 from balancer_server.registration import RegistryService
 from balancer_server.replicas import ReplicaSet
 from balancer_server.settings import BalancerSettings
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
+from balancer_server.xds.ads import SERVICE as ADS_SERVICE
+from balancer_server.xds.ads import AdsService
+from balancer_server.xds.hub import XdsHub
+from balancer_server.xds_streams import XdsStreamPublisher, XdsStreamTable
 from lookaside_proto.lb.v1 import load_balancer_pb2
 from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from lookaside_registry.asyncutil import cancel_and_wait, until_signalled
@@ -150,10 +156,12 @@ class BalancerServer:
         self.store = store
         self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
+        # xDS (ADS) beside grpclb, from the same watcher.
+        self.xds_hub = XdsHub()
         self.watcher = RegistryWatcher(
             self.store,
             resync_interval=settings.resync_interval,
-            hooks=[self.hub.on_change, metrics.panic_held_gauge],
+            hooks=[self.hub.on_change, self.xds_hub.on_change, metrics.panic_held_gauge],
         )
         self.sink = LoadReportSink(
             self.store,
@@ -162,6 +170,12 @@ class BalancerServer:
         )
         self.health = health.aio.HealthServicer()
         self.replicas = ReplicaSet(self.store, self.replica_id)
+        # The ADS service reports its streams here; the publisher writes
+        # them to the registry for the admin API.
+        self.xds_streams = XdsStreamTable()
+        self.xds_publisher = XdsStreamPublisher(
+            self.store, self.xds_streams, self.replica_id, interval=settings.report_flush_interval
+        )
         self.backend_tls = BackendTls.from_files(
             settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
             settings.backend_tls_server_name,
@@ -204,6 +218,7 @@ class BalancerServer:
         await self.watcher.start()
         self.sink.start()
         self.replicas.start()
+        self.xds_publisher.start()
         if self.outliers is not None:
             self.outliers.start()
         else:
@@ -241,7 +256,23 @@ class BalancerServer:
             auth=self.auth,
             replica_id=self.replica_id,
         )
-        server.add_generic_rpc_handlers((self.balance_load.handler(),))
+        self.lrs = LoadReportingService(
+            self.watcher.snapshots,
+            self.sink,
+            auth=self.auth,
+            max_streams_per_address=self.settings.max_streams_per_address,
+            report_burst=self.settings.report_burst,
+        )
+        self.ads = AdsService(
+            self.xds_hub,
+            self.xds_streams,
+            auth=self.auth,
+            replica_id=self.replica_id,
+            max_streams_per_address=self.settings.max_streams_per_address,
+        )
+        server.add_generic_rpc_handlers(
+            (self.balance_load.handler(), self.ads.handler(), self.lrs.handler())
+        )
         registry_pb2_grpc.add_RegistryServicer_to_server(
             RegistryService(self.store, self.auth), server
         )
@@ -250,6 +281,8 @@ class BalancerServer:
             load_balancer_pb2.DESCRIPTOR.services_by_name["LoadBalancer"].full_name,
             registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            LRS_SERVICE,
+            ADS_SERVICE,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
@@ -267,7 +300,7 @@ class BalancerServer:
             )
         await server.start()
         self.server = server
-        for service in ("", LB_SERVICE, "lookaside.registry.v1.Registry"):
+        for service in ("", LB_SERVICE, ADS_SERVICE, "lookaside.registry.v1.Registry"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "balancer listening on %s (port %d, %s; backends probed over %s) replica=%s epoch=%s",
@@ -300,6 +333,7 @@ class BalancerServer:
         if self.outliers is not None:
             await self.outliers.stop()
         await self.replicas.stop()
+        await self.xds_publisher.stop()
         await self.sink.stop()
         await self.watcher.stop()
         if self.owns_store:
@@ -324,6 +358,7 @@ async def serve(settings: BalancerSettings) -> None:
     except (PolicyError, TlsConfigError) as exc:
         raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()
+    GC_HOLD.install()
     keeper = keeper_from_file(balancer.store, settings.state_file, f"state:{balancer.replica_id}")
     await until_signalled()
     log.info("shutting down")

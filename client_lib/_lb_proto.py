@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, duration_pb2, message_factory, timestamp_pb2
 
 LOAD_BALANCER_FILE = base64.b64decode(
-    "Cilsb29rYXNpZGUvcHJvdG8vbGIvdjEvbG9hZF9iYWxhbmNlci5wcm90bxIKZ3JwYy5sYi52MRoeZ29vZ2xlL3By"
+    "Cilsb29rYXNpZGVfcHJvdG8vbGIvdjEvbG9hZF9iYWxhbmNlci5wcm90bxIKZ3JwYy5sYi52MRoeZ29vZ2xlL3By"
     "b3RvYnVmL2R1cmF0aW9uLnByb3RvGh9nb29nbGUvcHJvdG9idWYvdGltZXN0YW1wLnByb3RvIqQBChJMb2FkQmFs"
     "YW5jZVJlcXVlc3QSQAoPaW5pdGlhbF9yZXF1ZXN0GAEgASgLMiUuZ3JwYy5sYi52MS5Jbml0aWFsTG9hZEJhbGFu"
     "Y2VSZXF1ZXN0SAASLwoMY2xpZW50X3N0YXRzGAIgASgLMhcuZ3JwYy5sYi52MS5DbGllbnRTdGF0c0gAQhsKGWxv"
@@ -40,7 +40,7 @@ LOAD_BALANCER_FILE = base64.b64decode(
     "c3QaHy5ncnBjLmxiLnYxLkxvYWRCYWxhbmNlUmVzcG9uc2UoATABYgZwcm90bzM="
 )
 BACKEND_STATS_FILE = base64.b64decode(
-    "Cilsb29rYXNpZGUvcHJvdG8vbGIvdjEvYmFja2VuZF9zdGF0cy5wcm90bxIPbG9va2FzaWRlLmxiLnYxIlUKFENs"
+    "Cilsb29rYXNpZGVfcHJvdG8vbGIvdjEvYmFja2VuZF9zdGF0cy5wcm90bxIPbG9va2FzaWRlLmxiLnYxIlUKFENs"
     "aWVudFN0YXRzRXh0ZW5zaW9uEj0KEWNhbGxzX3Blcl9iYWNrZW5kGOkHIAMoCzIhLmxvb2thc2lkZS5sYi52MS5C"
     "YWNrZW5kQ2FsbFN0YXRzIt8BChBCYWNrZW5kQ2FsbFN0YXRzEhoKEmxvYWRfYmFsYW5jZV90b2tlbhgBIAEoCRIa"
     "ChJudW1fY2FsbHNfZmluaXNoZWQYAiABKAMSNQotbnVtX2NhbGxzX2ZpbmlzaGVkX3dpdGhfY2xpZW50X2ZhaWxl"

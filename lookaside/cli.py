@@ -11,6 +11,7 @@
     lookaside health-probe  exit 0 when a gRPC server is SERVING (for probes)
     lookaside chaos         faults under load, and a table of lost calls
     lookaside apply -f F    make the registry hold a declared state; `export` prints it
+    lookaside xds-bootstrap the xDS bootstrap for a gRPC client on xds:///POOL
 
 Every flag also reads an environment variable (shown in --help); ctl,
 watch, export and apply also read the context that `lookaside up` writes
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lookaside.watch",
         "lookaside.chaos.run",
         "lookaside.state_cli",
+        "lookaside.xds_bootstrap",
     ):
         importlib.import_module(extra).add_subcommand(sub)
     return parser

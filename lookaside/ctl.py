@@ -4,8 +4,10 @@
     lookaside ctl backends POOL                  # one pool's backends and their load
     lookaside ctl events POOL                    # the pool's event log, newest first
     lookaside ctl load POOL                      # what clients reported, per window
+    lookaside ctl streams                        # open grpclb and xDS client streams
     lookaside ctl drain|undrain|disable|enable|reinstate POOL BACKEND
     lookaside ctl weight POOL BACKEND N
+    lookaside ctl subset POOL N                  # each client gets N backends (0: all)
     lookaside ctl apply -f pools.json            # declare pools (idempotent)
     lookaside ctl export > pools.json            # the current state, same format
 
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lookaside import context as ctx
-from lookaside.tables import age, ms_time, number, table
+from lookaside.tables import UNKNOWN, age, ms_time, number, table
 from server_common.settings import read_secret
 
 TRANSITIONS = ("drain", "undrain", "disable", "enable", "reinstate")
@@ -143,12 +145,13 @@ def _pools_table(body: dict[str, Any]) -> str:
             str(p["backends"]["disabled"]),
             str(p["backends"]["unhealthy"] + p["backends"]["ejected"]),
             "yes" if p["fallback"] else "no",
+            str(p.get("subset_size") or "-"),
             str(p["version"]),
         ]
         for p in body["pools"]
     ]
     head = ["POOL", "POLICY", "BACKENDS", "SERVING", "HELD", "DRAINING", "DISABLED", "OUT"]
-    head.append("FALLBACK")
+    head += ["FALLBACK", "SUBSET"]
     return table([*head, "VERSION"], rows)
 
 
@@ -209,7 +212,78 @@ def _load_table(body: dict[str, Any]) -> str:
         )
     head = ["WINDOW", "STARTED/S", "FINISHED/S", "FAILED-TO-SEND", "RECEIVED", "DROPS/S", "REPORTS"]
     streams = f"\nclient streams: {body['streams_total']}"
-    return table(head, rows) + streams + "\n\n" + _backends_table(body)
+    by_source = _sources_table(body)
+    return table(head, rows) + by_source + streams + "\n\n" + _backends_table(body)
+
+
+def _sources_table(body: dict[str, Any]) -> str:
+    """Per window, what grpclb ClientStats and xDS LRS reports said."""
+    rows = []
+    for w in body["windows"]:
+        for source, c in sorted((w.get("sources") or {}).items()):
+            rows.append(
+                [
+                    w["window"],
+                    source,
+                    f"{c['finished_per_second']:.1f}",
+                    str(c["finished"]),
+                    str(c["known_received"]),
+                    str(c["dropped"]),
+                    str(c["reports"]),
+                ]
+            )
+    if not rows:
+        return ""
+    head = ["WINDOW", "SOURCE", "FINISHED/S", "FINISHED", "RECEIVED", "DROPPED", "REPORTS"]
+    return "\n\n" + table(head, rows)
+
+
+def _type_name(type_url: str) -> str:
+    """envoy.config.listener.v3.Listener -> Listener (LDS)."""
+    short = type_url.rsplit(".", 1)[-1]
+    kinds = {
+        "Listener": "LDS",
+        "RouteConfiguration": "RDS",
+        "Cluster": "CDS",
+        "ClusterLoadAssignment": "EDS",
+    }
+    return kinds.get(short, short)
+
+
+def _type_cells(t: dict[str, Any]) -> list[str]:
+    """TYPE, ACKED, NACKED, NACK-ERROR of one resource type of a stream."""
+    acked, nacked = t["acked_version"], t["nacked_version"]
+    error = ("NACKING " if t["nacking"] else "") + _short(t["nack_error"] or "", 50)
+    return [
+        _type_name(t["type_url"]),
+        UNKNOWN if acked is None else acked or '""',
+        UNKNOWN if nacked is None else nacked or '""',
+        error.strip(),
+    ]
+
+
+def _streams_table(body: dict[str, Any]) -> str:
+    """grpclb streams per pool, then every listed xDS stream with one line
+    per resource type: its last ACKed and NACKed version."""
+    grpclb = [[p["pool"], str(p["streams_total"])] for p in body["grpclb"]["pools"]]
+    out = f"grpclb streams: {body['grpclb']['streams_total']}"
+    if grpclb:
+        out += "\n" + table(["POOL", "STREAMS"], grpclb)
+    xds = body["xds"]
+    out += f"\n\nxDS streams: {xds['streams_total']} ({xds['nacking']} NACKing)"
+    rows = []
+    for r in xds["replicas"]:
+        for s in r["streams"]:
+            head = [r["replica"], s["stream_id"], _short(s["node_id"], 32), s["peer"]]
+            head.append(ms_time(s["opened_ms"]))
+            rows += [head + _type_cells(t) for t in s["types"]] or [head + [UNKNOWN] * 3 + [""]]
+        listed = len(r["streams"])
+        if listed < r["streams_total"]:
+            rows.append([r["replica"], f"(+{r['streams_total'] - listed} not listed)"] + [""] * 7)
+    if rows:
+        head = ["REPLICA", "STREAM", "NODE", "PEER", "OPENED", "TYPE", "ACKED", "NACKED"]
+        out += "\n" + table([*head, "NACK-ERROR"], rows)
+    return out
 
 
 def _backend_line(b: dict[str, Any]) -> str:
@@ -332,6 +406,9 @@ def dispatch(client: AdminClient, args: argparse.Namespace) -> str:
     if cmd == "pools":
         body = client.call("GET", "/api/v1/pools")
         return json.dumps(body, indent=2) if as_json else _pools_table(body)
+    if cmd == "streams":
+        body = client.call("GET", "/api/v1/streams")
+        return json.dumps(body, indent=2) if as_json else _streams_table(body)
     if cmd in ("backends", "events", "load"):
         path = f"/api/v1/pools/{_q(args.pool)}/{cmd}"
         if cmd == "events":
@@ -348,6 +425,18 @@ def dispatch(client: AdminClient, args: argparse.Namespace) -> str:
         else:
             body = client.call("POST", f"{path}/{cmd}")
         return json.dumps(body, indent=2) if as_json else _backend_line(body)
+    if cmd == "subset":
+        body = client.call(
+            "PATCH", f"/api/v1/pools/{_q(args.pool)}", {"subset_size": args.subset_size}
+        )
+        if as_json:
+            return json.dumps(body, indent=2)
+        size = body["subset_size"]
+        return f"{body['name']}: " + (
+            f"each client stream gets {size} of the pool's backends"
+            if size
+            else "every client stream gets every backend"
+        )
     if cmd == "apply":
         doc = load_document(args.file)
         query = urllib.parse.urlencode(
@@ -417,6 +506,11 @@ def add_subcommand(subparsers: Any) -> None:
     command("pools", "list pools")
     command("backends", "show a pool's backends and their load").add_argument("pool")
     command("load", "show what a pool's clients reported").add_argument("pool")
+    command(
+        "streams",
+        "show open client streams: grpclb per pool, xDS per stream with each resource "
+        "type's last ACKed and NACKed version",
+    )
     ev = command("events", "show a pool's recent events, newest first")
     ev.add_argument("pool")
     ev.add_argument("--limit", type=int, default=50, help="how many events (default 50)")
@@ -428,6 +522,13 @@ def add_subcommand(subparsers: Any) -> None:
     w.add_argument("pool")
     w.add_argument("backend")
     w.add_argument("weight", type=int, help="1..1000")
+    sz = command(
+        "subset",
+        "set a pool's subset size: each client stream gets that many of its backends "
+        "(docs/subsetting.md)",
+    )
+    sz.add_argument("pool")
+    sz.add_argument("subset_size", type=int, help="0..1000; 0: every client gets every backend")
     a = command(
         "apply",
         "declare pools from a file (POST /api/v1/state): merges, idempotent, prints the plan",

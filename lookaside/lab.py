@@ -369,6 +369,10 @@ class Lab:
         redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
+        # Over xDS the backends are dialled by the pool's name: their
+        # certificates name the zone's hosts.
+        xds_tls = f"{tls} --server-name {s.pool}.{s.zone}" if self.certs else ""
+        bootstrap_tls = f" --ca {self.certs.ca}" if self.certs else ""
         web = "https" if s.tls else "http"
         lines = [
             "Lookaside lab is up",
@@ -396,6 +400,9 @@ class Lab:
             f"  {cmd} routeguide client --lb none --server {first} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb lookaside --balancer {lb_addr} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
             f"  {cmd} routeguide client --lb grpclb-dns --dns {s.host}:{s.dns_port} --target {target} --mode repeatn --api GetFeature -n 15{tls}",
+            # The same pool from gRPC's own xDS client (the bootstrap is made from --balancer).
+            f"  {cmd} routeguide client --lb xds --balancer {lb_addr} --target xds:///{s.pool} --mode repeatn --api GetFeature -n 15{xds_tls}",
+            f"  {cmd} xds-bootstrap --server {lb_addr}{bootstrap_tls} > bootstrap.json   # for your own client: GRPC_XDS_BOOTSTRAP=bootstrap.json, target xds:///{s.pool}",
             "",
             "Ctrl-C stops everything.",
         ]

@@ -11,6 +11,8 @@ POOLS = f"{PREFIX}:pools"  # SET of pool names (the only cross-pool key)
 STATE_MARKER = f"{PREFIX}:state:applied"
 CHANGES = f"{PREFIX}:changes"  # pub/sub channel; message = pool name
 REPLICAS = f"{PREFIX}:replicas"  # HASH replica id -> last seen (ms, server time)
+# HASH replica id -> JSON {"ts_ms", "total", "streams": [...]}: open xDS streams
+XDS_STREAMS = f"{PREFIX}:xds:streams"
 EVENTS_MAX = 1000
 
 

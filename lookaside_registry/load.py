@@ -5,6 +5,11 @@ hash per 10-second bucket, `lookaside:{pool}:load:<unix_s // 10>`, and one
 hash per pool of client streams per replica. This module only reads them,
 so any front end (the admin API, a CLI) can show the same numbers.
 
+Reports from sources other than grpclb (LRS from xDS clients) are counted
+twice in a bucket: in the fields above, and under `<source>:<counter>`
+(SOURCES; counters SOURCE_COUNTERS). A window's `by_source()` gives each
+source's share, grpclb's being what the others leave.
+
 A window of W seconds sums the buckets that overlap [now - W, now]: its
 span runs from the start of the oldest bucket to now, so it is between W
 and W + 10 seconds long, and rates are counts divided by that span.
@@ -28,6 +33,9 @@ BUCKET_SECONDS = 10
 WINDOWS: dict[str, int] = {"10s": 10, "1m": 60, "15m": 900}
 COUNTERS = ("started", "finished", "failed_to_send", "known_received", "reports")
 DROP_PREFIX = "drop:"
+# Report sources counted apart besides grpclb, and what is counted per source.
+SOURCES = ("xds",)
+SOURCE_COUNTERS = (*COUNTERS, "dropped")
 STREAMS_STALE_MS = 10_000
 
 
@@ -39,6 +47,18 @@ class LoadWindow:
     seconds: float
     counts: dict[str, int]
     drops: dict[str, int] = field(default_factory=dict)
+    # source (SOURCES) -> its own share of the counts, "dropped" included
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def by_source(self) -> dict[str, dict[str, int]]:
+        """Counts per source: each of SOURCES as counted, and grpclb as the
+        rest of the totals (never below zero)."""
+        out = {s: {c: self.sources.get(s, {}).get(c, 0) for c in SOURCE_COUNTERS} for s in SOURCES}
+        whole = {**self.counts, "dropped": sum(self.drops.values())}
+        out["grpclb"] = {
+            c: max(0, whole.get(c, 0) - sum(out[s][c] for s in SOURCES)) for c in SOURCE_COUNTERS
+        }
+        return {"grpclb": out.pop("grpclb"), **out}
 
     def rate(self, counter: str) -> float:
         if self.seconds <= 0:
@@ -78,6 +98,7 @@ def sum_buckets(buckets: dict[int, dict[Any, Any]], now: float) -> list[LoadWind
         first = int((now - seconds) // BUCKET_SECONDS)
         counts: Counter[str] = Counter({c: 0 for c in COUNTERS})
         drops: Counter[str] = Counter()
+        sources: dict[str, Counter[str]] = {s: Counter() for s in SOURCES}
         for bucket in range(first, current + 1):
             for raw_field, raw_value in buckets.get(bucket, {}).items():
                 fname = _text(raw_field)
@@ -85,8 +106,20 @@ def sum_buckets(buckets: dict[int, dict[Any, Any]], now: float) -> list[LoadWind
                     drops[fname[len(DROP_PREFIX) :]] += _int(raw_value)
                 elif fname in counts:
                     counts[fname] += _int(raw_value)
+                else:
+                    source, _, counter = fname.partition(":")
+                    if source in sources and counter in SOURCE_COUNTERS:
+                        sources[source][counter] += _int(raw_value)
         span = max(now - first * BUCKET_SECONDS, 0.0)
-        out.append(LoadWindow(name, round(span, 3), dict(counts), dict(drops)))
+        out.append(
+            LoadWindow(
+                name,
+                round(span, 3),
+                dict(counts),
+                dict(drops),
+                {s: dict(c) for s, c in sources.items()},
+            )
+        )
     return out
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from lookaside_registry import keys, load, lua, reports, scripts, signals
+from lookaside_registry import keys, load, lua, reports, scripts, signals, xds
 from lookaside_registry.backend_ops import BackendOps
 from lookaside_registry.errors import Unavailable
 from lookaside_registry.load import LoadWindow, ReplicaStreams
@@ -33,6 +33,7 @@ from lookaside_registry.outlier import Outcomes, count_accusers, parse_outcomes
 from lookaside_registry.reports import ReportOps
 from lookaside_registry.signals import CallRate, SignalOps
 from lookaside_registry.tokens import BackendToken, TokenOps, token_digest
+from lookaside_registry.xds import ReplicaXdsStreams
 
 __all__ = ["MemoryStore"]
 
@@ -234,6 +235,22 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
     async def replica_streams(self, pool: str, now_ms: int | None = None) -> list[ReplicaStreams]:
         self._check()
         return load.parse_streams(self.keyspace.hash(keys.streams(pool)), now_ms)
+
+    async def set_xds_streams(
+        self, replica: str, streams: list[dict[str, Any]], total: int
+    ) -> None:
+        now_ms = int(time.time() * 1000)
+        for gone in xds.forgotten(self.keyspace.hash(keys.XDS_STREAMS), now_ms):
+            if gone != replica:
+                self._call("HDEL", keys.XDS_STREAMS, gone)
+        self._call("HSET", keys.XDS_STREAMS, replica, xds.entry(total, streams, now_ms))
+
+    async def clear_xds_streams(self, replica: str) -> None:
+        self._call("HDEL", keys.XDS_STREAMS, replica)
+
+    async def xds_streams(self, now_ms: int | None = None) -> list[ReplicaXdsStreams]:
+        self._check()
+        return xds.parse_entries(self.keyspace.hash(keys.XDS_STREAMS), now_ms)
 
     async def forget_replica(self, replica: str) -> None:
         self._call("HDEL", keys.REPLICAS, replica)

@@ -39,6 +39,7 @@ from lookaside_registry.model import Backend, PoolConfig, PoolSnapshot
 from lookaside_registry.outlier import Outcomes, Reading, SweepResult, Verdict
 from lookaside_registry.signals import CALL_RATE_SECONDS, CallRate
 from lookaside_registry.tokens import BackendToken
+from lookaside_registry.xds import ReplicaXdsStreams
 
 __all__ = [
     "AdminPort",
@@ -212,11 +213,17 @@ class ReportPort(Protocol):
 
 
 class ReplicaPort(Protocol):
-    """Balancer replica membership."""
+    """Balancer replica membership, and each replica's open xDS streams."""
 
     async def touch_replica(self, replica: str, stale_ms: int) -> list[str]: ...
 
     async def forget_replica(self, replica: str) -> None: ...
+
+    async def set_xds_streams(
+        self, replica: str, streams: list[dict[str, Any]], total: int
+    ) -> None: ...
+
+    async def clear_xds_streams(self, replica: str) -> None: ...
 
 
 class StatePort(PoolReads, TransitionPort, Protocol):
@@ -256,6 +263,8 @@ class LoadReads(Protocol):
     async def replica_streams(
         self, pool: str, now_ms: int | None = ...
     ) -> list[ReplicaStreams]: ...
+
+    async def xds_streams(self, now_ms: int | None = ...) -> list[ReplicaXdsStreams]: ...
 
 
 class SignalPort(PoolReads, LoadReads, Protocol):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from lookaside_registry import keys, load, lua
+from lookaside_registry import keys, load, lua, xds
 from lookaside_registry.errors import guarded
 from lookaside_registry.load import BUCKET_SECONDS, LoadWindow, ReplicaStreams
 from lookaside_registry.outlier import ACCUSERS_KEEP_MS, OUTCOMES_TTL_SECONDS, count_accusers
+from lookaside_registry.xds import ReplicaXdsStreams
 
 BUCKET_TTL_SECONDS = 16 * 60
 # A retried batch is recognised for this long.
@@ -151,6 +153,30 @@ class ReportOps:
     @guarded
     async def replica_streams(self, pool: str, now_ms: int | None = None) -> list[ReplicaStreams]:
         return await load.read_streams(self._redis, pool, now_ms)
+
+    @guarded
+    async def set_xds_streams(
+        self, replica: str, streams: list[dict[str, Any]], total: int
+    ) -> None:
+        """Writes this replica's open xDS streams (lookaside_registry.xds),
+        removing entries of replicas long gone."""
+        now_ms = int(time.time() * 1000)
+        raw = await self._redis.hgetall(keys.XDS_STREAMS)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.XDS_STREAMS, replica, xds.entry(total, streams, now_ms))
+            for gone in xds.forgotten(raw, now_ms):
+                if gone != replica:
+                    pipe.hdel(keys.XDS_STREAMS, gone)
+            await pipe.execute()
+
+    @guarded
+    async def clear_xds_streams(self, replica: str) -> None:
+        await self._redis.hdel(keys.XDS_STREAMS, replica)
+
+    @guarded
+    async def xds_streams(self, now_ms: int | None = None) -> list[ReplicaXdsStreams]:
+        """Every live replica's open xDS streams."""
+        return xds.parse_entries(await self._redis.hgetall(keys.XDS_STREAMS), now_ms)
 
     @guarded
     async def touch_replica(self, replica: str, stale_ms: int) -> list[str]:

@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from admin_api.routes import backend_tokens, backends, events, load, pools, signals, state
+from admin_api.routes import (
+    backend_tokens,
+    backends,
+    events,
+    load,
+    pools,
+    signals,
+    state,
+    streams,
+)
 
 api_router = APIRouter(prefix="/api/v1")
 api_router.include_router(pools.router)
@@ -12,5 +21,6 @@ api_router.include_router(load.router)
 api_router.include_router(events.router)
 api_router.include_router(signals.router)
 api_router.include_router(state.router)
+api_router.include_router(streams.router)
 
 __all__ = ["api_router"]

@@ -1,7 +1,9 @@
 """/api/v1/pools/{pool}/load: what clients reported and what backends say.
 
-Client reports (grpclb ClientStats) are summed per pool by the balancers
-into 10-second buckets; they carry no per-backend split. Per backend, the
+Client reports (grpclb ClientStats, and LRS load reports of xDS clients)
+are summed per pool by the balancers into 10-second buckets, and each
+window also says which source reported what; they carry no per-backend
+split. Per backend, the
 numbers are the ones the backend sent in its last heartbeat.
 """
 

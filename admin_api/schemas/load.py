@@ -26,6 +26,18 @@ class LoadRates(BaseModel):
     dropped: float = Field(description="all drop tokens together")
 
 
+class SourceCounts(BaseModel):
+    """One source's share of a window's counts."""
+
+    started: int
+    finished: int
+    failed_to_send: int
+    known_received: int
+    reports: int = Field(description="reports received (ClientStats, or LRS cluster reports)")
+    dropped: int = Field(description="calls dropped, all drop tokens together")
+    finished_per_second: float
+
+
 class LoadWindowOut(BaseModel):
     window: str = Field(description="10s, 1m or 15m")
     seconds: float = Field(
@@ -33,6 +45,10 @@ class LoadWindowOut(BaseModel):
     )
     counts: LoadCounts
     rates: LoadRates
+    sources: dict[str, SourceCounts] = Field(
+        description="the counts per source: `grpclb` (BalanceLoad ClientStats) and `xds` "
+        "(LRS load reports of xDS clients); together they are `counts`"
+    )
 
     @classmethod
     def from_window(cls, w: LoadWindow) -> LoadWindowOut:
@@ -55,6 +71,15 @@ class LoadWindowOut(BaseModel):
                 known_received=round(w.rate("known_received"), 3),
                 dropped=round(w.drops_per_second, 3),
             ),
+            sources={
+                name: SourceCounts(
+                    **counts,
+                    finished_per_second=round(counts["finished"] / w.seconds, 3)
+                    if w.seconds > 0
+                    else 0.0,
+                )
+                for name, counts in w.by_source().items()
+            },
         )
 
 

@@ -148,6 +148,7 @@ function newCard(name) {
   refs.p99 = el("span", {});
   refs.dropped = el("span", {});
   refs.streams = el("span", {});
+  refs.sources = el("span", { class: "sources" });
   refs.timeline = el("ol", { class: "timeline" });
   const stat = (label, value, cls = "") => el("div", { class: `stat ${cls}` }, el("div", { class: "label" }, label), value);
   refs.tbody = el("tbody");
@@ -182,6 +183,7 @@ function newCard(name) {
       stat("p99", refs.p99, "p99"),
       stat("dropped/s", refs.dropped),
       stat("client streams", refs.streams),
+      stat("reported by", refs.sources, "by-source"),
     ),
     el(
       "div",
@@ -313,6 +315,17 @@ function updateCard(refs, pool, backends, load, signals, events) {
     refs.dropped.textContent = rate(w["10s"].rates.dropped);
     refs.streams.textContent = String(load.streams_total);
     refs.streams.title = load.streams.map((s) => `${s.replica}: ${s.streams}`).join("\n");
+    // Finished calls per second over the last minute, per report source.
+    const bySource = w["1m"].sources || {};
+    refs.sources.replaceChildren(
+      ...["grpclb", "xds"].map((name) =>
+        el(
+          "span",
+          { class: `source ${name}`, "data-source": name, title: `${(bySource[name] || {}).reports || 0} reports in the last minute` },
+          `${name === "xds" ? "xDS" : name} ${rate((bySource[name] || {}).finished_per_second || 0)}`,
+        ),
+      ),
+    );
   }
   if (signals) {
     refs.r10.textContent = fmtRate(signals.calls_per_s);
@@ -336,6 +349,58 @@ function updateCard(refs, pool, backends, load, signals, events) {
   for (const [id, r] of refs.rows) if (!seen.has(id)) (r.tr.remove(), refs.rows.delete(id));
   refs.tbody.replaceChildren(...backends.map((b) => refs.rows.get(b.id).tr));
   if (!backends.length) refs.tbody.replaceChildren(el("tr", {}, el("td", { colspan: "13", class: "muted" }, "no backends registered")));
+}
+
+// -- client streams: grpclb and xDS side by side ----------------------------------
+const TYPES = [
+  ["LDS", "envoy.config.listener.v3.Listener"],
+  ["RDS", "envoy.config.route.v3.RouteConfiguration"],
+  ["CDS", "envoy.config.cluster.v3.Cluster"],
+  ["EDS", "envoy.config.endpoint.v3.ClusterLoadAssignment"],
+];
+
+function versionCell(t) {
+  if (!t) return el("td", { class: "ver muted" }, UNKNOWN);
+  const acked = t.acked_version === null ? UNKNOWN : t.acked_version || '""';
+  const cell = el("td", { class: "ver" }, acked);
+  if (t.nacked_version !== null) {
+    const nack = el("span", { class: `nack${t.nacking ? " bad" : ""}`, title: t.nack_error || "" }, `NACK ${t.nacked_version || '""'}`);
+    cell.append(" ", nack);
+  }
+  cell.dataset.nacking = t.nacking ? "1" : "0";
+  return cell;
+}
+
+function drawStreams(body) {
+  const grpclbByPool = body.grpclb.pools.map((p) => `${p.pool} ${p.streams_total}`).join(" · ");
+  $("streams-summary").replaceChildren(
+    el("span", { class: "chip", "data-kind": "grpclb" }, `grpclb ${body.grpclb.streams_total}`),
+    el("span", { class: "chip", "data-kind": "xds" }, `xDS ${body.xds.streams_total}`),
+    ...(body.xds.nacking ? [el("span", { class: "chip error", "data-kind": "nacking" }, `${body.xds.nacking} NACKing`)] : []),
+    el("span", { class: "muted small" }, grpclbByPool),
+  );
+  const rows = [];
+  for (const r of body.xds.replicas) {
+    for (const s of r.streams) {
+      const byType = Object.fromEntries(s.types.map((t) => [t.type_url.split("/").pop(), t]));
+      const tr = el(
+        "tr",
+        { "data-stream": s.stream_id },
+        el("td", { class: "addr" }, s.node_id),
+        el("td", { class: "addr wide" }, s.peer),
+        el("td", { class: "wide" }, r.replica),
+        el("td", { class: "wide" }, new Date(s.opened_ms).toLocaleTimeString()),
+        ...TYPES.map(([, name]) => versionCell(byType[name])),
+      );
+      const errors = s.types.filter((t) => t.nacking && t.nack_error).map((t) => t.nack_error);
+      if (errors.length) tr.title = errors.join("\n");
+      rows.push(tr);
+    }
+    const hidden = r.streams_total - r.streams.length;
+    if (hidden > 0) rows.push(el("tr", {}, el("td", { colspan: "8", class: "muted" }, `${r.replica}: ${hidden} more not listed`)));
+  }
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "no xDS streams")));
+  $("xds-streams").replaceChildren(...rows);
 }
 
 // -- refresh loop --------------------------------------------------------------
@@ -362,7 +427,8 @@ async function refresh() {
 
 async function refreshOnce() {
   try {
-    const { pools } = await api("GET", "/api/v1/pools");
+    const [{ pools }, streams] = await Promise.all([api("GET", "/api/v1/pools"), api("GET", "/api/v1/streams")]);
+    drawStreams(streams);
     const details = await Promise.all(
       pools.map(async (p) => {
         const base = `/api/v1/pools/${encodeURIComponent(p.name)}`;

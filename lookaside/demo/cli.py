@@ -69,7 +69,7 @@ def add_subcommand(subparsers: Any) -> None:
     client = sub.add_parser(
         "client",
         help="calls routeguide and shows which server answered each call",
-        description="Calls routeguide through --lb lookaside, grpclb-dns or none, prints "
+        description="Calls routeguide through --lb lookaside, grpclb-dns, xds or none, prints "
         "the server that answered each call (x-served-by) and a table of calls per server. "
         "Exits 0 even when calls failed; 2 on bad arguments.",
     )

@@ -6,11 +6,16 @@ metadata on success and on error), then a table of calls per server:
 
     --lb lookaside     client_lib.LookasideChannel(--target, --balancer)
     --lb grpclb-dns    a stock grpcio channel, grpclb found through DNS SRV
+    --lb xds           a stock grpcio channel on xds:///POOL, its xDS server the
+                       first --balancer (a bootstrap made from it and the TLS
+                       flags, unless GRPC_XDS_BOOTSTRAP(_CONFIG) names one)
     --lb none          a plain channel to --server: every call lands there
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import signal
 import sys
@@ -27,6 +32,7 @@ from lookaside.demo.features import FeatureDb, load_db
 from lookaside.demo.interceptor import SERVED_BY
 from lookaside.demo.report import NO_SERVER, OK, CallResult, Tally, format_line, summary_table
 from lookaside.demo.settings import APIS, ClientSettings, read_bytes
+from lookaside.xds_bootstrap import bootstrap
 from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
@@ -42,7 +48,10 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
             settings.target, settings.balancers, credentials=creds, balancer_credentials=creds,
             server_name_override=settings.server_name or None,
         )  # fmt: skip
-    if settings.lb == "grpclb-dns":
+    if settings.lb == "xds":
+        target, options = xds_target(settings), []
+        use_bootstrap(settings)
+    elif settings.lb == "grpclb-dns":
         target = f"dns://{settings.dns}/{settings.target}"
         options = [
             ("grpc.dns_enable_srv_queries", 1),
@@ -57,6 +66,31 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
             options.append(("grpc.ssl_target_name_override", settings.server_name))
         return grpc.secure_channel(target, creds, options=options)
     return grpc.insecure_channel(target, options=options)
+
+
+def xds_target(settings: ClientSettings) -> str:
+    """xds:///POOL: --target as given when it is an xds: URI, else its first
+    DNS label without the port (the pool a grpclb stream for it is bound to)."""
+    if settings.target.startswith("xds:"):
+        return settings.target
+    host = settings.target.rsplit(":", 1)[0] if ":" in settings.target else settings.target
+    return f"xds:///{host.split('.', 1)[0]}"
+
+
+def use_bootstrap(settings: ClientSettings) -> None:
+    """Points gRPC's xDS client at the first --balancer (TLS and mTLS from
+    the client's TLS flags), unless the environment already names a
+    bootstrap. gRPC reads it when the first xds: channel is made."""
+    if os.environ.get("GRPC_XDS_BOOTSTRAP") or os.environ.get("GRPC_XDS_BOOTSTRAP_CONFIG"):
+        return
+    doc = bootstrap(
+        settings.balancers[0],
+        node_id=f"routeguide-client-{os.getpid()}",
+        ca=settings.tls_ca,
+        cert=settings.tls_cert,
+        key=settings.tls_key,
+    )
+    os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(doc)
 
 
 def channel_credentials(settings: ClientSettings) -> grpc.ChannelCredentials | None:
@@ -157,6 +191,8 @@ def _describe(settings: ClientSettings) -> str:
         via = f"{settings.target} via balancer {settings.balancer}"
     elif settings.lb == "grpclb-dns":
         via = f"dns://{settings.dns}/{settings.target} (grpclb)"
+    elif settings.lb == "xds":
+        via = f"{xds_target(settings)} via xDS server {settings.balancers[0]}"
     else:
         via = settings.server
     if settings.mode == "repeatn":

@@ -4,6 +4,7 @@ Every flag reads its variable; flags given on the command line win."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -33,8 +34,9 @@ def read_bytes(path: str, what: str) -> bytes:
         raise ValueError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
 
 
+XDS_TARGET = re.compile(r"xds:///[A-Za-z0-9._\-]{1,255}")
 APIS = ("GetFeature", "ListFeatures", "RecordRoute", "RouteChat")
-LB_MODES = ("lookaside", "grpclb-dns", "none")
+LB_MODES = ("lookaside", "grpclb-dns", "xds", "none")
 
 Api = Literal["GetFeature", "ListFeatures", "RecordRoute", "RouteChat"]
 
@@ -116,8 +118,10 @@ class ServerSettings(BaseSettings):
 class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKASIDE_ROUTEGUIDE_CLIENT_", extra="ignore")
 
-    lb: Literal["lookaside", "grpclb-dns", "none"] = Field(
-        "lookaside", description="lookaside (thin client), grpclb-dns (stock grpclb) or none"
+    lb: Literal["lookaside", "grpclb-dns", "xds", "none"] = Field(
+        "lookaside",
+        description="lookaside (thin client), grpclb-dns (stock grpclb), xds (stock xDS "
+        "client on xds:///POOL from the --balancer) or none",
     )
     mode: Literal["repeatn", "firehose"] = Field(
         "repeatn", description="repeatn: -n calls of --api; firehose: random APIs until stopped"
@@ -127,10 +131,14 @@ class ClientSettings(BaseSettings):
     duration: float = Field(0.0, ge=0, description="seconds the firehose runs; 0 runs until Ctrl-C")
     concurrency: int = Field(1, ge=1, le=1000, description="calls in flight at once")
     target: str = Field(
-        "routeguide.lookaside.test:50051", description="service name for lookaside/grpclb-dns"
+        "routeguide.lookaside.test:50051",
+        description="service name for lookaside/grpclb-dns; for xds the pool is its first "
+        "DNS label (or give xds:///POOL)",
     )
     balancer: str = Field(
-        "127.0.0.1:50051", description="balancer host:port (comma-separated) for --lb lookaside"
+        "127.0.0.1:50051",
+        description="balancer host:port (comma-separated) for --lb lookaside; the first is "
+        "the xDS server for --lb xds",
     )
     dns: str = Field(
         "127.0.0.1:8053",
@@ -171,8 +179,14 @@ class ClientSettings(BaseSettings):
     def _needs(self) -> ClientSettings:
         if self.lb == "none" and not self.server:
             raise ValueError("--lb none needs --server host:port (the one server to call)")
-        if self.lb == "lookaside" and not self.balancers:
-            raise ValueError("--lb lookaside needs --balancer host:port")
+        if self.lb in ("lookaside", "xds") and not self.balancers:
+            raise ValueError(f"--lb {self.lb} needs --balancer host:port")
+        if (
+            self.lb == "xds"
+            and self.target.startswith("xds:")
+            and not XDS_TARGET.fullmatch(self.target)
+        ):
+            raise ValueError(f"--target {self.target!r} is not xds:///POOL")
         _pair(self.tls_cert, self.tls_key)
         if self.tls_cert and not self.tls_ca:
             raise ValueError("--tls-cert needs --tls-ca (a client certificate is sent over TLS)")

@@ -354,3 +354,86 @@ def test_dashboard_opens_logged_in_from_the_token_fragment(
             assert not any(TOKEN in url for url in requested)  # never sent in a URL
         finally:
             browser.close()
+
+
+def _seed_xds(client: redis.Redis, pool: str) -> None:
+    """Load from grpclb and xDS clients and one replica's xDS streams, as
+    balancers write them (balancer_server.load_reports, .xds_streams)."""
+    now = time.time()
+    bucket = keys.load_bucket(pool, int(now // 10))
+    client.hset(
+        bucket,
+        mapping={
+            "started": 900, "finished": 900, "known_received": 900, "reports": 9,
+            "xds:started": 300, "xds:finished": 300, "xds:known_received": 300, "xds:reports": 3,
+        },
+    )  # fmt: skip
+    client.expire(bucket, 960)
+    eds = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    lds = "type.googleapis.com/envoy.config.listener.v3.Listener"
+    state = {"acks": 1, "nacks": 0, "nacking": False, "nacked_version": None}
+    streams = [
+        {
+            "stream_id": "r1/1", "peer": "ipv4:127.0.0.1:40001", "node_id": "checkout-7f9c",
+            "opened_at": now - 30,
+            "types": {
+                lds: {**state, "acked_version": "4", "acked_at": now - 29, "nack_error": None},
+                eds: {
+                    **state, "acked_version": "11", "acked_at": now - 20, "nacks": 1,
+                    "nacking": True, "nacked_version": "11", "nacked_at": now - 10,
+                    "nack_error": "ClusterLoadAssignment: endpoint weight 0",
+                },
+            },
+        },
+    ]  # fmt: skip
+    entry = {"ts_ms": int(now * 1000), "total": 1, "streams": streams}
+    client.hset(keys.XDS_STREAMS, "balancer-a", json.dumps(entry))
+
+
+@pytest.mark.parametrize("width", [1280, 420])
+def test_dashboard_shows_xds_beside_grpclb(
+    admin: AdminProcess, dash_redis: redis.Redis, pool_name: str, width: int
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    r = httpx.post(f"{admin.url}/api/v1/pools", json={"name": pool_name}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    _seed_xds(dash_redis, pool_name)
+    dash_redis.hset(
+        keys.streams(pool_name),
+        "balancer-a",
+        json.dumps({"streams": 5, "ts_ms": int(time.time() * 1000)}),
+    )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(admin.url + "/")
+            row = page.locator('#xds-streams tr[data-stream="r1/1"]')
+            row.wait_for(timeout=15_000)
+            summary = page.locator("#streams-summary")
+            assert summary.locator('[data-kind="grpclb"]').inner_text() == "grpclb 5"
+            assert summary.locator('[data-kind="xds"]').inner_text() == "xDS 1"
+            assert summary.locator('[data-kind="nacking"]').inner_text() == "1 NACKing"
+            cells = row.locator("td.ver")
+            assert cells.nth(0).inner_text() == "4"  # LDS
+            assert cells.nth(1).inner_text() == "—"  # RDS: never answered
+            eds = cells.nth(3)
+            assert eds.inner_text() == "11 NACK 11"
+            assert eds.get_attribute("data-nacking") == "1"
+            assert "endpoint weight 0" in (eds.locator(".nack").get_attribute("title") or "")
+            # The pool's load per source (finished calls/s over the last minute).
+            card = page.locator(f'section.pool[data-pool="{pool_name}"]')
+            grpclb = card.locator('.by-source [data-source="grpclb"]')
+            xds = card.locator('.by-source [data-source="xds"]')
+            grpclb.wait_for(timeout=15_000)
+            assert grpclb.inner_text().startswith("grpclb ") and grpclb.inner_text() != "grpclb 0"
+            assert xds.inner_text().startswith("xDS ") and xds.inner_text() != "xDS 0"
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-xds-{width}.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()

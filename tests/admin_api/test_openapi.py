@@ -51,6 +51,7 @@ def test_operation_ids_are_clean() -> None:
         "signals-read",
         "state-export",
         "state-apply",
+        "streams-read",
         "health-live",
         "health-ready",
     } == ids

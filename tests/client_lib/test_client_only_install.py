@@ -24,10 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [
     "pyproject.toml",
     "README.md",
-    "lookaside",
+    "lookaside_proto",
+    "lookaside_registry",
+    "server_common",
     "balancer_server",
-    "client_lib",
     "admin_api",
+    "dns_responder",
+    "client_lib",
+    "lookaside",
     "protos",
 ]
 

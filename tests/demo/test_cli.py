@@ -27,6 +27,8 @@ LINE_RE = re.compile(r"^\[(\w+)\] \((resp|error)\) \(server=(\S+)\) ")
         (["client", "-n", "0"], "-n"),
         (["client", "--lb", "none"], "--lb none needs --server"),
         (["client", "--lb", "none", "--server", "localhost"], "not host:port"),
+        (["client", "--lb", "xds", "--balancer", ""], "--lb xds needs --balancer"),
+        (["client", "--lb", "xds", "--target", "xds://auth/pool"], "is not xds:///POOL"),
         (["server", "--fault-percent", "30"], "--fault-percent"),
         (["server", "--weight", "0"], "--weight"),
         (["server", "--listen", "nowhere"], "not host:port"),
@@ -145,3 +147,68 @@ def test_lookaside_without_backends_says_so_and_still_exits_0(
         "[GetFeature] (error) (server=-) DEADLINE_EXCEEDED: deadline passed while the call "
         "waited for a READY backend"
     ) in captured.out
+
+
+def test_lb_xds_dials_the_pool_with_a_bootstrap_from_the_balancer_flag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import os
+
+    from lookaside import certs
+    from lookaside.demo.client import use_bootstrap, xds_target
+    from lookaside.demo.settings import ClientSettings
+
+    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
+    # Empty counts as unset; set here so that the test's own value is undone.
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
+    issued = certs.issue(tmp_path)
+    settings = ClientSettings(
+        lb="xds",
+        balancer="127.0.0.1:7001,127.0.0.1:7002",
+        target="routeguide.lookaside.test:50051",
+        tls_ca=str(issued.ca),
+        tls_cert=str(issued.client_cert),
+        tls_key=str(issued.client_key),
+    )
+    assert xds_target(settings) == "xds:///routeguide"
+    assert xds_target(settings.model_copy(update={"target": "xds:///rg"})) == "xds:///rg"
+    use_bootstrap(settings)
+    doc = json.loads(os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"])
+    [server] = doc["xds_servers"]
+    assert server["server_uri"] == "127.0.0.1:7001"
+    assert server["channel_creds"][0]["config"]["certificate_file"] == str(issued.client_cert)
+    assert doc["node"]["id"].startswith("routeguide-client-")
+    # A bootstrap the environment names is left alone.
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "{}")
+    use_bootstrap(settings)
+    assert os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] == "{}"
+
+
+def test_lb_xds_spreads_calls_over_the_pools_backends(
+    balancer: BalancerHandle,
+    start_server: Start,
+    pool_name: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stock xDS client behind --lb xds, against the fixed ADS responder
+    of tests/interop/xds_fixture.py (the balancer's own ADS is tested with
+    it in tests/xds)."""
+    from tests.interop.xds_fixture import XdsFixture, resources
+
+    servers = [start_server() for _ in range(3)]
+    fixture = XdsFixture(balancer, resources(pool_name, [s.port for s in servers], {}))
+    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
+    try:
+        argv = ["routeguide", "client", "--lb", "xds", "--balancer", fixture.address]
+        assert main([*argv, "--target", f"xds:///{pool_name}", "-n", "30"]) == 0
+    finally:
+        fixture.stop()
+    per_server, codes = parse_summary(capsys.readouterr().out)
+    # Round robin over the assignment (the first calls go to whichever
+    # backend is READY first).
+    assert set(per_server) == {s.name for s in servers}
+    assert sum(per_server.values()) == 30 and min(per_server.values()) >= 7
+    assert codes == {}  # no call failed

@@ -131,6 +131,23 @@ def test_transitions_change_the_registry(
     assert {"drained", "undrained", "weight_changed"} <= set(kinds), out
 
 
+def test_subset_sets_the_pools_subset_size_and_pools_shows_it(
+    admin: AdminProcess, lab: dict[int, str], pool_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = ctl(admin, capsys, "subset", pool_name, "2")
+    assert code == 0 and "gets 2 of the pool's backends" in out
+    code, out, _ = ctl(admin, capsys, "pools")
+    head, *rows = out.splitlines()
+    [row] = [r.split() for r in rows if r.split()[0] == pool_name]
+    assert row[head.split().index("SUBSET")] == "2"
+    code, _, err = ctl(admin, capsys, "subset", pool_name, "1001")
+    assert code == 1 and "HTTP 422" in err and "subset_size" in err
+    code, out, _ = ctl(admin, capsys, "subset", pool_name, "0")
+    assert code == 0 and "every backend" in out
+    r = httpx.get(f"{admin.url}/api/v1/pools/{pool_name}", headers=AUTH)
+    assert r.json()["subset_size"] == 0
+
+
 def test_refusals_are_precise(
     admin: AdminProcess, lab: dict[int, str], pool_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -346,3 +363,44 @@ def test_https_admin_with_ca_and_a_url_without_scheme(
         assert len(err.strip().splitlines()) == 1
     finally:
         process.stop()
+
+
+def test_streams_show_grpclb_and_xds_with_their_versions(
+    admin: AdminProcess,
+    balancer: BalancerHandle,
+    lab: dict[int, str],
+    pool_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.support import LbStream, wait_until
+
+    eds = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    table = balancer.server.xds_streams
+
+    async def ads_events() -> None:  # as the ADS service reports them, on its loop
+        table.opened("ctl-1", "ipv4:127.0.0.1:5599", "node-ctl")
+        table.acked("ctl-1", eds, "5")
+        table.nacked("ctl-1", eds, "5", "endpoint weight 0 is not allowed")
+
+    grpclb = LbStream(balancer.address, pool_name)
+    try:
+        grpclb.next_list()
+        balancer.run(ads_events())
+
+        def shown() -> bool:
+            _, out, _ = ctl(admin, capsys, "streams")
+            return "node-ctl" in out and pool_name in out
+
+        wait_until(shown)
+        code, out, _ = ctl(admin, capsys, "streams")
+    finally:
+        grpclb.close()
+    assert code == 0
+    [pool_row] = [r.split() for r in out.splitlines() if r.startswith(pool_name)]
+    assert pool_row == [pool_name, "1"]
+    [row] = [r.split() for r in out.splitlines() if "node-ctl" in r]
+    assert row[1] == "ctl-1" and row[5:9] == ["EDS", "5", "5", "NACKING"]
+    assert "endpoint weight 0" in out
+    code, out, _ = ctl(admin, capsys, "streams", "-o", "json")
+    body = json.loads(out)
+    assert body["xds"]["streams_total"] >= 1

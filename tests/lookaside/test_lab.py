@@ -5,6 +5,7 @@ and no traceback in any log, after Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -105,6 +106,17 @@ def test_lab_spreads_calls_and_leaves_nothing_behind(tmp_path: Path) -> None:
         ctl = subprocess.run(shlex.split(ctl_line), capture_output=True, text=True, timeout=60)
         assert ctl.returncode == 0, (ctl_line, ctl.stderr)
         assert "routeguide" in ctl.stdout and "3" in ctl.stdout, ctl.stdout
+
+        # The banner's xds-bootstrap line prints a bootstrap for the lab's
+        # balancer (the part before the shell redirection).
+        [xds_line] = [line for line in banner if " xds-bootstrap " in line]
+        made = subprocess.run(
+            shlex.split(xds_line.split(" > ")[0]), capture_output=True, text=True, timeout=60
+        )
+        assert made.returncode == 0, (xds_line, made.stderr)
+        [xds_server] = json.loads(made.stdout)["xds_servers"]
+        assert xds_server["server_uri"] == f"127.0.0.1:{ports['balancer']}"
+        assert any("--lb xds" in line and "xds:///routeguide" in line for line in banner)
 
         # A second lab on the same ports is refused, naming the first.
         second = subprocess.run(

@@ -8,7 +8,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["lookaside", "balancer_server", "admin_api", "client_lib"]
+PACKAGES = [
+    "lookaside",
+    "server_common",
+    "balancer_server",
+    "admin_api",
+    "dns_responder",
+    "client_lib",
+]
 # Harnesses that run Redis servers themselves (the lab, the chaos lab,
 # the tests' servers); they are not on any request path.
 HARNESSES = {
@@ -54,5 +61,5 @@ def test_no_module_outside_the_registry_knows_redis() -> None:
 
 
 def test_the_scan_finds_a_redis_import() -> None:
-    probe = ROOT / "lookaside" / "registry" / "store.py"
+    probe = ROOT / "lookaside_registry" / "store.py"
     assert _redis_uses(probe), "the scan must see the registry's own import"

@@ -293,6 +293,22 @@ async def test_pool_updates_are_compare_and_sets(port: Port, pool: str) -> None:
         await port.store.put_pool(PoolConfig(name=f"{pool}-x"), only_if_exists=True)
 
 
+async def test_a_pools_subset_size_is_kept_and_checked(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool, subset_size=20))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 20
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and snap.config.subset_size == 20
+    for bad in (-1, 1001):
+        with pytest.raises(errors.InvalidInput, match=r"subset size .* out of range 0\.\.1000"):
+            await port.store.put_pool(PoolConfig(name=pool, subset_size=bad))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 20
+    await port.store.put_pool(PoolConfig(name=pool))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 0
+
+
 async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, pool: str) -> None:
     # 12 registrations of distinct addresses at once into a pool that may
     # hold 5: the check and the write are one step, so exactly 5 get in.
@@ -505,6 +521,43 @@ async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     ]
     await port.store.clear_stream_counts("replica-a", [pool])
     assert await port.store.replica_streams(pool) == []
+
+
+async def test_load_reports_by_source_are_apart_and_within_the_totals(
+    port: Port, pool: str
+) -> None:
+    await port.store.put_pool(PoolConfig(name=pool))
+    bucket = int(time.time() // 10)
+    grpclb = {"reports": 1, "started": 10, "finished": 10, "drop:lb": 2}
+    xds = {"reports": 1, "started": 4, "finished": 3, "drop:lb": 1}
+    xds |= {"xds:reports": 1, "xds:started": 4, "xds:finished": 3, "xds:dropped": 1}
+    await port.store.add_reports(pool, "b-1", bucket, grpclb)
+    await port.store.add_reports(pool, "b-2", bucket, xds)
+    window = (await port.store.load_windows(pool))[0]
+    assert window.counts["finished"] == 13 and window.drops == {"lb": 3}
+    sources = window.by_source()
+    assert list(sources) == ["grpclb", "xds"]
+    assert sources["xds"] == {
+        "started": 4, "finished": 3, "failed_to_send": 0, "known_received": 0, "reports": 1,
+        "dropped": 1,
+    }  # fmt: skip
+    assert sources["grpclb"]["finished"] == 10 and sources["grpclb"]["dropped"] == 2
+    assert (await port.store.load_total(pool))["xds:finished"] == 3
+
+
+async def test_xds_streams_per_replica_fresh_ones_only(port: Port, pool: str) -> None:
+    a, b = f"{pool}-a", f"{pool}-b"
+    row = {"stream_id": "1", "peer": "ipv4:127.0.0.1:1", "node_id": "n", "types": {}}
+    await port.store.set_xds_streams(a, [row], 3)
+    await port.store.set_xds_streams(b, [], 0)
+    mine = [r for r in await port.store.xds_streams() if r.replica in (a, b)]
+    assert [(r.replica, r.total, r.streams) for r in mine] == [(a, 3, [row]), (b, 0, [])]
+    # An entry not refreshed within the staleness bound is left out.
+    later = int(time.time() * 1000) + 60_000
+    assert [r for r in await port.store.xds_streams(later) if r.replica in (a, b)] == []
+    await port.store.clear_xds_streams(a)
+    await port.store.clear_xds_streams(b)
+    assert [r for r in await port.store.xds_streams() if r.replica in (a, b)] == []
 
 
 async def test_signal_samples_one_per_slot_kept_for_the_history(port: Port, pool: str) -> None:

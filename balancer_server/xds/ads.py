@@ -1,0 +1,365 @@
+"""envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources
+(state of the world).
+
+Per stream and resource type: the names subscribed, and the version and
+nonce of the last response. A request answers the last response when it
+carries its nonce: without `error_detail` it is an ACK, with one a NACK
+(logged with its detail and counted; the client keeps the version it had
+and nothing is re-sent until the resources change). Neither is answered.
+A request whose names changed is answered at once, and so is the first
+request of a type on a stream, whatever version the client says it holds:
+a client that reconnects (to this replica or another, or to a restarted
+one) gets the current state at once.
+
+Every response of a type carries all the subscribed resources of that
+type that exist (Listener and Cluster responses must: a Listener or
+Cluster left out is deleted on the client). A name of no pool is left out,
+so the client's does-not-exist timer applies; a pool that appears later is
+sent then. Wildcard subscriptions (`*`, or an empty first Listener or
+Cluster request) and names over the limits end the stream with
+INVALID_ARGUMENT and a message that says why.
+
+Responses are written like grpclb lists (balancer_server.balance_load):
+one write at a time per stream, from shared pre-serialized resources
+(balancer_server.xds.resources); a type changed again while a write is
+under way is sent once that write is done, newest state only.
+
+Trust is grpclb's: the same server credentials (TLS, mTLS) and, per pool
+subscribed to, the same client credentials check
+(RegistrationAuth.client_principal): a client token that is not the
+pool's ends the stream with UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import time
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
+from google.protobuf.message import DecodeError
+
+from balancer_server.auth import AuthError, RegistrationAuth
+from balancer_server.balance_load import MAX_NAME_BYTES, NAME_RE
+from balancer_server.limits import RateLimitedLog, StreamsPerAddress, client_network
+from balancer_server.xds import metrics
+from balancer_server.xds.hub import XdsHub
+from balancer_server.xds.resources import SHORT, TYPES, field_bytes
+from balancer_server.xds_streams import XdsStreamTable
+
+log = logging.getLogger("lookaside.balancer.xds")
+
+# envoy.service.discovery.v3.AggregatedDiscoveryService (its descriptor is
+# loaded, so server reflection lists it).
+SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
+METHOD = "StreamAggregatedResources"
+MAX_NAMES_PER_TYPE = 100
+# Metric children looked up once: labels() takes a lock, and these count
+# every response and every ACK.
+_SENT = {t: metrics.XDS_RESPONSES.labels(s) for t, s in SHORT.items()}
+_ACKS = {t: metrics.XDS_ACKS.labels(s) for t, s in SHORT.items()}
+_UPDATE_SECONDS = {t: metrics.XDS_UPDATE_SECONDS.labels(s) for t, s in SHORT.items()}
+TYPE_URLS = {t: t for t in TYPES}
+MAX_SHARED_NAME_SETS = 10_000
+DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
+
+
+class StreamError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.reason = reason
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class _TypeState:
+    __slots__ = ("names", "version", "nonce", "dirty", "force")
+
+    def __init__(self) -> None:
+        self.names: frozenset[str] = frozenset()
+        # Of the last response: names a set of resource versions.
+        self.version = ""
+        self.nonce = ""
+        self.dirty = False
+        self.force = False
+
+
+class AdsStream:
+    """One client's ADS stream: what it subscribes to and what it was sent."""
+
+    __slots__ = ("context", "hub", "stream_id", "node", "types", "writing", "closed", "nonces")
+
+    def __init__(self, context: Any, hub: XdsHub, stream_id: str) -> None:
+        self.context = context
+        self.node = ""
+        self.hub = hub
+        self.stream_id = stream_id
+        self.types: dict[str, _TypeState] = {}
+        self.writing: asyncio.Task[None] | None = None
+        self.closed = False
+        self.nonces = itertools.count(1)
+
+    def changed(self, type_url: str) -> None:
+        state = self.types.get(type_url)
+        if state is not None:
+            state.dirty = True
+            self.offer()
+
+    def offer(self) -> None:
+        """Writes the first type with something to send, unless a write is
+        under way (its completion offers again)."""
+        if self.writing is not None or self.closed:
+            return
+        for type_url in TYPES:
+            state = self.types.get(type_url)
+            if state is None or not state.dirty:
+                continue
+            forced = state.force
+            payload = self._response(type_url, state)
+            if payload is None:
+                continue
+            # An update (not an answer to a subscription) is timed from the change.
+            since = None if forced else self.hub.changed_at(type_url, state.names)
+            self.writing = asyncio.get_running_loop().create_task(self.context.write(payload))
+            self.writing.add_done_callback(
+                functools.partial(self._written, kind=type_url, since=since)
+            )
+            return
+
+    def _response(self, type_url: str, state: _TypeState) -> bytes | None:
+        state.dirty = False
+        version, body = self.hub.response(type_url, state.names)
+        if not state.force and version == state.version:
+            return None
+        state.force = False
+        state.version = version
+        state.nonce = str(next(self.nonces))
+        return body + field_bytes(5, state.nonce.encode())
+
+    def _written(self, task: asyncio.Task[None], kind: str, since: float | None) -> None:
+        self.writing = None
+        if task.cancelled() or task.exception() is not None:
+            self.close()
+            return
+        _SENT[kind].inc()
+        if since is not None:
+            _UPDATE_SECONDS[kind].observe(time.perf_counter() - since)
+        self.offer()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for type_url, state in self.types.items():
+            for name in state.names:
+                self.hub.unwatch(type_url, name, self)
+        if self.writing is not None:
+            self.writing.cancel()
+
+
+class AdsService:
+    def __init__(
+        self,
+        hub: XdsHub,
+        table: XdsStreamTable,
+        *,
+        auth: RegistrationAuth | None = None,
+        replica_id: str = "",
+        initial_request_timeout: float = 30.0,
+        max_streams_per_address: int = DEFAULT_MAX_STREAMS_PER_ADDRESS,
+    ) -> None:
+        self.hub = hub
+        self.table = table
+        self.auth = auth
+        self.replica_id = replica_id
+        self.initial_request_timeout = initial_request_timeout
+        self.per_address = StreamsPerAddress(max_streams_per_address)
+        self._ids = itertools.count(1)
+        self._log = RateLimitedLog(log)
+        self._shared_names: dict[frozenset[str], frozenset[str]] = {}
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.stream_stream_rpc_method_handler(
+            self.stream, request_deserializer=_identity, response_serializer=_identity
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {METHOD: method})
+
+    async def _refuse(self, context: Any, error: StreamError) -> None:
+        metrics.XDS_REFUSED.labels(error.reason).inc()
+        self._log.warning(
+            f"xds:{error.reason}", "ADS stream refused reason=%s peer=%s: %s",
+            error.reason, context.peer(), error.details,
+        )  # fmt: skip
+        await context.abort(error.code, error.details)
+
+    async def stream(self, request_iterator: Any, context: Any) -> None:
+        address = client_network(context.peer())
+        if not self.per_address.acquire(address):
+            await self._refuse(
+                context,
+                StreamError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many ADS streams from {address[:64]}: at most "
+                    f"{self.per_address.limit} are allowed per client address",
+                    "streams_per_address",
+                ),
+            )
+            return
+        stream = AdsStream(context, self.hub, f"{self.replica_id}/xds/{next(self._ids)}")
+        opened = False
+        try:
+            try:
+                raw = await asyncio.wait_for(
+                    anext(request_iterator, None), self.initial_request_timeout
+                )
+            except TimeoutError:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"no DiscoveryRequest within {self.initial_request_timeout:g}s",
+                    "timeout",
+                ) from None
+            if raw is None:
+                return
+            request = self._parse(raw)
+            stream.node = request.node.id
+            self.table.opened(stream.stream_id, context.peer(), request.node.id)
+            metrics.XDS_STREAMS_OPEN.inc()
+            opened = True
+            log.debug(
+                "ADS stream open id=%s node=%s peer=%s",
+                stream.stream_id, request.node.id, context.peer(),
+            )  # fmt: skip
+            self._handle(stream, request, context)
+            del raw, request  # nothing of a request is held while the stream waits
+            async for raw in request_iterator:
+                self._handle(stream, self._parse(raw), context)
+        except StreamError as exc:
+            stream.close()
+            await self._refuse(context, exc)
+        finally:
+            stream.close()
+            self.per_address.release(address)
+            if opened:
+                metrics.XDS_STREAMS_OPEN.dec()
+                self.table.closed(stream.stream_id)
+                log.debug("ADS stream closed id=%s", stream.stream_id)
+
+    @staticmethod
+    def _parse(raw: bytes) -> Any:
+        try:
+            request = discovery_pb2.DiscoveryRequest.FromString(raw)
+        except DecodeError:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed DiscoveryRequest: not a valid protobuf message",
+                "malformed",
+            ) from None
+        if request.type_url not in SHORT:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"resource type {request.type_url[:120]!r} is not served; this ADS server "
+                "serves the v3 Listener, RouteConfiguration, Cluster and ClusterLoadAssignment",
+                "unknown_type",
+            )
+        return request
+
+    def _check_names(self, type_url: str, names: frozenset[str], first: bool) -> None:
+        if "*" in names or (first and not names and type_url in (TYPES[0], TYPES[2])):
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"wildcard subscriptions are not served ({SHORT[type_url].upper()}): "
+                "subscribe to pools by name (xds:///POOL)",
+                "wildcard",
+            )
+        if len(names) > MAX_NAMES_PER_TYPE:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(names)} {SHORT[type_url].upper()} names subscribed; at most "
+                f"{MAX_NAMES_PER_TYPE} are allowed per stream",
+                "too_many_names",
+            )
+        for name in names:
+            size = len(name.encode())
+            if size > MAX_NAME_BYTES:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"resource name of {size} bytes; at most {MAX_NAME_BYTES} are allowed",
+                    "long_name",
+                )
+            if not NAME_RE.fullmatch(name):
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"resource name {name[:64]!r} is not a pool name ([A-Za-z0-9._-])",
+                    "malformed_name",
+                )
+
+    def _check_credentials(self, context: Any, pool: str) -> None:
+        if self.auth is None:
+            return
+        try:
+            self.auth.client_principal(
+                pool, context.invocation_metadata(), context.auth_context(), context.peer()
+            )
+        except AuthError as exc:
+            raise StreamError(exc.code, exc.details, "credentials") from None
+
+    def _names(self, request: Any) -> frozenset[str]:
+        """The request's names, as one set shared by every stream that
+        subscribes to the same names (most streams name one pool)."""
+        names = frozenset(request.resource_names)
+        shared = self._shared_names.get(names)
+        if shared is None:
+            if len(self._shared_names) >= MAX_SHARED_NAME_SETS:
+                self._shared_names.clear()
+            shared = self._shared_names[names] = names
+        return shared
+
+    def _handle(self, stream: AdsStream, request: Any, context: Any) -> None:
+        type_url = TYPE_URLS[request.type_url]  # the module's string, not the request's
+        short = SHORT[type_url]
+        state = stream.types.get(type_url)
+        first = state is None
+        names = self._names(request)
+        if state is None or names is not state.names:  # an ACK's names were checked before
+            self._check_names(type_url, names, first)
+        if state is None:
+            state = stream.types[type_url] = _TypeState()
+        nonce = request.response_nonce
+        if nonce and nonce == state.nonce:
+            if request.HasField("error_detail"):
+                error = request.error_detail.message
+                metrics.XDS_NACKS.labels(short).inc()
+                self.table.nacked(stream.stream_id, type_url, state.version, error)
+                self._log.warning(
+                    f"xds-nack:{short}",
+                    "ADS %s version %s refused by node=%s peer=%s (it keeps version %r): %s",
+                    short.upper(), state.version, stream.node or "?", context.peer(),
+                    request.version_info, error[:500],
+                )  # fmt: skip
+            else:
+                _ACKS[type_url].inc()
+                self.table.acked(stream.stream_id, type_url, request.version_info)
+        elif nonce and names == state.names:
+            return  # answers an older response: the newer one is on its way
+        if names != state.names:
+            for name in names - state.names:
+                self._check_credentials(context, name)
+            for name in state.names - names:
+                self.hub.unwatch(type_url, name, stream)
+            for name in names - state.names:
+                self.hub.watch(type_url, name, stream)
+            state.names = names
+            state.force = state.dirty = True
+        elif not nonce:
+            # The type's first request on this stream, or a client that
+            # starts over: it gets the current state whatever it holds.
+            state.force = state.dirty = True
+        stream.offer()
