@@ -112,7 +112,10 @@ _park_lock = threading.Lock()
 
 def _park(sub: SubChannel) -> None:
     """Before the first call on `sub` that grpc completes on its channel's
-    thread (a future, a response stream): keeps that thread (client_lib._spin)."""
+    thread (a future, a response stream), with more than one backend READY:
+    keeps that thread (client_lib._spin). Over one backend the thread runs
+    dry only between bursts, and there a parked call cost more CPU per
+    future than the restarts it saves (bench/client_overhead.py)."""
     with _park_lock:
         if sub.parked is None:
             sub.parked = _spin.pin(sub.channel) or False
@@ -187,7 +190,7 @@ class _Base:
         compression: Any,
     ) -> Any:
         target = p.target
-        if target.parked is None:
+        if target.parked is None and len(self._channel.picking.ready_picks()) > 1:
             _park(target)
         mc = target.methods.get(self._key) or target.multicallable(self._key, self._registered)
         counters = self._counters
@@ -290,7 +293,7 @@ class _UnaryResponse(_Base):
         live: dict[Any, Pick] = {}
 
         def start(q: Pick) -> None:
-            if q.target.parked is None:
+            if q.target.parked is None and len(channel.picking.ready_picks()) > 1:
                 _park(q.target)
             mc = q.target.methods.get(key) or q.target.multicallable(key, self._registered)
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)

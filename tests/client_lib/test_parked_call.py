@@ -16,7 +16,7 @@ import pytest
 from client_lib import LookasideChannel, _spin
 from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
-from tests.client_lib.scripted import ScriptedBalancer, address_of, server
+from tests.client_lib.scripted import ScriptedBalancer, Stream, address_of, server
 from tests.support import RouteGuideBackend, wait_until
 
 
@@ -31,17 +31,23 @@ class _SeenMethods(grpc.GenericRpcHandler):
         return None
 
 
-@pytest.fixture
-def backend() -> Iterator[tuple[RouteGuideBackend, _SeenMethods]]:
-    b = RouteGuideBackend("b0")
+def _backend(name: str) -> tuple[RouteGuideBackend, _SeenMethods]:
+    b = RouteGuideBackend(name)
     seen = _SeenMethods()
     b.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
     rg_grpc.add_RouteGuideServicer_to_server(b, b.server)
     b.server.add_generic_rpc_handlers((seen,))
     b.port = b.server.add_insecure_port("127.0.0.1:0")
     b.server.start()
-    yield b, seen
-    b.stop()
+    return b, seen
+
+
+@pytest.fixture
+def two() -> Iterator[list[tuple[RouteGuideBackend, _SeenMethods]]]:
+    pair = [_backend("b0"), _backend("b1")]
+    yield pair
+    for b, _ in pair:
+        b.stop()
 
 
 def _grpc_threads() -> set[threading.Thread]:
@@ -55,48 +61,65 @@ def _futures(channel: LookasideChannel, n: int) -> list[str]:
     futures = [
         stub.GetFeature.future(rg.Point(), timeout=10, wait_for_ready=True) for _ in range(n)
     ]
-    return [f.result().name for f in futures]
+    return sorted(f.result().name for f in futures)
 
 
-def test_futures_park_one_call_that_never_reaches_the_backend_and_close_ends_it(
-    lb_peer: ScriptedBalancer, backend: tuple[RouteGuideBackend, _SeenMethods]
+def _serving(channel: LookasideChannel, stream: Stream, *ports: int) -> None:
+    stream.servers(*(server(p, token=f"t{p}") for p in ports))
+    want = {address_of(p) for p in ports}
+    wait_until(
+        lambda: (
+            {a for a, s in channel.backend_states().items() if s is grpc.ChannelConnectivity.READY}
+            == want
+        )
+    )
+
+
+def test_futures_park_one_call_per_backend_that_never_reaches_it_and_close_ends_them(
+    lb_peer: ScriptedBalancer, two: list[tuple[RouteGuideBackend, _SeenMethods]]
 ) -> None:
-    b, seen = backend
     before = _grpc_threads()
     channel = LookasideChannel("svc.test:443", lb_peer.address)
     try:
-        lb_peer.next_stream().initial().servers(server(b.port, token="t0"))
-        assert _futures(channel, 20) == ["b0"] * 20
-        sub = channel._core.subchannels[address_of(b.port)]
-        assert sub.parked  # a call is parked on the backend's channel
+        _serving(channel, lb_peer.next_stream().initial(), *(b.port for b, _ in two))
+        assert _futures(channel, 20) == ["b0"] * 10 + ["b1"] * 10
+        subs = [channel._core.subchannels[address_of(b.port)] for b, _ in two]
+        assert all(sub.parked for sub in subs)  # a call is parked on each backend's channel
         # with no call of the caller's in flight, grpc still counts the parked
-        # one, so the channel's completion thread stays for the next futures
-        wait_until(lambda: sub.channel._call_state.managed_calls == 1)
-        assert _futures(channel, 20) == ["b0"] * 20
-        assert b.calls == 40 and b.tokens == {"t0": 40}
-        assert seen.methods == []  # the parked call was never sent
+        # one, so each channel's completion thread stays for the next futures
+        for sub in subs:
+            wait_until(lambda sub=sub: sub.channel._call_state.managed_calls == 1)
+        assert _futures(channel, 20) == ["b0"] * 10 + ["b1"] * 10
+        for b, seen in two:
+            assert b.calls == 20 and b.tokens == {f"t{b.port}": 20}
+            assert seen.methods == []  # the parked call was never sent
         # the ClientStats count only the caller's calls
         wait_until(lambda: channel.counters.finished == 40)
         assert channel.counters.started == 40
     finally:
         channel.close()
-    assert sub.channel._call_state.managed_calls == 0
+    assert all(sub.channel._call_state.managed_calls == 0 for sub in subs)
     wait_until(lambda: not (_grpc_threads() - before))
 
 
-def test_past_the_limit_a_channel_keeps_grpcs_own_behaviour(
+def test_over_one_backend_or_past_the_limit_grpcs_own_behaviour(
     lb_peer: ScriptedBalancer,
-    backend: tuple[RouteGuideBackend, _SeenMethods],
+    two: list[tuple[RouteGuideBackend, _SeenMethods]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    b, _ = backend
-    monkeypatch.setattr(_spin, "PIN_LIMIT", 0)
+    (b0, _), (b1, _) = two
     channel = LookasideChannel("svc.test:443", lb_peer.address)
     try:
-        lb_peer.next_stream().initial().servers(server(b.port))
+        stream = lb_peer.next_stream().initial()
+        _serving(channel, stream, b0.port)
         assert _futures(channel, 10) == ["b0"] * 10
-        sub = channel._core.subchannels[address_of(b.port)]
-        assert sub.parked is False
+        sub = channel._core.subchannels[address_of(b0.port)]
+        assert sub.parked is None  # one backend READY: nothing parked (yet)
+        wait_until(lambda: sub.channel._call_state.managed_calls == 0)
+        monkeypatch.setattr(_spin, "PIN_LIMIT", 0)
+        _serving(channel, stream, b0.port, b1.port)
+        assert _futures(channel, 10) == ["b0"] * 5 + ["b1"] * 5
+        assert sub.parked is False  # past the limit: tried, nothing parked
         wait_until(lambda: sub.channel._call_state.managed_calls == 0)
     finally:
         channel.close()
