@@ -87,8 +87,7 @@ def test_futures_park_one_call_per_backend_that_never_reaches_it_and_close_ends_
         assert all(sub.parked for sub in subs)  # a call is parked on each backend's channel
         # with no call of the caller's in flight, grpc still counts the parked
         # one, so each channel's completion thread stays for the next futures
-        for sub in subs:
-            wait_until(lambda sub=sub: sub.channel._call_state.managed_calls == 1)
+        wait_until(lambda: all(sub.channel._call_state.managed_calls == 1 for sub in subs))
         assert _futures(channel, 20) == ["b0"] * 10 + ["b1"] * 10
         for b, seen in two:
             assert b.calls == 20 and b.tokens == {f"t{b.port}": 20}
