@@ -25,12 +25,14 @@ This leans on grpcio's internals (grpc._channel, grpc._cython.cygrpc),
 checked on first use: when they are not as expected, pin() does nothing
 and the channel behaves as grpcio's own. At most PIN_LIMIT channels of a
 process are pinned (one parked thread each); past that, a channel keeps
-grpcio's own behaviour.
+grpcio's own behaviour. LOOKASIDE_CLIENT_PARK=0 in the environment turns
+it off for the process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -46,7 +48,8 @@ _METHOD = b"/lookaside.client.v1.Parked/Never"
 
 _lock = threading.Lock()
 _pinned = 0
-_usable: bool | None = None  # None: not tried yet
+# None: not tried yet; off when the environment says so.
+_usable: bool | None = False if os.environ.get("LOOKASIDE_CLIENT_PARK", "1") == "0" else None
 
 
 def _parked_call_ended(event: Any) -> bool:

@@ -122,3 +122,28 @@ def test_over_one_backend_or_past_the_limit_grpcs_own_behaviour(
         wait_until(lambda: sub.channel._call_state.managed_calls == 0)
     finally:
         channel.close()
+
+
+def test_the_environment_turns_parking_off() -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import grpc\n"
+        "from client_lib import _spin\n"
+        "ch = grpc.insecure_channel('127.0.0.1:9')\n"
+        "parked = _spin.pin(ch)\n"
+        "print('parked' if parked else 'none')\n"
+        "_spin.unpin(parked)\n"
+        "ch.close()\n"
+    )
+    seen = {}
+    for value in ("0", "1"):
+        env = {**os.environ, "LOOKASIDE_CLIENT_PARK": value}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        seen[value] = out.stdout.strip()
+    assert seen == {"0": "none", "1": "parked"}
