@@ -58,7 +58,21 @@ def overhead(out: str) -> Figures:
     if not found:
         return NONE
     text = "thin-1 / plain: " + ", ".join(f"{load} {ratio}x" for load, ratio in found)
-    return text, {f"thin1_over_plain_{_key(load)}": _num(r) for load, r in found}
+    values = {f"thin1_over_plain_{_key(load)}": _num(r) for load, r in found}
+    # Over 3 backends, beside stock grpclb's (present when the run had it).
+    three = []
+    for line in out.splitlines():
+        load = re.match(r"^  (\S.*?)\s{2,}plain [\d,]+ \(1\.000x", line)
+        thin = re.search(r"thin-3 [\d,]+ \(([\d.]+)x", line)
+        stock = re.search(r"grpclb-3 [\d,]+ \(([\d.]+)x", line)
+        if load and thin and stock:
+            key = _key(load.group(1))
+            values[f"thin3_over_plain_{key}"] = _num(thin.group(1))
+            values[f"grpclb3_over_plain_{key}"] = _num(stock.group(1))
+            three.append(f"{load.group(1)} {thin.group(1)}x / {stock.group(1)}x")
+    if three:
+        text += "; thin-3 / stock grpclb-3, each to plain: " + ", ".join(three)
+    return text, values
 
 
 def client_path(out: str) -> Figures:

@@ -148,6 +148,14 @@ def test_figures_as_numbers() -> None:
     }
     assert _figures("reports")[1] == {"reports_per_s": 31013.0, "lost": 0}
     assert _figures("client_overhead")[1]["thin1_over_plain_aio_64_in_flight"] == 1.010
+    three = OUTPUTS["client_overhead"].replace(
+        "thin-3 3,706 (0.940x, +15 us)",
+        "thin-3 3,706 (0.940x, +15 us)   grpclb-3 3,600 (0.918x, +20 us)",
+    )
+    text, values = ALL.overhead(three)
+    assert values["thin3_over_plain_aio_64_in_flight"] == 0.940
+    assert values["grpclb3_over_plain_aio_64_in_flight"] == 0.918
+    assert "thin-3 / stock grpclb-3, each to plain: aio 64 in flight 0.940x / 0.918x" in text
 
 
 def test_docs_open_with_the_table_between_its_markers() -> None:
