@@ -66,6 +66,26 @@ def streams(out: str) -> str:
     )
 
 
+def xds_vs_grpclb(out: str) -> str:
+    n = _all(r"^(\d+) raw streams of each kind", out)
+    rss = dict(
+        _all(r"^  (grpclb|xds):\s+opened \d+ in [\d.]+ s, RSS \+([\d.]+) KiB per stream", out)
+    )
+    delays = {
+        k: (p50, p99)
+        for k, p50, p99 in _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms", out)
+    }
+    kinds = ("grpclb", "xds")
+    if not n or any(k not in rss or k not in delays for k in kinds):
+        return ""
+    return (
+        f"{int(n[0][0]):,} streams of each kind: KiB per stream "
+        + " / ".join(f"{k} {rss[k]}" for k in kinds)
+        + "; registration -> every stream p50/p99 "
+        + ", ".join(f"{k} {delays[k][0]}/{delays[k][1]} ms" for k in kinds)
+    )
+
+
 def reports(out: str) -> str:
     rate = _all(r": ([\d,]+) reports/s", out)
     lost = _all(r"lost (-?\d+)$", out)
@@ -107,6 +127,18 @@ BENCHES = (
         "streams on one balancer",
         ("--streams", "10000", "--clients", "2"),
         streams,
+    ),
+    Bench(
+        "xds_vs_grpclb:1000",
+        "xDS beside grpclb streams on one balancer",
+        ("--streams", "1000", "--clients", "2"),
+        xds_vs_grpclb,
+    ),
+    Bench(
+        "xds_vs_grpclb:10000",
+        "xDS beside grpclb streams on one balancer",
+        ("--streams", "10000", "--clients", "2", "--rounds", "3"),
+        xds_vs_grpclb,
     ),
     Bench("reports", "load reports into Redis", (), reports),
     Bench("client_first_call", "first call, a balancer replica down", ("--runs", "7"), first_call),
