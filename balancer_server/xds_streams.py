@@ -143,6 +143,12 @@ class XdsStreamTable:
         self.generation += 1
         return record
 
+    def track(self, record: StreamRecord, type_url: str, state: TypeRecord) -> None:
+        """Makes `state` the stream's record of `type_url` (the ADS stream's
+        own per-type object, so that an ACK is recorded on it directly).
+        The caller bounds its type URLs."""
+        record.types[type_url] = state
+
     def ack(self, state: TypeRecord, version: str, sent: str = "") -> None:
         """An ACK of `version` on an open stream's record of a type. The
         version is held as `sent` (the string of the response, shared by

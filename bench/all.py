@@ -68,9 +68,12 @@ def streams(out: str) -> str:
 
 def xds_vs_grpclb(out: str) -> str:
     n = _all(r"^(\d+) raw streams of each kind", out)
-    rss = dict(
-        _all(r"^  (grpclb|xds):\s+opened \d+ in [\d.]+ s, RSS \+([\d.]+) KiB per stream", out)
-    )
+    rss = {
+        k: kib
+        for k, kib in _all(
+            r"^  (grpclb|xds):\s+opened \d+ in [\d.]+ s, RSS \+([\d.]+) KiB per stream", out
+        )
+    }
     delays = {
         k: (p50, p99)
         for k, p50, p99 in _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms", out)

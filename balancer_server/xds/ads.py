@@ -86,20 +86,22 @@ def _nonce_field(nonce: str) -> bytes:
     return b"\x2a" + bytes((len(data),)) + data if len(data) < 0x80 else field_bytes(5, data)
 
 
-class _TypeState:
-    """One resource type on one stream: what it subscribes to, what it was
-    last sent, and its entry in the stream table (what it ACKed, NACKed)."""
+class _TypeState(TypeRecord):
+    """One resource type on one stream: what it subscribes to and what it
+    was last sent, and (as the stream table's record of the type) what
+    the client last ACKed and NACKed: one object per type and stream."""
 
-    __slots__ = ("names", "version", "nonce", "dirty", "force", "entry")
+    __slots__ = ("names", "version", "nonce", "dirty", "force")
 
     def __init__(self) -> None:
+        super().__init__()
         self.names: frozenset[str] = frozenset()
-        # Of the last response: names a set of resource versions.
+        # Of the last response: names a set of resource versions; the
+        # nonce is the stream's count of responses then (0: none sent).
         self.version = ""
-        self.nonce = ""
+        self.nonce = 0
         self.dirty = False
         self.force = False
-        self.entry: TypeRecord | None = None
 
 
 class AdsStream:
@@ -156,10 +158,11 @@ class AdsStream:
             forced, state.force = state.force, False
             self.sent += 1
             state.version = version
-            state.nonce = nonce = str(self.sent)
+            state.nonce = self.sent
             # An update (not an answer to a subscription) is timed from the change.
             self.kind, self.since = index, None if forced else changed_at
-            self.writing = self.loop.create_task(self.context.write(body + _nonce_field(nonce)))
+            payload = body + _nonce_field(str(self.sent))
+            self.writing = self.loop.create_task(self.context.write(payload))
             self.writing.add_done_callback(self._written)
             return
 
@@ -348,8 +351,8 @@ class AdsService:
         nonce = request.response_nonce
         if (
             state is not None
-            and nonce
-            and nonce == state.nonce
+            and state.nonce
+            and nonce == str(state.nonce)
             and frozenset(request.resource_names) == state.names
         ):
             # The common case, once per response: the client answers the
@@ -363,7 +366,8 @@ class AdsService:
             self._check_names(type_url, names, first)
         if state is None:
             state = stream.types[index] = _TypeState()
-        if nonce and nonce == state.nonce:
+            self.table.track(stream.record, type_url, state)
+        if state.nonce and nonce == str(state.nonce):
             self._answered(stream, index, state, request, context)
         elif nonce and names == state.names:
             return  # answers an older response: the newer one is on its way
@@ -388,11 +392,7 @@ class AdsService:
         """Records an ACK or NACK of the stream's last response of a type."""
         if not request.HasField("error_detail"):
             _ACKS[index].inc()
-            entry = state.entry
-            if entry is None:
-                entry = state.entry = stream.record.state(TYPES[index])
-            if entry is not None:
-                self.table.ack(entry, request.version_info, state.version)
+            self.table.ack(state, request.version_info, state.version)
             return
         short = SHORT[TYPES[index]]
         error = request.error_detail.message
