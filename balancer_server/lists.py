@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import TypeVar
@@ -17,7 +17,7 @@ from typing import TypeVar
 from google.protobuf.duration_pb2 import Duration
 
 from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
-from lookaside_registry.model import Backend, PoolSnapshot
+from lookaside_registry.model import Backend, DropRate, PoolSnapshot
 
 T = TypeVar("T", bound=Hashable)
 
@@ -172,21 +172,47 @@ def serving_weights(snapshot: PoolSnapshot, serving: Sequence[Backend]) -> list[
     return [b.weight for b in serving]
 
 
-def build_entries(snapshot: PoolSnapshot, epoch: str, max_len: int = MAX_LIST_LEN) -> list[Entry]:
-    """The list entries for a pool's serving backends and drop rates.
+def weighted_backends(snapshot: PoolSnapshot) -> list[tuple[Backend, int]]:
+    """The serving set with the weight each backend has in the pool's list."""
+    serving = serving_set(snapshot)
+    return list(zip(serving, serving_weights(snapshot, serving), strict=True))
+
+
+def build_entries(
+    snapshot: PoolSnapshot,
+    epoch: str,
+    max_len: int = MAX_LIST_LEN,
+    subset: Collection[str] | None = None,
+) -> list[Entry]:
+    """The list entries for a pool's serving backends and drop rates; with
+    `subset` (backend ids), for those of them only (balancer_server.subsets),
+    their weights as in the whole pool's list.
 
     Backend tokens are "<backend id>.<epoch>": the epoch differs per balancer
     process, so a restarted balancer's lists never equal the old ones (a
     C-core client in fallback ignores a list equal to its last one).
     """
-    serving = serving_set(snapshot)
-    if not serving:
+    weighted = weighted_backends(snapshot)
+    if subset is not None:
+        weighted = [(b, w) for b, w in weighted if b.id in subset]
+    return entries_for(weighted, snapshot.config.drops, epoch, max_len)
+
+
+def entries_for(
+    weighted: Sequence[tuple[Backend, int]],
+    drop_rates: Sequence[DropRate],
+    epoch: str,
+    max_len: int = MAX_LIST_LEN,
+) -> list[Entry]:
+    """The list entries for these backends (with their weights) and drop
+    rates (see build_entries)."""
+    if not weighted:
         return []
-    drops = [d for d in snapshot.config.drops if d.per_mille > 0]
-    weights = serving_weights(snapshot, serving)
+    drops = [d for d in drop_rates if d.per_mille > 0]
+    weights = [w for _, w in weighted]
     backend_slots, drop_slots = slot_counts(weights, [d.per_mille for d in drops], max_len)
     items: list[tuple[Entry, int]] = []
-    for b, n in zip(serving, backend_slots, strict=True):
+    for (b, _), n in zip(weighted, backend_slots, strict=True):
         token = f"{b.id}.{epoch}"[:MAX_TOKEN_LEN]
         items.append((Entry(b.ip, b.port, token), n))
     for d, n in zip(drops, drop_slots, strict=True):
@@ -223,13 +249,16 @@ FALLBACK_PAYLOAD = lb.LoadBalanceResponse(
 ).SerializeToString()
 
 
-def pool_payload(snapshot: PoolSnapshot, epoch: str) -> bytes | None:
-    """The response to send for a pool version, or None when there is nothing
-    to send (no serving backend: clients keep the list they have, since an
-    empty list would fail every call)."""
+def pool_payload(
+    snapshot: PoolSnapshot, epoch: str, subset: Collection[str] | None = None
+) -> bytes | None:
+    """The response to send for a pool version (to a client with `subset`,
+    when given), or None when there is nothing to send (no serving backend:
+    clients keep the list they have, since an empty list would fail every
+    call)."""
     if snapshot.config.fallback:
         return FALLBACK_PAYLOAD
-    entries = build_entries(snapshot, epoch)
+    entries = build_entries(snapshot, epoch, subset=subset)
     if not entries:
         return None
     return server_list_payload(entries)

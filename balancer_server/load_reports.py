@@ -1,11 +1,12 @@
 """Ingests ClientStats into Redis.
 
-Reports are added up in memory per pool and written to the registry
-(RegistryStore.add_reports, one script per pool) once per flush (about
-once a second), so thousands of reports per second cost a handful of Redis
-round trips. A failed write keeps the batch and retries it with the next
-flush under the same id: nothing is lost while Redis is briefly away, and
-nothing is counted twice when a write reached Redis but its reply did not.
+Reports are added up in memory per pool and written to the registry once
+per flush (about once a second): RegistryStore.flush_reports, one pipeline
+of a script per pool and the stream counts, so thousands of reports per
+second cost one Redis round trip a second per balancer process. A failed
+write keeps the batch and retries it with the next flush under the same
+id: nothing is lost while Redis is briefly away, and nothing is counted
+twice when a write reached Redis but its reply did not.
 
 The registry keeps, per pool, a bucket per 10 seconds and a running total
 (docs/redis-layout.md). Fields: started, finished, failed_to_send,
@@ -102,8 +103,10 @@ class PoolSums:
         self.finished += stats.num_calls_finished
         self.failed_to_send += stats.num_calls_finished_with_client_failed_to_send
         self.known_received += stats.num_calls_finished_known_received
-        for per_token in stats.calls_finished_with_drop:
-            self.drops[per_token.load_balance_token] += per_token.num_calls
+        drops = stats.calls_finished_with_drop
+        if drops:
+            for per_token in drops:
+                self.drops[per_token.load_balance_token] += per_token.num_calls
         if len(UnknownFieldSet(stats)):
             for bid, *counts in backend_rows(stats):
                 self.outcomes.update(outcome_fields(bid, *counts))
@@ -220,7 +223,8 @@ class LoadReportSink:
                 log.warning("load reports: flush failed, keeping counts for the next one (%s)", exc)
 
     async def flush(self) -> None:
-        """Writes every batch not yet taken, oldest first, then the stream counts."""
+        """Writes every batch not yet taken, oldest first, each in one
+        pipeline with the stream counts (one round trip when Redis keeps up)."""
         if self._pending:
             pending, self._pending = self._pending, {}
             self._unacked.append(_Batch(secrets.token_hex(8), bucket_of(time.time()), pending))
@@ -228,18 +232,22 @@ class LoadReportSink:
                 lost = self._unacked.pop(0)
                 log.warning("load reports: dropping batch %s after %d failed flushes",
                             lost.id, MAX_UNACKED_BATCHES)  # fmt: skip
+        counts: dict[str, int] | None = dict(self._stream_counts)
         while self._unacked:
             batch = self._unacked[0]
-            for pool in list(batch.pools):
-                sums = batch.pools[pool]
-                await self.store.add_reports(
-                    pool, batch.id, batch.bucket, sums.load_fields(), sums.outcomes, sums.accusers
-                )
-                del batch.pools[pool]
-                metrics.REPORTS_INGESTED.labels(pool).inc(sums.reports)
+            await self.store.flush_reports(
+                batch.id,
+                batch.bucket,
+                {p: (s.load_fields(), s.outcomes, s.accusers) for p, s in batch.pools.items()},
+                self.replica_id,
+                counts,
+            )
+            counts = None
             self._unacked.pop(0)
-        if self._stream_counts:
-            await self.store.set_stream_counts(self.replica_id, self._stream_counts)
+            for pool, sums in batch.pools.items():
+                metrics.REPORTS_INGESTED.labels(pool).inc(sums.reports)
+        if counts:
+            await self.store.set_stream_counts(self.replica_id, counts)
 
 
 class _Batch:

@@ -24,7 +24,7 @@ from balancer_server.auth import (
 )
 from balancer_server.balance_load import SERVICE as LB_SERVICE
 from balancer_server.balance_load import BalanceLoadService
-from balancer_server.feeds import FeedHub
+from balancer_server.feeds import GC_HOLD, FeedHub
 from balancer_server.health_checker import HealthChecker
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.lrs import SERVICE as LRS_SERVICE
@@ -72,13 +72,17 @@ SERVER_OPTIONS = [
     # Metadata (headers) per call: registration metadata is small.
     ("grpc.max_metadata_size", 16 * 1024),
     ("grpc.max_receive_message_length", 1 << 20),
+    # Off for a single process, so that a second balancer on the same port
+    # fails loudly; workers (balancer_server.workers) turn it on to share it.
     ("grpc.so_reuseport", 0),
 ]
 MIN_TOKEN_LENGTH = 16
 
 
-def server_options(settings: BalancerSettings) -> list[tuple[str, int]]:
-    options = list(SERVER_OPTIONS)
+def server_options(settings: BalancerSettings, reuseport: bool = False) -> list[tuple[str, int]]:
+    options = [
+        (k, int(reuseport)) if k == "grpc.so_reuseport" else (k, v) for k, v in SERVER_OPTIONS
+    ]
     if settings.max_stream_age > 0:
         options.append(("grpc.max_connection_age_ms", int(settings.max_stream_age * 1000)))
         # Its streams get the grace to finish, then are cancelled; the
@@ -88,8 +92,9 @@ def server_options(settings: BalancerSettings) -> list[tuple[str, int]]:
     return options
 
 
-def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
-    """The registration credentials the settings name (files read now)."""
+def registration_auth(settings: BalancerSettings, announce: bool = True) -> RegistrationAuth:
+    """The registration credentials the settings name (files read now);
+    `announce` logs the warnings and sets the metric (a process that serves)."""
     tokens = [settings.registration_token]
     if settings.registration_token_file:
         tokens.append(read_secret(settings.registration_token_file, "registration token"))
@@ -109,6 +114,8 @@ def registration_auth(settings: BalancerSettings) -> RegistrationAuth:
         insecure=settings.insecure_registration,
         trusted_networks=parse_networks(settings.trusted_networks),
     )
+    if not announce:
+        return auth
     metrics.INSECURE_REGISTRATION.set(1 if auth.insecure else 0)
     if auth.insecure:
         log.warning(
@@ -149,15 +156,23 @@ class BalancerServer:
         *,
         outliers: OutlierPort | None = None,
         owns_store: bool = False,
+        reuseport: bool = False,
     ) -> None:
         self.settings = settings
+        self.reuseport = reuseport
         self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.epoch = _epoch()
         self.store = store
         self.owns_store = owns_store
         self.hub = FeedHub(self.epoch)
+        # How the balancer dials the backends (its probes), and how xDS
+        # clients are told to.
+        self.backend_tls = BackendTls.from_files(
+            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
+            settings.backend_tls_server_name,
+        )  # fmt: skip
         # xDS (ADS) beside grpclb, from the same watcher.
-        self.xds_hub = XdsHub()
+        self.xds_hub = XdsHub(self.backend_tls)
         self.watcher = RegistryWatcher(
             self.store,
             resync_interval=settings.resync_interval,
@@ -176,10 +191,6 @@ class BalancerServer:
         self.xds_publisher = XdsStreamPublisher(
             self.store, self.xds_streams, self.replica_id, interval=settings.report_flush_interval
         )
-        self.backend_tls = BackendTls.from_files(
-            settings.backend_tls_ca, settings.backend_tls_cert, settings.backend_tls_key,
-            settings.backend_tls_server_name,
-        )  # fmt: skip
         self.checker = HealthChecker(
             self.store,
             self.watcher,
@@ -204,15 +215,18 @@ class BalancerServer:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_settings(cls, settings: BalancerSettings) -> BalancerServer:
+    def from_settings(cls, settings: BalancerSettings, reuseport: bool = False) -> BalancerServer:
         """The balancer over a RegistryStore on settings.redis_url (its own,
-        closed at stop()), with outlier detection."""
+        closed at stop()), with outlier detection; `reuseport` lets other
+        processes listen on the same port (workers)."""
         store = RegistryStore.from_url(
             settings.redis_url,
             cluster=settings.redis_cluster,
             guard_bound_ms=int(settings.panic_guard_bound * 1000),
         )
-        return cls(settings, store, outliers=OutlierStore(store), owns_store=True)
+        return cls(
+            settings, store, outliers=OutlierStore(store), owns_store=True, reuseport=reuseport
+        )
 
     async def start(self) -> int:
         await self.watcher.start()
@@ -247,7 +261,7 @@ class BalancerServer:
             )
         )
         self._tasks.append(asyncio.create_task(self._redis_gauge()))
-        server = grpc.aio.server(options=server_options(self.settings))
+        server = grpc.aio.server(options=server_options(self.settings, self.reuseport))
         self.balance_load = BalanceLoadService(
             self.hub,
             self.sink,
@@ -358,6 +372,7 @@ async def serve(settings: BalancerSettings) -> None:
     except (PolicyError, TlsConfigError) as exc:
         raise SystemExit(f"lookaside balancer: {exc}") from None
     await balancer.start()
+    GC_HOLD.install()
     keeper = keeper_from_file(balancer.store, settings.state_file, f"state:{balancer.replica_id}")
     await until_signalled()
     log.info("shutting down")

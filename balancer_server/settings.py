@@ -3,7 +3,9 @@ their checks."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server_common.declarative import StateFile
@@ -17,6 +19,35 @@ from server_common.settings import (
     parse_networks,
     read_secret,
 )
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity; all of the
+    machine's where that is unknown)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# More balancer workers than this is a typo, not a plan (each is a process
+# of its own, with its own Redis connections).
+MAX_WORKERS = 256
+
+
+def check_workers(value: int) -> int:
+    if value < 1:
+        raise ValueError(
+            f"{value} workers cannot serve: give 1 (one process, no supervisor) or more "
+            "(default: the number of cores)"
+        )
+    if value > MAX_WORKERS:
+        raise ValueError(
+            f"{value} workers is more than the {MAX_WORKERS} allowed; about one per core serves best"
+        )
+    return value
 
 
 class BalancerSettings(BaseSettings):
@@ -38,7 +69,18 @@ class BalancerSettings(BaseSettings):
         "127.0.0.1:9464",
         description="host:port for Prometheus /metrics (HTTPS with --tls-cert); empty to disable",
     )
-    replica_id: str = Field("", description="name of this replica; default host-pid")
+    replica_id: str = Field(
+        "",
+        description="name of this replica; default host-pid (each worker adds -w<i>: "
+        "replica-w0, replica-w1, ...)",
+    )
+    workers: Annotated[int, AfterValidator(check_workers)] = Field(
+        default_workers(),
+        description="worker processes sharing --listen (SO_REUSEPORT) under a supervisor that "
+        "restarts them; 1: a single process, no supervisor. With more than one, --metrics-listen "
+        'serves every worker\'s metrics with a label worker="<i>". Default: the cores this '
+        "process may use",
+    )
     resync_interval: float = Field(1.0, gt=0, description="seconds between version checks")
     reap_interval: float = Field(0.5, gt=0, description="seconds between lease expiry sweeps")
     report_flush_interval: float = Field(

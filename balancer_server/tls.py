@@ -14,6 +14,9 @@ is the name the backends' certificates are checked against (default: the
 address dialled), where `{pool}` stands for the pool's name; and
 --backend-tls-cert/--backend-tls-key are the client certificate for
 backends that require mutual TLS.
+
+The same settings tell xDS clients how to reach the backends: a pool's
+Cluster then carries an UpstreamTlsContext (balancer_server.xds.resources).
 """
 
 from __future__ import annotations
@@ -105,7 +108,13 @@ class BackendTls:
         if self.credentials is None:
             return grpc.aio.insecure_channel(address)
         options = []
-        if self.server_name:
-            name = self.server_name.replace("{pool}", pool)
+        name = self.server_name_for(pool)
+        if name:
             options.append(("grpc.ssl_target_name_override", name))
         return grpc.aio.secure_channel(address, self.credentials, options=options)
+
+    def server_name_for(self, pool: str) -> str:
+        """The name `pool`'s backends' certificates must carry ("" for the
+        address dialled): the balancer's probes check it, and xDS clients
+        are told to (balancer_server.xds.resources)."""
+        return self.server_name.replace("{pool}", pool)

@@ -133,10 +133,16 @@ class RawStreams:
 
 class BenchLab:
     def __init__(
-        self, pools: dict[str, PoolConfig], *, metrics: bool = False, args: tuple[str, ...] = ()
+        self,
+        pools: dict[str, PoolConfig],
+        *,
+        metrics: bool = False,
+        args: tuple[str, ...] = (),
+        workers: int = 1,
     ) -> None:
         self.pools = pools
         self.args = args  # more flags for the balancer
+        self.workers = workers  # balancer worker processes (--workers)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.redis_process = RedisProcess()
         self.balancer = ""
@@ -152,7 +158,7 @@ class BenchLab:
             self.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "lookaside", "balancer", "--listen", self.balancer,
                  "--redis-url", url, "--metrics-listen", self.metrics, "--log-level", "warning",
-                 "--insecure-registration", *self.args],
+                 "--insecure-registration", "--workers", str(self.workers), *self.args],
             ))  # fmt: skip
 
             async def configure() -> None:
@@ -165,24 +171,34 @@ class BenchLab:
             ready = grpc.insecure_channel(self.balancer)
             grpc.channel_ready_future(ready).result(timeout=20)
             ready.close()
+            # Every worker serving before the clients connect (the kernel
+            # spreads connections over the workers listening then).
+            deadline = time.monotonic() + 60
+            while self.workers > 1 and self.metrics and time.monotonic() < deadline:
+                if self.metric("lookaside_balancer_workers") >= self.workers:
+                    break
+                time.sleep(0.2)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample from the balancer's /metrics (0 when absent)."""
+        """One sample from the balancer's /metrics (0 when absent); with
+        workers, the sum of the workers' samples."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as r:
             text = r.read().decode()
+        total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return float(sample.value)
-        return 0.0
+                own = {k: v for k, v in sample.labels.items() if k != "worker"}
+                if sample.name == name and own == labels:
+                    total += float(sample.value)
+        return total
 
     def server(self, pool: str, *flags: str) -> None:
         """Starts a demo routeguide server that registers in `pool`."""

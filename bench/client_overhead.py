@@ -203,6 +203,10 @@ def main() -> None:
                         "--log-level",
                         "warning",
                         "--insecure-registration",
+                        # One process, as these figures have always been
+                        # taken: the client's cost is what is measured.
+                        "--workers",
+                        "1",
                     ]
                 )
             )

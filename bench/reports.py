@@ -2,10 +2,10 @@
 balancer takes, and whether every one arrives.
 
     .venv/bin/python bench/reports.py [--streams 1000] [--clients 2]
-        [--seconds 10]
+        [--seconds 10] [--workers 1]
 
-Starts a private Redis and one balancer process, and a pool with one
-backend. Client processes open their share of the streams (grpc.aio, raw
+Starts a private Redis and one balancer (`--workers N`: a supervisor and N
+worker processes on one port), and a pool with one backend. Client processes open their share of the streams (grpc.aio, raw
 bytes) and then send ClientStats on every stream as fast as the balancer
 takes them (each stream sends its next report once the previous one is
 written, so the balancer's flow control sets the pace) for a fixed time.
@@ -72,12 +72,31 @@ async def _client(balancer: str, streams: int, per_connection: int, seconds: flo
     await raw.close()
 
 
+def _cpu(pids: list[int], tree: bool = False) -> float:
+    """User and system CPU seconds of these processes (and their children)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        procs = [psutil.Process(pid)]
+        if tree:
+            procs += procs[0].children(recursive=True)
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--streams-per-connection", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="balancer worker processes")
     parser.add_argument("--client", metavar="BALANCER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -97,7 +116,7 @@ def main() -> None:
     # drop after a burst (reports faster than the interval): measure
     # ingestion with the burst set out of reach.
     os.environ["LOOKASIDE_BALANCER_REPORT_BURST"] = str(1 << 40)
-    with BenchLab(pools, metrics=True) as lab:
+    with BenchLab(pools, metrics=True, workers=args.workers) as lab:
         from lookaside_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
@@ -128,6 +147,10 @@ def main() -> None:
         ]
         for c in clients:
             assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+        # CPU seconds from "go" until every report is read: contention on a
+        # shared machine stretches the wall clock, much less these.
+        balancer = lab.procs[0].pid
+        cpu_before = _cpu([balancer], tree=True), _cpu([c.pid for c in clients])
         for c in clients:
             assert c.stdin is not None
             c.stdin.write("go\n")
@@ -138,6 +161,9 @@ def main() -> None:
             _, n, secs, until = c.stdout.readline().split()
             sent, seconds = sent + int(n), max(seconds, float(secs))
             read_by = max(read_by, float(until))
+        balancer_cpu = _cpu([balancer], tree=True) - cpu_before[0]
+        clients_cpu = _cpu([c.pid for c in clients]) - cpu_before[1]
+        for c in clients:
             c.wait(60)
         # The balancer writes its sums about once a second.
         deadline = time.monotonic() + 30
@@ -151,11 +177,16 @@ def main() -> None:
 
     print(
         f"{args.streams} streams from {args.clients} client processes, "
-        f"reporting as fast as the balancer takes them for {args.seconds:g}s"
+        f"reporting as fast as the balancer takes them for {args.seconds:g}s; "
+        f"{args.workers} balancer worker{'s' if args.workers > 1 else ''}"
     )
     print(
         f"  sent {sent} reports in {seconds:.2f} s, all read by the balancer after "
         f"{read_by:.2f} s: {sent / read_by:,.0f} reports/s"
+    )
+    print(
+        f"  CPU per report: balancer {balancer_cpu / sent * 1e6:.1f} us, "
+        f"clients {clients_cpu / sent * 1e6:.1f} us"
     )
     print(
         f"  balancer wrote {received:.0f} (lookaside_balancer_load_reports_total); "

@@ -2,27 +2,35 @@
 memory each costs, and how long one registration takes to reach all of them.
 
     .venv/bin/python bench/streams.py [--streams 10000] [--clients 2]
-        [--streams-per-connection 100]
+        [--streams-per-connection 100] [--updates 5] [--profile FILE]
 
 Starts a private Redis and one balancer process, and a pool with one
 backend. Client processes (grpc.aio, raw bytes, one HTTP/2 connection per
-`--streams-per-connection` streams) open their share of the streams all at
-once and wait for the first list on each. The script then reads the
-balancer's RSS, registers one more backend through the Registry API's
-Register RPC (five times, a second apart), and each client notes when
-every stream receives each new list. It prints: streams opened and refused, time to open, balancer RSS
-per stream, the registration-to-list delay (p50, p99, max) over all
-streams, and the balancer's own fan-out time from its /metrics (from the
-new list to its last write). Clients and balancer share this machine's cores, so the delays
-include the clients' own time to read 10,000 messages. No assertion: the
-numbers go to docs/benchmarks.md.
+`--streams-per-connection` streams; 1 is how clients have them) open their
+share of the streams all at once and wait for the first list on each. The
+script then reads the balancer's RSS, registers one more backend through
+the Registry API's Register RPC (`--updates` times, a second apart), and
+each client notes when every stream receives each new list. It prints:
+streams opened and refused, time to open, balancer RSS per stream, the
+registration-to-list delay (p50, p99, max) over all streams, the
+balancer's own fan-out time from its /metrics (from the new list to its
+last write), and the balancer's CPU per update (user + system, from the
+registration to its last write, less its idle rate). Clients and balancer
+share this machine's cores, so the delays include the clients' own time
+to read 10,000 messages. `--profile FILE` records the balancer with py-spy
+during the registrations. No assertion: the numbers go to
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +58,10 @@ async def _client(
     list of unix times>` once every stream has it."""
     raw = RawStreams(balancer, POOL, streams, per_connection)
     elapsed = await asyncio.wait_for(raw.open(), wait)
+    # The clients measure the balancer: a full collection of their own
+    # (seconds, at thousands of streams per process) would count as delay.
+    gc.freeze()
+    gc.disable()
     refused = sum(raw.refusals.values())
     print(f"ready {len(raw.calls)} {refused} {elapsed:.3f} {json.dumps(raw.refusals)}", flush=True)
     for _ in range(updates):
@@ -71,8 +83,17 @@ def main() -> None:
     parser.add_argument("--streams-per-connection", type=int, default=100)
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--wait", type=float, default=120.0)
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the balancer with py-spy during the registrations (collapsed stacks: "
+        "FILE, one stack a line with its sample count)",
+    )
     parser.add_argument("--client", metavar="BALANCER", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if args.profile and not Path(py_spy).exists():
+        parser.error("--profile needs py-spy (pip install py-spy; it is in the dev extra)")
     if args.client:
         asyncio.run(
             _client(args.client, args.streams, args.streams_per_connection, args.updates, args.wait)
@@ -123,19 +144,37 @@ def main() -> None:
         time.sleep(1.0)
         rss_after = balancer.memory_info().rss
 
+        spy = None
+        if args.profile:
+            # With PYSPY_NATIVE=1, C frames too (py-spy must then pause the
+            # process for each sample).
+            native = ["--native"] if os.environ.get("PYSPY_NATIVE") else ["--nonblocking"]
+            spy = subprocess.Popen(
+                [py_spy, "record", "--pid", str(balancer.pid), "--rate", "250",
+                 "--format", "raw", "--output", args.profile, "--threads", *native],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         rounds = []
+        cpu: list[float] = []  # the balancer's CPU seconds per update, idle subtracted
         for u in range(args.updates):
+            idle0, i0 = _cpu(balancer), time.perf_counter()
             time.sleep(1.0)
-            t0 = time.time()
+            idle = (_cpu(balancer) - idle0) / (time.perf_counter() - i0)
+            t0, c0, p0 = time.time(), _cpu(balancer), time.perf_counter()
             registry.Register(registry_pb2.RegisterRequest(pool=POOL, host="10.0.0.2", port=2 + u))
             delays: list[float] = []
             for c in clients:
                 assert c.stdout is not None
                 line = c.stdout.readline()
                 delays += [t - t0 for t in json.loads(line.removeprefix("arrivals "))]
+            time.sleep(0.2)  # the balancer's last completions
+            cpu.append(_cpu(balancer) - c0 - idle * (time.perf_counter() - p0))
             rounds.append(
                 (percentile(delays, 0.5), percentile(delays, 0.99), max(delays), len(delays))
             )
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         for c in clients:
             c.wait(30)
         fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=POOL)
@@ -166,6 +205,17 @@ def main() -> None:
         f"  balancer's own fan-out (new list -> last write, lookaside_balancer_fanout_seconds): "
         f"mean {fanout / max(fanouts, 1) * 1000:.0f} ms over {fanouts:.0f} updates"
     )
+    per_update = statistics.median(cpu)
+    print(
+        f"  balancer CPU per update (user+sys, registration to last write, idle subtracted): "
+        f"median {per_update * 1000:.1f} ms, {per_update / max(opened, 1) * 1e6:.1f} us per stream"
+    )
+
+
+def _cpu(process: psutil.Process) -> float:
+    """CPU seconds (user + system) of the process so far, all its threads."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ SERVICES: dict[str, tuple[str, str, str]] = {
     "balancer": (
         "run the grpclb balancer and registration API",
         "balancer_server.settings:BalancerSettings",
-        "balancer_server.server:serve",
+        "balancer_server.workers:run",
     ),
     "dns": (
         "run the DNS SRV responder for stock gRPC clients",

@@ -7,6 +7,7 @@
     lookaside ctl streams                        # open grpclb and xDS client streams
     lookaside ctl drain|undrain|disable|enable|reinstate POOL BACKEND
     lookaside ctl weight POOL BACKEND N
+    lookaside ctl subset POOL N                  # each client gets N backends (0: all)
     lookaside ctl apply -f pools.json            # declare pools (idempotent)
     lookaside ctl export > pools.json            # the current state, same format
 
@@ -144,12 +145,13 @@ def _pools_table(body: dict[str, Any]) -> str:
             str(p["backends"]["disabled"]),
             str(p["backends"]["unhealthy"] + p["backends"]["ejected"]),
             "yes" if p["fallback"] else "no",
+            str(p.get("subset_size") or "-"),
             str(p["version"]),
         ]
         for p in body["pools"]
     ]
     head = ["POOL", "POLICY", "BACKENDS", "SERVING", "HELD", "DRAINING", "DISABLED", "OUT"]
-    head.append("FALLBACK")
+    head += ["FALLBACK", "SUBSET"]
     return table([*head, "VERSION"], rows)
 
 
@@ -423,6 +425,18 @@ def dispatch(client: AdminClient, args: argparse.Namespace) -> str:
         else:
             body = client.call("POST", f"{path}/{cmd}")
         return json.dumps(body, indent=2) if as_json else _backend_line(body)
+    if cmd == "subset":
+        body = client.call(
+            "PATCH", f"/api/v1/pools/{_q(args.pool)}", {"subset_size": args.subset_size}
+        )
+        if as_json:
+            return json.dumps(body, indent=2)
+        size = body["subset_size"]
+        return f"{body['name']}: " + (
+            f"each client stream gets {size} of the pool's backends"
+            if size
+            else "every client stream gets every backend"
+        )
     if cmd == "apply":
         doc = load_document(args.file)
         query = urllib.parse.urlencode(
@@ -508,6 +522,13 @@ def add_subcommand(subparsers: Any) -> None:
     w.add_argument("pool")
     w.add_argument("backend")
     w.add_argument("weight", type=int, help="1..1000")
+    sz = command(
+        "subset",
+        "set a pool's subset size: each client stream gets that many of its backends "
+        "(docs/subsetting.md)",
+    )
+    sz.add_argument("pool")
+    sz.add_argument("subset_size", type=int, help="0..1000; 0: every client gets every backend")
     a = command(
         "apply",
         "declare pools from a file (POST /api/v1/state): merges, idempotent, prints the plan",

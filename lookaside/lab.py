@@ -76,6 +76,13 @@ class LabSettings(BaseSettings):
         description="the production profile: TLS on the balancer, admin API and backends "
         "(health checks too; a lab CA), a registration token for the pool",
     )
+    balancer_workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="balancer worker processes (`lookaside balancer --workers`); the lab's "
+        "default 1 keeps one process and one log; production defaults to the cores",
+    )
     ready_timeout: float = Field(30.0, description="seconds to wait for each process")
     restart_backends: bool = Field(False, description="start a backend again when it dies")
     state_file: str = Field(
@@ -253,6 +260,7 @@ class Lab:
             "balancer",
             ["balancer", "--listen", lb_addr, "--redis-url", url,
              "--metrics-listen", f"{s.host}:{s.metrics_port}", "--replica-id", "lab-balancer",
+             "--workers", str(s.balancer_workers),
              *self._balancer_security_args(), *state],
             s.balancer_port,
         ).wait_ready(s.ready_timeout)  # fmt: skip
@@ -369,15 +377,20 @@ class Lab:
         redis_pid = f" (pid {self.redis.pid}, append-only)" if self.redis else ""
         logs = "kept" if self.keep_logs else "removed on a clean stop; keep them with --log-dir"
         tls = f" --tls-ca {self.certs.ca}" if self.certs else ""
-        # Over xDS the backends are dialled by the pool's name: their
-        # certificates name the zone's hosts.
+        # Over xDS the lab's Clusters carry the backends' TLS (its balancer
+        # has --backend-tls-ca); --server-name serves the client's fallback
+        # credentials, which dial the backends by the pool's name (their
+        # certificates name the zone's hosts).
         xds_tls = f"{tls} --server-name {s.pool}.{s.zone}" if self.certs else ""
-        bootstrap_tls = f" --ca {self.certs.ca}" if self.certs else ""
+        # The lab's backends serve TLS from the same CA: the bootstrap
+        # defines it for them too (the Clusters ask for it).
+        bootstrap_tls = f" --ca {self.certs.ca} --backend-ca {self.certs.ca}" if self.certs else ""
         web = "https" if s.tls else "http"
         lines = [
             "Lookaside lab is up",
             f"  redis      {self.redis_url}{redis_pid}",
-            f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics",
+            f"  balancer   {lb_addr}   metrics {web}://{s.host}:{s.metrics_port}/metrics"
+            + (f"   {s.balancer_workers} workers" if s.balancer_workers > 1 else ""),
             f"  dns        {s.host}:{s.dns_port} (udp+tcp)   zone {s.zone}",
             f"  admin      {self.admin_url}/   token in {self.token_file}",
             f"  dashboard  {self.admin_url}/#token={self.token}   (opens logged in)",

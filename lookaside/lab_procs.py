@@ -32,10 +32,17 @@ def exit_reason(code: int) -> str:
 
 
 def _listens(pid: int, port: int) -> bool:
-    """True when process `pid` holds a listening TCP or a bound UDP socket
-    on `port`."""
+    """True when process `pid`, or one of its children (the workers of a
+    `lookaside balancer --workers N`), holds a listening TCP or a bound UDP
+    socket on `port`."""
     try:
-        conns = psutil.Process(pid).net_connections(kind="inet")
+        process = psutil.Process(pid)
+        conns = process.net_connections(kind="inet")
+        for child in process.children():
+            try:
+                conns += child.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
     return any(

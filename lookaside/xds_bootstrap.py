@@ -5,6 +5,8 @@ its pools from a Lookaside balancer on `xds:///POOL`.
     lookaside xds-bootstrap --server lb.example:50051 --ca ca.pem            # TLS
     lookaside xds-bootstrap --server lb.example:50051 --ca ca.pem \\
         --cert client.pem --key client-key.pem --node-id checkout-7f9c      # mTLS
+    lookaside xds-bootstrap --server lb.example:50051 --ca ca.pem \
+        --backend-ca backend-ca.pem                                        # TLS backends
     GRPC_XDS_BOOTSTRAP=bootstrap.json ./client xds:///routeguide
 
 The client reads the file named by GRPC_XDS_BOOTSTRAP (or the JSON in
@@ -29,6 +31,18 @@ What it holds:
   GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true, only over TLS, and only
   a token shaped as a JWT (it reads the expiry): the pool's client token
   must then be one.
+- `certificate_providers` with --backend-ca (and --backend-cert and
+  --backend-key for backends that require mTLS): when the balancer runs
+  with --backend-tls-ca, each pool's Cluster asks the client to dial its
+  backends over TLS with the certificate provider instances
+  `lookaside-backend-ca` (the CA that signed the backends' certificates)
+  and `lookaside-backend-cert` (the client certificate), which these
+  define with gRPC's `file_watcher` plugin (files re-read every
+  --refresh-interval). A client without them refuses such a Cluster. The
+  client must also make its channel with xDS credentials
+  (`grpc.secure_channel(target, grpc.xds_channel_credentials(
+  grpc.experimental.insecure_channel_credentials()))` in Python): with plain insecure
+  credentials gRPC ignores the Cluster's TLS and dials in plaintext.
 - `node`: the id the balancer shows for the client's stream (admin API
   /api/v1/streams, `lookaside ctl streams`), and a locality when given.
 
@@ -45,6 +59,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from balancer_server.xds.resources import BACKEND_CA, BACKEND_CERT
 from server_common.settings import host_port
 
 SERVER_FEATURES = ("ignore_resource_deletion", "xds_v3")
@@ -92,6 +107,10 @@ def bootstrap(
     region: str = "",
     zone: str = "",
     client_token_file: str = "",
+    backend_ca: str = "",
+    backend_cert: str = "",
+    backend_key: str = "",
+    refresh_interval: float = 600.0,
 ) -> dict[str, Any]:
     """The bootstrap document; ValueError naming the flag that is wrong."""
     server = host_port(server, "--server")
@@ -103,6 +122,15 @@ def bootstrap(
         raise ValueError(
             "--client-token-file needs --ca (gRPC sends call credentials over TLS only)"
         )
+    if bool(backend_cert) != bool(backend_key):
+        raise ValueError(
+            "--backend-cert and --backend-key go together (the client certificate for "
+            "backends that require mTLS, and its key)"
+        )
+    if backend_cert and not backend_ca:
+        raise ValueError("--backend-cert needs --backend-ca (the backends' CA)")
+    if not 1 <= refresh_interval <= 86_400:
+        raise ValueError("--refresh-interval must be 1..86400 seconds")
     node_id = node_id.strip() or default_node_id()
     if len(node_id) > MAX_NODE_ID or not node_id.isprintable():
         raise ValueError(f"--node-id must be 1..{MAX_NODE_ID} printable characters")
@@ -125,7 +153,29 @@ def bootstrap(
     locality = {k: v for k, v in (("region", region), ("zone", zone)) if v}
     if locality:
         node["locality"] = locality
-    return {"xds_servers": [server_doc], "node": node}
+    doc: dict[str, Any] = {"xds_servers": [server_doc], "node": node}
+    if backend_ca:
+        every = f"{refresh_interval:g}s"
+        providers = {
+            BACKEND_CA: {
+                "plugin_name": "file_watcher",
+                "config": {
+                    "ca_certificate_file": _readable(backend_ca, "--backend-ca"),
+                    "refresh_interval": every,
+                },
+            }
+        }
+        if backend_cert:
+            providers[BACKEND_CERT] = {
+                "plugin_name": "file_watcher",
+                "config": {
+                    "certificate_file": _readable(backend_cert, "--backend-cert"),
+                    "private_key_file": _readable(backend_key, "--backend-key"),
+                    "refresh_interval": every,
+                },
+            }
+        doc["certificate_providers"] = providers
+    return doc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -139,6 +189,10 @@ def _run(args: argparse.Namespace) -> int:
             region=args.region,
             zone=args.zone,
             client_token_file=args.client_token_file,
+            backend_ca=args.backend_ca,
+            backend_cert=args.backend_cert,
+            backend_key=args.backend_key,
+            refresh_interval=args.refresh_interval,
         )
     except ValueError as exc:
         print(f"lookaside xds-bootstrap: {exc}", file=sys.stderr)
@@ -182,6 +236,24 @@ def add_subcommand(sub: Any) -> None:
         default="",
         help="a file holding the pool's client token (a JWT), sent on the xDS stream "
         "(needs --ca, and GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true in the client)",
+    )
+    p.add_argument(
+        "--backend-ca",
+        default="",
+        help="PEM CA that signed the backends' certificates: for a balancer with "
+        "--backend-tls-ca (TLS backends)",
+    )
+    p.add_argument(
+        "--backend-cert",
+        default="",
+        help="PEM client certificate for backends that require mTLS (needs --backend-key)",
+    )
+    p.add_argument("--backend-key", default="", help="PEM private key of --backend-cert")
+    p.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=600.0,
+        help="seconds between re-reads of the --backend-* files [default 600]",
     )
     p.add_argument("--region", default="", help="the client's locality: region")
     p.add_argument("--zone", default="", help="the client's locality: zone")

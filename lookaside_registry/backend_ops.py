@@ -26,7 +26,7 @@ from lookaside_registry.errors import (
 )
 from lookaside_registry.machine import TABLE, Event, Key, Outcome
 from lookaside_registry.model import Backend, PoolConfig, backend_id_for
-from lookaside_registry.validation import check_pool_name
+from lookaside_registry.validation import check_pool_name, check_subset_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +145,7 @@ class BackendOps:
         version. With `expected_version`, a compare-and-set: VersionConflict
         when the settings changed since that version."""
         pool = check_pool_name(config.name)
+        check_subset_size(config.subset_size)
         mode = "absent" if only_if_absent else "exists" if only_if_exists else "any"
         expected = "" if expected_version is None else str(expected_version)
         status, cv, _v = await self._run(

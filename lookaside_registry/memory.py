@@ -218,6 +218,20 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
         for pool in pools:
             self._call("HDEL", keys.streams(pool), replica)
 
+    async def flush_reports(
+        self,
+        batch_id: str,
+        bucket: int,
+        pools: Mapping[str, reports.PoolReport],
+        replica: str = "",
+        stream_counts: Mapping[str, int] | None = None,
+    ) -> None:
+        """As RegistryStore's (there, one pipeline): no round trips here."""
+        for pool, (fields, outcomes, accusers) in pools.items():
+            await self.add_reports(pool, batch_id, bucket, fields, outcomes, accusers)
+        if stream_counts:
+            await self.set_stream_counts(replica, stream_counts)
+
     async def load_windows(self, pool: str, now: float | None = None) -> list[LoadWindow]:
         self._check()
         prefix = keys.load_bucket(pool, 0)[:-1]

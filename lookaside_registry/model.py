@@ -134,6 +134,9 @@ class PoolConfig:
     health_checks: HealthChecks = field(default_factory=HealthChecks)
     outlier_detection: OutlierDetection = field(default_factory=OutlierDetection)
     registration: RegistrationRules = field(default_factory=RegistrationRules)
+    # Deterministic subsetting: each client stream gets this many of the
+    # listed backends (balancer_server.subsets); 0: every backend.
+    subset_size: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

@@ -207,6 +207,15 @@ class ReportPort(Protocol):
         accusers: Iterable[str] = ...,
     ) -> bool: ...
 
+    async def flush_reports(
+        self,
+        batch_id: str,
+        bucket: int,
+        pools: Mapping[str, tuple[Mapping[str, int], Mapping[str, int], Iterable[str]]],
+        replica: str = ...,
+        stream_counts: Mapping[str, int] | None = ...,
+    ) -> None: ...
+
     async def set_stream_counts(self, replica: str, counts: Mapping[str, int]) -> None: ...
 
     async def clear_stream_counts(self, replica: str, pools: Iterable[str]) -> None: ...

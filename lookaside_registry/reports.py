@@ -3,7 +3,9 @@ open stream counts and replica membership. Part of RegistryStore.
 
 A load report flush is idempotent: each batch carries an id, and the
 script that adds it to a pool first sets a marker for that id. A flush
-whose reply was lost is retried with the same id and counts once.
+whose reply was lost is retried with the same id and counts once. A
+balancer's flush (`flush_reports`) is one pipeline: a script per pool and
+the stream counts, in one round trip.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from lookaside_registry import keys, load, lua, xds
 from lookaside_registry.errors import guarded
@@ -76,6 +79,43 @@ def bucket_of(now: float) -> int:
     return int(now // BUCKET_SECONDS)
 
 
+# One pool's part of a flush: load fields, outcome fields, accusers.
+PoolReport = tuple[Mapping[str, int], Mapping[str, int], Iterable[str]]
+
+
+def _add_reports_call(
+    pool: str,
+    batch_id: str,
+    bucket: int,
+    fields: Mapping[str, int],
+    outcomes: Mapping[str, int] | None,
+    accusers: Iterable[str],
+) -> tuple[list[str], list[str | int]]:
+    """The keys and arguments of ADD_REPORTS for one pool's batch."""
+    return (
+        [
+            keys.pool_key(pool, f"batch:{batch_id}"),
+            keys.load_bucket(pool, bucket),
+            keys.load_total(pool),
+            keys.outcomes(pool),
+            keys.accusers(pool),
+        ],
+        [
+            BUCKET_TTL_SECONDS,
+            OUTCOMES_TTL_SECONDS,
+            json.dumps({f: n for f, n in fields.items() if n}),
+            json.dumps({f: n for f, n in (outcomes or {}).items() if n}),
+            BATCH_MARKER_TTL_SECONDS,
+            json.dumps(sorted(accusers)),
+            ACCUSERS_KEEP_MS,
+        ],
+    )
+
+
+def _stream_entry(count: int, stamp: int) -> str:
+    return json.dumps({"streams": count, "ts_ms": stamp})
+
+
 class ReportOps:
     """Load reports, stream counts and replica membership."""
 
@@ -97,26 +137,43 @@ class ReportOps:
         """Adds one batch of a pool's summed reports to its bucket and total,
         its outcomes to the running totals, and stamps its accusations
         ("<backend id>|<stream>"). False when this batch id was added before."""
-        marker = keys.pool_key(pool, f"batch:{batch_id}")
-        done = await self._add_reports(
-            keys=[
-                marker,
-                keys.load_bucket(pool, bucket),
-                keys.load_total(pool),
-                keys.outcomes(pool),
-                keys.accusers(pool),
-            ],
-            args=[
-                BUCKET_TTL_SECONDS,
-                OUTCOMES_TTL_SECONDS,
-                json.dumps({f: n for f, n in fields.items() if n}),
-                json.dumps({f: n for f, n in (outcomes or {}).items() if n}),
-                BATCH_MARKER_TTL_SECONDS,
-                json.dumps(sorted(accusers)),
-                ACCUSERS_KEEP_MS,
-            ],
-        )
-        return bool(done)
+        keys_, args = _add_reports_call(pool, batch_id, bucket, fields, outcomes, accusers)
+        return bool(await self._add_reports(keys=keys_, args=args))
+
+    @guarded
+    async def flush_reports(
+        self,
+        batch_id: str,
+        bucket: int,
+        pools: Mapping[str, PoolReport],
+        replica: str = "",
+        stream_counts: Mapping[str, int] | None = None,
+    ) -> None:
+        """One balancer flush in one pipeline (one round trip): each pool's
+        batch as add_reports adds it, then `replica`'s stream counts. It
+        either all reached Redis or raises; a retry with the same id counts
+        no batch twice."""
+        script = self._add_reports
+        for attempt in (1, 2):
+            if not script._loaded:
+                await script._load()
+            stamp = int(time.time() * 1000)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for pool, (fields, outcomes, accusers) in pools.items():
+                    keys_, args = _add_reports_call(
+                        pool, batch_id, bucket, fields, outcomes, accusers
+                    )
+                    pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+                for pool, count in (stream_counts or {}).items():
+                    pipe.hset(keys.streams(pool), replica, _stream_entry(count, stamp))
+                results = await pipe.execute(raise_on_error=False)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if attempt == 1 and any(isinstance(e, NoScriptError) for e in errors):
+                script._loaded = False  # Redis lost its scripts: load, run again
+                continue
+            if errors:
+                raise errors[0]
+            return
 
     @guarded
     async def accusers_since(self, pool: str, since_ms: int) -> dict[str, int]:
@@ -130,9 +187,7 @@ class ReportOps:
         stamp = int(time.time() * 1000)
         async with self._redis.pipeline(transaction=False) as pipe:
             for pool, count in counts.items():
-                pipe.hset(
-                    keys.streams(pool), replica, json.dumps({"streams": count, "ts_ms": stamp})
-                )
+                pipe.hset(keys.streams(pool), replica, _stream_entry(count, stamp))
             await pipe.execute()
 
     @guarded

@@ -26,6 +26,8 @@ METADATA_MAX_VALUE = 256
 METADATA_MAX_BYTES = 4096
 LEASE_TTL_MIN_MS, LEASE_TTL_MAX_MS = 1_000, 3_600_000
 REPORT_INTERVAL_MIN_MS, REPORT_INTERVAL_MAX_MS = 0, 3_600_000
+# A pool's subset size: 0 is off; at most the longest list the balancer sends.
+SUBSET_SIZE_MIN, SUBSET_SIZE_MAX = 0, 1000
 
 
 # The registry's error hierarchy lives in lookaside_registry.errors; these
@@ -105,6 +107,19 @@ def check_report_interval_ms(ms: int) -> int:
             f"{REPORT_INTERVAL_MIN_MS}..{REPORT_INTERVAL_MAX_MS} ms"
         )
     return ms
+
+
+def check_subset_size(size: int) -> int:
+    """A pool's subset size: 0 (every client gets every backend) or how many
+    backends each client stream is given, at most a list's length."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise RegistryError(f"subset size must be a whole number, got {size!r}")
+    if not SUBSET_SIZE_MIN <= size <= SUBSET_SIZE_MAX:
+        raise RegistryError(
+            f"subset size {size} is out of range {SUBSET_SIZE_MIN}..{SUBSET_SIZE_MAX} "
+            "(0: every client gets every backend)"
+        )
+    return size
 
 
 def check_drop_token(token: str) -> str:

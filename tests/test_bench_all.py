@@ -1,11 +1,12 @@
-"""bench/all.py: every benchmark in one command, printing the table that
-opens docs/benchmarks.md. Its figure parsers read each benchmark's real
-output (the runs recorded in docs/benchmarks.md); one cheap benchmark runs
-end to end."""
+"""`python -m bench all` (bench/all.py): every benchmark in one command,
+one JSON of their figures and the table that opens docs/benchmarks.md. Its
+figure parsers read each benchmark's real output (the runs recorded in
+docs/benchmarks.md); the cheap benchmarks run end to end at --quick sizes."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,27 @@ least_loaded, 3 backends at 5 ms; one turns 50 ms at t=8s; 8 calls in flight
   balancer wrote 624137 (lookaside_balancer_load_reports_total); Redis holds 624137 reports
   Redis calls started 624137, finished 624137 (each report carries 1 and 1): lost 0
 """,
+    "subsetting": """\
+assignment: 1,000 backends, 10,000 clients, subset size 20
+  subsetting           min 200, max 200, mean 200.0, worst 0.0% off the mean
+  hashing per client   min 160, max 242, mean 200.0, worst 21.0% off the mean
+  no subsetting        every backend 10,000 connections
+  (739 ms to seat the clients, 74 us each)
+  one backend leaves: 200 clients get a new subset (members replaced per client: {1: 200}); min 200, max 210, mean 200.2, worst 4.9% off the mean
+  its fan-out: 200 lists, 108,600 bytes (20 distinct lists serialized); without subsetting 10,000 lists of 26,977 bytes = 269,770,000 bytes
+""",
+    "xds_vs_grpclb": """\
+1000 raw streams of each kind on one balancer, 100 per connection (grpclb first)
+  grpclb: opened 1000 in 0.69 s, RSS +25.2 KiB per stream
+  xds:    opened 1000 in 1.08 s, RSS +28.5 KiB per stream
+  registration -> the new list/assignment on every stream, 5 rounds:
+    grpclb  p50 43 ms, p99 87 ms over 5000 arrivals
+    xds     p50 148 ms, p99 403 ms over 5000 arrivals
+  the balancer's own part: grpclb new list -> last write (lookaside_balancer_fanout_seconds) mean 173 ms over 5 updates; xDS change -> write, per stream (lookaside_balancer_xds_update_seconds) mean 237 ms over 5005 writes
+  registration -> first call on the new backend, per round:
+    grpclb (thin client)  p50 57 ms, max 84 ms  (53, 67, 48, 57, 84 ms)
+    xds (stock grpcio)    p50 122 ms, max 261 ms  (198, 116, 122, 104, 261 ms)
+""",
     "client_first_call": """\
 sync  first call, first balancer refused: median 8.7 ms, worst 13.0 ms (7 runs)
 aio   first call, first balancer refused: median 6.6 ms, worst 9.0 ms (7 runs)
@@ -97,48 +119,96 @@ aio   first call, first balancer refused: median 6.6 ms, worst 9.0 ms (7 runs)
 }
 
 
-def _figures(name: str) -> str:
+def _figures(name: str) -> tuple[str, dict[str, object]]:
     bench = next(b for b in ALL.BENCHES if b.name == name)
     return bench.figures(OUTPUTS[name])  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("name", sorted(OUTPUTS))
 def test_each_benchmarks_figures_are_read_from_its_output(name: str) -> None:
-    figures = _figures(name)
-    assert figures, name
+    text, values = _figures(name)
+    assert text and values, name
     # The docs' table holds the same figures for the same runs.
-    assert figures in DOC, (name, figures)
+    assert text in DOC, (name, text)
+    # Every number of the cell is in the JSON values too.
+    assert all(isinstance(v, int | float) for v in values.values()), values
     bench = next(b for b in ALL.BENCHES if b.name == name)
-    assert bench.figures("Traceback (most recent call last):\n") == ""
+    assert bench.figures("Traceback (most recent call last):\n") == ("", {})
 
 
-def test_docs_open_with_the_table_and_its_command() -> None:
+def test_figures_as_numbers() -> None:
+    assert _figures("streams:1000")[1] == {
+        "streams": 1000,
+        "refused": 0,
+        "first_lists_s": 0.34,
+        "kib_per_stream": 25.2,
+        "registration_to_list_p50_ms": 24.0,
+        "registration_to_list_p99_ms": 33.0,
+        "fanout_mean_ms": 38.0,
+    }
+    assert _figures("reports")[1] == {"reports_per_s": 31013.0, "lost": 0}
+    assert _figures("client_overhead")[1]["thin1_over_plain_aio_64_in_flight"] == 1.010
+
+
+def test_docs_open_with_the_table_between_its_markers() -> None:
+    start, end = DOC.index(ALL.TABLE_START), DOC.index(ALL.TABLE_END)
     first = DOC.index("| benchmark | command | figures |")
-    assert first < DOC.index("\n## ", DOC.index("## Current figures") + 1)
-    assert "make bench" in DOC[:first]
+    assert start < first < end < DOC.index("\n## ", DOC.index("## Current figures") + 1)
+    assert "make bench" in DOC[:first] and "python -m bench all" in DOC[:first]
     for bench in ALL.BENCHES:
-        assert f"`{bench.command}`" in DOC[first : DOC.index("\n\n", first)], bench.command
+        assert f"`{bench.command()}`" in DOC[first:end], bench.command()
     make = (REPO / "Makefile").read_text()
-    assert "bench/all.py" in make.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert "-m bench all --json" in make.split("\nbench:", 1)[1].split("\n\n", 1)[0]
 
 
-def test_one_benchmark_runs_end_to_end() -> None:
+def test_the_table_is_written_between_the_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\n{ALL.TABLE_START}\nold table\n{ALL.TABLE_END}\n\n## Next\n")
+    ALL.write_doc(doc, "| new | table |")
+    assert doc.read_text() == (
+        f"# B\n\n{ALL.TABLE_START}\n| new | table |\n{ALL.TABLE_END}\n\n## Next\n"
+    )
+
+
+QUICK = ("client_path", "streams:1000", "reports")
+
+
+def test_the_cheap_benchmarks_run_end_to_end_at_quick_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    before = (REPO / "docs" / "benchmarks.md").read_text()
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "all.py"), "client_path"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, "-m", "bench", "all", "--quick", "--json", str(out), *QUICK],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("Run of ") and "`bench/all.py client_path`" in lines[0]
+    assert lines[0].startswith("Run of ") and "`python -m bench all --quick client_path" in lines[0]
     [row] = [line for line in lines if line.startswith("| the thin client's own work")]
-    assert "`bench/client_path.py`" in row and "added per call: sync " in row and "asyncio" in row
+    assert "`bench/client_path.py --calls 2000`" in row and "added per call: sync " in row
+    report = json.loads(out.read_text())
+    assert report["quick"] is True and report["machine"]["cpus"]
+    names = [b["name"] for b in report["benchmarks"]]
+    assert names == ["client_path", "streams:1000", "reports"]
+    for b in report["benchmarks"]:
+        assert b["exit_code"] == 0 and b["figures"] and b["values"], b["name"]
+        assert b["output"] and b["seconds"] > 0
+    streams = report["benchmarks"][1]["values"]
+    assert streams["refused"] == 0 and streams["cpu_us_per_stream_update"] > 0
+    # Neither a quick run nor a partial one rewrites the project's figures.
+    assert (REPO / "docs" / "benchmarks.md").read_text() == before
 
 
 def test_an_unknown_benchmark_is_refused_with_the_names() -> None:
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "all.py"), "nope"],
-        capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", "bench", "all", "nope"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
     assert "no benchmark nope" in done.stderr and "client_path" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "nope"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no benchmark 'nope'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -19,6 +19,7 @@ import hashlib
 import time
 from typing import Protocol
 
+from balancer_server.tls import BackendTls
 from balancer_server.xds import resources
 from balancer_server.xds.resources import Mutator, Resource, field_bytes
 from lookaside_registry.model import PoolSnapshot
@@ -51,8 +52,10 @@ class XdsPool:
 class XdsHub:
     """All pools' xDS resources in one balancer process."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: BackendTls | None = None) -> None:
         self.pools: dict[str, XdsPool] = {}
+        # How the balancer dials the backends: TLS ones are TLS to xDS clients too.
+        self.tls = tls
         # Tests set it to make the next resources invalid (see resources.Mutator).
         self.mutate: Mutator | None = None
         # Responses (without their nonce) by type and names, until a change.
@@ -137,7 +140,9 @@ class XdsHub:
             if pool is None:
                 pool = self.pools[name] = XdsPool(name)
             changed = []
-            for type_url, resource in resources.pool_resources(snapshot, self.mutate).items():
+            for type_url, resource in resources.pool_resources(
+                snapshot, self.mutate, self.tls
+            ).items():
                 old = pool.resources.get(type_url)
                 if resource is None:
                     if old is not None:

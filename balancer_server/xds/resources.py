@@ -21,6 +21,16 @@ What the assignment says, from the same rules as grpclb lists:
   policy is set), so a pool whose serving backends differ in weight (or a
   least_loaded pool) is offered RING_HASH in its Cluster, and any other
   ROUND_ROBIN (exact rotation);
+- TLS backends (the balancer's --backend-tls-ca, the same setting its
+  health checks dial them with; balancer_server.tls) make every Cluster
+  carry an UpstreamTlsContext: the CA from the client's certificate
+  provider instance BACKEND_CA, the client certificate from BACKEND_CERT
+  when the backends require mTLS (--backend-tls-cert), and the name the
+  certificates must carry (--backend-tls-server-name, `{pool}` the pool's
+  name) as an exact SAN match. The client defines both instances in its
+  bootstrap (`lookaside xds-bootstrap --backend-ca/--backend-cert`) and
+  makes its channel with xDS credentials; a client without them refuses
+  the Cluster (unknown instance name);
 - a pool in fallback has no assignment, and neither has a pool with no
   backend that takes calls: clients keep the assignment they have, as
   grpclb clients keep their list.
@@ -46,10 +56,13 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from balancer_server import lists
+from balancer_server.tls import BackendTls
 from lookaside_registry.model import Backend, BackendState, PoolSnapshot
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -59,6 +72,13 @@ ENDPOINTS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 # The order a client subscribes in, and the order streams write in.
 TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINTS)
 SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINTS: "eds"}
+
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+# Certificate provider instances a client's bootstrap defines for TLS
+# backends: the CA that signed the backends' certificates, and the client
+# certificate for backends that require mTLS.
+BACKEND_CA = "lookaside-backend-ca"
+BACKEND_CERT = "lookaside-backend-cert"
 
 ROUTER_FILTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -145,7 +165,28 @@ def weighted(weights: list[int]) -> bool:
     return len(set(weights)) > 1
 
 
-def cluster(name: str, ring_hash: bool) -> cluster_pb2.Cluster:
+def upstream_tls(pool: str, tls: BackendTls) -> base_pb2.TransportSocket:
+    """The Cluster's transport socket for TLS backends."""
+    validation = common_pb2.CertificateValidationContext(
+        ca_certificate_provider_instance=common_pb2.CertificateProviderPluginInstance(
+            instance_name=BACKEND_CA
+        )
+    )
+    name = tls.server_name_for(pool)
+    if name:
+        validation.match_subject_alt_names.append(string_pb2.StringMatcher(exact=name))
+    common = tls_pb2.CommonTlsContext(validation_context=validation)
+    if tls.client_certificate:
+        common.tls_certificate_provider_instance.instance_name = BACKEND_CERT
+    context = tls_pb2.UpstreamTlsContext(common_tls_context=common)
+    return base_pb2.TransportSocket(
+        name="envoy.transport_sockets.tls",
+        typed_config=any_pb2.Any(type_url=UPSTREAM_TLS, value=context.SerializeToString()),
+    )
+
+
+def cluster(name: str, ring_hash: bool, tls: BackendTls | None = None) -> cluster_pb2.Cluster:
+    transport = upstream_tls(name, tls) if tls is not None and tls.credentials else None
     return cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
@@ -155,6 +196,7 @@ def cluster(name: str, ring_hash: bool) -> cluster_pb2.Cluster:
         lb_policy=cluster_pb2.Cluster.RING_HASH if ring_hash else cluster_pb2.Cluster.ROUND_ROBIN,
         # Load reports (LRS) go to the server that sent this Cluster: this balancer.
         lrs_server=config_source_pb2.ConfigSource(self=config_source_pb2.SelfConfigSource()),
+        transport_socket=transport,
     )
 
 
@@ -220,18 +262,20 @@ def assignment(
 
 
 def pool_resources(
-    snapshot: PoolSnapshot, mutate: Mutator | None = None
+    snapshot: PoolSnapshot, mutate: Mutator | None = None, tls: BackendTls | None = None
 ) -> dict[str, Resource | None]:
     """The pool's resources by type URL. The assignment is None for a pool
     in fallback (there is none), and missing when no backend takes calls
-    (the caller keeps the one it has, as grpclb clients keep their list)."""
+    (the caller keeps the one it has, as grpclb clients keep their list).
+    `tls`: how the balancer dials the backends (TLS ones get a transport
+    socket in the Cluster)."""
     name = snapshot.name
     serving = lists.serving_set(snapshot)
     weights = lists.serving_weights(snapshot, serving) if serving else []
     messages: dict[str, Any] = {
         LISTENER: listener(name),
         ROUTE: route(name),
-        CLUSTER: cluster(name, weighted(weights)),
+        CLUSTER: cluster(name, weighted(weights), tls),
     }
     if serving and not snapshot.config.fallback:
         messages[ENDPOINTS] = assignment(snapshot, serving, weights)

@@ -161,7 +161,10 @@ class ChaosLab:
 
     def balancer(self, i: int, redis_url: str) -> Proc:
         port = free_port(HOST)
+        # One process per replica: a fault kills or stops the balancer
+        # itself, not a worker its supervisor would start again.
         args = ["balancer", "--listen", f"{HOST}:{port}", *self.redis_flags(redis_url),
+                "--workers", "1",
                 "--metrics-listen", "", "--replica-id", f"chaos-{i + 1}", "--log-level", "warning",
                 "--registration-policy", self._policy(), *self._tls_flags(),
                 *(["--backend-tls-ca", self.ca] if self.ca else [])]  # fmt: skip

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import grpc
+import grpc.experimental
 from google.protobuf import text_format
 
 from client_lib import LookasideChannel
@@ -49,9 +50,17 @@ def make_channel(settings: ClientSettings) -> grpc.Channel:
             server_name_override=settings.server_name or None,
         )  # fmt: skip
     if settings.lb == "xds":
-        target, options = xds_target(settings), []
         use_bootstrap(settings)
-    elif settings.lb == "grpclb-dns":
+        # xDS credentials: TLS to the backends as the Cluster says (a
+        # balancer with --backend-tls-ca), else these credentials.
+        fallback = creds if creds is not None else grpc.experimental.insecure_channel_credentials()
+        xds_options: list[tuple[str, Any]] = []
+        if settings.server_name:
+            xds_options.append(("grpc.ssl_target_name_override", settings.server_name))
+        return grpc.secure_channel(
+            xds_target(settings), grpc.xds_channel_credentials(fallback), options=xds_options
+        )
+    if settings.lb == "grpclb-dns":
         target = f"dns://{settings.dns}/{settings.target}"
         options = [
             ("grpc.dns_enable_srv_queries", 1),
@@ -80,7 +89,10 @@ def xds_target(settings: ClientSettings) -> str:
 def use_bootstrap(settings: ClientSettings) -> None:
     """Points gRPC's xDS client at the first --balancer (TLS and mTLS from
     the client's TLS flags), unless the environment already names a
-    bootstrap. gRPC reads it when the first xds: channel is made."""
+    bootstrap. gRPC reads it when the first xds: channel is made. The same
+    CA (and client certificate) serve for TLS backends: the certificate
+    provider instances a balancer with --backend-tls-ca names in its
+    Clusters."""
     if os.environ.get("GRPC_XDS_BOOTSTRAP") or os.environ.get("GRPC_XDS_BOOTSTRAP_CONFIG"):
         return
     doc = bootstrap(
@@ -89,6 +101,9 @@ def use_bootstrap(settings: ClientSettings) -> None:
         ca=settings.tls_ca,
         cert=settings.tls_cert,
         key=settings.tls_key,
+        backend_ca=settings.tls_ca,
+        backend_cert=settings.tls_cert,
+        backend_key=settings.tls_key,
     )
     os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(doc)
 
@@ -189,7 +204,7 @@ def call_api(
 def _describe(settings: ClientSettings) -> str:
     if settings.lb == "lookaside":
         via = f"{settings.target} via balancer {settings.balancer}"
-    elif settings.lb == "grpclb-dns":
+    if settings.lb == "grpclb-dns":
         via = f"dns://{settings.dns}/{settings.target} (grpclb)"
     elif settings.lb == "xds":
         via = f"{xds_target(settings)} via xDS server {settings.balancers[0]}"

@@ -61,6 +61,17 @@ LeaseTtlMs = Annotated[
     INTEGRAL,
 ]
 
+SubsetSize = Annotated[
+    int,
+    Field(
+        ge=v.SUBSET_SIZE_MIN,
+        le=v.SUBSET_SIZE_MAX,
+        description="deterministic subsetting: how many of the pool's backends each client "
+        "stream is given (a stable, balanced subset; docs/subsetting.md); 0: every backend",
+    ),
+    INTEGRAL,
+]
+
 
 class Drop(BaseModel):
     """Clients shed `per_mille` of their calls and report them under `token`."""
@@ -240,6 +251,7 @@ class PoolSettings(BaseModel):
     registration: RegistrationSettings = Field(
         default_factory=lambda: RegistrationSettings.model_validate({})
     )
+    subset_size: SubsetSize = 0
 
     def to_config(self, name: str, base: PoolConfig | None = None) -> PoolConfig:
         """These settings over `base` (the pool's current config): fields
@@ -260,6 +272,7 @@ class PoolSettings(BaseModel):
             health_checks=HealthChecks(**self.health_checks.model_dump()),
             outlier_detection=OutlierDetection(**self.outlier_detection.model_dump()),
             registration=RegistrationRules(**rules.model_dump()),
+            subset_size=self.subset_size,
         )
 
     @classmethod
@@ -276,6 +289,7 @@ class PoolSettings(BaseModel):
                 Drop.model_construct(token=d.token, per_mille=d.per_mille) for d in config.drops
             ],
             fallback=config.fallback,
+            subset_size=config.subset_size,
             **nested,
         )
 
@@ -300,6 +314,7 @@ class PoolPatch(BaseModel):
     health_checks: HealthCheckPatch | None = None  # type: ignore[valid-type]
     outlier_detection: OutlierDetectionPatch | None = None  # type: ignore[valid-type]
     registration: RegistrationPatch | None = None  # type: ignore[valid-type]
+    subset_size: SubsetSize | None = None
 
     def apply(self, config: PoolConfig) -> PoolSettings:
         current = PoolSettings.from_config(config)
@@ -351,6 +366,9 @@ class PoolOut(BaseModel):
     health_checks: HealthCheckSettings
     outlier_detection: OutlierDetectionSettings
     registration: RegistrationSettings
+    subset_size: int = Field(
+        description="how many backends each client stream is given; 0: every backend"
+    )
     backends: BackendCounts
 
     @classmethod
@@ -373,6 +391,7 @@ class PoolOut(BaseModel):
             health_checks=settings.health_checks,
             outlier_detection=settings.outlier_detection,
             registration=settings.registration,
+            subset_size=c.subset_size,
             backends=BackendCounts(total=len(snap.backends), **counts),
         )
 

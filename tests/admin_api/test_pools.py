@@ -119,6 +119,9 @@ async def test_unknown_pool_is_404(client: httpx.AsyncClient, pool_name: str) ->
         ({"health_checks": {"service": "no spaces"}}, "health_checks.service"),
         ({"health_checks": {"timeout_ms": 10}}, "health_checks.timeout_ms"),
         ({"health_checks": "off"}, "health_checks"),
+        ({"subset_size": 1001}, "subset_size: Input should be less than or equal to 1000"),
+        ({"subset_size": -1}, "subset_size: Input should be greater than or equal to 0"),
+        ({"subset_size": 2.5}, "subset_size"),
     ],
 )
 async def test_invalid_settings_are_422(

@@ -265,3 +265,56 @@ def test_fanout_metric_counts_one_update_once_all_open_streams_have_it(
     finally:
         for s in streams:
             s.close()
+
+
+def test_a_fanout_starts_every_write_itself_and_keeps_the_collector_out(
+    balancer: BalancerHandle, pool_name: str
+) -> None:
+    """One pass over the pool's streams starts every write: no task per
+    stream (the baseline made one per stream and list), and the cyclic
+    garbage collector is off from the pass until the last write is done."""
+    import asyncio
+    import gc
+
+    from balancer_server.feeds import GC_HOLD
+
+    register(balancer, pool_name, 9401, lease_ttl_ms=60_000)
+    wait_until(lambda: balancer.server.watcher.get(pool_name) is not None)
+    streams = [LbStream(balancer.address, pool_name) for _ in range(30)]
+    created: list[str] = []
+    gc_during: list[bool] = []
+
+    async def count_tasks() -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop, coro, **kw):  # type: ignore[no-untyped-def]
+            created.append(getattr(coro, "__qualname__", repr(coro)))
+            gc_during.append(gc.isenabled())
+            return asyncio.Task(coro, loop=loop, **kw)
+
+        loop.set_task_factory(factory)
+
+    async def no_factory() -> None:
+        asyncio.get_running_loop().set_task_factory(None)
+
+    try:
+        for s in streams:
+            assert len(s.next_list()) == 1
+        held = GC_HOLD.held
+        balancer.run(count_tasks())
+        try:
+            register(balancer, pool_name, 9402, lease_ttl_ms=60_000)
+            for s in streams:
+                assert len(s.next_list()) == 2
+        finally:
+            balancer.run(no_factory())
+        # The registration, the watcher's reload and the probes of the new
+        # backend make tasks; the 30 writes make none.
+        writes = [name for name in created if name.endswith(".write")]
+        assert writes == [], created
+        assert GC_HOLD.held == held + 1
+        wait_until(lambda: not GC_HOLD.holding)
+        assert gc.isenabled()
+    finally:
+        for s in streams:
+            s.close()

@@ -20,14 +20,16 @@ class Subscriber:
 
     def __init__(self, feed: PoolFeed) -> None:
         self.feed = feed
+        self.subset = None
         self.payloads: list[bytes] = []
         self.arrived = asyncio.Event()
 
-    def offer(self) -> None:
+    def offer(self, generation: int = 0) -> bool:
         payload = self.feed.payload
         if payload is not None and (not self.payloads or self.payloads[-1] is not payload):
             self.payloads.append(payload)
             self.arrived.set()
+        return False  # written at once
 
     def move(self, feed: PoolFeed) -> None:
         self.feed.unsubscribe(self)

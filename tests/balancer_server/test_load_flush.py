@@ -20,18 +20,17 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 class FaultyStore(RegistryStore):
-    """The real store; its next add_reports fails before or after the write."""
+    """The real store; its next flush fails before or after the write."""
 
     fail: str = ""  # "before" | "after" | ""
 
-    async def add_reports(self, *args: Any, **kwargs: Any) -> bool:
+    async def flush_reports(self, *args: Any, **kwargs: Any) -> None:
         fail, self.fail = self.fail, ""
         if fail == "before":
             raise Unavailable("connection refused (injected)")
-        done = await super().add_reports(*args, **kwargs)
+        await super().flush_reports(*args, **kwargs)
         if fail == "after":
             raise Unavailable("reply lost (injected)")
-        return done
 
 
 def stats(started: int) -> lb.ClientStats:
@@ -57,5 +56,37 @@ async def test_a_failed_flush_is_retried_and_counted_once(
         await sink.flush()  # nothing left to write
         total = await store.load_total(pool_name)
         assert (total["reports"], total["started"]) == (3, 15)
+    finally:
+        await store.close()
+
+
+async def test_a_flush_of_several_pools_survives_redis_losing_its_scripts(
+    redis_url: str, pool_name: str
+) -> None:
+    """One flush is one pipeline of a script per pool: when Redis has lost
+    its scripts (restarted, SCRIPT FLUSH), the flush loads it and runs again."""
+    store = RegistryStore.from_url(redis_url)
+    pools = [pool_name, f"{pool_name}-2", f"{pool_name}-3"]
+    try:
+        for pool in pools:
+            await store.put_pool(PoolConfig(name=pool))
+        sink = LoadReportSink(store, replica_id="replica-y")
+        for i, pool in enumerate(pools):
+            sink.add(pool, stats(i + 1))
+            sink.set_stream_count(pool, i + 10)
+        await sink.flush()
+        import redis.asyncio as aioredis
+
+        admin = aioredis.Redis.from_url(redis_url)
+        await admin.script_flush()
+        await admin.aclose()
+        for i, pool in enumerate(pools):
+            sink.add(pool, stats(i + 1))
+        await sink.flush()
+        for i, pool in enumerate(pools):
+            total = await store.load_total(pool)
+            assert (total["reports"], total["started"]) == (2, 2 * (i + 1))
+            streams = await store.replica_streams(pool)
+            assert [(r.replica, r.streams) for r in streams] == [("replica-y", i + 10)]
     finally:
         await store.close()

@@ -179,6 +179,9 @@ def test_lb_xds_dials_the_pool_with_a_bootstrap_from_the_balancer_flag(
     assert server["server_uri"] == "127.0.0.1:7001"
     assert server["channel_creds"][0]["config"]["certificate_file"] == str(issued.client_cert)
     assert doc["node"]["id"].startswith("routeguide-client-")
+    # The same CA and client certificate for TLS backends (the Cluster's
+    # certificate provider instances).
+    assert set(doc["certificate_providers"]) == {"lookaside-backend-ca", "lookaside-backend-cert"}
     # A bootstrap the environment names is left alone.
     monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "{}")
     use_bootstrap(settings)

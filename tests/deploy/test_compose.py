@@ -154,3 +154,12 @@ def test_it_runs_the_production_profile(services: dict[str, dict[str, Any]]) -> 
         assert pool["config"]["health_checks"]["enabled"]
         assert pool["config"]["outlier_detection"]["enabled"]
     assert services["certs"]["command"][:2] == ["certs", "--out"]
+
+
+def test_balancers_run_a_set_number_of_workers(services: dict[str, dict[str, Any]]) -> None:
+    """Each balancer container runs a fixed number of workers: left to the
+    default (the host's cores), two replicas on one host would each start
+    one per core of the host."""
+    for name in ("balancer-1", "balancer-2"):
+        workers = services[name]["environment"]["LOOKASIDE_BALANCER_WORKERS"]
+        assert 1 <= int(workers) <= 4, name

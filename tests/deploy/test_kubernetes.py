@@ -69,6 +69,25 @@ def test_balancer_is_two_replicas_probed_over_grpc_health() -> None:
     assert pdb["spec"]["minAvailable"] == 1
 
 
+def test_balancer_workers_follow_the_cpu_request() -> None:
+    """One worker per requested core (rounded up), never the node's cores;
+    the pod's stop grace covers the balancer's grace and its workers' last
+    flush (balancer_server.workers.STOP_MARGIN)."""
+    from balancer_server.settings import BalancerSettings
+    from balancer_server.workers import STOP_MARGIN
+
+    deployment = _docs()[("Deployment", "balancer")]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    source = env["LOOKASIDE_BALANCER_WORKERS"]["valueFrom"]["resourceFieldRef"]
+    assert source == {"resource": "requests.cpu", "divisor": "1"}
+    assert "cpu" in container["resources"]["requests"]
+    grace = BalancerSettings.model_fields["grace"].default
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= (
+        grace + STOP_MARGIN
+    )
+
+
 def test_stock_clients_find_the_balancers_through_cluster_dns() -> None:
     """A Service named for the pool, with a port named grpclb that selects
     the balancer pods: cluster DNS publishes _grpclb._tcp.<pool> SRV records."""

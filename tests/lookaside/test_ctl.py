@@ -131,6 +131,23 @@ def test_transitions_change_the_registry(
     assert {"drained", "undrained", "weight_changed"} <= set(kinds), out
 
 
+def test_subset_sets_the_pools_subset_size_and_pools_shows_it(
+    admin: AdminProcess, lab: dict[int, str], pool_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = ctl(admin, capsys, "subset", pool_name, "2")
+    assert code == 0 and "gets 2 of the pool's backends" in out
+    code, out, _ = ctl(admin, capsys, "pools")
+    head, *rows = out.splitlines()
+    [row] = [r.split() for r in rows if r.split()[0] == pool_name]
+    assert row[head.split().index("SUBSET")] == "2"
+    code, _, err = ctl(admin, capsys, "subset", pool_name, "1001")
+    assert code == 1 and "HTTP 422" in err and "subset_size" in err
+    code, out, _ = ctl(admin, capsys, "subset", pool_name, "0")
+    assert code == 0 and "every backend" in out
+    r = httpx.get(f"{admin.url}/api/v1/pools/{pool_name}", headers=AUTH)
+    assert r.json()["subset_size"] == 0
+
+
 def test_refusals_are_precise(
     admin: AdminProcess, lab: dict[int, str], pool_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

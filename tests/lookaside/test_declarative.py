@@ -30,6 +30,7 @@ pools:
       lease_ttl_ms: 5000
       drops: [{{token: overload, per_mille: 50}}]
       health_checks: {{interval_ms: 500}}
+      subset_size: 20
     static_backends:
       - {{host: 127.0.0.1, port: 7001, weight: 3, zone: z1}}
     holds:
@@ -70,6 +71,9 @@ async def test_apply_is_idempotent_and_export_round_trips(
     exported = {p.name: p for p in (await d.export(store)).pools}[pool_name]
     assert exported.config.policy == "least_loaded"
     assert exported.config.health_checks.interval_ms == 500
+    assert exported.config.subset_size == 20
+    config = await store.get_pool(pool_name)
+    assert config is not None and config.subset_size == 20
     assert [(b.host, b.port, b.weight, b.zone) for b in exported.static_backends] == [
         ("127.0.0.1", 7001, 3, "z1")
     ]
@@ -178,6 +182,10 @@ async def test_keeper_keeps_running_when_the_registry_fails_mid_tick(
         ("pools: [{name: p, colour: red}]", "pools.0.colour: Extra inputs are not permitted"),
         ("pools: [{name: p}, {name: p}]", "pool 'p' appears more than once"),
         ("pools: [{name: p, holds: [{address: nowhere}]}]", "pools.0.holds.0.address"),
+        (
+            "pools: [{name: p, config: {subset_size: 1001}}]",
+            "pools.0.config.subset_size: Input should be less than or equal to 1000",
+        ),
         ("[1, 2]", "must be a mapping"),
         ("pools: [", "is not YAML or JSON"),
     ],

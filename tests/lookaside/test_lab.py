@@ -313,6 +313,16 @@ def test_lab_with_tls_runs_the_production_profile() -> None:
         )
         assert ctl.returncode == 0, (ctl_line, ctl.stderr)
         assert "routeguide" in ctl.stdout
+        # The banner's xDS client line: the stock xDS client over TLS to the
+        # balancer and to the TLS backends (the Cluster's UpstreamTlsContext,
+        # the bootstrap's certificate providers).
+        [xds_line] = [line for line in banner if "--lb xds" in line]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_XDS_BOOTSTRAP")}
+        xds = subprocess.run(
+            shlex.split(xds_line), capture_output=True, text=True, timeout=60, env=env
+        )
+        assert xds.returncode == 0, (xds_line, xds.stderr[-2000:])
+        assert "errors per status code:\n  (none)" in xds.stdout, xds.stdout
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(60)

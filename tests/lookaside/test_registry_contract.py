@@ -293,6 +293,22 @@ async def test_pool_updates_are_compare_and_sets(port: Port, pool: str) -> None:
         await port.store.put_pool(PoolConfig(name=f"{pool}-x"), only_if_exists=True)
 
 
+async def test_a_pools_subset_size_is_kept_and_checked(port: Port, pool: str) -> None:
+    await port.store.put_pool(PoolConfig(name=pool, subset_size=20))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 20
+    snap = await port.store.snapshot(pool)
+    assert snap is not None and snap.config.subset_size == 20
+    for bad in (-1, 1001):
+        with pytest.raises(errors.InvalidInput, match=r"subset size .* out of range 0\.\.1000"):
+            await port.store.put_pool(PoolConfig(name=pool, subset_size=bad))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 20
+    await port.store.put_pool(PoolConfig(name=pool))
+    config = await port.store.get_pool(pool)
+    assert config is not None and config.subset_size == 0
+
+
 async def test_a_full_pool_refuses_new_backends_in_the_write_itself(port: Port, pool: str) -> None:
     # 12 registrations of distinct addresses at once into a pool that may
     # hold 5: the check and the write are one step, so exactly 5 get in.
@@ -505,6 +521,25 @@ async def test_load_reports_count_once_per_batch(port: Port, pool: str) -> None:
     ]
     await port.store.clear_stream_counts("replica-a", [pool])
     assert await port.store.replica_streams(pool) == []
+
+
+async def test_a_flush_writes_every_pool_and_the_stream_counts_once(port: Port, pool: str) -> None:
+    other = f"{pool}-b"
+    for name in (pool, other):
+        await port.store.put_pool(PoolConfig(name=name))
+    bucket = int(time.time() // 10)
+    batch = {
+        pool: ({"reports": 2, "started": 5}, {"abc:f": 1}, ["abc|s1"]),
+        other: ({"reports": 1, "started": 7}, {}, []),
+    }
+    for _ in range(2):  # a retry of the same batch id counts once
+        await port.store.flush_reports("flush-1", bucket, batch, "replica-a", {pool: 3, other: 1})
+    assert (await port.store.load_total(pool))["reports"] == 2
+    assert (await port.store.load_total(other))["started"] == 7
+    assert await port.store.accusers_since(pool, 0) == {"abc": 1}
+    assert [(r.replica, r.streams) for r in await port.store.replica_streams(other)] == [
+        ("replica-a", 1)
+    ]
 
 
 async def test_load_reports_by_source_are_apart_and_within_the_totals(

@@ -74,6 +74,13 @@ def test_mtls_bootstrap_names_absolute_files(
         (["--ca", "NOT_PEM"], "is not a PEM file"),
         (["--node-id", "x" * 200], "--node-id must be"),
         (["--client-token-file", "t.jwt"], "--client-token-file needs --ca"),
+        (["--backend-cert", "c.pem"], "--backend-cert and --backend-key go together"),
+        (
+            ["--backend-cert", "c.pem", "--backend-key", "k.pem"],
+            "--backend-cert needs --backend-ca",
+        ),
+        (["--backend-ca", "NOT_PEM"], "--backend-ca"),
+        (["--refresh-interval", "0"], "--refresh-interval must be"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(
@@ -102,3 +109,37 @@ def test_a_client_token_file_becomes_jwt_call_credentials(
     token.write_text("not-a-jwt")
     code, _, err = run(capsys, "--ca", str(issued.ca), "--client-token-file", str(token))
     assert code == 2 and "holds no JWT" in err
+
+
+def test_backend_tls_flags_define_the_clusters_certificate_providers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The instance names a TLS-backend Cluster asks for, with gRPC's
+    file_watcher plugin (a stock client refusing or taking them:
+    tests/xds/test_backend_tls.py)."""
+    from balancer_server.xds.resources import BACKEND_CA, BACKEND_CERT
+
+    issued = certs.issue(tmp_path / "certs")
+    code, out, err = run(capsys, "--backend-ca", str(issued.ca), "--refresh-interval", "30")
+    assert code == 0, err
+    assert json.loads(out)["certificate_providers"] == {
+        BACKEND_CA: {
+            "plugin_name": "file_watcher",
+            "config": {"ca_certificate_file": str(issued.ca.resolve()), "refresh_interval": "30s"},
+        }
+    }
+    code, out, err = run(
+        capsys,
+        "--backend-ca", str(issued.ca),
+        "--backend-cert", str(issued.client_cert),
+        "--backend-key", str(issued.client_key),
+    )  # fmt: skip
+    assert code == 0, err
+    providers = json.loads(out)["certificate_providers"]
+    assert providers[BACKEND_CERT]["config"] == {
+        "certificate_file": str(issued.client_cert.resolve()),
+        "private_key_file": str(issued.client_key.resolve()),
+        "refresh_interval": "600s",
+    }
+    code, out, err = run(capsys)
+    assert "certificate_providers" not in json.loads(out)

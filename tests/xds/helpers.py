@@ -35,16 +35,29 @@ def bootstrap(
 
 class XdsClient:
     """tests/xds/xds_client.py on `xds:///POOL`, bootstrap given through
-    GRPC_XDS_BOOTSTRAP_CONFIG."""
+    GRPC_XDS_BOOTSTRAP_CONFIG; `xds_creds`: the channel has xDS credentials
+    (TLS to the backends when the Cluster says so)."""
 
-    def __init__(self, pool: str, config: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        pool: str,
+        config: str,
+        env: dict[str, str] | None = None,
+        xds_creds: bool = False,
+    ) -> None:
         environ = dict(os.environ)
         environ.pop("GRPC_XDS_BOOTSTRAP", None)
         environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = config
         environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{environ.get('PYTHONPATH', '')}"
         environ.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.xds.xds_client", f"xds:///{pool}"],
+            [
+                sys.executable,
+                "-m",
+                "tests.xds.xds_client",
+                f"xds:///{pool}",
+                *(["--xds-creds"] if xds_creds else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -3,8 +3,8 @@ balancer over TLS or mTLS (the bootstrap's `tls` channel_creds, gRFC A65),
 a registration policy with per-pool client credentials (a client token
 sent through the bootstrap's `jwt_token_file` call_creds, gRFC A97, or a
 client certificate), health checks and outlier detection on. The
-backends serve plaintext: the stock client's TLS to backends would come
-from the Cluster's transport_socket, which the balancer does not offer."""
+backends serve plaintext here; TLS and mTLS backends (the Cluster's
+UpstreamTlsContext): tests/xds/test_backend_tls.py."""
 
 from __future__ import annotations
 

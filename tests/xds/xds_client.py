@@ -3,6 +3,9 @@ reads its xDS bootstrap once per process, and each test's balancer has a
 port of its own. The bootstrap comes in GRPC_XDS_BOOTSTRAP_CONFIG (set
 by the parent, before this process creates its channel).
 
+With `--xds-creds` the channel has xDS credentials (plaintext fallback),
+so that the Cluster's UpstreamTlsContext applies: TLS to the backends.
+
 Commands on stdin, one JSON line each; one JSON line answers each:
   {"op": "calls", "n": N}      N GetFeature calls: {"backend name" or "error:CODE": count}
   {"op": "error", "n": N}      like calls, but also the first error's details
@@ -16,6 +19,7 @@ import sys
 from collections import Counter
 
 import grpc
+import grpc.experimental
 
 from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
@@ -23,8 +27,13 @@ from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
 
 def main() -> None:
     target = sys.argv[1]
-    # The backends are plaintext; the balancer's transport is the bootstrap's.
-    channel = grpc.insecure_channel(target)
+    # The balancer's transport is the bootstrap's. The backends': plaintext,
+    # or with xDS credentials what the Cluster says.
+    if "--xds-creds" in sys.argv[2:]:
+        creds = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
     stub = rg_grpc.RouteGuideStub(channel)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
