@@ -123,7 +123,8 @@ assignment: 1,000 backends, 10,000 clients, subset size 20
   registration -> first call on the new backend, per round:
     grpclb (thin client)  p50 322 ms, max 617 ms  (322, 617, 172 ms)
     xds (stock grpcio)    p50 631 ms, max 1281 ms  (503, 631, 1281 ms)
-""",    "client_first_call": """\
+""",
+    "client_first_call": """\
 sync  first call, first balancer refused: median 8.7 ms, worst 13.0 ms (7 runs)
 aio   first call, first balancer refused: median 6.6 ms, worst 9.0 ms (7 runs)
 """,
