@@ -189,7 +189,7 @@ def capacity(out: str) -> Figures:
 
 def xds_vs_grpclb(out: str) -> Figures:
     rss = _all(r"^  (grpclb|xds):\s+opened (\d+) in [\d.]+ s, RSS \+([\d.]+) KiB per stream", out)
-    delays = _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms over", out)
+    delays = _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms over", out)
     calls = _all(r"^    (grpclb|xds) \((.*?)\)\s+p50 (\d+) ms, max (\d+) ms", out)
     if not (rss and delays):
         return NONE
@@ -197,16 +197,17 @@ def xds_vs_grpclb(out: str) -> Figures:
     for kind, n, kib in rss:
         values[f"{kind}_streams"] = int(n)
         values[f"{kind}_kib_per_stream"] = _num(kib)
-    for kind, p50, p99 in delays:
+    for kind, p50, p99, top in delays:
         values[f"{kind}_registration_to_stream_p50_ms"] = _num(p50)
         values[f"{kind}_registration_to_stream_p99_ms"] = _num(p99)
+        values[f"{kind}_registration_to_stream_max_ms"] = _num(top)
     for kind, _, p50, top in calls:
         values[f"{kind}_registration_to_call_p50_ms"] = _num(p50)
         values[f"{kind}_registration_to_call_max_ms"] = _num(top)
     text = (
         ", ".join(f"{kind} {kib} KiB per stream" for kind, _, kib in rss)
         + "; registration -> stream p99: "
-        + ", ".join(f"{kind} {p99} ms" for kind, _, p99 in delays)
+        + ", ".join(f"{kind} {p99} ms" for kind, _, p99, _ in delays)
     )
     if calls:
         text += "; -> first call p50: " + ", ".join(f"{k} {p50} ms" for k, _, p50, _ in calls)
@@ -322,11 +323,18 @@ BENCHES = (
         ),
     ),
     Bench(
-        "xds_vs_grpclb",
+        "xds_vs_grpclb:1000",
         "xDS beside grpclb on one balancer",
-        (),
+        ("--streams", "1000", "--clients", "2"),
         xds_vs_grpclb,
-        ("--streams", "20", "--rounds", "1"),
+        ("--streams", "20", "--clients", "1", "--rounds", "1"),
+    ),
+    Bench(
+        "xds_vs_grpclb:10000",
+        "xDS beside grpclb on one balancer",
+        ("--streams", "10000", "--clients", "2", "--rounds", "3"),
+        xds_vs_grpclb,
+        ("--streams", "40", "--clients", "2", "--rounds", "1"),
     ),
     Bench(
         "capacity",
