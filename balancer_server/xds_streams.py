@@ -37,10 +37,12 @@ MAX_PUBLISHED = 200
 # live replica from a gone one (lookaside_registry.xds.STALE_MS).
 REFRESH_S = 5.0
 
-__all__ = ["XdsStreamPublisher", "XdsStreamTable"]
+__all__ = ["StreamRecord", "TypeRecord", "XdsStreamPublisher", "XdsStreamTable"]
 
 
-class _TypeState:
+class TypeRecord:
+    """What one stream's client last said of one resource type."""
+
     __slots__ = ("acked", "acked_at", "nacked", "nacked_at", "error", "acks", "nacks", "nacking")
 
     def __init__(self) -> None:
@@ -55,7 +57,10 @@ class _TypeState:
         self.nacking = False
 
 
-class _Stream:
+class StreamRecord:
+    """One open stream in the table (its ADS handler keeps it, so an ACK is
+    recorded with no look-up)."""
+
     __slots__ = ("stream_id", "peer", "node_id", "opened_at", "types")
 
     def __init__(self, stream_id: str, peer: str, node_id: str, opened_at: float) -> None:
@@ -63,14 +68,16 @@ class _Stream:
         self.peer = peer
         self.node_id = node_id
         self.opened_at = opened_at
-        self.types: dict[str, _TypeState] = {}
+        self.types: dict[str, TypeRecord] = {}
 
-    def state(self, type_url: str) -> _TypeState | None:
+    def state(self, type_url: str) -> TypeRecord | None:
+        """The record of `type_url`, made on first use; None past MAX_TYPES."""
+        type_url = _cut(type_url, MAX_TEXT)
         found = self.types.get(type_url)
         if found is None:
             if len(self.types) >= MAX_TYPES:
                 return None
-            found = self.types[type_url] = _TypeState()
+            found = self.types[type_url] = TypeRecord()
         return found
 
     def row(self) -> dict[str, Any]:
@@ -118,7 +125,10 @@ class XdsStreamTable:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._streams: dict[str, _Stream] = {}
+        # In the order they opened (oldest first).
+        self._streams: dict[str, StreamRecord] = {}
+        # The streams with a NACK, for published() (few, usually none).
+        self._nacked: dict[str, StreamRecord] = {}
         # Moves on every change: the publisher writes only a changed table
         # (and a refresh now and then).
         self.generation = 0
@@ -126,28 +136,36 @@ class XdsStreamTable:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def opened(self, stream_id: str, peer: str, node_id: str) -> None:
-        self._streams[stream_id] = _Stream(
+    def opened(self, stream_id: str, peer: str, node_id: str) -> StreamRecord:
+        record = self._streams[stream_id] = StreamRecord(
             stream_id, _cut(peer, MAX_TEXT), _cut(node_id, MAX_TEXT), self.clock()
         )
         self.generation += 1
+        return record
 
-    def acked(self, stream_id: str, type_url: str, version: str) -> None:
-        stream = self._streams.get(stream_id)
-        state = stream.state(_cut(type_url, MAX_TEXT)) if stream else None
-        if state is None:
-            return
-        state.acked = _cut(version, MAX_TEXT)
+    def track(self, record: StreamRecord, type_url: str, state: TypeRecord) -> None:
+        """Makes `state` the stream's record of `type_url` (the ADS stream's
+        own per-type object, so that an ACK is recorded on it directly).
+        The caller bounds its type URLs."""
+        record.types[type_url] = state
+
+    def ack(self, state: TypeRecord, version: str, sent: str = "") -> None:
+        """An ACK of `version` on an open stream's record of a type. The
+        version is held as `sent` (the string of the response, shared by
+        every stream sent it) when the two are equal."""
+        state.acked = sent if version == sent else _cut(version, MAX_TEXT)
         state.acked_at = self.clock()
         state.acks += 1
         state.nacking = False
         self.generation += 1
 
-    def nacked(self, stream_id: str, type_url: str, version: str, error: str) -> None:
-        stream = self._streams.get(stream_id)
-        state = stream.state(_cut(type_url, MAX_TEXT)) if stream else None
-        if state is None:
+    def nack(self, record: StreamRecord, type_url: str, version: str, error: str) -> None:
+        """A NACK of `version` of `type_url` (with the client's error) on an
+        open stream's record."""
+        state = record.state(type_url)
+        if state is None or self._streams.get(record.stream_id) is not record:
             return
+        self._nacked[record.stream_id] = record
         state.nacked = _cut(version, MAX_TEXT)
         state.nacked_at = self.clock()
         state.error = _cut(error, MAX_ERROR)
@@ -155,8 +173,20 @@ class XdsStreamTable:
         state.nacking = True
         self.generation += 1
 
+    def acked(self, stream_id: str, type_url: str, version: str) -> None:
+        stream = self._streams.get(stream_id)
+        state = stream.state(type_url) if stream else None
+        if state is not None:
+            self.ack(state, version)
+
+    def nacked(self, stream_id: str, type_url: str, version: str, error: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self.nack(stream, type_url, version, error)
+
     def closed(self, stream_id: str) -> None:
         if self._streams.pop(stream_id, None) is not None:
+            self._nacked.pop(stream_id, None)
             self.generation += 1
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -168,13 +198,18 @@ class XdsStreamTable:
         with the client's error (nacked_version, nacked_at, nack_error,
         nacks) and whether the client's last word on the type was a NACK
         (nacking); None where the client has not yet ACKed or NACKed."""
-        return [s.row() for s in sorted(self._streams.values(), key=lambda s: s.opened_at)]
+        return [s.row() for s in self._streams.values()]
 
     def published(self, most: int = MAX_PUBLISHED) -> list[dict[str, Any]]:
         """At most `most` streams to publish: those with a NACK first (the
         latest NACK first), then the newest."""
-        chosen = sorted(self._streams.values(), key=lambda s: (-s.last_nack, -s.opened_at))
-        return [s.row() for s in chosen[:most]]
+        chosen = sorted(self._nacked.values(), key=lambda s: -s.last_nack)[:most]
+        for stream_id in reversed(self._streams):
+            if len(chosen) >= most:
+                break
+            if stream_id not in self._nacked:
+                chosen.append(self._streams[stream_id])
+        return [s.row() for s in chosen]
 
 
 class XdsStreamPublisher:

@@ -1,4 +1,6 @@
-"""A minimal routeguide backend for benchmarks: GetFeature answers at once.
+"""A minimal routeguide backend for benchmarks: GetFeature answers at once,
+and grpc.health.v1 says SERVING (the balancer probes every backend, and
+lists one that fails its probes only under its panic guard).
 
 python bench/_backend.py PORT
 """
@@ -9,6 +11,7 @@ import asyncio
 import sys
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from lookaside_proto.routeguide.v1 import route_guide_pb2 as rg
 from lookaside_proto.routeguide.v1 import route_guide_pb2_grpc as rg_grpc
@@ -25,6 +28,7 @@ class Fast(rg_grpc.RouteGuideServicer):
 async def main(port: int) -> None:
     server = grpc.aio.server()
     rg_grpc.add_RouteGuideServicer_to_server(Fast(f"127.0.0.1:{port}"), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print("ready", flush=True)

@@ -58,7 +58,21 @@ def overhead(out: str) -> Figures:
     if not found:
         return NONE
     text = "thin-1 / plain: " + ", ".join(f"{load} {ratio}x" for load, ratio in found)
-    return text, {f"thin1_over_plain_{_key(load)}": _num(r) for load, r in found}
+    values = {f"thin1_over_plain_{_key(load)}": _num(r) for load, r in found}
+    # Over 3 backends, beside stock grpclb's (present when the run had it).
+    three = []
+    for line in out.splitlines():
+        load = re.match(r"^  (\S.*?)\s{2,}plain [\d,]+ \(1\.000x", line)
+        thin = re.search(r"thin-3 [\d,]+ \(([\d.]+)x", line)
+        stock = re.search(r"grpclb-3 [\d,]+ \(([\d.]+)x", line)
+        if load and thin and stock:
+            key = _key(load.group(1))
+            values[f"thin3_over_plain_{key}"] = _num(thin.group(1))
+            values[f"grpclb3_over_plain_{key}"] = _num(stock.group(1))
+            three.append(f"{load.group(1)} {thin.group(1)}x / {stock.group(1)}x")
+    if three:
+        text += "; thin-3 / stock grpclb-3, each to plain: " + ", ".join(three)
+    return text, values
 
 
 def client_path(out: str) -> Figures:
@@ -175,7 +189,7 @@ def capacity(out: str) -> Figures:
 
 def xds_vs_grpclb(out: str) -> Figures:
     rss = _all(r"^  (grpclb|xds):\s+opened (\d+) in [\d.]+ s, RSS \+([\d.]+) KiB per stream", out)
-    delays = _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms over", out)
+    delays = _all(r"^    (grpclb|xds)\s+p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms over", out)
     calls = _all(r"^    (grpclb|xds) \((.*?)\)\s+p50 (\d+) ms, max (\d+) ms", out)
     if not (rss and delays):
         return NONE
@@ -183,16 +197,17 @@ def xds_vs_grpclb(out: str) -> Figures:
     for kind, n, kib in rss:
         values[f"{kind}_streams"] = int(n)
         values[f"{kind}_kib_per_stream"] = _num(kib)
-    for kind, p50, p99 in delays:
+    for kind, p50, p99, top in delays:
         values[f"{kind}_registration_to_stream_p50_ms"] = _num(p50)
         values[f"{kind}_registration_to_stream_p99_ms"] = _num(p99)
+        values[f"{kind}_registration_to_stream_max_ms"] = _num(top)
     for kind, _, p50, top in calls:
         values[f"{kind}_registration_to_call_p50_ms"] = _num(p50)
         values[f"{kind}_registration_to_call_max_ms"] = _num(top)
     text = (
         ", ".join(f"{kind} {kib} KiB per stream" for kind, _, kib in rss)
         + "; registration -> stream p99: "
-        + ", ".join(f"{kind} {p99} ms" for kind, _, p99 in delays)
+        + ", ".join(f"{kind} {p99} ms" for kind, _, p99, _ in delays)
     )
     if calls:
         text += "; -> first call p50: " + ", ".join(f"{k} {p50} ms" for k, _, p50, _ in calls)
@@ -308,11 +323,18 @@ BENCHES = (
         ),
     ),
     Bench(
-        "xds_vs_grpclb",
+        "xds_vs_grpclb:1000",
         "xDS beside grpclb on one balancer",
-        (),
+        ("--streams", "1000", "--clients", "2"),
         xds_vs_grpclb,
-        ("--streams", "20", "--rounds", "1"),
+        ("--streams", "20", "--clients", "1", "--rounds", "1"),
+    ),
+    Bench(
+        "xds_vs_grpclb:10000",
+        "xDS beside grpclb on one balancer",
+        ("--streams", "10000", "--clients", "2", "--rounds", "3"),
+        xds_vs_grpclb,
+        ("--streams", "40", "--clients", "2", "--rounds", "1"),
     ),
     Bench(
         "capacity",

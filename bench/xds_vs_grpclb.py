@@ -2,24 +2,33 @@
 BalanceLoad stream, and how long a registration takes to reach each kind
 of client.
 
-    .venv/bin/python bench/xds_vs_grpclb.py [--streams 1000] [--rounds 5] [--clients 1]
+    .venv/bin/python bench/xds_vs_grpclb.py [--streams 1000] [--rounds 5] [--clients 2]
+        [--shared-pool] [--xds-first]
 
-Starts a private Redis and one balancer process, and a pool with one
-backend (served by this script). Client processes then open `--streams`
-raw BalanceLoad streams (each waits for its first list), and the balancer's
-RSS is read; then as many raw ADS streams (each subscribes to the pool's
-Listener, RouteConfiguration, Cluster and ClusterLoadAssignment and ACKs
-them, as gRPC's client does), and RSS is read again. Then, `--rounds`
-times, one more backend registers through the Registry API; the script
-notes when each raw stream receives the new list or assignment, and when
-calls of two real clients reach the new backend: a thin grpclb client
-(client_lib) and a stock grpcio client on `xds:///POOL` (bootstrap in
+Starts a private Redis and one balancer process, and two pools with one
+backend each (served by this script): one for the grpclb streams and
+clients, one for the xDS ones, so that each registration goes to one kind
+only and neither kind waits for the other's writes (`--shared-pool`: one
+pool for both, as in a fleet half moved; the balancer then serves each
+change to the grpclb streams first). `--clients` processes per kind
+(`--streams` split among them) open raw BalanceLoad streams (each waits
+for its first list), and the balancer's RSS is read; then as many raw ADS
+streams (each subscribes to its pool's Listener, RouteConfiguration,
+Cluster and ClusterLoadAssignment and ACKs them, as gRPC's client does),
+and RSS is read again. Then, `--rounds` times, one more backend registers
+through the Registry API in the grpclb pool and then one in the xDS pool
+(one registration in the shared pool); the script notes when each raw
+stream receives the new list or assignment, and when calls of two real
+clients reach the new backend: a thin grpclb client (client_lib) and a
+stock grpcio client on `xds:///POOL` (bootstrap in
 GRPC_XDS_BOOTSTRAP_CONFIG), each calling in a loop. It prints KiB per
 stream of each kind, and per kind the registration-to-stream delay
-(p50, p99 over all streams and rounds) and the registration-to-calls
+(p50, p99, max over all streams and rounds) and the registration-to-calls
 delay of each real client (p50, max over the rounds). Everything shares
-this machine's cores. No assertion. (Not named xds.py: the script's folder
-comes first on sys.path, and xds-protos has a top-level package `xds`.)
+this machine's cores: the raw xDS clients also write an ACK per response,
+which is client work a grpclb stream does not have. No assertion. (Not
+named xds.py: the script's folder comes first on sys.path, and xds-protos
+has a top-level package `xds`.)
 """
 
 from __future__ import annotations
@@ -60,10 +69,11 @@ class RawAds:
     """ADS streams of one grpc.aio client process, as gRPC's client opens
     them: the four types subscribed, each response ACKed."""
 
-    def __init__(self, balancer: str, streams: int, per_connection: int) -> None:
+    def __init__(self, balancer: str, pool: str, streams: int, per_connection: int) -> None:
         from envoy.service.discovery.v3 import discovery_pb2
 
         self.pb = discovery_pb2
+        self.pool = pool
         self.streams = streams
         self.channels = [
             grpc.aio.insecure_channel(balancer, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -74,7 +84,10 @@ class RawAds:
 
     def _request(self, type_url: str, version: str = "", nonce: str = "", node: str = "") -> bytes:
         request = self.pb.DiscoveryRequest(
-            type_url=type_url, resource_names=[POOL], version_info=version, response_nonce=nonce
+            type_url=type_url,
+            resource_names=[self.pool],
+            version_info=version,
+            response_nonce=nonce,
         )
         if node:
             request.node.id = node
@@ -113,11 +126,13 @@ class RawAds:
             await ch.close()
 
 
-async def _client(kind: str, balancer: str, streams: int, rounds: int, wait: float) -> None:
+async def _client(
+    kind: str, balancer: str, pool: str, streams: int, rounds: int, wait: float
+) -> None:
     """One client process: `ready <opened> <refused> <seconds>`, then per
     round `arrivals <json unix times>`."""
     if kind == "grpclb":
-        lb = RawStreams(balancer, POOL, streams, 100)
+        lb = RawStreams(balancer, pool, streams, 100)
         elapsed = await asyncio.wait_for(lb.open(), wait)
         calls, refused = lb.calls, sum(lb.refusals.values())
 
@@ -125,7 +140,7 @@ async def _client(kind: str, balancer: str, streams: int, rounds: int, wait: flo
             await call.read()
             arrived()
     else:
-        ads = RawAds(balancer, streams, 100)
+        ads = RawAds(balancer, pool, streams, 100)
         elapsed = await asyncio.wait_for(ads.open(), wait)
         calls, refused = ads.calls, ads.refused
 
@@ -186,60 +201,110 @@ class Caller:
         return None
 
 
+def _table(name: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    if not ms:
+        return f"    {name:<7} no arrivals"
+    return (
+        f"    {name:<7} p50 {percentile(ms, 0.5):.0f} ms, p99 {percentile(ms, 0.99):.0f} ms, "
+        f"max {max(ms):.0f} ms over {len(ms)} arrivals"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=1000, help="of each kind")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--wait", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=2, help="client processes per kind")
+    parser.add_argument("--wait", type=float, default=120.0)
+    parser.add_argument(
+        "--shared-pool", action="store_true", help="one pool for both kinds of streams and clients"
+    )
     parser.add_argument(
         "--xds-first", action="store_true", help="open the ADS streams before the BalanceLoad ones"
     )
-    parser.add_argument("--client", nargs=2, metavar=("KIND", "BALANCER"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--client", nargs=3, metavar=("KIND", "BALANCER", "POOL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.client:
-        kind, balancer_address = args.client
-        asyncio.run(_client(kind, balancer_address, args.streams, args.rounds, args.wait))
+        kind, balancer_address, pool = args.client
+        asyncio.run(_client(kind, balancer_address, pool, args.streams, args.rounds, args.wait))
         return
 
-    rules = RegistrationRules(address_policy="any", max_lease_ttl_ms=3_600_000)
-    config = PoolConfig.from_flat(
-        POOL, report_interval_ms=0, lease_ttl_ms=3_600_000, health_checks=False, registration=rules
+    pools = (
+        {"grpclb": POOL, "xds": POOL}
+        if args.shared_pool
+        else {"grpclb": f"{POOL}-grpclb", "xds": f"{POOL}-xds"}
     )
+    rules = RegistrationRules(address_policy="any", max_lease_ttl_ms=3_600_000)
+    configs = {
+        pool: PoolConfig.from_flat(
+            pool,
+            report_interval_ms=0,
+            lease_ttl_ms=3_600_000,
+            health_checks=False,
+            registration=rules,
+        )  # fmt: skip
+        for pool in set(pools.values())
+    }
     limit = ("--max-streams-per-address", str(2 * args.streams + 1000))
     backends = [Backend()]
-    with BenchLab({POOL: config}, metrics=True, args=limit) as lab:
+    with BenchLab(configs, metrics=True, args=limit) as lab:
         registry = registry_pb2_grpc.RegistryStub(grpc.insecure_channel(lab.balancer))
 
-        def register(b: Backend) -> None:
+        def register(pool: str, b: Backend) -> None:
             registry.Register(
-                registry_pb2.RegisterRequest(pool=POOL, host="127.0.0.1", port=b.port), timeout=10
+                registry_pb2.RegisterRequest(pool=pool, host="127.0.0.1", port=b.port), timeout=10
             )
 
-        register(backends[0])
+        for pool in set(pools.values()):
+            register(pool, backends[0])
         balancer = psutil.Process(lab.procs[0].pid)
         time.sleep(1.0)
+        share = [
+            args.streams // args.clients + (i < args.streams % args.clients)
+            for i in range(args.clients)
+        ]
 
-        def client(kind: str) -> tuple[subprocess.Popen[str], int, float]:
-            proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--client", kind, lab.balancer,
-                 "--streams", str(args.streams), "--rounds", str(args.rounds),
-                 "--wait", str(args.wait)],
-                stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            assert proc.stdout is not None
-            _, opened, _refused, secs = proc.stdout.readline().split()
-            return proc, int(opened), float(secs)
+        def clients(kind: str) -> tuple[list[subprocess.Popen[str]], int, float]:
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(Path(__file__).resolve()),
+                        "--client",
+                        kind,
+                        lab.balancer,
+                        pools[kind],
+                        "--streams",
+                        str(n),
+                        "--rounds",
+                        str(args.rounds),
+                        "--wait",
+                        str(args.wait),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )  # fmt: skip
+                for n in share
+                if n > 0
+            ]
+            opened, secs = 0, 0.0
+            for proc in procs:
+                assert proc.stdout is not None
+                _, n, _refused, took = proc.stdout.readline().split()
+                opened, secs = opened + int(n), max(secs, float(took))
+            return procs, opened, secs
 
         # RSS growth per kind, each measured as its streams open (the kind
         # opened second may reuse memory the first one's growth left free).
-        opened: dict[str, tuple[subprocess.Popen[str], int, float, int]] = {}
+        opened: dict[str, tuple[list[subprocess.Popen[str]], int, float, int]] = {}
         for kind in ("xds", "grpclb") if args.xds_first else ("grpclb", "xds"):
             before = balancer.memory_info().rss
-            proc, n, secs = client(kind)
+            procs, n, secs = clients(kind)
             time.sleep(1.0)
-            opened[kind] = (proc, n, secs, balancer.memory_info().rss - before)
-        grpclb, lb_opened, lb_secs, lb_rss = opened["grpclb"]
-        ads, ads_opened, ads_secs, ads_rss = opened["xds"]
+            opened[kind] = (procs, n, secs, balancer.memory_info().rss - before)
 
         os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(
             {
@@ -251,58 +316,68 @@ def main() -> None:
         )
         from client_lib import LookasideChannel
 
-        thin = LookasideChannel(POOL, lab.balancer)
-        xds = grpc.insecure_channel(f"xds:///{POOL}")
-        callers = {"grpclb (thin client)": Caller(thin), "xds (stock grpcio)": Caller(xds)}
+        thin = LookasideChannel(pools["grpclb"], lab.balancer)
+        xds = grpc.insecure_channel(f"xds:///{pools['xds']}")
+        callers = {"grpclb": Caller(thin), "xds": Caller(xds)}
+        names = {"grpclb": "grpclb (thin client)", "xds": "xds (stock grpcio)"}
         for caller in callers.values():
             if caller.reached(backends[0].port, 30) is None:
                 raise SystemExit("a client never reached the first backend")
 
-        stream_delays: dict[str, list[float]] = {"grpclb": [], "xds": []}
-        call_delays: dict[str, list[float]] = {k: [] for k in callers}
-        for _ in range(args.rounds):
-            time.sleep(1.0)
-            backend = Backend()
-            backends.append(backend)
-            t0 = time.time()
-            register(backend)
-            for kind, proc in (("grpclb", grpclb), ("xds", ads)):
+        def arrivals(kind: str, t0: float) -> list[float]:
+            delays = []
+            for proc in opened[kind][0]:
                 assert proc.stdout is not None
                 line = proc.stdout.readline()
-                stream_delays[kind] += [t - t0 for t in json.loads(line.removeprefix("arrivals "))]
-            for name, caller in callers.items():
-                reached = caller.reached(backend.port, args.wait)
-                call_delays[name].append(float("nan") if reached is None else reached - t0)
+                delays += [t - t0 for t in json.loads(line.removeprefix("arrivals "))]
+            return delays
+
+        stream_delays: dict[str, list[float]] = {"grpclb": [], "xds": []}
+        call_delays: dict[str, list[float]] = {"grpclb": [], "xds": []}
+        # One registration per kind and round (one for both with a shared pool).
+        steps = [("grpclb", "xds")] if args.shared_pool else [("grpclb",), ("xds",)]
+        for _ in range(args.rounds):
+            for kinds in steps:
+                time.sleep(1.0)
+                backend = Backend()
+                backends.append(backend)
+                t0 = time.time()
+                register(pools[kinds[0]], backend)
+                for kind in kinds:
+                    stream_delays[kind] += arrivals(kind, t0)
+                for kind in kinds:
+                    reached = callers[kind].reached(backend.port, args.wait)
+                    call_delays[kind].append(float("nan") if reached is None else reached - t0)
         for caller in callers.values():
             caller.stop.set()
             caller.thread.join(10)
         thin.close()
         xds.close()
-        for proc in (grpclb, ads):
-            proc.wait(30)
-        fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=POOL)
-        fanout = lab.metric("lookaside_balancer_fanout_seconds_sum", pool=POOL)
+        for procs, *_ in opened.values():
+            for proc in procs:
+                proc.wait(30)
+        fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=pools["grpclb"])
+        fanout = lab.metric("lookaside_balancer_fanout_seconds_sum", pool=pools["grpclb"])
         xds_writes = lab.metric("lookaside_balancer_xds_update_seconds_count", type="eds")
         xds_write = lab.metric("lookaside_balancer_xds_update_seconds_sum", type="eds")
     for b in backends:
         b.server.stop(0)
 
     order = "xds first" if args.xds_first else "grpclb first"
-    print(f"{args.streams} raw streams of each kind on one balancer, 100 per connection ({order})")
+    where = "one pool for both" if args.shared_pool else "a pool per kind"
     print(
-        f"  grpclb: opened {lb_opened} in {lb_secs:.2f} s, RSS +"
-        f"{lb_rss / max(lb_opened, 1) / 1024:.1f} KiB per stream"
+        f"{args.streams} raw streams of each kind on one balancer ({where}), "
+        f"{args.clients} client processes per kind, 100 per connection, opened {order}"
     )
-    print(
-        f"  xds:    opened {ads_opened} in {ads_secs:.2f} s, RSS +"
-        f"{ads_rss / max(ads_opened, 1) / 1024:.1f} KiB per stream"
-    )
+    for kind in ("grpclb", "xds"):
+        _, n, secs, rss = opened[kind]
+        print(
+            f"  {kind + ':':<7} opened {n} in {secs:.2f} s, RSS +"
+            f"{rss / max(n, 1) / 1024:.1f} KiB per stream"
+        )
     print(f"  registration -> the new list/assignment on every stream, {args.rounds} rounds:")
     for kind, delays in stream_delays.items():
-        print(
-            f"    {kind:<7} p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
-            f"p99 {percentile(delays, 0.99) * 1000:.0f} ms over {len(delays)} arrivals"
-        )
+        print(_table(kind, delays))
     print(
         "  the balancer's own part: grpclb new list -> last write "
         f"(lookaside_balancer_fanout_seconds) mean {fanout / max(fanouts, 1) * 1000:.0f} ms "
@@ -311,10 +386,10 @@ def main() -> None:
         f" ms over {xds_writes:.0f} writes"
     )
     print("  registration -> first call on the new backend, per round:")
-    for name, delays in call_delays.items():
+    for kind, delays in call_delays.items():
         shown = ", ".join(f"{d * 1000:.0f}" for d in delays)
         print(
-            f"    {name:<21} p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
+            f"    {names[kind]:<21} p50 {percentile(delays, 0.5) * 1000:.0f} ms, "
             f"max {max(delays) * 1000:.0f} ms  ({shown} ms)"
         )
 

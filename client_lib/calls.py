@@ -20,10 +20,12 @@ from typing import Any
 
 import grpc
 
+from client_lib import _spin
 from client_lib.attempts import WAIT_FOR_PICK, CallChannel, HedgedAttempts, Sleep, UnaryAttempts
 from client_lib.picker import DROP_DETAILS, LOCAL_CODES, CallCounters, FailedCall, Pick
 from client_lib.queued import QueuedCall
 from client_lib.retry import Attempts
+from client_lib.server_list import SubChannel
 
 __all__ = ["DROP_DETAILS", "StreamStream", "StreamUnary", "UnaryStream", "UnaryUnary"]
 
@@ -105,6 +107,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_outcome_thread)
 
 
+_park_lock = threading.Lock()
+
+
+def _park(sub: SubChannel) -> None:
+    """Before the first call on `sub` that grpc completes on its channel's
+    thread (a future, a response stream), with more than one backend READY:
+    keeps that thread (client_lib._spin). Over one backend the thread runs
+    dry only between bursts, and there a parked call cost more CPU per
+    future than the restarts it saves (bench/client_overhead.py)."""
+    with _park_lock:
+        if sub.parked is None:
+            sub.parked = _spin.pin(sub.channel) or False
+
+
 def _trailing(exc: grpc.RpcError) -> Any:
     try:
         return exc.trailing_metadata()  # type: ignore[attr-defined]
@@ -173,17 +189,21 @@ class _Base:
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Any:
-        mc = p.target.multicallable(self._key, self._registered)
-        self._counters.call_started()
+        target = p.target
+        if target.parked is None and len(self._channel.picking.ready_picks()) > 1:
+            _park(target)
+        mc = target.methods.get(self._key) or target.multicallable(self._key, self._registered)
+        counters = self._counters
+        counters.call_started()
         call = (mc.future if future else mc)(
             request,
             timeout,
-            _metadata(metadata, p.metadata),
+            (*metadata, *p.metadata) if metadata else (p.metadata or None),
             credentials,
             wait_for_ready,
             compression,
         )
-        call.add_done_callback(_finish_callback(self._counters, p.token))
+        call.add_done_callback(_finish_callback(counters, p.token))
         return call
 
 
@@ -273,6 +293,8 @@ class _UnaryResponse(_Base):
         live: dict[Any, Pick] = {}
 
         def start(q: Pick) -> None:
+            if q.target.parked is None and len(channel.picking.ready_picks()) > 1:
+                _park(q.target)
             mc = q.target.methods.get(key) or q.target.multicallable(key, self._registered)
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             counters.call_started()

@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from client_lib import calls
+from client_lib import _spin, calls
 from client_lib._sync_link import SyncBalancerLink
 from client_lib.attempts import Picking
 from client_lib.core import IDLE, ChannelCore, ChannelViews, Effects
@@ -195,6 +195,7 @@ class LookasideChannel(ChannelViews, grpc.Channel):
         if quiet:
             time.sleep(quiet)
         for s in subs:
+            _spin.unpin(s.parked)  # closing cancels the parked call: its thread ends
             s.channel.close()
 
     def _changed(self) -> None:

@@ -59,7 +59,7 @@ class SubChannel:
     state, and the multi-callables made on it, one per method signature,
     made on first use."""
 
-    __slots__ = ("address", "channel", "methods", "state", "watcher")
+    __slots__ = ("address", "channel", "methods", "state", "watcher", "parked")
 
     def __init__(self, address: str, channel: Any) -> None:
         self.address = address
@@ -67,6 +67,9 @@ class SubChannel:
         self.methods: dict[tuple[Any, ...], Any] = {}
         self.state = grpc.ChannelConnectivity.IDLE
         self.watcher: Any = None  # what the driver uses to watch the state
+        # sync only: the call parked by client_lib._spin.pin (False: none
+        # parked; None: not tried yet)
+        self.parked: Any = None
 
     def multicallable(self, key: tuple[str, str, Any, Any], registered: bool) -> Any:
         """key: (kind, method, request serializer, response deserializer)."""

@@ -100,17 +100,29 @@ assignment: 1,000 backends, 10,000 clients, subset size 20
   one backend leaves: 200 clients get a new subset (members replaced per client: {1: 200}); min 200, max 210, mean 200.2, worst 4.9% off the mean
   its fan-out: 200 lists, 108,600 bytes (20 distinct lists serialized); without subsetting 10,000 lists of 26,977 bytes = 269,770,000 bytes
 """,
-    "xds_vs_grpclb": """\
-1000 raw streams of each kind on one balancer, 100 per connection (grpclb first)
-  grpclb: opened 1000 in 0.69 s, RSS +25.2 KiB per stream
-  xds:    opened 1000 in 1.08 s, RSS +28.5 KiB per stream
+    "xds_vs_grpclb:1000": """\
+1000 raw streams of each kind on one balancer (a pool per kind), 2 client processes per kind, 100 per connection, opened grpclb first
+  grpclb: opened 1000 in 0.45 s, RSS +24.9 KiB per stream
+  xds:    opened 1000 in 1.48 s, RSS +28.7 KiB per stream
   registration -> the new list/assignment on every stream, 5 rounds:
-    grpclb  p50 43 ms, p99 87 ms over 5000 arrivals
-    xds     p50 148 ms, p99 403 ms over 5000 arrivals
-  the balancer's own part: grpclb new list -> last write (lookaside_balancer_fanout_seconds) mean 173 ms over 5 updates; xDS change -> write, per stream (lookaside_balancer_xds_update_seconds) mean 237 ms over 5005 writes
+    grpclb  p50 61 ms, p99 107 ms, max 108 ms over 5000 arrivals
+    xds     p50 71 ms, p99 162 ms, max 165 ms over 5000 arrivals
+  the balancer's own part: grpclb new list -> last write (lookaside_balancer_fanout_seconds) mean 64 ms over 5 updates; xDS change -> write, per stream (lookaside_balancer_xds_update_seconds) mean 130 ms over 5005 writes
   registration -> first call on the new backend, per round:
-    grpclb (thin client)  p50 57 ms, max 84 ms  (53, 67, 48, 57, 84 ms)
-    xds (stock grpcio)    p50 122 ms, max 261 ms  (198, 116, 122, 104, 261 ms)
+    grpclb (thin client)  p50 84 ms, max 112 ms  (105, 84, 63, 55, 112 ms)
+    xds (stock grpcio)    p50 60 ms, max 142 ms  (97, 42, 60, 36, 142 ms)
+""",
+    "xds_vs_grpclb:10000": """\
+10000 raw streams of each kind on one balancer (a pool per kind), 2 client processes per kind, 100 per connection, opened grpclb first
+  grpclb: opened 10000 in 5.03 s, RSS +25.5 KiB per stream
+  xds:    opened 10000 in 14.61 s, RSS +26.2 KiB per stream
+  registration -> the new list/assignment on every stream, 3 rounds:
+    grpclb  p50 368 ms, p99 858 ms, max 880 ms over 30000 arrivals
+    xds     p50 1052 ms, p99 1936 ms, max 1998 ms over 30000 arrivals
+  the balancer's own part: grpclb new list -> last write (lookaside_balancer_fanout_seconds) mean 702 ms over 3 updates; xDS change -> write, per stream (lookaside_balancer_xds_update_seconds) mean 1559 ms over 30003 writes
+  registration -> first call on the new backend, per round:
+    grpclb (thin client)  p50 322 ms, max 617 ms  (322, 617, 172 ms)
+    xds (stock grpcio)    p50 631 ms, max 1281 ms  (503, 631, 1281 ms)
 """,
     "client_first_call": """\
 sync  first call, first balancer refused: median 8.7 ms, worst 13.0 ms (7 runs)
@@ -148,6 +160,14 @@ def test_figures_as_numbers() -> None:
     }
     assert _figures("reports")[1] == {"reports_per_s": 31013.0, "lost": 0}
     assert _figures("client_overhead")[1]["thin1_over_plain_aio_64_in_flight"] == 1.010
+    three = OUTPUTS["client_overhead"].replace(
+        "thin-3 3,706 (0.940x, +15 us)",
+        "thin-3 3,706 (0.940x, +15 us)   grpclb-3 3,600 (0.918x, +20 us)",
+    )
+    text, values = ALL.overhead(three)
+    assert values["thin3_over_plain_aio_64_in_flight"] == 0.940
+    assert values["grpclb3_over_plain_aio_64_in_flight"] == 0.918
+    assert "thin-3 / stock grpclb-3, each to plain: aio 64 in flight 0.940x / 0.918x" in text
 
 
 def test_docs_open_with_the_table_between_its_markers() -> None:

@@ -33,7 +33,6 @@ pool's ends the stream with UNAUTHENTICATED.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import time
@@ -49,7 +48,7 @@ from balancer_server.limits import RateLimitedLog, StreamsPerAddress, client_net
 from balancer_server.xds import metrics
 from balancer_server.xds.hub import XdsHub
 from balancer_server.xds.resources import SHORT, TYPES, field_bytes
-from balancer_server.xds_streams import XdsStreamTable
+from balancer_server.xds_streams import StreamRecord, TypeRecord, XdsStreamTable
 
 log = logging.getLogger("lookaside.balancer.xds")
 
@@ -59,11 +58,11 @@ SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full
 METHOD = "StreamAggregatedResources"
 MAX_NAMES_PER_TYPE = 100
 # Metric children looked up once: labels() takes a lock, and these count
-# every response and every ACK.
-_SENT = {t: metrics.XDS_RESPONSES.labels(s) for t, s in SHORT.items()}
-_ACKS = {t: metrics.XDS_ACKS.labels(s) for t, s in SHORT.items()}
-_UPDATE_SECONDS = {t: metrics.XDS_UPDATE_SECONDS.labels(s) for t, s in SHORT.items()}
-TYPE_URLS = {t: t for t in TYPES}
+# every response and every ACK. Indexed like TYPES.
+_SENT = tuple(metrics.XDS_RESPONSES.labels(SHORT[t]) for t in TYPES)
+_ACKS = tuple(metrics.XDS_ACKS.labels(SHORT[t]) for t in TYPES)
+_UPDATE_SECONDS = tuple(metrics.XDS_UPDATE_SECONDS.labels(SHORT[t]) for t in TYPES)
+TYPE_INDEX = {t: i for i, t in enumerate(TYPES)}
 MAX_SHARED_NAME_SETS = 10_000
 DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
 
@@ -80,87 +79,111 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-class _TypeState:
+def _nonce_field(nonce: str) -> bytes:
+    """DiscoveryResponse field 5 (nonce): the only bytes of a response
+    that differ between the streams sent the same resources."""
+    data = nonce.encode()
+    return b"\x2a" + bytes((len(data),)) + data if len(data) < 0x80 else field_bytes(5, data)
+
+
+class _TypeState(TypeRecord):
+    """One resource type on one stream: what it subscribes to and what it
+    was last sent, and (as the stream table's record of the type) what
+    the client last ACKed and NACKed: one object per type and stream."""
+
     __slots__ = ("names", "version", "nonce", "dirty", "force")
 
     def __init__(self) -> None:
+        super().__init__()
         self.names: frozenset[str] = frozenset()
-        # Of the last response: names a set of resource versions.
+        # Of the last response: names a set of resource versions; the
+        # nonce is the stream's count of responses then (0: none sent).
         self.version = ""
-        self.nonce = ""
+        self.nonce = 0
         self.dirty = False
         self.force = False
 
 
 class AdsStream:
-    """One client's ADS stream: what it subscribes to and what it was sent."""
+    """One client's ADS stream: what it subscribes to and what it was sent.
 
-    __slots__ = ("context", "hub", "stream_id", "node", "types", "writing", "closed", "nonces")
+    Held per open stream, so kept small: the per-type states in a list
+    indexed like TYPES, the nonce a counter, the stream's id and node in
+    its table record, and every response's bytes shared with the other
+    streams sent the same resources (only the nonce is its own)."""
 
-    def __init__(self, context: Any, hub: XdsHub, stream_id: str) -> None:
+    __slots__ = (
+        "context", "hub", "record", "types", "writing", "closed", "sent", "kind", "since", "loop",
+    )  # fmt: skip
+
+    def __init__(self, context: Any, hub: XdsHub, record: StreamRecord) -> None:
         self.context = context
-        self.node = ""
         self.hub = hub
-        self.stream_id = stream_id
-        self.types: dict[str, _TypeState] = {}
+        self.record = record
+        self.types: list[_TypeState | None] = [None] * len(TYPES)
         self.writing: asyncio.Task[None] | None = None
         self.closed = False
-        self.nonces = itertools.count(1)
+        # Responses written so far: the next nonce is one more.
+        self.sent = 0
+        # Of the write under way: its type's index, and when the change it
+        # carries was made (None for an answer to a request).
+        self.kind = 0
+        self.since: float | None = None
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def stream_id(self) -> str:
+        return self.record.stream_id
 
     def changed(self, type_url: str) -> None:
-        state = self.types.get(type_url)
+        state = self.types[TYPE_INDEX[type_url]]
         if state is not None:
             state.dirty = True
-            self.offer()
+            if self.writing is None:
+                self.offer()
 
     def offer(self) -> None:
         """Writes the first type with something to send, unless a write is
         under way (its completion offers again)."""
         if self.writing is not None or self.closed:
             return
-        for type_url in TYPES:
-            state = self.types.get(type_url)
+        for index, state in enumerate(self.types):
             if state is None or not state.dirty:
                 continue
-            forced = state.force
-            payload = self._response(type_url, state)
-            if payload is None:
+            state.dirty = False
+            type_url = TYPES[index]
+            version, body, changed_at = self.hub.response(type_url, state.names)
+            if version == state.version and not state.force:
                 continue
+            forced, state.force = state.force, False
+            self.sent += 1
+            state.version = version
+            state.nonce = self.sent
             # An update (not an answer to a subscription) is timed from the change.
-            since = None if forced else self.hub.changed_at(type_url, state.names)
-            self.writing = asyncio.get_running_loop().create_task(self.context.write(payload))
-            self.writing.add_done_callback(
-                functools.partial(self._written, kind=type_url, since=since)
-            )
+            self.kind, self.since = index, None if forced else changed_at
+            payload = body + _nonce_field(str(self.sent))
+            self.writing = self.loop.create_task(self.context.write(payload))
+            self.writing.add_done_callback(self._written)
             return
 
-    def _response(self, type_url: str, state: _TypeState) -> bytes | None:
-        state.dirty = False
-        version, body = self.hub.response(type_url, state.names)
-        if not state.force and version == state.version:
-            return None
-        state.force = False
-        state.version = version
-        state.nonce = str(next(self.nonces))
-        return body + field_bytes(5, state.nonce.encode())
-
-    def _written(self, task: asyncio.Task[None], kind: str, since: float | None) -> None:
+    def _written(self, task: asyncio.Task[None]) -> None:
         self.writing = None
         if task.cancelled() or task.exception() is not None:
             self.close()
             return
-        _SENT[kind].inc()
-        if since is not None:
-            _UPDATE_SECONDS[kind].observe(time.perf_counter() - since)
+        _SENT[self.kind].inc()
+        if self.since is not None:
+            _UPDATE_SECONDS[self.kind].observe(time.perf_counter() - self.since)
         self.offer()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for type_url, state in self.types.items():
-            for name in state.names:
-                self.hub.unwatch(type_url, name, self)
+        for type_url, state in zip(TYPES, self.types, strict=True):
+            if state is not None:
+                for name in state.names:
+                    self.hub.unwatch(type_url, name, self)
         if self.writing is not None:
             self.writing.cancel()
 
@@ -213,8 +236,7 @@ class AdsService:
                 ),
             )
             return
-        stream = AdsStream(context, self.hub, f"{self.replica_id}/xds/{next(self._ids)}")
-        opened = False
+        stream: AdsStream | None = None
         try:
             try:
                 raw = await asyncio.wait_for(
@@ -229,25 +251,26 @@ class AdsService:
             if raw is None:
                 return
             request = self._parse(raw)
-            stream.node = request.node.id
-            self.table.opened(stream.stream_id, context.peer(), request.node.id)
+            stream_id = f"{self.replica_id}/xds/{next(self._ids)}"
+            record = self.table.opened(stream_id, context.peer(), request.node.id)
+            stream = AdsStream(context, self.hub, record)
             metrics.XDS_STREAMS_OPEN.inc()
-            opened = True
             log.debug(
                 "ADS stream open id=%s node=%s peer=%s",
-                stream.stream_id, request.node.id, context.peer(),
+                stream_id, request.node.id, context.peer(),
             )  # fmt: skip
             self._handle(stream, request, context)
             del raw, request  # nothing of a request is held while the stream waits
             async for raw in request_iterator:
                 self._handle(stream, self._parse(raw), context)
         except StreamError as exc:
-            stream.close()
+            if stream is not None:
+                stream.close()
             await self._refuse(context, exc)
         finally:
-            stream.close()
             self.per_address.release(address)
-            if opened:
+            if stream is not None:
+                stream.close()
                 metrics.XDS_STREAMS_OPEN.dec()
                 self.table.closed(stream.stream_id)
                 log.debug("ADS stream closed id=%s", stream.stream_id)
@@ -323,30 +346,29 @@ class AdsService:
         return shared
 
     def _handle(self, stream: AdsStream, request: Any, context: Any) -> None:
-        type_url = TYPE_URLS[request.type_url]  # the module's string, not the request's
-        short = SHORT[type_url]
-        state = stream.types.get(type_url)
+        index = TYPE_INDEX[request.type_url]
+        state = stream.types[index]
+        nonce = request.response_nonce
+        if (
+            state is not None
+            and state.nonce
+            and nonce == str(state.nonce)
+            and frozenset(request.resource_names) == state.names
+        ):
+            # The common case, once per response: the client answers the
+            # last response without changing its names. Not answered.
+            self._answered(stream, index, state, request, context)
+            return
+        type_url = TYPES[index]  # the module's string, not the request's
         first = state is None
         names = self._names(request)
-        if state is None or names is not state.names:  # an ACK's names were checked before
+        if state is None or names != state.names:  # an ACK's names were checked before
             self._check_names(type_url, names, first)
         if state is None:
-            state = stream.types[type_url] = _TypeState()
-        nonce = request.response_nonce
-        if nonce and nonce == state.nonce:
-            if request.HasField("error_detail"):
-                error = request.error_detail.message
-                metrics.XDS_NACKS.labels(short).inc()
-                self.table.nacked(stream.stream_id, type_url, state.version, error)
-                self._log.warning(
-                    f"xds-nack:{short}",
-                    "ADS %s version %s refused by node=%s peer=%s (it keeps version %r): %s",
-                    short.upper(), state.version, stream.node or "?", context.peer(),
-                    request.version_info, error[:500],
-                )  # fmt: skip
-            else:
-                _ACKS[type_url].inc()
-                self.table.acked(stream.stream_id, type_url, request.version_info)
+            state = stream.types[index] = _TypeState()
+            self.table.track(stream.record, type_url, state)
+        if state.nonce and nonce == str(state.nonce):
+            self._answered(stream, index, state, request, context)
         elif nonce and names == state.names:
             return  # answers an older response: the newer one is on its way
         if names != state.names:
@@ -363,3 +385,22 @@ class AdsService:
             # starts over: it gets the current state whatever it holds.
             state.force = state.dirty = True
         stream.offer()
+
+    def _answered(
+        self, stream: AdsStream, index: int, state: _TypeState, request: Any, context: Any
+    ) -> None:
+        """Records an ACK or NACK of the stream's last response of a type."""
+        if not request.HasField("error_detail"):
+            _ACKS[index].inc()
+            self.table.ack(state, request.version_info, state.version)
+            return
+        short = SHORT[TYPES[index]]
+        error = request.error_detail.message
+        metrics.XDS_NACKS.labels(short).inc()
+        self.table.nack(stream.record, TYPES[index], state.version, error)
+        self._log.warning(
+            f"xds-nack:{short}",
+            "ADS %s version %s refused by node=%s peer=%s (it keeps version %r): %s",
+            short.upper(), state.version, stream.record.node_id or "?", context.peer(),
+            request.version_info, error[:500],
+        )  # fmt: skip

@@ -59,13 +59,14 @@ class XdsHub:
         # Tests set it to make the next resources invalid (see resources.Mutator).
         self.mutate: Mutator | None = None
         # Responses (without their nonce) by type and names, until a change.
-        self._responses: dict[tuple[str, frozenset[str]], tuple[str, bytes]] = {}
+        self._responses: dict[tuple[str, frozenset[str]], tuple[str, bytes, float | None]] = {}
 
-    def response(self, type_url: str, names: frozenset[str]) -> tuple[str, bytes]:
+    def response(self, type_url: str, names: frozenset[str]) -> tuple[str, bytes, float | None]:
         """The version and the bytes (all but the nonce) of a response of
         `type_url` for `names`: the resources of those that exist, in name
-        order. Built once per change for all the streams that subscribe to
-        the same names. The version is the resource's own for one resource,
+        order, and when the latest of them changed (time.perf_counter()).
+        Built once per change for all the streams that subscribe to the
+        same names. The version is the resource's own for one resource,
         else a digest of the names and their versions."""
         key = (type_url, names)
         cached = self._responses.get(key)
@@ -92,8 +93,8 @@ class XdsHub:
         )
         if len(self._responses) >= MAX_CACHED_RESPONSES:
             self._responses.clear()
-        self._responses[key] = (version, body)
-        return version, body
+        built = self._responses[key] = (version, body, self.changed_at(type_url, names))
+        return built
 
     def resource(self, type_url: str, name: str) -> Resource | None:
         pool = self.pools.get(name)
