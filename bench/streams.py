@@ -20,8 +20,9 @@ last write), and the balancer's CPU per update (user + system, from the
 registration to its last write, less its idle rate). With workers, RSS and
 CPU are those of the supervisor and all its workers together, the streams
 each worker holds are printed, and the fan-out time of an update is that of
-its slowest worker (each worker's own from the aggregated /metrics). Last,
-the time the balancer takes to stop on SIGTERM, and its exit status. Clients and balancer
+its slowest worker (each worker's own from the aggregated /metrics). Last, once
+the clients have exited, how long the balancer takes to end their streams,
+then to stop on SIGTERM, and its exit status. Clients and balancer
 share this machine's cores, so the delays include the clients' own time
 to read 10,000 messages. `--profile FILE` records the balancer with py-spy
 during the registrations. No assertion: the numbers go to
@@ -221,6 +222,14 @@ def main() -> None:
             spy.wait(30)
         for c in clients:
             c.wait(30)
+        # The balancer's side of the clients' exit: each of its streams
+        # ends (cancelled) and leaves its feed.
+        g0 = time.perf_counter()
+        left = lab.metric("lookaside_balancer_streams_open", pool=POOL)
+        while left > 0 and time.perf_counter() - g0 < args.wait:
+            time.sleep(0.1)
+            left = lab.metric("lookaside_balancer_streams_open", pool=POOL)
+        gone_seconds = time.perf_counter() - g0
         fanouts = lab.metric("lookaside_balancer_fanout_seconds_count", pool=POOL)
         fanout = lab.metric("lookaside_balancer_fanout_seconds_sum", pool=POOL)
         restarts = lab.metric("lookaside_balancer_worker_restarts_total")
@@ -268,6 +277,10 @@ def main() -> None:
             + ", ".join(f"{s * 1000:.0f} ms" for s in slowest)
             + f" (fan-outs per update, one per worker: {fanned})"
         )
+    print(
+        f"  clients gone: the balancer's streams ended within {gone_seconds:.1f} s "
+        f"({left:.0f} left open)"
+    )
     print(f"  balancer stopped on SIGTERM in {stop_seconds:.1f} s, exit status {stop_code}")
     per_update = statistics.median(cpu)
     print(

@@ -1,8 +1,9 @@
 """bench/streams.py --workers: a balancer of two worker processes, end to
 end at a tiny size: every stream is opened and gets the new list, the
 streams are counted per worker from the aggregated /metrics, every worker
-holding streams observes one fan-out for the update, and the balancer
-stops cleanly on SIGTERM."""
+holding streams observes one fan-out for the update, the clients' exit
+ends every stream on the balancer, and the balancer stops cleanly on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -31,4 +32,5 @@ def test_streams_over_two_workers() -> None:
     holding = sum(int(n) > 0 for n in held)
     [fanned] = re.findall(r"fan-outs per update, one per worker: \[([\d, ]+)\]", out)
     assert [int(n) for n in fanned.split(", ")] == [holding], out
+    assert "(0 left open)" in out, out
     assert "balancer stopped on SIGTERM in" in out and "exit status 0" in out
