@@ -65,6 +65,9 @@ _ACKS = {t: metrics.XDS_ACKS.labels(s) for t, s in SHORT.items()}
 _UPDATE_SECONDS = {t: metrics.XDS_UPDATE_SECONDS.labels(s) for t, s in SHORT.items()}
 TYPE_URLS = {t: t for t in TYPES}
 MAX_SHARED_NAME_SETS = 10_000
+# The names held by the shared sets at most, all sets together: distinct
+# subscriptions (a resubscription storm) cannot pin more than this.
+MAX_SHARED_NAMES = 20_000
 DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
 
 
@@ -185,6 +188,7 @@ class AdsService:
         self._ids = itertools.count(1)
         self._log = RateLimitedLog(log)
         self._shared_names: dict[frozenset[str], frozenset[str]] = {}
+        self._shared_count = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.stream_stream_rpc_method_handler(
@@ -311,15 +315,21 @@ class AdsService:
         except AuthError as exc:
             raise StreamError(exc.code, exc.details, "credentials") from None
 
-    def _names(self, request: Any) -> frozenset[str]:
-        """The request's names, as one set shared by every stream that
-        subscribes to the same names (most streams name one pool)."""
-        names = frozenset(request.resource_names)
+    def _names(self, names: frozenset[str]) -> frozenset[str]:
+        """`names` (checked already), as one set shared by every stream that
+        subscribes to the same names (most streams name one pool). The
+        shared sets hold at most MAX_SHARED_NAME_SETS sets and
+        MAX_SHARED_NAMES names: past either, they start over."""
         shared = self._shared_names.get(names)
         if shared is None:
-            if len(self._shared_names) >= MAX_SHARED_NAME_SETS:
+            if (
+                len(self._shared_names) >= MAX_SHARED_NAME_SETS
+                or self._shared_count + len(names) > MAX_SHARED_NAMES
+            ):
                 self._shared_names.clear()
+                self._shared_count = 0
             shared = self._shared_names[names] = names
+            self._shared_count += len(names)
         return shared
 
     def _handle(self, stream: AdsStream, request: Any, context: Any) -> None:
@@ -327,9 +337,13 @@ class AdsService:
         short = SHORT[type_url]
         state = stream.types.get(type_url)
         first = state is None
-        names = self._names(request)
-        if state is None or names is not state.names:  # an ACK's names were checked before
+        names = frozenset(request.resource_names)
+        if state is None or names != state.names:  # an ACK's names were checked before
+            # Checked before they are shared: a refused set is never kept.
             self._check_names(type_url, names, first)
+            names = self._names(names)
+        else:
+            names = state.names
         if state is None:
             state = stream.types[type_url] = _TypeState()
         nonce = request.response_nonce
@@ -346,7 +360,10 @@ class AdsService:
                 )  # fmt: skip
             else:
                 _ACKS[type_url].inc()
-                self.table.acked(stream.stream_id, type_url, request.version_info)
+                # The nonce names the response, and so the version accepted:
+                # the client's version_info is its word only (a confused or
+                # hostile client may name a version never sent).
+                self.table.acked(stream.stream_id, type_url, state.version)
         elif nonce and names == state.names:
             return  # answers an older response: the newer one is on its way
         if names != state.names:
