@@ -37,6 +37,10 @@ DROP_PREFIX = "drop:"
 SOURCES = ("xds",)
 SOURCE_COUNTERS = (*COUNTERS, "dropped")
 STREAMS_STALE_MS = 10_000
+# A replica's stream count this old is removed when the hash is read (a
+# replica killed without its clean stop leaves its entry; its id is never
+# used again), and a streams hash no replica wrote for this long expires.
+STREAMS_FORGET_MS = 60 * STREAMS_STALE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,26 @@ async def read_streams(
 ) -> list[ReplicaStreams]:
     """Client streams per balancer replica, leaving out entries that a
     replica has not refreshed within stale_ms (it is gone or cut off)."""
-    return parse_streams(await redis.hgetall(keys.streams(pool)), now_ms, stale_ms)
+    raw = await redis.hgetall(keys.streams(pool))
+    gone = forgotten_streams(raw)
+    if gone:
+        await redis.hdel(keys.streams(pool), *gone)
+    return parse_streams(raw, now_ms, stale_ms)
+
+
+def forgotten_streams(raw: Mapping[Any, Any], now_ms: int | None = None) -> list[str]:
+    """The replicas of the streams hash `raw` whose entries are older than
+    STREAMS_FORGET_MS (by this host's clock) or unreadable: to remove."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    out = []
+    for replica, value in raw.items():
+        try:
+            ts_ms = int(json.loads(value)["ts_ms"])
+        except (ValueError, TypeError, KeyError):
+            ts_ms = 0
+        if now_ms - ts_ms > STREAMS_FORGET_MS:
+            out.append(_text(replica))
+    return out
 
 
 def parse_streams(

@@ -248,7 +248,10 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
 
     async def replica_streams(self, pool: str, now_ms: int | None = None) -> list[ReplicaStreams]:
         self._check()
-        return load.parse_streams(self.keyspace.hash(keys.streams(pool)), now_ms)
+        raw = self.keyspace.hash(keys.streams(pool))
+        for gone in load.forgotten_streams(raw):
+            self._call("HDEL", keys.streams(pool), gone)
+        return load.parse_streams(raw, now_ms)
 
     async def set_xds_streams(
         self, replica: str, streams: list[dict[str, Any]], total: int

@@ -166,6 +166,7 @@ class ReportOps:
                     pipe.evalsha(script.sha, len(keys_), *keys_, *args)
                 for pool, count in (stream_counts or {}).items():
                     pipe.hset(keys.streams(pool), replica, _stream_entry(count, stamp))
+                    pipe.pexpire(keys.streams(pool), load.STREAMS_FORGET_MS)
                 results = await pipe.execute(raise_on_error=False)
             errors = [r for r in results if isinstance(r, Exception)]
             if attempt == 1 and any(isinstance(e, NoScriptError) for e in errors):
@@ -188,6 +189,7 @@ class ReportOps:
         async with self._redis.pipeline(transaction=False) as pipe:
             for pool, count in counts.items():
                 pipe.hset(keys.streams(pool), replica, _stream_entry(count, stamp))
+                pipe.pexpire(keys.streams(pool), load.STREAMS_FORGET_MS)
             await pipe.execute()
 
     @guarded
