@@ -41,6 +41,8 @@ STREAMS_STALE_MS = 10_000
 # replica killed without its clean stop leaves its entry; its id is never
 # used again), and a streams hash no replica wrote for this long expires.
 STREAMS_FORGET_MS = 60 * STREAMS_STALE_MS
+# Pools read per round trip by read_pools_streams.
+PIPELINE_POOLS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,26 @@ async def read_streams(
     if gone:
         await redis.hdel(keys.streams(pool), *gone)
     return parse_streams(raw, now_ms, stale_ms)
+
+
+async def read_pools_streams(
+    redis: aioredis.Redis, pools: list[str], now_ms: int | None = None
+) -> dict[str, list[ReplicaStreams]]:
+    """read_streams of many pools, in one round trip per PIPELINE_POOLS
+    pools (not one per pool)."""
+    out: dict[str, list[ReplicaStreams]] = {}
+    for start in range(0, len(pools), PIPELINE_POOLS):
+        chunk = pools[start : start + PIPELINE_POOLS]
+        async with redis.pipeline(transaction=False) as pipe:
+            for pool in chunk:
+                pipe.hgetall(keys.streams(pool))
+            found = await pipe.execute()
+        for pool, raw in zip(chunk, found, strict=True):
+            gone = forgotten_streams(raw)
+            if gone:
+                await redis.hdel(keys.streams(pool), *gone)
+            out[pool] = parse_streams(raw, now_ms)
+    return out
 
 
 def forgotten_streams(raw: Mapping[Any, Any], now_ms: int | None = None) -> list[str]:

@@ -265,6 +265,11 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
     async def clear_xds_streams(self, replica: str) -> None:
         self._call("HDEL", keys.XDS_STREAMS, replica)
 
+    async def pools_streams(
+        self, pools: list[str], now_ms: int | None = None
+    ) -> dict[str, list[ReplicaStreams]]:
+        return {pool: await self.replica_streams(pool, now_ms) for pool in pools}
+
     async def xds_streams(self, now_ms: int | None = None) -> list[ReplicaXdsStreams]:
         self._check()
         return xds.parse_entries(self.keyspace.hash(keys.XDS_STREAMS), now_ms)

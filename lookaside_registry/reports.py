@@ -212,6 +212,12 @@ class ReportOps:
         return await load.read_streams(self._redis, pool, now_ms)
 
     @guarded
+    async def pools_streams(
+        self, pools: list[str], now_ms: int | None = None
+    ) -> dict[str, list[ReplicaStreams]]:
+        return await load.read_pools_streams(self._redis, pools, now_ms)
+
+    @guarded
     async def set_xds_streams(
         self, replica: str, streams: list[dict[str, Any]], total: int
     ) -> None:
