@@ -112,6 +112,10 @@ def _add_reports_call(
     )
 
 
+# How often set_xds_streams looks for entries of replicas long gone.
+XDS_SWEEP_S = 60.0
+
+
 def _stream_entry(count: int, stamp: int) -> str:
     return json.dumps({"streams": count, "ts_ms": stamp})
 
@@ -123,6 +127,8 @@ class ReportOps:
         self._add_reports = lua.Script(redis, ADD_REPORTS)
         self._touch = lua.Script(redis, TOUCH_REPLICA)
         self._redis = redis
+        # When set_xds_streams last looked for entries of replicas long gone.
+        self._xds_swept = -XDS_SWEEP_S
 
     @guarded
     async def add_reports(
@@ -222,14 +228,19 @@ class ReportOps:
         self, replica: str, streams: list[dict[str, Any]], total: int
     ) -> None:
         """Writes this replica's open xDS streams (lookaside_registry.xds),
-        removing entries of replicas long gone."""
+        removing entries of replicas long gone: those are looked for at most
+        every XDS_SWEEP_S (they are read whole, every replica's entry of up
+        to hundreds of kilobytes, and replicas write about every second)."""
         now_ms = int(time.time() * 1000)
-        raw = await self._redis.hgetall(keys.XDS_STREAMS)
+        gone: list[str] = []
+        if time.monotonic() - self._xds_swept >= XDS_SWEEP_S:
+            self._xds_swept = time.monotonic()
+            gone = xds.forgotten(await self._redis.hgetall(keys.XDS_STREAMS), now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.XDS_STREAMS, replica, xds.entry(total, streams, now_ms))
-            for gone in xds.forgotten(raw, now_ms):
-                if gone != replica:
-                    pipe.hdel(keys.XDS_STREAMS, gone)
+            for name in gone:
+                if name != replica:
+                    pipe.hdel(keys.XDS_STREAMS, name)
             await pipe.execute()
 
     @guarded
