@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from balancer_server.xds import ads as ads_module
-from balancer_server.xds.resources import CLUSTER, LISTENER
+from balancer_server.xds import hub as hub_module
+from balancer_server.xds.resources import CLUSTER, ENDPOINTS, LISTENER
 from tests.support import BalancerHandle, RouteGuideBackend, register_all, start_backends
 from tests.xds.helpers import AdsRaw, wait_settled
 
@@ -73,3 +74,29 @@ def test_an_ack_naming_a_version_never_sent_records_the_version_sent(
     (row,) = balancer.server.ads.table.snapshot()
     assert row["acked"] == {CLUSTER: response.version_info}
     assert row["types"][CLUSTER]["acks"] == 1
+
+
+def test_subscriptions_to_ever_new_combinations_of_pools_cache_bounded_bytes(
+    balancer: BalancerHandle,
+    streams: list[AdsRaw],
+    pool_name: str,
+    backends: list[RouteGuideBackend],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "MAX_CACHED_BYTES", 5_000)
+    pools = [f"{pool_name}-{i}" for i in range(12)]
+    started = start_backends(backends, 2)
+    for pool in pools:
+        register_all(balancer, pool, started)
+    for pool in pools:
+        wait_settled(balancer, pool, 2)
+    stream = AdsRaw(balancer.address)
+    streams.append(stream)
+    sizes = []
+    for i in range(1, len(pools) + 1):  # a new combination of pools each time
+        stream.request(ENDPOINTS, pools[:i])
+        sizes.append(len(stream.next().SerializeToString()))
+    hub = balancer.server.ads.hub
+    assert sum(sizes) > 10_000  # what an unbounded cache would hold
+    assert hub._cached_bytes <= 5_000
+    assert hub._cached_bytes == sum(len(body) for _, body in hub._responses.values())
