@@ -37,6 +37,12 @@ DROP_PREFIX = "drop:"
 SOURCES = ("xds",)
 SOURCE_COUNTERS = (*COUNTERS, "dropped")
 STREAMS_STALE_MS = 10_000
+# A replica's stream count this old is removed when the hash is read (a
+# replica killed without its clean stop leaves its entry; its id is never
+# used again), and a streams hash no replica wrote for this long expires.
+STREAMS_FORGET_MS = 60 * STREAMS_STALE_MS
+# Pools read per round trip by read_pools_streams.
+PIPELINE_POOLS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,46 @@ async def read_streams(
 ) -> list[ReplicaStreams]:
     """Client streams per balancer replica, leaving out entries that a
     replica has not refreshed within stale_ms (it is gone or cut off)."""
-    return parse_streams(await redis.hgetall(keys.streams(pool)), now_ms, stale_ms)
+    raw = await redis.hgetall(keys.streams(pool))
+    gone = forgotten_streams(raw)
+    if gone:
+        await redis.hdel(keys.streams(pool), *gone)
+    return parse_streams(raw, now_ms, stale_ms)
+
+
+async def read_pools_streams(
+    redis: aioredis.Redis, pools: list[str], now_ms: int | None = None
+) -> dict[str, list[ReplicaStreams]]:
+    """read_streams of many pools, in one round trip per PIPELINE_POOLS
+    pools (not one per pool)."""
+    out: dict[str, list[ReplicaStreams]] = {}
+    for start in range(0, len(pools), PIPELINE_POOLS):
+        chunk = pools[start : start + PIPELINE_POOLS]
+        async with redis.pipeline(transaction=False) as pipe:
+            for pool in chunk:
+                pipe.hgetall(keys.streams(pool))
+            found = await pipe.execute()
+        for pool, raw in zip(chunk, found, strict=True):
+            gone = forgotten_streams(raw)
+            if gone:
+                await redis.hdel(keys.streams(pool), *gone)
+            out[pool] = parse_streams(raw, now_ms)
+    return out
+
+
+def forgotten_streams(raw: Mapping[Any, Any], now_ms: int | None = None) -> list[str]:
+    """The replicas of the streams hash `raw` whose entries are older than
+    STREAMS_FORGET_MS (by this host's clock) or unreadable: to remove."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    out = []
+    for replica, value in raw.items():
+        try:
+            ts_ms = int(json.loads(value)["ts_ms"])
+        except (ValueError, TypeError, KeyError):
+            ts_ms = 0
+        if now_ms - ts_ms > STREAMS_FORGET_MS:
+            out.append(_text(replica))
+    return out
 
 
 def parse_streams(

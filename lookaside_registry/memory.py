@@ -248,7 +248,10 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
 
     async def replica_streams(self, pool: str, now_ms: int | None = None) -> list[ReplicaStreams]:
         self._check()
-        return load.parse_streams(self.keyspace.hash(keys.streams(pool)), now_ms)
+        raw = self.keyspace.hash(keys.streams(pool))
+        for gone in load.forgotten_streams(raw):
+            self._call("HDEL", keys.streams(pool), gone)
+        return load.parse_streams(raw, now_ms)
 
     async def set_xds_streams(
         self, replica: str, streams: list[dict[str, Any]], total: int
@@ -261,6 +264,11 @@ class MemoryStore(BackendOps, TokenOps, ReportOps, SignalOps):
 
     async def clear_xds_streams(self, replica: str) -> None:
         self._call("HDEL", keys.XDS_STREAMS, replica)
+
+    async def pools_streams(
+        self, pools: list[str], now_ms: int | None = None
+    ) -> dict[str, list[ReplicaStreams]]:
+        return {pool: await self.replica_streams(pool, now_ms) for pool in pools}
 
     async def xds_streams(self, now_ms: int | None = None) -> list[ReplicaXdsStreams]:
         self._check()

@@ -112,6 +112,10 @@ def _add_reports_call(
     )
 
 
+# How often set_xds_streams looks for entries of replicas long gone.
+XDS_SWEEP_S = 60.0
+
+
 def _stream_entry(count: int, stamp: int) -> str:
     return json.dumps({"streams": count, "ts_ms": stamp})
 
@@ -123,6 +127,8 @@ class ReportOps:
         self._add_reports = lua.Script(redis, ADD_REPORTS)
         self._touch = lua.Script(redis, TOUCH_REPLICA)
         self._redis = redis
+        # When set_xds_streams last looked for entries of replicas long gone.
+        self._xds_swept = -XDS_SWEEP_S
 
     @guarded
     async def add_reports(
@@ -166,6 +172,7 @@ class ReportOps:
                     pipe.evalsha(script.sha, len(keys_), *keys_, *args)
                 for pool, count in (stream_counts or {}).items():
                     pipe.hset(keys.streams(pool), replica, _stream_entry(count, stamp))
+                    pipe.pexpire(keys.streams(pool), load.STREAMS_FORGET_MS)
                 results = await pipe.execute(raise_on_error=False)
             errors = [r for r in results if isinstance(r, Exception)]
             if attempt == 1 and any(isinstance(e, NoScriptError) for e in errors):
@@ -188,6 +195,7 @@ class ReportOps:
         async with self._redis.pipeline(transaction=False) as pipe:
             for pool, count in counts.items():
                 pipe.hset(keys.streams(pool), replica, _stream_entry(count, stamp))
+                pipe.pexpire(keys.streams(pool), load.STREAMS_FORGET_MS)
             await pipe.execute()
 
     @guarded
@@ -210,18 +218,29 @@ class ReportOps:
         return await load.read_streams(self._redis, pool, now_ms)
 
     @guarded
+    async def pools_streams(
+        self, pools: list[str], now_ms: int | None = None
+    ) -> dict[str, list[ReplicaStreams]]:
+        return await load.read_pools_streams(self._redis, pools, now_ms)
+
+    @guarded
     async def set_xds_streams(
         self, replica: str, streams: list[dict[str, Any]], total: int
     ) -> None:
         """Writes this replica's open xDS streams (lookaside_registry.xds),
-        removing entries of replicas long gone."""
+        removing entries of replicas long gone: those are looked for at most
+        every XDS_SWEEP_S (they are read whole, every replica's entry of up
+        to hundreds of kilobytes, and replicas write about every second)."""
         now_ms = int(time.time() * 1000)
-        raw = await self._redis.hgetall(keys.XDS_STREAMS)
+        gone: list[str] = []
+        if time.monotonic() - self._xds_swept >= XDS_SWEEP_S:
+            self._xds_swept = time.monotonic()
+            gone = xds.forgotten(await self._redis.hgetall(keys.XDS_STREAMS), now_ms)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.XDS_STREAMS, replica, xds.entry(total, streams, now_ms))
-            for gone in xds.forgotten(raw, now_ms):
-                if gone != replica:
-                    pipe.hdel(keys.XDS_STREAMS, gone)
+            for name in gone:
+                if name != replica:
+                    pipe.hdel(keys.XDS_STREAMS, name)
             await pipe.execute()
 
     @guarded

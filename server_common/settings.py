@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel
 from pydantic_settings import BaseSettings
+
+# A host name or an IPv4 address; an IPv6 address (in brackets) with an
+# optional zone. No spaces, no URL parts (/, ?, #, @).
+_HOST = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?")
 
 
 def split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -33,6 +38,10 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
         raise ValueError(f"{what} {value!r}: port {port_text!r} is not a number in 0..65535")
     if not host:
         raise ValueError(f"{what} {value!r} has an empty host")
+    if not _HOST.fullmatch(host):
+        raise ValueError(
+            f"{what} {value!r}: host {host[:64]!r} is not a host name or an IP address"
+        )
     return host, int(port_text)
 
 

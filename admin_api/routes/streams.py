@@ -31,8 +31,9 @@ router = APIRouter(prefix="/streams", tags=["streams"], responses={**COMMON})
 async def read(store: StoreDep, _reader: ReaderDep) -> StreamsOut:
     now_ms = int(time.time() * 1000)
     pools = []
-    for pool in sorted(await store.list_pools()):
-        rows = await store.replica_streams(pool, now_ms)
+    # One round trip for many pools, not one per pool.
+    found = await store.pools_streams(sorted(await store.list_pools()), now_ms)
+    for pool, rows in found.items():
         if any(r.streams for r in rows):
             pools.append(GrpclbPoolStreams.from_rows(pool, rows))
     replicas = [XdsReplicaStreams.from_replica(r) for r in await store.xds_streams(now_ms)]

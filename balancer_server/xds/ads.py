@@ -64,6 +64,9 @@ _ACKS = tuple(metrics.XDS_ACKS.labels(SHORT[t]) for t in TYPES)
 _UPDATE_SECONDS = tuple(metrics.XDS_UPDATE_SECONDS.labels(SHORT[t]) for t in TYPES)
 TYPE_INDEX = {t: i for i, t in enumerate(TYPES)}
 MAX_SHARED_NAME_SETS = 10_000
+# The names held by the shared sets at most, all sets together: distinct
+# subscriptions (a resubscription storm) cannot pin more than this.
+MAX_SHARED_NAMES = 20_000
 DEFAULT_MAX_STREAMS_PER_ADDRESS = 1000
 
 
@@ -208,6 +211,7 @@ class AdsService:
         self._ids = itertools.count(1)
         self._log = RateLimitedLog(log)
         self._shared_names: dict[frozenset[str], frozenset[str]] = {}
+        self._shared_count = 0
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.stream_stream_rpc_method_handler(
@@ -334,15 +338,21 @@ class AdsService:
         except AuthError as exc:
             raise StreamError(exc.code, exc.details, "credentials") from None
 
-    def _names(self, request: Any) -> frozenset[str]:
-        """The request's names, as one set shared by every stream that
-        subscribes to the same names (most streams name one pool)."""
-        names = frozenset(request.resource_names)
+    def _names(self, names: frozenset[str]) -> frozenset[str]:
+        """`names` (checked already), as one set shared by every stream that
+        subscribes to the same names (most streams name one pool). The
+        shared sets hold at most MAX_SHARED_NAME_SETS sets and
+        MAX_SHARED_NAMES names: past either, they start over."""
         shared = self._shared_names.get(names)
         if shared is None:
-            if len(self._shared_names) >= MAX_SHARED_NAME_SETS:
+            if (
+                len(self._shared_names) >= MAX_SHARED_NAME_SETS
+                or self._shared_count + len(names) > MAX_SHARED_NAMES
+            ):
                 self._shared_names.clear()
+                self._shared_count = 0
             shared = self._shared_names[names] = names
+            self._shared_count += len(names)
         return shared
 
     def _handle(self, stream: AdsStream, request: Any, context: Any) -> None:
@@ -361,9 +371,13 @@ class AdsService:
             return
         type_url = TYPES[index]  # the module's string, not the request's
         first = state is None
-        names = self._names(request)
+        names = frozenset(request.resource_names)
         if state is None or names != state.names:  # an ACK's names were checked before
+            # Checked before they are shared: a refused set is never kept.
             self._check_names(type_url, names, first)
+            names = self._names(names)
+        else:
+            names = state.names
         if state is None:
             state = stream.types[index] = _TypeState()
             self.table.track(stream.record, type_url, state)
@@ -392,7 +406,10 @@ class AdsService:
         """Records an ACK or NACK of the stream's last response of a type."""
         if not request.HasField("error_detail"):
             _ACKS[index].inc()
-            self.table.ack(state, request.version_info, state.version)
+            # The nonce names the response, and so the version accepted: the
+            # client's version_info is its word only (a confused or hostile
+            # client may name a version never sent).
+            self.table.ack(state, state.version, state.version)
             return
         short = SHORT[TYPES[index]]
         error = request.error_detail.message

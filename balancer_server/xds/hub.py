@@ -25,6 +25,10 @@ from balancer_server.xds.resources import Mutator, Resource, field_bytes
 from lookaside_registry.model import PoolSnapshot
 
 MAX_CACHED_RESPONSES = 10_000
+# The cached responses' bytes at most, all together: a client that
+# subscribes to ever new combinations of up to 100 pools cannot make the
+# cache hold a response per combination.
+MAX_CACHED_BYTES = 64 << 20
 
 
 class Watcher(Protocol):
@@ -60,6 +64,7 @@ class XdsHub:
         self.mutate: Mutator | None = None
         # Responses (without their nonce) by type and names, until a change.
         self._responses: dict[tuple[str, frozenset[str]], tuple[str, bytes, float | None]] = {}
+        self._cached_bytes = 0
 
     def response(self, type_url: str, names: frozenset[str]) -> tuple[str, bytes, float | None]:
         """The version and the bytes (all but the nonce) of a response of
@@ -91,10 +96,18 @@ class XdsHub:
                 field_bytes(4, type_url.encode()),
             )
         )
-        if len(self._responses) >= MAX_CACHED_RESPONSES:
-            self._responses.clear()
+        if (
+            len(self._responses) >= MAX_CACHED_RESPONSES
+            or self._cached_bytes + len(body) > MAX_CACHED_BYTES
+        ):
+            self._forget_responses()
         built = self._responses[key] = (version, body, self.changed_at(type_url, names))
+        self._cached_bytes += len(body)
         return built
+
+    def _forget_responses(self) -> None:
+        self._responses.clear()
+        self._cached_bytes = 0
 
     def resource(self, type_url: str, name: str) -> Resource | None:
         pool = self.pools.get(name)
@@ -152,7 +165,7 @@ class XdsHub:
                     pool.resources[type_url] = resource
                     changed.append(type_url)
         if changed:
-            self._responses.clear()
+            self._forget_responses()
             now = time.perf_counter()
             for type_url in changed:
                 pool.changed_at[type_url] = now

@@ -6,6 +6,7 @@ and LRS reports said. Real balancer, real Redis, stock grpcio stubs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -115,3 +116,45 @@ async def test_pool_load_splits_grpclb_and_xds_reports(
     assert window["sources"]["xds"]["finished"] == 9
     assert window["sources"]["xds"]["known_received"] == 8
     assert window["sources"]["xds"]["reports"] == 1
+
+
+async def test_streams_of_thousands_of_pools_are_read_in_a_few_round_trips(
+    client: httpx.AsyncClient, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+    import redis.asyncio as aioredis
+
+    from lookaside_registry import keys
+
+    direct = redis.Redis.from_url(redis_url, decode_responses=True)
+    names = [f"many-streams-{i}" for i in range(3000)]
+    now_ms = int(time.time() * 1000)
+    trips = 0
+    single = aioredis.Redis.execute_command
+    batch = aioredis.client.Pipeline.execute
+
+    async def counted_single(self: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await single(self, *args, **kw)
+
+    async def counted_batch(self: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await batch(self, *args, **kw)
+
+    try:
+        direct.sadd(keys.POOLS, *names)
+        direct.hset(keys.streams(names[-1]), "r-1", json.dumps({"streams": 4, "ts_ms": now_ms}))
+        monkeypatch.setattr(aioredis.Redis, "execute_command", counted_single)
+        monkeypatch.setattr(aioredis.client.Pipeline, "execute", counted_batch)
+        response = await client.get("/api/v1/streams", headers=AUTH)
+        monkeypatch.undo()
+    finally:
+        direct.srem(keys.POOLS, *names)
+        direct.delete(keys.streams(names[-1]))
+        direct.close()
+    assert response.status_code == 200
+    pools = {p["pool"]: p["streams_total"] for p in response.json()["grpclb"]["pools"]}
+    assert pools.get(names[-1]) == 4
+    assert trips <= 20, trips  # was one round trip per pool

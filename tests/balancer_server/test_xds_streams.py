@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from balancer_server.xds_streams import MAX_ERROR, MAX_TEXT, MAX_TYPES, XdsStreamTable
 from lookaside_registry.store import RegistryStore
 from tests.support import BalancerHandle, wait_until
@@ -143,3 +145,36 @@ def test_entries_of_replicas_long_gone_are_removed_by_the_next_write(
     # Stale is left out but kept (it may come back); long gone and garbage are removed.
     assert "replica-stale" in kept and not {"replica-gone", "replica-garbage"} & kept
     redis_client.hdel(keys.XDS_STREAMS, "replica-stale")
+
+
+def test_writes_read_the_whole_table_once_per_sweep_not_every_second(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every replica writes its streams about every second; an entry can
+    be hundreds of kilobytes (NACK errors of 200 streams), so reading every
+    replica's entry on each write cost replicas x entry size per second."""
+    import redis.asyncio as aioredis
+
+    from lookaside_registry import keys
+
+    reads: list[str] = []
+    command = aioredis.Redis.execute_command
+
+    async def counted(self: Any, *args: Any, **kw: Any) -> Any:
+        if args[:2] == ("HGETALL", keys.XDS_STREAMS):
+            reads.append(args[1])
+        return await command(self, *args, **kw)
+
+    monkeypatch.setattr(aioredis.Redis, "execute_command", counted)
+    store = RegistryStore.from_url(redis_url)
+
+    async def writes() -> None:
+        try:
+            for total in range(5):
+                await store.set_xds_streams("replica-often", [], total)
+        finally:
+            await store.clear_xds_streams("replica-often")
+            await store.close()
+
+    asyncio.run(writes())
+    assert len(reads) == 1

@@ -68,6 +68,8 @@ def test_mtls_bootstrap_names_absolute_files(
     [
         (["--server", "balancer"], "--server 'balancer' is not host:port"),
         (["--server", "127.0.0.1:0"], "port 0"),
+        (["--server", "lb example:50051"], "host 'lb example' is not a host name"),
+        (["--server", "lb/x?y:50051"], "is not a host name or an IP address"),
         (["--cert", "c.pem"], "--cert and --key go together"),
         (["--cert", "c.pem", "--key", "k.pem"], "--cert needs --ca"),
         (["--ca", "/nonexistent/ca.pem"], "--ca '/nonexistent/ca.pem' cannot be read"),
@@ -143,3 +145,25 @@ def test_backend_tls_flags_define_the_clusters_certificate_providers(
     }
     code, out, err = run(capsys)
     assert "certificate_providers" not in json.loads(out)
+
+
+@pytest.mark.parametrize(
+    "server",
+    ["127.0.0.1:50051", "[::1]:50051", "[fe80::1%eth0]:50051", "lb.example.com:443",
+     "lb.example.com.:443", "balancer_1-a:50051"],
+)  # fmt: skip
+def test_host_names_and_addresses_are_servers(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "--server", server)
+    assert code == 0
+    assert json.loads(out)["xds_servers"][0]["server_uri"] == server
+
+
+def test_a_balancer_listen_address_with_a_bad_host_is_refused_by_its_settings() -> None:
+    from pydantic import ValidationError
+
+    from balancer_server.settings import BalancerSettings
+
+    with pytest.raises(ValidationError, match="host 'a b' is not a host name"):
+        BalancerSettings(listen="a b:0", redis_url="redis://127.0.0.1:1/0")
