@@ -186,19 +186,25 @@ class BenchLab:
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the balancer's /metrics (0 when absent); with
         workers, the sum of the workers' samples."""
+        return sum(self.per_worker(name, **labels).values())
+
+    def per_worker(self, name: str, **labels: str) -> dict[str, float]:
+        """One sample from the balancer's /metrics by its worker label ("" for
+        a balancer without workers, or the supervisor's own samples)."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as r:
             text = r.read().decode()
-        total = 0.0
+        found: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 own = {k: v for k, v in sample.labels.items() if k != "worker"}
                 if sample.name == name and own == labels:
-                    total += float(sample.value)
-        return total
+                    worker = sample.labels.get("worker", "")
+                    found[worker] = found.get(worker, 0.0) + float(sample.value)
+        return found
 
     def server(self, pool: str, *flags: str) -> None:
         """Starts a demo routeguide server that registers in `pool`."""
