@@ -339,9 +339,11 @@ class BalancerServer:
             try:
                 # grpc.aio's stop can wait forever on a call it failed to
                 # cancel; the process must still get to exit.
-                await asyncio.wait_for(self.server.stop(grace), grace + 5.0)
+                await asyncio.wait_for(self.server.stop(grace), grace + SERVER_STOP_SLACK)
             except TimeoutError:
-                log.warning("gRPC server did not stop within %.0fs; going on", grace + 5.0)
+                log.warning(
+                    "gRPC server did not stop within %.0fs; going on", grace + SERVER_STOP_SLACK
+                )
         await cancel_and_wait(self._tasks)
         await self.checker.stop()
         if self.outliers is not None:
@@ -352,6 +354,11 @@ class BalancerServer:
         await self.watcher.stop()
         if self.owns_store:
             await self.store.close()
+
+
+# Beyond the grace, how long grpc.aio's server stop may take (cancelling the
+# streams still open) before shutdown goes on without it.
+SERVER_STOP_SLACK = 5.0
 
 
 # Garbage collector thresholds for the balancer process. With thousands of

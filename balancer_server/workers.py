@@ -57,7 +57,13 @@ from prometheus_client.samples import Sample
 
 from balancer_server import metrics
 from balancer_server.auth import PolicyError
-from balancer_server.server import GC_THRESHOLDS, BalancerServer, registration_auth, serve
+from balancer_server.server import (
+    GC_THRESHOLDS,
+    SERVER_STOP_SLACK,
+    BalancerServer,
+    registration_auth,
+    serve,
+)
 from balancer_server.settings import BalancerSettings
 from balancer_server.tls import BackendTls, TlsConfigError, server_credentials
 from lookaside_registry.asyncutil import stop_requested
@@ -71,9 +77,11 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 # A worker that lived this long before dying is restarted after FIRST_BACKOFF.
 RESTART_RESET = 30.0
-# Beyond --grace, what workers get to finish their shutdown (the last
-# report flush, leaving the replica set) before they are killed.
-STOP_MARGIN = 3.0
+# Beyond --grace, what workers get to finish their shutdown before they are
+# killed: their gRPC server's own stop bound past the grace (ending tens of
+# thousands of streams just dropped takes seconds), then the last report
+# flush and leaving the replica set.
+STOP_MARGIN = SERVER_STOP_SLACK + 3.0
 # How long the supervisor's /metrics waits for one worker's metrics.
 SCRAPE_TIMEOUT = 2.0
 
