@@ -111,9 +111,13 @@ def test_one_forging_stream_cannot_eject_a_healthy_backend(
     victim = ids[three[0].port]
     stream, tokens = open_stream(balancer, pool_name, ids)
     try:
-        # The judge saw the claims and refused them for want of agreement.
-        lie_for([(stream, tokens)], victim, 3)
-        wait_until(lambda: unagreed(pool_name) >= 2, timeout=15)
+        # The judge saw the claims and refused them for want of agreement,
+        # in two of its rounds (the stream lies until then: a judge slowed
+        # by a busy machine still sees claims in its round).
+        end = time.monotonic() + 30
+        while unagreed(pool_name) < 2:
+            assert time.monotonic() < end, "the judge never refused the claims twice"
+            lie_for([(stream, tokens)], victim, 1)
         assert state(redis_client, pool_name, victim) == "serving"
         # The claims were counted for display, cut to the stream's share.
         raw = redis_client.hgetall(keys.outcomes(pool_name))

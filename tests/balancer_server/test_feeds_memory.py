@@ -5,6 +5,7 @@ away leaves every list as it was."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 
 import pytest
 
@@ -20,7 +21,7 @@ class Subscriber:
 
     def __init__(self, feed: PoolFeed) -> None:
         self.feed = feed
-        self.subset = None
+        self.subset: Hashable = None
         self.payloads: list[bytes] = []
         self.arrived = asyncio.Event()
 

@@ -129,9 +129,12 @@ def test_an_asyncio_channel_closed_then_its_loop_leaves_nothing_behind(lb_peer, 
     assert left == set()
     # gRPC's own per-call status task (_AioCall._handle_status_once_received,
     # in its Cython layer) can still be pending when a closed channel's loop
-    # closes; it is not ours to await. Everything else asyncio or
-    # sys.unraisablehook reports is.
-    ours = [m for m in complaints.messages if "_AioCall._handle_status_once_received" not in m]
+    # closes, and gRPC's process-wide poller (PollerCompletionQueue) can
+    # still hand that closed loop an event (seen once in a loaded full run);
+    # neither is ours to await. Everything else asyncio or sys.unraisablehook
+    # reports is.
+    grpc_own = ("_AioCall._handle_status_once_received", "PollerCompletionQueue._handle_events")
+    ours = [m for m in complaints.messages if not any(g in m for g in grpc_own)]
     assert ours == [], "\n".join(ours)
     wait_until(lambda: connections_to(old.port) == 0 and connections_to(new.port) == 0)
 
