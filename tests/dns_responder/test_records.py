@@ -36,7 +36,7 @@ def test_parse_balancers_accepts_ips_and_names() -> None:
         ("::1:80", "in brackets"),
         ("host:99999", "not a number in 0..65535"),
         ("host:0", "port 0 cannot be advertised"),
-        ("bad host!:80", "is not a DNS name"),
+        ("bad host!:80", "is not a host name or an IP address"),
     ],
 )
 def test_bad_balancers_are_refused_with_a_reason(spec: str, message: str) -> None:
