@@ -282,7 +282,8 @@ def main() -> None:
         f"({left:.0f} left open)"
     )
     print(f"  balancer stopped on SIGTERM in {stop_seconds:.1f} s, exit status {stop_code}")
-    per_update = statistics.median(cpu)
+    # Idle time subtracted can exceed a tiny run's own work: no less than 0.
+    per_update = max(statistics.median(cpu), 0.0)
     print(
         f"  balancer CPU per update (user+sys, registration to last write, idle subtracted): "
         f"median {per_update * 1000:.1f} ms, {per_update / max(opened, 1) * 1e6:.1f} us per stream"
