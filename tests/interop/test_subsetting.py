@@ -269,7 +269,28 @@ def test_each_client_gets_its_subset_and_a_departure_moves_only_its_clients(lab:
         config = lab.balancer.run(lab.balancer.store.get_pool(POOL))
         lab.balancer.run(lab.balancer.store.put_pool(config.updated(subset_size=BACKENDS)))
         serving = names - {gone}
-        wait_until(lambda: all(set(c.since(c.mark() - SAMPLE)) == serving for c in clients))
+        seen: dict[str, set[str]] = {}
+
+        def everyone_calls_every_serving_backend() -> bool:
+            for c in clients:
+                seen[c.name] = set(c.since(c.mark() - SAMPLE))
+            return all(s == serving for s in seen.values())
+
+        try:
+            wait_until(everyone_calls_every_serving_backend)
+        except AssertionError:
+            streams = [
+                (
+                    sub.subset,
+                    getattr(sub, "sent", None) is feed.payload_for(sub.subset),
+                    getattr(sub, "writing", None) is not None,
+                )
+                for sub in list(feed.subscribers)
+            ]
+            raise AssertionError(
+                f"serving {serving}; called {seen}; streams (subset, sent the current list, "
+                f"writing) {streams}"
+            ) from None
         errors = [w for c in clients for w in c.seen if w.startswith("error:")]
         assert not errors, Counter(errors)
     finally:
