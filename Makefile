@@ -59,7 +59,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy lookaside_registry server_common balancer_server admin_api dns_responder client_lib lookaside
 
-## every benchmark: one JSON (artifacts/benchmarks.json) and the table that opens docs/benchmarks.md (about 10 minutes)
+## every benchmark: one JSON (artifacts/benchmarks.json) and the table that opens docs/benchmarks.md (about 16 minutes)
 bench: install
 	mkdir -p artifacts
 	$(PY) -m bench all --json artifacts/benchmarks.json

@@ -1,7 +1,7 @@
 """Every benchmark in one command: one JSON of their figures, and the table
 that opens docs/benchmarks.md.
 
-    .venv/bin/python -m bench all --json bench.json   # all of them (`make bench`; about 10 minutes)
+    .venv/bin/python -m bench all --json bench.json   # all of them (`make bench`; about 16 minutes on an idle machine)
     .venv/bin/python -m bench all client_path         # only those named
     .venv/bin/python -m bench all --quick --json x.json  # tiny sizes (CI): proves they run, no figure means anything
 
