@@ -43,7 +43,13 @@ from google.protobuf.message import DecodeError
 from balancer_server import lists, metrics
 from balancer_server.auth import AuthError, RegistrationAuth
 from balancer_server.feeds import FeedHub, PoolFeed
-from balancer_server.limits import REPORT_BURST, RateLimitedLog, StreamsPerAddress, client_network
+from balancer_server.limits import (
+    REPORT_BURST,
+    RateLimitedLog,
+    StreamsPerAddress,
+    client_network,
+    refuse_stream,
+)
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import StreamReports
 from lookaside_proto.lb.v1 import load_balancer_pb2 as lb
@@ -229,12 +235,9 @@ class BalanceLoadService:
         details: str,
         code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
     ) -> None:
-        metrics.STREAMS_REFUSED.labels(reason).inc()
-        self._log.warning(
-            f"refused:{reason}", "stream refused reason=%s peer=%s: %s",
-            reason, context.peer(), details,
-        )  # fmt: skip
-        await context.abort(code, details)
+        await refuse_stream(
+            context, self._log, metrics.STREAMS_REFUSED, "stream", reason, details, code
+        )
 
     async def _read_initial(self, request_iterator: Any, context: Any) -> str | None:
         try:

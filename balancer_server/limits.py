@@ -26,6 +26,30 @@ MIN_REPORT_INTERVAL_MS = 1000
 REPORT_BURST = 5
 
 
+async def refuse_stream(
+    context: Any,
+    log: RateLimitedLog,
+    counter: Any,
+    what: str,
+    reason: str,
+    details: str,
+    code: Any,
+) -> None:
+    """Ends a refused stream (BalanceLoad, ADS, LRS): counted per reason in
+    `counter`, one rate-limited line per protocol and reason, and `code`
+    with `details` to the client."""
+    counter.labels(reason).inc()
+    log.warning(
+        f"{what}:{reason}",
+        "%s refused reason=%s peer=%s: %s",
+        what,
+        reason,
+        context.peer(),
+        details,
+    )
+    await context.abort(code, details)
+
+
 class RateLimitedLog:
     def __init__(
         self,

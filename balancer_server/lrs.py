@@ -71,6 +71,7 @@ from balancer_server.limits import (
     ReportPacer,
     StreamsPerAddress,
     client_network,
+    refuse_stream,
 )
 from balancer_server.load_reports import LoadReportSink
 from balancer_server.report_ingest import MAX_CALLS_PER_SECOND, MAX_ELAPSED_S, MIN_ELAPSED_S
@@ -157,12 +158,9 @@ class LoadReportingService:
         details: str,
         code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
     ) -> None:
-        metrics.LRS_STREAMS_REFUSED.labels(reason).inc()
-        self._log.warning(
-            f"lrs:{reason}", "LRS stream refused reason=%s peer=%s: %s",
-            reason, context.peer(), details,
-        )  # fmt: skip
-        await context.abort(code, details)
+        await refuse_stream(
+            context, self._log, metrics.LRS_STREAMS_REFUSED, "LRS stream", reason, details, code
+        )
 
     def _interval_for(self, names: Any) -> int:
         """The shortest report interval of the pools `names` (of all pools

@@ -44,7 +44,12 @@ from google.protobuf.message import DecodeError
 
 from balancer_server.auth import AuthError, RegistrationAuth
 from balancer_server.balance_load import MAX_NAME_BYTES, NAME_RE
-from balancer_server.limits import RateLimitedLog, StreamsPerAddress, client_network
+from balancer_server.limits import (
+    RateLimitedLog,
+    StreamsPerAddress,
+    client_network,
+    refuse_stream,
+)
 from balancer_server.xds import metrics
 from balancer_server.xds.hub import XdsHub
 from balancer_server.xds.resources import SHORT, TYPES, field_bytes
@@ -220,12 +225,10 @@ class AdsService:
         return grpc.method_handlers_generic_handler(SERVICE, {METHOD: method})
 
     async def _refuse(self, context: Any, error: StreamError) -> None:
-        metrics.XDS_REFUSED.labels(error.reason).inc()
-        self._log.warning(
-            f"xds:{error.reason}", "ADS stream refused reason=%s peer=%s: %s",
-            error.reason, context.peer(), error.details,
+        await refuse_stream(
+            context, self._log, metrics.XDS_REFUSED, "ADS stream", error.reason, error.details,
+            error.code,
         )  # fmt: skip
-        await context.abort(error.code, error.details)
 
     async def stream(self, request_iterator: Any, context: Any) -> None:
         address = client_network(context.peer())
