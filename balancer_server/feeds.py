@@ -41,7 +41,7 @@ from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from balancer_server import lists
-from balancer_server.subsets import SubsetPayloads
+from balancer_server.subsets import SubsetPayloads, subsetting
 from lookaside_registry.model import PoolSnapshot
 
 DEFAULT_REPORT_INTERVAL_MS = 10_000
@@ -301,11 +301,6 @@ class PoolFeed:
         return None
 
 
-def _subsetting(snapshot: PoolSnapshot) -> bool:
-    size = snapshot.config.subset_size
-    return isinstance(size, int | float) and size > 0
-
-
 _PORT_RE = re.compile(r":\d{1,5}$")
 
 
@@ -411,7 +406,7 @@ class FeedHub:
         appeared = not feed.exists
         feed.exists = True
         feed.report_interval_ms = snapshot.config.report_interval_ms
-        if _subsetting(snapshot):
+        if subsetting(snapshot.config.subset_size):
             feed.publish_subsets(snapshot, self.epoch)
         else:
             feed.publish_whole(self.builder(snapshot))

@@ -244,8 +244,14 @@ def _usable(size: object) -> int:
     others on write; a config edited in Redis by hand is clamped)."""
     try:
         return min(max(int(size), 1), SUBSET_SIZE_MAX)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return SUBSET_SIZE_MAX
+
+
+def subsetting(size: object) -> bool:
+    """Whether a pool's stored subset size turns subsetting on: a number
+    above 0 (not a boolean); anything else, as 0, lists the whole pool."""
+    return isinstance(size, int | float) and not isinstance(size, bool) and size > 0
 
 
 # What a subset's response is made of: the pool's fallback flag and drop

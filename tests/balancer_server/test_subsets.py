@@ -356,3 +356,17 @@ def test_the_feed_switches_between_subsets_and_whole_lists() -> None:
 def test_a_hand_edited_subset_size_is_clamped_not_fatal(stored: object, used: int) -> None:
     payloads = SubsetPayloads(stored)  # type: ignore[arg-type]
     assert payloads.table.size == used
+
+
+def test_an_infinite_hand_edited_subset_size_is_clamped() -> None:
+    assert SubsetPayloads(float("inf")).table.size == 1000  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("stored", "on"),
+    [(3, True), (2.5, True), (0, False), (-1, False), (True, False), ("3", False), (None, False)],
+)
+def test_only_a_positive_number_turns_subsetting_on(stored: object, on: bool) -> None:
+    from balancer_server.subsets import subsetting
+
+    assert subsetting(stored) is on
